@@ -1,0 +1,120 @@
+#include "minigpt4/common/config_schema.h"
+
+namespace minigpt4 {
+
+namespace {
+using T = ValueType;
+}
+
+const std::vector<ConfigKey>& config_schema() {
+  static const std::vector<ConfigKey> schema = {
+      // ---- model: what to build and where its weights are
+      {"model.arch", T::String, "model family: minigpt4 (alias mini_gpt4)"},
+      {"model.model_type", T::String, "picks the defaults file: pretrain_vicuna0 / pretrain_vicuna (Vicuna v0), pretrain_llama2"},
+      {"model.vit_model", T::String, "EVA ViT-g weights: eva_vit_g.pth or .safetensors (LAVIS names: cls_token, blocks.N...)"},
+      {"model.q_former_model", T::String, "BLIP-2 checkpoint holding Qformer.*, query_tokens, ln_vision.* (a path; a URL is looked up in ~/.cache/torch/hub/checkpoints)"},
+      {"model.llama_model", T::String, "Hugging Face LLaMA/Vicuna directory (config.json, tokenizer.model, safetensors or pytorch_model*.bin)"},
+      {"model.ckpt", T::String, "MiniGPT-4 checkpoint loaded last over everything, e.g. pretrained_minigpt4.pth or a stage-1 checkpoint"},
+      {"model.image_size", T::Int, "input image side in pixels (224; 448 for TinyGPT-V stage 4)"},
+      {"model.drop_path_rate", T::Float, "ViT stochastic depth (0 in every released config; only 0 is supported)"},
+      {"model.use_grad_checkpoint", T::Bool, "ViT gradient checkpointing (frozen ViT: no effect)"},
+      {"model.vit_precision", T::String, "ViT weights: fp16 (released), bf16 or fp32; fp16 is computed in fp32 on the CPU"},
+      {"model.llm_precision", T::String, "LLM weights: fp16 (the original's torch_dtype), bf16 or fp32; fp16 is computed in fp32 on the CPU"},
+      {"model.freeze_vit", T::Bool, "keep the ViT and ln_vision frozen"},
+      {"model.freeze_qformer", T::Bool, "keep the Q-Former and query tokens frozen"},
+      {"model.has_qformer", T::Bool, "false: the LLaMA-2 variant, 4 ViT patch tokens concatenated per LLM token"},
+      {"model.num_query_token", T::Int, "learned Q-Former queries (32)"},
+      {"model.vit_patch_size", T::Int, "ViT patch side (14)"},
+      {"model.vit_width", T::Int, "ViT width (1408 for ViT-g)"},
+      {"model.vit_depth", T::Int, "ViT blocks used (39: EVA-CLIP-g's last block is dropped)"},
+      {"model.vit_num_heads", T::Int, "ViT attention heads (16)"},
+      {"model.vit_mlp_ratio", T::Float, "ViT MLP width / width (4.3637 -> 6144)"},
+      {"model.qformer_hidden_size", T::Int, "Q-Former width (768, BERT-base)"},
+      {"model.qformer_num_layers", T::Int, "Q-Former layers (12)"},
+      {"model.qformer_num_heads", T::Int, "Q-Former attention heads (12)"},
+      {"model.qformer_intermediate_size", T::Int, "Q-Former feed-forward width (3072)"},
+      {"model.cross_attention_freq", T::Int, "Q-Former layers i with i % freq == 0 attend to the image (2)"},
+      {"model.max_txt_len", T::Int, "training text tokens kept after truncation (32 stage 1, 160 stage 2)"},
+      {"model.end_sym", T::String, "appended to every training caption ('\\n' stage 1, '###' stage 2)"},
+      {"model.prompt", T::String, "unused by MiniGPT-4 (kept for LAVIS compatibility)"},
+      {"model.prompt_path", T::String, "file of training prompts, one per line, each holding <ImageHere>"},
+      {"model.prompt_template", T::String, "format applied to each prompt, '{}' is the prompt ('###Human: {} ###Assistant: ')"},
+      {"model.low_resource", T::Bool, "load the LLM in 8 bit (chat on small GPUs)"},
+      {"model.device_8bit", T::Int, "GPU of the 8-bit LLM"},
+      {"model.lora_r", T::Int, "LoRA rank of the LLM adapters (0: none)"},
+      {"model.lora_alpha", T::Int, "LoRA alpha"},
+      {"model.lora_dropout", T::Float, "LoRA dropout"},
+      {"model.lora_target_modules", T::StringList, "LLM linear layers that get adapters"},
+      {"model.chat_template", T::Bool, "wrap training prompts in the chat template (MiniGPT-v2 configs)"},
+      {"model.max_context_len", T::Int, "longest prompt + answer in tokens (MiniGPT-v2 configs)"},
+      // ---- preprocess: processors of the model defaults
+      {"preprocess.vis_processor.*.name", T::String, "image processor: blip2_image_train or blip2_image_eval"},
+      {"preprocess.vis_processor.*.image_size", T::Int, "processor output side"},
+      {"preprocess.text_processor.*.name", T::String, "text processor: blip_caption"},
+      {"preprocess.text_processor.*.max_words", T::Int, "captions are cut to this many words (50)"},
+      {"preprocess.text_processor.*.prompt", T::String, "text prepended by the caption processor"},
+      // ---- datasets.<name>
+      {"datasets.*.data_type", T::String, "images"},
+      {"datasets.*.build_info.storage", T::String, "where the data is: shard list with brace ranges, or a directory"},
+      {"datasets.*.batch_size", T::Int, "batch size of this dataset"},
+      {"datasets.*.sample_ratio", T::Float, "relative probability of drawing a batch from this dataset"},
+      {"datasets.*.vis_processor.*.name", T::String, "image processor for a split: blip2_image_train / blip2_image_eval"},
+      {"datasets.*.vis_processor.*.image_size", T::Int, "processor output side"},
+      {"datasets.*.vis_processor.*.min_scale", T::Float, "random resized crop: smallest area fraction (0.5)"},
+      {"datasets.*.vis_processor.*.max_scale", T::Float, "random resized crop: largest area fraction (1.0)"},
+      {"datasets.*.text_processor.*.name", T::String, "text processor for a split: blip_caption"},
+      {"datasets.*.text_processor.*.max_words", T::Int, "captions are cut to this many words"},
+      {"datasets.*.text_processor.*.prompt", T::String, "text prepended by the caption processor"},
+      // ---- run: the runner
+      {"run.task", T::String, "image_text_pretrain"},
+      {"run.lr_sched", T::String, "linear_warmup_cosine_lr (warm-up by step, cosine by epoch) or constant_lr"},
+      {"run.init_lr", T::Float, "peak learning rate"},
+      {"run.min_lr", T::Float, "cosine floor"},
+      {"run.warmup_lr", T::Float, "learning rate at step 0 of the warm-up"},
+      {"run.warmup_steps", T::Int, "linear warm-up length in iterations"},
+      {"run.weight_decay", T::Float, "AdamW weight decay of >=2-D weights (not biases or norms)"},
+      {"run.max_epoch", T::Int, "epochs"},
+      {"run.iters_per_epoch", T::Int, "iterations per epoch (webdataset streams are endless)"},
+      {"run.batch_size_train", T::Int, "training batch size (datasets may set their own)"},
+      {"run.batch_size_eval", T::Int, "evaluation batch size"},
+      {"run.accum_grad_iters", T::Int, "iterations per optimizer step (gradient accumulation)"},
+      {"run.num_workers", T::Int, "image decoding threads"},
+      {"run.seed", T::Int, "random seed (rank is added under distributed training)"},
+      {"run.output_dir", T::String, "where checkpoints, logs and plots go"},
+      {"run.amp", T::Bool, "mixed precision on CUDA"},
+      {"run.resume_ckpt_path", T::String, "checkpoint to resume from (null: start fresh)"},
+      {"run.evaluate", T::Bool, "evaluate only"},
+      {"run.train_splits", T::StringList, "splits to train on"},
+      {"run.valid_splits", T::StringList, "splits to validate on"},
+      {"run.test_splits", T::StringList, "splits to test on"},
+      {"run.device", T::String, "cuda or cpu"},
+      {"run.world_size", T::Int, "processes (set by the launcher)"},
+      {"run.dist_url", T::String, "rendezvous, env:// (torchrun's variables)"},
+      {"run.distributed", T::Bool, "use distributed training when launched with several ranks"},
+      {"run.wandb_log", T::Bool, "accepted for compatibility; metrics go to the JSONL log"},
+      {"run.job_name", T::String, "name of the run"},
+      {"run.log_freq", T::Int, "iterations between log lines"},
+      {"run.save_freq", T::Int, "iterations between checkpoints (0: only at epoch ends)"},
+      {"run.gpu", T::Int, "GPU index (set from --gpu-id / LOCAL_RANK)"},
+  };
+  return schema;
+}
+
+const std::vector<std::string>& known_datasets() {
+  static const std::vector<std::string> names = {"laion", "cc_sbu", "cc_sbu_align"};
+  return names;
+}
+
+std::string value_type_name(ValueType type) {
+  switch (type) {
+    case ValueType::String: return "a string";
+    case ValueType::Int: return "an integer";
+    case ValueType::Float: return "a number";
+    case ValueType::Bool: return "true or false";
+    case ValueType::StringList: return "a list of strings";
+    case ValueType::StringMap: return "a map of names to strings";
+  }
+  return "?";
+}
+
+}  // namespace minigpt4

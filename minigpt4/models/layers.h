@@ -1,0 +1,52 @@
+#pragma once
+// The few building blocks every model file shares. Unlike torch::nn's modules they allocate
+// UNINITIALISED storage in the target dtype/device: every weight of a frozen model comes
+// from a checkpoint (the loader refuses to run with one missing), so random-initialising a
+// 13B model in fp32 only to overwrite it would cost minutes and 52 GB. Parameter names
+// follow PyTorch (`weight`, `bias`) so state dicts map by name.
+#include <torch/torch.h>
+
+namespace minigpt4 {
+
+struct Linear : torch::nn::Module {
+  Linear(int64_t in_features, int64_t out_features, bool bias, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x) const;
+  // nn.Linear's default init (kaiming_uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in))), for
+  // the freshly created trainable projector.
+  void reset_parameters();
+  torch::Tensor weight, bias;
+};
+
+struct LayerNorm : torch::nn::Module {
+  LayerNorm(int64_t dim, double eps, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x) const;
+  void reset_parameters();  // weight 1, bias 0 (PyTorch's default)
+  torch::Tensor weight, bias;
+  double eps;
+};
+
+// LLaMA's RMSNorm as Hugging Face computes it: the variance in float32, the normalised
+// activations cast back to the weight dtype only for half weights.
+struct RMSNorm : torch::nn::Module {
+  RMSNorm(int64_t dim, double eps, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x) const;
+  torch::Tensor weight;
+  double eps;
+};
+
+struct Embedding : torch::nn::Module {
+  Embedding(int64_t num, int64_t dim, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& ids) const;
+  torch::Tensor weight;
+};
+
+// Scaled dot-product attention over [B, heads, T, D] tensors. `additive_mask` (optional)
+// broadcasts to [B, heads, Tq, Tk] and holds 0 or a large negative number.
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+                        const torch::Tensor& additive_mask, double scale);
+
+// dtype names used in configs: fp32 / fp16 / bf16 (also float32, float16, bfloat16).
+torch::Dtype parse_dtype(const std::string& name);
+std::string dtype_name(torch::Dtype dtype);
+
+}  // namespace minigpt4

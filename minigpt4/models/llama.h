@@ -1,0 +1,94 @@
+#pragma once
+// LLaMA / Vicuna as Hugging Face's `LlamaForCausalLM` computes it: pre-RMSNorm decoder
+// layers with rotary position embeddings (rotate_half layout), grouped-query attention,
+// a SiLU-gated MLP, no biases, an untied LM head.
+#include "minigpt4/models/layers.h"
+
+#include <nlohmann/json_fwd.hpp>
+
+namespace minigpt4 {
+
+struct LlamaConfig {
+  int64_t vocab_size = 32000;
+  int64_t hidden_size = 4096;
+  int64_t intermediate_size = 11008;
+  int64_t num_hidden_layers = 32;
+  int64_t num_attention_heads = 32;
+  int64_t num_key_value_heads = 32;  // < num_attention_heads: grouped-query attention
+  int64_t head_dim = 0;              // 0: hidden_size / num_attention_heads
+  double rms_norm_eps = 1e-6;
+  double rope_theta = 10000.0;
+  int64_t max_position_embeddings = 2048;
+  int64_t bos_token_id = 1, eos_token_id = 2, pad_token_id = -1;
+  bool tie_word_embeddings = false;
+
+  int64_t dim_per_head() const { return head_dim > 0 ? head_dim : hidden_size / num_attention_heads; }
+  // From a Hugging Face `config.json`; `source` names the file in errors.
+  static LlamaConfig from_json(const nlohmann::json& json, const std::string& source);
+};
+
+// Keys and values of every layer so far, [B, kv_heads, T, D] each: generation feeds one new
+// token at a time and reuses them.
+struct KVCache {
+  std::vector<torch::Tensor> keys, values;
+  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
+  void clear() { keys.clear(), values.clear(); }
+};
+
+struct LlamaAttention : torch::nn::Module {
+  LlamaAttention(const LlamaConfig& config, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& additive_mask, KVCache* cache, size_t layer_index) const;
+  int64_t num_heads, num_kv_heads, head_dim;
+  std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
+};
+
+struct LlamaMlp : torch::nn::Module {
+  LlamaMlp(const LlamaConfig& config, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x) const;
+  std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
+};
+
+struct LlamaDecoderLayer : torch::nn::Module {
+  LlamaDecoderLayer(const LlamaConfig& config, const torch::TensorOptions& options);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
+                        const torch::Tensor& additive_mask, KVCache* cache, size_t layer_index) const;
+  std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
+  std::shared_ptr<LlamaAttention> self_attn;
+  std::shared_ptr<LlamaMlp> mlp;
+};
+
+struct LlamaForwardOptions {
+  torch::Tensor attention_mask;  // [B, T_past + T] of 1/0; undefined = all ones
+  torch::Tensor position_ids;    // [B, T]; undefined = T_past .. T_past+T-1
+  KVCache* cache = nullptr;      // appended to when given
+  bool output_hidden_states = false;
+};
+
+struct LlamaOutput {
+  torch::Tensor logits;                      // [B, T, V], float32
+  std::vector<torch::Tensor> hidden_states;  // embeddings, after each layer; the last after the final norm
+};
+
+// `llama_model` in MiniGPT-4's state dict: `model.*` + `lm_head`.
+struct LlamaForCausalLM : torch::nn::Module {
+  LlamaForCausalLM(const LlamaConfig& config, const torch::TensorOptions& options);
+
+  torch::Tensor embed(const torch::Tensor& ids) const;  // model.embed_tokens
+  LlamaOutput forward(const torch::Tensor& inputs_embeds, const LlamaForwardOptions& options = {}) const;
+
+  LlamaConfig config;
+  std::shared_ptr<Embedding> embed_tokens;
+  torch::nn::ModuleList layers;
+  std::shared_ptr<RMSNorm> norm;
+  std::shared_ptr<Linear> lm_head;
+  torch::Tensor inv_freq;  // rotary frequencies, computed (checkpoints' inv_freq buffers are ignored)
+};
+
+// Hugging Face's causal-LM loss: logits at t predict labels at t+1; mean over labels != -100.
+torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);
+
+// Generation's position ids from a left-padded mask: cumsum(mask) - 1, padding set to 1.
+torch::Tensor position_ids_from_mask(const torch::Tensor& attention_mask);
+
+}  // namespace minigpt4

@@ -1,0 +1,289 @@
+#include "minigpt4/models/minigpt4.h"
+
+#include "minigpt4/common/error.h"
+#include "minigpt4/io/checkpoint.h"
+#include "minigpt4/tokenizer/llama_tokenizer.h"
+
+#include "minigpt4/common/log.h"
+
+#include <filesystem>
+#include <regex>
+
+namespace minigpt4 {
+
+namespace {
+
+constexpr const char* kImagePlaceholder = "<ImageHere>";
+
+torch::Tensor ids_tensor(const std::vector<int64_t>& ids, torch::Device device) {
+  return torch::tensor(ids, torch::TensorOptions().dtype(torch::kLong)).to(device).unsqueeze(0);
+}
+
+std::vector<std::string> split_on(const std::string& text, const std::string& sep) {
+  std::vector<std::string> parts;
+  size_t start = 0, pos;
+  while ((pos = text.find(sep, start)) != std::string::npos) {
+    parts.push_back(text.substr(start, pos - start));
+    start = pos + sep.size();
+  }
+  parts.push_back(text.substr(start));
+  return parts;
+}
+
+}  // namespace
+
+torch::Dtype compute_dtype(const std::string& precision, torch::Device device) {
+  const auto dtype = parse_dtype(precision);
+  if (dtype == torch::kFloat16 && device.is_cpu()) return torch::kFloat32;
+  return dtype;
+}
+
+MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LlamaConfig& llama_config, torch::Device device) : config(c) {
+  const auto vit_options = torch::TensorOptions().dtype(compute_dtype(c.vit_precision, device)).device(device);
+  const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
+  const auto llm_options = torch::TensorOptions().dtype(compute_dtype(c.llm_precision, device)).device(device);
+
+  visual_encoder = register_module("visual_encoder", std::make_shared<EvaVit>(c.vision, vit_options));
+  ln_vision = register_module("ln_vision", std::make_shared<LayerNorm>(c.vision.width, 1e-5, fp32));
+  int64_t projector_in = 4 * c.vision.width;  // LLaMA-2 variant: 4 patches concatenated
+  if (c.has_qformer) {
+    auto qformer_config = c.qformer;
+    qformer_config.encoder_width = c.vision.width;
+    Qformer = register_module("Qformer", std::make_shared<QFormer>(qformer_config, fp32));
+    query_tokens = register_parameter("query_tokens", torch::empty({1, c.qformer.num_query_tokens, c.qformer.hidden_size}, fp32));
+    projector_in = c.qformer.hidden_size;
+  }
+  llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llama_config.hidden_size, true, fp32));
+  llama_model = register_module("llama_model", std::make_shared<LlamaForCausalLM>(llama_config, llm_options));
+}
+
+torch::Tensor MiniGPT4::encode_vision(const torch::Tensor& images) const {
+  const auto vit_out = visual_encoder->forward(images);
+  return ln_vision->forward(vit_out.to(torch::kFloat32));
+}
+
+torch::Tensor MiniGPT4::image_queries(const torch::Tensor& vision_tokens) const {
+  if (Qformer) {
+    const auto queries = query_tokens.expand({vision_tokens.size(0), -1, -1});
+    return Qformer->forward(queries, vision_tokens);
+  }
+  // No Q-Former: drop cls, then every 4 consecutive patch tokens become one token.
+  const auto patches = vision_tokens.slice(1, 1);
+  const int64_t B = patches.size(0), P = patches.size(1), W = patches.size(2);
+  if (P % 4 != 0) fail("has_qformer: false needs a patch count divisible by 4, got {}", P);
+  return patches.reshape({B, P / 4, 4 * W});
+}
+
+torch::Tensor MiniGPT4::project(const torch::Tensor& queries) const {
+  return llama_proj->forward(queries.to(llama_proj->weight.scalar_type())).to(llama_model->embed_tokens->weight.scalar_type());
+}
+
+torch::Tensor MiniGPT4::encode_img(const torch::Tensor& images) const {
+  const auto device = llama_proj->weight.device();
+  return project(image_queries(encode_vision(images.to(device))));
+}
+
+torch::Tensor MiniGPT4::prompt_wrap(const torch::Tensor& img_embeds, const std::string& prompt,
+                                    const LlamaTokenizer& tokenizer) const {
+  if (prompt.empty()) return img_embeds;
+  const auto parts = split_on(prompt, kImagePlaceholder);
+  if (parts.size() != 2) fail("training prompt must contain exactly one {}: '{}'", kImagePlaceholder, prompt);
+  const int64_t B = img_embeds.size(0);
+  const auto device = img_embeds.device();
+  const auto before = llama_model->embed(ids_tensor(tokenizer.encode(parts[0], false), device)).expand({B, -1, -1});
+  const auto after = llama_model->embed(ids_tensor(tokenizer.encode(parts[1], false), device)).expand({B, -1, -1});
+  return torch::cat({before, img_embeds.to(before.scalar_type()), after}, 1);
+}
+
+TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector<std::string>& texts,
+                                  const std::string& prompt, const LlamaTokenizer& tokenizer) const {
+  if (images.size(0) != static_cast<int64_t>(texts.size()))
+    fail("training batch has {} images but {} texts", images.size(0), texts.size());
+  const auto img_embeds = prompt_wrap(encode_img(images), prompt, tokenizer);
+  const auto device = img_embeds.device();
+  const int64_t B = img_embeds.size(0), T_img = img_embeds.size(1);
+
+  std::vector<std::string> with_end;
+  for (const auto& t : texts) with_end.push_back(t + config.end_sym);
+  const auto batch = tokenizer.encode_batch(with_end, /*add_special_tokens=*/false, config.max_txt_len, tokenizer.pad_id());
+  const int64_t T_txt = static_cast<int64_t>(batch.ids.front().size());
+  auto text_ids = torch::empty({B, T_txt}, torch::kLong), text_mask = torch::empty({B, T_txt}, torch::kLong);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T_txt; ++t) {
+      text_ids[b][t] = batch.ids[b][t];
+      text_mask[b][t] = batch.attention_mask[b][t];
+    }
+  text_ids = text_ids.to(device), text_mask = text_mask.to(device);
+
+  // bos and the (wrapped) image are context: never predicted. So is padding (pad = eos).
+  const auto ignore = torch::full({B, 1 + T_img}, -100, torch::TensorOptions().dtype(torch::kLong).device(device));
+  const auto text_targets = text_ids.masked_fill(text_ids == tokenizer.pad_id(), -100);
+  const auto bos = torch::full({B, 1}, tokenizer.bos_id(), torch::TensorOptions().dtype(torch::kLong).device(device));
+
+  TrainingForward out;
+  out.targets = torch::cat({ignore, text_targets}, 1);
+  out.inputs_embeds = torch::cat({llama_model->embed(bos), img_embeds, llama_model->embed(text_ids)}, 1);
+  out.attention_mask = torch::cat({torch::ones({B, 1 + T_img}, text_mask.options()), text_mask}, 1);
+  LlamaForwardOptions options;
+  options.attention_mask = out.attention_mask;
+  out.logits = llama_model->forward(out.inputs_embeds, options).logits;
+  out.loss = causal_lm_loss(out.logits, out.targets);
+  return out;
+}
+
+torch::Tensor MiniGPT4::context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
+                                          const LlamaTokenizer& tokenizer) const {
+  const auto segments = split_on(prompt, kImagePlaceholder);
+  if (segments.size() != images.size() + 1)
+    fail("the prompt has {} {} placeholders but {} images were given", segments.size() - 1, kImagePlaceholder, images.size());
+  const auto device = llama_proj->weight.device();
+  std::vector<torch::Tensor> parts;
+  for (size_t i = 0; i < segments.size(); ++i) {
+    parts.push_back(llama_model->embed(ids_tensor(tokenizer.encode(segments[i], /*add_special_tokens=*/i == 0), device)));
+    if (i < images.size()) parts.push_back(images[i].to(parts.back().scalar_type()));
+  }
+  return torch::cat(parts, 1);
+}
+
+void MiniGPT4::apply_freezing() {
+  for (auto& p : parameters()) p.set_requires_grad(false);
+  eval();  // frozen parts run without dropout; the trainer switches trainable parts back
+  for (auto& p : llama_proj->parameters()) p.set_requires_grad(true);
+  if (!config.freeze_vit) {
+    for (auto& p : visual_encoder->parameters()) p.set_requires_grad(true);
+    for (auto& p : ln_vision->parameters()) p.set_requires_grad(true);
+  }
+  if (Qformer && !config.freeze_qformer) {
+    for (auto& p : Qformer->parameters()) p.set_requires_grad(true);
+    query_tokens.set_requires_grad(true);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Loading: the real layout is four sources, each named by a config key.
+
+namespace {
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
+
+// BLIP-2 checkpoints carry the Q-Former's text branch and BLIP-2's own heads; MiniGPT-4
+// deletes those modules and loads with strict=False.
+bool blip2_unused(const std::string& key) {
+  static const std::regex pattern(
+      R"(^(Qformer\.cls\..*|Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\..*|)"
+      R"(Qformer\.bert\.embeddings\.position_ids|Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..*|)"
+      R"((vision_proj|text_proj|itm_head)\..*|temp)$)");
+  return std::regex_match(key, pattern);
+}
+
+bool rotary_buffer(const std::string& key) {
+  static const std::string suffix = "rotary_emb.inv_freq";
+  return key.size() >= suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Where users who ran the original code have the LAVIS downloads.
+std::string resolve_weight_path(const std::string& value, const std::string& key) {
+  if (value.rfind("http://", 0) == 0 || value.rfind("https://", 0) == 0) {
+    const auto name = value.substr(value.find_last_of('/') + 1);
+    std::vector<std::filesystem::path> candidates;
+    if (const char* torch_home = std::getenv("TORCH_HOME")) candidates.emplace_back(std::filesystem::path(torch_home) / "hub/checkpoints" / name);
+    if (const char* home = std::getenv("HOME")) candidates.emplace_back(std::filesystem::path(home) / ".cache/torch/hub/checkpoints" / name);
+    for (const auto& c : candidates)
+      if (std::filesystem::exists(c)) return c.string();
+    fail("model.{} is the URL {}; nothing is downloaded at run time. Download it yourself and set model.{} to its "
+         "path (looked for a LAVIS cache copy at ~/.cache/torch/hub/checkpoints/{})",
+         key, value, key, name);
+  }
+  if (value == "eva_clip_g")
+    fail("model.vit_model is 'eva_clip_g' (the original's name, which LAVIS downloads); set it to the path of "
+         "eva_vit_g.pth");
+  if (!std::filesystem::exists(value)) fail("model.{}: '{}' does not exist", key, value);
+  return value;
+}
+
+}  // namespace
+
+std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report_out) {
+  LoadReport report;
+  if (config.llama_model.empty()) fail("model.llama_model is not set: it must name a Hugging Face LLaMA directory");
+  const auto llama_dir = resolve_weight_path(config.llama_model, "llama_model");
+  const auto llama_json = std::filesystem::path(llama_dir) / "config.json";
+  const auto llama_config = LlamaConfig::from_json(io::read_json_file(llama_json.string()), llama_json.string());
+
+  auto model = std::make_shared<MiniGPT4>(config, llama_config, device);
+  if (device.is_cpu() && parse_dtype(config.vit_precision) == torch::kFloat16)
+    report.notes.push_back("vit_precision fp16: weights are upcast to fp32 on the CPU (no fast fp16 GEMM there)");
+  if (device.is_cpu() && parse_dtype(config.llm_precision) == torch::kFloat16)
+    report.notes.push_back("llm_precision fp16: weights are upcast to fp32 on the CPU");
+  if (config.low_resource)
+    report.notes.push_back("low_resource: 8-bit LLM loading is not implemented yet; the LLM is loaded in " +
+                           dtype_name(model->llama_model->embed_tokens->weight.scalar_type()));
+
+  std::set<std::string> filled;
+  auto load = [&](const std::string& key, const std::string& value, LoadSpec spec) {
+    if (value.empty()) return;
+    const auto path = resolve_weight_path(value, key);
+    spec.source = path;
+    const auto state = io::load_state_dict(path);
+    auto result = load_into(*model, state, spec, filled);
+    if (!result.unexpected.empty())
+      log::warn("{}: {} keys the model does not use: {}", path, result.unexpected.size(), summarize_names(result.unexpected));
+    report.sources.push_back(std::move(result));
+  };
+
+  LoadSpec vit;
+  vit.add_prefix = "visual_encoder.";
+  const int64_t depth = config.vision.depth, grid = config.vision.grid();
+  vit.is_ignorable = [depth](const std::string& key) {
+    static const std::regex block(R"(^visual_encoder\.blocks\.(\d+)\..*)");
+    std::smatch m;
+    return std::regex_match(key, m, block) && std::stoll(m[1]) >= depth;  // EVA-CLIP's 40th block
+  };
+  vit.reshape = [grid](const std::string& name, const torch::Tensor& value, const torch::Tensor& target) {
+    if (name != "visual_encoder.pos_embed" || value.dim() != 3 || value.size(2) != target.size(2)) return torch::Tensor();
+    return interpolate_pos_embed(value, grid);
+  };
+  load("vit_model", config.vit_model, vit);
+
+  if (config.has_qformer) {
+    LoadSpec qformer;
+    qformer.is_ignorable = blip2_unused;
+    load("q_former_model", config.q_former_model, qformer);
+  }
+
+  LoadSpec llm;
+  llm.add_prefix = "llama_model.";
+  llm.is_ignorable = rotary_buffer;
+  load("llama_model", llama_dir, llm);
+
+  LoadSpec ckpt;
+  ckpt.is_ignorable = [](const std::string& key) { return rotary_buffer(key) || blip2_unused(key); };
+  ckpt.reshape = vit.reshape;
+  load("ckpt", config.ckpt, ckpt);
+
+  // The projector is new in MiniGPT-4 (stage 1 starts it from scratch); without a Q-Former
+  // nothing provides ln_vision either, and the original leaves it at LayerNorm's default.
+  // Everything else must have come from a file.
+  auto missing = unfilled_parameters(*model, filled);
+  auto fresh = [&](const std::string& prefix, auto reset) {
+    if (std::none_of(missing.begin(), missing.end(), [&](const auto& n) { return starts_with(n, prefix); })) return;
+    reset();
+    for (const auto& n : missing)
+      if (starts_with(n, prefix)) report.initialised.push_back(n);
+    missing.erase(std::remove_if(missing.begin(), missing.end(), [&](const auto& n) { return starts_with(n, prefix); }),
+                  missing.end());
+  };
+  fresh("llama_proj.", [&] { model->llama_proj->reset_parameters(); });
+  if (!config.has_qformer) fresh("ln_vision.", [&] { model->ln_vision->reset_parameters(); });
+  if (!missing.empty()) {
+    fail("{} model weights were not found in any configured file (vit_model='{}', q_former_model='{}', "
+         "llama_model='{}', ckpt='{}'): {}",
+         missing.size(), config.vit_model, config.q_former_model, config.llama_model, config.ckpt,
+         summarize_names(missing));
+  }
+  model->apply_freezing();
+  if (report_out) *report_out = std::move(report);
+  return model;
+}
+
+}  // namespace minigpt4

@@ -1,0 +1,95 @@
+#pragma once
+// MiniGPT-4 (Zhu et al. 2023): a frozen EVA ViT-g + BLIP-2 Q-Former turn an image into 32
+// query embeddings; ONE trainable linear layer (`llama_proj`) maps them into the frozen
+// LLaMA/Vicuna's embedding space, where they sit between the prompt's text embeddings.
+// The LLaMA-2 variant (`has_qformer: false`) skips the Q-Former and projects every 4
+// consecutive ViT patch tokens, concatenated.
+#include "minigpt4/models/eva_vit.h"
+#include "minigpt4/models/llama.h"
+#include "minigpt4/models/qformer.h"
+#include "minigpt4/models/weights.h"
+
+namespace minigpt4 {
+
+class Config;
+class LlamaTokenizer;
+
+struct MiniGPT4Config {
+  EvaVitConfig vision;
+  QFormerConfig qformer;
+  bool has_qformer = true;
+  // Weight locations: EVA ViT-g file, BLIP-2 checkpoint (Q-Former, query tokens,
+  // ln_vision), Hugging Face LLaMA directory, and a MiniGPT-4 checkpoint loaded last over
+  // everything (the released `pretrained_minigpt4.pth` holds only llama_proj).
+  std::string vit_model, q_former_model, llama_model, ckpt;
+  std::string vit_precision = "fp16";
+  std::string llm_precision = "fp16";
+  bool freeze_vit = true, freeze_qformer = true;
+  bool low_resource = false;
+  int64_t max_txt_len = 32;
+  std::string end_sym = "\n";
+  std::string prompt_template, prompt_path;
+
+  // From the `model:` section of a run config (defaults merged, validated).
+  static MiniGPT4Config from_config(const Config& config);
+};
+
+// What each weight source contributed; `info` prints it.
+struct LoadReport {
+  std::vector<LoadResult> sources;
+  std::vector<std::string> initialised;  // parameters created fresh (the projector before stage 1)
+  std::vector<std::string> notes;        // dtype decisions and the like
+};
+
+// What the training forward fed the LLM and got back (the parity tests compare all of it).
+struct TrainingForward {
+  torch::Tensor inputs_embeds, attention_mask, targets, logits, loss;
+};
+
+struct MiniGPT4 : torch::nn::Module {
+  MiniGPT4(const MiniGPT4Config& config, const LlamaConfig& llama_config, torch::Device device);
+
+  // [B,3,S,S] normalised images -> [B, NQ, LLM hidden] image embeddings (the LLM's dtype).
+  torch::Tensor encode_img(const torch::Tensor& images) const;
+  // ViT -> ln_vision: [B, 1+P, W], computed in float32 as LAVIS' LayerNorm does.
+  torch::Tensor encode_vision(const torch::Tensor& images) const;
+  // ln_vision output -> [B, NQ, QH] (or the 4-patch concatenation without a Q-Former).
+  torch::Tensor image_queries(const torch::Tensor& vision_tokens) const;
+  torch::Tensor project(const torch::Tensor& queries) const;  // llama_proj, cast to the LLM dtype
+
+  // `prompt_wrap`: [embed(p_before), img_embeds, embed(p_after)] for a prompt holding one
+  // `<ImageHere>`; an empty prompt returns img_embeds unchanged.
+  torch::Tensor prompt_wrap(const torch::Tensor& img_embeds, const std::string& prompt,
+                            const LlamaTokenizer& tokenizer) const;
+
+  // `MiniGPT4.forward`: loss of `text + end_sym` after [bos] + wrapped image; targets -100
+  // on bos, prompt, image and padding (pad = eos) positions.
+  TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts,
+                          const std::string& prompt, const LlamaTokenizer& tokenizer) const;
+
+  // Embeds a prompt split at `<ImageHere>` with one image embedding [1, NQ, H] per gap;
+  // only the first segment gets bos (Chat.get_context_emb).
+  torch::Tensor context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
+                                  const LlamaTokenizer& tokenizer) const;
+
+  // Sets requires_grad and train/eval per the freeze flags: only llama_proj trains by default.
+  void apply_freezing();
+
+  MiniGPT4Config config;
+  std::shared_ptr<EvaVit> visual_encoder;
+  std::shared_ptr<LayerNorm> ln_vision;
+  std::shared_ptr<QFormer> Qformer;  // null without a Q-Former
+  torch::Tensor query_tokens;
+  std::shared_ptr<Linear> llama_proj;
+  std::shared_ptr<LlamaForCausalLM> llama_model;
+};
+
+// Builds the model the config describes on `device`, loads every weight it names and checks
+// that no frozen parameter was left unloaded. Throws minigpt4::Error naming the file and key.
+std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report = nullptr);
+
+// The dtype a configured precision runs in on `device`: fp16 is computed in fp32 on the CPU
+// (CPU half-precision GEMMs are slow and lose accuracy); bf16 and fp32 run as configured.
+torch::Dtype compute_dtype(const std::string& precision, torch::Device device);
+
+}  // namespace minigpt4

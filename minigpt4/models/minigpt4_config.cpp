@@ -1,0 +1,53 @@
+// model: section of a run config -> MiniGPT4Config. Defaults come from the built-in
+// configs/models/*.yaml (merged by Config); the struct's initialisers only cover keys a
+// config without `arch` leaves out.
+#include "minigpt4/common/config.h"
+#include "minigpt4/common/error.h"
+#include "minigpt4/models/minigpt4.h"
+
+namespace minigpt4 {
+
+MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
+  MiniGPT4Config c;
+  auto m = [](const char* key) { return std::string("model.") + key; };
+  c.vision.image_size = cfg.get_int(m("image_size"), c.vision.image_size);
+  c.vision.patch_size = cfg.get_int(m("vit_patch_size"), c.vision.patch_size);
+  c.vision.width = cfg.get_int(m("vit_width"), c.vision.width);
+  c.vision.depth = cfg.get_int(m("vit_depth"), c.vision.depth);
+  c.vision.num_heads = cfg.get_int(m("vit_num_heads"), c.vision.num_heads);
+  c.vision.mlp_ratio = cfg.get_float(m("vit_mlp_ratio"), c.vision.mlp_ratio);
+  if (cfg.get_float(m("drop_path_rate"), 0.0) != 0.0)
+    fail("{}: model.drop_path_rate must be 0 (the ViT is frozen; stochastic depth is not implemented)",
+         cfg.source_of("model.drop_path_rate"));
+
+  c.has_qformer = cfg.get_bool(m("has_qformer"), c.has_qformer);
+  c.qformer.num_query_tokens = cfg.get_int(m("num_query_token"), c.qformer.num_query_tokens);
+  c.qformer.hidden_size = cfg.get_int(m("qformer_hidden_size"), c.qformer.hidden_size);
+  c.qformer.num_layers = cfg.get_int(m("qformer_num_layers"), c.qformer.num_layers);
+  c.qformer.num_heads = cfg.get_int(m("qformer_num_heads"), c.qformer.num_heads);
+  c.qformer.intermediate_size = cfg.get_int(m("qformer_intermediate_size"), c.qformer.intermediate_size);
+  c.qformer.cross_attention_freq = cfg.get_int(m("cross_attention_freq"), c.qformer.cross_attention_freq);
+  c.qformer.encoder_width = c.vision.width;
+
+  c.vit_model = cfg.get_string(m("vit_model"));
+  c.q_former_model = cfg.get_string(m("q_former_model"));
+  c.llama_model = cfg.get_string(m("llama_model"));
+  c.ckpt = cfg.get_string(m("ckpt"));
+  c.vit_precision = cfg.get_string(m("vit_precision"), c.vit_precision);
+  c.llm_precision = cfg.get_string(m("llm_precision"), c.llm_precision);
+  for (const char* key : {"vit_precision", "llm_precision"}) {
+    const auto value = cfg.get_string(m(key));
+    if (!value.empty() && value != "fp32" && value != "fp16" && value != "bf16")
+      fail("{}: model.{} must be fp32, fp16 or bf16, got '{}'", cfg.source_of(m(key)), key, value);
+  }
+  c.freeze_vit = cfg.get_bool(m("freeze_vit"), c.freeze_vit);
+  c.freeze_qformer = cfg.get_bool(m("freeze_qformer"), c.freeze_qformer);
+  c.low_resource = cfg.get_bool(m("low_resource"), c.low_resource);
+  c.max_txt_len = cfg.get_int(m("max_txt_len"), c.max_txt_len);
+  c.end_sym = cfg.get_string(m("end_sym"), c.end_sym);
+  c.prompt_template = cfg.get_string(m("prompt_template"));
+  c.prompt_path = cfg.get_string(m("prompt_path"));
+  return c;
+}
+
+}  // namespace minigpt4

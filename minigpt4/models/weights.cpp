@@ -1,0 +1,61 @@
+#include "minigpt4/models/weights.h"
+
+#include "minigpt4/common/error.h"
+
+namespace minigpt4 {
+
+std::string summarize_names(const std::vector<std::string>& names, size_t max_listed) {
+  std::string out;
+  for (size_t i = 0; i < names.size() && i < max_listed; ++i) out += (i ? ", " : "") + names[i];
+  if (names.size() > max_listed) out += fmt::format(" and {} more", names.size() - max_listed);
+  return out;
+}
+
+LoadResult load_into(torch::nn::Module& module, const StateDict& state, const LoadSpec& spec,
+                     std::set<std::string>& filled) {
+  LoadResult result;
+  result.source = spec.source;
+  auto targets = module.named_parameters(/*recurse=*/true);
+  auto buffers = module.named_buffers(/*recurse=*/true);
+  torch::NoGradGuard no_grad;
+  for (const auto& [file_key, value] : state) {
+    const std::string name = spec.add_prefix + file_key;
+    torch::Tensor* target = targets.find(name);
+    if (!target) target = buffers.find(name);
+    if (!target) {
+      if (spec.is_ignorable && spec.is_ignorable(name))
+        result.ignored.push_back(name);
+      else
+        result.unexpected.push_back(name);
+      continue;
+    }
+    torch::Tensor source = value;
+    if (source.sizes() != target->sizes()) {
+      torch::Tensor converted;
+      if (spec.reshape) converted = spec.reshape(name, value, *target);
+      if (!converted.defined() || converted.sizes() != target->sizes())
+        fail("{}: '{}' has shape [{}] but the model expects [{}] (check the config's model sizes)", spec.source,
+             file_key, fmt::join(value.sizes(), ", "), fmt::join(target->sizes(), ", "));
+      source = converted;
+    }
+    if (!at::isFloatingType(source.scalar_type()) && at::isFloatingType(target->scalar_type()))
+      fail("{}: '{}' is stored as {} but the model expects floating point", spec.source, file_key,
+           c10::toString(source.scalar_type()));
+    target->copy_(source);
+    filled.insert(name);
+    result.loaded.push_back(name);
+  }
+  return result;
+}
+
+std::vector<std::string> unfilled_parameters(const torch::nn::Module& module, const std::set<std::string>& filled,
+                                             const std::string& prefix) {
+  std::vector<std::string> missing;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) {
+    const auto name = prefix + item.key();
+    if (!filled.count(name)) missing.push_back(name);
+  }
+  return missing;
+}
+
+}  // namespace minigpt4

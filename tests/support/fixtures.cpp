@@ -1,0 +1,170 @@
+#include "tests/support/fixtures.h"
+
+#include <torch/torch.h>
+#include <fmt/ranges.h>
+
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <set>
+#include <sstream>
+
+namespace minigpt4::test {
+
+fs::path data_dir() { return MINIGPT4_TEST_DATA_DIR; }
+fs::path source_dir() { return MINIGPT4_SOURCE_DIR; }
+
+// Python's json.dump writes NaN / Infinity / -Infinity (e.g. a manifest's max_abs of a
+// tensor holding -inf), which strict JSON parsers reject: read them as null.
+nlohmann::json read_json(const fs::path& path) {
+  std::ifstream in(path);
+  if (!in) throw std::runtime_error("cannot open " + path.string());
+  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::string cleaned;
+  cleaned.reserve(text.size());
+  bool in_string = false;
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (in_string) {
+      cleaned += c;
+      if (c == '\\' && i + 1 < text.size()) cleaned += text[++i];
+      else if (c == '"') in_string = false;
+      continue;
+    }
+    if (c == '"') in_string = true;
+    bool replaced = false;
+    for (const char* token : {"-Infinity", "Infinity", "NaN"}) {
+      const size_t n = std::strlen(token);
+      if (text.compare(i, n, token) == 0) {
+        cleaned += "null";
+        i += n - 1;
+        replaced = true;
+        break;
+      }
+    }
+    if (!replaced) cleaned += c;
+  }
+  return nlohmann::json::parse(cleaned);
+}
+
+static bool is_case_dir(const fs::path& dir) {
+  const fs::path manifest = dir / "manifest.json";
+  if (!fs::is_regular_file(manifest)) return false;
+  const auto m = read_json(manifest);
+  return m.value("format", "") == "minigpt4-parity-fixture";
+}
+
+static void add_cases_under(const fs::path& root, std::vector<fs::path>& out) {
+  if (!fs::is_directory(root)) return;
+  if (is_case_dir(root)) {
+    out.push_back(root);
+    return;
+  }
+  std::vector<fs::path> children;
+  for (const auto& entry : fs::directory_iterator(root))
+    if (entry.is_directory() && is_case_dir(entry.path())) children.push_back(entry.path());
+  std::sort(children.begin(), children.end());
+  out.insert(out.end(), children.begin(), children.end());
+}
+
+std::vector<fs::path> parity_cases(const std::string& with_file) {
+  std::vector<fs::path> all;
+  add_cases_under(data_dir() / "parity", all);
+  if (const char* env = std::getenv("MINIGPT4_PARITY_DIRS")) {
+    std::stringstream ss(env);
+    std::string entry;
+    while (std::getline(ss, entry, ':'))
+      if (!entry.empty()) add_cases_under(entry, all);
+  }
+  std::vector<fs::path> out;
+  std::set<fs::path> seen;
+  for (const auto& dir : all) {
+    const auto canonical = fs::weakly_canonical(dir);
+    if (!seen.insert(canonical).second) continue;
+    if (with_file.empty() || fs::exists(dir / with_file)) out.push_back(dir);
+  }
+  return out;
+}
+
+// Glob match where '*' is any run of characters.
+static bool glob_match(const std::string& pattern, const std::string& text) {
+  size_t p = 0, t = 0, star = std::string::npos, mark = 0;
+  while (t < text.size()) {
+    if (p < pattern.size() && pattern[p] == text[t]) {
+      ++p, ++t;
+    } else if (p < pattern.size() && pattern[p] == '*') {
+      star = p++;
+      mark = t;
+    } else if (star != std::string::npos) {
+      p = star + 1;
+      t = ++mark;
+    } else {
+      return false;
+    }
+  }
+  while (p < pattern.size() && pattern[p] == '*') ++p;
+  return p == pattern.size();
+}
+
+Tolerance tolerance_for(const nlohmann::json& manifest, const std::string& name) {
+  Tolerance tol;
+  if (!manifest.contains("tolerance")) return tol;
+  const auto& section = manifest["tolerance"];
+  if (section.contains("default")) {
+    tol.atol = section["default"].value("atol", tol.atol);
+    tol.rtol = section["default"].value("rtol", tol.rtol);
+  }
+  if (!section.contains("per_tensor")) return tol;
+  for (const auto& [pattern, value] : section["per_tensor"].items()) {
+    if (!value.is_object()) continue;  // prose entries such as "*ids / *targets / *mask"
+    if (!glob_match(pattern, name)) continue;
+    tol.atol = value.value("atol", tol.atol);
+    tol.rtol = value.value("rtol", tol.rtol);
+    return tol;
+  }
+  return tol;
+}
+
+Comparison compare(const std::string& name, const at::Tensor& actual_in, const at::Tensor& expected_in,
+                   const Tolerance& tol) {
+  Comparison result;
+  const auto actual = actual_in.detach().to(torch::kCPU);
+  const auto expected = expected_in.detach().to(torch::kCPU);
+  if (actual.sizes() != expected.sizes()) {
+    result.message = fmt::format("{}: shape {} != expected {}", name, fmt::join(actual.sizes(), "x"),
+                                 fmt::join(expected.sizes(), "x"));
+    return result;
+  }
+  const bool integral = !at::isFloatingType(expected.scalar_type());
+  if (integral || tol.exact) {
+    const auto a = actual.to(torch::kLong), e = expected.to(torch::kLong);
+    const auto mismatch = (a != e);
+    const int64_t count = mismatch.sum().item<int64_t>();
+    result.ok = count == 0;
+    if (!result.ok) {
+      const int64_t first = mismatch.flatten().nonzero()[0].item<int64_t>();
+      result.message = fmt::format("{}: {} of {} elements differ; first at flat index {}: {} != expected {}",
+                                   name, count, e.numel(), first, a.flatten()[first].item<int64_t>(),
+                                   e.flatten()[first].item<int64_t>());
+    }
+    return result;
+  }
+  const auto a = actual.to(torch::kDouble), e = expected.to(torch::kDouble);
+  const auto both_inf = torch::isinf(a) & torch::isinf(e) & (torch::sign(a) == torch::sign(e));
+  auto diff = torch::where(both_inf, torch::zeros_like(a), (a - e).abs());
+  diff = torch::nan_to_num(diff, /*nan=*/1e30);
+  const auto limit = tol.atol + tol.rtol * torch::where(both_inf, torch::zeros_like(e), e.abs());
+  const auto excess = diff - limit;
+  result.max_abs_diff = e.numel() ? diff.max().item<double>() : 0.0;
+  const int64_t worst = e.numel() ? excess.flatten().argmax().item<int64_t>() : 0;
+  result.ok = e.numel() == 0 || excess.flatten()[worst].item<double>() <= 0;
+  if (!result.ok) {
+    result.message = fmt::format("{}: max |diff| {:.3g}; worst at flat index {}: {:.8g} vs expected {:.8g} "
+                                 "(atol {}, rtol {})",
+                                 name, result.max_abs_diff, worst, a.flatten()[worst].item<double>(),
+                                 e.flatten()[worst].item<double>(), tol.atol, tol.rtol);
+  }
+  return result;
+}
+
+}  // namespace minigpt4::test
