@@ -224,7 +224,14 @@ Config Config::from_yaml(const std::string& yaml, const std::string& name, const
     const auto eq = option.find('=');
     if (eq == std::string::npos || eq == 0) fail("--options: '{}' is not of the form key=value", option);
     auto key_path = split_key(option.substr(0, eq));
-    const YAML::Node value = parse_yaml(option.substr(eq + 1), "--options " + option);
+    // "key=" sets an empty string (e.g. model.ckpt= to start without a checkpoint).
+    const std::string text = option.substr(eq + 1);
+    YAML::Node value(std::string{});
+    try {
+      if (!text.empty()) value = YAML::Load(text);
+    } catch (const YAML::Exception& e) {
+      fail("--options {}: the value is not valid YAML: {}", option, e.msg);
+    }
     // Build the nested node so the same validation applies.
     YAML::Node wrapped = value;
     for (auto it = key_path.rbegin(); it != key_path.rend(); ++it) {

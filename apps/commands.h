@@ -1,0 +1,10 @@
+#pragma once
+// Each subcommand lives in its own file and adds itself to the CLI here; main.cpp only
+// parses and turns errors into a message and a non-zero exit code.
+#include <CLI/CLI.hpp>
+
+namespace minigpt4::apps {
+
+void add_info_command(CLI::App& app);
+
+}  // namespace minigpt4::apps

@@ -1,0 +1,86 @@
+// `minigpt4 info --cfg-path FILE [--options k=v ...]`: build the model a config describes,
+// load every weight it names, and print what each module holds.
+#include "apps/commands.h"
+#include "minigpt4/common/config.h"
+#include "minigpt4/common/error.h"
+#include "minigpt4/models/minigpt4.h"
+
+#include <fmt/format.h>
+
+namespace minigpt4::apps {
+
+namespace {
+
+struct InfoArgs {
+  std::string cfg_path;
+  std::vector<std::string> options;
+  std::string device = "cpu";
+  int gpu_id = 0;
+};
+
+std::string with_commas(int64_t n) {
+  auto s = std::to_string(n);
+  for (int i = static_cast<int>(s.size()) - 3; i > 0; i -= 3) s.insert(static_cast<size_t>(i), ",");
+  return s;
+}
+
+torch::Device pick_device(const std::string& name, int gpu_id) {
+  if (name == "cpu") return torch::kCPU;
+  if (name != "cuda") fail("--device must be cpu or cuda, got '{}'", name);
+  if (!torch::cuda::is_available()) fail("--device cuda: no CUDA device is available");
+  return {torch::kCUDA, static_cast<c10::DeviceIndex>(gpu_id)};
+}
+
+void run_info(const InfoArgs& args) {
+  const auto config = Config::load(args.cfg_path, args.options);
+  const auto model_config = MiniGPT4Config::from_config(config);
+  LoadReport report;
+  const auto model = load_minigpt4(model_config, pick_device(args.device, args.gpu_id), &report);
+
+  fmt::print("config: {}\n", args.cfg_path);
+  for (const auto& source : report.sources) {
+    fmt::print("loaded {}: {} tensors", source.source, source.loaded.size());
+    if (!source.ignored.empty()) fmt::print(", {} ignored (not used by MiniGPT-4)", source.ignored.size());
+    if (!source.unexpected.empty()) fmt::print(", {} unexpected: {}", source.unexpected.size(), summarize_names(source.unexpected));
+    fmt::print("\n");
+  }
+  if (!report.initialised.empty())
+    fmt::print("initialised fresh (no checkpoint provides them): {}\n", summarize_names(report.initialised));
+  for (const auto& note : report.notes) fmt::print("note: {}\n", note);
+
+  fmt::print("\n{:<16} {:>16} {:>6} {:>10}\n", "module", "parameters", "dtype", "trainable");
+  int64_t total = 0, trainable = 0;
+  for (const auto& child : model->named_children()) {
+    int64_t count = 0, grad = 0;
+    std::string dtype;
+    for (const auto& p : child.value()->parameters()) {
+      count += p.numel();
+      if (p.requires_grad()) grad += p.numel();
+      dtype = dtype_name(p.scalar_type());
+    }
+    fmt::print("{:<16} {:>16} {:>6} {:>10}\n", child.key(), with_commas(count), dtype,
+               grad == count ? "yes" : grad == 0 ? "no" : "partly");
+    total += count, trainable += grad;
+  }
+  for (const auto& item : model->named_parameters(/*recurse=*/false)) {
+    const auto& p = item.value();
+    fmt::print("{:<16} {:>16} {:>6} {:>10}\n", item.key(), with_commas(p.numel()), dtype_name(p.scalar_type()),
+               p.requires_grad() ? "yes" : "no");
+    total += p.numel(), trainable += p.requires_grad() ? p.numel() : 0;
+  }
+  fmt::print("{:<16} {:>16}\n{:<16} {:>16}\n", "total", with_commas(total), "trainable", with_commas(trainable));
+}
+
+}  // namespace
+
+void add_info_command(CLI::App& app) {
+  auto args = std::make_shared<InfoArgs>();
+  auto* cmd = app.add_subcommand("info", "Build the model a config describes, load its weights, print each module");
+  cmd->add_option("--cfg-path", args->cfg_path, "run config (YAML)")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--options", args->options, "overrides, key=value (e.g. model.ckpt=path)");
+  cmd->add_option("--device", args->device, "cpu or cuda")->capture_default_str();
+  cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index")->capture_default_str();
+  cmd->callback([args] { run_info(*args); });
+}
+
+}  // namespace minigpt4::apps
