@@ -10,6 +10,7 @@ int main(int argc, char** argv) {
   CLI::App app{"minigpt4-cpp: train, chat with and evaluate MiniGPT-4-style vision-language models"};
   app.require_subcommand(1);
   minigpt4::apps::add_info_command(app);
+  minigpt4::apps::add_config_keys_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,62 @@
+// The minigpt4 binary as a user runs it: exit codes and messages.
+#include "tests/support/fixtures.h"
+
+#include <catch2/catch.hpp>
+
+#include <array>
+#include <cstdio>
+#include <sys/wait.h>
+
+using Catch::Contains;
+
+namespace {
+
+struct Run {
+  int exit_code;
+  std::string output;  // stdout and stderr
+};
+
+Run run(const std::string& args) {
+  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && '" MINIGPT4_BINARY "' " + args + " 2>&1";
+  Run result{-1, ""};
+  FILE* pipe = popen(command.c_str(), "r");
+  REQUIRE(pipe);
+  std::array<char, 4096> buffer{};
+  while (fgets(buffer.data(), buffer.size(), pipe)) result.output += buffer.data();
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+}  // namespace
+
+TEST_CASE("minigpt4 info prints every module of the tiny model", "[apps]") {
+  const auto r = run("info --cfg-path configs/tiny_vicuna0.yaml");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("visual_encoder") && Contains("Qformer") && Contains("llama_model") &&
+                           Contains("29 ignored (not used by MiniGPT-4)"));
+  CHECK_THAT(r.output, Contains("trainable") && Contains("3,136"));
+}
+
+TEST_CASE("minigpt4 info fails with a clear message on bad input", "[apps]") {
+  auto r = run("info --cfg-path configs/tiny_vicuna0.yaml --options model.ckpt=/nonexistent/ckpt.pth");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("model.ckpt") && Contains("/nonexistent/ckpt.pth"));
+
+  r = run("info --cfg-path configs/tiny_vicuna0.yaml --options model.vit_width=32");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("eva_vit_g.pth") && Contains("shape"));
+
+  r = run("info --cfg-path configs/tiny_vicuna0.yaml --options run.max_epochs=3");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("unknown key 'run.max_epochs'") && Contains("max_epoch"));
+
+  r = run("info --cfg-path /nonexistent.yaml");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("/nonexistent.yaml"));
+
+  r = run("info --cfg-path train_configs/minigpt4_stage1_pretrain.yaml");  // placeholder paths
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("llama_model"));
+}
