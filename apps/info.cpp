@@ -2,6 +2,7 @@
 // load every weight it names, and print what each module holds.
 #include "apps/commands.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/minigpt4.h"
 
@@ -24,20 +25,14 @@ std::string with_commas(int64_t n) {
   return s;
 }
 
-torch::Device pick_device(const std::string& name, int gpu_id) {
-  if (name == "cpu") return torch::kCPU;
-  if (name != "cuda") fail("--device must be cpu or cuda, got '{}'", name);
-  if (!torch::cuda::is_available()) fail("--device cuda: no CUDA device is available");
-  return {torch::kCUDA, static_cast<c10::DeviceIndex>(gpu_id)};
-}
-
 void run_info(const InfoArgs& args) {
   const auto config = Config::load(args.cfg_path, args.options);
   const auto model_config = MiniGPT4Config::from_config(config);
   LoadReport report;
-  const auto model = load_minigpt4(model_config, pick_device(args.device, args.gpu_id), &report);
+  const auto device = select_device(args.device, args.gpu_id);
+  const auto model = load_minigpt4(model_config, device, &report);
 
-  fmt::print("config: {}\n", args.cfg_path);
+  fmt::print("config: {}\ndevice: {}\n", args.cfg_path, describe_device(device));
   for (const auto& source : report.sources) {
     fmt::print("loaded {}: {} tensors", source.source, source.loaded.size());
     if (!source.ignored.empty()) fmt::print(", {} ignored (not used by MiniGPT-4)", source.ignored.size());
