@@ -8,7 +8,7 @@
 #include "minigpt4/chat/conversation.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "tests/support/fixtures.h"
-#include "tests/tokenizer/safetensors_i64.h"
+#include "tests/support/int_tensors.h"
 
 using namespace minigpt4;
 using nlohmann::json;
@@ -124,6 +124,6 @@ TEST_CASE("conversation templates match the Python prompts on every fixture case
   REQUIRE(!dirs.empty());
   for (const auto& dir : dirs) {
     const int checks = check_template_cases(dir) + check_generation_prompt(dir);
-    std::cout << "parity case " << dir.filename().string() << ": " << checks << " checks\n";
+    std::cout << "parity case " << dir.filename().string() << ": " << checks << " tensors checked\n";
   }
 }

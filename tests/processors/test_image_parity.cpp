@@ -29,6 +29,7 @@ struct ImageFixture {
   std::vector<ImageCase> images;
   std::array<double, 3> mean{}, std{};
   int image_size = 0;
+  std::string case_name;
 };
 
 std::vector<ImageFixture> load_fixtures() {
@@ -36,6 +37,7 @@ std::vector<ImageFixture> load_fixtures() {
   for (const auto& dir : mt::parity_cases("image_processor/manifest.json")) {
     const auto root = dir / "image_processor";
     ImageFixture fx;
+    fx.case_name = dir.filename().string();
     fx.manifest = mt::read_json(root / "manifest.json");
     const auto tensors =
         minigpt4::io::load_safetensors((root / fx.manifest["expected"]["path"].get<std::string>()).string());
@@ -125,5 +127,6 @@ TEST_CASE("ImageEvalProcessor reproduces the BLIP-2 eval pixel_values", "[proces
       INFO(e2e.message);
       CHECK(e2e.ok);
     }
+    std::cout << "parity case " << fx.case_name << ": " << 2 * fx.images.size() << " tensors checked" << std::endl;
   }
 }

@@ -7,7 +7,7 @@
 
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "tests/support/fixtures.h"
-#include "tests/tokenizer/safetensors_i64.h"
+#include "tests/support/int_tensors.h"
 
 using minigpt4::LlamaTokenizer;
 using nlohmann::json;
@@ -162,6 +162,6 @@ TEST_CASE("tokenizer matches HF slow LlamaTokenizer on every fixture case", "[pa
       }
     }
     checks += check_io_ids(dir, tok);
-    std::cout << "parity case " << dir.filename().string() << ": " << checks << " checks\n";
+    std::cout << "parity case " << dir.filename().string() << ": " << checks << " tensors checked\n";
   }
 }
