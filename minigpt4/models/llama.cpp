@@ -40,8 +40,21 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
   get_int("pad_token_id", c.pad_token_id, false);
   if (j.contains("tie_word_embeddings") && j["tie_word_embeddings"].is_boolean())
     c.tie_word_embeddings = j["tie_word_embeddings"].get<bool>();
-  if (j.contains("rope_scaling") && !j["rope_scaling"].is_null())
-    fail("{}: rope_scaling {} is not supported (plain RoPE only)", source, j["rope_scaling"].dump());
+  // transformers >= 5 writes rope_theta inside rope_parameters; older files at the top level.
+  for (const char* key : {"rope_parameters", "rope_scaling"}) {
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const auto& rope = j[key];
+    const std::string type = rope.value("rope_type", rope.value("type", std::string("default")));
+    if (!rope.is_object() || type != "default")
+      fail("{}: {} {} is not supported (plain RoPE only)", source, key, rope.dump());
+    if (rope.contains("rope_theta")) {
+      if (!rope["rope_theta"].is_number()) fail("{}: {}.rope_theta must be a number", source, key);
+      c.rope_theta = rope["rope_theta"].get<double>();
+    }
+  }
+  for (const char* key : {"attention_bias", "mlp_bias"})
+    if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
+      fail("{}: {} = true is not supported (LLaMA has no biases)", source, key);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
     fail("{}: hidden_act {} is not supported (LLaMA uses silu)", source, j["hidden_act"].dump());
   if (c.num_attention_heads % c.num_key_value_heads != 0)
