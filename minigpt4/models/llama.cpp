@@ -161,7 +161,7 @@ LlamaOutput LlamaForCausalLM::forward(const torch::Tensor& inputs_embeds, const 
   const auto emb = torch::cat({freqs, freqs}, -1).unsqueeze(1);
   const auto cos = emb.cos().to(x.scalar_type()), sin = emb.sin().to(x.scalar_type());
 
-  // Causal + padding mask: 0 where a query may look, float32's lowest value elsewhere. A
+  // Causal + padding mask: 0 where a query may look, the dtype's lowest value elsewhere. A
   // fully masked row (a left-padding query) then attends uniformly, as in transformers.
   const int64_t total = past + T;
   const auto options = torch::TensorOptions().dtype(torch::kBool).device(device);
@@ -171,8 +171,13 @@ LlamaOutput LlamaForCausalLM::forward(const torch::Tensor& inputs_embeds, const 
       fail("attention_mask has shape [{}], expected [{}, {}]", fmt::join(opt.attention_mask.sizes(), ", "), B, total);
     allowed = allowed & opt.attention_mask.to(device).to(torch::kBool).view({B, 1, 1, total});
   }
-  const auto lowest = std::numeric_limits<float>::lowest();
-  const auto additive_mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(torch::kFloat32).device(device))
+  // The lowest value of the compute dtype itself: float32's lowest would become -inf in
+  // fp16 and turn a fully masked row into NaNs.
+  const auto dtype = x.scalar_type();
+  const double lowest = dtype == torch::kHalf       ? static_cast<double>(std::numeric_limits<c10::Half>::lowest())
+                        : dtype == torch::kBFloat16 ? static_cast<double>(std::numeric_limits<c10::BFloat16>::lowest())
+                                                    : static_cast<double>(std::numeric_limits<float>::lowest());
+  const auto additive_mask = torch::zeros(allowed.sizes(), torch::TensorOptions().dtype(dtype).device(device))
                                  .masked_fill(allowed.logical_not(), lowest);
 
   LlamaOutput out;

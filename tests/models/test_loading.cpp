@@ -196,3 +196,23 @@ TEST_CASE("configured precisions: fp16 runs as fp32 on the CPU, bf16 as bf16", "
   torch::NoGradGuard no_grad;
   CHECK(model->encode_img(torch::randn({1, 3, 56, 56})).scalar_type() == torch::kBFloat16);
 }
+
+TEST_CASE("LLaMA in half precision stays finite under left padding", "[models]") {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  LlamaConfig c;
+  c.vocab_size = 40, c.hidden_size = 32, c.intermediate_size = 48, c.num_hidden_layers = 2;
+  c.num_attention_heads = 4, c.num_key_value_heads = 4;
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat16}) {
+    LlamaForCausalLM model(c, dtype);
+    for (auto& p : model.parameters()) p.normal_(0, 0.3);
+    auto mask = torch::ones({2, 7}, torch::kLong);
+    mask[1].slice(0, 0, 3).zero_();
+    LlamaForwardOptions options;
+    options.attention_mask = mask;
+    options.position_ids = position_ids_from_mask(mask);
+    const auto logits = model.forward(model.embed(torch::randint(3, 40, {2, 7})), options).logits;
+    INFO(c10::toString(dtype));
+    CHECK(torch::isfinite(logits).all().item<bool>());
+  }
+}

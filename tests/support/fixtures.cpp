@@ -73,8 +73,15 @@ std::vector<fs::path> parity_cases(const std::string& with_file) {
   if (const char* env = std::getenv("MINIGPT4_PARITY_DIRS")) {
     std::stringstream ss(env);
     std::string entry;
-    while (std::getline(ss, entry, ':'))
-      if (!entry.empty()) add_cases_under(entry, all);
+    while (std::getline(ss, entry, ':')) {
+      if (entry.empty()) continue;
+      // A mistyped entry must not pass vacuously.
+      const size_t before = all.size();
+      add_cases_under(entry, all);
+      if (all.size() == before)
+        throw std::runtime_error("MINIGPT4_PARITY_DIRS entry '" + entry +
+                                 "' is neither a parity case directory nor a directory of cases");
+    }
   }
   std::vector<fs::path> out;
   std::set<fs::path> seen;

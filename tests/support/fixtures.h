@@ -17,7 +17,8 @@ fs::path source_dir();  // the repository root
 
 // Every parity case directory (one holding a manifest.json with format
 // "minigpt4-parity-fixture"): those under tests/data/parity plus every entry of
-// MINIGPT4_PARITY_DIRS (colon-separated; each a case directory or a directory of cases).
+// MINIGPT4_PARITY_DIRS (colon-separated; each a case directory or a directory of cases; an
+// entry holding no case is an error).
 // `with_file` keeps only cases that contain that file (e.g. "minigpt4_full.safetensors").
 std::vector<fs::path> parity_cases(const std::string& with_file = "");
 
