@@ -1,5 +1,7 @@
 #include "tests/support/fixtures.h"
 
+#include "minigpt4/io/checkpoint.h"
+
 #include <torch/torch.h>
 #include <fmt/ranges.h>
 
@@ -14,38 +16,8 @@ namespace minigpt4::test {
 fs::path data_dir() { return MINIGPT4_TEST_DATA_DIR; }
 fs::path source_dir() { return MINIGPT4_SOURCE_DIR; }
 
-// Python's json.dump writes NaN / Infinity / -Infinity (e.g. a manifest's max_abs of a
-// tensor holding -inf), which strict JSON parsers reject: read them as null.
-nlohmann::json read_json(const fs::path& path) {
-  std::ifstream in(path);
-  if (!in) throw std::runtime_error("cannot open " + path.string());
-  const std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  std::string cleaned;
-  cleaned.reserve(text.size());
-  bool in_string = false;
-  for (size_t i = 0; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      cleaned += c;
-      if (c == '\\' && i + 1 < text.size()) cleaned += text[++i];
-      else if (c == '"') in_string = false;
-      continue;
-    }
-    if (c == '"') in_string = true;
-    bool replaced = false;
-    for (const char* token : {"-Infinity", "Infinity", "NaN"}) {
-      const size_t n = std::strlen(token);
-      if (text.compare(i, n, token) == 0) {
-        cleaned += "null";
-        i += n - 1;
-        replaced = true;
-        break;
-      }
-    }
-    if (!replaced) cleaned += c;
-  }
-  return nlohmann::json::parse(cleaned);
-}
+// Manifests hold Python's Infinity/NaN literals; io::read_json_file reads them.
+nlohmann::json read_json(const fs::path& path) { return io::read_json_file(path.string()); }
 
 static bool is_case_dir(const fs::path& dir) {
   const fs::path manifest = dir / "manifest.json";
