@@ -51,6 +51,7 @@ struct Checker {
     REQUIRE(expected.count(name));
     const auto result = test::compare(name, actual, expected.at(name), test::tolerance_for(manifest, name));
     if (!result.ok) failures.push_back(result.message);
+    if (std::getenv("MINIGPT4_PARITY_VERBOSE")) std::cout << "  " << name << ": max |diff| " << result.max_abs_diff << "\n";
     CHECK(result.ok);
     ++checked;
   }
