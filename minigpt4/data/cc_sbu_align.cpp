@@ -1,0 +1,86 @@
+#include "minigpt4/data/cc_sbu_align.h"
+
+#include "minigpt4/common/error.h"
+
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+
+namespace minigpt4::data {
+
+namespace fs = std::filesystem;
+
+CcSbuAlignDataset::CcSbuAlignDataset(std::string root) : root_(std::move(root)) {
+  const std::string file = (fs::path(root_) / "filter_cap.json").string();
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail("cc_sbu_align: cannot open {} (expected <root>/filter_cap.json and <root>/image/<image_id>.jpg)", file);
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(in);
+  } catch (const nlohmann::json::exception& e) {
+    fail("cc_sbu_align: {} is not valid JSON: {}", file, e.what());
+  }
+  if (!j.is_object() || !j.contains("annotations") || !j["annotations"].is_array())
+    fail("cc_sbu_align: {} has no \"annotations\" list (expected {{\"annotations\": [{{\"image_id\": ..., "
+         "\"caption\": ...}}]}})", file);
+  const auto& list = j["annotations"];
+  for (size_t i = 0; i < list.size(); ++i) {
+    const auto& a = list[i];
+    if (!a.is_object() || !a.contains("image_id") || !a.contains("caption") || !a["caption"].is_string())
+      fail("cc_sbu_align: {}: annotation {} needs an \"image_id\" and a \"caption\" string, got {}", file, i,
+           a.dump().substr(0, 200));
+    const auto& id = a["image_id"];
+    if (!id.is_string() && !id.is_number_integer())
+      fail("cc_sbu_align: {}: annotation {} has an image_id that is neither text nor an integer: {}", file, i, id.dump());
+    annotations_.push_back({id.is_string() ? id.get<std::string>() : id.dump(), a["caption"].get<std::string>()});
+  }
+  if (annotations_.empty()) fail("cc_sbu_align: {} holds no annotations", file);
+}
+
+std::string CcSbuAlignDataset::image_path(size_t i) const {
+  return (fs::path(root_) / "image" / (annotation(i).image_id + ".jpg")).string();
+}
+
+std::vector<size_t> CcSbuAlignDataset::pass_order(uint64_t seed, uint64_t pass, int rank, int world_size) const {
+  if (world_size < 1 || rank < 0 || rank >= world_size)
+    fail("cc_sbu_align: rank {} is not in [0, world_size {})", rank, world_size);
+  std::vector<size_t> all(annotations_.size());
+  std::iota(all.begin(), all.end(), size_t{0});
+  std::mt19937_64 rng(seed + pass);
+  portable_shuffle(all, rng);
+  std::vector<size_t> mine;
+  for (size_t i = static_cast<size_t>(rank); i < all.size(); i += static_cast<size_t>(world_size)) mine.push_back(all[i]);
+  return mine;
+}
+
+CcSbuAlignStream::CcSbuAlignStream(CcSbuAlignDataset dataset, uint64_t seed, int rank, int world_size)
+    : dataset_(std::move(dataset)), seed_(seed), rank_(rank), world_size_(world_size) {
+  if (dataset_.size() < static_cast<size_t>(world_size))
+    fail("cc_sbu_align: {} annotations cannot be split over {} ranks", dataset_.size(), world_size);
+  order_ = dataset_.pass_order(seed_, pass_, rank_, world_size_);  // also checks rank
+}
+
+StreamRecord CcSbuAlignStream::next() {
+  if (position_ == order_.size()) {
+    ++pass_;
+    order_ = dataset_.pass_order(seed_, pass_, rank_, world_size_);
+    position_ = 0;
+  }
+  const size_t i = order_[position_++];
+  StreamRecord rec;
+  rec.image_path = dataset_.image_path(i);
+  rec.source = rec.image_path;
+  rec.caption = dataset_.annotation(i).caption;
+  rec.pass = pass_;
+  std::error_code ec;
+  if (!fs::is_regular_file(rec.image_path, ec)) {
+    rec.skipped = true;
+    rec.reason = SkipReason::MissingImage;
+    rec.detail = "no such file (annotation image_id \"" + dataset_.annotation(i).image_id + "\")";
+  }
+  return rec;
+}
+
+}  // namespace minigpt4::data

@@ -1,0 +1,82 @@
+// The loader's settings from a run config, and its position as JSON (saved beside the
+// training checkpoints).
+#include "minigpt4/common/config.h"
+#include "minigpt4/common/error.h"
+#include "minigpt4/data/loader.h"
+
+#include <filesystem>
+
+namespace minigpt4::data {
+
+LoaderOptions loader_options_from_config(const Config& config, int rank, int world_size) {
+  LoaderOptions opt;
+  opt.seed = static_cast<uint64_t>(config.get_int("run.seed", 42));
+  opt.num_workers = static_cast<int>(config.get_int("run.num_workers", 4));
+  opt.rank = rank;
+  opt.world_size = world_size;
+  const auto names = config.keys_under("datasets");
+  if (names.empty()) fail("{}: no datasets configured (a `datasets:` section naming laion, cc_sbu or cc_sbu_align)", config.path());
+  for (const auto& name : names) {
+    const std::string key = "datasets." + name;
+    DatasetSpec spec;
+    spec.name = name;
+    spec.storage = config.get_string(key + ".build_info.storage");
+    if (spec.storage.empty())
+      fail("{}: {}.build_info.storage is not set; it says where the data is (a shard list such as "
+           "/data/laion/{{00000..10488}}.tar, or the cc_sbu_align directory)", config.path(), key);
+    const bool align_layout = std::filesystem::is_regular_file(std::filesystem::path(spec.storage) / "filter_cap.json");
+    spec.kind = name == "cc_sbu_align" || align_layout ? DatasetKind::CcSbuAlign : DatasetKind::WebDataset;
+    spec.batch_size = static_cast<int>(config.get_int(key + ".batch_size", config.get_int("run.batch_size_train", 0)));
+    if (spec.batch_size <= 0) fail("{}: neither {}.batch_size nor run.batch_size_train is set", config.path(), key);
+    spec.sample_ratio = config.get_float(key + ".sample_ratio", 1.0);
+    const std::string vis = key + ".vis_processor.train";
+    const std::string vis_name = config.get_string(vis + ".name", "blip2_image_train");
+    if (vis_name != "blip2_image_train" && vis_name != "blip2_image_eval")
+      fail("{}: {}.name is '{}'; expected blip2_image_train or blip2_image_eval", config.path(), vis, vis_name);
+    spec.random_crop = vis_name == "blip2_image_train";
+    spec.image_size = static_cast<int>(config.get_int(vis + ".image_size", 224));
+    spec.min_scale = config.get_float(vis + ".min_scale", 0.5);
+    spec.max_scale = config.get_float(vis + ".max_scale", 1.0);
+    spec.max_words = static_cast<int>(config.get_int(key + ".text_processor.train.max_words", 50));
+    spec.prompt = config.get_string(key + ".text_processor.train.prompt", "");
+    opt.datasets.push_back(std::move(spec));
+  }
+  return opt;
+}
+
+nlohmann::json LoaderPosition::to_json() const {
+  nlohmann::json j = {{"batches", batches}, {"seed", seed}, {"rank", rank}, {"world_size", world_size}};
+  j["datasets"] = nlohmann::json::object();
+  for (const auto& [name, d] : datasets)
+    j["datasets"][name] = {{"records", d.records}, {"batches", d.batches}, {"pass", d.pass}};
+  return j;
+}
+
+namespace {
+
+template <typename T>
+T required(const nlohmann::json& j, const std::string& key, const std::string& where) {
+  if (!j.is_object() || !j.contains(key) || !j[key].is_number_integer())
+    fail("data loader position: {}\"{}\" is missing or not an integer", where, key);
+  return j[key].get<T>();
+}
+
+}  // namespace
+
+LoaderPosition LoaderPosition::from_json(const nlohmann::json& j) {
+  LoaderPosition pos;
+  pos.batches = required<uint64_t>(j, "batches", "");
+  pos.seed = required<uint64_t>(j, "seed", "");
+  pos.rank = required<int>(j, "rank", "");
+  pos.world_size = required<int>(j, "world_size", "");
+  if (!j.contains("datasets") || !j["datasets"].is_object())
+    fail("data loader position: \"datasets\" is missing or not an object");
+  for (const auto& [name, d] : j["datasets"].items()) {
+    const std::string where = "datasets." + name + ".";
+    pos.datasets[name] = {required<uint64_t>(d, "records", where), required<uint64_t>(d, "batches", where),
+                          required<uint64_t>(d, "pass", where)};
+  }
+  return pos;
+}
+
+}  // namespace minigpt4::data

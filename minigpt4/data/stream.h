@@ -1,0 +1,57 @@
+#pragma once
+// What every dataset hands the loader: an endless, deterministic sequence of records. A
+// record is either a sample whose image is still encoded (the loader's workers decode it)
+// or a note that something was skipped, kept in sequence so the skip counts the loader
+// reports depend only on how far it has read, never on thread timing.
+#include "minigpt4/processors/train_processor.h"  // uniform_index
+
+#include <cstdint>
+#include <random>
+#include <string>
+#include <utility>
+
+namespace minigpt4::data {
+
+enum class SkipReason {
+  CorruptImage,  // the image bytes did not decode
+  MissingImage,  // the annotation names an image file that does not exist
+  NoImage,       // the sample has no jpg/jpeg/png/webp file
+  NoCaption,     // the sample has no txt file and no json with a "caption" string
+  BadShard,      // the tar could not be opened or read to its end (the rest of it is lost)
+};
+inline constexpr int kSkipReasonCount = 5;
+const char* skip_reason_name(SkipReason reason);  // "corrupt image", ...
+
+struct StreamRecord {
+  bool skipped = false;
+  SkipReason reason = SkipReason::CorruptImage;  // when skipped
+  std::string detail;                            // when skipped: why, in words
+  std::string source;       // what reports name: "<shard>:<key>" or the image path
+  std::string image_bytes;  // the encoded image, or empty when image_path is to be read
+  std::string image_path;
+  std::string caption;      // final text (caption processing already applied)
+  uint64_t pass = 0;        // which pass over the data produced it
+};
+
+class SampleStream {
+ public:
+  virtual ~SampleStream() = default;
+  virtual StreamRecord next() = 0;  // never ends; throws Error when no data can be had at all
+};
+
+// Seeds for independent random streams (shuffles, crops, mixing) from one run seed:
+// SplitMix64 over the parts, so nearby inputs give unrelated seeds.
+uint64_t mix_seed(uint64_t a, uint64_t b, uint64_t c = 0, uint64_t d = 0);
+uint64_t name_seed(const std::string& name);  // FNV-1a: a fixed number per dataset name
+
+// Fisher-Yates with the portable uniform_index (std::shuffle's draws are library-specific),
+// so a seed means the same order everywhere.
+template <typename T>
+void portable_shuffle(T& items, std::mt19937_64& rng) {
+  for (size_t i = items.size(); i > 1; --i) {
+    const size_t j = static_cast<size_t>(uniform_index(rng, i));
+    std::swap(items[i - 1], items[j]);
+  }
+}
+
+}  // namespace minigpt4::data
