@@ -67,7 +67,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"datasets.*.text_processor.*.prompt", T::String, "text prepended by the caption processor"},
       // ---- run: the runner
       {"run.task", T::String, "image_text_pretrain"},
-      {"run.lr_sched", T::String, "linear_warmup_cosine_lr (warm-up by step, cosine by epoch) or constant_lr"},
+      {"run.lr_sched", T::String, "linear_warmup_cosine_lr (linear warm-up over warmup_steps, then cosine to min_lr over all max_epoch * iters_per_epoch iterations, as MiniGPT-4's optims.py) or constant_lr"},
       {"run.init_lr", T::Float, "peak learning rate"},
       {"run.min_lr", T::Float, "cosine floor"},
       {"run.warmup_lr", T::Float, "learning rate at step 0 of the warm-up"},
