@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   minigpt4::apps::add_info_command(app);
   minigpt4::apps::add_config_keys_command(app);
+  minigpt4::apps::add_train_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
