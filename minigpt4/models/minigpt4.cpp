@@ -147,7 +147,7 @@ torch::Tensor MiniGPT4::context_embedding(const std::string& prompt, const std::
 
 void MiniGPT4::apply_freezing() {
   for (auto& p : parameters()) p.set_requires_grad(false);
-  eval();  // frozen parts run without dropout; the trainer switches trainable parts back
+  eval();  // no module here has active dropout (drop_path_rate 0; the Q-Former runs in eval mode in the original)
   for (auto& p : llama_proj->parameters()) p.set_requires_grad(true);
   if (!config.freeze_vit) {
     for (auto& p : visual_encoder->parameters()) p.set_requires_grad(true);
@@ -157,6 +157,8 @@ void MiniGPT4::apply_freezing() {
     for (auto& p : Qformer->parameters()) p.set_requires_grad(true);
     query_tokens.set_requires_grad(true);
   }
+  if (!config.freeze_llm)
+    for (auto& p : llama_model->parameters()) p.set_requires_grad(true);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ struct MiniGPT4Config {
   std::string vit_model, q_former_model, llama_model, ckpt;
   std::string vit_precision = "fp16";
   std::string llm_precision = "fp16";
-  bool freeze_vit = true, freeze_qformer = true;
+  bool freeze_vit = true, freeze_qformer = true, freeze_llm = true;
   bool low_resource = false;
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";
@@ -72,7 +72,8 @@ struct MiniGPT4 : torch::nn::Module {
   torch::Tensor context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
                                   const LlamaTokenizer& tokenizer) const;
 
-  // Sets requires_grad and train/eval per the freeze flags: only llama_proj trains by default.
+  // Sets requires_grad per the freeze flags (only llama_proj trains by default). Everything
+  // stays in eval mode: none of these modules has dropout active in MiniGPT-4's settings.
   void apply_freezing();
 
   MiniGPT4Config config;

@@ -72,6 +72,10 @@ TEST_CASE("only the projector trains, frozen parts are in eval mode", "[models]"
   const auto unfrozen = load_minigpt4(tiny_config({"model.freeze_qformer=False"}), torch::kCPU);
   CHECK(unfrozen->query_tokens.requires_grad());
   CHECK(unfrozen->Qformer->embeddings_norm->weight.requires_grad());
+  CHECK_FALSE(unfrozen->llama_model->lm_head->weight.requires_grad());
+  const auto llm = load_minigpt4(tiny_config({"model.freeze_llm=False"}), torch::kCPU);
+  CHECK(llm->llama_model->lm_head->weight.requires_grad());
+  CHECK_FALSE(llm->visual_encoder->pos_embed.requires_grad());
 }
 
 TEST_CASE("a checkpoint with a missing key, a wrong shape or a bad file fails by name", "[models]") {
