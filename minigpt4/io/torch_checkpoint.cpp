@@ -1,5 +1,7 @@
 #include "minigpt4/io/torch_checkpoint.h"
 
+#include "minigpt4/io/torch_save.h"
+
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/io/pickle.h"
@@ -44,12 +46,6 @@ std::optional<at::ScalarType> storage_dtype(std::string global) {
   for (const auto& t : kStorageTypes)
     if (global == t.name) return t.dtype;
   return std::nullopt;
-}
-
-const char* storage_name(at::ScalarType dtype) {
-  for (const auto& t : kStorageTypes)
-    if (t.dtype == dtype) return t.name;
-  return nullptr;
 }
 
 // Lets the zip reader read from our mapping (one open file, no extra copy of the central
@@ -278,88 +274,15 @@ StateDict load_torch_checkpoint(const std::string& path) {
 }
 
 void save_torch_checkpoint(const std::string& path, const StateDict& tensors, const std::string& wrap_key) {
-  struct StorageOut {
-    at::Tensor owner;  // keeps the bytes alive until written
-    std::string key;
-  };
-  std::vector<StorageOut> storages;
-  std::map<std::pair<const void*, at::ScalarType>, size_t> storage_index;
-
-  // The object torch.save would pickle: {wrap_key: OrderedDict(name -> tensor)}.
-  pickle::Writer w;
-  if (!wrap_key.empty()) {
-    w.empty_dict();
-    w.string(wrap_key);
+  PyValue state = PyValue::dict(PyValue::Kind::OrderedDict);
+  for (const auto& [name, tensor] : tensors) {
+    if (!tensor.defined()) fail("cannot save {}: tensor '{}' is undefined", path, name);
+    state.set(name, PyValue::of(tensor));
   }
-  auto ordered_dict = [&w] {
-    w.global("collections", "OrderedDict");
-    w.mark();
-    w.tuple();
-    w.reduce();
-  };
-  ordered_dict();
-  w.mark();
-  for (const auto& [name, original] : tensors) {
-    if (!original.defined()) fail("cannot save {}: tensor '{}' is undefined", path, name);
-    const char* type = storage_name(original.scalar_type());
-    if (type == nullptr || original.layout() != at::kStrided)
-      fail("cannot save {}: tensor '{}' ({}) has no torch storage type this writer supports", path,
-           name, c10::toString(original.scalar_type()));
-    at::Tensor t = original.cpu();
-    const size_t item = t.element_size();
-    if (t.storage().nbytes() % item != 0) t = t.clone(at::MemoryFormat::Contiguous);
-    // One record per (storage, dtype): views and tied weights stay views after loading.
-    const auto id = std::make_pair(static_cast<const void*>(t.storage().unsafeGetStorageImpl()), t.scalar_type());
-    auto [slot, inserted] = storage_index.emplace(id, storages.size());
-    if (inserted) storages.push_back({t, std::to_string(storages.size())});
-    const StorageOut& s = storages[slot->second];
-
-    w.string(name);
-    w.global("torch._utils", "_rebuild_tensor_v2");
-    w.mark();
-    w.mark();  // persistent id: ('storage', torch.XStorage, key, location, numel)
-    w.string("storage");
-    w.global("torch", type);
-    w.string(s.key);
-    w.string("cpu");
-    w.integer(static_cast<int64_t>(t.storage().nbytes() / item));
-    w.tuple();
-    w.persistent_id();
-    w.integer(t.storage_offset());
-    w.int_tuple(t.sizes().vec());
-    w.int_tuple(t.strides().vec());
-    w.boolean(false);  // requires_grad
-    ordered_dict();    // backward hooks
-    w.tuple();
-    w.reduce();
-  }
-  w.setitems();
-  if (!wrap_key.empty()) w.setitem();
-  const std::string pkl = w.finish();
-
-  AtomicWriter out(path);
-  std::string write_error;
-  try {
-    // The zip writer calls back from C code: report failure by a short count, not a throw.
-    caffe2::serialize::PyTorchStreamWriter zip([&](const void* buf, size_t n) -> size_t {
-      try {
-        out.write(buf, n);
-        return n;
-      } catch (const Error& e) {
-        write_error = e.what();
-        return 0;
-      }
-    });
-    zip.writeRecord("data.pkl", pkl.data(), pkl.size());
-    zip.writeRecord("byteorder", "little", 6);
-    for (const auto& s : storages)
-      zip.writeRecord("data/" + s.key, s.owner.storage().data(), s.owner.storage().nbytes());
-    zip.writeEndOfFile();
-  } catch (const c10::Error& e) {
-    fail("cannot write torch checkpoint {}: {}", path,
-         write_error.empty() ? e.what_without_backtrace() : write_error);
-  }
-  out.commit();
+  if (wrap_key.empty()) return torch_save(path, state);
+  PyValue root = PyValue::dict();
+  root.set(wrap_key, std::move(state));
+  torch_save(path, root);
 }
 
 }  // namespace minigpt4::io

@@ -5,7 +5,7 @@
 #include "minigpt4/io/torch_checkpoint.h"
 #include "minigpt4/train/grad_scaler.h"
 #include "minigpt4/train/optimizer.h"
-#include "minigpt4/train/torch_save.h"
+#include "minigpt4/io/torch_save.h"
 
 #include <torch/torch.h>
 
@@ -22,6 +22,7 @@ namespace {
 constexpr const char* kFormat = "minigpt4-cpp-training-checkpoint";
 constexpr int kVersion = 1;
 
+using io::PyValue;
 using K = PyValue::Kind;
 
 at::Tensor text_tensor(const std::string& text) {
@@ -161,7 +162,7 @@ void save_training_checkpoint(const std::string& path, const torch::nn::Module& 
   std::error_code ec;
   if (!parent.empty()) fs::create_directories(parent, ec);
   if (ec) fail("cannot create directory {} for checkpoint {}: {}", parent.string(), path, ec.message());
-  torch_save(path, root);
+  io::torch_save(path, root);
 }
 
 TrainingProgress read_training_progress(const std::string& path) { return parse_progress(load_file(path), path); }

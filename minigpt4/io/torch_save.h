@@ -1,10 +1,9 @@
 #pragma once
-// torch.save of a nested Python object (dicts, tuples, ints, strings, tensors), for the
-// training checkpoints: io::save_torch_checkpoint writes only {key: OrderedDict(tensors)},
-// while a LAVIS-style checkpoint is {"model": ..., "optimizer": ..., "epoch": int, ...}.
+// torch.save of a nested Python object (dicts, tuples, ints, strings, tensors): the one
+// writer of torch.save zips. save_torch_checkpoint (a state dict under one key) and the
+// training checkpoints ({"model": ..., "optimizer": ..., "epoch": int, ...}) both use it.
 // Floats are not supported (io's pickle writer has no float opcode): store them as 0-d
 // tensors. The file is written as `path.tmp.<pid>`, fsynced and renamed into place.
-// (A candidate to move into minigpt4/io next to save_torch_checkpoint.)
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -12,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-namespace minigpt4::train {
+namespace minigpt4::io {
 
 struct PyValue {
   enum class Kind { None, Int, String, Tensor, Dict, OrderedDict, Tuple };
@@ -34,4 +33,4 @@ struct PyValue {
 
 void torch_save(const std::string& path, const PyValue& object);
 
-}  // namespace minigpt4::train
+}  // namespace minigpt4::io

@@ -1,4 +1,4 @@
-#include "minigpt4/train/torch_save.h"
+#include "minigpt4/io/torch_save.h"
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/file_util.h"
@@ -9,7 +9,7 @@
 
 #include <map>
 
-namespace minigpt4::train {
+namespace minigpt4::io {
 
 PyValue PyValue::of(int64_t v) {
   PyValue p;
@@ -192,4 +192,4 @@ void torch_save(const std::string& path, const PyValue& object) {
   out.commit();
 }
 
-}  // namespace minigpt4::train
+}  // namespace minigpt4::io
