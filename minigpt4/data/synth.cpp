@@ -2,6 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/data/stream.h"
+#include "minigpt4/io/file_util.h"
 #include "minigpt4/processors/train_processor.h"
 
 #include <archive.h>
@@ -11,12 +12,10 @@
 #include <opencv2/imgproc.hpp>
 
 #include <algorithm>
-#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 namespace minigpt4::data {
 
@@ -86,43 +85,31 @@ std::string capitalised(std::string s) {
 
 // ---- files ----
 
-[[noreturn]] void fail_write(const fs::path& path, const std::string& why) {
-  fail("synth: cannot write {}: {}", path.string(), why);
-}
-
 void write_atomic(const fs::path& path, const std::string& bytes, size_t& counter) {
-  const fs::path tmp = path.string() + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) fail_write(tmp, std::strerror(errno));
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-    out.flush();
-    if (!out) fail_write(tmp, std::strerror(errno));
-  }
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail_write(path, "rename failed");
-  }
+  io::AtomicWriter out(path.string());
+  out.write(bytes.data(), bytes.size());
+  out.commit();
   ++counter;
 }
 
 // A pax tar as webdataset's TarWriter / `tar` make, with fixed metadata so that the same
-// entries give the same bytes.
+// entries give the same bytes. Shards are small: built in memory, then written atomically.
 void write_tar_atomic(const fs::path& path, const std::vector<std::pair<std::string, std::string>>& entries,
                       size_t& counter) {
-  const fs::path tmp = path.string() + ".tmp";
+  std::string tar;
   archive* a = archive_write_new();
   archive_write_set_format_pax_restricted(a);
+  archive_write_set_bytes_in_last_block(a, 1);
+  auto append = [](archive*, void* out, const void* buf, size_t n) -> la_ssize_t {
+    static_cast<std::string*>(out)->append(static_cast<const char*>(buf), n);
+    return static_cast<la_ssize_t>(n);
+  };
   auto failure = [&](const std::string& what) {
     const std::string why = what + ": " + (archive_error_string(a) ? archive_error_string(a) : "unknown error");
     archive_write_free(a);
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    fail_write(path, why);
+    fail("synth: cannot write {}: {}", path.string(), why);
   };
-  if (archive_write_open_filename(a, tmp.c_str()) != ARCHIVE_OK) failure("cannot create " + tmp.string());
+  if (archive_write_open(a, &tar, nullptr, append, nullptr) != ARCHIVE_OK) failure("cannot start the archive");
   for (const auto& [name, bytes] : entries) {
     archive_entry* e = archive_entry_new();
     archive_entry_set_pathname(e, name.c_str());
@@ -139,13 +126,7 @@ void write_tar_atomic(const fs::path& path, const std::vector<std::pair<std::str
   }
   if (archive_write_close(a) != ARCHIVE_OK) failure("closing the archive");
   archive_write_free(a);
-  std::error_code ec;
-  fs::rename(tmp, path, ec);
-  if (ec) {
-    fs::remove(tmp, ec);
-    fail_write(path, "rename failed");
-  }
-  ++counter;
+  write_atomic(path, tar, counter);
 }
 
 void make_dir(const fs::path& p) {
