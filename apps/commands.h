@@ -9,5 +9,6 @@ void add_info_command(CLI::App& app);
 void add_config_keys_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
+void add_quickstart_command(CLI::App& app);
 
 }  // namespace minigpt4::apps

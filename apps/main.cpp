@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_config_keys_command(app);
   minigpt4::apps::add_train_command(app);
   minigpt4::apps::add_synth_command(app);
+  minigpt4::apps::add_quickstart_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

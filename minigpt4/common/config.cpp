@@ -183,7 +183,9 @@ std::string default_model_file(const std::string& arch, const std::string& model
     fail("{}: unknown model.arch '{}' (known: minigpt4, mini_gpt4)", source, arch);
   if (model_type == "pretrain_vicuna" || model_type == "pretrain_vicuna0") return "minigpt4_vicuna0.yaml";
   if (model_type == "pretrain_llama2") return "minigpt4_llama2.yaml";
-  fail("{}: unknown model.model_type '{}' for arch {} (known: pretrain_vicuna0, pretrain_vicuna, pretrain_llama2)",
+  if (model_type == "quickstart") return "minigpt4_quickstart.yaml";
+  fail("{}: unknown model.model_type '{}' for arch {} (known: pretrain_vicuna0, pretrain_vicuna, pretrain_llama2, "
+       "quickstart)",
        source, model_type, arch);
 }
 

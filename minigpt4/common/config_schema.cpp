@@ -55,7 +55,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"preprocess.text_processor.*.max_words", T::Int, "captions are cut to this many words (50)"},
       {"preprocess.text_processor.*.prompt", T::String, "text prepended by the caption processor"},
       // ---- datasets.<name>
-      {"datasets.*.data_type", T::String, "images"},
+      {"datasets.*.data_type", T::String, "images (the default), or text: build_info.storage is a text file, one training text per line (language warm-up)"},
       {"datasets.*.build_info.storage", T::String, "where the data is: shard list with brace ranges, or a directory"},
       {"datasets.*.batch_size", T::Int, "batch size of this dataset"},
       {"datasets.*.sample_ratio", T::Float, "relative probability of drawing a batch from this dataset"},
@@ -102,7 +102,7 @@ const std::vector<ConfigKey>& config_schema() {
 }
 
 const std::vector<std::string>& known_datasets() {
-  static const std::vector<std::string> names = {"laion", "cc_sbu", "cc_sbu_align"};
+  static const std::vector<std::string> names = {"laion", "cc_sbu", "cc_sbu_align", "text_corpus"};
   return names;
 }
 

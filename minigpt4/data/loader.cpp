@@ -3,6 +3,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/data/cc_sbu_align.h"
 #include "minigpt4/data/shards.h"
+#include "minigpt4/data/text_lines.h"
 #include "minigpt4/data/webdataset.h"
 #include "minigpt4/data/worker_pool.h"
 #include "minigpt4/processors/image_decode.h"
@@ -73,6 +74,8 @@ struct DatasetState {
 std::unique_ptr<SampleStream> make_stream(const DatasetSpec& spec, const LoaderOptions& opt) {
   if (spec.kind == DatasetKind::CcSbuAlign)
     return std::make_unique<CcSbuAlignStream>(CcSbuAlignDataset(spec.storage), opt.seed, opt.rank, opt.world_size);
+  if (spec.kind == DatasetKind::TextLines)
+    return std::make_unique<TextLinesStream>(spec.storage, opt.seed, opt.rank, opt.world_size);
   WebDatasetOptions w;
   w.name = spec.name;
   w.shards = expand_shard_spec(spec.storage);
@@ -195,7 +198,7 @@ void DataLoader::Impl::fill(DatasetState& ds) {
     Pending p;
     p.record = ds.stream->next();
     const uint64_t index = ds.records_read++;
-    if (!p.record.skipped) {
+    if (!p.record.skipped && p.record.has_image) {
       auto task = std::make_shared<std::packaged_task<Decoded()>>(
           [bytes = std::move(p.record.image_bytes), path = p.record.image_path, source = p.record.source,
            transform = ds.transform, seed = mix_seed(ds.crop_seed_base, index)] {
@@ -229,8 +232,8 @@ Produced DataLoader::Impl::produce() {
       note_unusable(ds);
       continue;
     }
-    Decoded d = p.result.get();
-    if (!d.image.defined()) {
+    Decoded d = p.record.has_image ? p.result.get() : Decoded{};
+    if (p.record.has_image && !d.image.defined()) {
       running_stats.record_skip(ds.spec.name, SkipReason::CorruptImage, p.record.source, d.error);
       note_unusable(ds);
       continue;
@@ -245,11 +248,11 @@ Produced DataLoader::Impl::produce() {
   Produced out;
   std::vector<at::Tensor> images;
   for (auto& s : samples) {
-    images.push_back(std::move(s.image));
+    if (s.image.defined()) images.push_back(std::move(s.image));
     out.batch.captions.push_back(std::move(s.caption));
     out.batch.sources.push_back(std::move(s.source));
   }
-  out.batch.images = torch::stack(images);
+  if (!images.empty()) out.batch.images = torch::stack(images);
   out.batch.dataset = ds.spec.name;
   out.position = snapshot();
   out.stats = running_stats;
@@ -286,6 +289,7 @@ void DataLoader::Impl::fast_forward(const LoaderPosition& pos) {
 }
 
 void DataLoader::Impl::produce_loop() {
+  use_single_torch_thread();
   try {
     while (true) {
       {

@@ -25,13 +25,13 @@ class Config;
 namespace minigpt4::data {
 
 struct Sample {
-  at::Tensor image;     // float32 [3,S,S], processed
+  at::Tensor image;     // float32 [3,S,S], processed; undefined for text-only samples
   std::string caption;  // processed as the dataset's text processor says
   std::string source;   // "<shard>:<key>.<ext>" or the image path
 };
 
 struct Batch {
-  at::Tensor images;                 // float32 [B,3,S,S] on the CPU
+  at::Tensor images;                 // float32 [B,3,S,S] on the CPU; undefined for a text-only dataset
   std::vector<std::string> captions;
   std::string dataset;               // the dataset this batch was drawn from
   std::vector<std::string> sources;  // each sample's Sample::source
@@ -40,6 +40,7 @@ struct Batch {
 enum class DatasetKind {
   WebDataset,  // laion, cc_sbu: tar shards
   CcSbuAlign,  // stage 2: filter_cap.json + image/
+  TextLines,   // data_type: text, a text file with one training text per line (no images)
 };
 
 struct DatasetSpec {
@@ -70,7 +71,8 @@ struct LoaderOptions {
 // (else run.batch_size_train), sample_ratio (1), vis_processor.train (name, image_size,
 // min_scale, max_scale) and text_processor.train (max_words, prompt); run.seed and
 // run.num_workers. `cc_sbu_align` (or a storage directory holding filter_cap.json) is the
-// stage-2 layout, any other dataset webdataset shards. Errors name the key.
+// stage-2 layout, `data_type: text` a text file (language warm-up), any other dataset
+// webdataset shards. Errors name the key.
 LoaderOptions loader_options_from_config(const Config& config, int rank, int world_size);
 
 // Where a loader is in its streams: enough to rebuild it there. `records` counts

@@ -25,7 +25,12 @@ LoaderOptions loader_options_from_config(const Config& config, int rank, int wor
       fail("{}: {}.build_info.storage is not set; it says where the data is (a shard list such as "
            "/data/laion/{{00000..10488}}.tar, or the cc_sbu_align directory)", config.path(), key);
     const bool align_layout = std::filesystem::is_regular_file(std::filesystem::path(spec.storage) / "filter_cap.json");
-    spec.kind = name == "cc_sbu_align" || align_layout ? DatasetKind::CcSbuAlign : DatasetKind::WebDataset;
+    const std::string data_type = config.get_string(key + ".data_type", "images");
+    if (data_type != "images" && data_type != "text")
+      fail("{}: {}.data_type is '{}'; expected images or text", config.path(), key, data_type);
+    spec.kind = data_type == "text"                              ? DatasetKind::TextLines
+                : name == "cc_sbu_align" || align_layout ? DatasetKind::CcSbuAlign
+                                                         : DatasetKind::WebDataset;
     spec.batch_size = static_cast<int>(config.get_int(key + ".batch_size", config.get_int("run.batch_size_train", 0)));
     if (spec.batch_size <= 0) fail("{}: neither {}.batch_size nor run.batch_size_train is set", config.path(), key);
     spec.sample_ratio = config.get_float(key + ".sample_ratio", 1.0);

@@ -31,6 +31,7 @@ struct StreamRecord {
   std::string image_path;
   std::string caption;      // final text (caption processing already applied)
   uint64_t pass = 0;        // which pass over the data produced it
+  bool has_image = true;    // false: a text-only record (data_type: text)
 };
 
 class SampleStream {

@@ -2,7 +2,24 @@
 
 #include "minigpt4/common/error.h"
 
+#include <ATen/Config.h>
+#include <ATen/Parallel.h>
+
+#include <dlfcn.h>
+
 namespace minigpt4::data {
+
+void use_single_torch_thread() {
+  // The lazy per-thread init would otherwise reset the thread's OpenMP team size later.
+  at::internal::lazy_init_num_threads();
+#if AT_PARALLEL_OPENMP
+  // The calling thread's own setting (an OpenMP per-thread ICV). Looked up in the OpenMP
+  // runtime LibTorch already loaded, rather than linked, so any LibTorch build works.
+  using SetThreads = void (*)(int);
+  static const auto set_threads = reinterpret_cast<SetThreads>(dlsym(RTLD_DEFAULT, "omp_set_num_threads"));
+  if (set_threads) set_threads(1);
+#endif
+}
 
 WorkerPool::WorkerPool(int threads) {
   for (int i = 0; i < threads; ++i) threads_.emplace_back([this] { work(); });
@@ -37,6 +54,7 @@ void WorkerPool::shutdown() {
 }
 
 void WorkerPool::work() {
+  use_single_torch_thread();
   while (true) {
     std::function<void()> job;
     {

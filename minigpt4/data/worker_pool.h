@@ -9,6 +9,13 @@
 
 namespace minigpt4::data {
 
+// Makes LibTorch run single-threaded on the calling thread. Input-pipeline threads call it
+// first: with OpenMP, every thread that enters a parallel region gets its own team, and
+// those teams spin-wait between regions, so a few pipeline threads next to the training
+// thread's team oversubscribe the cores and slow the step several-fold. The training
+// thread keeps its intra-op threads.
+void use_single_torch_thread();
+
 class WorkerPool {
  public:
   explicit WorkerPool(int threads);  // 0 threads: run() executes the job at once, on the caller

@@ -97,11 +97,16 @@ torch::Tensor MiniGPT4::prompt_wrap(const torch::Tensor& img_embeds, const std::
 
 TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector<std::string>& texts,
                                   const std::string& prompt, const LlamaTokenizer& tokenizer) const {
-  if (images.size(0) != static_cast<int64_t>(texts.size()))
-    fail("training batch has {} images but {} texts", images.size(0), texts.size());
-  const auto img_embeds = prompt_wrap(encode_img(images), prompt, tokenizer);
-  const auto device = img_embeds.device();
-  const int64_t B = img_embeds.size(0), T_img = img_embeds.size(1);
+  const int64_t B = static_cast<int64_t>(texts.size());
+  if (images.defined() && images.size(0) != B) fail("training batch has {} images but {} texts", images.size(0), B);
+  if (!images.defined() && !prompt.empty()) fail("a text-only batch cannot take an image prompt ('{}')", prompt);
+  const auto device = llama_proj->weight.device();
+  // Text-only batches (a language warm-up) have no image part: [bos] + text.
+  const auto img_embeds = images.defined()
+                              ? prompt_wrap(encode_img(images), prompt, tokenizer)
+                              : torch::empty({B, 0, llama_model->config.hidden_size},
+                                             llama_model->embed_tokens->weight.options());
+  const int64_t T_img = img_embeds.size(1);
 
   std::vector<std::string> with_end;
   for (const auto& t : texts) with_end.push_back(t + config.end_sym);

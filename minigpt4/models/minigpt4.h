@@ -63,7 +63,8 @@ struct MiniGPT4 : torch::nn::Module {
                             const LlamaTokenizer& tokenizer) const;
 
   // `MiniGPT4.forward`: loss of `text + end_sym` after [bos] + wrapped image; targets -100
-  // on bos, prompt, image and padding (pad = eos) positions.
+  // on bos, prompt, image and padding (pad = eos) positions. Undefined `images` (with an
+  // empty prompt) is a text-only batch: the loss of [bos] + text + end_sym.
   TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts,
                           const std::string& prompt, const LlamaTokenizer& tokenizer) const;
 

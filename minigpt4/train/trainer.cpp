@@ -122,11 +122,12 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
       // One prompt for the whole batch, as the original's random.choice; seeded by the
       // global step so a resumed run draws the same prompts.
       std::string prompt;
-      if (!prompts.empty()) {
+      if (!prompts.empty() && batch.images.defined()) {
         std::mt19937_64 rng(static_cast<uint64_t>(seed) * 1000003ULL + static_cast<uint64_t>(progress.global_step));
         prompt = prompts[rng() % prompts.size()];
       }
-      const auto out = model->forward(batch.images.to(options.device), batch.captions, prompt, tokenizer);
+      const auto images = batch.images.defined() ? batch.images.to(options.device) : torch::Tensor();
+      const auto out = model->forward(images, batch.captions, prompt, tokenizer);
       const double loss = out.loss.item<double>();
       if (!std::isfinite(loss)) {
         if (!scaler.enabled())
@@ -146,7 +147,7 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
         optimizer->zero_grad();
       }
       ++progress.global_step;
-      samples_since_log += batch.images.size(0);
+      samples_since_log += static_cast<int64_t>(batch.captions.size());
       window.push_back(loss);
 
       const auto now = std::chrono::steady_clock::now();

@@ -1,0 +1,43 @@
+#pragma once
+// Internals shared by generate.cpp (greedy / sampling) and beam_search.cpp.
+#include "minigpt4/generate/generate.h"
+#include "minigpt4/models/llama.h"
+
+#include <optional>
+
+namespace minigpt4::detail {
+
+// The model side of generation: the prompt once, then one token per row at a time through
+// the KV cache, with HF's attention mask (one column of ones per step) and position ids
+// (cumsum(mask) - 1, padding at 1).
+class Decoder {
+ public:
+  Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask);
+  // Runs the prompt [N, T, H]; returns the next-token logits [N, V] (float32).
+  torch::Tensor start(const torch::Tensor& inputs_embeds);
+  // Feeds one token id per row ([N], int64); returns the next logits.
+  torch::Tensor step(const torch::Tensor& tokens);
+  // Keeps the rows `index` [N] of the cache and mask (beam reordering).
+  void reorder(const torch::Tensor& index);
+
+ private:
+  const LlamaForCausalLM& llm_;
+  KVCache cache_;
+  torch::Tensor mask_;  // [N, T_past], int64
+};
+
+// HF's input_ids as a tensor [N, L] on `device`.
+torch::Tensor ids_tensor(const std::vector<std::vector<int64_t>>& rows, torch::Device device);
+
+// Whether `ids` ends with one of the stop sequences (StoppingCriteriaSub).
+bool ends_with_stop_sequence(const std::vector<int64_t>& ids, const std::vector<std::vector<int64_t>>& stops);
+
+// A CPU generator seeded with config.seed, for sampling.
+at::Generator sampling_generator(uint64_t seed);
+
+void check_config(const GenerationConfig& config, int64_t vocab_size);
+
+GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,
+                             const GenerationConfig& config, const std::function<void(int64_t)>& on_token);
+
+}  // namespace minigpt4::detail

@@ -1,0 +1,86 @@
+#pragma once
+// Text generation from input embeddings, as Hugging Face transformers 4.28 `generate()` runs
+// it for MiniGPT-4's `Chat.answer` (`llama_model.generate(inputs_embeds=...)`):
+//  - only embeddings come in, so HF seeds `input_ids` with the bos id. That id is never fed
+//    to the model, but the repetition penalty, min_length and stop sequences see it, and HF
+//    returns it first (GenerationOutput::hf_output());
+//  - the prompt runs once, then one token at a time through the KV cache; position ids are
+//    `cumsum(attention_mask) - 1` (left padding in a batch);
+//  - logits processors in HF's order: repetition penalty, min-length eos suppression; for
+//    sampling then the warpers temperature, top-k, top-p (filtered entries become -inf);
+//  - beam search is HF's BeamSearchScorer (early_stopping=False, length_penalty over the
+//    hypothesis length including the seeded bos); with do_sample it is HF's beam_sample.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace minigpt4 {
+
+struct LlamaForCausalLM;
+class LlamaTokenizer;
+
+struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.28)
+  int64_t max_new_tokens = 300;
+  // HF MinLengthLogitsProcessor: eos is suppressed while the length of input_ids is below
+  // min_length. With inputs_embeds, input_ids is the seeded bos plus the generated ids (the
+  // prompt exists only as embeddings), so eos is allowed once 1 + generated >= min_length.
+  int64_t min_length = 1;
+  int num_beams = 1;
+  double length_penalty = 1.0;  // beam hypotheses score sum_logprobs / len(hyp)^length_penalty
+  bool do_sample = false;
+  double temperature = 1.0, top_p = 1.0;
+  int64_t top_k = 0;  // 0 = off (HF's own default is 50: MiniGPT-4's demo samples with top_k 50)
+  double repetition_penalty = 1.0;
+  int64_t bos_token_id = 1;  // seeded into input_ids (generation_config.json); < 0: none
+  int64_t eos_token_id = 2;  // < 0: none
+  int64_t pad_token_id = -1;  // fed to finished rows of a batch; < 0: eos
+  // Generation stops when [bos] + generated ends with one of these (MiniGPT-4's
+  // StoppingCriteriaSub); the matched tokens stay in the output.
+  std::vector<std::vector<int64_t>> stop_token_sequences;
+  uint64_t seed = 0;  // sampling RNG: a CPU torch::Generator seeded with it (probabilities are sampled on the CPU)
+};
+
+struct GenerationOutput {
+  std::vector<int64_t> tokens;  // the generated ids (eos and stop tokens included, as HF returns them)
+  std::string finish_reason;    // "stop" (stop sequence), "eos", "length" (max_new_tokens)
+  int64_t seeded_bos = -1;      // the bos HF put in front (config.bos_token_id)
+  // What HF's generate returns for this row: the seeded bos, then tokens.
+  std::vector<int64_t> hf_output() const;
+};
+
+// Generates from input embeddings [1, T, H] (MiniGPT-4 passes inputs_embeds, as Chat.answer
+// does). on_token (optional) is called with each new token id as it is chosen (greedy and
+// sampling; for beam search with the best hypothesis' ids at the end). Runs under NoGradGuard
+// on the embeddings' device. Stop sequences are checked on row 0 as in MiniGPT-4.
+GenerationOutput generate(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds, const GenerationConfig& config,
+                          const std::function<void(int64_t)>& on_token = {});
+
+// Batched greedy/sampling with left padding: inputs_embeds [B, T, H] + attention_mask [B, T]
+// (0 on the left padding); one output per row. Each row ends on its own eos or stop sequence
+// (HF's StoppingCriteriaSub would look only at row 0 and stop every row); finished rows are
+// fed pad_token_id until all are done. num_beams must be 1.
+std::vector<GenerationOutput> generate_batch(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds,
+                                             const at::Tensor& attention_mask, const GenerationConfig& config);
+
+// HF's logits processors on next-token scores [N, V] (float): repetition penalty over every
+// id of input_ids [N, L] (each id once: score < 0 -> score * penalty, else score / penalty),
+// then min-length eos suppression (L < min_length -> eos score -inf). Returns a new tensor.
+at::Tensor process_logits(const at::Tensor& scores, const at::Tensor& input_ids, const GenerationConfig& config);
+// HF's sampling warpers: temperature (if != 1), top-k (if > 0), top-p (if < 1); filtered
+// entries are -inf. min_tokens_to_keep is 1, and 2 for beam sampling, as in HF.
+at::Tensor warp_logits(const at::Tensor& scores, const GenerationConfig& config, int64_t min_tokens_to_keep = 1);
+// The HF class names of the processors (then, with do_sample, the warpers) this config
+// activates, in the order they run, e.g. {"MinLengthLogitsProcessor", "TopKLogitsWarper"}.
+std::vector<std::string> logits_pipeline(const GenerationConfig& config);
+
+// Chat.answer's token clean-up: drop a leading 0 (early Vicuna configs seeded bos 0), then a
+// leading 1 (the seeded bos). `tokens` is HF's output (GenerationOutput::hf_output()).
+std::vector<int64_t> answer_tokens(const std::vector<int64_t>& tokens);
+// Chat.answer's text: answer_tokens, decode (special tokens kept), split('###')[0],
+// split('Assistant:')[-1], Python's strip().
+std::string postprocess_answer(const std::vector<int64_t>& tokens, const LlamaTokenizer& tokenizer);
+
+}  // namespace minigpt4

@@ -1,0 +1,305 @@
+#include "minigpt4/quickstart/pipeline.h"
+
+#include "minigpt4/chat/conversation.h"
+#include "minigpt4/common/config.h"
+#include "minigpt4/common/error.h"
+#include "minigpt4/common/log.h"
+#include "minigpt4/data/synth.h"
+#include "minigpt4/io/checkpoint.h"
+#include "minigpt4/io/file_util.h"
+#include "minigpt4/models/init.h"
+#include "minigpt4/quickstart/heldout.h"
+#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/train_tokenizer.h"
+#include "minigpt4/train/trainer.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+namespace minigpt4::quickstart {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+void write_file(const fs::path& path, const std::string& text) {
+  io::AtomicWriter out(path.string());
+  out.write(text.data(), text.size());
+  out.commit();
+}
+
+std::vector<std::string> read_prompts(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("quickstart: cannot read the prompt file {}", path);
+  std::vector<std::string> prompts;
+  for (std::string line; std::getline(in, line);)
+    if (line.find(kImagePlaceholder) != std::string::npos) prompts.push_back(line);
+  if (prompts.empty()) fail("quickstart: {} holds no prompt with {}", path, kImagePlaceholder);
+  return prompts;
+}
+
+std::string replace_all(std::string s, const std::string& from, const std::string& to) {
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+  return s;
+}
+
+// The language the LLM warms up on: every caption and answer of the world, and each
+// stage-2 answer once more inside a chat turn without its image: in the template `minigpt4
+// chat` uses (system message, '###' turns) and in the stage-2 training template. It is
+// what Vicuna brings to MiniGPT-4: the language, and the habit of answering in turns.
+size_t write_warmup_corpus(const data::SynthSummary& world, const std::vector<std::string>& prompts, uint64_t seed,
+                           const fs::path& out) {
+  std::ifstream corpus(world.corpus_path);
+  if (!corpus) fail("quickstart: cannot read {}", world.corpus_path);
+  std::string text;
+  size_t lines = 0;
+  for (std::string line; std::getline(corpus, line); ++lines) text += line + "\n";
+
+  const auto anns = io::read_json_file((fs::path(world.align_root) / "filter_cap.json").string()).at("annotations");
+  std::mt19937_64 rng(seed ^ 0x77A4D5ULL);
+  for (const auto& a : anns) {
+    const std::string answer = a.at("caption").get<std::string>();
+    const std::string question = replace_all(prompts[rng() % prompts.size()], kImagePlaceholder, "");
+    Conversation conv = conversation_template("vicuna0");
+    conv.append_message(conv.roles()[0], question);
+    conv.start_answer();
+    text += conv.get_prompt() + answer + "###\n";
+    const std::string other = replace_all(prompts[rng() % prompts.size()], kImagePlaceholder, "");
+    text += "###Human: " + other + " ###Assistant: " + answer + "###\n";
+    lines += 2;
+  }
+  write_file(out, text);
+  return lines;
+}
+
+// Copies tokenizer.model and its two JSON files between LLM directories.
+void copy_tokenizer(const fs::path& from, const fs::path& to) {
+  for (const char* name : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
+    fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing);
+}
+
+// A model "release": the loaded model's parts in the real layout, with the tokenizer.
+void release_model(const MiniGPT4& model, const fs::path& tokenizer_dir, const fs::path& dir) {
+  const auto files = save_model_parts(model, dir.string());
+  copy_tokenizer(tokenizer_dir, files.llama_model);
+}
+
+std::vector<std::string> with(std::vector<std::string> base, const std::vector<std::string>& more) {
+  base.insert(base.end(), more.begin(), more.end());
+  return base;
+}
+
+struct StageOutcome {
+  train::TrainResult result;
+  double seconds = 0;
+};
+
+StageOutcome run_stage(const std::string& name, const fs::path& config_path, std::vector<std::string> overrides,
+                       const QuickstartOptions& opt) {
+  // iters_per_epoch scaled (tests), read from the file first.
+  const auto base = Config::load(config_path.string(), overrides);
+  const auto iters = base.get_int("run.iters_per_epoch", 0);
+  if (opt.iterations_scale != 1.0) {
+    const auto scaled = std::max<int64_t>(2, std::llround(static_cast<double>(iters) * opt.iterations_scale));
+    overrides.push_back("run.iters_per_epoch=" + std::to_string(scaled));
+    const auto warm = base.get_int("run.warmup_steps", 0);
+    overrides.push_back("run.warmup_steps=" + std::to_string(std::min<int64_t>(warm, scaled)));
+  }
+  const auto config = Config::load(config_path.string(), with(overrides, opt.options));
+  log::info("==== quickstart: {} ({}) ====", name, config_path.string());
+  const auto start = Clock::now();
+  train::TrainOptions train_options;
+  train_options.device = torch::kCPU;
+  StageOutcome out;
+  out.result = train::run_training(config, train_options);
+  out.seconds = seconds_since(start);
+  if (out.result.last_checkpoint.empty()) fail("quickstart: {} wrote no checkpoint", name);
+  log::info("{}: {} steps in {:.0f} s, loss {:.3f} -> {:.3f}", name, out.result.global_step, out.seconds,
+            out.result.first_loss, out.result.last_loss);
+  return out;
+}
+
+std::string yaml_quote(const std::string& s) { return "\"" + replace_all(replace_all(s, "\\", "\\\\"), "\"", "\\\"") + "\""; }
+
+}  // namespace
+
+nlohmann::json run_quickstart(const QuickstartOptions& opt) {
+  const auto start = Clock::now();
+  const fs::path out = fs::absolute(opt.out_dir).lexically_normal();
+  const fs::path configs = fs::absolute(opt.config_dir);
+  for (const char* name : {"quickstart_warmup.yaml", "quickstart_stage1.yaml", "quickstart_stage2.yaml"})
+    if (!fs::is_regular_file(configs / name))
+      fail("quickstart: {} not found (run from the repository root, or pass --config-dir)", (configs / name).string());
+  const auto prompts = read_prompts(opt.prompt_path);
+  fs::create_directories(out);
+  nlohmann::json summary;
+
+  // 1. The world.
+  auto t = Clock::now();
+  data::SynthOptions synth;
+  synth.out_dir = (out / "world").string();
+  synth.seed = opt.seed;
+  synth.stage1_samples = opt.stage1_samples;
+  synth.align_samples = opt.align_samples;
+  synth.heldout_samples = opt.heldout_samples;
+  synth.image_size = 64;
+  synth.shard_size = 500;
+  synth.force = true;
+  const auto world = data::write_synthetic_world(synth);
+  const fs::path warmup_txt = out / "world" / "warmup.txt";
+  const size_t warmup_lines = write_warmup_corpus(world, prompts, opt.seed, warmup_txt);
+  log::info("world: {} stage-1 samples in {} shards, {} stage-2 pairs, {} held out, {} warm-up lines ({:.1f} s)",
+            world.stage1_samples, world.stage1_shards, world.align_samples, world.heldout_samples, warmup_lines,
+            seconds_since(t));
+  summary["seconds"]["world"] = seconds_since(t);
+
+  // 2. A fresh tiny model in the real layout, its tokenizer trained on the world's text.
+  t = Clock::now();
+  const fs::path init_dir = out / "model" / "init";
+  fs::remove_all(out / "model");
+  fs::create_directories(init_dir / "llm");
+  TokenizerTrainOptions tok;
+  tok.corpus_path = warmup_txt.string();
+  tok.out_dir = (init_dir / "llm").string();
+  tok.vocab_size = opt.vocab_size;
+  train_llama_tokenizer(tok);
+  const auto tokenizer = LlamaTokenizer::from_pretrained(init_dir / "llm");
+
+  const fs::path warmup_cfg = configs / "quickstart_warmup.yaml", stage1_cfg = configs / "quickstart_stage1.yaml",
+                 stage2_cfg = configs / "quickstart_stage2.yaml";
+  auto model_paths = [](const fs::path& release) {
+    return std::vector<std::string>{"model.vit_model=" + (release / "eva_vit.safetensors").string(),
+                                    "model.q_former_model=" + (release / "blip2.safetensors").string(),
+                                    "model.llama_model=" + (release / "llm").string()};
+  };
+  {
+    LlamaConfig llm;
+    llm.vocab_size = tokenizer.vocab_size();
+    llm.hidden_size = opt.llm_hidden;
+    llm.intermediate_size = opt.llm_intermediate;
+    llm.num_hidden_layers = opt.llm_layers;
+    llm.num_attention_heads = opt.llm_heads;
+    llm.num_key_value_heads = opt.llm_heads;
+    llm.rms_norm_eps = 1e-6;
+    llm.max_position_embeddings = 512;
+    const auto model_config = MiniGPT4Config::from_config(Config::load(warmup_cfg.string(), opt.options));
+    MiniGPT4 fresh(model_config, llm, torch::kCPU);
+    init_fresh_weights(fresh, opt.seed);
+    save_model_parts(fresh, init_dir.string());
+    int64_t params = 0;
+    for (const auto& p : fresh.parameters()) params += p.numel();
+    log::info("fresh model: {:.2f} M parameters, LLM vocabulary {} ({})", static_cast<double>(params) / 1e6,
+              llm.vocab_size, init_dir.string());
+    summary["model"] = {{"parameters", params}, {"llm_vocab_size", llm.vocab_size}, {"llm_hidden", llm.hidden_size},
+                        {"llm_layers", llm.num_hidden_layers}};
+  }
+  summary["seconds"]["model"] = seconds_since(t);
+
+  // 3. Language warm-up, then the warmed-up LLM as its own release.
+  const auto warm = run_stage("language warm-up", warmup_cfg,
+                              with(model_paths(init_dir), {"datasets.text_corpus.build_info.storage=" + warmup_txt.string(),
+                                                           "run.output_dir=" + (out / "warmup").string()}),
+                              opt);
+  const fs::path warm_dir = out / "model" / "warm";
+  auto load_release = [&](const fs::path& config, std::vector<std::string> overrides) {
+    const auto c = MiniGPT4Config::from_config(Config::load(config.string(), with(overrides, opt.options)));
+    return load_minigpt4(c, torch::kCPU);
+  };
+  release_model(*load_release(warmup_cfg, with(model_paths(init_dir), {"model.ckpt=" + warm.result.last_checkpoint})),
+                init_dir / "llm", warm_dir);
+
+  // 4. Stage 1 on the shards, with the warm LLM; the trained vision tower as a release.
+  const std::vector<std::string> stage1_paths = {"model.vit_model=" + (init_dir / "eva_vit.safetensors").string(),
+                                                 "model.q_former_model=" + (init_dir / "blip2.safetensors").string(),
+                                                 "model.llama_model=" + (warm_dir / "llm").string()};
+  const auto stage1 = run_stage("stage 1", stage1_cfg,
+                                with(stage1_paths, {"datasets.cc_sbu.build_info.storage=" + world.stage1_spec,
+                                                    "run.output_dir=" + (out / "stage1").string()}),
+                                opt);
+  const fs::path stage1_dir = out / "model" / "stage1";
+  release_model(*load_release(stage1_cfg, with(stage1_paths, {"model.ckpt=" + stage1.result.last_checkpoint})),
+                init_dir / "llm", stage1_dir);
+
+  // 5. Stage 2 from the stage-1 checkpoint.
+  const auto stage2 = run_stage("stage 2", stage2_cfg,
+                                with(model_paths(stage1_dir), {"model.ckpt=" + stage1.result.last_checkpoint,
+                                                               "model.prompt_path=" + opt.prompt_path,
+                                                               "datasets.cc_sbu_align.build_info.storage=" + world.align_root,
+                                                               "run.output_dir=" + (out / "stage2").string()}),
+                                opt);
+
+  // 6. The eval config a user chats with, and the held-out answers.
+  const fs::path eval_yaml = out / "minigpt4_quickstart_eval.yaml";
+  write_file(eval_yaml,
+             "# The quickstart's trained tiny MiniGPT-4 (written by `minigpt4 quickstart`).\n"
+             "#   minigpt4 chat --cfg-path " + eval_yaml.string() + " --image IMAGE --prompt \"Describe this image in detail.\"\n"
+             "model:\n"
+             "  arch: minigpt4\n"
+             "  model_type: quickstart\n"
+             "  vit_model: " + yaml_quote((stage1_dir / "eva_vit.safetensors").string()) + "\n"
+             "  q_former_model: " + yaml_quote((stage1_dir / "blip2.safetensors").string()) + "\n"
+             "  llama_model: " + yaml_quote((stage1_dir / "llm").string()) + "\n"
+             "  ckpt: " + yaml_quote(stage2.result.last_checkpoint) + "\n"
+             "  max_txt_len: 160\n"
+             "  end_sym: \"###\"\n"
+             "  low_resource: False\n"
+             "  prompt_template: '###Human: {} ###Assistant: '\n"
+             "\n"
+             "datasets:\n"
+             "  cc_sbu_align:\n"
+             "    vis_processor:\n"
+             "      train:\n"
+             "        name: \"blip2_image_eval\"\n"
+             "        image_size: 64\n"
+             "    text_processor:\n"
+             "      train:\n"
+             "        name: \"blip_caption\"\n"
+             "\n"
+             "run:\n"
+             "  task: image_text_pretrain\n"
+             "  device: \"cpu\"\n");
+
+  t = Clock::now();
+  const auto eval_config = Config::load(eval_yaml.string(), opt.options);
+  const auto model = load_minigpt4(MiniGPT4Config::from_config(eval_config), torch::kCPU);
+  const auto chat_tokenizer = LlamaTokenizer::from_pretrained(stage1_dir / "llm");
+  const auto items = read_heldout(world.heldout_root);
+  HeldoutOptions eval_options;
+  eval_options.limit = opt.eval_limit;
+  eval_options.answers_path = (out / "heldout_answers.jsonl").string();
+  const auto heldout = evaluate_heldout(*model, chat_tokenizer, items, eval_options);
+  log::info("held out: {} pictures; attributes right: {:.1f} % with the image, {:.1f} % blind ({:.0f} s)",
+            heldout.seeing.items, 100 * heldout.seeing.accuracy(), 100 * heldout.blind.accuracy(), heldout.seconds);
+
+  summary["accuracy"] = heldout.seeing.accuracy();
+  summary["blind_accuracy"] = heldout.blind.accuracy();
+  summary["n_heldout"] = heldout.seeing.items;
+  summary["per_attribute"] = {{"seeing", heldout.seeing.to_json()}, {"blind", heldout.blind.to_json()}};
+  summary["warmup_loss"] = warm.result.last_loss;
+  summary["stage1_loss"] = stage1.result.last_loss;
+  summary["stage2_loss"] = stage2.result.last_loss;
+  summary["steps"] = {{"warmup", warm.result.global_step}, {"stage1", stage1.result.global_step},
+                      {"stage2", stage2.result.global_step}};
+  summary["seconds"]["warmup"] = warm.seconds;
+  summary["seconds"]["stage1"] = stage1.seconds;
+  summary["seconds"]["stage2"] = stage2.seconds;
+  summary["seconds"]["heldout"] = heldout.seconds;
+  summary["checkpoints"] = {{"warmup", warm.result.last_checkpoint}, {"stage1", stage1.result.last_checkpoint},
+                            {"stage2", stage2.result.last_checkpoint}};
+  summary["eval_config"] = eval_yaml.string();
+  summary["answers"] = eval_options.answers_path;
+  summary["wall_seconds"] = seconds_since(start);
+  write_file(out / "quickstart_summary.json", summary.dump(2) + "\n");
+  return summary;
+}
+
+}  // namespace minigpt4::quickstart
