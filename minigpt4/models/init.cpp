@@ -6,6 +6,7 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -37,7 +38,11 @@ StateDict parameters_under(const torch::nn::Module& module, const std::string& p
 
 }  // namespace
 
-void init_fresh_weights(torch::nn::Module& module, uint64_t seed, double std) {
+namespace {
+
+// std_for(name, tensor) < 0: the tensor is a norm weight or a bias (1 / 0).
+template <typename StdFor>
+void init_by_name(torch::nn::Module& module, uint64_t seed, StdFor std_for) {
   torch::NoGradGuard no_grad;
   for (auto& item : module.named_parameters(/*recurse=*/true)) {
     const std::string& name = item.key();
@@ -47,12 +52,27 @@ void init_fresh_weights(torch::nn::Module& module, uint64_t seed, double std) {
     } else if (p.dim() == 1 && ends_with(name, "weight")) {  // LayerNorm / RMSNorm
       p.fill_(1.0);
     } else {
+      const double std = std_for(name, p);
       auto gen = at::make_generator<at::CPUGeneratorImpl>(seed ^ fnv1a(name));
       auto values = torch::empty(p.sizes(), torch::kFloat32);
       values.normal_(0.0, std, gen).clamp_(-2 * std, 2 * std);
       p.copy_(values);
     }
   }
+}
+
+}  // namespace
+
+void init_fresh_weights(torch::nn::Module& module, uint64_t seed, double std) {
+  init_by_name(module, seed, [std](const std::string&, const torch::Tensor&) { return std; });
+}
+
+void init_fresh_weights_fan_in(torch::nn::Module& module, uint64_t seed) {
+  init_by_name(module, seed, [](const std::string& name, const torch::Tensor& p) {
+    if (!ends_with(name, "weight")) return 0.5;  // cls_token, pos_embed, query_tokens
+    const double fan_in = static_cast<double>(p.numel() / p.size(0));
+    return 1.0 / std::sqrt(fan_in);
+  });
 }
 
 nlohmann::json llama_config_json(const LlamaConfig& c) {

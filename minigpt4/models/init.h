@@ -13,6 +13,13 @@ namespace minigpt4 {
 
 void init_fresh_weights(torch::nn::Module& module, uint64_t seed, double std = 0.02);
 
+// The same with matrices at std 1/sqrt(fan_in) (PyTorch's default scale) and learned tokens
+// (cls_token, pos_embed, query_tokens) at 0.5. For a vision tower trained from scratch in
+// a few hundred steps: at 0.02 the Q-Former's cross-attention starts uniform and its
+// output nearly independent of the image, so the image signal the LLM first sees, and
+// the gradient that could grow it, are a hundredth of the rest.
+void init_fresh_weights_fan_in(torch::nn::Module& module, uint64_t seed);
+
 // A Hugging Face LLaMA config.json for `config` (model_type llama, float32).
 nlohmann::json llama_config_json(const LlamaConfig& config);
 

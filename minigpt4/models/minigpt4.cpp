@@ -252,11 +252,15 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   };
   load("vit_model", config.vit_model, vit);
 
-  if (config.has_qformer) {
-    LoadSpec qformer;
-    qformer.is_ignorable = blip2_unused;
-    load("q_former_model", config.q_former_model, qformer);
+  LoadSpec qformer;
+  qformer.is_ignorable = blip2_unused;
+  if (!config.has_qformer) {
+    // Without a Q-Former only ln_vision can come from a BLIP-2 file (when one is named).
+    qformer.is_ignorable = [](const std::string& key) { return key.rfind("ln_vision.", 0) != 0; };
   }
+  // (The LLaMA-2 defaults keep BLIP-2's URL, which that variant never reads.)
+  const bool url = config.q_former_model.rfind("http://", 0) == 0 || config.q_former_model.rfind("https://", 0) == 0;
+  if (config.has_qformer || !url) load("q_former_model", config.q_former_model, qformer);
 
   LoadSpec llm;
   llm.add_prefix = "llama_model.";

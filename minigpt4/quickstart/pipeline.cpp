@@ -4,6 +4,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/data/stream.h"
 #include "minigpt4/data/synth.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/file_util.h"
@@ -13,6 +14,7 @@
 #include "minigpt4/tokenizer/train_tokenizer.h"
 #include "minigpt4/train/trainer.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <chrono>
@@ -26,6 +28,11 @@ namespace minigpt4::quickstart {
 namespace fs = std::filesystem;
 
 namespace {
+
+// The chat template of the quickstart model: CONV_VISION, the original demo's, whose open
+// turn ends in "Assistant:" (the Sep-2023 one ends in "Assistant: ", and a prompt ending in
+// a space token that training text never shows there derails a small LLM's first word).
+constexpr const char* kChatTemplate = "v0";
 
 using Clock = std::chrono::steady_clock;
 
@@ -52,30 +59,38 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return s;
 }
 
-// The language the LLM warms up on: every caption and answer of the world, and each
-// stage-2 answer once more inside a chat turn without its image: in the template `minigpt4
-// chat` uses (system message, '###' turns) and in the stage-2 training template. It is
-// what Vicuna brings to MiniGPT-4: the language, and the habit of answering in turns.
+// The language the LLM warms up on, standing in for what Vicuna brings to MiniGPT-4: the
+// world's language (every caption and answer as it is), the habit of answering in chat
+// turns, and reading what is in its context. For the last two, fresh scenes (an RNG stream
+// of their own, not the training or held-out pictures) are written as text between <Img>
+// and </Img>, where the image embeddings will later go, followed by a caption or by a chat
+// answer in the template `minigpt4 chat` uses and in the stage-2 training template. The
+// text never shows a picture: learning to see stays the job of stages 1 and 2.
 size_t write_warmup_corpus(const data::SynthSummary& world, const std::vector<std::string>& prompts, uint64_t seed,
-                           const fs::path& out) {
+                           int context_lines, const fs::path& out) {
   std::ifstream corpus(world.corpus_path);
   if (!corpus) fail("quickstart: cannot read {}", world.corpus_path);
   std::string text;
   size_t lines = 0;
   for (std::string line; std::getline(corpus, line); ++lines) text += line + "\n";
 
-  const auto anns = io::read_json_file((fs::path(world.align_root) / "filter_cap.json").string()).at("annotations");
-  std::mt19937_64 rng(seed ^ 0x77A4D5ULL);
-  for (const auto& a : anns) {
-    const std::string answer = a.at("caption").get<std::string>();
-    const std::string question = replace_all(prompts[rng() % prompts.size()], kImagePlaceholder, "");
-    Conversation conv = conversation_template("vicuna0");
-    conv.append_message(conv.roles()[0], question);
-    conv.start_answer();
-    text += conv.get_prompt() + answer + "###\n";
-    const std::string other = replace_all(prompts[rng() % prompts.size()], kImagePlaceholder, "");
-    text += "###Human: " + other + " ###Assistant: " + answer + "###\n";
-    lines += 2;
+  std::mt19937_64 rng(data::mix_seed(seed, 0x77A4D5ULL));
+  for (int i = 0; i < context_lines; ++i, ++lines) {
+    const auto scene = data::random_scene(rng);
+    const std::string described = "<Img>" + data::canonical_caption(scene) + "</Img>";
+    const std::string question = replace_all(prompts[rng() % prompts.size()], std::string("<Img>") + kImagePlaceholder + "</Img>", described);
+    switch (i % 3) {
+      case 0: {
+        Conversation conv = conversation_template(kChatTemplate);
+        conv.append_message(conv.roles()[0], question);
+        conv.start_answer();
+        conv.set_answer(data::scene_answer(scene, rng));
+        text += conv.get_prompt() + "\n";
+        break;
+      }
+      case 1: text += "###Human: " + question + " ###Assistant: " + data::scene_answer(scene, rng) + "###\n"; break;
+      default: text += described + " " + data::scene_caption(scene, rng) + "\n";
+    }
   }
   write_file(out, text);
   return lines;
@@ -156,7 +171,7 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   synth.force = true;
   const auto world = data::write_synthetic_world(synth);
   const fs::path warmup_txt = out / "world" / "warmup.txt";
-  const size_t warmup_lines = write_warmup_corpus(world, prompts, opt.seed, warmup_txt);
+  const size_t warmup_lines = write_warmup_corpus(world, prompts, opt.seed, opt.warmup_context_lines, warmup_txt);
   log::info("world: {} stage-1 samples in {} shards, {} stage-2 pairs, {} held out, {} warm-up lines ({:.1f} s)",
             world.stage1_samples, world.stage1_shards, world.align_samples, world.heldout_samples, warmup_lines,
             seconds_since(t));
@@ -194,6 +209,14 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
     const auto model_config = MiniGPT4Config::from_config(Config::load(warmup_cfg.string(), opt.options));
     MiniGPT4 fresh(model_config, llm, torch::kCPU);
     init_fresh_weights(fresh, opt.seed);
+    // No pretrained vision tower exists at this size: it starts at PyTorch's scale (see init.h).
+    init_fresh_weights_fan_in(*fresh.visual_encoder, opt.seed + 1);
+    if (fresh.Qformer) {
+      init_fresh_weights_fan_in(*fresh.Qformer, opt.seed + 2);
+      torch::NoGradGuard no_grad;
+      auto gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed + 3);
+      fresh.query_tokens.normal_(0.0, 0.5, gen);
+    }
     save_model_parts(fresh, init_dir.string());
     int64_t params = 0;
     for (const auto& p : fresh.parameters()) params += p.numel();
@@ -223,6 +246,8 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
                                                  "model.llama_model=" + (warm_dir / "llm").string()};
   const auto stage1 = run_stage("stage 1", stage1_cfg,
                                 with(stage1_paths, {"datasets.cc_sbu.build_info.storage=" + world.stage1_spec,
+                                                    "model.prompt_path=" +
+                                                        (fs::path(opt.prompt_path).parent_path() / "image_only.txt").string(),
                                                     "run.output_dir=" + (out / "stage1").string()}),
                                 opt);
   const fs::path stage1_dir = out / "model" / "stage1";
@@ -275,6 +300,7 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   const auto items = read_heldout(world.heldout_root);
   HeldoutOptions eval_options;
   eval_options.limit = opt.eval_limit;
+  eval_options.conversation = kChatTemplate;
   eval_options.answers_path = (out / "heldout_answers.jsonl").string();
   const auto heldout = evaluate_heldout(*model, chat_tokenizer, items, eval_options);
   log::info("held out: {} pictures; attributes right: {:.1f} % with the image, {:.1f} % blind ({:.0f} s)",

@@ -22,12 +22,14 @@ namespace minigpt4::quickstart {
 struct QuickstartOptions {
   std::string out_dir = "runs/quickstart";
   std::string config_dir = "train_configs";          // quickstart_{warmup,stage1,stage2}.yaml
-  std::string prompt_path = "prompts/alignment.txt";  // stage-2 prompts (and the warm-up's chat lines)
+  // Stage-2 prompts (and the warm-up's chat questions); stage 1's image_only.txt is beside it.
+  std::string prompt_path = "prompts/alignment.txt";
   uint64_t seed = 0;
   int stage1_samples = 8000;
   int align_samples = 600;
   int heldout_samples = 300;
   int vocab_size = 512;
+  int warmup_context_lines = 12000;  // warm-up lines that describe a scene in context (see pipeline.cpp)
   // The tiny LLM (LLaMA architecture).
   int64_t llm_hidden = 128, llm_layers = 4, llm_heads = 4, llm_intermediate = 344;
   // Multiplies every stage's iters_per_epoch (tests run the pipeline at a small fraction).

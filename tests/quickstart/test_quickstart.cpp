@@ -1,0 +1,98 @@
+// The quickstart's measure (attributes read out of free-text answers) and a smoke run of
+// the whole pipeline at a tiny fraction of its iterations.
+#include <catch2/catch.hpp>
+
+#include "minigpt4/common/config.h"
+#include "minigpt4/data/synth.h"
+#include "minigpt4/models/minigpt4.h"
+#include "minigpt4/quickstart/heldout.h"
+#include "minigpt4/quickstart/pipeline.h"
+#include "tests/support/fixtures.h"
+
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <filesystem>
+
+using namespace minigpt4;
+using namespace minigpt4::quickstart;
+namespace fs = std::filesystem;
+
+TEST_CASE("every synthetic phrasing states exactly its scene's attributes", "[quickstart]") {
+  std::mt19937_64 rng(3);
+  for (int i = 0; i < 400; ++i) {
+    const auto scene = data::random_scene(rng);
+    for (const auto& text : {data::scene_caption(scene, rng), data::scene_answer(scene, rng), data::canonical_caption(scene)}) {
+      INFO(text);
+      const auto stated = parse_scene_answer(text);
+      REQUIRE(stated.shape);
+      REQUIRE(stated.colour);
+      REQUIRE(stated.count);
+      REQUIRE(stated.position);
+      CHECK(*stated.shape == scene.shape);
+      CHECK(*stated.colour == scene.colour);
+      CHECK(*stated.count == scene.count);
+      CHECK(*stated.position == scene.position);
+    }
+  }
+}
+
+TEST_CASE("answer parsing: synonyms, first mention wins, missing attributes stay unset", "[quickstart]") {
+  auto s = parse_scene_answer("An orange square sits in the middle; a red circle is on the left.");
+  CHECK(*s.colour == "orange");
+  CHECK(*s.shape == "square");
+  CHECK(*s.count == 1);
+  CHECK(*s.position == "centre");
+  s = parse_scene_answer("3 Triangles, center.");
+  CHECK(*s.count == 3);
+  CHECK(*s.shape == "triangle");
+  CHECK(*s.position == "centre");
+  CHECK_FALSE(s.colour);
+  s = parse_scene_answer("I cannot tell.");
+  CHECK_FALSE(s.shape);
+  CHECK_FALSE(s.count);
+
+  AttributeTally tally;
+  data::SceneAttributes truth{"circle", "red", 2, "left"};
+  tally.add(parse_scene_answer("two red circles on the left."), truth);   // 4 right
+  tally.add(parse_scene_answer("one blue circle at the top."), truth);    // shape only
+  CHECK(tally.items == 2);
+  CHECK(tally.accuracy() == Approx(5.0 / 8.0));
+  CHECK(tally.to_json()["shape"].get<double>() == Approx(1.0));
+  CHECK(tally.to_json()["colour"].get<double>() == Approx(0.5));
+}
+
+TEST_CASE("the quickstart pipeline runs end to end and leaves a usable eval config", "[quickstart]") {
+  const fs::path out = fs::temp_directory_path() / ("minigpt4_quickstart_" + std::to_string(::getpid()));
+  fs::remove_all(out);
+  QuickstartOptions options;
+  options.out_dir = out.string();
+  options.config_dir = (test::source_dir() / "train_configs").string();
+  options.prompt_path = (test::source_dir() / "prompts/alignment.txt").string();
+  options.stage1_samples = 120;
+  options.align_samples = 40;
+  options.heldout_samples = 6;
+  options.warmup_context_lines = 60;
+  options.vocab_size = 400;
+  options.llm_hidden = 32, options.llm_layers = 1, options.llm_heads = 2, options.llm_intermediate = 64;
+  options.iterations_scale = 0.01;
+  options.eval_limit = 4;
+  options.options = {"run.num_workers=1", "run.batch_size_train=4"};
+  const auto summary = run_quickstart(options);
+
+  for (const char* key : {"accuracy", "blind_accuracy", "n_heldout", "stage1_loss", "stage2_loss", "wall_seconds"})
+    CHECK(summary.contains(key));
+  CHECK(summary["n_heldout"].get<int64_t>() == 4);
+  CHECK(fs::is_regular_file(out / "quickstart_summary.json"));
+  CHECK(fs::is_regular_file(out / "heldout_answers.jsonl"));
+  CHECK(fs::is_regular_file(out / "stage2" / "training_curves.png"));
+  for (const char* dir : {"init", "warm", "stage1"}) {
+    CHECK(fs::is_regular_file(out / "model" / dir / "eva_vit.safetensors"));
+    CHECK(fs::is_regular_file(out / "model" / dir / "llm" / "tokenizer.model"));
+  }
+  // The eval config names real files and builds the trained model.
+  const auto eval = Config::load((out / "minigpt4_quickstart_eval.yaml").string());
+  const auto model = load_minigpt4(MiniGPT4Config::from_config(eval), torch::kCPU);
+  CHECK(model->config.vision.image_size == 64);
+  fs::remove_all(out);
+}
