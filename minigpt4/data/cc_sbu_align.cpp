@@ -44,15 +44,7 @@ std::string CcSbuAlignDataset::image_path(size_t i) const {
 }
 
 std::vector<size_t> CcSbuAlignDataset::pass_order(uint64_t seed, uint64_t pass, int rank, int world_size) const {
-  if (world_size < 1 || rank < 0 || rank >= world_size)
-    fail("cc_sbu_align: rank {} is not in [0, world_size {})", rank, world_size);
-  std::vector<size_t> all(annotations_.size());
-  std::iota(all.begin(), all.end(), size_t{0});
-  std::mt19937_64 rng(seed + pass);
-  portable_shuffle(all, rng);
-  std::vector<size_t> mine;
-  for (size_t i = static_cast<size_t>(rank); i < all.size(); i += static_cast<size_t>(world_size)) mine.push_back(all[i]);
-  return mine;
+  return rank_pass_order(annotations_.size(), seed, pass, rank, world_size, "cc_sbu_align");
 }
 
 CcSbuAlignStream::CcSbuAlignStream(CcSbuAlignDataset dataset, uint64_t seed, int rank, int world_size)

@@ -1,4 +1,7 @@
 #include "minigpt4/data/stream.h"
+#include "minigpt4/common/error.h"
+
+#include <numeric>
 
 namespace minigpt4::data {
 
@@ -29,6 +32,17 @@ uint64_t name_seed(const std::string& name) {
   uint64_t h = 0xCBF29CE484222325ULL;
   for (unsigned char c : name) h = (h ^ c) * 0x100000001B3ULL;
   return h;
+}
+
+std::vector<size_t> rank_pass_order(size_t n, uint64_t seed, uint64_t pass, int rank, int world_size, const char* what) {
+  if (world_size < 1 || rank < 0 || rank >= world_size) fail("{}: rank {} is not in [0, world_size {})", what, rank, world_size);
+  std::vector<size_t> all(n);
+  std::iota(all.begin(), all.end(), size_t{0});
+  std::mt19937_64 rng(seed + pass);
+  portable_shuffle(all, rng);
+  std::vector<size_t> mine;
+  for (size_t i = static_cast<size_t>(rank); i < all.size(); i += static_cast<size_t>(world_size)) mine.push_back(all[i]);
+  return mine;
 }
 
 }  // namespace minigpt4::data

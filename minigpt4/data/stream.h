@@ -9,6 +9,7 @@
 #include <random>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace minigpt4::data {
 
@@ -54,5 +55,10 @@ void portable_shuffle(T& items, std::mt19937_64& rng) {
     std::swap(items[i - 1], items[j]);
   }
 }
+
+// The indices 0..n-1 that rank `rank` reads in pass `pass`: all of them shuffled with
+// seed + pass (the same order on every rank), then every world_size-th from position
+// `rank`, so the ranks together read each index exactly once per pass. Errors name `what`.
+std::vector<size_t> rank_pass_order(size_t n, uint64_t seed, uint64_t pass, int rank, int world_size, const char* what);
 
 }  // namespace minigpt4::data

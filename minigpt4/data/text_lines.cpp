@@ -3,7 +3,6 @@
 #include "minigpt4/common/error.h"
 
 #include <fstream>
-#include <numeric>
 
 namespace minigpt4::data {
 
@@ -25,13 +24,7 @@ TextLinesStream::TextLinesStream(const std::string& path, uint64_t seed, int ran
 }
 
 void TextLinesStream::start_pass() {
-  std::vector<size_t> all(lines_.size());
-  std::iota(all.begin(), all.end(), size_t{0});
-  std::mt19937_64 rng(seed_ + pass_);
-  portable_shuffle(all, rng);
-  order_.clear();
-  for (size_t i = static_cast<size_t>(rank_); i < all.size(); i += static_cast<size_t>(world_size_))
-    order_.push_back(all[i]);
+  order_ = rank_pass_order(lines_.size(), seed_, pass_, rank_, world_size_, "text dataset");
   position_ = 0;
 }
 
