@@ -46,6 +46,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"model.lora_alpha", T::Int, "LoRA alpha"},
       {"model.lora_dropout", T::Float, "LoRA dropout"},
       {"model.lora_target_modules", T::StringList, "LLM linear layers that get adapters"},
+      {"model.conv_template", T::String, "chat template of `chat`/`serve`: v0 (CONV_VISION), vicuna0 (CONV_VISION_Vicuna0) or llama2; default by model_type as demo.py"},
       {"model.chat_template", T::Bool, "wrap training prompts in the chat template (MiniGPT-v2 configs)"},
       {"model.max_context_len", T::Int, "longest prompt + answer in tokens (MiniGPT-v2 configs)"},
       // ---- preprocess: processors of the model defaults
@@ -82,7 +83,8 @@ const std::vector<ConfigKey>& config_schema() {
       {"run.num_workers", T::Int, "image decoding threads"},
       {"run.seed", T::Int, "random seed (rank is added under distributed training)"},
       {"run.output_dir", T::String, "where checkpoints, logs and plots go"},
-      {"run.amp", T::Bool, "mixed precision on CUDA"},
+      {"run.amp", T::Bool, "mixed precision on CUDA (autocast; fp16 with dynamic loss scaling); ignored on the CPU"},
+      {"run.amp_dtype", T::String, "autocast dtype: fp16 (the original's torch.cuda.amp default) or bf16 (no loss scaling)"},
       {"run.resume_ckpt_path", T::String, "checkpoint to resume from (null: start fresh)"},
       {"run.evaluate", T::Bool, "evaluate only"},
       {"run.train_splits", T::StringList, "splits to train on"},

@@ -12,7 +12,11 @@ namespace minigpt4::detail {
 // (cumsum(mask) - 1, padding at 1).
 class Decoder {
  public:
-  Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask);
+  // With `cache` (its positions precede the prompt; the mask covers them too) the decoder
+  // continues it and writes into it, so the caller keeps what was computed.
+  Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache = nullptr);
+  Decoder(const Decoder&) = delete;
+  Decoder& operator=(const Decoder&) = delete;
   // Runs the prompt [N, T, H]; returns the next-token logits [N, V] (float32).
   torch::Tensor start(const torch::Tensor& inputs_embeds);
   // Feeds one token id per row ([N], int64); returns the next logits.
@@ -22,7 +26,8 @@ class Decoder {
 
  private:
   const LlamaForCausalLM& llm_;
-  KVCache cache_;
+  KVCache own_cache_;
+  KVCache* cache_;  // own_cache_ or the caller's
   torch::Tensor mask_;  // [N, T_past], int64
 };
 

@@ -16,15 +16,16 @@ namespace minigpt4 {
 
 namespace detail {
 
-Decoder::Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask)
-    : llm_(llm), mask_(attention_mask.to(torch::kLong)) {}
+Decoder::Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache)
+    : llm_(llm), cache_(cache ? cache : &own_cache_), mask_(attention_mask.to(torch::kLong)) {}
 
 torch::Tensor Decoder::start(const torch::Tensor& inputs_embeds) {
   mask_ = mask_.to(inputs_embeds.device());
   LlamaForwardOptions options;
   options.attention_mask = mask_;
-  options.position_ids = position_ids_from_mask(mask_);
-  options.cache = &cache_;
+  // With earlier positions in the cache the prompt's positions come after them.
+  options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - inputs_embeds.size(1));
+  options.cache = cache_;
   return llm_.forward(inputs_embeds, options).logits.select(1, -1);
 }
 
@@ -35,15 +36,15 @@ torch::Tensor Decoder::step(const torch::Tensor& tokens) {
   options.attention_mask = mask_;
   // HF: position_ids = cumsum(mask) - 1 (padding at 1), of which the step takes the last column.
   options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - 1);
-  options.cache = &cache_;
+  options.cache = cache_;
   const auto embeds = llm_.embed(tokens.to(mask_.device()).view({n, 1}));
   return llm_.forward(embeds, options).logits.select(1, -1);
 }
 
 void Decoder::reorder(const torch::Tensor& index) {
   const auto idx = index.to(mask_.device());
-  for (auto& k : cache_.keys) k = k.index_select(0, idx);
-  for (auto& v : cache_.values) v = v.index_select(0, idx);
+  for (auto& k : cache_->keys) k = k.index_select(0, idx);
+  for (auto& v : cache_->values) v = v.index_select(0, idx);
   mask_ = mask_.index_select(0, idx);
 }
 
@@ -148,7 +149,7 @@ namespace {
 // that produced eos or a stop sequence is finished and is fed the pad id from then on.
 std::vector<GenerationOutput> decode_rows(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,
                                           const torch::Tensor& attention_mask, const GenerationConfig& c,
-                                          const std::function<void(int64_t)>& on_token) {
+                                          const std::function<bool(int64_t)>& on_token, KVCache* cache = nullptr) {
   torch::NoGradGuard no_grad;
   const int64_t rows = inputs_embeds.size(0);
   const auto device = inputs_embeds.device();
@@ -164,7 +165,7 @@ std::vector<GenerationOutput> decode_rows(const LlamaForCausalLM& llm, const tor
   std::optional<at::Generator> generator;
   if (c.do_sample) generator = detail::sampling_generator(c.seed);
 
-  detail::Decoder decoder(llm, attention_mask);
+  detail::Decoder decoder(llm, attention_mask, cache);
   torch::Tensor fed;
   for (int64_t step = 0; step < c.max_new_tokens; ++step) {
     const auto logits = step == 0 ? decoder.start(inputs_embeds) : decoder.step(fed);
@@ -187,11 +188,13 @@ std::vector<GenerationOutput> decode_rows(const LlamaForCausalLM& llm, const tor
       const int64_t token = tokens[b];
       input_ids[b].push_back(token);
       out[b].tokens.push_back(token);
-      if (on_token) on_token(token);
+      const bool go_on = !on_token || on_token(token);
       if (c.eos_token_id >= 0 && token == c.eos_token_id) {
         finished[b] = true, out[b].finish_reason = "eos";
       } else if (detail::ends_with_stop_sequence(input_ids[b], c.stop_token_sequences)) {
         finished[b] = true, out[b].finish_reason = "stop";
+      } else if (!go_on) {
+        finished[b] = true, out[b].finish_reason = "cancelled";
       }
     }
     if (std::all_of(finished.begin(), finished.end(), [](bool f) { return f; })) break;
@@ -211,7 +214,21 @@ GenerationOutput generate(const LlamaForCausalLM& llm, const torch::Tensor& inpu
   detail::check_config(config, llm.config.vocab_size);
   if (config.num_beams > 1) return detail::beam_search(llm, inputs_embeds, config, on_token);
   const auto mask = torch::ones({1, inputs_embeds.size(1)}, torch::TensorOptions().dtype(torch::kLong).device(inputs_embeds.device()));
-  return decode_rows(llm, inputs_embeds, mask, config, on_token).front();
+  std::function<bool(int64_t)> callback;
+  if (on_token) callback = [&on_token](int64_t token) { return on_token(token), true; };
+  return decode_rows(llm, inputs_embeds, mask, config, callback).front();
+}
+
+GenerationOutput generate_with_cache(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds, KVCache& cache,
+                                     const GenerationConfig& config, const std::function<bool(int64_t)>& on_token) {
+  if (inputs_embeds.dim() != 3 || inputs_embeds.size(0) != 1 || inputs_embeds.size(1) < 1)
+    fail("generate_with_cache: inputs_embeds must be [1, T>=1, H], got [{}]", fmt::join(inputs_embeds.sizes(), ", "));
+  detail::check_config(config, llm.config.vocab_size);
+  if (config.num_beams > 1) fail("generate_with_cache: beam search recomputes the prompt; use generate()");
+  if (cache.length() > 0 && cache.keys[0].size(0) != 1) fail("generate_with_cache: the cache must hold one sequence");
+  const auto mask = torch::ones({1, cache.length() + inputs_embeds.size(1)},
+                                torch::TensorOptions().dtype(torch::kLong).device(inputs_embeds.device()));
+  return decode_rows(llm, inputs_embeds, mask, config, on_token, &cache).front();
 }
 
 std::vector<GenerationOutput> generate_batch(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,

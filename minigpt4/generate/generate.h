@@ -20,6 +20,7 @@
 namespace minigpt4 {
 
 struct LlamaForCausalLM;
+struct KVCache;
 class LlamaTokenizer;
 
 struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.28)
@@ -45,7 +46,7 @@ struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.
 
 struct GenerationOutput {
   std::vector<int64_t> tokens;  // the generated ids (eos and stop tokens included, as HF returns them)
-  std::string finish_reason;    // "stop" (stop sequence), "eos", "length" (max_new_tokens)
+  std::string finish_reason;    // "stop" (stop sequence), "eos", "length" (max_new_tokens), "cancelled" (on_token)
   int64_t seeded_bos = -1;      // the bos HF put in front (config.bos_token_id)
   // What HF's generate returns for this row: the seeded bos, then tokens.
   std::vector<int64_t> hf_output() const;
@@ -57,6 +58,14 @@ struct GenerationOutput {
 // on the embeddings' device. Stop sequences are checked on row 0 as in MiniGPT-4.
 GenerationOutput generate(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds, const GenerationConfig& config,
                           const std::function<void(int64_t)>& on_token = {});
+
+// The same, continuing from `cache`, which holds the keys and values of positions computed
+// earlier (a chat's previous rounds): inputs_embeds [1, T, H] are only the positions after
+// them. On return the cache holds those positions, the new ones and every generated token
+// but the last (which was never fed). Greedy and sampling only (beams reorder the cache).
+// on_token returns false to end generation after that token (finish_reason "cancelled").
+GenerationOutput generate_with_cache(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds, KVCache& cache,
+                                     const GenerationConfig& config, const std::function<bool(int64_t)>& on_token = {});
 
 // Batched greedy/sampling with left padding: inputs_embeds [B, T, H] + attention_mask [B, T]
 // (0 on the left padding); one output per row. Each row ends on its own eos or stop sequence

@@ -1,0 +1,260 @@
+// MiniGPT-4's Chat (minigpt4/conversation/conversation.py) with a KV cache kept across rounds.
+#include "minigpt4/chat/chat.h"
+
+#include "minigpt4/common/config.h"
+#include "minigpt4/common/error.h"
+#include "minigpt4/models/minigpt4.h"
+#include "minigpt4/processors/image_processor.h"
+#include "minigpt4/tokenizer/llama_tokenizer.h"
+
+#include <torch/torch.h>
+
+#include <chrono>
+#include <filesystem>
+
+namespace minigpt4 {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// demo.py (Sep 2023): conv_dict = {'pretrain_vicuna0': CONV_VISION_Vicuna0,
+// 'pretrain_llama2': CONV_VISION_LLama2}; the quickstart model was trained on CONV_VISION.
+std::string template_for(const Config& config) {
+  if (config.has("model.conv_template")) {
+    const auto name = config.get_string("model.conv_template");
+    conversation_template(name);  // throws for an unknown name
+    return name;
+  }
+  const auto model_type = config.get_string("model.model_type", "pretrain_vicuna0");
+  if (model_type == "pretrain_llama2") return "llama2";
+  if (model_type == "quickstart") return "v0";
+  return "vicuna0";
+}
+
+// The image side demo.py's processor uses (datasets.cc_sbu_align.vis_processor.train),
+// which must be the one the ViT was built for.
+int image_size_for(const Config& config, const MiniGPT4& model) {
+  const int model_size = static_cast<int>(model.config.vision.image_size);
+  for (const auto& dataset : config.keys_under("datasets")) {
+    const auto key = "datasets." + dataset + ".vis_processor.train.image_size";
+    if (!config.has(key)) continue;
+    const auto size = config.get_int(key, model_size);
+    if (size != model_size)
+      fail("{} is {} but the model's ViT takes {} px images ({})", key, size, model_size, config.source_of(key));
+  }
+  return model_size;
+}
+
+bool is_python_space(char c) { return c == ' ' || (c >= '\t' && c <= '\r'); }
+
+// What of the answer so far may be shown: up to a stop string '###', without a trailing
+// '#'/'##' that may become one, without a trailing incomplete character (sentencepiece's
+// byte fallback shows it as U+FFFD until its last byte arrives), and without leading or
+// trailing white space (Chat.answer strips the final text).
+struct Visible {
+  std::string text;
+  bool stopped = false;  // '###' seen: the answer is complete
+};
+
+Visible visible_answer(std::string text) {
+  Visible v;
+  if (const auto stop = text.find("###"); stop != std::string::npos) text.resize(stop), v.stopped = true;
+  if (!v.stopped) {
+    for (int i = 0; i < 2 && !text.empty() && text.back() == '#'; ++i) text.pop_back();
+    static const std::string kReplacement = "\xEF\xBF\xBD";
+    while (text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0) text.resize(text.size() - 3);
+  }
+  size_t begin = 0, end = text.size();
+  while (begin < end && is_python_space(text[begin])) ++begin;
+  while (end > begin && is_python_space(text[end - 1])) --end;
+  v.text = text.substr(begin, end - begin);
+  return v;
+}
+
+bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
+
+}  // namespace
+
+std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device device) {
+  auto chat = std::make_shared<ChatModel>();
+  const auto model_config = MiniGPT4Config::from_config(config);
+  chat->model = load_minigpt4(model_config, device);
+  chat->model->eval();
+  chat->tokenizer = std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_pretrained(model_config.llama_model));
+  chat->processor = std::make_shared<ImageEvalProcessor>(image_size_for(config, *chat->model));
+  chat->template_name = template_for(config);
+  chat->name = config.path().empty() ? "minigpt4" : std::filesystem::path(config.path()).stem().string();
+  chat->device = device;
+  return chat;
+}
+
+std::vector<std::vector<int64_t>> ChatModel::stop_sequences() const {
+  if (template_name == "llama2" || template_name == "CONV_VISION_LLama2") return {};
+  // '###' after a space is one piece in LLaMA's vocabulary ([835]), after a word it is
+  // '##' '#' ([2277, 29937]); the answer text is checked for '###' as well.
+  std::vector<std::vector<int64_t>> stops = {tokenizer->encode("###", false)};
+  const auto glued = tokenizer->encode("a###", false);
+  const auto a = tokenizer->encode("a", false);
+  if (glued.size() > a.size() && std::equal(a.begin(), a.end(), glued.begin()))
+    stops.emplace_back(glued.begin() + static_cast<std::ptrdiff_t>(a.size()), glued.end());
+  return stops;
+}
+
+at::Tensor ChatModel::encode_image_bytes(const std::string& bytes, const std::string& name_for_errors) const {
+  torch::NoGradGuard no_grad;
+  const auto pixels = (*processor)(decode_image_rgb_bytes(bytes, name_for_errors)).unsqueeze(0).to(device);
+  return model->encode_img(pixels);
+}
+
+at::Tensor ChatModel::encode_image_file(const std::string& path) const {
+  torch::NoGradGuard no_grad;
+  return model->encode_img(processor->from_file(path).unsqueeze(0).to(device));
+}
+
+GenerationConfig generation_config(const ChatModel& model, const AnswerOptions& o) {
+  if (o.max_new_tokens < 1) fail("max_new_tokens must be >= 1, got {}", o.max_new_tokens);
+  if (o.num_beams < 1 || o.num_beams > 10) fail("num_beams must be in 1..10, got {}", o.num_beams);
+  GenerationConfig c;
+  c.max_new_tokens = o.max_new_tokens;
+  c.min_length = o.min_length;
+  c.num_beams = o.num_beams;
+  c.length_penalty = o.length_penalty;
+  c.do_sample = o.temperature > 0;
+  c.temperature = c.do_sample ? o.temperature : 1.0;
+  c.top_p = o.top_p;
+  c.top_k = o.top_k;
+  c.repetition_penalty = o.repetition_penalty;
+  c.bos_token_id = model.tokenizer->bos_id();
+  c.eos_token_id = model.tokenizer->eos_id();
+  c.stop_token_sequences = model.stop_sequences();
+  c.seed = o.seed;
+  return c;
+}
+
+ChatSession::ChatSession(std::shared_ptr<const ChatModel> model)
+    : model_(std::move(model)), conversation_(model_->new_conversation()) {}
+
+void ChatSession::upload_image(const at::Tensor& image_embeds) {
+  if (!image_embeds.defined() || image_embeds.dim() != 3 || image_embeds.size(0) != 1)
+    fail("upload_image: expected image embeddings [1, NQ, H]");
+  conversation_.upload_image();
+  images_.push_back(image_embeds);
+}
+
+void ChatSession::ask(const std::string& text) { conversation_.ask(text); }
+
+void ChatSession::add_answer(const std::string& text) {
+  conversation_.start_answer();
+  conversation_.set_answer(text);
+}
+
+void ChatSession::reset() {
+  conversation_ = model_->new_conversation();
+  images_.clear();
+  cache_.clear();
+  cached_keys_.clear();
+}
+
+ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text) {
+  torch::NoGradGuard no_grad;
+  const auto& tokenizer = *model_->tokenizer;
+  const auto& llm = *model_->model->llama_model;
+  const auto gen = generation_config(*model_, options);
+
+  conversation_.start_answer();
+  const std::string prompt = conversation_.get_prompt();
+  auto embeds = model_->model->context_embedding(prompt, images_, tokenizer);
+
+  // What sits at each prompt position, to find the prefix the cache already holds.
+  std::vector<int64_t> keys;
+  int64_t image_position = 0;
+  const auto segments = split_image_placeholder(prompt);
+  for (size_t i = 0; i < segments.size(); ++i) {
+    const auto ids = tokenizer.encode(segments[i], /*add_special_tokens=*/i == 0);
+    keys.insert(keys.end(), ids.begin(), ids.end());
+    if (i < images_.size())
+      for (int64_t j = 0; j < images_[i].size(1); ++j) keys.push_back(-1 - image_position++);
+  }
+  if (static_cast<int64_t>(keys.size()) != embeds.size(1))
+    fail("chat: prompt positions ({}) and embeddings ({}) disagree", keys.size(), embeds.size(1));
+
+  // Chat.answer: cut the prompt from the left to leave room for the answer.
+  const int64_t overflow = embeds.size(1) + options.max_new_tokens - options.max_length;
+  if (overflow > 0) {
+    if (overflow >= embeds.size(1)) fail("chat: max_new_tokens {} leaves no room in max_length {}", options.max_new_tokens, options.max_length);
+    embeds = embeds.slice(1, overflow);
+    keys.erase(keys.begin(), keys.begin() + overflow);
+  }
+
+  ChatReply reply;
+  reply.prompt_tokens = static_cast<int64_t>(keys.size());
+  const bool reuse = options.reuse_cache && gen.num_beams == 1;
+  size_t common = 0;
+  if (reuse) {
+    while (common < cached_keys_.size() && common < keys.size() && cached_keys_[common] == keys[common]) ++common;
+    common = std::min(common, keys.size() - 1);  // at least one position to feed
+  }
+  if (common == 0) {
+    cache_.clear();
+  } else {
+    for (auto& k : cache_.keys) k = k.narrow(2, 0, static_cast<int64_t>(common));
+    for (auto& v : cache_.values) v = v.narrow(2, 0, static_cast<int64_t>(common));
+  }
+  cached_keys_.clear();
+  reply.reused_tokens = static_cast<int64_t>(common);
+
+  // Streaming: decode the answer so far after each token and pass on what became visible.
+  std::vector<int64_t> answer_ids;
+  std::string sent;
+  bool cancelled = false, stop_text = false;
+  const auto start = Clock::now();
+  auto on_token = [&](int64_t token) {
+    if (reply.prefill_seconds == 0) reply.prefill_seconds = seconds_since(start);  // time to the first token
+    if (token == gen.eos_token_id) return false;
+    answer_ids.push_back(token);
+    const auto visible = visible_answer(tokenizer.decode(answer_ids));
+    stop_text = visible.stopped;
+    if (starts_with(visible.text, sent) && visible.text.size() > sent.size()) {
+      const auto piece = visible.text.substr(sent.size());
+      sent = visible.text;
+      if (on_text && !on_text(piece)) cancelled = true;
+    }
+    return !(cancelled || stop_text);
+  };
+
+  GenerationOutput out;
+  try {
+    if (reuse) {
+      out = generate_with_cache(llm, embeds.slice(1, static_cast<int64_t>(common)), cache_, gen,
+                                [&](int64_t token) { return on_token(token); });
+      // The cache holds the prompt and every generated token that was fed back.
+      std::vector<int64_t> all = keys;
+      all.insert(all.end(), out.tokens.begin(), out.tokens.end());
+      cached_keys_.assign(all.begin(), all.begin() + cache_.length());
+    } else {
+      cache_.clear();
+      out = generate(llm, embeds, gen, [&](int64_t token) { on_token(token); });
+    }
+  } catch (...) {
+    cache_.clear();
+    cached_keys_.clear();
+    conversation_.set_answer("");
+    throw;
+  }
+  reply.decode_seconds = seconds_since(start) - reply.prefill_seconds;
+
+  reply.tokens = out.tokens;
+  reply.finish_reason = cancelled ? "cancelled" : (out.finish_reason == "length" && !stop_text ? "length" : "stop");
+  std::vector<int64_t> answer = out.hf_output();
+  if (!answer.empty() && answer.back() == gen.eos_token_id) answer.pop_back();
+  reply.text = postprocess_answer(answer, tokenizer);
+  if (on_text && !cancelled && starts_with(reply.text, sent) && reply.text.size() > sent.size())
+    on_text(reply.text.substr(sent.size()));
+  conversation_.set_answer(reply.text);
+  return reply;
+}
+
+}  // namespace minigpt4
