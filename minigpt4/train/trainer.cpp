@@ -6,6 +6,7 @@
 #include "minigpt4/data/loader.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/train/autocast.h"
 #include "minigpt4/train/checkpoint.h"
 #include "minigpt4/train/grad_scaler.h"
 #include "minigpt4/train/metrics.h"
@@ -66,9 +67,13 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   auto optimizer = make_optimizer(*model, config);
   const auto schedule = LrSchedule::from_config(config);
-  // fp16 weights on CUDA need loss scaling; bf16 and fp32 do not.
-  const bool fp16_llm = model->llama_model->embed_tokens->weight.scalar_type() == torch::kHalf;
-  GradScaler scaler(config.get_bool("run.amp", false) && options.device.is_cuda() && fp16_llm);
+  // run.amp: autocast on CUDA in run.amp_dtype; fp16 needs loss scaling, bf16 does not.
+  const bool amp = config.get_bool("run.amp", false) && options.device.is_cuda();
+  const auto amp_dtype = parse_dtype(config.get_string("run.amp_dtype", "fp16"));
+  if (amp_dtype != torch::kHalf && amp_dtype != torch::kBFloat16)
+    fail("run.amp_dtype must be fp16 or bf16, got {} ({})", config.get_string("run.amp_dtype"), config.source_of("run.amp_dtype"));
+  if (config.get_bool("run.amp", false) && !amp) log::info("run.amp: mixed precision is for CUDA; running in the weights' dtypes");
+  GradScaler scaler(amp && amp_dtype == torch::kHalf);
   const int64_t accum = std::max<int64_t>(1, config.get_int("run.accum_grad_iters", 1));
   const int64_t log_freq = std::max<int64_t>(1, config.get_int("run.log_freq", 50));
   const int64_t save_freq = config.get_int("run.save_freq", 0);
@@ -127,7 +132,10 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
         prompt = prompts[rng() % prompts.size()];
       }
       const auto images = batch.images.defined() ? batch.images.to(options.device) : torch::Tensor();
-      const auto out = model->forward(images, batch.captions, prompt, tokenizer);
+      const auto out = [&] {
+        AutocastGuard autocast(options.device, amp_dtype, amp);
+        return model->forward(images, batch.captions, prompt, tokenizer);
+      }();
       const double loss = out.loss.item<double>();
       if (!std::isfinite(loss)) {
         if (!scaler.enabled())
