@@ -9,10 +9,16 @@ void DataStats::record_skip(const std::string& dataset, SkipReason reason, const
   DatasetStats& d = datasets[dataset];
   const auto r = static_cast<size_t>(reason);
   ++d.skipped[r];
-  if (d.examples[r].size() >= kMaxRemembered) return;
   // Decoder and tar errors already name the file; do not say it twice.
   const bool named = !source.empty() && detail.find(source) != std::string::npos;
-  d.examples[r].push_back(named ? detail : detail.empty() ? source : source + ": " + detail);
+  const std::string line = named ? detail : detail.empty() ? source : source + ": " + detail;
+  auto& lines = d.examples[r];
+  auto& counts = d.example_counts[r];
+  for (size_t i = 0; i < lines.size(); ++i)
+    if (lines[i] == line) return void(++counts[i]);
+  if (lines.size() >= kMaxRemembered) return;
+  lines.push_back(line);
+  counts.push_back(1);
 }
 
 uint64_t DataStats::skipped(SkipReason reason) const {
@@ -42,9 +48,14 @@ std::string format_data_report(const DataStats& stats) {
     for (int r = 0; r < kSkipReasonCount; ++r) {
       if (d.skipped[r] == 0) continue;
       out += fmt::format("  {}: {}", skip_reason_name(static_cast<SkipReason>(r)), d.skipped[r]);
-      if (d.skipped[r] > d.examples[r].size()) out += fmt::format(" (first {} listed)", d.examples[r].size());
+      uint64_t listed = 0;
+      for (uint64_t n : d.example_counts[r]) listed += n;
+      if (d.skipped[r] > listed) out += fmt::format(" (the first {} distinct listed)", d.examples[r].size());
       out += "\n";
-      for (const auto& line : d.examples[r]) out += "    " + line + "\n";
+      for (size_t i = 0; i < d.examples[r].size(); ++i) {
+        const uint64_t times = d.example_counts[r][i];
+        out += "    " + d.examples[r][i] + (times > 1 ? fmt::format(" ({} times)", times) : "") + "\n";
+      }
     }
   }
   if (out.empty()) out = "no data read\n";

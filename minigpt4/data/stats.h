@@ -14,9 +14,11 @@ namespace minigpt4::data {
 struct DatasetStats {
   uint64_t samples = 0;  // samples put into batches
   std::array<uint64_t, kSkipReasonCount> skipped{};
-  // The first kMaxRemembered lines per reason, each naming the sample (shard:key or
-  // image path, or the shard) and what was wrong.
+  // The first kMaxRemembered distinct lines per reason, each naming the sample (shard:key
+  // or image path, or the shard) and what was wrong, and how often it was skipped (a bad
+  // sample comes back every epoch).
   std::array<std::vector<std::string>, kSkipReasonCount> examples;
+  std::array<std::vector<uint64_t>, kSkipReasonCount> example_counts;
 };
 
 struct DataStats {
