@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_synth_command(app);
   minigpt4::apps::add_quickstart_command(app);
   minigpt4::apps::add_chat_command(app);
+  minigpt4::apps::add_serve_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -15,6 +15,7 @@ DEB_PACKAGES=(
   libyaml-cpp-dev libsentencepiece-dev sentencepiece libopencv-dev
   libcli11-dev nlohmann-json3-dev
   libarchive-dev libcpp-httplib-dev catch2
+  chromium   # the web demo's browser test (tests/server/browser_test.py) drives it
 )
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do
@@ -33,5 +34,11 @@ fi
 if ! "$VENV/bin/python" -c "import torch,sys; sys.exit(torch.__version__.split('+')[0] != '$TORCH_VERSION')" 2>/dev/null; then
   echo "[setup] pip install torch==$TORCH_VERSION (LibTorch for C++; pip's wheel cache is reused)"
   "$VENV/bin/pip" install --disable-pip-version-check -q "torch==$TORCH_VERSION"
+fi
+# Playwright for Python drives chromium in the web demo's browser test. pip only: the
+# browser is Debian's chromium above (`playwright install` would download one).
+if ! "$VENV/bin/python" -c "import playwright" 2>/dev/null; then
+  echo "[setup] pip install playwright (the browser test's driver)"
+  "$VENV/bin/pip" install --disable-pip-version-check -q playwright
 fi
 echo "[setup] LibTorch: $("$VENV/bin/python" -c 'import torch;print(torch.utils.cmake_prefix_path)')"

@@ -1,0 +1,97 @@
+// `minigpt4 serve --cfg-path EVAL.yaml [--gpu-id N] [--host 127.0.0.1] [--port 7860]`:
+// demo.py's web page and an OpenAI-compatible API over one model (docs/serving.md).
+#include "apps/commands.h"
+#include "minigpt4/chat/chat.h"
+#include "minigpt4/common/config.h"
+#include "minigpt4/common/device.h"
+#include "minigpt4/common/log.h"
+#include "minigpt4/server/server.h"
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <thread>
+
+namespace minigpt4::apps {
+
+namespace {
+
+struct ServeArgs {
+  std::string cfg_path;
+  std::vector<std::string> options;
+  int gpu_id = 0;
+  server::ServerOptions server;
+  double max_upload_mb = 20;
+  int64_t session_idle_minutes = 30;
+};
+
+// Ctrl-C / SIGTERM: the handler only raises a flag (all a signal handler may do); a watcher
+// thread sees it and stops the server, which ends running answers and closes the socket.
+std::atomic<bool> stop_requested{false};
+void request_stop(int) { stop_requested = true; }
+
+void run_serve(ServeArgs& args) {
+  const auto config = Config::load(args.cfg_path, args.options);
+  const auto device = select_device(config.get_string("run.device", "cuda"), args.gpu_id);
+  log::info("device: {}", describe_device(device));
+  const auto model = ChatModel::load(config, device);
+
+  auto options = args.server;
+  options.max_body_bytes = static_cast<size_t>(args.max_upload_mb * 1024 * 1024);
+  options.session_idle = std::chrono::minutes(args.session_idle_minutes);
+  server::Server server(model, options);
+  const int port = server.bind();
+  log::info("serving {} on http://{}:{}/ (OpenAI API at /v1/chat/completions); Ctrl-C stops", model->name,
+            options.host, port);
+  if (options.host != "127.0.0.1" && options.host != "localhost" && options.host != "::1")
+    log::warn("listening on {}: anyone who can reach this address can use the model (there is no authentication)",
+              options.host);
+
+  std::signal(SIGINT, request_stop);
+  std::signal(SIGTERM, request_stop);
+  std::atomic<bool> served{false};
+  std::thread watcher([&] {
+    while (!stop_requested && !served) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (stop_requested) {
+      log::info("stopping");
+      server.stop();
+    }
+  });
+  try {
+    server.serve();
+  } catch (...) {
+    served = true;
+    watcher.join();
+    throw;
+  }
+  served = true;
+  watcher.join();
+}
+
+}  // namespace
+
+void add_serve_command(CLI::App& app) {
+  auto args = std::make_shared<ServeArgs>();
+  auto& s = args->server;
+  auto* cmd = app.add_subcommand("serve", "Web demo and OpenAI-compatible API (demo.py as a server)");
+  cmd->add_option("--cfg-path", args->cfg_path, "eval config (YAML), e.g. eval_configs/minigpt4_eval.yaml")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--options", args->options, "config overrides, key=value");
+  cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index (run.device: cuda)")->capture_default_str();
+  cmd->add_option("--host", s.host, "address to listen on (0.0.0.0: every interface; no authentication!)")->capture_default_str();
+  cmd->add_option("--port", s.port, "TCP port (0: any free port)")->capture_default_str()->check(CLI::Range(0, 65535));
+  cmd->add_option("--max-upload-mb", args->max_upload_mb, "largest request body (images come base64-encoded inside)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-image-pixels", s.limits.image.max_pixels, "largest image, width x height")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-image-side", s.limits.image.max_side, "longest image side in pixels")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", s.limits.max_tokens, "most new tokens one request may ask for")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--default-max-tokens", s.limits.default_max_tokens, "new tokens when a request does not say")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-queue", s.max_waiting, "requests that may wait for the model (more get 503)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-generation-seconds", s.max_generation_seconds, "time limit of one answer")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-sessions", s.max_sessions, "web-page conversations kept (each holds a KV cache)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--session-idle-minutes", args->session_idle_minutes, "a page conversation unused this long is dropped")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--io-timeout", s.io_timeout_seconds, "socket read/write timeout in seconds")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->callback([args] { run_serve(*args); });
+}
+
+}  // namespace minigpt4::apps

@@ -1,0 +1,350 @@
+#include "minigpt4/server/openai.h"
+
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <random>
+#include <set>
+
+namespace minigpt4::server {
+
+using json = nlohmann::json;
+
+namespace {
+
+std::string type_name(const json& v) {
+  if (v.is_null()) return "null";
+  if (v.is_boolean()) return "a boolean";
+  if (v.is_number_integer() || v.is_number_unsigned()) return "an integer";
+  if (v.is_number()) return "a number";
+  if (v.is_string()) return "a string";
+  if (v.is_array()) return "an array";
+  return "an object";
+}
+
+// A field of an object; nullptr when it is absent or null (OpenAI clients send null for "unset").
+const json* field(const json& object, const char* key) {
+  const auto it = object.find(key);
+  return it == object.end() || it->is_null() ? nullptr : &*it;
+}
+
+int64_t as_int(const json& v, const std::string& param) {
+  if (v.is_number_integer() || v.is_number_unsigned()) return v.get<int64_t>();
+  reject(param, "'{}' must be an integer, got {}", param, type_name(v));
+}
+
+double as_number(const json& v, const std::string& param) {
+  if (v.is_number()) return v.get<double>();
+  reject(param, "'{}' must be a number, got {}", param, type_name(v));
+}
+
+bool as_bool(const json& v, const std::string& param) {
+  if (v.is_boolean()) return v.get<bool>();
+  reject(param, "'{}' must be a boolean, got {}", param, type_name(v));
+}
+
+const std::string& as_string(const json& v, const std::string& param) {
+  if (v.is_string()) return v.get_ref<const std::string&>();
+  reject(param, "'{}' must be a string, got {}", param, type_name(v));
+}
+
+double in_range(double value, double low, double high, const std::string& param) {
+  if (!(value >= low && value <= high)) reject(param, "'{}' must be in [{}, {}], got {}", param, low, high, value);
+  return value;
+}
+
+// Fields OpenAI defines that this server takes only at their neutral value (so clients that
+// always send them work), and fields it ignores.
+void check_neutral(const json& body) {
+  for (const char* key : {"frequency_penalty", "presence_penalty"})
+    if (const auto* v = field(body, key); v && as_number(*v, key) != 0)
+      reject(key, "'{}' is not supported (only 0); use 'repetition_penalty' (Hugging Face's) instead", key);
+  if (const auto* v = field(body, "logprobs"); v && as_bool(*v, "logprobs"))
+    reject("logprobs", "'logprobs' is not supported");
+  if (const auto* v = field(body, "top_logprobs"); v && as_int(*v, "top_logprobs") != 0)
+    reject("top_logprobs", "'top_logprobs' is not supported");
+  for (const char* key : {"tools", "functions", "logit_bias"})
+    if (const auto* v = field(body, key); v && !v->empty()) reject(key, "'{}' is not supported", key);
+  for (const char* key : {"tool_choice", "function_call"})
+    if (const auto* v = field(body, key); v && *v != "none" && *v != "auto")
+      reject(key, "'{}' is not supported (no tools)", key);
+  if (const auto* v = field(body, "response_format"))
+    if (!v->is_object() || v->value("type", "") != "text")
+      reject("response_format", "only response_format {{\"type\": \"text\"}} is supported");
+  if (const auto* v = field(body, "modalities"))
+    if (*v != json::array({"text"})) reject("modalities", "only the \"text\" output modality is supported");
+}
+
+const std::set<std::string>& known_fields() {
+  static const std::set<std::string> fields = {
+      // used
+      "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop",
+      "stream", "stream_options",
+      // extensions: Hugging Face generate() knobs of Chat.answer
+      "top_k", "num_beams", "repetition_penalty", "length_penalty",
+      // accepted at their neutral value only (check_neutral)
+      "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "tools", "functions", "tool_choice",
+      "function_call", "logit_bias", "response_format", "modalities",
+      // no effect here
+      "user", "store", "metadata", "service_tier", "parallel_tool_calls"};
+  return fields;
+}
+
+// A message's text: a string, or text parts (assistant and system messages hold no images).
+std::string text_only(const json& content, const std::string& param) {
+  if (content.is_string()) return content.get<std::string>();
+  if (!content.is_array()) reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const auto p = fmt::format("{}[{}]", param, i);
+    const auto& part = content[i];
+    if (!part.is_object()) reject(p, "'{}' must be an object, got {}", p, type_name(part));
+    const auto* type = field(part, "type");
+    if (!type || as_string(*type, p + ".type") != "text")
+      reject(p + ".type", "'{}' must be a text part here (images only come in user messages)", p);
+    const auto* t = field(part, "text");
+    if (!t) reject(p + ".text", "'{}.text' is missing", p);
+    if (!text.empty()) text += "\n";
+    text += as_string(*t, p + ".text");
+  }
+  return text;
+}
+
+void add_user_message(const json& content, const std::string& param, const RequestLimits& limits,
+                      std::vector<ChatStep>& steps) {
+  if (content.is_string()) {
+    if (content.get_ref<const std::string&>().empty()) reject(param, "'{}' is empty", param);
+    steps.push_back({ChatStep::Kind::Ask, content.get<std::string>(), "", param});
+    return;
+  }
+  if (!content.is_array()) reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
+  if (content.empty()) reject(param, "'{}' has no content parts", param);
+  std::string text;
+  for (size_t i = 0; i < content.size(); ++i) {
+    const auto p = fmt::format("{}[{}]", param, i);
+    const auto& part = content[i];
+    if (!part.is_object()) reject(p, "'{}' must be an object, got {}", p, type_name(part));
+    const auto* type_field = field(part, "type");
+    if (!type_field) reject(p + ".type", "'{}.type' is missing", p);
+    const auto& type = as_string(*type_field, p + ".type");
+    if (type == "text") {
+      const auto* t = field(part, "text");
+      if (!t) reject(p + ".text", "'{}.text' is missing", p);
+      if (!text.empty()) text += "\n";
+      text += as_string(*t, p + ".text");
+    } else if (type == "image_url") {
+      const auto* image_url = field(part, "image_url");
+      if (!image_url) reject(p + ".image_url", "'{}.image_url' is missing", p);
+      // {"url": ..., "detail": ...} as OpenAI defines it; a bare string as some clients send.
+      std::string url_param = p + ".image_url";
+      const json* url = image_url;
+      if (image_url->is_object()) {
+        url_param += ".url";
+        url = field(*image_url, "url");
+        if (!url) reject(url_param, "'{}' is missing", url_param);
+      }
+      DataUri uri;
+      try {
+        uri = parse_data_uri(as_string(*url, url_param));
+        check_image(uri.bytes, limits.image, url_param);
+      } catch (const ApiError&) {
+        throw;
+      } catch (const Error& e) {
+        reject(url_param, "{}", e.what());
+      }
+      steps.push_back({ChatStep::Kind::Image, "", std::move(uri.bytes), url_param});
+    } else {
+      reject(p + ".type", "content part type '{}' is not supported (only 'text' and 'image_url')", type);
+    }
+  }
+  if (!text.empty()) steps.push_back({ChatStep::Kind::Ask, text, "", param});
+}
+
+void parse_messages(const json& messages, const RequestLimits& limits, ChatRequest& request) {
+  if (!messages.is_array()) reject("messages", "'messages' must be an array, got {}", type_name(messages));
+  if (messages.empty()) reject("messages", "'messages' is empty");
+  bool conversation_started = false;
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const auto p = fmt::format("messages[{}]", i);
+    const auto& message = messages[i];
+    if (!message.is_object()) reject(p, "'{}' must be an object, got {}", p, type_name(message));
+    const auto* role_field = field(message, "role");
+    if (!role_field) reject(p + ".role", "'{}.role' is missing", p);
+    const auto& role = as_string(*role_field, p + ".role");
+    for (const char* key : {"tool_calls", "function_call"})
+      if (const auto* v = field(message, key); v && !v->empty())
+        reject(p + "." + key, "'{}.{}' is not supported (no tools)", p, key);
+    const auto* content = field(message, "content");
+    if (!content) reject(p + ".content", "'{}.content' is missing", p);
+    if (role == "system" || role == "developer") {
+      if (conversation_started)
+        reject(p + ".role", "'{}': system messages must come before the conversation (the template has one system text)", p);
+      text_only(*content, p + ".content");
+      request.system_given = true;
+    } else if (role == "user") {
+      add_user_message(*content, p + ".content", limits, request.steps);
+      conversation_started = true;
+    } else if (role == "assistant") {
+      request.steps.push_back({ChatStep::Kind::Answer, text_only(*content, p + ".content"), "", p + ".content"});
+      conversation_started = true;
+    } else if (role == "tool" || role == "function") {
+      reject(p + ".role", "'{}': role '{}' is not supported (no tools)", p, role);
+    } else {
+      reject(p + ".role", "'{}': unknown role '{}' (expected system, user or assistant)", p, role);
+    }
+  }
+  if (!conversation_started) reject("messages", "'messages' holds no user message");
+  if (messages.back().value("role", "") != "user")
+    reject("messages", "the last message must be the user's (the model answers it)");
+}
+
+void parse_options(const json& body, const RequestLimits& limits, ChatRequest& request) {
+  auto& o = request.options;
+  o.max_new_tokens = std::min(limits.default_max_tokens, limits.max_tokens);
+  for (const char* key : {"max_tokens", "max_completion_tokens"}) {
+    const auto* v = field(body, key);
+    if (!v) continue;
+    const int64_t n = as_int(*v, key);
+    if (n < 1) reject(key, "'{}' must be at least 1, got {}", key, n);
+    if (n > limits.max_tokens) reject(key, "'{}' is {}; this server allows at most {}", key, n, limits.max_tokens);
+    o.max_new_tokens = n;
+  }
+  if (const auto* v = field(body, "temperature")) o.temperature = in_range(as_number(*v, "temperature"), 0, 2, "temperature");
+  if (const auto* v = field(body, "top_p")) {
+    o.top_p = as_number(*v, "top_p");
+    if (!(o.top_p > 0 && o.top_p <= 1)) reject("top_p", "'top_p' must be in (0, 1], got {}", o.top_p);
+  }
+  if (const auto* v = field(body, "top_k")) {
+    o.top_k = as_int(*v, "top_k");
+    if (o.top_k < 0) reject("top_k", "'top_k' must be >= 0 (0: off), got {}", o.top_k);
+  }
+  if (const auto* v = field(body, "n"); v && as_int(*v, "n") != 1) reject("n", "'n' must be 1 (one answer per request)");
+  if (const auto* v = field(body, "num_beams")) {
+    const int64_t beams = as_int(*v, "num_beams");
+    if (beams < 1 || beams > 10) reject("num_beams", "'num_beams' must be in 1..10, got {}", beams);
+    o.num_beams = static_cast<int>(beams);
+  }
+  if (const auto* v = field(body, "repetition_penalty")) {
+    o.repetition_penalty = as_number(*v, "repetition_penalty");
+    if (!(o.repetition_penalty > 0)) reject("repetition_penalty", "'repetition_penalty' must be > 0");
+  }
+  if (const auto* v = field(body, "length_penalty")) o.length_penalty = in_range(as_number(*v, "length_penalty"), -10, 10, "length_penalty");
+  if (const auto* v = field(body, "seed")) {
+    o.seed = static_cast<uint64_t>(as_int(*v, "seed"));
+    request.seeded = true;
+  }
+  if (const auto* v = field(body, "stop")) {
+    if (v->is_string()) {
+      request.stop = {v->get<std::string>()};
+    } else if (v->is_array()) {
+      if (v->size() > 4) reject("stop", "'stop' takes at most 4 strings, got {}", v->size());
+      for (size_t i = 0; i < v->size(); ++i) request.stop.push_back(as_string((*v)[i], fmt::format("stop[{}]", i)));
+    } else {
+      reject("stop", "'stop' must be a string or an array of strings, got {}", type_name(*v));
+    }
+    for (const auto& s : request.stop)
+      if (s.empty()) reject("stop", "'stop' strings must not be empty");
+  }
+  if (const auto* v = field(body, "stream")) request.stream = as_bool(*v, "stream");
+  if (const auto* v = field(body, "stream_options")) {
+    if (!request.stream) reject("stream_options", "'stream_options' is only allowed with 'stream': true");
+    if (!v->is_object()) reject("stream_options", "'stream_options' must be an object, got {}", type_name(*v));
+    if (const auto* u = field(*v, "include_usage")) request.include_usage = as_bool(*u, "stream_options.include_usage");
+  }
+}
+
+}  // namespace
+
+ApiError::ApiError(int status_code, const std::string& message, std::string param_name, std::string error_code)
+    : Error(message),
+      status(status_code),
+      type(status_code >= 500 ? "server_error" : "invalid_request_error"),
+      param(std::move(param_name)),
+      code(std::move(error_code)) {}
+
+ChatRequest parse_chat_request(const std::string& body, const RequestLimits& limits) {
+  json j;
+  try {
+    j = json::parse(body);
+  } catch (const json::parse_error& e) {
+    throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()), "", "invalid_json");
+  }
+  if (!j.is_object()) reject("", "the request body must be a JSON object, got {}", type_name(j));
+  for (const auto& item : j.items())
+    if (!known_fields().count(item.key()))
+      reject(item.key(), "unrecognized request argument supplied: '{}'", item.key());
+
+  ChatRequest request;
+  if (const auto* v = field(j, "model")) request.model = as_string(*v, "model");
+  check_neutral(j);
+  parse_options(j, limits, request);
+  const auto* messages = field(j, "messages");
+  if (!messages) reject("messages", "'messages' is required");
+  parse_messages(*messages, limits, request);
+  return request;
+}
+
+std::string new_completion_id() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return fmt::format("chatcmpl-{:016x}{:08x}", rng(), static_cast<uint32_t>(rng()));
+}
+
+std::string openai_finish_reason(const std::string& reason) { return reason == "stop" ? "stop" : "length"; }
+
+json completion_json(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason,
+                     int64_t prompt_tokens, int64_t completion_tokens) {
+  return {{"id", meta.id},
+          {"object", "chat.completion"},
+          {"created", meta.created},
+          {"model", meta.model},
+          {"choices", json::array({{{"index", 0},
+                                    {"message", {{"role", "assistant"}, {"content", text}}},
+                                    {"logprobs", nullptr},
+                                    {"finish_reason", finish_reason}}})},
+          {"usage",
+           {{"prompt_tokens", prompt_tokens},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
+json chunk_json(const CompletionMeta& meta, const json& delta, const std::optional<std::string>& finish_reason) {
+  return {{"id", meta.id},
+          {"object", "chat.completion.chunk"},
+          {"created", meta.created},
+          {"model", meta.model},
+          {"choices", json::array({{{"index", 0},
+                                    {"delta", delta},
+                                    {"logprobs", nullptr},
+                                    {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}}})}};
+}
+
+json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens) {
+  return {{"id", meta.id},
+          {"object", "chat.completion.chunk"},
+          {"created", meta.created},
+          {"model", meta.model},
+          {"choices", json::array()},
+          {"usage",
+           {{"prompt_tokens", prompt_tokens},
+            {"completion_tokens", completion_tokens},
+            {"total_tokens", prompt_tokens + completion_tokens}}}};
+}
+
+json models_json(const std::string& model_name, int64_t created) {
+  return {{"object", "list"},
+          {"data", json::array({{{"id", model_name}, {"object", "model"}, {"created", created}, {"owned_by", "minigpt4-cpp"}}})}};
+}
+
+json error_json(const ApiError& e) {
+  return {{"error",
+           {{"message", e.what()},
+            {"type", e.type},
+            {"param", e.param.empty() ? json(nullptr) : json(e.param)},
+            {"code", e.code.empty() ? json(nullptr) : json(e.code)}}}};
+}
+
+std::string dump_json(const json& value) { return value.dump(-1, ' ', false, json::error_handler_t::replace); }
+
+std::string sse_event(const json& value) { return "data: " + dump_json(value) + "\n\n"; }
+
+}  // namespace minigpt4::server

@@ -1,0 +1,96 @@
+#pragma once
+// The OpenAI chat-completions API as pure functions: a request body in, the steps to replay
+// on a ChatSession and the answer's options out; replies, stream chunks and errors built in
+// OpenAI's JSON shapes. Nothing here needs a model, so all of it is unit-tested without one.
+#include "minigpt4/chat/chat.h"
+#include "minigpt4/common/error.h"
+#include "minigpt4/server/image_input.h"
+
+#include <nlohmann/json.hpp>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace minigpt4::server {
+
+// An error the client must see, with its HTTP status, sent as OpenAI's
+// {"error": {"message", "type", "param", "code"}}.
+class ApiError : public Error {
+ public:
+  ApiError(int status, const std::string& message, std::string param = "", std::string code = "");
+  int status;
+  std::string type;   // "invalid_request_error" for 4xx, "server_error" for 5xx
+  std::string param;  // the offending field, e.g. "messages[1].content[0].image_url"
+  std::string code;
+};
+
+// A 400 about `param`.
+template <typename... Args>
+[[noreturn]] void reject(const std::string& param, fmt::format_string<Args...> format, Args&&... args) {
+  throw ApiError(400, fmt::format(format, std::forward<Args>(args)...), param);
+}
+
+struct RequestLimits {
+  int64_t max_tokens = 1024;          // the most a request may ask for
+  int64_t default_max_tokens = 300;   // Chat.answer's max_new_tokens
+  ImageLimits image;
+};
+
+// One operation of the original Chat, replayed in order on a fresh ChatSession.
+struct ChatStep {
+  enum class Kind { Image, Ask, Answer };
+  Kind kind;
+  std::string text;   // Ask, Answer
+  std::string image;  // Image: the file's bytes (already checked: format, size, decodable)
+  std::string param;  // where in the request it came from, for error messages
+};
+
+struct ChatRequest {
+  std::string model;  // as the client named it ("" when absent); any name is accepted
+  std::vector<ChatStep> steps;
+  bool system_given = false;  // system messages are accepted, but the template's system text is used
+  AnswerOptions options;
+  bool seeded = false;  // `seed` given; otherwise the server draws one
+  std::vector<std::string> stop;
+  bool stream = false;
+  bool include_usage = false;  // stream_options.include_usage
+};
+
+// Parses and validates a /v1/chat/completions body. User messages map onto Chat's
+// operations: a message's images first (upload_img each), then its text parts joined by
+// newlines (ask); assistant messages are recorded as given (add_answer); the last message
+// must be the user's. Throws ApiError (400) naming the field for malformed JSON, wrong types,
+// unknown roles or fields, unsupported values, remote image URLs, bad data URIs and images
+// over `limits`.
+ChatRequest parse_chat_request(const std::string& body, const RequestLimits& limits);
+
+struct CompletionMeta {
+  std::string id;  // "chatcmpl-..."
+  int64_t created = 0;
+  std::string model;
+};
+
+std::string new_completion_id();
+// ChatReply::finish_reason -> OpenAI's: "stop" and "length" as they are; a cancelled answer
+// (the server's time limit) counts as "length", cut short by a limit.
+std::string openai_finish_reason(const std::string& chat_finish_reason);
+
+nlohmann::json completion_json(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason,
+                               int64_t prompt_tokens, int64_t completion_tokens);
+// A chat.completion.chunk: `delta` is {"role": ...} / {"content": ...} / {}; finish_reason
+// only on the last.
+nlohmann::json chunk_json(const CompletionMeta& meta, const nlohmann::json& delta,
+                          const std::optional<std::string>& finish_reason = std::nullopt);
+// stream_options.include_usage: the extra last chunk with no choices and the usage.
+nlohmann::json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens);
+nlohmann::json models_json(const std::string& model_name, int64_t created);
+nlohmann::json error_json(const ApiError& error);
+
+// A JSON value as one server-sent event ("data: ...\n\n"); text that is not valid UTF-8 is
+// replaced rather than thrown on.
+std::string sse_event(const nlohmann::json& value);
+std::string dump_json(const nlohmann::json& value);
+
+}  // namespace minigpt4::server

@@ -1,0 +1,399 @@
+#include "minigpt4/server/server.h"
+
+#include "minigpt4/common/error.h"
+#include "minigpt4/common/log.h"
+#include "minigpt4/server/page.h"
+#include "minigpt4/server/sessions.h"
+#include "minigpt4/server/stop_strings.h"
+#include "minigpt4/server/worker.h"
+
+#include <c10/util/Exception.h>
+#include <httplib.h>
+
+#include <atomic>
+#include <csignal>
+#include <future>
+#include <random>
+#include <thread>
+
+namespace minigpt4::server {
+
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+namespace {
+
+int64_t unix_time() {
+  return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+uint64_t random_seed() {
+  static thread_local std::mt19937_64 rng{std::random_device{}()};
+  return rng();
+}
+
+void send_json(httplib::Response& res, int status, const json& body) {
+  res.status = status;
+  res.set_content(dump_json(body), "application/json");
+}
+
+void send_error(httplib::Response& res, const ApiError& e) {
+  if (e.status == 503) {
+    log::warn("503: {}", e.what());
+    res.set_header("Retry-After", "5");
+  } else if (e.status >= 500) {
+    log::error("{}: {}", e.status, e.what());
+  }
+  send_json(res, e.status, error_json(e));
+}
+
+// What a client is told about an exception: its own ApiError, or a 500 for anything else
+// (a failure of the model or the server, not of the request, which was validated before).
+ApiError as_api_error(const std::exception_ptr& error) {
+  try {
+    std::rethrow_exception(error);
+  } catch (const ApiError& e) {
+    return e;
+  } catch (const c10::Error& e) {
+    return ApiError(500, fmt::format("internal error: {}", e.what_without_backtrace()), "", "internal_error");
+  } catch (const std::exception& e) {
+    return ApiError(500, fmt::format("internal error: {}", e.what()), "", "internal_error");
+  } catch (...) {
+    return ApiError(500, "internal error", "", "internal_error");
+  }
+}
+
+template <typename F>
+httplib::Server::Handler guarded(F handler) {
+  return [handler](const httplib::Request& req, httplib::Response& res) {
+    try {
+      handler(req, res);
+    } catch (...) {
+      send_error(res, as_api_error(std::current_exception()));
+    }
+  };
+}
+
+// Sends a channel's pieces as server-sent events until its end. While nothing comes, a
+// comment line goes out every second: writes to a closed connection fail, so a client that
+// left (even while its request waited in the queue) is noticed and its work cancelled.
+void stream_events(httplib::Response& res, std::shared_ptr<ReplyChannel> channel, std::string first,
+                   std::function<std::string(const std::string&)> piece_event,
+                   std::function<std::string(const ReplyChannel::Batch&)> end_events) {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [channel, first, piece_event, end_events](size_t, httplib::DataSink& sink) {
+        const auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
+        bool ok = first.empty() || write(first);
+        while (ok) {
+          const auto batch = channel->take(std::chrono::seconds(1));
+          if (batch.pieces.empty() && !batch.ended) ok = write(": waiting\n\n");
+          for (const auto& piece : batch.pieces) ok = ok && write(piece_event(piece));
+          if (ok && batch.ended) {
+            if (!write(end_events(batch))) break;
+            sink.done();
+            return true;
+          }
+        }
+        channel->cancel();
+        return false;
+      },
+      [channel](bool) { channel->cancel(); });
+}
+
+ReplyChannel::Batch wait_for_end(ReplyChannel& channel) {
+  for (;;)
+    if (auto batch = channel.take(std::chrono::seconds(1)); batch.ended) return batch;
+}
+
+}  // namespace
+
+struct Server::Impl {
+  Impl(std::shared_ptr<const ChatModel> chat_model, ServerOptions server_options)
+      : model(std::move(chat_model)),
+        options(std::move(server_options)),
+        worker(options.max_waiting),
+        sessions(options.max_sessions, options.session_idle) {
+    // httplib writes with plain send(): a client that closed its connection would kill the
+    // process with SIGPIPE instead of failing the write.
+    std::signal(SIGPIPE, SIG_IGN);
+    configure();
+    routes();
+  }
+
+  std::shared_ptr<const ChatModel> model;
+  ServerOptions options;
+  const int64_t created = unix_time();
+  std::atomic<bool> stopping{false}, serving{false};
+  std::atomic<uint64_t> answers{0}, answers_cancelled{0}, answers_timed_out{0};  // for /health
+  ModelWorker worker;
+  SessionStore<ChatSession> sessions;
+  httplib::Server http;
+
+  void configure();
+  void routes();
+  void chat_completions(const httplib::Request& req, httplib::Response& res);
+  void session_image(const httplib::Request& req, httplib::Response& res);
+  void session_ask(const httplib::Request& req, httplib::Response& res);
+  std::shared_ptr<ChatSession> session(const httplib::Request& req);
+  std::shared_ptr<ReplyChannel> queue_answer(std::function<void(ReplyChannel&)> work);
+  void answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
+              ReplyChannel& channel, const char* label);
+  void run_and_wait(std::function<void()> work);
+};
+
+void Server::Impl::configure() {
+  // Every connection holds a thread while it waits for the model: enough threads for a full
+  // queue plus the running job, and some left for /health and the page.
+  const size_t threads = options.max_waiting + 8;
+  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  http.set_payload_max_length(options.max_body_bytes);
+  http.set_read_timeout(options.io_timeout_seconds, 0);
+  http.set_write_timeout(options.io_timeout_seconds, 0);
+  http.set_keep_alive_timeout(5);
+  // httplib's default sets SO_REUSEPORT, with which a second server on the same port would
+  // start without complaint and take half the connections; SO_REUSEADDR only allows a quick
+  // restart.
+  http.set_socket_options([](socket_t sock) {
+    const int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  http.set_logger([](const httplib::Request& req, const httplib::Response& res) {
+    log::debug("{} {} {} -> {}", req.remote_addr, req.method, req.path, res.status);
+  });
+  // httplib's own errors (unknown route, body over the limit, bad HTTP) in OpenAI's shape.
+  // (Declared with its type: a lambda fits both set_error_handler overloads.)
+  const httplib::Server::HandlerWithResponse on_error = [this](const httplib::Request& req, httplib::Response& res) {
+    if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // our own JSON error
+    std::string message = fmt::format("HTTP {}", res.status), code;
+    if (res.status == 404) message = fmt::format("no route for {} {}", req.method, req.path), code = "not_found";
+    if (res.status == 413)
+      message = fmt::format("the request body is larger than this server's limit of {} bytes (--max-upload-mb)",
+                            options.max_body_bytes),
+      code = "request_too_large";
+    send_json(res, res.status, error_json(ApiError(res.status, message, "", code)));
+    return httplib::Server::HandlerResponse::Handled;
+  };
+  http.set_error_handler(on_error);
+  http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
+    send_error(res, as_api_error(error));
+  });
+}
+
+void Server::Impl::routes() {
+  http.Get("/", [](const httplib::Request&, httplib::Response& res) {
+    // The page loads nothing from elsewhere, and the browser is told to hold it to that.
+    res.set_header("Content-Security-Policy",
+                   "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+                   "img-src data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'");
+    res.set_content(page_html(), "text/html; charset=utf-8");
+  });
+  http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200,
+              {{"status", stopping ? "stopping" : "ok"},
+               {"model", model->name},
+               {"device", model->device.str()},
+               {"queue", {{"running", worker.busy()}, {"waiting", worker.waiting()}, {"max_waiting", options.max_waiting}}},
+               {"answers", {{"total", answers.load()}, {"client_gone", answers_cancelled.load()}, {"time_limit", answers_timed_out.load()}}},
+               {"sessions", sessions.size()}});
+  });
+  http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
+    send_json(res, 200, models_json(model->name, created));
+  });
+  http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              chat_completions(req, res);
+            }));
+  http.Post("/api/sessions", guarded([this](const httplib::Request&, httplib::Response& res) {
+              const auto id = sessions.add(std::make_shared<ChatSession>(model));
+              send_json(res, 200, {{"session_id", id}, {"model", model->name}});
+            }));
+  const std::string session_path = R"(/api/sessions/([0-9a-f]{32}))";
+  http.Post(session_path + "/image", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              session_image(req, res);
+            }));
+  http.Post(session_path + "/ask", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              session_ask(req, res);
+            }));
+  // The page's Restart (and leaving the page): the conversation, its images and cache go.
+  http.Post(session_path + "/close", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              send_json(res, 200, {{"closed", sessions.erase(req.matches[1].str())}});
+            }));
+}
+
+// On the model thread: one answer, its text into `channel` piece by piece, cut at the
+// client's stop strings and ended by the time limit, a cancel from the client's side or the
+// server stopping.
+void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
+                          ReplyChannel& channel, const char* label) {
+  StopStrings stops(stop);
+  const auto deadline = Clock::now() + std::chrono::duration<double>(options.max_generation_seconds);
+  bool timed_out = false;
+  ChatReply reply = session.answer(answer_options, [&](const std::string& piece) {
+    if (auto shown = stops.feed(piece); !shown.empty()) channel.send(std::move(shown));
+    if (stops.stopped() || channel.cancelled() || stopping) return false;
+    if (Clock::now() > deadline) timed_out = true;
+    return !timed_out;
+  });
+  if (auto rest = stops.flush(); !rest.empty() && reply.finish_reason != "cancelled") channel.send(std::move(rest));
+  reply.text = stops.cut(reply.text);
+  if (stops.stopped()) reply.finish_reason = "stop";
+  ++answers;
+  if (timed_out) ++answers_timed_out;
+  const bool client_gone = reply.finish_reason == "cancelled" && channel.cancelled();
+  if (client_gone) ++answers_cancelled;
+  log::info("{}: {} prompt positions ({} cached), {} tokens in {:.2f} s, {}{}", label, reply.prompt_tokens,
+            reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds + reply.decode_seconds, reply.finish_reason,
+            timed_out ? " (time limit)" : client_gone ? " (client gone)" : "");
+  channel.finish(std::move(reply));
+}
+
+std::shared_ptr<ReplyChannel> Server::Impl::queue_answer(std::function<void(ReplyChannel&)> work) {
+  auto channel = std::make_shared<ReplyChannel>();
+  const bool queued = worker.submit([channel, work = std::move(work)](bool run) {
+    if (!run) {
+      channel->fail(ApiError(503, "the server is shutting down", "", "shutting_down"));
+    } else if (channel->cancelled()) {
+      channel->fail(ApiError(499, "the client closed the connection"));  // nobody to answer
+    } else {
+      try {
+        work(*channel);
+      } catch (...) {
+        channel->fail(as_api_error(std::current_exception()));
+      }
+    }
+  });
+  if (!queued)
+    throw ApiError(503, fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
+                   "", "server_busy");
+  return channel;
+}
+
+void Server::Impl::run_and_wait(std::function<void()> work) {
+  auto done = std::make_shared<std::promise<void>>();
+  auto finished = done->get_future();
+  const bool queued = worker.submit([done, work = std::move(work)](bool run) {
+    try {
+      if (!run) throw ApiError(503, "the server is shutting down", "", "shutting_down");
+      work();
+      done->set_value();
+    } catch (...) {
+      done->set_exception(std::current_exception());
+    }
+  });
+  if (!queued)
+    throw ApiError(503, fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
+                   "", "server_busy");
+  finished.get();
+}
+
+void Server::Impl::chat_completions(const httplib::Request& req, httplib::Response& res) {
+  auto request = std::make_shared<const ChatRequest>([&] {
+    auto r = parse_chat_request(req.body, options.limits);
+    if (!r.seeded) r.options.seed = random_seed();
+    return r;
+  }());
+  const CompletionMeta meta{new_completion_id(), unix_time(), model->name};
+  auto channel = queue_answer([this, request](ReplyChannel& out) {
+    ChatSession session(model);
+    for (const auto& step : request->steps) {
+      if (step.kind == ChatStep::Kind::Image) session.upload_image(model->encode_image_bytes(step.image, step.param));
+      if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
+      if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
+    }
+    answer(session, request->options, request->stop, out, "api");
+  });
+
+  if (!request->stream) {
+    const auto end = wait_for_end(*channel);
+    if (end.error) throw *end.error;
+    const auto& reply = *end.reply;
+    send_json(res, 200, completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
+                                        static_cast<int64_t>(reply.tokens.size())));
+    return;
+  }
+  const bool include_usage = request->include_usage;
+  stream_events(
+      res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})),
+      [meta](const std::string& piece) { return sse_event(chunk_json(meta, {{"content", piece}})); },
+      [meta, include_usage](const ReplyChannel::Batch& end) {
+        if (end.error) return sse_event(error_json(*end.error)) + "data: [DONE]\n\n";
+        const auto& reply = *end.reply;
+        std::string events = sse_event(chunk_json(meta, json::object(), openai_finish_reason(reply.finish_reason)));
+        if (include_usage)
+          events += sse_event(usage_chunk_json(meta, reply.prompt_tokens, static_cast<int64_t>(reply.tokens.size())));
+        return events + "data: [DONE]\n\n";
+      });
+}
+
+std::shared_ptr<ChatSession> Server::Impl::session(const httplib::Request& req) {
+  auto found = sessions.find(req.matches[1].str());
+  if (!found)
+    throw ApiError(404, "unknown or expired session (the server keeps a limited number); start a new one", "session_id",
+                   "session_not_found");
+  return found;
+}
+
+void Server::Impl::session_image(const httplib::Request& req, httplib::Response& res) {
+  const auto bytes = parse_page_image(req.body, options.limits);
+  const auto chat = session(req);
+  size_t images = 0;
+  run_and_wait([&] {
+    chat->upload_image(model->encode_image_bytes(bytes, "the uploaded image"));
+    images = chat->image_count();
+  });
+  send_json(res, 200, {{"images", images}});
+}
+
+void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& res) {
+  auto ask = parse_page_ask(req.body, options.limits);
+  ask.options.seed = random_seed();
+  const auto chat = session(req);
+  auto channel = queue_answer([this, chat, ask](ReplyChannel& out) {
+    chat->ask(ask.text);
+    answer(*chat, ask.options, {}, out, "page");
+  });
+  stream_events(
+      res, channel, "", [](const std::string& piece) { return sse_event({{"text", piece}}); },
+      [](const ReplyChannel::Batch& end) {
+        if (end.error) return sse_event(error_json(*end.error));
+        const auto& reply = *end.reply;
+        return sse_event({{"done", true},
+                          {"finish_reason", reply.finish_reason},
+                          {"prompt_tokens", reply.prompt_tokens},
+                          {"reused_tokens", reply.reused_tokens},
+                          {"completion_tokens", reply.tokens.size()},
+                          {"seconds", reply.prefill_seconds + reply.decode_seconds}});
+      });
+}
+
+Server::Server(std::shared_ptr<const ChatModel> model, ServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(model), std::move(options))) {}
+
+Server::~Server() { stop(); }
+
+int Server::bind() {
+  const auto& o = impl_->options;
+  const int port = o.port == 0 ? impl_->http.bind_to_any_port(o.host)
+                               : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
+  if (port <= 0) fail("cannot listen on {}:{}: the port is in use, or the host is not an address of this machine", o.host, o.port);
+  return port;
+}
+
+void Server::serve() {
+  impl_->serving = true;
+  const bool ok = impl_->stopping || impl_->http.listen_after_bind();
+  impl_->serving = false;
+  if (!ok && !impl_->stopping) fail("the HTTP server stopped unexpectedly");
+}
+
+void Server::stop() {
+  impl_->stopping = true;  // running answers see it at their next piece
+  impl_->worker.stop();
+  // httplib's stop() does nothing until its loop runs: a serve() just starting is waited for.
+  while (impl_->serving && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  impl_->http.stop();
+}
+
+}  // namespace minigpt4::server

@@ -1,0 +1,50 @@
+#pragma once
+// `minigpt4 serve`: the web demo (MiniGPT-4's gradio page, rebuilt as one HTML page) and an
+// OpenAI-compatible chat-completions API, over one model loaded once.
+//
+// Routes: GET / (the page), GET /health, GET /v1/models, POST /v1/chat/completions, and the
+// page's own POST /api/sessions, /api/sessions/{id}/image|ask|close.
+// The model runs on one thread (worker.h): requests queue FIFO, a full queue answers 503
+// with Retry-After. Streams go out as server-sent events; a client that disconnects makes
+// its next write fail, which cancels its generation; every answer also has a time limit.
+#include "minigpt4/chat/chat.h"
+#include "minigpt4/server/openai.h"
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace minigpt4::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";  // loopback only, unless the user says otherwise
+  int port = 7860;                 // gradio's port; 0: any free port (bind() says which)
+  size_t max_body_bytes = 20u << 20;
+  RequestLimits limits;
+  size_t max_waiting = 8;                // model jobs waiting behind the running one
+  double max_generation_seconds = 300;  // per answer; then it ends with finish_reason "length"
+  size_t max_sessions = 8;               // page conversations kept (each holds a KV cache)
+  std::chrono::seconds session_idle{1800};
+  int io_timeout_seconds = 30;  // socket read/write timeouts
+};
+
+class Server {
+ public:
+  Server(std::shared_ptr<const ChatModel> model, ServerOptions options);
+  ~Server();  // stop()
+  Server(const Server&) = delete;
+  Server& operator=(const Server&) = delete;
+
+  // Binds host:port and returns the port; throws minigpt4::Error when it cannot.
+  int bind();
+  // Serves until stop(); call after bind().
+  void serve();
+  // From any thread: ends running answers, drops queued ones (503), closes the socket.
+  void stop();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace minigpt4::server

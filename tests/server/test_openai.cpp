@@ -1,0 +1,209 @@
+// The OpenAI request mapping and the reply/chunk/error shapes, without a model.
+#include "minigpt4/server/base64.h"
+#include "minigpt4/server/openai.h"
+#include "minigpt4/server/page.h"
+
+#include <catch2/catch.hpp>
+#include <opencv2/imgcodecs.hpp>
+
+using namespace minigpt4;
+using namespace minigpt4::server;
+using json = nlohmann::json;
+using Catch::Contains;
+
+namespace {
+
+std::string png_uri(int width = 8, int height = 6) {
+  std::vector<uchar> bytes;
+  REQUIRE(cv::imencode(".png", cv::Mat(height, width, CV_8UC3, cv::Scalar(0, 255, 0)), bytes));
+  return "data:image/png;base64," + base64_encode(std::string(bytes.begin(), bytes.end()));
+}
+
+ChatRequest parse(const json& body, const RequestLimits& limits = {}) { return parse_chat_request(body.dump(), limits); }
+
+json user(const json& content) { return {{"role", "user"}, {"content", content}}; }
+
+// The 400 a body gets: its message contains `text` and it names `param`.
+void check_rejected(const json& body, const std::string& param, const std::string& text, const RequestLimits& limits = {}) {
+  INFO(body.dump().substr(0, 300));
+  try {
+    parse(body, limits);
+    FAIL("accepted");
+  } catch (const ApiError& e) {
+    CHECK(e.status == 400);
+    CHECK(e.type == "invalid_request_error");
+    CHECK(e.param == param);
+    CHECK_THAT(e.what(), Contains(text));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a multi-round OpenAI conversation maps onto Chat's operations", "[server]") {
+  const json body = {
+      {"model", "anything"},
+      {"messages",
+       {{{"role", "system"}, {"content", "You are helpful."}},
+        user({{{"type", "text"}, {"text", "What is this?"}}, {{"type", "image_url"}, {"image_url", {{"url", png_uri()}, {"detail", "low"}}}}}),
+        {{"role", "assistant"}, {"content", "A green square."}},
+        user({{{"type", "image_url"}, {"image_url", png_uri(4, 4)}}, {{"type", "text"}, {"text", "And this?"}}, {{"type", "text"}, {"text", "Compare."}}})}},
+      {"max_tokens", 20},
+      {"temperature", 0},
+      {"top_p", 0.5},
+      {"top_k", 7},
+      {"num_beams", 2},
+      {"seed", 42},
+      {"stop", "END"},
+      {"n", 1},
+      {"frequency_penalty", 0},
+      {"user", "u1"}};
+  const auto r = parse(body);
+  CHECK(r.model == "anything");
+  CHECK(r.system_given);
+  REQUIRE(r.steps.size() == 5);
+  using K = ChatStep::Kind;
+  CHECK(r.steps[0].kind == K::Image);  // images go first, as upload_img precedes ask
+  CHECK(r.steps[0].param == "messages[1].content[1].image_url.url");
+  CHECK(r.steps[0].image.substr(1, 3) == "PNG");
+  CHECK((r.steps[1].kind == K::Ask && r.steps[1].text == "What is this?"));
+  CHECK((r.steps[2].kind == K::Answer && r.steps[2].text == "A green square."));
+  CHECK((r.steps[3].kind == K::Image && r.steps[3].param == "messages[3].content[0].image_url"));
+  CHECK((r.steps[4].kind == K::Ask && r.steps[4].text == "And this?\nCompare."));
+  CHECK(r.options.max_new_tokens == 20);
+  CHECK(r.options.temperature == 0);
+  CHECK(r.options.top_p == 0.5);
+  CHECK(r.options.top_k == 7);
+  CHECK(r.options.num_beams == 2);
+  CHECK((r.seeded && r.options.seed == 42));
+  CHECK(r.stop == std::vector<std::string>{"END"});
+  CHECK_FALSE(r.stream);
+}
+
+TEST_CASE("request defaults are Chat.answer's, within the server's limits", "[server]") {
+  RequestLimits limits;
+  limits.max_tokens = 100;
+  const auto r = parse({{"messages", {user("Hi")}}, {"stream", true}, {"stream_options", {{"include_usage", true}}},
+                        {"max_completion_tokens", nullptr}},
+                       limits);
+  CHECK(r.options.max_new_tokens == 100);  // min(default 300, cap)
+  CHECK(r.options.temperature == 1.0);
+  CHECK(r.options.top_p == 0.9);
+  CHECK(r.options.num_beams == 1);
+  CHECK_FALSE(r.seeded);
+  CHECK((r.stream && r.include_usage));
+  REQUIRE(r.steps.size() == 1);
+  CHECK(r.steps[0].text == "Hi");
+  CHECK(parse({{"messages", {user("Hi")}}, {"max_completion_tokens", 5}}).options.max_new_tokens == 5);
+}
+
+TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[server]") {
+  try {
+    parse_chat_request("{\"messages\": [", {});
+    FAIL("accepted");
+  } catch (const ApiError& e) {
+    CHECK((e.status == 400 && e.code == "invalid_json"));
+  }
+  const json hi = json::array({user("Hi")});
+  check_rejected(json::array(), "", "must be a JSON object");
+  check_rejected({{"model", "m"}}, "messages", "'messages' is required");
+  check_rejected({{"messages", "Hi"}}, "messages", "must be an array");
+  check_rejected({{"messages", json::array()}}, "messages", "empty");
+  check_rejected({{"messages", {{{"role", "robot"}, {"content", "x"}}}}}, "messages[0].role", "unknown role 'robot'");
+  check_rejected({{"messages", {{{"role", "tool"}, {"content", "x"}}}}}, "messages[0].role", "not supported");
+  check_rejected({{"messages", {{{"content", "x"}}}}}, "messages[0].role", "missing");
+  check_rejected({{"messages", {{{"role", 3}, {"content", "x"}}}}}, "messages[0].role", "must be a string");
+  check_rejected({{"messages", {user(5)}}}, "messages[0].content", "string or an array");
+  check_rejected({{"messages", {user("")}}}, "messages[0].content", "empty");
+  check_rejected({{"messages", {user(json::array({{{"type", "input_audio"}}}))}}}, "messages[0].content[0].type",
+                 "'input_audio' is not supported");
+  check_rejected({{"messages", {user("Hi"), {{"role", "assistant"}, {"content", "Hello"}}}}}, "messages",
+                 "last message must be the user's");
+  check_rejected({{"messages", {user("Hi"), {{"role", "system"}, {"content", "late"}}, user("again")}}}, "messages[1].role",
+                 "system messages must come before");
+  check_rejected({{"messages", {{{"role", "assistant"}, {"content", {{{"type", "image_url"}, {"image_url", png_uri()}}}}}, user("x")}}},
+                 "messages[0].content[0].type", "images only come in user messages");
+  check_rejected({{"messages", hi}, {"temperature", "hot"}}, "temperature", "must be a number");
+  check_rejected({{"messages", hi}, {"temperature", 2.5}}, "temperature", "[0, 2]");
+  check_rejected({{"messages", hi}, {"top_p", 0}}, "top_p", "(0, 1]");
+  check_rejected({{"messages", hi}, {"max_tokens", 0}}, "max_tokens", "at least 1");
+  check_rejected({{"messages", hi}, {"max_tokens", 1.5}}, "max_tokens", "must be an integer");
+  check_rejected({{"messages", hi}, {"max_tokens", 5000}}, "max_tokens", "at most 1024");
+  check_rejected({{"messages", hi}, {"n", 2}}, "n", "must be 1");
+  check_rejected({{"messages", hi}, {"num_beams", 11}}, "num_beams", "1..10");
+  check_rejected({{"messages", hi}, {"stop", {"a", "b", "c", "d", "e"}}}, "stop", "at most 4");
+  check_rejected({{"messages", hi}, {"stop", ""}}, "stop", "must not be empty");
+  check_rejected({{"messages", hi}, {"stream", "yes"}}, "stream", "must be a boolean");
+  check_rejected({{"messages", hi}, {"stream_options", {{"include_usage", true}}}}, "stream_options", "only allowed with");
+  check_rejected({{"messages", hi}, {"presence_penalty", 0.5}}, "presence_penalty", "not supported");
+  check_rejected({{"messages", hi}, {"logprobs", true}}, "logprobs", "not supported");
+  check_rejected({{"messages", hi}, {"tools", {{{"type", "function"}}}}}, "tools", "not supported");
+  check_rejected({{"messages", hi}, {"response_format", {{"type", "json_object"}}}}, "response_format", "only response_format");
+  check_rejected({{"messages", hi}, {"temprature", 1}}, "temprature", "unrecognized request argument");
+}
+
+TEST_CASE("images must be inline data URIs within the limits", "[server]") {
+  const auto with_image = [](const json& image_url) {
+    return json{{"messages", {user({{{"type", "image_url"}, {"image_url", image_url}}, {{"type", "text"}, {"text", "?"}}})}}};
+  };
+  const std::string param = "messages[0].content[0].image_url.url";
+  check_rejected(with_image({{"url", "https://example.com/cat.png"}}), param, "not fetched");
+  check_rejected(with_image({{"url", "file:///etc/passwd"}}), param, "file://");
+  check_rejected(with_image({{"url", "data:image/png;base64,@@@@"}}), param, "invalid base64");
+  check_rejected(with_image({{"url", "data:image/png;base64,aGVsbG8="}}), param, "not a PNG, JPEG, WebP or BMP");
+  check_rejected(with_image({{"detail", "high"}}), param, "missing");
+  check_rejected(with_image(7), "messages[0].content[0].image_url", "must be a string");
+  RequestLimits small;
+  small.image.max_pixels = 10;
+  check_rejected(with_image({{"url", png_uri(8, 6)}}), param, "8x6", small);
+}
+
+TEST_CASE("replies, chunks, models and errors have OpenAI's shapes", "[server]") {
+  const CompletionMeta meta{"chatcmpl-1", 1700000000, "tiny"};
+  const auto reply = completion_json(meta, "Hello", "stop", 40, 3);
+  CHECK(reply["object"] == "chat.completion");
+  CHECK(reply["choices"][0]["message"] == json({{"role", "assistant"}, {"content", "Hello"}}));
+  CHECK(reply["choices"][0]["finish_reason"] == "stop");
+  CHECK(reply["usage"] == json({{"prompt_tokens", 40}, {"completion_tokens", 3}, {"total_tokens", 43}}));
+
+  const auto first = chunk_json(meta, {{"role", "assistant"}, {"content", ""}});
+  CHECK(first["object"] == "chat.completion.chunk");
+  CHECK(first["choices"][0]["finish_reason"].is_null());
+  const auto last = chunk_json(meta, json::object(), std::string("length"));
+  CHECK(last["choices"][0]["delta"] == json::object());
+  CHECK(last["choices"][0]["finish_reason"] == "length");
+  const auto usage = usage_chunk_json(meta, 5, 6);
+  CHECK(usage["choices"].empty());
+  CHECK(usage["usage"]["total_tokens"] == 11);
+
+  CHECK(models_json("tiny", 1)["data"][0]["id"] == "tiny");
+  const auto error = error_json(ApiError(400, "bad", "messages", "x"));
+  CHECK(error == json({{"error", {{"message", "bad"}, {"type", "invalid_request_error"}, {"param", "messages"}, {"code", "x"}}}}));
+  CHECK(error_json(ApiError(503, "busy"))["error"]["type"] == "server_error");
+  CHECK(error_json(ApiError(503, "busy"))["error"]["param"].is_null());
+
+  CHECK(openai_finish_reason("stop") == "stop");
+  CHECK(openai_finish_reason("length") == "length");
+  CHECK(openai_finish_reason("cancelled") == "length");
+  CHECK(sse_event({{"a", 1}}) == "data: {\"a\":1}\n\n");
+  CHECK(sse_event({{"text", "\xff"}}) == "data: {\"text\":\"\xEF\xBF\xBD\"}\n\n");  // invalid UTF-8 replaced, not thrown
+  CHECK(new_completion_id().rfind("chatcmpl-", 0) == 0);
+  CHECK(new_completion_id() != new_completion_id());
+}
+
+TEST_CASE("the page's requests are validated like the API's", "[server]") {
+  RequestLimits limits;
+  const auto ask = parse_page_ask(R"({"text": "What is it?", "num_beams": 3, "temperature": 0.7})", limits);
+  CHECK(ask.text == "What is it?");
+  CHECK(ask.options.num_beams == 3);
+  CHECK(ask.options.temperature == 0.7);
+  CHECK(ask.options.max_new_tokens == 300);
+  CHECK_THROWS_AS(parse_page_ask(R"({"text": ""})", limits), ApiError);
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "num_beams": 0})", limits), Contains("1..10"));
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "temperature": 3})", limits), Contains("[0, 2]"));
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "extra": 1})", limits), Contains("unknown field"));
+  CHECK_THROWS_WITH(parse_page_ask("nope", limits), Contains("not valid JSON"));
+  CHECK(parse_page_image(json{{"image", png_uri()}}.dump(), limits).substr(1, 3) == "PNG");
+  CHECK_THROWS_WITH(parse_page_image(R"({"image": "http://x/y.png"})", limits), Contains("not fetched"));
+  CHECK(page_html().find("<!DOCTYPE html>") == 0);
+  CHECK(page_html().find("http") == std::string::npos);  // loads nothing from elsewhere
+}

@@ -1,0 +1,145 @@
+// The server's moving parts without a model: stop strings over streamed pieces, the
+// session store's LRU and expiry, the FIFO worker's bounded queue, the reply channel.
+#include "minigpt4/server/sessions.h"
+#include "minigpt4/server/stop_strings.h"
+#include "minigpt4/server/worker.h"
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <future>
+
+using namespace minigpt4;
+using namespace minigpt4::server;
+
+namespace {
+
+// Feeds pieces and returns what would be shown, in order.
+std::string shown(StopStrings& stops, const std::vector<std::string>& pieces) {
+  std::string out;
+  for (const auto& piece : pieces) out += stops.feed(piece);
+  return out + stops.flush();
+}
+
+}  // namespace
+
+TEST_CASE("stop strings end the streamed text before them, even split across pieces", "[server]") {
+  StopStrings a({"STOP", "\n\n"});
+  CHECK(shown(a, {"Hello ", "wor", "ld S", "TO", "P and more"}) == "Hello world ");
+  CHECK(a.stopped());
+
+  StopStrings b({"STOP"});
+  std::vector<std::string> out;
+  for (const auto* piece : {"a S", "T", "x", "yz"}) out.push_back(b.feed(piece));
+  CHECK(out == std::vector<std::string>{"a ", "", "STx", "yz"});  // "ST" held back until it is not "STOP"
+  CHECK_FALSE(b.stopped());
+  CHECK(b.flush().empty());
+
+  StopStrings c({"STOP"});
+  CHECK(shown(c, {"ends with ST"}) == "ends with ST");  // held text comes out at the end
+  CHECK_FALSE(c.stopped());
+
+  StopStrings d({"xyz", "y"});
+  CHECK(shown(d, {"axyz"}) == "a");  // the stop string that starts first wins
+  CHECK(d.cut("abyc xyz") == "ab");
+  StopStrings none({});
+  CHECK(shown(none, {"any", "thing"}) == "anything");
+}
+
+TEST_CASE("the session store keeps the most recently used sessions and drops idle ones", "[server]") {
+  using Clock = SessionStore<int>::Clock;
+  Clock::time_point now{};
+  SessionStore<int> store(2, std::chrono::seconds(60), [&] { return now; });
+  const auto a = store.add(std::make_shared<int>(1));
+  const auto b = store.add(std::make_shared<int>(2));
+  CHECK(a.size() == 32);
+  CHECK(a != b);
+  REQUIRE(store.find(a));  // a is now the most recent: adding a third drops b
+  const auto c = store.add(std::make_shared<int>(3));
+  CHECK(store.find(b) == nullptr);
+  CHECK(*store.find(a) == 1);
+  CHECK(*store.find(c) == 3);
+  CHECK(store.size() == 2);
+
+  now += std::chrono::seconds(45);
+  REQUIRE(store.find(c));
+  now += std::chrono::seconds(30);  // a idle 75 s, c 30 s
+  CHECK(store.find(a) == nullptr);
+  CHECK(store.find(c));
+  CHECK(store.erase(c));
+  CHECK_FALSE(store.erase(c));
+  CHECK(store.size() == 0);
+  CHECK(store.find("not-an-id") == nullptr);
+}
+
+TEST_CASE("the model worker runs jobs one at a time, in order, with a bounded queue", "[server]") {
+  ModelWorker worker(2);
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  std::vector<int> order;
+  std::mutex order_mutex;
+  std::atomic<int> running{0}, most_running{0};
+  const auto job = [&](int id) {
+    return [&, id](bool run) {
+      if (!run) return;
+      most_running = std::max(most_running.load(), ++running);
+      if (id == 0) gate.wait();
+      {
+        std::lock_guard<std::mutex> lock(order_mutex);
+        order.push_back(id);
+      }
+      --running;
+    };
+  };
+  REQUIRE(worker.submit(job(0)));
+  while (!worker.busy()) std::this_thread::yield();  // job 0 runs and blocks
+  CHECK(worker.submit(job(1)));
+  CHECK(worker.submit(job(2)));
+  CHECK_FALSE(worker.submit(job(3)));  // two already wait
+  CHECK(worker.waiting() == 2);
+  release.set_value();
+  while (worker.completed() < 3) std::this_thread::yield();
+  CHECK(order == std::vector<int>{0, 1, 2});
+  CHECK(most_running == 1);
+
+  // stop(): waiting jobs are called with run = false, and later submits are refused.
+  std::promise<void> release2;
+  auto gate2 = release2.get_future().share();
+  std::atomic<int> dropped{0};
+  REQUIRE(worker.submit([&](bool run) { if (run) gate2.wait(); }));
+  while (!worker.busy()) std::this_thread::yield();
+  REQUIRE(worker.submit([&](bool run) { dropped += run ? 0 : 1; }));
+  std::thread stopper([&] { worker.stop(); });
+  while (dropped == 0) std::this_thread::yield();
+  release2.set_value();
+  stopper.join();
+  CHECK(dropped == 1);
+  CHECK_FALSE(worker.submit([](bool) {}));
+}
+
+TEST_CASE("a reply channel hands pieces and the end across threads, and carries a cancel back", "[server]") {
+  ReplyChannel channel;
+  CHECK(channel.take(std::chrono::milliseconds(10)).pieces.empty());
+  std::thread producer([&] {
+    channel.send("a");
+    channel.send("b");
+    ChatReply reply;
+    reply.text = "ab";
+    channel.finish(reply);
+    channel.fail(ApiError(500, "ignored: the channel already ended"));
+  });
+  std::string text;
+  ReplyChannel::Batch batch;
+  do {
+    batch = channel.take(std::chrono::seconds(5));
+    for (const auto& p : batch.pieces) text += p;
+  } while (!batch.ended);
+  producer.join();
+  CHECK(text == "ab");
+  REQUIRE(batch.reply);
+  CHECK(batch.reply->text == "ab");
+  CHECK_FALSE(batch.error);
+  CHECK_FALSE(channel.cancelled());
+  channel.cancel();
+  CHECK(channel.cancelled());
+}
