@@ -4,9 +4,13 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/memory.h"
 #include "minigpt4/models/minigpt4.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
+
+#include <algorithm>
 
 namespace minigpt4::apps {
 
@@ -43,27 +47,43 @@ void run_info(const InfoArgs& args) {
     fmt::print("initialised fresh (no checkpoint provides them): {}\n", summarize_names(report.initialised));
   for (const auto& note : report.notes) fmt::print("note: {}\n", note);
 
-  fmt::print("\n{:<16} {:>16} {:>6} {:>10}\n", "module", "parameters", "dtype", "trainable");
+  fmt::print("\n{:<16} {:>16} {:>9} {:>10}\n", "module", "parameters", "dtype", "trainable");
   int64_t total = 0, trainable = 0;
   for (const auto& child : model->named_children()) {
     int64_t count = 0, grad = 0;
-    std::string dtype;
+    std::vector<std::string> dtypes;  // every dtype present: "int8/fp32" for a low_resource LLM
     for (const auto& p : child.value()->parameters()) {
       count += p.numel();
       if (p.requires_grad()) grad += p.numel();
-      dtype = dtype_name(p.scalar_type());
+      const auto name = dtype_name(p.scalar_type());
+      if (std::find(dtypes.begin(), dtypes.end(), name) == dtypes.end()) dtypes.push_back(name);
     }
-    fmt::print("{:<16} {:>16} {:>6} {:>10}\n", child.key(), with_commas(count), dtype,
+    std::sort(dtypes.begin(), dtypes.end());
+    const auto dtype = fmt::format("{}", fmt::join(dtypes, "/"));
+    fmt::print("{:<16} {:>16} {:>9} {:>10}\n", child.key(), with_commas(count), dtype,
                grad == count ? "yes" : grad == 0 ? "no" : "partly");
     total += count, trainable += grad;
   }
   for (const auto& item : model->named_parameters(/*recurse=*/false)) {
     const auto& p = item.value();
-    fmt::print("{:<16} {:>16} {:>6} {:>10}\n", item.key(), with_commas(p.numel()), dtype_name(p.scalar_type()),
+    fmt::print("{:<16} {:>16} {:>9} {:>10}\n", item.key(), with_commas(p.numel()), dtype_name(p.scalar_type()),
                p.requires_grad() ? "yes" : "no");
     total += p.numel(), trainable += p.requires_grad() ? p.numel() : 0;
   }
   fmt::print("{:<16} {:>16}\n{:<16} {:>16}\n", "total", with_commas(total), "trainable", with_commas(trainable));
+
+  // What the weights occupy on the device, and what this process holds in host memory
+  // after loading (on the CPU that includes the weights).
+  const auto bytes = tensor_bytes(*model);
+  std::vector<std::string> parts;
+  for (const auto& [dtype, n] : bytes.by_dtype) parts.push_back(fmt::format("{} {}", dtype, format_bytes(n)));
+  fmt::print("\nmemory: parameters + buffers {} on {} ({})\n", format_bytes(bytes.total), device.str(),
+             fmt::join(parts, ", "));
+  const auto llm = tensor_bytes(*model->llama_model);
+  fmt::print("memory: of which llama_model {}\n", format_bytes(llm.total));
+  if (const auto rss = resident_set_bytes(); rss >= 0)
+    fmt::print("memory: process resident set {} (peak {})\n", format_bytes(rss),
+               format_bytes(peak_resident_set_bytes()));
 }
 
 }  // namespace

@@ -1,19 +1,43 @@
 #include "minigpt4/models/layers.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/quantize.h"
 
 #include <cmath>
 
 namespace minigpt4 {
 
-Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, const torch::TensorOptions& options) {
-  weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
+Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, const torch::TensorOptions& options,
+               WeightFormat format) {
+  if (format == WeightFormat::Int8) {
+    weight = register_parameter("weight", torch::empty({out_features, in_features}, options.dtype(torch::kInt8)),
+                                /*requires_grad=*/false);
+    weight_scale = register_buffer("weight_scale", torch::empty({out_features}, options.dtype(torch::kFloat32)));
+  } else {
+    weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
+  }
   if (has_bias) bias = register_parameter("bias", torch::empty({out_features}, options));
 }
 
-torch::Tensor Linear::forward(const torch::Tensor& x) const { return torch::linear(x, weight, bias); }
+torch::Tensor Linear::forward(const torch::Tensor& x) const {
+  if (is_int8()) return int8_linear(x, weight, weight_scale, bias);
+  return torch::linear(x, weight, bias);
+}
+
+void Linear::load_weight(const torch::Tensor& value, const std::string& source) {
+  if (value.sizes() != weight.sizes())
+    fail("{}: a linear weight has shape [{}] but the layer expects [{}]", source.empty() ? "load_weight" : source,
+         fmt::join(value.sizes(), ", "), fmt::join(weight.sizes(), ", "));
+  torch::NoGradGuard no_grad;
+  if (!is_int8()) {
+    weight.copy_(value);
+    return;
+  }
+  quantize_int8_into(value, weight, weight_scale);  // block by block, on the weight's device
+}
 
 void Linear::reset_parameters() {
+  if (is_int8()) fail("an int8 Linear (low_resource) holds loaded weights only and cannot be initialised fresh");
   torch::NoGradGuard no_grad;
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
   if (bias.defined()) {

@@ -8,13 +8,27 @@
 
 namespace minigpt4 {
 
+// How a Linear stores its weight: dense in the options' dtype, or int8 with one float32
+// scale per output channel (`low_resource`, inference only; see quantize.h). An int8
+// Linear is built empty and filled by load_weight, which quantises one checkpoint tensor
+// at a time, so a full-precision copy of the model never exists.
+enum class WeightFormat { Dense, Int8 };
+
 struct Linear : torch::nn::Module {
-  Linear(int64_t in_features, int64_t out_features, bool bias, const torch::TensorOptions& options);
+  Linear(int64_t in_features, int64_t out_features, bool bias, const torch::TensorOptions& options,
+         WeightFormat format = WeightFormat::Dense);
+  // Int8: computed in x's dtype (the bias, if any, has the options' dtype).
   torch::Tensor forward(const torch::Tensor& x) const;
   // nn.Linear's default init (kaiming_uniform(a=sqrt(5)), bias U(+-1/sqrt(fan_in))), for
   // the freshly created trainable projector.
   void reset_parameters();
-  torch::Tensor weight, bias;
+  // Stores a checkpoint's floating [out, in] weight: copied (dense) or quantised on the
+  // weight's device (int8). `source` names the file in errors.
+  void load_weight(const torch::Tensor& value, const std::string& source = "");
+  bool is_int8() const { return weight_scale.defined(); }
+  // `weight` keeps its name in both formats so state dicts map by name; an int8 weight is
+  // int8 [out, in] (requires_grad false) and `weight_scale` a float32 [out] buffer.
+  torch::Tensor weight, bias, weight_scale;
 };
 
 struct LayerNorm : torch::nn::Module {

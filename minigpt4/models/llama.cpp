@@ -73,12 +73,13 @@ static torch::Tensor apply_rotary(const torch::Tensor& x, const torch::Tensor& c
   return x * cos + rotate_half(x) * sin;
 }
 
-LlamaAttention::LlamaAttention(const LlamaConfig& c, const torch::TensorOptions& options)
+LlamaAttention::LlamaAttention(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format)
     : num_heads(c.num_attention_heads), num_kv_heads(c.num_key_value_heads), head_dim(c.dim_per_head()) {
-  q_proj = register_module("q_proj", std::make_shared<Linear>(c.hidden_size, num_heads * head_dim, false, options));
-  k_proj = register_module("k_proj", std::make_shared<Linear>(c.hidden_size, num_kv_heads * head_dim, false, options));
-  v_proj = register_module("v_proj", std::make_shared<Linear>(c.hidden_size, num_kv_heads * head_dim, false, options));
-  o_proj = register_module("o_proj", std::make_shared<Linear>(num_heads * head_dim, c.hidden_size, false, options));
+  auto linear = [&](int64_t in, int64_t out) { return std::make_shared<Linear>(in, out, false, options, format); };
+  q_proj = register_module("q_proj", linear(c.hidden_size, num_heads * head_dim));
+  k_proj = register_module("k_proj", linear(c.hidden_size, num_kv_heads * head_dim));
+  v_proj = register_module("v_proj", linear(c.hidden_size, num_kv_heads * head_dim));
+  o_proj = register_module("o_proj", linear(num_heads * head_dim, c.hidden_size));
 }
 
 torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
@@ -107,19 +108,20 @@ torch::Tensor LlamaAttention::forward(const torch::Tensor& x, const torch::Tenso
   return o_proj->forward(out.transpose(1, 2).reshape({B, T, num_heads * head_dim}));
 }
 
-LlamaMlp::LlamaMlp(const LlamaConfig& c, const torch::TensorOptions& options) {
-  gate_proj = register_module("gate_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, options));
-  up_proj = register_module("up_proj", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, false, options));
-  down_proj = register_module("down_proj", std::make_shared<Linear>(c.intermediate_size, c.hidden_size, false, options));
+LlamaMlp::LlamaMlp(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format) {
+  auto linear = [&](int64_t in, int64_t out) { return std::make_shared<Linear>(in, out, false, options, format); };
+  gate_proj = register_module("gate_proj", linear(c.hidden_size, c.intermediate_size));
+  up_proj = register_module("up_proj", linear(c.hidden_size, c.intermediate_size));
+  down_proj = register_module("down_proj", linear(c.intermediate_size, c.hidden_size));
 }
 
 torch::Tensor LlamaMlp::forward(const torch::Tensor& x) const {
   return down_proj->forward(torch::silu(gate_proj->forward(x)) * up_proj->forward(x));
 }
 
-LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& c, const torch::TensorOptions& options) {
-  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(c, options));
-  mlp = register_module("mlp", std::make_shared<LlamaMlp>(c, options));
+LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format) {
+  self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(c, options, format));
+  mlp = register_module("mlp", std::make_shared<LlamaMlp>(c, options, format));
   input_layernorm = register_module("input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
   post_attention_layernorm =
       register_module("post_attention_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
@@ -131,11 +133,13 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, const torch::Te
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
-LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOptions& options) : config(c) {
+LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format)
+    : config(c) {
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
   embed_tokens = model->register_module("embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, options));
   layers = model->register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(std::make_shared<LlamaDecoderLayer>(c, options));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    layers->push_back(std::make_shared<LlamaDecoderLayer>(c, options, format));
   norm = model->register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
   lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, options));
   if (c.tie_word_embeddings) lm_head->weight = embed_tokens->weight;

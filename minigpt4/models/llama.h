@@ -36,7 +36,8 @@ struct KVCache {
 };
 
 struct LlamaAttention : torch::nn::Module {
-  LlamaAttention(const LlamaConfig& config, const torch::TensorOptions& options);
+  LlamaAttention(const LlamaConfig& config, const torch::TensorOptions& options,
+                 WeightFormat linear_format = WeightFormat::Dense);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& additive_mask, KVCache* cache, size_t layer_index) const;
   int64_t num_heads, num_kv_heads, head_dim;
@@ -44,13 +45,15 @@ struct LlamaAttention : torch::nn::Module {
 };
 
 struct LlamaMlp : torch::nn::Module {
-  LlamaMlp(const LlamaConfig& config, const torch::TensorOptions& options);
+  LlamaMlp(const LlamaConfig& config, const torch::TensorOptions& options,
+           WeightFormat linear_format = WeightFormat::Dense);
   torch::Tensor forward(const torch::Tensor& x) const;
   std::shared_ptr<Linear> gate_proj, up_proj, down_proj;
 };
 
 struct LlamaDecoderLayer : torch::nn::Module {
-  LlamaDecoderLayer(const LlamaConfig& config, const torch::TensorOptions& options);
+  LlamaDecoderLayer(const LlamaConfig& config, const torch::TensorOptions& options,
+                    WeightFormat linear_format = WeightFormat::Dense);
   torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
                         const torch::Tensor& additive_mask, KVCache* cache, size_t layer_index) const;
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
@@ -70,9 +73,14 @@ struct LlamaOutput {
   std::vector<torch::Tensor> hidden_states;  // embeddings, after each layer; the last after the final norm
 };
 
-// `llama_model` in MiniGPT-4's state dict: `model.*` + `lm_head`.
+// `llama_model` in MiniGPT-4's state dict: `model.*` + `lm_head`. `linear_format` Int8
+// (low_resource) applies to the decoder layers' projections only: embeddings, norms and
+// lm_head stay in the options' dtype, as with bitsandbytes' load_in_8bit, which skips the
+// output layer (the logits are the most sensitive product, and a tied lm_head is the
+// embedding matrix).
 struct LlamaForCausalLM : torch::nn::Module {
-  LlamaForCausalLM(const LlamaConfig& config, const torch::TensorOptions& options);
+  LlamaForCausalLM(const LlamaConfig& config, const torch::TensorOptions& options,
+                   WeightFormat linear_format = WeightFormat::Dense);
 
   torch::Tensor embed(const torch::Tensor& ids) const;  // model.embed_tokens
   LlamaOutput forward(const torch::Tensor& inputs_embeds, const LlamaForwardOptions& options = {}) const;

@@ -2,6 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/checkpoint.h"
+#include "minigpt4/models/memory.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 
 #include "minigpt4/common/log.h"
@@ -54,7 +55,9 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LlamaConfig& llama_config, tor
     projector_in = c.qformer.hidden_size;
   }
   llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llama_config.hidden_size, true, fp32));
-  llama_model = register_module("llama_model", std::make_shared<LlamaForCausalLM>(llama_config, llm_options));
+  // low_resource: the decoder's projections are built int8 and quantised while loading.
+  const auto llm_format = c.low_resource ? WeightFormat::Int8 : WeightFormat::Dense;
+  llama_model = register_module("llama_model", std::make_shared<LlamaForCausalLM>(llama_config, llm_options, llm_format));
 }
 
 torch::Tensor MiniGPT4::encode_vision(const torch::Tensor& images) const {
@@ -216,15 +219,21 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   const auto llama_dir = resolve_weight_path(config.llama_model, "llama_model");
   const auto llama_json = std::filesystem::path(llama_dir) / "config.json";
   const auto llama_config = LlamaConfig::from_json(io::read_json_file(llama_json.string()), llama_json.string());
+  if (config.low_resource && !config.freeze_llm)
+    fail("model.low_resource: True stores the LLM's linear layers in int8, which cannot be trained; set "
+         "model.freeze_llm: True or model.low_resource: False");
 
   auto model = std::make_shared<MiniGPT4>(config, llama_config, device);
   if (device.is_cpu() && parse_dtype(config.vit_precision) == torch::kFloat16)
     report.notes.push_back("vit_precision fp16: weights are upcast to fp32 on the CPU (no fast fp16 GEMM there)");
   if (device.is_cpu() && parse_dtype(config.llm_precision) == torch::kFloat16)
     report.notes.push_back("llm_precision fp16: weights are upcast to fp32 on the CPU");
-  if (config.low_resource)
-    report.notes.push_back("low_resource: 8-bit LLM loading is not implemented yet; the LLM is loaded in " +
-                           dtype_name(model->llama_model->embed_tokens->weight.scalar_type()));
+  if (config.low_resource) {
+    const auto dtype = dtype_name(model->llama_model->embed_tokens->weight.scalar_type());
+    report.notes.push_back("low_resource: the LLM's q/k/v/o and gate/up/down weights are int8 with one scale per "
+                           "output channel, quantised while loading; embeddings, norms and lm_head stay " + dtype +
+                           ", activations are " + dtype);
+  }
 
   std::set<std::string> filled;
   auto load = [&](const std::string& key, const std::string& value, LoadSpec spec) {
@@ -271,6 +280,7 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   ckpt.is_ignorable = [](const std::string& key) { return rotary_buffer(key) || blip2_unused(key); };
   ckpt.reshape = vit.reshape;
   load("ckpt", config.ckpt, ckpt);
+  if (config.low_resource) release_free_heap();  // the quantiser's float32 blocks (memory.h)
 
   // The projector is new in MiniGPT-4 (stage 1 starts it from scratch); without a Q-Former
   // nothing provides ln_vision either, and the original leaves it at LayerNorm's default.

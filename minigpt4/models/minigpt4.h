@@ -25,7 +25,7 @@ struct MiniGPT4Config {
   std::string vit_precision = "fp16";
   std::string llm_precision = "fp16";
   bool freeze_vit = true, freeze_qformer = true, freeze_llm = true;
-  bool low_resource = false;
+  bool low_resource = false;  // int8 LLM projections, for inference (quantize.h)
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";
   std::string prompt_template, prompt_path;

@@ -1,6 +1,9 @@
 #include "minigpt4/models/weights.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/layers.h"
+
+#include <map>
 
 namespace minigpt4 {
 
@@ -17,6 +20,15 @@ LoadResult load_into(torch::nn::Module& module, const StateDict& state, const Lo
   result.source = spec.source;
   auto targets = module.named_parameters(/*recurse=*/true);
   auto buffers = module.named_buffers(/*recurse=*/true);
+  // int8 linear weights (low_resource) take a floating tensor by quantising it, together
+  // with their scales: the "cast to the parameter's dtype" of an int8 layer.
+  std::map<std::string, Linear*> int8_weights;
+  auto note_int8 = [&](torch::nn::Module* m, const std::string& name) {
+    if (auto* linear = dynamic_cast<Linear*>(m); linear && linear->is_int8()) int8_weights[name] = linear;
+  };
+  note_int8(&module, "weight");  // (named_modules cannot include a root not held by a shared_ptr)
+  for (const auto& item : module.named_modules("", /*include_self=*/false))
+    note_int8(item.value().get(), item.key() + ".weight");
   torch::NoGradGuard no_grad;
   for (const auto& [file_key, value] : state) {
     const std::string name = spec.add_prefix + file_key;
@@ -41,7 +53,11 @@ LoadResult load_into(torch::nn::Module& module, const StateDict& state, const Lo
     if (!at::isFloatingType(source.scalar_type()) && at::isFloatingType(target->scalar_type()))
       fail("{}: '{}' is stored as {} but the model expects floating point", spec.source, file_key,
            c10::toString(source.scalar_type()));
-    target->copy_(source);
+    const auto int8 = int8_weights.find(name);
+    if (int8 != int8_weights.end() && at::isFloatingType(source.scalar_type()))
+      int8->second->load_weight(source, spec.source);
+    else
+      target->copy_(source);
     filled.insert(name);
     result.loaded.push_back(name);
   }

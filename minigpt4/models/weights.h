@@ -1,7 +1,8 @@
 #pragma once
 // Copying a state dict into a module by name. Everything a user can get wrong is reported
 // by name: keys the module needs that the file lacks, keys the file has that the module
-// does not use, and shapes that differ. Tensors are cast to the parameter's dtype/device.
+// does not use, and shapes that differ. Tensors are cast to the parameter's dtype/device;
+// a floating weight meant for an int8 Linear (low_resource) is quantised into it.
 #include "minigpt4/common/state_dict.h"
 
 #include <torch/torch.h>

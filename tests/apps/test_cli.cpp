@@ -100,3 +100,12 @@ TEST_CASE("minigpt4 chat refuses a corrupt image with a clear message", "[apps]"
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("minigpt4_corrupt_chat_image.jpg"));
 }
+
+TEST_CASE("minigpt4 info reports memory and the int8 LLM of low_resource", "[apps]") {
+  const auto r = run("info --cfg-path configs/tiny_vicuna0.yaml --options model.low_resource=True");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("note: low_resource") && Contains("fp32/int8") &&
+                           Contains("memory: parameters + buffers") && Contains("int8 ") &&
+                           Contains("memory: process resident set"));
+}

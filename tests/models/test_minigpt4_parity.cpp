@@ -18,27 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-// The run config a user would write for this case: sizes from the manifest, weights from
-// the case's split files.
-std::string case_yaml(const fs::path& dir, const nlohmann::json& manifest) {
-  const auto& c = manifest["config"];
-  const auto& v = c["vision"];
-  const auto& q = c["qformer"];
-  const std::string yaml = fmt::format(
-      "model:\n  arch: minigpt4\n  model_type: pretrain_vicuna0\n  image_size: {}\n  vit_patch_size: {}\n"
-      "  vit_width: {}\n  vit_depth: {}\n  vit_num_heads: {}\n  vit_mlp_ratio: {}\n  vit_precision: fp32\n"
-      "  num_query_token: {}\n  qformer_hidden_size: {}\n  qformer_num_layers: {}\n  qformer_num_heads: {}\n"
-      "  qformer_intermediate_size: {}\n  cross_attention_freq: {}\n  llm_precision: fp32\n"
-      "  vit_model: '{}'\n  q_former_model: '{}'\n  llama_model: '{}'\n  ckpt: '{}'\n",
-      c["image_size"].get<int64_t>(), v["patch_size"].get<int64_t>(), v["width"].get<int64_t>(),
-      v["depth"].get<int64_t>(), v["heads"].get<int64_t>(), v["mlp_ratio"].get<double>(),
-      q["num_query_token"].get<int64_t>(), q["hidden_size"].get<int64_t>(), q["num_hidden_layers"].get<int64_t>(),
-      q["num_attention_heads"].get<int64_t>(), q["intermediate_size"].get<int64_t>(),
-      q["cross_attention_freq"].get<int64_t>(), (dir / "eva_vit_g.pth").string(), (dir / "blip2_pretrained.pth").string(),
-      (dir / "vicuna").string(), (dir / "pretrained_minigpt4.pth").string());
-  return yaml;
-}
-
 struct Checker {
   std::string case_name;
   nlohmann::json manifest;
@@ -70,7 +49,7 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
     Checker check{manifest.value("case", dir.filename().string()), manifest, io::load_safetensors((dir / "io.safetensors").string())};
     INFO("case directory " << dir);
 
-    const auto config = Config::from_yaml(case_yaml(dir, manifest), (dir / "manifest.json").string());
+    const auto config = Config::from_yaml(test::parity_case_yaml(dir, manifest), (dir / "manifest.json").string());
     LoadReport report;
     const auto model = load_minigpt4(MiniGPT4Config::from_config(config), torch::kCPU, &report);
     const auto tokenizer = LlamaTokenizer::from_pretrained(dir / "vicuna");

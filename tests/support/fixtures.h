@@ -24,6 +24,11 @@ std::vector<fs::path> parity_cases(const std::string& with_file = "");
 
 nlohmann::json read_json(const fs::path& path);
 
+// The run config a user would write for a MiniGPT-4 case (one with minigpt4_full.safetensors):
+// sizes from the manifest, weights from the case's split files, fp32 everywhere. Load it
+// with Config::from_yaml, whose options override keys (e.g. model.low_resource=True).
+std::string parity_case_yaml(const fs::path& dir, const nlohmann::json& manifest);
+
 struct Tolerance {
   double atol = 1e-4;
   double rtol = 1e-4;

@@ -1,0 +1,123 @@
+// low_resource on the CPU: what an int8 linear layer costs against the dense one, and what
+// loading a LLaMA in fp32 / bf16 / int8 holds in memory. Nothing is asserted.
+//
+//   bench_int8 matmul [--in 2048] [--out 5632] [--rows 1,16,128,512] [--repeats N] [--threads N]
+//   bench_int8 load --llm DIR --precision fp32|bf16 [--int8]
+//
+// `matmul` times minigpt4::Linear forwards (median and minimum) for dense fp32, int8 with
+// fp32 activations, dense bf16 and int8 with bf16 activations. `load` builds the
+// LlamaForCausalLM of a Hugging Face directory, loads it as load_minigpt4 does (int8:
+// quantised tensor by tensor while loading) and prints the bytes held by dtype and the
+// process' resident set now and at its peak. Run `load` once per process: the peak is the
+// process'.
+#include "minigpt4/io/checkpoint.h"
+#include "minigpt4/models/layers.h"
+#include "minigpt4/models/llama.h"
+#include "minigpt4/models/memory.h"
+#include "minigpt4/models/weights.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+
+using namespace minigpt4;
+
+namespace {
+
+// "median (min)" of `repeats` timed runs after one warm-up; the minimum is the number to
+// trust on a busy machine.
+std::string time_ms(const std::function<void()>& run, int repeats) {
+  run();
+  std::vector<double> times;
+  for (int i = 0; i < repeats; ++i) {
+    const auto start = std::chrono::steady_clock::now();
+    run();
+    times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+  }
+  std::sort(times.begin(), times.end());
+  return fmt::format("{:.2f} ({:.2f})", times[times.size() / 2], times.front());
+}
+
+void bench_matmul(int64_t in, int64_t out, const std::vector<int64_t>& rows_list, int repeats) {
+  torch::NoGradGuard no_grad;
+  torch::manual_seed(0);
+  const auto w = torch::randn({out, in}) * 0.02;
+  fmt::print("Linear {} -> {}, {} threads; ms per forward, median (min) of {}\n", in, out, at::get_num_threads(),
+             repeats);
+  fmt::print("{:>6} {:>16} {:>16} {:>16} {:>16}\n", "rows", "fp32", "int8/fp32", "bf16", "int8/bf16");
+  for (const int64_t rows : rows_list) {
+    std::vector<std::string> ms;
+    for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
+      for (const auto format : {WeightFormat::Dense, WeightFormat::Int8}) {
+        Linear layer(in, out, false, torch::TensorOptions().dtype(dtype), format);
+        layer.load_weight(w);
+        const auto x = torch::randn({rows, in}).to(dtype);
+        ms.push_back(time_ms([&] { layer.forward(x); }, repeats));
+      }
+    }
+    fmt::print("{:>6} {:>16} {:>16} {:>16} {:>16}\n", rows, ms[0], ms[1], ms[2], ms[3]);
+  }
+}
+
+void bench_load(const std::string& dir, const std::string& precision, bool int8) {
+  torch::NoGradGuard no_grad;
+  const auto json_path = (std::filesystem::path(dir) / "config.json").string();
+  const auto config = LlamaConfig::from_json(io::read_json_file(json_path), json_path);
+  const auto rss_before = resident_set_bytes();
+  LlamaForCausalLM model(config, torch::TensorOptions().dtype(parse_dtype(precision)),
+                         int8 ? WeightFormat::Int8 : WeightFormat::Dense);
+  std::set<std::string> filled;
+  LoadSpec spec;
+  spec.source = dir;
+  const auto start = std::chrono::steady_clock::now();
+  {
+    const auto state = io::load_state_dict(dir);
+    load_into(model, state, spec, filled);
+  }
+  if (int8) release_free_heap();  // as load_minigpt4 does
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const auto bytes = tensor_bytes(model);
+  std::vector<std::string> parts;
+  for (const auto& [dtype, n] : bytes.by_dtype) parts.push_back(fmt::format("{} {}", dtype, format_bytes(n)));
+  fmt::print("{} {}{}: loaded in {:.1f} s; parameters + buffers {} ({}); resident set {} (before building {}, "
+             "peak {})\n",
+             dir, precision, int8 ? " + int8" : "", seconds, format_bytes(bytes.total), fmt::join(parts, ", "),
+             format_bytes(resident_set_bytes()), format_bytes(rss_before), format_bytes(peak_resident_set_bytes()));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"int8 (low_resource) linear layers and loading: time and memory"};
+  int threads = 0, repeats = 20;
+  int64_t in = 2048, out = 5632;
+  std::vector<int64_t> rows = {1, 16, 128, 512};
+  std::string llm, precision = "fp32";
+  bool int8 = false;
+  app.add_option("--threads", threads, "at::set_num_threads (0: LibTorch's default)");
+  auto* matmul = app.add_subcommand("matmul", "time one linear layer, dense and int8");
+  matmul->add_option("--in", in)->capture_default_str();
+  matmul->add_option("--out", out)->capture_default_str();
+  matmul->add_option("--rows", rows, "activation rows (tokens)")->delimiter(',');
+  matmul->add_option("--repeats", repeats)->capture_default_str();
+  auto* load = app.add_subcommand("load", "load a Hugging Face LLaMA directory and report its memory");
+  load->add_option("--llm", llm, "Hugging Face LLaMA directory")->required();
+  load->add_option("--precision", precision, "fp32 or bf16")->capture_default_str();
+  load->add_flag("--int8", int8, "int8 projections (low_resource)");
+  app.require_subcommand(1);
+  CLI11_PARSE(app, argc, argv);
+  if (threads > 0) at::set_num_threads(threads);
+  try {
+    if (*matmul) bench_matmul(in, out, rows, repeats);
+    if (*load) bench_load(llm, precision, int8);
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,131 @@
+#include "minigpt4/models/quantize.h"
+
+#include "minigpt4/common/error.h"
+
+#include <ATen/ATen.h>
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include <algorithm>
+
+namespace minigpt4 {
+
+namespace {
+
+// Rows quantised at a time: two reused 4 MiB float32 blocks, however large the layer. A
+// whole 2048x5632 layer would take 46 MiB per temporary (on the GPU too), and freeing
+// such temporaries between the int8 weights fragments glibc's heap: loading a 1.1B LLaMA
+// that way peaked up to 0.9 GiB above its weights and mapped file, block by block 0.35.
+constexpr int64_t kQuantizeBlockElements = int64_t{1} << 20;
+
+// Weight elements converted per block on the CPU: 2 MiB of float32 (256 rows of K=2048)
+// stays in cache between the conversion and the product.
+constexpr int64_t kCpuBlockElements = int64_t{1} << 19;
+
+// Up to this many activation rows, bf16/fp16 on the CPU use ATen's fused int8 kernel.
+constexpr int64_t kCpuFusedMaxRows = 32;
+
+void check_int8(const at::Tensor& values, const at::Tensor& scales) {
+  if (values.scalar_type() != at::kChar || values.dim() != 2)
+    fail("int8 linear: the weight must be int8 [N, K], got {} [{}]", c10::toString(values.scalar_type()),
+         fmt::join(values.sizes(), ", "));
+  if (scales.dim() != 1 || scales.size(0) != values.size(0))
+    fail("int8 linear: {} scales for a weight with {} output channels", scales.numel(), values.size(0));
+}
+
+// The CPU's int8 product for x2 [M, K], measured on a 2048->5632 layer, one thread
+// (benchmarks/bench_int8): ATen's fused _weight_int8pack_mm reads int8 directly and is the
+// fastest for bf16 with a few rows (1 row: 0.8-1.0 ms against 1.8 for the bf16 GEMM), but
+// 1.2-1.3x slower than the GEMM from 64 rows, and for fp32 it has no vectorised path (6x
+// slower than the fp32 GEMM for 1 row, 30x for 16). Otherwise: convert a block of output
+// rows to x's dtype (a plain vectorised cast; a mixed int8 x float multiply is several
+// times slower), multiply while the block is in cache, and apply the scales to the small
+// output at the end (fp32: 2-2.5x the dense time for 1 row, 1.1-1.2x from 64 rows).
+at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
+  const auto dtype = x2.scalar_type();
+  if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows)
+    return at::_weight_int8pack_mm(x2.contiguous(), values, scales.to(dtype));  // scales in x's dtype
+  const int64_t N = values.size(0), K = values.size(1);
+  const int64_t rows = std::min(N, std::max<int64_t>(16, kCpuBlockElements / std::max<int64_t>(K, 1)));
+  auto y = at::empty({x2.size(0), N}, x2.options());
+  auto block = at::empty({rows, K}, x2.options());
+  const auto x = x2.contiguous();
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n = std::min(rows, N - n0);
+    auto w = block.narrow(0, 0, n);
+    w.copy_(values.narrow(0, n0, n));
+    y.narrow(1, n0, n).copy_(at::mm(x, w.t()));
+  }
+  return y.mul_(scales.to(at::kFloat));  // computed in float32, stored in x's dtype
+}
+
+}  // namespace
+
+void quantize_int8_into(const at::Tensor& weight, at::Tensor& values, at::Tensor& scales) {
+  if (weight.dim() != 2 || !at::isFloatingType(weight.scalar_type()))
+    fail("quantize_int8: expected a floating [N, K] weight, got {} [{}]", c10::toString(weight.scalar_type()),
+         fmt::join(weight.sizes(), ", "));
+  check_int8(values, scales);
+  if (values.sizes() != weight.sizes())
+    fail("quantize_int8: weight [{}] does not fit int8 storage [{}]", fmt::join(weight.sizes(), ", "),
+         fmt::join(values.sizes(), ", "));
+  at::NoGradGuard no_grad;
+  const int64_t N = weight.size(0), K = weight.size(1);
+  const int64_t rows = std::min(N, std::max<int64_t>(1, kQuantizeBlockElements / std::max<int64_t>(K, 1)));
+  // Two float32 blocks reused for every row block (out= variants): no allocation per block.
+  const auto options = values.options().dtype(at::kFloat);
+  auto w_block = at::empty({rows, K}, options), q_block = at::empty({rows, K}, options);
+  auto absmax_block = at::empty({rows}, options);
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n = std::min(rows, N - n0);
+    // From float32 whatever the stored dtype, so the scale is exact for fp16/bf16 files too.
+    auto w = w_block.narrow(0, 0, n), q = q_block.narrow(0, 0, n), absmax = absmax_block.narrow(0, 0, n);
+    w.copy_(weight.narrow(0, n0, n));
+    at::amax_out(absmax, at::abs_out(q, w), {1});
+    auto scale = scales.narrow(0, n0, n);
+    scale.copy_(absmax).div_(127.0).masked_fill_(absmax == 0, 1.0);
+    at::div_out(q, w, scale.unsqueeze(1)).round_().clamp_(-127, 127);
+    values.narrow(0, n0, n).copy_(q);
+  }
+}
+
+Int8Weight quantize_int8(const at::Tensor& weight) {
+  if (weight.dim() != 2)
+    fail("quantize_int8: expected a floating [N, K] weight, got [{}]", fmt::join(weight.sizes(), ", "));
+  const auto options = at::TensorOptions().device(weight.device());
+  Int8Weight out{at::empty(weight.sizes(), options.dtype(at::kChar)),
+                 at::empty({weight.size(0)}, options.dtype(at::kFloat))};
+  quantize_int8_into(weight, out.values, out.scales);
+  return out;
+}
+
+at::Tensor dequantize_int8(const at::Tensor& values, const at::Tensor& scales, c10::ScalarType dtype) {
+  check_int8(values, scales);
+  // One pass: the product is computed in float32 (the scales' type) and written in `dtype`.
+  auto out = at::empty(values.sizes(), values.options().dtype(dtype));
+  at::mul_out(out, values, scales.to(at::kFloat).unsqueeze(1));
+  return out;
+}
+
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales,
+                       const at::Tensor& bias) {
+  check_int8(values, scales);
+  const int64_t K = values.size(1);
+  if (x.size(-1) != K) fail("int8 linear: input has {} features but the weight expects {}", x.size(-1), K);
+  const auto dtype = x.scalar_type();
+  auto out_shape = x.sizes().vec();
+  out_shape.back() = values.size(0);
+  at::Tensor y;
+  if (x.is_cpu()) {
+    y = cpu_int8_mm(x.reshape({-1, K}), values, scales).view(out_shape);
+  } else {
+    // CUDA (and anything else): dequantise to the activations' dtype, then the ordinary
+    // GEMM. The transient dense weight is one layer's. ATen's CUDA _weight_int8pack_mm
+    // takes fp32 activations only, and _int_mm would need int8 activations (LLM.int8()'s
+    // outlier problem), so neither fits fp16/bf16 inference.
+    y = at::linear(x, dequantize_int8(values, scales, dtype));
+  }
+  if (bias.defined()) y = y + bias.to(dtype);
+  return y;
+}
+
+}  // namespace minigpt4
