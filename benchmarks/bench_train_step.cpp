@@ -46,7 +46,7 @@ double peak_rss_mib() {
 // A caption long enough to fill max_txt_len tokens, so every row has text_tokens tokens.
 std::string long_caption() {
   std::string text;
-  for (int i = 0; i < 64; ++i) text += "a small red circle at the top left of a large blue square ";
+  for (int i = 0; i < 8; ++i) text += "a small red circle at the top left of a large blue square ";
   return text;
 }
 

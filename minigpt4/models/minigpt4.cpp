@@ -115,13 +115,15 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
   for (const auto& t : texts) with_end.push_back(t + config.end_sym);
   const auto batch = tokenizer.encode_batch(with_end, /*add_special_tokens=*/false, config.max_txt_len, tokenizer.pad_id());
   const int64_t T_txt = static_cast<int64_t>(batch.ids.front().size());
-  auto text_ids = torch::empty({B, T_txt}, torch::kLong), text_mask = torch::empty({B, T_txt}, torch::kLong);
-  for (int64_t b = 0; b < B; ++b)
-    for (int64_t t = 0; t < T_txt; ++t) {
-      text_ids[b][t] = batch.ids[b][t];
-      text_mask[b][t] = batch.attention_mask[b][t];
-    }
-  text_ids = text_ids.to(device), text_mask = text_mask.to(device);
+  // Filled through plain vectors: element-wise tensor indexing costs an op per element.
+  std::vector<int64_t> ids_flat, mask_flat;
+  ids_flat.reserve(B * T_txt), mask_flat.reserve(B * T_txt);
+  for (int64_t b = 0; b < B; ++b) {
+    ids_flat.insert(ids_flat.end(), batch.ids[b].begin(), batch.ids[b].end());
+    mask_flat.insert(mask_flat.end(), batch.attention_mask[b].begin(), batch.attention_mask[b].end());
+  }
+  const auto text_ids = torch::tensor(ids_flat, torch::kLong).view({B, T_txt}).to(device);
+  const auto text_mask = torch::tensor(mask_flat, torch::kLong).view({B, T_txt}).to(device);
 
   // bos and the (wrapped) image are context: never predicted. So is padding (pad = eos).
   const auto ignore = torch::full({B, 1 + T_img}, -100, torch::TensorOptions().dtype(torch::kLong).device(device));
