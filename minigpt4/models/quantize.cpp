@@ -42,7 +42,9 @@ void check_int8(const at::Tensor& values, const at::Tensor& scales) {
 // output at the end (fp32: 2-2.5x the dense time for 1 row, 1.1-1.2x from 64 rows).
 at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
   const auto dtype = x2.scalar_type();
-  if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows)
+  // The fused kernel reads K in blocks of 16: other widths give garbage or crash (seen with
+  // torch 2.12 at K = 8, 24, 40, 344, e.g. the quickstart LLM's FFN of 344).
+  if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows && x2.size(1) % 16 == 0)
     return at::_weight_int8pack_mm(x2.contiguous(), values, scales.to(dtype));  // scales in x's dtype
   const int64_t N = values.size(0), K = values.size(1);
   const int64_t rows = std::min(N, std::max<int64_t>(16, kCpuBlockElements / std::max<int64_t>(K, 1)));
