@@ -1,0 +1,394 @@
+// Batch-1 greedy decoding on the CPU: time to first token and decode tokens per second of a
+// random LLaMA in fp32, bf16 and int8 (weight-only, minigpt4/models/quantize.h), next to
+// what the machine's memory bandwidth allows.
+//
+//   bench_decode --shape tiny|quickstart|1b --dir DIR [--prompt 64] [--new-tokens N] [--repeats R]
+//                [--warmup W] [--precisions fp32,bf16,int8] [--threads N] [--json PATH] [--profile DIR]
+//
+// It builds a LlamaForCausalLM of the shape with random weights (torch::manual_seed(0),
+// N(0, 0.02), RMSNorm weights 1: bench::randomise), writes it to DIR as a Hugging Face
+// LLaMA directory (config.json + model.safetensors, float32) so that Python loads the same
+// weights (benchmarks/bench_decode_ref.py runs Hugging Face and llama.cpp on them), and
+// then, per precision, loads DIR into a model of that precision and times
+// minigpt4::generate on a fixed prompt of token ids (embedded with llm.embed inside the timed
+// region), eos_token_id -1 so that every run produces exactly --new-tokens tokens:
+//   ttft     from the call (embedding included) to the first token: prefill + one argmax
+//   decode   the intervals between consecutive tokens after the first; tok/s = 1000 / median
+//            interval (and the mean rate over all of them)
+//   gemv     the same model's linear layers alone on one token (every projection and the
+//            LM head, no attention, norms or cache): the floor of one decode step in ATen's
+//            kernels, so that step - gemv is the per-token overhead outside the GEMVs
+// Memory bandwidth: the best of a few full reads of a 1 GiB float32 tensor (sum, and mv with it
+// as a [N, 4096] matrix) and copies, with the same threads, before and after the runs (the
+// best counts: a busy moment only lowers a measurement); roofline tok/s = read bandwidth /
+// weight bytes read per token (every parameter except the embedding table, of which one row is
+// read; the KV cache, under 5 MB here, is left out). Nothing is asserted.
+#include "benchmarks/bench_shapes.h"
+#include "minigpt4/generate/generate.h"
+#include "minigpt4/io/checkpoint.h"
+#include "minigpt4/io/safetensors.h"
+#include "minigpt4/models/init.h"
+#include "minigpt4/models/memory.h"
+#include "minigpt4/models/weights.h"
+
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <numeric>
+#include <set>
+#include <sstream>
+#include <string>
+#include <vector>
+
+namespace fs = std::filesystem;
+using minigpt4::LlamaConfig;
+using minigpt4::LlamaForCausalLM;
+using minigpt4::WeightFormat;
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double ms_since(Clock::time_point start) {
+  return std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// "tiny": bench_shapes' tiny LLM (tiny_shape().llama: hidden 64, 2 layers, 4 heads, FFN 176,
+// vocabulary 1000); "quickstart": the quickstart's LLM (minigpt4/quickstart/pipeline.h: hidden
+// 128, 4 layers, 4 heads, FFN 344, vocabulary 512); "1b": TinyLlama-1.1B's shape
+// (bench_shapes' mid_shape().llama: hidden 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632,
+// vocabulary 32000).
+LlamaConfig shape_config(const std::string& name) {
+  if (name == "1b") return bench::mid_shape().llama;
+  if (name == "tiny") return bench::tiny_shape().llama;
+  LlamaConfig c;
+  c.vocab_size = 512;
+  c.hidden_size = 128;
+  c.intermediate_size = 344;
+  c.num_hidden_layers = 4;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 4;
+  c.rms_norm_eps = 1e-6;
+  c.max_position_embeddings = 512;
+  return c;
+}
+
+struct Bandwidth {
+  double read_gbs = 0;  // the best of sum and mv: what a stream of weight reads achieves
+  double sum_gbs = 0, mv_gbs = 0, copy_gbs = 0;  // copy counts the bytes read plus the bytes written
+  void merge(const Bandwidth& o) {
+    read_gbs = std::max(read_gbs, o.read_gbs), sum_gbs = std::max(sum_gbs, o.sum_gbs);
+    mv_gbs = std::max(mv_gbs, o.mv_gbs), copy_gbs = std::max(copy_gbs, o.copy_gbs);
+  }
+};
+
+// Best of `tries` passes over a float32 tensor of `bytes`: a full sum, a matrix-vector
+// product with it as the [rows, 4096] matrix (the shape of decoding's work), and a copy.
+Bandwidth measure_bandwidth(int64_t bytes, int tries) {
+  torch::NoGradGuard no_grad;
+  const int64_t cols = 4096, rows = bytes / 4 / cols, n = rows * cols;
+  auto a = torch::ones({n});
+  auto b = torch::empty({n});
+  b.copy_(a);  // touch every page before timing
+  const auto m = a.view({rows, cols});
+  const auto x = torch::ones({cols});
+  auto y = torch::mv(m, x);
+  double best_sum = 1e300, best_mv = 1e300, best_copy = 1e300;
+  for (int i = 0; i < tries; ++i) {
+    auto start = Clock::now();
+    (void)a.sum().item<float>();
+    best_sum = std::min(best_sum, ms_since(start));
+    start = Clock::now();
+    torch::mv_out(y, m, x);
+    best_mv = std::min(best_mv, ms_since(start));
+    start = Clock::now();
+    b.copy_(a);
+    best_copy = std::min(best_copy, ms_since(start));
+  }
+  const double nbytes = 4.0 * n;
+  Bandwidth bw;
+  bw.sum_gbs = nbytes / (best_sum * 1e-3) / 1e9;
+  bw.mv_gbs = nbytes / (best_mv * 1e-3) / 1e9;
+  bw.copy_gbs = 2.0 * nbytes / (best_copy * 1e-3) / 1e9;
+  bw.read_gbs = std::max(bw.sum_gbs, bw.mv_gbs);
+  return bw;
+}
+
+minigpt4::StateDict parameters_of(const torch::nn::Module& module) {
+  minigpt4::StateDict state;
+  for (const auto& item : module.named_parameters(/*recurse=*/true)) state[item.key()] = item.value().detach();
+  return state;
+}
+
+// Bytes one decode step reads from the weights: every parameter and buffer but the
+// embedding table, of which it reads one row.
+int64_t weight_bytes_per_token(const LlamaForCausalLM& llm) {
+  const auto& e = llm.embed_tokens->weight;
+  return minigpt4::tensor_bytes(llm).total - e.numel() * e.element_size() + e.size(1) * e.element_size();
+}
+
+struct PrecisionSpec {
+  std::string name;
+  torch::Dtype dtype;
+  WeightFormat format;
+};
+
+PrecisionSpec parse_precision(const std::string& name) {
+  if (name == "fp32") return {name, torch::kFloat32, WeightFormat::Dense};
+  if (name == "bf16") return {name, torch::kBFloat16, WeightFormat::Dense};
+  if (name == "int8") return {name, torch::kBFloat16, WeightFormat::Int8};  // int8 weights, bf16 activations
+  if (name == "int8_fp32") return {name, torch::kFloat32, WeightFormat::Int8};
+  throw std::runtime_error("unknown precision " + name + " (fp32, bf16, int8, int8_fp32)");
+}
+
+struct RunTimes {
+  double ttft_ms = 0;
+  std::vector<double> intervals_ms;  // between consecutive tokens after the first
+  std::vector<int64_t> tokens;
+};
+
+RunTimes timed_generate(const LlamaForCausalLM& llm, const torch::Tensor& prompt_ids, int64_t new_tokens) {
+  minigpt4::GenerationConfig gc;
+  gc.max_new_tokens = new_tokens;
+  gc.eos_token_id = -1;  // never stops early
+  gc.min_length = 0;
+  RunTimes r;
+  std::vector<Clock::time_point> stamps;
+  stamps.reserve(new_tokens);
+  torch::NoGradGuard no_grad;
+  const auto start = Clock::now();
+  const auto embeds = llm.embed(prompt_ids);
+  const auto out = minigpt4::generate(llm, embeds, gc, [&](int64_t) { stamps.push_back(Clock::now()); });
+  r.tokens = out.tokens;
+  if (!stamps.empty()) r.ttft_ms = std::chrono::duration<double, std::milli>(stamps[0] - start).count();
+  for (size_t i = 1; i < stamps.size(); ++i)
+    r.intervals_ms.push_back(std::chrono::duration<double, std::milli>(stamps[i] - stamps[i - 1]).count());
+  return r;
+}
+
+// Every Linear of the model (q, k, v, o, gate, up, down per layer, then lm_head) on one
+// token, in the order a decode step runs them: the GEMV floor of a step.
+double gemv_ms(const LlamaForCausalLM& llm, torch::Dtype dtype, int repeats) {
+  torch::NoGradGuard no_grad;
+  std::vector<std::shared_ptr<minigpt4::Linear>> linears;
+  for (size_t i = 0; i < llm.layers->size(); ++i) {
+    const auto layer = llm.layers->ptr(i)->as<minigpt4::LlamaDecoderLayer>();
+    for (const auto& l : {layer->self_attn->q_proj, layer->self_attn->k_proj, layer->self_attn->v_proj,
+                          layer->self_attn->o_proj, layer->mlp->gate_proj, layer->mlp->up_proj, layer->mlp->down_proj})
+      linears.push_back(l);
+  }
+  linears.push_back(llm.lm_head);
+  std::vector<torch::Tensor> inputs;
+  for (const auto& l : linears) inputs.push_back(torch::randn({1, 1, l->weight.size(1)}).to(dtype));
+  std::vector<double> runs;
+  for (int r = 0; r < repeats + 1; ++r) {
+    const auto start = Clock::now();
+    for (size_t i = 0; i < linears.size(); ++i) (void)linears[i]->forward(inputs[i]);
+    if (r > 0) runs.push_back(ms_since(start));  // the first is a warm-up
+  }
+  return median(runs);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Batch-1 greedy decoding (TTFT, decode tok/s) of a random LLaMA in fp32 / bf16 / int8 on the CPU"};
+  std::string shape = "tiny", dir, json_path, precisions_arg = "fp32,bf16,int8";
+  int64_t prompt_len = 64, new_tokens = 0;
+  int repeats = 0, warmup = 1, threads = 0;
+  double bandwidth_gib = 1.0;
+  bool skip_save = false;
+  app.add_option("--shape", shape, "tiny (bench_shapes' tiny LLM), quickstart (the quickstart's LLM) or 1b "
+                                   "(TinyLlama-1.1B shape)")
+      ->check(CLI::IsMember({"tiny", "quickstart", "1b"}));
+  app.add_option("--dir", dir, "where the Hugging Face directory (config.json + model.safetensors) goes")->required();
+  app.add_option("--prompt", prompt_len, "prompt length in tokens")->capture_default_str();
+  app.add_option("--new-tokens", new_tokens, "tokens generated per run (0: tiny/quickstart 128, 1b 32)");
+  app.add_option("--repeats", repeats, "timed generations per precision (0: tiny/quickstart 5, 1b 3)");
+  app.add_option("--warmup", warmup, "untimed generations of min(8, new tokens) tokens first")->capture_default_str();
+  app.add_option("--precisions", precisions_arg, "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32")
+      ->capture_default_str();
+  app.add_option("--threads", threads, "at::set_num_threads (0: LibTorch's default)");
+  app.add_option("--bandwidth-gib", bandwidth_gib, "size of the bandwidth test tensor")->capture_default_str();
+  std::string profile_dir;
+  app.add_option("--profile", profile_dir,
+                 "also write a LibTorch profiler trace of a 9-token generation per precision to "
+                 "DIR/<shape>_<precision>.trace.json (chrome://tracing format)");
+  app.add_flag("--skip-save", skip_save, "reuse the weights already in --dir (written by an earlier run)");
+  app.add_option("--json", json_path, "write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+  if (new_tokens <= 0) new_tokens = shape == "1b" ? 32 : 128;
+  if (repeats <= 0) repeats = shape == "1b" ? 3 : 5;
+  if (threads > 0) at::set_num_threads(threads);
+  torch::set_num_interop_threads(1);
+
+  try {
+    std::vector<PrecisionSpec> precisions;
+    {
+      std::stringstream ss(precisions_arg);
+      for (std::string p; std::getline(ss, p, ',');)
+        if (!p.empty()) precisions.push_back(parse_precision(p));
+    }
+    const auto config = shape_config(shape);
+    fmt::print("LibTorch {}, {} intra-op threads; shape {}: hidden {}, {} layers, {} heads ({} KV), FFN {}, vocab {}\n",
+               TORCH_VERSION, at::get_num_threads(), shape, config.hidden_size, config.num_hidden_layers,
+               config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, config.vocab_size);
+    const int64_t bw_bytes = static_cast<int64_t>(bandwidth_gib * (1 << 30));
+    auto report_bandwidth = [&](const char* when, const Bandwidth& b) {
+      fmt::print("memory bandwidth {} ({} threads, {:.2f} GiB float32): sum {:.1f} GB/s, mv {:.1f} GB/s, copy {:.1f} GB/s\n",
+                 when, at::get_num_threads(), bandwidth_gib, b.sum_gbs, b.mv_gbs, b.copy_gbs);
+      std::fflush(stdout);
+    };
+    // Measured before and after the runs; the best read figure sets the roofline (a busy
+    // moment can only make a measurement lower).
+    Bandwidth bw = measure_bandwidth(bw_bytes, 8);
+    report_bandwidth("before", bw);
+
+    // Random fp32 weights, written as a Hugging Face directory.
+    fs::create_directories(dir);
+    if (!skip_save) {
+      torch::NoGradGuard no_grad;
+      torch::manual_seed(0);
+      const auto start = Clock::now();
+      LlamaForCausalLM llm(config, torch::TensorOptions().dtype(torch::kFloat32));
+      bench::randomise(llm);
+      minigpt4::io::save_safetensors((fs::path(dir) / "model.safetensors").string(), parameters_of(llm),
+                                     {{"format", "pt"}});
+      std::ofstream out(fs::path(dir) / "config.json");
+      out << minigpt4::llama_config_json(config).dump(2) << "\n";
+      if (!out.flush()) throw std::runtime_error("cannot write config.json in " + dir);
+      fmt::print("wrote {} ({:.1f} s)\n", dir, ms_since(start) / 1e3);
+    }
+
+    // A fixed prompt of ids (no special ids), the same for every side.
+    std::vector<int64_t> prompt;
+    for (int64_t i = 0; i < prompt_len; ++i) prompt.push_back(3 + (i * 7919 + 13) % (config.vocab_size - 3));
+    const auto prompt_ids = torch::tensor(prompt, torch::kLong).view({1, prompt_len});
+
+    nlohmann::ordered_json json;
+    json["shape"] = shape;
+    json["config"] = minigpt4::llama_config_json(config);
+    json["threads"] = at::get_num_threads();
+    json["torch"] = TORCH_VERSION;
+    json["weights_dir"] = dir;
+    json["prompt_ids"] = prompt;
+    json["new_tokens"] = new_tokens;
+    json["repeats"] = repeats;
+    json["warmup"] = warmup;
+    auto& results = json["results"];
+
+    for (const auto& p : precisions) {
+      torch::NoGradGuard no_grad;
+      // ATen's CPU _weight_int8pack_mm (int8_linear's bf16/fp16 path) reads past the row for an
+      // input width that is not a multiple of 16 (wrong sums, or a crash): FFN 344 (the
+      // quickstart LLM's down_proj) is one. minigpt4/models/quantize.cpp does not check it yet.
+      if (p.format == WeightFormat::Int8 && p.dtype != torch::kFloat32 &&
+          (config.hidden_size % 16 != 0 || config.intermediate_size % 16 != 0)) {
+        fmt::print("\n[{}] skipped: an input width ({} or {}) is not a multiple of 16, which ATen's "
+                   "_weight_int8pack_mm needs (see the comment in bench_decode.cpp)\n",
+                   p.name, config.hidden_size, config.intermediate_size);
+        results[p.name] = {{"skipped", "input width not a multiple of 16 (_weight_int8pack_mm)"}};
+        continue;
+      }
+      LlamaForCausalLM llm(config, torch::TensorOptions().dtype(p.dtype), p.format);
+      llm.eval();
+      {
+        const auto state = minigpt4::io::load_state_dict(dir);
+        std::set<std::string> filled;
+        minigpt4::LoadSpec spec;
+        spec.source = dir;
+        minigpt4::load_into(llm, state, spec, filled);
+        const auto missing = minigpt4::unfilled_parameters(llm, filled);
+        if (!missing.empty()) throw std::runtime_error("missing weights: " + minigpt4::summarize_names(missing));
+      }
+      // load_into copied the tensors out of the memory-mapped file, which is unmapped by now.
+      const int64_t bytes_per_token = weight_bytes_per_token(llm);
+      fmt::print("\n[{}] weights read per token {:.1f} MB\n", p.name, bytes_per_token / 1e6);
+      std::fflush(stdout);
+      for (int w = 0; w < warmup; ++w) timed_generate(llm, prompt_ids, std::min<int64_t>(8, new_tokens));
+      std::vector<double> ttfts, intervals, rates;
+      std::vector<int64_t> tokens;
+      for (int r = 0; r < repeats; ++r) {
+        auto t = timed_generate(llm, prompt_ids, new_tokens);
+        const double total = std::accumulate(t.intervals_ms.begin(), t.intervals_ms.end(), 0.0);
+        const double rate = t.intervals_ms.empty() ? 0 : 1000.0 * t.intervals_ms.size() / total;
+        fmt::print("  run {}: ttft {:.2f} ms, decode median {:.3f} ms/token, mean {:.2f} tok/s\n", r + 1, t.ttft_ms,
+                   median(t.intervals_ms), rate);
+        std::fflush(stdout);
+        ttfts.push_back(t.ttft_ms);
+        rates.push_back(rate);
+        intervals.insert(intervals.end(), t.intervals_ms.begin(), t.intervals_ms.end());
+        if (r == 0) tokens = t.tokens;
+      }
+      const double gemv = gemv_ms(llm, p.dtype, std::max(3, repeats));
+      if (!profile_dir.empty()) {
+        fs::create_directories(profile_dir);
+        const auto trace = (fs::path(profile_dir) / fmt::format("{}_{}.trace.json", shape, p.name)).string();
+        {
+          torch::autograd::profiler::RecordProfile guard(trace);
+          timed_generate(llm, prompt_ids, 9);
+        }
+        fmt::print("  profiler trace: {}\n", trace);
+      }
+      const double step = median(intervals);
+      fmt::print("  ttft median {:.2f} ms; decode {:.2f} tok/s (median step {:.3f} ms; linear layers alone {:.3f} ms)\n",
+                 median(ttfts), 1000.0 / step, step, gemv);
+      results[p.name] = {{"ttft_ms", ttfts},
+                         {"ttft_ms_median", median(ttfts)},
+                         {"decode_step_ms", intervals},
+                         {"decode_step_ms_median", step},
+                         {"decode_tok_s", 1000.0 / step},
+                         {"decode_tok_s_mean", rates},
+                         {"gemv_ms", gemv},
+                         {"weight_bytes_per_token", bytes_per_token},
+                         {"tokens", tokens}};
+    }
+
+    const auto bw_after = measure_bandwidth(bw_bytes, 8);
+    report_bandwidth("after", bw_after);
+    bw.merge(bw_after);
+    json["bandwidth_gbs"] = {{"read", bw.read_gbs}, {"sum", bw.sum_gbs}, {"mv", bw.mv_gbs}, {"copy", bw.copy_gbs},
+                             {"bytes", bw_bytes}};
+    for (auto& [name, r] : results.items())
+      if (r.contains("weight_bytes_per_token"))
+        r["roofline_tok_s"] = bw.read_gbs * 1e9 / r["weight_bytes_per_token"].get<double>();
+    fmt::print("\n{} (prompt {}, {} new tokens, {} runs each; read bandwidth {:.1f} GB/s)\n", shape, prompt_len,
+               new_tokens, repeats, bw.read_gbs);
+    fmt::print("{:<10} {:>10} {:>12} {:>12} {:>10} {:>10}\n", "precision", "ttft ms", "decode tok/s", "roofline", "MB/token",
+               "gemv ms");
+    for (const auto& p : precisions) {
+      const auto& r = results[p.name];
+      if (r.contains("skipped")) {
+        fmt::print("{:<10} skipped: {}\n", p.name, r["skipped"].get<std::string>());
+        continue;
+      }
+      fmt::print("{:<10} {:>10.2f} {:>12.2f} {:>12.2f} {:>10.1f} {:>10.3f}\n", p.name, r["ttft_ms_median"].get<double>(),
+                 r["decode_tok_s"].get<double>(), r["roofline_tok_s"].get<double>(),
+                 r["weight_bytes_per_token"].get<double>() / 1e6, r["gemv_ms"].get<double>());
+    }
+    if (!json_path.empty()) {
+      std::ofstream out(json_path);
+      out << json.dump(2) << "\n";
+      if (!out.flush()) throw std::runtime_error("cannot write " + json_path);
+    }
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+  }
+  return 0;
+}
