@@ -164,8 +164,11 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
   const auto& llm = *model_->model->llama_model;
   const auto gen = generation_config(*model_, options);
 
-  conversation_.start_answer();
-  const std::string prompt = conversation_.get_prompt();
+  // The prompt ends in the open assistant turn; the conversation records the turn only once
+  // there is an answer, so a failure leaves it as it was.
+  Conversation open = conversation_;
+  open.start_answer();
+  const std::string prompt = open.get_prompt();
   auto embeds = model_->model->context_embedding(prompt, images_, tokenizer);
 
   // What sits at each prompt position, to find the prefix the cache already holds.
@@ -241,7 +244,6 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
   } catch (...) {
     cache_.clear();
     cached_keys_.clear();
-    conversation_.set_answer("");
     throw;
   }
   reply.decode_seconds = seconds_since(start) - reply.prefill_seconds;
@@ -253,6 +255,7 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
   reply.text = postprocess_answer(answer, tokenizer);
   if (on_text && !cancelled && starts_with(reply.text, sent) && reply.text.size() > sent.size())
     on_text(reply.text.substr(sent.size()));
+  conversation_.start_answer();
   conversation_.set_answer(reply.text);
   return reply;
 }

@@ -152,6 +152,15 @@ TEST_CASE("an image can come mid-chat, and reset forgets everything", "[parity]"
   CHECK(reply.prompt_tokens > fixture_image_embeds(fx, *model).size(1));
   CHECK(session.conversation().get_prompt().find(kImagePlaceholder) != std::string::npos);
 
+  // An answer that cannot be made leaves the conversation as it was.
+  session.ask("One more?");
+  const auto turns = session.conversation().messages().size();
+  AnswerOptions no_room = greedy(4);
+  no_room.max_length = 3;
+  CHECK_THROWS_WITH(session.answer(no_room), Catch::Contains("max_length"));
+  CHECK(session.conversation().messages().size() == turns);
+  CHECK_FALSE(session.answer(greedy(2)).tokens.empty());
+
   session.reset();
   CHECK(session.image_count() == 0);
   CHECK(session.cached_tokens() == 0);
