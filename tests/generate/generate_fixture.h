@@ -1,7 +1,7 @@
 #pragma once
 // A parity case's MiniGPT-4, built through the YAML config path from the case's split weight
-// files (as tests/models/test_minigpt4_parity.cpp does), with its tokenizer, io tensors and
-// the generation settings of its manifest.
+// files (test::parity_case_yaml, as tests/models/test_minigpt4_parity.cpp does), with its
+// tokenizer, io tensors and the generation settings of its manifest.
 #include "minigpt4/common/config.h"
 #include "minigpt4/generate/generate.h"
 #include "minigpt4/io/safetensors.h"
@@ -9,39 +9,18 @@
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "tests/support/fixtures.h"
 
-#include <fmt/format.h>
 
 #include <memory>
 #include <string>
 
 namespace minigpt4::test {
 
-// The run config a user would write for this case: sizes from the manifest, weights from
-// the case's split files.
-inline std::string case_yaml(const fs::path& dir, const nlohmann::json& manifest) {
-  const auto& c = manifest["config"];
-  const auto& v = c["vision"];
-  const auto& q = c["qformer"];
-  return fmt::format(
-      "model:\n  arch: minigpt4\n  model_type: pretrain_vicuna0\n  image_size: {}\n  vit_patch_size: {}\n"
-      "  vit_width: {}\n  vit_depth: {}\n  vit_num_heads: {}\n  vit_mlp_ratio: {}\n  vit_precision: fp32\n"
-      "  num_query_token: {}\n  qformer_hidden_size: {}\n  qformer_num_layers: {}\n  qformer_num_heads: {}\n"
-      "  qformer_intermediate_size: {}\n  cross_attention_freq: {}\n  llm_precision: fp32\n"
-      "  vit_model: '{}'\n  q_former_model: '{}'\n  llama_model: '{}'\n  ckpt: '{}'\n",
-      c["image_size"].get<int64_t>(), v["patch_size"].get<int64_t>(), v["width"].get<int64_t>(),
-      v["depth"].get<int64_t>(), v["heads"].get<int64_t>(), v["mlp_ratio"].get<double>(),
-      q["num_query_token"].get<int64_t>(), q["hidden_size"].get<int64_t>(), q["num_hidden_layers"].get<int64_t>(),
-      q["num_attention_heads"].get<int64_t>(), q["intermediate_size"].get<int64_t>(),
-      q["cross_attention_freq"].get<int64_t>(), (dir / "eva_vit_g.pth").string(), (dir / "blip2_pretrained.pth").string(),
-      (dir / "vicuna").string(), (dir / "pretrained_minigpt4.pth").string());
-}
-
 struct GenerationFixture {
   explicit GenerationFixture(const fs::path& case_dir)
       : dir(case_dir),
         manifest(read_json(dir / "manifest.json")),
         io(io::load_safetensors((dir / "io.safetensors").string())),
-        model(load_minigpt4(MiniGPT4Config::from_config(Config::from_yaml(case_yaml(dir, manifest), (dir / "manifest.json").string())),
+        model(load_minigpt4(MiniGPT4Config::from_config(Config::from_yaml(parity_case_yaml(dir, manifest), (dir / "manifest.json").string())),
                             torch::kCPU)),
         tokenizer(LlamaTokenizer::from_pretrained(dir / "vicuna")) {
     // HF's generate takes bos/eos/pad from generation_config.json (else config.json).
