@@ -20,9 +20,7 @@ import argparse
 import json
 import resource
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -30,7 +28,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_modules_hf import REPO_ROOT, SHAPES, Shape, randomise  # noqa: E402
+from bench_modules_hf import REPO_ROOT, SHAPES, Shape, randomise, run_cpp  # noqa: E402
 
 
 class PyMiniGPT4(nn.Module):
@@ -116,21 +114,6 @@ def bench_python(s: Shape, warmup: int, repeats: int, attn: str) -> dict:
     return result
 
 
-def run_cpp(binary: Path, shape: str, threads: int, repeats: int, warmup: int) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "bench_train_step.json"
-        cmd = [str(binary), "--shape", shape, "--json", str(out)]
-        if threads > 0:
-            cmd += ["--threads", str(threads)]
-        if repeats > 0:
-            cmd += ["--repeats", str(repeats)]
-        if warmup >= 0:
-            cmd += ["--warmup", str(warmup)]
-        print("$", " ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True)
-        return json.loads(out.read_text())[shape]
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shape", choices=["tiny", "mid", "all"], default="all")
@@ -161,7 +144,7 @@ def main() -> int:
         warmup = args.warmup if args.warmup >= 0 else s.default_warmup
         repeats = args.repeats if args.repeats > 0 else s.default_repeats
         print(f"\n=== {name}: warm-up {warmup}, timed steps {repeats}", flush=True)
-        cpp = run_cpp(binary, name, args.threads, args.repeats, args.warmup)
+        cpp = run_cpp(binary, name, args.threads, args.repeats, args.warmup)[name]
         py = bench_python(s, warmup, repeats, args.attn_implementation)
         results[name] = {"cpp": cpp, "python": py}
 
