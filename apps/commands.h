@@ -12,5 +12,6 @@ void add_synth_command(CLI::App& app);
 void add_quickstart_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
+void add_score_command(CLI::App& app);
 
 }  // namespace minigpt4::apps

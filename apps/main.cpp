@@ -16,6 +16,7 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_quickstart_command(app);
   minigpt4::apps::add_chat_command(app);
   minigpt4::apps::add_serve_command(app);
+  minigpt4::apps::add_score_command(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -1,0 +1,82 @@
+#pragma once
+// VQA accuracy as the official VQAv2 evaluator computes it (vqaEval.py of the VQA API,
+// GT-Vision-Lab/VQA, the copy LAVIS and MiniGPT-4's evaluation use), and GQA accuracy.
+//
+// Answer normalisation:
+//   punctuation  each of ; / [ ] " { } ( ) = + \ _ - > < @ ` , ? ! is removed where the
+//                answer has it next to a space (or has a digit,digit anywhere), else replaced
+//                by a space; then every '.' not followed by a digit is removed (at most 32 of
+//                them: the evaluator passes re.UNICODE where re.sub takes its count). ':' and
+//                the apostrophe are kept.
+//   words        lowercased, split on whitespace, number words zero..ten (and none) to digits,
+//                the articles a / an / the dropped, the evaluator's contraction table applied
+//                ("dont" -> "don't"), joined by single spaces.
+// Accuracy of a prediction (newlines and tabs to spaces, trimmed, then both steps above)
+// against a question's annotator answers: for each answer record, min(1, matches / 3) over
+// the OTHER records (every record equal to the held-out one is left out; the official records
+// differ by answer_id), averaged over the records; with ten answers that is the mean over the
+// ten leave-one-annotator-out subsets. The annotator answers get the punctuation step only,
+// and only when they are not all the same string (the evaluator's rule: the annotation files
+// hold answers already normalised).
+// Reported x100: overall, per answer type and per question type (means over questions). The
+// official script rounds these to two decimals; here they are exact.
+//
+// GQA: exact match of the prediction and the answer after the full normalisation of both.
+// Text is handled as bytes: lowercasing, digits and whitespace are the ASCII ones.
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace minigpt4::eval {
+
+std::string vqa_process_punctuation(std::string_view text);
+std::string vqa_process_digit_article(std::string_view text);
+// What the evaluator does to a prediction: newlines and tabs to spaces, trim, punctuation,
+// number words / articles / contractions.
+std::string vqa_normalize_answer(std::string_view answer);
+
+// One annotator answer: its text and the rest of its record (answer_id, answer_confidence,
+// ...) in a canonical form; two records are the same when both agree.
+struct AnnotatorAnswer {
+  std::string answer;
+  std::string other_fields;
+};
+
+// Accuracy in [0, 1] of one prediction against one question's annotator answers.
+double vqa_accuracy(std::string_view prediction, const std::vector<AnnotatorAnswer>& answers);
+
+struct VqaQuestion {
+  std::string question_id;
+  std::string answer_type;    // empty when the annotation has none
+  std::string question_type;  // empty when the annotation has none
+  std::vector<AnnotatorAnswer> answers;
+};
+
+struct VqaScores {
+  double overall = 0;  // x100
+  std::map<std::string, double> per_answer_type;
+  std::map<std::string, double> per_question_type;
+};
+
+// `predictions` maps question id -> predicted answer and must hold every question.
+VqaScores vqa_scores(const std::vector<VqaQuestion>& questions, const std::map<std::string, std::string>& predictions);
+
+struct GqaQuestion {
+  std::string question_id;
+  std::string answer;
+  std::string structural_type;  // types.structural / types.semantic, empty when absent
+  std::string semantic_type;
+};
+
+bool gqa_match(std::string_view prediction, std::string_view answer);
+
+struct GqaScores {
+  double accuracy = 0;  // x100
+  std::map<std::string, double> per_structural_type;
+  std::map<std::string, double> per_semantic_type;
+};
+
+GqaScores gqa_scores(const std::vector<GqaQuestion>& questions, const std::map<std::string, std::string>& predictions);
+
+}  // namespace minigpt4::eval

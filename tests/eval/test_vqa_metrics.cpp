@@ -1,0 +1,121 @@
+#include "minigpt4/common/error.h"
+#include "minigpt4/eval/formats.h"
+#include "minigpt4/eval/vqa_metrics.h"
+#include "tests/eval/eval_test_util.h"
+
+#include <catch2/catch.hpp>
+
+using namespace minigpt4;
+using eval::AnnotatorAnswer;
+using eval::vqa_process_digit_article;
+using eval::vqa_process_punctuation;
+
+TEST_CASE("VQA normaliser: punctuation rules", "[eval]") {
+  CHECK(vqa_process_punctuation("black/white") == "black white");     // not next to a space: a space
+  CHECK(vqa_process_punctuation("black / white") == "black  white");  // next to a space: deleted
+  CHECK(vqa_process_punctuation("t-shirt!") == "t shirt ");
+  CHECK(vqa_process_punctuation("1,000") == "1000");                  // digit,digit: every mark deleted
+  CHECK(vqa_process_punctuation("t-shirt, 1,000") == "tshirt 1000");
+  CHECK(vqa_process_punctuation("yes.") == "yes");
+  CHECK(vqa_process_punctuation("3.14.") == "3.14");                  // a period before a digit stays
+  CHECK(vqa_process_punctuation("it's 10:30") == "it's 10:30");       // apostrophe and colon are kept
+  CHECK(vqa_process_punctuation(std::string(40, '.') + "end") == std::string(8, '.') + "end");  // at most 32
+}
+
+TEST_CASE("VQA normaliser: number words, articles, contractions", "[eval]") {
+  CHECK(vqa_process_digit_article("Two Dogs") == "2 dogs");
+  CHECK(vqa_process_digit_article("none of the ten") == "0 of 10");
+  CHECK(vqa_process_digit_article("eleven") == "eleven");
+  CHECK(vqa_process_digit_article("the dog and an apple a day") == "dog and apple day");
+  CHECK(vqa_process_digit_article("dont know  whats") == "don't know what's");
+  CHECK(vqa_process_digit_article("Im") == "im");  // the table's "Im" never matches lowercased words
+  CHECK(vqa_process_digit_article("somebody'd") == "somebodyd");  // the table's own entry
+  CHECK(eval::vqa_normalize_answer("\tThe Two  Cats.\n") == "2 cats");
+}
+
+TEST_CASE("VQA normaliser equals the reference re-implementation on every probe", "[eval]") {
+  for (const auto& probe : test::eval_golden().at("normalizer")) {
+    const auto input = probe.at("input").get<std::string>();
+    INFO("answer: " << input);
+    CHECK(vqa_process_punctuation(input) == probe.at("punctuation").get<std::string>());
+    CHECK(vqa_process_digit_article(input) == probe.at("digit_article").get<std::string>());
+    CHECK(eval::vqa_normalize_answer(input) == probe.at("normalized").get<std::string>());
+  }
+}
+
+namespace {
+
+// Ten annotator records with distinct answer ids.
+std::vector<AnnotatorAnswer> records(const std::vector<std::string>& answers) {
+  std::vector<AnnotatorAnswer> out;
+  for (size_t i = 0; i < answers.size(); ++i)
+    out.push_back({answers[i], "{\"answer_id\":" + std::to_string(i + 1) + "}"});
+  return out;
+}
+
+std::vector<std::string> repeat(const std::string& answer, size_t n, const std::string& rest, size_t m) {
+  std::vector<std::string> out(n, answer);
+  out.insert(out.end(), m, rest);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("VQA accuracy: mean over the ten leave-one-out subsets of min(1, matches / 3)", "[eval]") {
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 4, "blue", 6))) == Approx(1.0));
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 3, "blue", 7))) == Approx((3 * 2.0 / 3 + 7) / 10));
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 2, "blue", 8))) == Approx((2 * 1.0 / 3 + 8 * 2.0 / 3) / 10));
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 1, "blue", 9))) == Approx(0.3));
+  CHECK(eval::vqa_accuracy("green", records(repeat("red", 1, "blue", 9))) == 0.0);
+  CHECK(eval::vqa_accuracy("Two.", records(repeat("2", 3, "3", 7))) == Approx(0.9));  // the prediction is normalised
+  CHECK_THROWS_AS(eval::vqa_accuracy("x", {}), Error);
+}
+
+TEST_CASE("VQA accuracy: the evaluator's rules for annotator answers", "[eval]") {
+  // Different answers: the annotators' get the punctuation step ("t-shirt" -> "t shirt").
+  CHECK(eval::vqa_accuracy("T-Shirt", records(repeat("t-shirt", 3, "shirt", 7))) == Approx(0.9));
+  // All ten the same: left as they are, so a normalised prediction can miss them.
+  CHECK(eval::vqa_accuracy("t-shirt", records(repeat("t-shirt", 10, "", 0))) == 0.0);
+  // Records equal in every field are left out together with the held-out one.
+  std::vector<AnnotatorAnswer> same;
+  for (const auto& a : repeat("red", 4, "blue", 6)) same.push_back({a, "{}"});
+  CHECK(eval::vqa_accuracy("red", same) == Approx(0.6));
+}
+
+TEST_CASE("VQA and OK-VQA accuracy per question equals the reference re-implementation", "[eval]") {
+  for (const std::string set : {"vqav2", "okvqa"}) {
+    const auto questions = eval::read_vqa_annotations(test::eval_data(set + "_annotations.json").string());
+    const auto predictions = eval::read_answer_predictions(test::eval_data(set + "_predictions.json").string());
+    const auto& golden = test::eval_golden().at(set + "_per_question");
+    REQUIRE(questions.size() == golden.size());
+    for (const auto& q : questions) {
+      INFO(set << " question " << q.question_id << ", prediction " << predictions.at(q.question_id));
+      CHECK(eval::vqa_accuracy(predictions.at(q.question_id), q.answers) ==
+            Approx(golden.at(q.question_id).get<double>()).margin(test::kGoldenTolerance));
+    }
+  }
+}
+
+TEST_CASE("VQA scores: overall and per type are means over questions, x100", "[eval]") {
+  std::vector<eval::VqaQuestion> questions{{"1", "yes/no", "is the", records(repeat("yes", 10, "", 0))},
+                                           {"2", "number", "how many", records(repeat("2", 1, "3", 9))},
+                                           {"3", "number", "how many", records(repeat("4", 10, "", 0))}};
+  const auto scores = eval::vqa_scores(questions, {{"1", "Yes"}, {"2", "five"}, {"3", "4"}});
+  CHECK(scores.overall == Approx(100 * (1 + 0 + 1) / 3.0));
+  CHECK(scores.per_answer_type.at("yes/no") == Approx(100.0));
+  CHECK(scores.per_answer_type.at("number") == Approx(50.0));
+  CHECK(scores.per_question_type.at("how many") == Approx(50.0));
+  CHECK_THROWS_WITH(eval::vqa_scores(questions, {{"1", "yes"}}), Catch::Contains("no prediction for question 2"));
+}
+
+TEST_CASE("GQA: exact match after normalising both sides", "[eval]") {
+  CHECK(eval::gqa_match("The left.", "left"));
+  CHECK(eval::gqa_match("T-Shirt", "t-shirt"));
+  CHECK(eval::gqa_match("two", "2"));
+  CHECK_FALSE(eval::gqa_match("Yes, it is.", "yes"));
+  const auto scores = eval::gqa_scores({{"a", "left", "query", "rel"}, {"b", "no", "verify", "attr"}},
+                                       {{"a", "Left"}, {"b", "yes"}});
+  CHECK(scores.accuracy == Approx(50.0));
+  CHECK(scores.per_structural_type.at("query") == Approx(100.0));
+  CHECK(scores.per_semantic_type.at("attr") == 0.0);
+}
