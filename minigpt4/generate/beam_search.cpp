@@ -20,13 +20,14 @@ struct Hypothesis {
   bool ended_by_eos = false;
 };
 
-// HF BeamHypotheses: the n best finished hypotheses, scored sum_logprobs / len^length_penalty.
+// HF BeamHypotheses: the n best finished hypotheses, scored sum_logprobs / length^length_penalty
+// (the length as GenerationConfig::beam_length_generated_only says).
 class BeamHypotheses {
  public:
   BeamHypotheses(int64_t num_beams, double length_penalty) : num_beams_(num_beams), length_penalty_(length_penalty) {}
 
-  void add(const std::vector<int64_t>& ids, double sum_logprobs, bool ended_by_eos) {
-    const double score = sum_logprobs / std::pow(static_cast<double>(ids.size()), length_penalty_);
+  void add(const std::vector<int64_t>& ids, int64_t length, double sum_logprobs, bool ended_by_eos) {
+    const double score = sum_logprobs / std::pow(static_cast<double>(length), length_penalty_);
     if (size() < num_beams_ || score > worst_score_) {
       beams_.push_back({score, ids, ended_by_eos});
       if (size() > num_beams_) {
@@ -68,7 +69,7 @@ class BeamHypotheses {
 
 }  // namespace
 
-GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,
+GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_embeds,
                              const GenerationConfig& c, const std::function<void(int64_t)>& on_token) {
   torch::NoGradGuard no_grad;
   const int64_t beams = c.num_beams;
@@ -86,6 +87,13 @@ GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& i
   if (!c.do_sample)
     for (int64_t b = 1; b < beams; ++b) beam_scores[b] = -1e9f;
   BeamHypotheses hypotheses(beams, c.length_penalty);
+  // A hypothesis' length for length_penalty: its input_ids (seeded bos + generated, without
+  // the eos that ended it), or, for transformers >= 4.36, the generated ids with that eos.
+  auto scored_length = [&](const std::vector<int64_t>& ids, bool ended_by_eos) {
+    const auto length = static_cast<int64_t>(ids.size());
+    // (At least 1: with max_new_tokens 0 nothing is generated.)
+    return c.beam_length_generated_only ? std::max<int64_t>(length - prefix + (ended_by_eos ? 1 : 0), 1) : length;
+  };
   std::optional<at::Generator> generator;
   if (c.do_sample) generator = sampling_generator(c.seed);
 
@@ -125,7 +133,7 @@ GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& i
       const int64_t token = id % vocab, source = id / vocab;
       if (c.eos_token_id >= 0 && token == c.eos_token_id) {
         if (rank >= beams) continue;
-        hypotheses.add(running[source], score, /*ended_by_eos=*/true);
+        hypotheses.add(running[source], scored_length(running[source], true), score, /*ended_by_eos=*/true);
       } else {
         next_scores.push_back(score);
         next_tokens.push_back(token);
@@ -136,7 +144,10 @@ GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& i
     if (static_cast<int64_t>(next_tokens.size()) < beams)
       fail("beam search: only {} of {} beams could continue (too many eos candidates)", next_tokens.size(), beams);
     // HF passes the best of all 2 * beams candidates.
-    done = done || hypotheses.is_done(top_scores.max().item<float>(), cur_len);
+    // transformers < 4.36 passes the length of input_ids before this step's token; >= 4.36
+    // the length after it, less the prompt.
+    const int64_t running_length = c.beam_length_generated_only ? cur_len - prefix + 1 : cur_len;
+    done = done || hypotheses.is_done(top_scores.max().item<float>(), running_length);
 
     std::vector<std::vector<int64_t>> next_running;
     for (int64_t b = 0; b < beams; ++b) {
@@ -157,7 +168,8 @@ GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& i
 
   // finalize: unless done, every running beam competes with the finished hypotheses.
   if (!done)
-    for (int64_t b = 0; b < beams; ++b) hypotheses.add(running[b], beam_scores[b], /*ended_by_eos=*/false);
+    for (int64_t b = 0; b < beams; ++b)
+      hypotheses.add(running[b], scored_length(running[b], false), beam_scores[b], /*ended_by_eos=*/false);
   const Hypothesis& best = hypotheses.best();
 
   GenerationOutput out;

@@ -1,7 +1,7 @@
 #pragma once
 // Internals shared by generate.cpp (greedy / sampling) and beam_search.cpp.
 #include "minigpt4/generate/generate.h"
-#include "minigpt4/models/llama.h"
+#include "minigpt4/models/causal_lm.h"
 
 #include <optional>
 
@@ -14,7 +14,7 @@ class Decoder {
  public:
   // With `cache` (its positions precede the prompt; the mask covers them too) the decoder
   // continues it and writes into it, so the caller keeps what was computed.
-  Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache = nullptr);
+  Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache = nullptr);
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
   // Runs the prompt [N, T, H]; returns the next-token logits [N, V] (float32).
@@ -25,7 +25,7 @@ class Decoder {
   void reorder(const torch::Tensor& index);
 
  private:
-  const LlamaForCausalLM& llm_;
+  const CausalLM& llm_;
   KVCache own_cache_;
   KVCache* cache_;  // own_cache_ or the caller's
   torch::Tensor mask_;  // [N, T_past], int64
@@ -42,7 +42,7 @@ at::Generator sampling_generator(uint64_t seed);
 
 void check_config(const GenerationConfig& config, int64_t vocab_size);
 
-GenerationOutput beam_search(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,
+GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_embeds,
                              const GenerationConfig& config, const std::function<void(int64_t)>& on_token);
 
 }  // namespace minigpt4::detail

@@ -16,12 +16,12 @@ namespace minigpt4 {
 
 namespace detail {
 
-Decoder::Decoder(const LlamaForCausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache)
+Decoder::Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache)
     : llm_(llm), cache_(cache ? cache : &own_cache_), mask_(attention_mask.to(torch::kLong)) {}
 
 torch::Tensor Decoder::start(const torch::Tensor& inputs_embeds) {
   mask_ = mask_.to(inputs_embeds.device());
-  LlamaForwardOptions options;
+  CausalLMOptions options;
   options.attention_mask = mask_;
   // With earlier positions in the cache the prompt's positions come after them.
   options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - inputs_embeds.size(1));
@@ -32,7 +32,7 @@ torch::Tensor Decoder::start(const torch::Tensor& inputs_embeds) {
 torch::Tensor Decoder::step(const torch::Tensor& tokens) {
   const int64_t n = mask_.size(0);
   mask_ = torch::cat({mask_, torch::ones({n, 1}, mask_.options())}, 1);
-  LlamaForwardOptions options;
+  CausalLMOptions options;
   options.attention_mask = mask_;
   // HF: position_ids = cumsum(mask) - 1 (padding at 1), of which the step takes the last column.
   options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - 1);
@@ -147,7 +147,7 @@ namespace {
 
 // HF `greedy_search` / `sample` over a batch: every row starts with the seeded bos; a row
 // that produced eos or a stop sequence is finished and is fed the pad id from then on.
-std::vector<GenerationOutput> decode_rows(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,
+std::vector<GenerationOutput> decode_rows(const CausalLM& llm, const torch::Tensor& inputs_embeds,
                                           const torch::Tensor& attention_mask, const GenerationConfig& c,
                                           const std::function<bool(int64_t)>& on_token, KVCache* cache = nullptr) {
   torch::NoGradGuard no_grad;
@@ -207,11 +207,11 @@ std::vector<GenerationOutput> decode_rows(const LlamaForCausalLM& llm, const tor
 
 }  // namespace
 
-GenerationOutput generate(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds, const GenerationConfig& config,
+GenerationOutput generate(const CausalLM& llm, const torch::Tensor& inputs_embeds, const GenerationConfig& config,
                           const std::function<void(int64_t)>& on_token) {
   if (inputs_embeds.dim() != 3 || inputs_embeds.size(0) != 1)
     fail("generate: inputs_embeds must be [1, T, H], got [{}]", fmt::join(inputs_embeds.sizes(), ", "));
-  detail::check_config(config, llm.config.vocab_size);
+  detail::check_config(config, llm.vocab_size());
   if (config.num_beams > 1) return detail::beam_search(llm, inputs_embeds, config, on_token);
   const auto mask = torch::ones({1, inputs_embeds.size(1)}, torch::TensorOptions().dtype(torch::kLong).device(inputs_embeds.device()));
   std::function<bool(int64_t)> callback;
@@ -219,11 +219,11 @@ GenerationOutput generate(const LlamaForCausalLM& llm, const torch::Tensor& inpu
   return decode_rows(llm, inputs_embeds, mask, config, callback).front();
 }
 
-GenerationOutput generate_with_cache(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds, KVCache& cache,
+GenerationOutput generate_with_cache(const CausalLM& llm, const torch::Tensor& inputs_embeds, KVCache& cache,
                                      const GenerationConfig& config, const std::function<bool(int64_t)>& on_token) {
   if (inputs_embeds.dim() != 3 || inputs_embeds.size(0) != 1 || inputs_embeds.size(1) < 1)
     fail("generate_with_cache: inputs_embeds must be [1, T>=1, H], got [{}]", fmt::join(inputs_embeds.sizes(), ", "));
-  detail::check_config(config, llm.config.vocab_size);
+  detail::check_config(config, llm.vocab_size());
   if (config.num_beams > 1) fail("generate_with_cache: beam search recomputes the prompt; use generate()");
   if (cache.length() > 0 && cache.keys[0].size(0) != 1) fail("generate_with_cache: the cache must hold one sequence");
   const auto mask = torch::ones({1, cache.length() + inputs_embeds.size(1)},
@@ -231,7 +231,7 @@ GenerationOutput generate_with_cache(const LlamaForCausalLM& llm, const torch::T
   return decode_rows(llm, inputs_embeds, mask, config, on_token, &cache).front();
 }
 
-std::vector<GenerationOutput> generate_batch(const LlamaForCausalLM& llm, const torch::Tensor& inputs_embeds,
+std::vector<GenerationOutput> generate_batch(const CausalLM& llm, const torch::Tensor& inputs_embeds,
                                              const torch::Tensor& attention_mask, const GenerationConfig& config) {
   if (inputs_embeds.dim() != 3)
     fail("generate_batch: inputs_embeds must be [B, T, H], got [{}]", fmt::join(inputs_embeds.sizes(), ", "));
@@ -239,7 +239,7 @@ std::vector<GenerationOutput> generate_batch(const LlamaForCausalLM& llm, const 
       attention_mask.size(1) != inputs_embeds.size(1))
     fail("generate_batch: attention_mask has shape [{}], expected [{}, {}]", fmt::join(attention_mask.sizes(), ", "),
          inputs_embeds.size(0), inputs_embeds.size(1));
-  detail::check_config(config, llm.config.vocab_size);
+  detail::check_config(config, llm.vocab_size());
   if (config.num_beams != 1) fail("generate_batch: beam search is only available for one sequence (generate)");
   return decode_rows(llm, inputs_embeds, attention_mask, config, {});
 }

@@ -1,6 +1,7 @@
 #pragma once
 // Text generation from input embeddings, as Hugging Face transformers 4.28 `generate()` runs
-// it for MiniGPT-4's `Chat.answer` (`llama_model.generate(inputs_embeds=...)`):
+// it for MiniGPT-4's `Chat.answer` (`llama_model.generate(inputs_embeds=...)`), on an LLM of
+// any family (models/causal_lm.h: LLaMA, Phi):
 //  - only embeddings come in, so HF seeds `input_ids` with the bos id. That id is never fed
 //    to the model, but the repetition penalty, min_length and stop sequences see it, and HF
 //    returns it first (GenerationOutput::hf_output());
@@ -9,7 +10,8 @@
 //  - logits processors in HF's order: repetition penalty, min-length eos suppression; for
 //    sampling then the warpers temperature, top-k, top-p (filtered entries become -inf);
 //  - beam search is HF's BeamSearchScorer (early_stopping=False, length_penalty over the
-//    hypothesis length including the seeded bos); with do_sample it is HF's beam_sample.
+//    hypothesis length including the seeded bos, or as transformers >= 4.36 counts it:
+//    GenerationConfig::beam_length_generated_only); with do_sample it is HF's beam_sample.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -19,7 +21,7 @@
 
 namespace minigpt4 {
 
-struct LlamaForCausalLM;
+struct CausalLM;
 struct KVCache;
 class LlamaTokenizer;
 
@@ -31,6 +33,10 @@ struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.
   int64_t min_length = 1;
   int num_beams = 1;
   double length_penalty = 1.0;  // beam hypotheses score sum_logprobs / len(hyp)^length_penalty
+  // What len(hyp) counts. false, as transformers < 4.36 (MiniGPT-4's 4.28): the hypothesis'
+  // input_ids, i.e. the seeded bos and the generated ids without the eos that ended it.
+  // true, as transformers >= 4.36 (TinyGPT-V's 4.36.2): the generated ids, that eos included.
+  bool beam_length_generated_only = false;
   bool do_sample = false;
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;  // 0 = off (HF's own default is 50: MiniGPT-4's demo samples with top_k 50)
@@ -56,7 +62,7 @@ struct GenerationOutput {
 // does). on_token (optional) is called with each new token id as it is chosen (greedy and
 // sampling; for beam search with the best hypothesis' ids at the end). Runs under NoGradGuard
 // on the embeddings' device. Stop sequences are checked on row 0 as in MiniGPT-4.
-GenerationOutput generate(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds, const GenerationConfig& config,
+GenerationOutput generate(const CausalLM& llm, const at::Tensor& inputs_embeds, const GenerationConfig& config,
                           const std::function<void(int64_t)>& on_token = {});
 
 // The same, continuing from `cache`, which holds the keys and values of positions computed
@@ -64,14 +70,14 @@ GenerationOutput generate(const LlamaForCausalLM& llm, const at::Tensor& inputs_
 // them. On return the cache holds those positions, the new ones and every generated token
 // but the last (which was never fed). Greedy and sampling only (beams reorder the cache).
 // on_token returns false to end generation after that token (finish_reason "cancelled").
-GenerationOutput generate_with_cache(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds, KVCache& cache,
+GenerationOutput generate_with_cache(const CausalLM& llm, const at::Tensor& inputs_embeds, KVCache& cache,
                                      const GenerationConfig& config, const std::function<bool(int64_t)>& on_token = {});
 
 // Batched greedy/sampling with left padding: inputs_embeds [B, T, H] + attention_mask [B, T]
 // (0 on the left padding); one output per row. Each row ends on its own eos or stop sequence
 // (HF's StoppingCriteriaSub would look only at row 0 and stop every row); finished rows are
 // fed pad_token_id until all are done. num_beams must be 1.
-std::vector<GenerationOutput> generate_batch(const LlamaForCausalLM& llm, const at::Tensor& inputs_embeds,
+std::vector<GenerationOutput> generate_batch(const CausalLM& llm, const at::Tensor& inputs_embeds,
                                              const at::Tensor& attention_mask, const GenerationConfig& config);
 
 // HF's logits processors on next-token scores [N, V] (float): repetition penalty over every

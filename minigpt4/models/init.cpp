@@ -96,6 +96,8 @@ nlohmann::json llama_config_json(const LlamaConfig& c) {
 }
 
 ModelPartFiles save_model_parts(const MiniGPT4& model, const std::string& dir) {
+  const auto* llama = model.llama_model->as<LlamaForCausalLM>();
+  if (!llama) fail("save_model_parts writes LLaMA configs only; this model's LLM is {}", model.llama_model->family());
   ModelPartFiles files;
   const fs::path root(dir);
   fs::create_directories(root / "llm");
@@ -113,7 +115,7 @@ ModelPartFiles save_model_parts(const MiniGPT4& model, const std::string& dir) {
                        parameters_under(model, "llama_model.", /*strip=*/true), {{"format", "pt"}});
   const fs::path config_path = root / "llm" / "config.json";
   std::ofstream out(config_path);
-  out << llama_config_json(model.llama_model->config).dump(2) << "\n";
+  out << llama_config_json(llama->config).dump(2) << "\n";
   if (!out.flush()) fail("cannot write {}", config_path.string());
   return files;
 }

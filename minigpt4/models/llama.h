@@ -2,6 +2,7 @@
 // LLaMA / Vicuna as Hugging Face's `LlamaForCausalLM` computes it: pre-RMSNorm decoder
 // layers with rotary position embeddings (rotate_half layout), grouped-query attention,
 // a SiLU-gated MLP, no biases, an untied LM head.
+#include "minigpt4/models/causal_lm.h"
 #include "minigpt4/models/layers.h"
 
 #include <nlohmann/json_fwd.hpp>
@@ -27,19 +28,11 @@ struct LlamaConfig {
   static LlamaConfig from_json(const nlohmann::json& json, const std::string& source);
 };
 
-// Keys and values of every layer so far, [B, kv_heads, T, D] each: generation feeds one new
-// token at a time and reuses them.
-struct KVCache {
-  std::vector<torch::Tensor> keys, values;
-  int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
-  void clear() { keys.clear(), values.clear(); }
-};
-
 struct LlamaAttention : torch::nn::Module {
   LlamaAttention(const LlamaConfig& config, const torch::TensorOptions& options,
                  WeightFormat linear_format = WeightFormat::Dense);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& additive_mask, KVCache* cache, size_t layer_index) const;
+  torch::Tensor forward(const torch::Tensor& x, const decoder::Rotary& rotary, const torch::Tensor& additive_mask,
+                        KVCache* cache, size_t layer_index) const;
   int64_t num_heads, num_kv_heads, head_dim;
   std::shared_ptr<Linear> q_proj, k_proj, v_proj, o_proj;
 };
@@ -54,23 +47,11 @@ struct LlamaMlp : torch::nn::Module {
 struct LlamaDecoderLayer : torch::nn::Module {
   LlamaDecoderLayer(const LlamaConfig& config, const torch::TensorOptions& options,
                     WeightFormat linear_format = WeightFormat::Dense);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& cos, const torch::Tensor& sin,
-                        const torch::Tensor& additive_mask, KVCache* cache, size_t layer_index) const;
+  torch::Tensor forward(const torch::Tensor& x, const decoder::Rotary& rotary, const torch::Tensor& additive_mask,
+                        KVCache* cache, size_t layer_index) const;
   std::shared_ptr<RMSNorm> input_layernorm, post_attention_layernorm;
   std::shared_ptr<LlamaAttention> self_attn;
   std::shared_ptr<LlamaMlp> mlp;
-};
-
-struct LlamaForwardOptions {
-  torch::Tensor attention_mask;  // [B, T_past + T] of 1/0; undefined = all ones
-  torch::Tensor position_ids;    // [B, T]; undefined = T_past .. T_past+T-1
-  KVCache* cache = nullptr;      // appended to when given
-  bool output_hidden_states = false;
-};
-
-struct LlamaOutput {
-  torch::Tensor logits;                      // [B, T, V], float32
-  std::vector<torch::Tensor> hidden_states;  // embeddings, after each layer; the last after the final norm
 };
 
 // `llama_model` in MiniGPT-4's state dict: `model.*` + `lm_head`. `linear_format` Int8
@@ -78,12 +59,16 @@ struct LlamaOutput {
 // lm_head stay in the options' dtype, as with bitsandbytes' load_in_8bit, which skips the
 // output layer (the logits are the most sensitive product, and a tied lm_head is the
 // embedding matrix).
-struct LlamaForCausalLM : torch::nn::Module {
+struct LlamaForCausalLM : CausalLM {
   LlamaForCausalLM(const LlamaConfig& config, const torch::TensorOptions& options,
                    WeightFormat linear_format = WeightFormat::Dense);
 
-  torch::Tensor embed(const torch::Tensor& ids) const;  // model.embed_tokens
-  LlamaOutput forward(const torch::Tensor& inputs_embeds, const LlamaForwardOptions& options = {}) const;
+  torch::Tensor embed(const torch::Tensor& ids) const override;
+  CausalLMOutput forward(const torch::Tensor& inputs_embeds, const CausalLMOptions& options = {}) const override;
+  int64_t vocab_size() const override { return config.vocab_size; }
+  int64_t hidden_size() const override { return config.hidden_size; }
+  torch::Dtype dtype() const override { return embed_tokens->weight.scalar_type(); }
+  std::string family() const override { return "llama"; }
 
   LlamaConfig config;
   std::shared_ptr<Embedding> embed_tokens;
@@ -92,11 +77,5 @@ struct LlamaForCausalLM : torch::nn::Module {
   std::shared_ptr<Linear> lm_head;
   torch::Tensor inv_freq;  // rotary frequencies, computed (checkpoints' inv_freq buffers are ignored)
 };
-
-// Hugging Face's causal-LM loss: logits at t predict labels at t+1; mean over labels != -100.
-torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels);
-
-// Generation's position ids from a left-padded mask: cumsum(mask) - 1, padding set to 1.
-torch::Tensor position_ids_from_mask(const torch::Tensor& attention_mask);
 
 }  // namespace minigpt4

@@ -39,7 +39,7 @@ torch::Dtype compute_dtype(const std::string& precision, torch::Device device) {
   return dtype;
 }
 
-MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LlamaConfig& llama_config, torch::Device device) : config(c) {
+MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LLMConfig& llm_config, torch::Device device) : config(c) {
   const auto vit_options = torch::TensorOptions().dtype(compute_dtype(c.vit_precision, device)).device(device);
   const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   const auto llm_options = torch::TensorOptions().dtype(compute_dtype(c.llm_precision, device)).device(device);
@@ -54,10 +54,11 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LlamaConfig& llama_config, tor
     query_tokens = register_parameter("query_tokens", torch::empty({1, c.qformer.num_query_tokens, c.qformer.hidden_size}, fp32));
     projector_in = c.qformer.hidden_size;
   }
-  llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llama_config.hidden_size, true, fp32));
   // low_resource: the decoder's projections are built int8 and quantised while loading.
   const auto llm_format = c.low_resource ? WeightFormat::Int8 : WeightFormat::Dense;
-  llama_model = register_module("llama_model", std::make_shared<LlamaForCausalLM>(llama_config, llm_options, llm_format));
+  auto llm = make_causal_lm(llm_config, llm_options, llm_format);
+  llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llm->hidden_size(), true, fp32));
+  llama_model = register_module("llama_model", std::move(llm));
 }
 
 torch::Tensor MiniGPT4::encode_vision(const torch::Tensor& images) const {
@@ -78,7 +79,7 @@ torch::Tensor MiniGPT4::image_queries(const torch::Tensor& vision_tokens) const 
 }
 
 torch::Tensor MiniGPT4::project(const torch::Tensor& queries) const {
-  return llama_proj->forward(queries.to(llama_proj->weight.scalar_type())).to(llama_model->embed_tokens->weight.scalar_type());
+  return llama_proj->forward(queries.to(llama_proj->weight.scalar_type())).to(llama_model->dtype());
 }
 
 torch::Tensor MiniGPT4::encode_img(const torch::Tensor& images) const {
@@ -107,8 +108,8 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
   // Text-only batches (a language warm-up) have no image part: [bos] + text.
   const auto img_embeds = images.defined()
                               ? prompt_wrap(encode_img(images), prompt, tokenizer)
-                              : torch::empty({B, 0, llama_model->config.hidden_size},
-                                             llama_model->embed_tokens->weight.options());
+                              : torch::empty({B, 0, llama_model->hidden_size()},
+                                             torch::TensorOptions().dtype(llama_model->dtype()).device(device));
   const int64_t T_img = img_embeds.size(1);
 
   std::vector<std::string> with_end;
@@ -134,7 +135,7 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
   out.targets = torch::cat({ignore, text_targets}, 1);
   out.inputs_embeds = torch::cat({llama_model->embed(bos), img_embeds, llama_model->embed(text_ids)}, 1);
   out.attention_mask = torch::cat({torch::ones({B, 1 + T_img}, text_mask.options()), text_mask}, 1);
-  LlamaForwardOptions options;
+  CausalLMOptions options;
   options.attention_mask = out.attention_mask;
   out.logits = llama_model->forward(out.inputs_embeds, options).logits;
   out.loss = causal_lm_loss(out.logits, out.targets);
@@ -217,36 +218,41 @@ std::string resolve_weight_path(const std::string& value, const std::string& key
 
 std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report_out) {
   LoadReport report;
-  if (config.llama_model.empty()) fail("model.llama_model is not set: it must name a Hugging Face LLaMA directory");
+  if (config.llama_model.empty()) fail("model.llama_model is not set: it must name a Hugging Face LLM directory");
   const auto llama_dir = resolve_weight_path(config.llama_model, "llama_model");
   const auto llama_json = std::filesystem::path(llama_dir) / "config.json";
-  const auto llama_config = LlamaConfig::from_json(io::read_json_file(llama_json.string()), llama_json.string());
+  // Read before the model is built: the LLM's weight names settle its layout (Phi's fused or
+  // split q/k/v). Safetensors are memory-mapped, so this costs no copy.
+  StateDict llm_weights = io::load_state_dict(llama_dir);
+  const auto llm_config = llm_config_from_hf(io::read_json_file(llama_json.string()), llama_json.string(), llm_weights);
   if (config.low_resource && !config.freeze_llm)
     fail("model.low_resource: True stores the LLM's linear layers in int8, which cannot be trained; set "
          "model.freeze_llm: True or model.low_resource: False");
 
-  auto model = std::make_shared<MiniGPT4>(config, llama_config, device);
+  auto model = std::make_shared<MiniGPT4>(config, llm_config, device);
   if (device.is_cpu() && parse_dtype(config.vit_precision) == torch::kFloat16)
     report.notes.push_back("vit_precision fp16: weights are upcast to fp32 on the CPU (no fast fp16 GEMM there)");
   if (device.is_cpu() && parse_dtype(config.llm_precision) == torch::kFloat16)
     report.notes.push_back("llm_precision fp16: weights are upcast to fp32 on the CPU");
   if (config.low_resource) {
-    const auto dtype = dtype_name(model->llama_model->embed_tokens->weight.scalar_type());
-    report.notes.push_back("low_resource: the LLM's q/k/v/o and gate/up/down weights are int8 with one scale per "
+    const auto dtype = dtype_name(model->llama_model->dtype());
+    report.notes.push_back("low_resource: the LLM decoder layers' linear weights are int8 with one scale per "
                            "output channel, quantised while loading; embeddings, norms and lm_head stay " + dtype +
                            ", activations are " + dtype);
   }
 
   std::set<std::string> filled;
-  auto load = [&](const std::string& key, const std::string& value, LoadSpec spec) {
-    if (value.empty()) return;
-    const auto path = resolve_weight_path(value, key);
+  auto load_state = [&](const std::string& path, const StateDict& state, LoadSpec spec) {
     spec.source = path;
-    const auto state = io::load_state_dict(path);
     auto result = load_into(*model, state, spec, filled);
     if (!result.unexpected.empty())
       log::warn("{}: {} keys the model does not use: {}", path, result.unexpected.size(), summarize_names(result.unexpected));
     report.sources.push_back(std::move(result));
+  };
+  auto load = [&](const std::string& key, const std::string& value, const LoadSpec& spec) {
+    if (value.empty()) return;
+    const auto path = resolve_weight_path(value, key);
+    load_state(path, io::load_state_dict(path), spec);
   };
 
   LoadSpec vit;
@@ -276,7 +282,8 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   LoadSpec llm;
   llm.add_prefix = "llama_model.";
   llm.is_ignorable = rotary_buffer;
-  load("llama_model", llama_dir, llm);
+  load_state(llama_dir, llm_weights, llm);
+  llm_weights.clear();
 
   LoadSpec ckpt;
   ckpt.is_ignorable = [](const std::string& key) { return rotary_buffer(key) || blip2_unused(key); };
@@ -297,6 +304,16 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
                   missing.end());
   };
   fresh("llama_proj.", [&] { model->llama_proj->reset_parameters(); });
+  // Norms a relative adds to its LLM (TinyGPT-V's) keep the defaults they were built with.
+  const std::string llm_prefix = "llama_model.";
+  for (auto it = missing.begin(); it != missing.end();) {
+    if (starts_with(*it, llm_prefix) && model->llama_model->starts_at_default(it->substr(llm_prefix.size()))) {
+      report.initialised.push_back(*it);
+      it = missing.erase(it);
+    } else {
+      ++it;
+    }
+  }
   if (!config.has_qformer) fresh("ln_vision.", [&] { model->ln_vision->reset_parameters(); });
   if (!missing.empty()) {
     fail("{} model weights were not found in any configured file (vit_model='{}', q_former_model='{}', "

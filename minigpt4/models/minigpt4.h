@@ -3,9 +3,10 @@
 // query embeddings; ONE trainable linear layer (`llama_proj`) maps them into the frozen
 // LLaMA/Vicuna's embedding space, where they sit between the prompt's text embeddings.
 // The LLaMA-2 variant (`has_qformer: false`) skips the Q-Former and projects every 4
-// consecutive ViT patch tokens, concatenated.
+// consecutive ViT patch tokens, concatenated. The LLM may be of another family (Phi for
+// TinyGPT-V, llm_family.h): config.json's model_type decides.
 #include "minigpt4/models/eva_vit.h"
-#include "minigpt4/models/llama.h"
+#include "minigpt4/models/llm_family.h"
 #include "minigpt4/models/qformer.h"
 #include "minigpt4/models/weights.h"
 
@@ -19,8 +20,8 @@ struct MiniGPT4Config {
   QFormerConfig qformer;
   bool has_qformer = true;
   // Weight locations: EVA ViT-g file, BLIP-2 checkpoint (Q-Former, query tokens,
-  // ln_vision), Hugging Face LLaMA directory, and a MiniGPT-4 checkpoint loaded last over
-  // everything (the released `pretrained_minigpt4.pth` holds only llama_proj).
+  // ln_vision), Hugging Face LLM directory (LLaMA or Phi), and a MiniGPT-4 checkpoint loaded
+  // last over everything (the released `pretrained_minigpt4.pth` holds only llama_proj).
   std::string vit_model, q_former_model, llama_model, ckpt;
   std::string vit_precision = "fp16";
   std::string llm_precision = "fp16";
@@ -47,7 +48,7 @@ struct TrainingForward {
 };
 
 struct MiniGPT4 : torch::nn::Module {
-  MiniGPT4(const MiniGPT4Config& config, const LlamaConfig& llama_config, torch::Device device);
+  MiniGPT4(const MiniGPT4Config& config, const LLMConfig& llm_config, torch::Device device);
 
   // [B,3,S,S] normalised images -> [B, NQ, LLM hidden] image embeddings (the LLM's dtype).
   torch::Tensor encode_img(const torch::Tensor& images) const;
@@ -83,7 +84,7 @@ struct MiniGPT4 : torch::nn::Module {
   std::shared_ptr<QFormer> Qformer;  // null without a Q-Former
   torch::Tensor query_tokens;
   std::shared_ptr<Linear> llama_proj;
-  std::shared_ptr<LlamaForCausalLM> llama_model;
+  std::shared_ptr<CausalLM> llama_model;  // the LLM, of any family, under MiniGPT-4's module name
 };
 
 // Builds the model the config describes on `device`, loads every weight it names and checks

@@ -33,7 +33,7 @@ struct GenerationFixture {
     }
   }
 
-  const LlamaForCausalLM& llm() const { return *model->llama_model; }
+  const CausalLM& llm() const { return *model->llama_model; }
   std::string name() const { return manifest.value("case", dir.filename().string()); }
   const nlohmann::json& generation() const { return manifest.at("generation"); }
 

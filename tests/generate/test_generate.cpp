@@ -210,7 +210,7 @@ TEST_CASE("generation: bad settings are refused") {
   config = greedy_config();
   CHECK_THROWS_AS(generate_batch(fixture().llm(), embs, torch::ones({1, embs.size(1) + 1}, torch::kLong), config), Error);
   CHECK_THROWS_AS(generate(fixture().llm(), embs.repeat({2, 1, 1}), config), Error);
-  config.eos_token_id = fixture().llm().config.vocab_size;
+  config.eos_token_id = fixture().llm().vocab_size();
   CHECK_THROWS_AS(generate(fixture().llm(), embs, config), Error);
   config = greedy_config();
   config.stop_token_sequences = {{}};

@@ -55,7 +55,7 @@ TEST_CASE("fresh weights: norms 1, biases 0, matrices N(0, 0.02) truncated, fixe
   }
   MiniGPT4 c(tiny_config(), tiny_llama(), torch::kCPU);
   init_fresh_weights(c, 6);
-  CHECK_FALSE(torch::equal(c.llama_model->lm_head->weight, a.llama_model->lm_head->weight));
+  CHECK_FALSE(torch::equal(c.llama_model->as<LlamaForCausalLM>()->lm_head->weight, a.llama_model->as<LlamaForCausalLM>()->lm_head->weight));
 }
 
 TEST_CASE("a fresh model saved in the real layout loads back equal, and trains on text alone", "[models]") {
@@ -73,7 +73,7 @@ TEST_CASE("a fresh model saved in the real layout loads back equal, and trains o
   config.ckpt.clear();
   LoadReport report;
   const auto loaded = load_minigpt4(config, torch::kCPU, &report);
-  CHECK(loaded->llama_model->config.num_key_value_heads == 2);
+  CHECK(loaded->llama_model->as<LlamaForCausalLM>()->config.num_key_value_heads == 2);
   const auto loaded_params = loaded->named_parameters();
   for (const auto& item : fresh.named_parameters()) {
     if (item.key().rfind("llama_proj.", 0) == 0) continue;  // not saved: stage 1 creates it

@@ -27,7 +27,7 @@ TEST_CASE("LLaMA with grouped-query attention matches transformers", "[models]")
 
   const auto io = io::load_safetensors((dir / "io.safetensors").string());
   const auto embeds = model.embed(io.at("input_ids"));
-  LlamaForwardOptions options;
+  CausalLMOptions options;
   options.output_hidden_states = true;
   const auto out = model.forward(embeds, options);
   const test::Tolerance tol{1e-4, 1e-4, false};
@@ -40,7 +40,7 @@ TEST_CASE("LLaMA with grouped-query attention matches transformers", "[models]")
   check("hidden_states", torch::stack(out.hidden_states));
 
   const auto mask = io.at("attention_mask");
-  LlamaForwardOptions padded;
+  CausalLMOptions padded;
   padded.attention_mask = mask;
   padded.position_ids = position_ids_from_mask(mask);
   const auto padded_logits = model.forward(embeds, padded).logits;

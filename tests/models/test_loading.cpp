@@ -72,9 +72,9 @@ TEST_CASE("only the projector trains, frozen parts are in eval mode", "[models]"
   const auto unfrozen = load_minigpt4(tiny_config({"model.freeze_qformer=False"}), torch::kCPU);
   CHECK(unfrozen->query_tokens.requires_grad());
   CHECK(unfrozen->Qformer->embeddings_norm->weight.requires_grad());
-  CHECK_FALSE(unfrozen->llama_model->lm_head->weight.requires_grad());
+  CHECK_FALSE(unfrozen->llama_model->as<LlamaForCausalLM>()->lm_head->weight.requires_grad());
   const auto llm = load_minigpt4(tiny_config({"model.freeze_llm=False"}), torch::kCPU);
-  CHECK(llm->llama_model->lm_head->weight.requires_grad());
+  CHECK(llm->llama_model->as<LlamaForCausalLM>()->lm_head->weight.requires_grad());
   CHECK_FALSE(llm->visual_encoder->pos_embed.requires_grad());
 }
 
@@ -159,7 +159,7 @@ TEST_CASE("LLaMA: KV cache, left padding and grouped-query attention", "[models]
 
   SECTION("incremental decoding with the cache equals the full forward") {
     KVCache cache;
-    LlamaForwardOptions options;
+    CausalLMOptions options;
     options.cache = &cache;
     std::vector<torch::Tensor> steps{gqa.forward(embeds.slice(1, 0, 5), options).logits};
     for (int64_t t = 5; t < 9; ++t) steps.push_back(gqa.forward(embeds.slice(1, t, t + 1), options).logits);
@@ -170,7 +170,7 @@ TEST_CASE("LLaMA: KV cache, left padding and grouped-query attention", "[models]
     const auto padded = torch::cat({torch::zeros({1, 3, 32}), embeds}, 1);
     auto mask = torch::ones({1, 12}, torch::kLong);
     mask.slice(1, 0, 3).zero_();
-    LlamaForwardOptions options;
+    CausalLMOptions options;
     options.attention_mask = mask;
     options.position_ids = position_ids_from_mask(mask);
     const auto logits = gqa.forward(padded, options).logits;
@@ -195,7 +195,7 @@ TEST_CASE("configured precisions: fp16 runs as fp32 on the CPU, bf16 as bf16", "
   LoadReport report;
   const auto model = load_minigpt4(tiny_config({"model.vit_precision=fp16", "model.llm_precision=bf16"}), torch::kCPU, &report);
   CHECK(model->visual_encoder->pos_embed.scalar_type() == torch::kFloat32);
-  CHECK(model->llama_model->embed_tokens->weight.scalar_type() == torch::kBFloat16);
+  CHECK(model->llama_model->dtype() == torch::kBFloat16);
   CHECK(!report.notes.empty());
   torch::NoGradGuard no_grad;
   CHECK(model->encode_img(torch::randn({1, 3, 56, 56})).scalar_type() == torch::kBFloat16);
@@ -212,7 +212,7 @@ TEST_CASE("LLaMA in half precision stays finite under left padding", "[models]")
     for (auto& p : model.parameters()) p.normal_(0, 0.3);
     auto mask = torch::ones({2, 7}, torch::kLong);
     mask[1].slice(0, 0, 3).zero_();
-    LlamaForwardOptions options;
+    CausalLMOptions options;
     options.attention_mask = mask;
     options.position_ids = position_ids_from_mask(mask);
     const auto logits = model.forward(model.embed(torch::randint(3, 40, {2, 7})), options).logits;

@@ -129,7 +129,7 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
     const auto one_image = model->encode_img(image.slice(0, image_index, image_index + 1));
     const auto chat_embs = model->context_embedding(chat_prompt, {one_image}, tokenizer);
     check("chat_embs", chat_embs);
-    LlamaForwardOptions options;
+    CausalLMOptions options;
     options.output_hidden_states = true;
     const auto chat = model->llama_model->forward(chat_embs, options);
     check("chat_logits", chat.logits);

@@ -63,7 +63,7 @@ std::pair<torch::Tensor, torch::Tensor> llm_logits(const MiniGPT4& model, const 
   actual.push_back(model.llama_model->forward(io.at("chat_embs")).logits.flatten(0, 1));
   expected.push_back(io.at("chat_logits").flatten(0, 1));
   for (const std::string stage : {"stage1", "stage2"}) {
-    LlamaForwardOptions options;
+    CausalLMOptions options;
     options.attention_mask = io.at(stage + "_attention_mask");
     actual.push_back(model.llama_model->forward(io.at(stage + "_inputs_embeds"), options).logits.flatten(0, 1));
     expected.push_back(io.at(stage + "_logits").flatten(0, 1));
@@ -247,8 +247,8 @@ TEST_CASE("a config with low_resource: True builds and runs", "[models]") {
   const auto model = load_minigpt4(MiniGPT4Config::from_config(Config::from_yaml(yaml, "low_resource.yaml")),
                                    torch::kCPU, &report);
   CHECK(model->config.low_resource);
-  CHECK(model->llama_model->layers->ptr(0)->as<LlamaDecoderLayer>()->mlp->down_proj->is_int8());
-  CHECK_FALSE(model->llama_model->lm_head->is_int8());
+  CHECK(model->llama_model->as<LlamaForCausalLM>()->layers->ptr(0)->as<LlamaDecoderLayer>()->mlp->down_proj->is_int8());
+  CHECK_FALSE(model->llama_model->as<LlamaForCausalLM>()->lm_head->is_int8());
   bool noted = false;
   for (const auto& note : report.notes) noted = noted || note.find("int8") != std::string::npos;
   CHECK(noted);

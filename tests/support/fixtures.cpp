@@ -19,6 +19,17 @@ fs::path source_dir() { return MINIGPT4_SOURCE_DIR; }
 // Manifests hold Python's Infinity/NaN literals; io::read_json_file reads them.
 nlohmann::json read_json(const fs::path& path) { return io::read_json_file(path.string()); }
 
+fs::path hf_model_dir(const fs::path& case_dir, const nlohmann::json& manifest, const std::string& model_type) {
+  if (!manifest.contains("files")) return {};
+  for (const auto& file : manifest["files"]) {
+    const fs::path path = file.value("path", "");
+    if (path.filename() != "config.json" || !path.has_parent_path()) continue;
+    const auto config = read_json(case_dir / path);
+    if (config.value("model_type", "") == model_type) return case_dir / path.parent_path();
+  }
+  return {};
+}
+
 std::string parity_case_yaml(const fs::path& dir, const nlohmann::json& manifest) {
   const auto& c = manifest["config"];
   const auto& v = c["vision"];

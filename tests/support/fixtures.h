@@ -24,6 +24,10 @@ std::vector<fs::path> parity_cases(const std::string& with_file = "");
 
 nlohmann::json read_json(const fs::path& path);
 
+// The Hugging Face model directory of a case whose config.json says `model_type` (e.g.
+// "phi" for tiny_phi2's phi2/), found through the manifest's file list; empty if none.
+fs::path hf_model_dir(const fs::path& case_dir, const nlohmann::json& manifest, const std::string& model_type);
+
 // The run config a user would write for a MiniGPT-4 case (one with minigpt4_full.safetensors):
 // sizes from the manifest, weights from the case's split files, fp32 everywhere. Load it
 // with Config::from_yaml, whose options override keys (e.g. model.low_resource=True).
