@@ -13,5 +13,6 @@ void add_quickstart_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_score_command(CLI::App& app);
+void add_launch_command(CLI::App& app);
 
 }  // namespace minigpt4::apps

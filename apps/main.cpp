@@ -4,7 +4,10 @@
 
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <string>
+#include <vector>
 
 int main(int argc, char** argv) {
   CLI::App app{"minigpt4-cpp: train, chat with and evaluate MiniGPT-4-style vision-language models"};
@@ -17,8 +20,18 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_chat_command(app);
   minigpt4::apps::add_serve_command(app);
   minigpt4::apps::add_score_command(app);
+  minigpt4::apps::add_launch_command(app);
+  // `launch [options] -- COMMAND...`: the `--` only marks where the rank's command starts,
+  // which the launch subcommand finds by itself.
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && args.front() == "launch") {
+    const auto dashes = std::find(args.begin(), args.end(), "--");
+    if (dashes != args.end()) args.erase(dashes);
+  }
+  std::reverse(args.begin(), args.end());  // CLI11 takes a vector of arguments last first
+  app.name("minigpt4");
   try {
-    app.parse(argc, argv);
+    app.parse(args);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   } catch (const minigpt4::Error& e) {

@@ -1,8 +1,12 @@
 // `minigpt4 train --cfg-path FILE [--options k=v ...] [--gpu-id N]`: MiniGPT-4's train.py.
+// Under torchrun or `minigpt4 launch` each process is one rank of a data-parallel job.
 #include "apps/commands.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/dist/environment.h"
+#include "minigpt4/dist/group.h"
+#include "minigpt4/dist/init.h"
 #include "minigpt4/train/trainer.h"
 
 namespace minigpt4::apps {
@@ -17,11 +21,14 @@ void add_train_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("train", "Train (stage 1 / stage 2) as the config's run: section says");
   cmd->add_option("--cfg-path", args->cfg_path, "run config (YAML)")->required()->check(CLI::ExistingFile);
   cmd->add_option("--options", args->options, "overrides, key=value (e.g. run.init_lr=1e-5 model.ckpt=path)");
-  cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index (run.device: cuda)")->capture_default_str();
+  cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index (run.device: cuda); launched ranks use LOCAL_RANK")
+      ->capture_default_str();
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
+    const auto launch = dist::launch_environment_from_env();
     train::TrainOptions options;
-    options.device = select_device(config.get_string("run.device", "cuda"), args->gpu_id);
+    options.device = select_device(config.get_string("run.device", "cuda"), dist::gpu_for_rank(launch, args->gpu_id));
+    options.group = dist::init_distributed(config, launch, options.device);
     log::info("device: {}", describe_device(options.device));
     const auto result = train::run_training(config, options);
     log::info("done: {} steps, loss {:.4f} -> {:.4f}; last checkpoint {}", result.global_step, result.first_loss,

@@ -15,6 +15,7 @@ DEB_PACKAGES=(
   libyaml-cpp-dev libsentencepiece-dev sentencepiece libopencv-dev
   libcli11-dev nlohmann-json3-dev
   libarchive-dev libcpp-httplib-dev catch2
+  libgloo-dev   # headers of the Gloo that LibTorch has built in (ProcessGroupGloo needs them)
   chromium   # the web demo's browser test (tests/server/browser_test.py) drives it
 )
 missing=()

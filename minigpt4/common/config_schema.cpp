@@ -94,6 +94,8 @@ const std::vector<ConfigKey>& config_schema() {
       {"run.world_size", T::Int, "processes (set by the launcher)"},
       {"run.dist_url", T::String, "rendezvous, env:// (torchrun's variables)"},
       {"run.distributed", T::Bool, "use distributed training when launched with several ranks"},
+      {"run.dist_backend", T::String, "collectives: nccl (CUDA) or gloo (CPU); default by run.device"},
+      {"run.dist_timeout", T::Int, "seconds a rendezvous or collective may wait for the other ranks (1800)"},
       {"run.wandb_log", T::Bool, "accepted for compatibility; metrics go to the JSONL log"},
       {"run.job_name", T::String, "name of the run"},
       {"run.log_freq", T::Int, "iterations between log lines"},

@@ -13,6 +13,9 @@ namespace minigpt4::log {
 enum class Level { Debug = 0, Info = 1, Warn = 2, Error = 3 };
 
 Level threshold();
+// In a distributed job: lines carry "[rank r]", and ranks other than 0 print only
+// warnings and errors (only the main process logs, as in the original runner).
+void set_rank(int rank, int world_size);
 void write(Level level, const std::string& message);
 
 template <typename... Args>

@@ -4,6 +4,8 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/data/loader.h"
+#include "minigpt4/dist/grad_sync.h"
+#include "minigpt4/dist/group.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "minigpt4/train/autocast.h"
@@ -44,6 +46,20 @@ std::vector<std::string> load_prompts(const MiniGPT4Config& c) {
   return prompts;
 }
 
+// A checkpoint holds one data position per rank that wrote it ({"ranks": [...]}, or a
+// single position from one process). Another world size cannot continue those streams.
+std::optional<data::LoaderPosition> rank_data_position(const nlohmann::json& saved, int rank, int world_size,
+                                                       std::string* mismatch) {
+  if (saved.is_null()) return std::nullopt;
+  const bool per_rank = saved.is_object() && saved.contains("ranks");
+  const size_t saved_world = per_rank ? saved.at("ranks").size() : 1;
+  if (saved_world != static_cast<size_t>(world_size)) {
+    *mismatch = fmt::format("the checkpoint was written by {} rank(s) and this run has {}", saved_world, world_size);
+    return std::nullopt;
+  }
+  return data::LoaderPosition::from_json(per_rank ? saved.at("ranks").at(static_cast<size_t>(rank)) : saved);
+}
+
 double mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
@@ -55,17 +71,34 @@ double mean(const std::vector<double>& v) {
 TrainResult run_training(const Config& config, const TrainOptions& options) {
   const auto start_time = std::chrono::steady_clock::now();
   const auto model_config = MiniGPT4Config::from_config(config);
-  const int64_t seed = config.get_int("run.seed", 42) + options.rank;
-  torch::manual_seed(static_cast<uint64_t>(seed));
+  const auto& group = options.group;
+  const int rank = group ? group->rank() : 0;
+  const int world_size = group ? group->world_size() : 1;
+  // The model is built from the same seed on every rank; the rest (dropout, prompts, data
+  // augmentation) draws from seed + rank, as the original's init_seeds.
+  const int64_t seed = config.get_int("run.seed", 42) + rank;
+  torch::manual_seed(static_cast<uint64_t>(config.get_int("run.seed", 42)));
 
   LoadReport report;
   const auto model = load_minigpt4(model_config, options.device, &report);
+  torch::manual_seed(static_cast<uint64_t>(seed));
   for (const auto& note : report.notes) log::info("{}", note);
   if (!report.initialised.empty()) log::info("initialised fresh: {}", summarize_names(report.initialised));
   const auto tokenizer = LlamaTokenizer::from_pretrained(model_config.llama_model);
   const auto prompts = load_prompts(model_config);
 
   auto optimizer = make_optimizer(*model, config);
+  std::unique_ptr<dist::GradientSync> grad_sync;
+  if (group) {
+    std::vector<std::pair<std::string, torch::Tensor>> trainable;
+    for (const auto& item : model->named_parameters())
+      if (item.value().requires_grad()) trainable.emplace_back(item.key(), item.value());
+    const size_t tensors = trainable.size();
+    grad_sync = std::make_unique<dist::GradientSync>(group, std::move(trainable));
+    grad_sync->broadcast_parameters();  // a freshly initialised projection starts equal everywhere
+    log::info("data parallel over {} ranks ({}): gradients of {} trainable tensors in {} bucket(s)", world_size,
+              group->backend_name(), tensors, grad_sync->bucket_count());
+  }
   const auto schedule = LrSchedule::from_config(config);
   // run.amp: autocast on CUDA in run.amp_dtype; fp16 needs loss scaling, bf16 does not.
   const bool amp = config.get_bool("run.amp", false) && options.device.is_cuda();
@@ -85,17 +118,27 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   TrainingProgress progress;
   std::optional<data::LoaderPosition> data_position;
+  auto loader_options = data::loader_options_from_config(config, rank, world_size);
   const std::string resume = config.get_string("run.resume_ckpt_path");
   if (!resume.empty()) {
     progress = load_training_checkpoint(resume, *model, *optimizer, &scaler);
-    if (!progress.data_position.is_null()) data_position = data::LoaderPosition::from_json(progress.data_position);
+    std::string mismatch;
+    data_position = rank_data_position(progress.data_position, rank, world_size, &mismatch);
+    if (!mismatch.empty()) {
+      // The model, optimizer and schedule continue; the data streams cannot, so they start
+      // over with a shuffle of their own (some samples of the interrupted pass come again).
+      loader_options.seed += static_cast<uint64_t>(progress.global_step);
+      log::warn("resume: {}; the data streams restart with a fresh shuffle (seed {}), so samples of the interrupted "
+                "pass may be seen again. Resume with the same number of ranks to continue them exactly.",
+                mismatch, loader_options.seed);
+    }
     if (progress.iter >= schedule.iters_per_epoch) progress.epoch += 1, progress.iter = 0;
     log::info("resuming from {} at epoch {}, iteration {} (step {})", resume, progress.epoch, progress.iter,
               progress.global_step);
   }
-  data::DataLoader loader(data::loader_options_from_config(config, options.rank, options.world_size), data_position);
+  data::DataLoader loader(std::move(loader_options), data_position);
 
-  const bool main_process = options.rank == 0;
+  const bool main_process = rank == 0;
   const std::string metrics_path = (fs::path(output_dir) / "metrics.jsonl").string();
   std::optional<MetricsLog> metrics;
   if (main_process) metrics.emplace(metrics_path, /*append=*/!resume.empty());
@@ -109,13 +152,24 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
   auto last_log = std::chrono::steady_clock::now();
   int64_t epochs_run = 0;
 
+  // Every rank calls this: rank 0 gathers the data positions, writes, and the others wait
+  // at the barrier, so none runs ahead of a checkpoint that may fail.
   auto save = [&](const std::string& path, int64_t epoch, int64_t iter) {
-    if (!main_process) return;
-    TrainingProgress p{epoch, iter, progress.global_step, loader.position().to_json(), config_text.str()};
-    save_training_checkpoint(path, *model, *optimizer, &scaler, p);
-    result.last_checkpoint = path;
-    bar.break_line();
-    log::info("saved {}", path);
+    nlohmann::json data_positions = loader.position().to_json();
+    if (group) {
+      const auto all = group->all_gather_strings(fmt::format("loader_position/{}", progress.global_step),
+                                                 data_positions.dump());
+      data_positions = {{"ranks", nlohmann::json::array()}};
+      for (const auto& text : all) data_positions["ranks"].push_back(nlohmann::json::parse(text));
+    }
+    if (main_process) {
+      TrainingProgress p{epoch, iter, progress.global_step, data_positions, config_text.str()};
+      save_training_checkpoint(path, *model, *optimizer, &scaler, p);
+      result.last_checkpoint = path;
+      bar.break_line();
+      log::info("saved {}", path);
+    }
+    if (group) group->barrier("after saving " + path);
   };
 
   for (int64_t epoch = progress.epoch; epoch < schedule.max_epoch; ++epoch) {
@@ -136,7 +190,14 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
         AutocastGuard autocast(options.device, amp_dtype, amp);
         return model->forward(images, batch.captions, prompt, tokenizer);
       }();
-      const double loss = out.loss.item<double>();
+      double loss = out.loss.item<double>();
+      if (group) {
+        // Every rank decides from the same number: the mean over ranks. A rank whose loss
+        // is not finite then stops (or skips) together with all the others.
+        auto sum = torch::full({1}, loss, torch::TensorOptions().dtype(torch::kFloat64).device(group->device()));
+        group->all_reduce_sum(sum, "all-reducing the loss");
+        loss = sum.item<double>() / world_size;
+      }
       if (!std::isfinite(loss)) {
         if (!scaler.enabled())
           fail("non-finite loss ({}) at epoch {}, iteration {} (step {}), dataset {}, first sample {}; stopping. "
@@ -144,8 +205,11 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
                loss, epoch, i, progress.global_step, batch.dataset, batch.sources.empty() ? "?" : batch.sources[0]);
         ++result.skipped_steps;  // the scaler skips the step and lowers the scale
       }
+      const bool optimizer_step = (i + 1) % accum == 0;
+      if (grad_sync) grad_sync->begin_backward(/*sync=*/optimizer_step);
       scaler.scale(out.loss / static_cast<double>(accum)).backward();
-      if ((i + 1) % accum == 0) {
+      if (grad_sync) grad_sync->finish_backward();
+      if (optimizer_step) {
         if (scaler.enabled()) {
           scaler.step(optimizer->torch_optimizer());
           scaler.update();
@@ -155,7 +219,8 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
         optimizer->zero_grad();
       }
       ++progress.global_step;
-      samples_since_log += static_cast<int64_t>(batch.captions.size());
+      if (group) group->report_step(progress.global_step);
+      samples_since_log += static_cast<int64_t>(batch.captions.size()) * world_size;
       window.push_back(loss);
 
       const auto now = std::chrono::steady_clock::now();
