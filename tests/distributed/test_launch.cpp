@@ -233,6 +233,25 @@ TEST_CASE("distributed: 2 ranks with batch B train exactly as 1 rank with batch 
   }
 }
 
+TEST_CASE("distributed: two machines (two launchers, --nnodes 2) train as one rank with batch 2B", "[distributed]") {
+  Scratch tmp("dist_nodes");
+  const auto data = make_dataset(tmp.path() / "data");
+  run_ok(with_launcher({MINIGPT4_BINARY}, train_args(data, tmp.path() / "one", 4, 2)));
+  // Both "machines" are this one: node 1 meets node 0 at 127.0.0.1, as it would at node 0's address.
+  const auto port = free_port();
+  auto node = [&](int node_rank) {
+    return with_launcher({MINIGPT4_BINARY, "launch", "--nnodes", "2", "--node-rank", std::to_string(node_rank),
+                          "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", port, "--"},
+                         train_args(data, tmp.path() / "nodes", 2, 2));
+  };
+  Child node0(node(0)), node1(node(1));
+  const auto status0 = node0.wait_for(std::chrono::seconds(300)), status1 = node1.wait_for(std::chrono::seconds(60));
+  INFO(node0.output() << "\n---- node 1 ----\n" << node1.output());
+  REQUIRE(status0 == std::optional<int>(0));
+  REQUIRE(status1 == std::optional<int>(0));
+  check_same_training(tmp.path() / "one", tmp.path() / "nodes");
+}
+
 TEST_CASE("distributed: resume continues a 2-rank run exactly", "[distributed]") {
   Scratch tmp("dist_resume");
   const auto data = make_dataset(tmp.path() / "data");
