@@ -14,5 +14,6 @@ void add_chat_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_score_command(CLI::App& app);
 void add_launch_command(CLI::App& app);
+void add_vpgtrans_convert_command(CLI::App& app);
 
 }  // namespace minigpt4::apps

@@ -22,6 +22,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"model.llm_precision", T::String, "LLM weights: fp16 (the original's torch_dtype), bf16 or fp32; fp16 is computed in fp32 on the CPU"},
       {"model.freeze_vit", T::Bool, "keep the ViT and ln_vision frozen"},
       {"model.freeze_qformer", T::Bool, "keep the Q-Former and query tokens frozen"},
+      {"model.freeze_ln_vision", T::Bool, "keep ln_vision frozen (default: as freeze_vit; VPGTrans stage 2 trains it with a frozen ViT)"},
       {"model.freeze_llm", T::Bool, "keep the LLM frozen (true in MiniGPT-4; false trains it, e.g. a language warm-up)"},
       {"model.has_qformer", T::Bool, "false: the LLaMA-2 variant, 4 ViT patch tokens concatenated per LLM token"},
       {"model.num_query_token", T::Int, "learned Q-Former queries (32)"},

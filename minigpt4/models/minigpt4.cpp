@@ -160,10 +160,10 @@ void MiniGPT4::apply_freezing() {
   for (auto& p : parameters()) p.set_requires_grad(false);
   eval();  // no module here has active dropout (drop_path_rate 0; the Q-Former runs in eval mode in the original)
   for (auto& p : llama_proj->parameters()) p.set_requires_grad(true);
-  if (!config.freeze_vit) {
+  if (!config.freeze_vit)
     for (auto& p : visual_encoder->parameters()) p.set_requires_grad(true);
+  if (!config.freeze_ln_vision)
     for (auto& p : ln_vision->parameters()) p.set_requires_grad(true);
-  }
   if (Qformer && !config.freeze_qformer) {
     for (auto& p : Qformer->parameters()) p.set_requires_grad(true);
     query_tokens.set_requires_grad(true);

@@ -26,6 +26,8 @@ struct MiniGPT4Config {
   std::string vit_precision = "fp16";
   std::string llm_precision = "fp16";
   bool freeze_vit = true, freeze_qformer = true, freeze_llm = true;
+  // ln_vision trains with the ViT unless set apart (VPGTrans trains it with a frozen ViT).
+  bool freeze_ln_vision = true;
   bool low_resource = false;  // int8 LLM projections, for inference (quantize.h)
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";

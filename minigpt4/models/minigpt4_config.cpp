@@ -42,6 +42,7 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   }
   c.freeze_vit = cfg.get_bool(m("freeze_vit"), c.freeze_vit);
   c.freeze_qformer = cfg.get_bool(m("freeze_qformer"), c.freeze_qformer);
+  c.freeze_ln_vision = cfg.get_bool(m("freeze_ln_vision"), c.freeze_vit);
   c.freeze_llm = cfg.get_bool(m("freeze_llm"), c.freeze_llm);
   c.low_resource = cfg.get_bool(m("low_resource"), c.low_resource);
   c.max_txt_len = cfg.get_int(m("max_txt_len"), c.max_txt_len);
