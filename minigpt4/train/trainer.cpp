@@ -251,8 +251,15 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   result.global_step = progress.global_step;
   result.first_loss = mean(first_window);
+  // Every rank skipped its own bad samples: rank 0 reports them all.
   const auto data_report = data::format_data_report(loader.stats());
-  if (!data_report.empty()) log::info("{}", data_report);
+  if (group) {
+    const auto reports = group->all_gather_strings(fmt::format("data_report/{}", progress.global_step), data_report);
+    for (size_t r = 0; r < reports.size(); ++r)
+      if (!reports[r].empty()) log::info("rank {}: {}", r, reports[r]);
+  } else if (!data_report.empty()) {
+    log::info("{}", data_report);
+  }
   if (main_process && fs::exists(metrics_path)) {
     const auto png = (fs::path(output_dir) / "training_curves.png").string();
     plot_training_curves(read_metrics_log(metrics_path), png);
