@@ -8,6 +8,9 @@ namespace minigpt4 {
 
 EvaAttention::EvaAttention(const EvaVitConfig& c, const torch::TensorOptions& options) : num_heads(c.num_heads) {
   qkv = register_module("qkv", std::make_shared<Linear>(c.width, 3 * c.width, /*bias=*/false, options));
+  // LoRA may target the three projections by the names they have when the fused layer is
+  // split into separate linears (ConLoRA): the result is the same as on the split layers.
+  qkv->parts = {{"query", 0, c.width}, {"key", c.width, c.width}, {"value", 2 * c.width, c.width}};
   q_bias = register_parameter("q_bias", torch::empty({c.width}, options));
   v_bias = register_parameter("v_bias", torch::empty({c.width}, options));
   proj = register_module("proj", std::make_shared<Linear>(c.width, c.width, /*bias=*/true, options));
@@ -17,7 +20,9 @@ torch::Tensor EvaAttention::forward(const torch::Tensor& x) const {
   const int64_t B = x.size(0), N = x.size(1), C = x.size(2), head_dim = C / num_heads;
   // The key has no bias: EVA concatenates (q_bias, 0, v_bias) into one qkv bias.
   const auto bias = torch::cat({q_bias, torch::zeros_like(v_bias), v_bias});
-  const auto qkv_out = torch::linear(x, qkv->weight, bias).reshape({B, N, 3, num_heads, head_dim}).permute({2, 0, 3, 1, 4});
+  const auto qkv_out = qkv->add_adapters(x, torch::linear(x, qkv->weight, bias))
+                           .reshape({B, N, 3, num_heads, head_dim})
+                           .permute({2, 0, 3, 1, 4});
   const auto out = attention(qkv_out[0], qkv_out[1], qkv_out[2], {}, 1.0 / std::sqrt(static_cast<double>(head_dim)));
   return proj->forward(out.transpose(1, 2).reshape({B, N, C}));
 }

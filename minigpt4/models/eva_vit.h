@@ -21,6 +21,7 @@ struct EvaVitConfig {
   int64_t mlp_hidden() const { return static_cast<int64_t>(static_cast<double>(width) * mlp_ratio); }
 };
 
+// qkv offers its query, key and value rows to LoRA under those names (Linear::parts, lora.h).
 struct EvaAttention : torch::nn::Module {
   EvaAttention(const EvaVitConfig& config, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x) const;

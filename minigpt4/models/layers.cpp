@@ -1,6 +1,7 @@
 #include "minigpt4/models/layers.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/lora.h"
 #include "minigpt4/models/quantize.h"
 
 #include <cmath>
@@ -20,8 +21,13 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, const t
 }
 
 torch::Tensor Linear::forward(const torch::Tensor& x) const {
-  if (is_int8()) return int8_linear(x, weight, weight_scale, bias);
-  return torch::linear(x, weight, bias);
+  auto y = is_int8() ? int8_linear(x, weight, weight_scale, bias) : torch::linear(x, weight, bias);
+  return lora.empty() ? y : add_adapters(x, std::move(y));
+}
+
+torch::Tensor Linear::add_adapters(const torch::Tensor& x, torch::Tensor y) const {
+  for (const auto& layer : lora) y = layer->apply(x, std::move(y));
+  return y;
 }
 
 void Linear::load_weight(const torch::Tensor& value, const std::string& source) {

@@ -14,6 +14,10 @@ namespace minigpt4 {
 // at a time, so a full-precision copy of the model never exists.
 enum class WeightFormat { Dense, Int8 };
 
+namespace lora {
+class LoraLayer;
+}
+
 struct Linear : torch::nn::Module {
   Linear(int64_t in_features, int64_t out_features, bool bias, const torch::TensorOptions& options,
          WeightFormat format = WeightFormat::Dense);
@@ -26,9 +30,22 @@ struct Linear : torch::nn::Module {
   // weight's device (int8). `source` names the file in errors.
   void load_weight(const torch::Tensor& value, const std::string& source = "");
   bool is_int8() const { return weight_scale.defined(); }
+  // y, the base product for x (computed here or by a caller that adds its own bias), plus
+  // the updates of the active LoRA adapters (lora.h); y itself when none is attached.
+  torch::Tensor add_adapters(const torch::Tensor& x, torch::Tensor y) const;
   // `weight` keeps its name in both formats so state dicts map by name; an int8 weight is
   // int8 [out, in] (requires_grad false) and `weight_scale` a float32 [out] buffer.
   torch::Tensor weight, bias, weight_scale;
+
+  // Rows of a fused output that LoRA may target under a name of their own, as if they were
+  // a separate linear beside this one (EVA's qkv: query, key, value).
+  struct OutputPart {
+    std::string name;
+    int64_t row_begin, rows;
+  };
+  std::vector<OutputPart> parts;
+  // The LoRA adapters on this layer's output (whole or one part each); empty by default.
+  std::vector<std::shared_ptr<lora::LoraLayer>> lora;
 };
 
 struct LayerNorm : torch::nn::Module {

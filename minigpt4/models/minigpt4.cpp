@@ -3,6 +3,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/models/memory.h"
+#include "minigpt4/models/minigpt4_lora.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 
 #include "minigpt4/common/log.h"
@@ -170,6 +171,7 @@ void MiniGPT4::apply_freezing() {
   }
   if (!config.freeze_llm)
     for (auto& p : llama_model->parameters()) p.set_requires_grad(true);
+  apply_lora_freezing(*this);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -285,6 +287,7 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   load_state(llama_dir, llm_weights, llm);
   llm_weights.clear();
 
+  attach_configured_adapters(*model);  // before the checkpoint, which may hold their trained weights
   LoadSpec ckpt;
   ckpt.is_ignorable = [](const std::string& key) { return rotary_buffer(key) || blip2_unused(key); };
   ckpt.reshape = vit.reshape;
@@ -304,10 +307,12 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
                   missing.end());
   };
   fresh("llama_proj.", [&] { model->llama_proj->reset_parameters(); });
-  // Norms a relative adds to its LLM (TinyGPT-V's) keep the defaults they were built with.
+  // Norms a relative adds to its LLM (TinyGPT-V's) keep the defaults they were built with;
+  // adapters created by model.lora start as LoRA does (B zero) unless model.ckpt held them.
   const std::string llm_prefix = "llama_model.";
   for (auto it = missing.begin(); it != missing.end();) {
-    if (starts_with(*it, llm_prefix) && model->llama_model->starts_at_default(it->substr(llm_prefix.size()))) {
+    if (lora::is_adapter_parameter(*it) ||
+        (starts_with(*it, llm_prefix) && model->llama_model->starts_at_default(it->substr(llm_prefix.size())))) {
       report.initialised.push_back(*it);
       it = missing.erase(it);
     } else {
@@ -321,6 +326,7 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
          missing.size(), config.vit_model, config.q_former_model, config.llama_model, config.ckpt,
          summarize_names(missing));
   }
+  load_configured_adapters(*model);
   model->apply_freezing();
   if (report_out) *report_out = std::move(report);
   return model;

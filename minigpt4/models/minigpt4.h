@@ -7,6 +7,7 @@
 // TinyGPT-V, llm_family.h): config.json's model_type decides.
 #include "minigpt4/models/eva_vit.h"
 #include "minigpt4/models/llm_family.h"
+#include "minigpt4/models/lora.h"
 #include "minigpt4/models/qformer.h"
 #include "minigpt4/models/weights.h"
 
@@ -32,6 +33,13 @@ struct MiniGPT4Config {
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";
   std::string prompt_template, prompt_path;
+  // LoRA (minigpt4_lora.h): per component (llm, vit, qformer) the settings of the adapter
+  // this run creates; adapter folders to load by name; the adapter active after loading
+  // ("": the default rule); what trains along with a created adapter.
+  std::map<std::string, lora::LoraConfig> lora;
+  std::map<std::string, std::string> lora_path;
+  std::string lora_active;
+  std::vector<std::string> lora_trainable;
 
   // From the `model:` section of a run config (defaults merged, validated).
   static MiniGPT4Config from_config(const Config& config);

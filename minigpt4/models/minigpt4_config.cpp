@@ -4,6 +4,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/minigpt4.h"
+#include "minigpt4/models/minigpt4_lora.h"
 
 namespace minigpt4 {
 
@@ -49,6 +50,7 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   c.end_sym = cfg.get_string(m("end_sym"), c.end_sym);
   c.prompt_template = cfg.get_string(m("prompt_template"));
   c.prompt_path = cfg.get_string(m("prompt_path"));
+  read_lora_settings(cfg, c);
   return c;
 }
 

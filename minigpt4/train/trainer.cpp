@@ -7,6 +7,7 @@
 #include "minigpt4/dist/grad_sync.h"
 #include "minigpt4/dist/group.h"
 #include "minigpt4/models/minigpt4.h"
+#include "minigpt4/models/minigpt4_lora.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "minigpt4/train/autocast.h"
 #include "minigpt4/train/checkpoint.h"
@@ -81,6 +82,7 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   LoadReport report;
   const auto model = load_minigpt4(model_config, options.device, &report);
+  lora::set_adapters_training(*model, true);  // LoRA dropout on; every other module stays in eval mode
   torch::manual_seed(static_cast<uint64_t>(seed));
   for (const auto& note : report.notes) log::info("{}", note);
   if (!report.initialised.empty()) log::info("initialised fresh: {}", summarize_names(report.initialised));
@@ -244,6 +246,10 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
         save(step_checkpoint_path(output_dir, progress.global_step), epoch, i + 1);
     }
     save(epoch_checkpoint_path(output_dir, epoch), epoch, schedule.iters_per_epoch);
+    if (main_process && !model_config.lora.empty()) {  // ConLoRA's layout: lora_<epoch>/{llm,ve,qformer}
+      const auto folder = (fs::path(output_dir) / fmt::format("lora_{}", epoch)).string();
+      for (const auto& written : save_adapter_folders(*model, kTrainedAdapter, folder)) log::info("saved {}", written);
+    }
     progress.iter = 0;
     ++epochs_run;
   }

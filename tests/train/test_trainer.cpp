@@ -103,3 +103,37 @@ TEST_CASE("training: the loss falls, resume continues exactly, stage 1 feeds sta
   CHECK(torch::equal(model->llama_proj->weight, saved.at("llama_proj.weight")));
   fs::remove_all(tmp);
 }
+
+TEST_CASE("training LoRA adapters: checkpoints hold only them, each epoch writes PEFT folders", "[train][lora]") {
+  const auto tmp = fs::temp_directory_path() / ("minigpt4_trainer_lora_" + std::to_string(::getpid()));
+  fs::remove_all(tmp);
+  const auto data = make_dataset(tmp / "data");
+  train::TrainOptions options;
+  options.interactive_progress = false;
+  const std::vector<std::string> lora = {"model.lora.llm.r=4", "model.lora.llm.lora_dropout=0.1", "model.lora.vit.r=2",
+                                         "run.max_epoch=1"};
+  const auto result = train::run_training(run_config(data, tmp / "run", lora), options);
+  CHECK(result.last_loss < result.first_loss);
+  // The trainable parameters are the adapters: q/v of 2 LLM layers, query/value of 3 blocks.
+  const auto saved = io::load_state_dict((tmp / "run/checkpoint_0.pth").string());
+  CHECK(saved.size() == 2 * (4 + 6));
+  for (const auto& item : saved) CHECK(item.first.find(".lora_") != std::string::npos);
+  CHECK(saved.count("llama_model.model.layers.1.self_attn.v_proj.lora_B.default.weight"));
+  CHECK(saved.count("visual_encoder.blocks.2.attn.query.lora_A.default.weight"));
+  // One PEFT folder per adapted component, holding the trained weights.
+  CHECK(fs::exists(tmp / "run/lora_0/llm/adapter_config.json"));
+  CHECK(fs::exists(tmp / "run/lora_0/ve/adapter_model.safetensors"));
+  CHECK_FALSE(fs::exists(tmp / "run/lora_0/qformer"));
+  const auto llm = io::load_state_dict((tmp / "run/lora_0/llm/adapter_model.safetensors").string());
+  const auto& b = llm.at("base_model.model.model.layers.1.self_attn.v_proj.lora_B.weight");
+  CHECK(b.abs().max().item<double>() > 0);
+  CHECK(torch::equal(b, saved.at("llama_model.model.layers.1.self_attn.v_proj.lora_B.default.weight")));
+  // The checkpoint restores the adapter as model.ckpt of a run that configures it.
+  const auto again_config = run_config(
+      data, tmp / "again",
+      {"model.lora.llm.r=4", "model.lora.vit.r=2", "model.ckpt=" + (tmp / "run/checkpoint_0.pth").string()});
+  const auto again = load_minigpt4(MiniGPT4Config::from_config(again_config), torch::kCPU);
+  const auto restored = again->named_parameters()["llama_model.model.layers.1.self_attn.v_proj.lora_B.default.weight"];
+  CHECK(torch::equal(restored, b));
+  fs::remove_all(tmp);
+}
