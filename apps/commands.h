@@ -13,6 +13,7 @@ void add_quickstart_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_score_command(CLI::App& app);
+void add_evaluate_command(CLI::App& app);
 void add_launch_command(CLI::App& app);
 void add_vpgtrans_convert_command(CLI::App& app);
 

@@ -20,6 +20,7 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_chat_command(app);
   minigpt4::apps::add_serve_command(app);
   minigpt4::apps::add_score_command(app);
+  minigpt4::apps::add_evaluate_command(app);
   minigpt4::apps::add_launch_command(app);
   minigpt4::apps::add_vpgtrans_convert_command(app);
   // `launch [options] -- COMMAND...`: the `--` only marks where the rank's command starts,

@@ -1,5 +1,6 @@
 // `minigpt4 quickstart [--out runs/quickstart]`: the whole recipe on a generated world, on
-// the CPU (language warm-up, stage 1, stage 2, held-out answers against a blind baseline).
+// the CPU (language warm-up, stage 1, stage 2, held-out answers against a blind baseline,
+// `minigpt4 evaluate` on a synthetic captioning and VQA set).
 #include "apps/commands.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/quickstart/pipeline.h"
@@ -31,6 +32,11 @@ void add_quickstart_command(CLI::App& app) {
                "(n = {})\n",
                summary["wall_seconds"].get<double>(), 100 * summary["accuracy"].get<double>(),
                100 * summary["blind_accuracy"].get<double>(), summary["n_heldout"].get<int64_t>());
+    if (const auto& b = summary["benchmarks"]; b.contains("caption_CIDEr"))
+      fmt::print("benchmark path ({} held-out pictures): captions CIDEr {:.3f}, BLEU-4 {:.3f}; VQA accuracy {:.1f} % "
+                 "({})\n",
+                 b["items"].get<int64_t>(), b["caption_CIDEr"].get<double>(), b["caption_Bleu_4"].get<double>(),
+                 b["vqa_accuracy"].get<double>(), b["metrics"].get<std::string>());
     fmt::print("summary: {}/quickstart_summary.json\n", opt->out_dir);
     fmt::print("chat with it:  ./build/minigpt4 chat --cfg-path {} --image {}/world/heldout/image/00000.jpg "
                "--prompt \"Describe this image in detail.\"\n",

@@ -1,5 +1,6 @@
 // `minigpt4 synth --out DIR [--seed N] [...]`: writes a small synthetic image-caption world
-// (coloured shapes in named regions) in the real data formats, for a CPU quickstart.
+// (coloured shapes in named regions) in the real data formats, for a CPU quickstart, with a
+// captioning and a VQA set for `minigpt4 evaluate`.
 #include "apps/commands.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/data/synth.h"
@@ -20,6 +21,9 @@ void add_synth_command(CLI::App& app) {
   cmd->add_option("--stage1-samples", opt->stage1_samples, "stage-1 webdataset samples")->capture_default_str();
   cmd->add_option("--align-samples", opt->align_samples, "stage-2 cc_sbu_align samples")->capture_default_str();
   cmd->add_option("--heldout-samples", opt->heldout_samples, "held-out evaluation samples")->capture_default_str();
+  cmd->add_option("--eval-samples", opt->eval_samples,
+                  "held-out pictures that also form the captioning and VQA sets (COCO / VQAv2 formats)")
+      ->capture_default_str();
   cmd->add_option("--image-size", opt->image_size, "square image side in pixels (32..1024)")->capture_default_str();
   cmd->add_option("--shard-size", opt->shard_size, "samples per stage-1 tar (1..10000)")->capture_default_str();
   cmd->add_flag("--force", opt->force, "reuse an existing non-empty output directory (replaces what synth wrote)");
@@ -31,6 +35,10 @@ void add_synth_command(CLI::App& app) {
     fmt::print("stage 1 ({} samples in {} shards): {}\n", s.stage1_samples, s.stage1_shards, s.stage1_spec);
     fmt::print("stage 2 cc_sbu_align ({} samples): {}\n", s.align_samples, s.align_root);
     fmt::print("held out ({} samples): {}/annotations.json\n", s.heldout_samples, s.heldout_root);
+    if (s.eval_samples > 0) {
+      fmt::print("captioning set ({} pictures): {} (images in {})\n", s.eval_samples, s.eval_captions, s.eval_image_root);
+      fmt::print("VQA set ({} questions): {} + {}\n", s.eval_samples, s.eval_vqa_questions, s.eval_vqa_annotations);
+    }
     fmt::print("corpus ({} lines): {}\n", s.corpus_lines, s.corpus_path);
     fmt::print("world: {}\n", s.world_path);
   });

@@ -113,6 +113,16 @@ const std::vector<ConfigKey>& config_schema() {
       {"run.log_freq", T::Int, "iterations between log lines"},
       {"run.save_freq", T::Int, "iterations between checkpoints (0: only at epoch ends)"},
       {"run.gpu", T::Int, "GPU index (set from --gpu-id / LOCAL_RANK)"},
+      // ---- evaluation: one benchmark for `minigpt4 evaluate` (docs/evaluation.md)
+      {"evaluation.task", T::String, "coco_caption, nocaps, vqav2, okvqa or gqa"},
+      {"evaluation.annotations", T::String, "the benchmark's annotation file, as `minigpt4 score --annotations` takes it (Karpathy list or COCO/NoCaps captions; VQA annotations; GQA questions with answers)"},
+      {"evaluation.questions", T::String, "vqav2 / okvqa: the questions file (question text and image ids)"},
+      {"evaluation.image_root", T::String, "folder the image file names are relative to"},
+      {"evaluation.image_file", T::String, "image file name of an image id, a Python/fmt format: COCO_val2014_{image_id:012d}.jpg (vqav2, okvqa), {image_id}.jpg (gqa); captions use the annotations' file names"},
+      {"evaluation.prompt", T::String, "instruction after the image in the conversation template; VQA prompts hold {question}"},
+      {"evaluation.max_new_tokens", T::Int, "longest answer in tokens (default 30 for captions, 10 for VQA)"},
+      {"evaluation.num_beams", T::Int, "1: greedy, batched; > 1: beam search, one item at a time"},
+      {"evaluation.length_penalty", T::Float, "beam search: hypothesis score = sum of log-probabilities / length^length_penalty (1.0)"},
   };
   return schema;
 }

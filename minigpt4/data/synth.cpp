@@ -129,6 +129,75 @@ void write_tar_atomic(const fs::path& path, const std::vector<std::pair<std::str
   write_atomic(path, tar, counter);
 }
 
+// One VQA question about a held-out picture: which attribute is asked turns with the index;
+// ten annotator answers, mostly the plain word and a few longer ways of saying it.
+struct SynthQuestion {
+  std::string question, question_type, answer_type;
+  std::vector<std::string> answers;
+};
+
+SynthQuestion synth_question(const SceneAttributes& scene, int index) {
+  auto ten = [](const std::string& main, std::vector<std::string> others) {
+    std::vector<std::string> answers(10 - others.size(), main);
+    answers.insert(answers.end(), others.begin(), others.end());
+    return answers;
+  };
+  switch (index % 4) {
+    case 0: return {"What colour are the objects in the picture?", "what color are the", "other", ten(scene.colour, {})};
+    case 1:
+      return {"How many objects are in the picture?", "how many", "number",
+              ten(std::to_string(scene.count), {count_word(scene.count), count_word(scene.count)})};
+    case 2:
+      return {"What shape are the objects in the picture?", "what shape", "other",
+              ten(scene.shape, {shape_noun(scene.shape, scene.count), scene.shape + "s"})};
+    default: {
+      const std::string& p = scene.position;
+      const std::string question = "Where in the picture are the objects?";
+      if (p == "centre") return {question, "where are the", "other", ten(p, {"in the middle", "middle", "center"})};
+      const std::string phrase = (p == "top" || p == "bottom" ? "at the " : "on the ") + p;
+      return {question, "where are the", "other", ten(p, {phrase, phrase, p + " side"})};
+    }
+  }
+}
+
+// The captioning and VQA sets over the first `n` held-out pictures (heldout/image/NNNNN.jpg).
+void write_eval_sets(const fs::path& heldout, const std::vector<SceneAttributes>& scenes, int n, uint64_t seed,
+                     SynthSummary& sum) {
+  std::mt19937_64 rng(mix_seed(seed, 0x5EED5u, 4));  // references: a stream of their own
+  nlohmann::json images = nlohmann::json::array(), captions = nlohmann::json::array();
+  nlohmann::json questions = nlohmann::json::array(), answers = nlohmann::json::array();
+  for (int i = 0; i < n; ++i) {
+    const auto& scene = scenes[static_cast<size_t>(i)];
+    images.push_back({{"id", i}, {"file_name", fmt::format("{:05d}.jpg", i)}});
+    std::vector<std::string> references = {canonical_caption(scene)};
+    while (references.size() < 5) references.push_back(scene_caption(scene, rng));
+    for (size_t k = 0; k < references.size(); ++k)
+      captions.push_back({{"id", i * 10 + static_cast<int>(k)}, {"image_id", i}, {"caption", references[k]}});
+    const auto q = synth_question(scene, i);
+    const int question_id = i * 10;
+    questions.push_back({{"image_id", i}, {"question", q.question}, {"question_id", question_id}});
+    nlohmann::json records = nlohmann::json::array();
+    for (size_t k = 0; k < q.answers.size(); ++k)
+      records.push_back({{"answer", q.answers[k]}, {"answer_confidence", "yes"}, {"answer_id", k + 1}});
+    answers.push_back({{"question_id", question_id}, {"image_id", i}, {"question_type", q.question_type},
+                       {"answer_type", q.answer_type}, {"multiple_choice_answer", q.answers[0]}, {"answers", records}});
+  }
+  const nlohmann::json info{{"description", "minigpt4 synth: held-out pictures"}, {"seed", seed}};
+  sum.eval_captions = (heldout / "captions.json").string();
+  sum.eval_vqa_questions = (heldout / "vqa_questions.json").string();
+  sum.eval_vqa_annotations = (heldout / "vqa_annotations.json").string();
+  sum.eval_image_root = (heldout / "image").string();
+  write_atomic(sum.eval_captions, nlohmann::json{{"info", info}, {"images", images}, {"annotations", captions}}.dump(1) + "\n",
+               sum.files_written);
+  write_atomic(sum.eval_vqa_questions,
+               nlohmann::json{{"info", info}, {"data_subtype", "heldout"}, {"questions", questions}}.dump(1) + "\n",
+               sum.files_written);
+  write_atomic(sum.eval_vqa_annotations,
+               nlohmann::json{{"info", info}, {"data_subtype", "heldout"}, {"annotations", answers}}.dump(1) + "\n",
+               sum.files_written);
+  sum.eval_samples = n;
+}
+
 void make_dir(const fs::path& p) {
   std::error_code ec;
   fs::create_directories(p, ec);
@@ -312,6 +381,7 @@ SynthSummary write_synthetic_world(const SynthOptions& opt) {
   if (opt.stage1_samples < 1) fail("synth: --stage1-samples must be at least 1 (got {})", opt.stage1_samples);
   if (opt.align_samples < 1) fail("synth: --align-samples must be at least 1 (got {})", opt.align_samples);
   if (opt.heldout_samples < 0) fail("synth: --heldout-samples must not be negative (got {})", opt.heldout_samples);
+  if (opt.eval_samples < 0) fail("synth: --eval-samples must not be negative (got {})", opt.eval_samples);
   if (opt.image_size < 32 || opt.image_size > 1024) fail("synth: --image-size must be in 32..1024 (got {})", opt.image_size);
   if (opt.shard_size < 1 || opt.shard_size > 10000) fail("synth: --shard-size must be in 1..10000 (got {})", opt.shard_size);
   const int shards = (opt.stage1_samples + opt.shard_size - 1) / opt.shard_size;
@@ -394,8 +464,10 @@ SynthSummary write_synthetic_world(const SynthOptions& opt) {
   // Held out: its own RNG stream, never read by training.
   std::mt19937_64 rng3(mix_seed(opt.seed, 0x5EED5u, 3));
   nlohmann::json held = nlohmann::json::array();
+  std::vector<SceneAttributes> held_scenes;
   for (int i = 0; i < opt.heldout_samples; ++i) {
     const SceneAttributes scene = random_scene(rng3);
+    held_scenes.push_back(scene);
     const RenderedScene img = render_scene(scene, S, rng3);
     const std::string name = fmt::format("image/{:05d}.jpg", i);
     write_atomic(root / "heldout" / name, encode_rgb_jpeg(img.rgb), sum.files_written);
@@ -409,6 +481,8 @@ SynthSummary write_synthetic_world(const SynthOptions& opt) {
   write_atomic(root / "heldout" / "annotations.json", held.dump(2) + "\n", sum.files_written);
   sum.heldout_samples = opt.heldout_samples;
   sum.heldout_root = (root / "heldout").string();
+  if (const int n = std::min(opt.eval_samples, opt.heldout_samples); n > 0)
+    write_eval_sets(root / "heldout", held_scenes, n, opt.seed, sum);
 
   sum.corpus_path = (root / "corpus.txt").string();
   write_atomic(root / "corpus.txt", corpus, sum.files_written);
@@ -427,6 +501,10 @@ SynthSummary write_synthetic_world(const SynthOptions& opt) {
       {"stage1", {{"spec", spec_rel}, {"shards", shards}, {"shard_size", opt.shard_size}, {"samples", opt.stage1_samples}}},
       {"cc_sbu_align", {{"root", "cc_sbu_align"}, {"samples", opt.align_samples}}},
       {"heldout", {{"annotations", "heldout/annotations.json"}, {"samples", opt.heldout_samples}}},
+      {"eval", {{"captions", "heldout/captions.json"},
+                {"vqa_questions", "heldout/vqa_questions.json"},
+                {"vqa_annotations", "heldout/vqa_annotations.json"},
+                {"samples", sum.eval_samples}}},
       {"corpus", {{"path", "corpus.txt"}, {"lines", sum.corpus_lines}}},
   };
   ++sum.files_written;  // world.json itself

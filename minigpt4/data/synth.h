@@ -78,6 +78,9 @@ struct SynthOptions {
   int stage1_samples = 4000;
   int align_samples = 600;
   int heldout_samples = 300;
+  // The first N held-out pictures also form a captioning set and a VQA set in the COCO and
+  // VQAv2 formats (`minigpt4 evaluate`); at most heldout_samples.
+  int eval_samples = 100;
   int image_size = 64;
   int shard_size = 500;  // samples per stage-1 tar, 1..10000 (keys are shard * 10000 + index)
   bool force = false;    // reuse an existing non-empty out_dir (its generated parts are replaced)
@@ -88,12 +91,17 @@ struct SynthSummary {
   std::string stage1_spec;     // "<out_dir>/stage1/{00000..0000K}.tar", for datasets.*.build_info.storage
   std::string align_root;      // <out_dir>/cc_sbu_align
   std::string heldout_root;    // <out_dir>/heldout (annotations.json, image/)
+  std::string eval_captions;          // <heldout_root>/captions.json; empty without held-out pictures
+  std::string eval_vqa_questions;     // <heldout_root>/vqa_questions.json
+  std::string eval_vqa_annotations;   // <heldout_root>/vqa_annotations.json
+  std::string eval_image_root;        // <heldout_root>/image
   std::string corpus_path;     // <out_dir>/corpus.txt
   std::string world_path;      // <out_dir>/world.json
   int stage1_shards = 0;
   int stage1_samples = 0;
   int align_samples = 0;
   int heldout_samples = 0;
+  int eval_samples = 0;
   size_t corpus_lines = 0;
   size_t files_written = 0;
 };
@@ -102,6 +110,10 @@ struct SynthSummary {
 //   stage1/NNNNN.tar (+ NNNNN_stats.json)   webdataset shards: KEY.jpg, KEY.json, KEY.txt
 //   cc_sbu_align/filter_cap.json, image/<id>.jpg
 //   heldout/annotations.json, image/<id>.jpg (a separate RNG stream from training)
+//   heldout/captions.json (COCO captions layout: 5 references per picture),
+//   heldout/vqa_questions.json + vqa_annotations.json (VQAv2 layout: one question per picture
+//   about its colour, count, shape or position in turn, 10 answers), both over the first
+//   eval_samples held-out pictures
 //   corpus.txt (every stage-1 caption and stage-2 answer, one a line), world.json
 // Every file is written to a temporary name and renamed. An existing non-empty out_dir
 // without force, bad sizes, or a failed write is an Error naming the option or path.

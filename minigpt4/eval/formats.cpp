@@ -81,7 +81,7 @@ std::vector<CaptionImage> read_karpathy_list(const json& root, const std::string
       fail("{} {}: entry {}: cannot derive an image id from \"{}\" (LAVIS takes the number after the last '_' "
            "of the file name)", kWhat, path, i, image);
     auto [it, added] = index_of.emplace(id, images.size());
-    if (added) images.push_back({id, {}, ""});
+    if (added) images.push_back({id, {}, "", image});
     auto& references = images[it->second].references;
     const auto& captions = entry.field("caption");
     if (captions.is_string()) {
@@ -110,7 +110,7 @@ std::vector<CaptionImage> read_coco_captions(const json& root, const std::string
       const Entry entry(list[i], std::string(kWhat), path, fmt::format("images[{}]", i));
       const auto id = entry.id("id");
       if (!index_of.emplace(id, images.size()).second) fail("{} {}: image {} is listed twice", kWhat, path, id);
-      images.push_back({id, {}, entry.optional_text("domain")});
+      images.push_back({id, {}, entry.optional_text("domain"), entry.optional_text("file_name")});
     }
   }
   for (size_t i = 0; i < annotations.size(); ++i) {
@@ -120,7 +120,7 @@ std::vector<CaptionImage> read_coco_captions(const json& root, const std::string
     if (it == index_of.end()) {
       if (listed) fail("{} {}: annotations[{}] names image {}, which 'images' does not list", kWhat, path, i, id);
       it = index_of.emplace(id, images.size()).first;
-      images.push_back({id, {}, ""});
+      images.push_back({id, {}, "", ""});
     }
     images[it->second].references.push_back(entry.text("caption"));
   }
@@ -232,6 +232,19 @@ std::vector<std::string> read_vqa_question_ids(const std::string& path) {
   return ids;
 }
 
+std::vector<VqaQuestionText> read_vqa_questions(const std::string& path) {
+  constexpr std::string_view kWhat = "VQA questions";
+  const auto root = read_json(path, kWhat);
+  const auto& list = list_field(root, "questions", kWhat, path, "");
+  std::vector<VqaQuestionText> questions;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const Entry entry(list[i], std::string(kWhat), path, fmt::format("questions[{}]", i));
+    questions.push_back({entry.id("question_id"), entry.id("image_id"), entry.text("question")});
+  }
+  if (questions.empty()) fail("{} {}: holds no questions", kWhat, path);
+  return questions;
+}
+
 std::vector<GqaQuestion> read_gqa_questions(const std::string& path) {
   constexpr std::string_view kWhat = "GQA questions";
   const auto root = read_json(path, kWhat);
@@ -244,7 +257,8 @@ std::vector<GqaQuestion> read_gqa_questions(const std::string& path) {
     if (!entry.has("answer"))
       fail("{} {}: question {} has no 'answer' (test and challenge splits come without answers and cannot be "
            "scored)", kWhat, path, id);
-    GqaQuestion q{id, entry.text("answer"), "", ""};
+    GqaQuestion q{id, entry.text("answer"), "", "", entry.has("imageId") ? entry.id("imageId") : "",
+                  entry.optional_text("question")};
     if (entry.has("types")) {
       const Entry types(entry.field("types"), std::string(kWhat), path, fmt::format("question {} types", id));
       q.structural_type = types.optional_text("structural");

@@ -16,6 +16,9 @@ struct CaptionImage {
   std::string image_id;
   std::vector<std::string> references;
   std::string domain;  // NoCaps: in-domain / near-domain / out-domain; empty when absent
+  // The picture, for `minigpt4 evaluate`: a Karpathy entry's "image" path, the official
+  // layout's images[].file_name; empty when the file does not say.
+  std::string file_name;
 };
 
 // Caption annotations in either layout:
@@ -48,8 +51,16 @@ std::vector<VqaQuestion> read_vqa_annotations(const std::string& path);
 // The question ids of a VQAv2 / OK-VQA questions file {"questions": [{"question_id", ...}]}.
 std::vector<std::string> read_vqa_question_ids(const std::string& path);
 
+// What `minigpt4 evaluate` asks: the questions of that file with their text and image id.
+struct VqaQuestionText {
+  std::string question_id;
+  std::string image_id;
+  std::string question;
+};
+std::vector<VqaQuestionText> read_vqa_questions(const std::string& path);
+
 // GQA questions with answers (testdev_balanced_questions.json): {"<id>": {"answer",
-// "types": {"structural", "semantic"}?, ...}}.
+// "types": {"structural", "semantic"}?, "imageId"?, "question"?, ...}}.
 std::vector<GqaQuestion> read_gqa_questions(const std::string& path);
 
 }  // namespace minigpt4::eval

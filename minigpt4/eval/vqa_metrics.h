@@ -67,6 +67,10 @@ struct GqaQuestion {
   std::string answer;
   std::string structural_type;  // types.structural / types.semantic, empty when absent
   std::string semantic_type;
+  // imageId and question, which `minigpt4 evaluate` needs; empty when absent (the defaults
+  // let brace-initialised questions leave them out)
+  std::string image_id = {};
+  std::string question = {};
 };
 
 bool gqa_match(std::string_view prediction, std::string_view answer);

@@ -6,6 +6,7 @@
 #include "minigpt4/common/log.h"
 #include "minigpt4/data/stream.h"
 #include "minigpt4/data/synth.h"
+#include "minigpt4/evaluate/runner.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/models/init.h"
@@ -145,6 +146,57 @@ StageOutcome run_stage(const std::string& name, const fs::path& config_path, std
 
 std::string yaml_quote(const std::string& s) { return "\"" + replace_all(replace_all(s, "\\", "\\\\"), "\"", "\\\"") + "\""; }
 
+struct BenchmarkOutcome {
+  nlohmann::json headline = nlohmann::json::object();  // CIDEr, BLEU-4, VQA accuracy
+  double seconds = 0;
+};
+
+// `minigpt4 evaluate` on the world's captioning and VQA sets: each gets its eval config
+// (quickstart_{caption,vqa}_eval.yaml, the model of `model_yaml`), its outputs under
+// evaluate/<set>/, and its metrics in quickstart_eval_metrics.json.
+BenchmarkOutcome evaluate_benchmarks(const data::SynthSummary& world, const std::string& model_yaml, const fs::path& out,
+                                     const QuickstartOptions& opt) {
+  BenchmarkOutcome outcome;
+  if (world.eval_samples == 0) return outcome;
+  const auto start = Clock::now();
+  const std::vector<std::pair<std::string, std::string>> sets = {
+      {"caption", "  task: coco_caption\n"
+                  "  annotations: " + yaml_quote(world.eval_captions) + "\n"
+                  "  image_root: " + yaml_quote(world.eval_image_root) + "\n"
+                  "  prompt: \"Describe this image in detail.\"\n"
+                  "  max_new_tokens: 40\n"},
+      {"vqa", "  task: vqav2\n"
+              "  annotations: " + yaml_quote(world.eval_vqa_annotations) + "\n"
+              "  questions: " + yaml_quote(world.eval_vqa_questions) + "\n"
+              "  image_root: " + yaml_quote(world.eval_image_root) + "\n"
+              "  image_file: \"{image_id:05d}.jpg\"\n"
+              "  prompt: \"Based on the image, respond to this question with a short answer: {question}\"\n"
+              "  max_new_tokens: 10\n"}};
+  nlohmann::json metrics;
+  for (const auto& [name, evaluation] : sets) {
+    const fs::path yaml = out / ("quickstart_" + name + "_eval.yaml");
+    const fs::path output_dir = out / "evaluate" / name;
+    write_file(yaml, "# `minigpt4 evaluate --cfg-path " + yaml.string() + "`: the quickstart model on the synthetic " +
+                         name + " set (written by `minigpt4 quickstart`).\n" + model_yaml + "\nevaluation:\n" +
+                         evaluation + "\nrun:\n  device: \"cpu\"\n  batch_size_eval: 8\n  output_dir: " +
+                         yaml_quote(output_dir.string()) + "\n");
+    fs::remove_all(output_dir);  // predictions of an earlier quickstart's model do not count
+    log::info("==== quickstart: evaluate on the {} set ({}) ====", name, yaml.string());
+    metrics[name] = evaluate::run_evaluation(Config::load(yaml.string(), opt.options), {}).metrics;
+  }
+  write_file(out / "quickstart_eval_metrics.json", metrics.dump(2) + "\n");
+  outcome.headline = {{"caption_CIDEr", metrics["caption"]["CIDEr"]},
+                      {"caption_Bleu_4", metrics["caption"]["Bleu_4"]},
+                      {"vqa_accuracy", metrics["vqa"]["overall"]},
+                      {"items", world.eval_samples},
+                      {"metrics", (out / "quickstart_eval_metrics.json").string()}};
+  outcome.seconds = seconds_since(start);
+  log::info("benchmarks ({} pictures): captions CIDEr {:.3f}, BLEU-4 {:.3f}; VQA accuracy {:.1f} % ({:.0f} s)",
+            world.eval_samples, metrics["caption"]["CIDEr"].get<double>(), metrics["caption"]["Bleu_4"].get<double>(),
+            metrics["vqa"]["overall"].get<double>(), outcome.seconds);
+  return outcome;
+}
+
 }  // namespace
 
 nlohmann::json run_quickstart(const QuickstartOptions& opt) {
@@ -264,9 +316,7 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
 
   // 6. The eval config a user chats with, and the held-out answers.
   const fs::path eval_yaml = out / "minigpt4_quickstart_eval.yaml";
-  write_file(eval_yaml,
-             "# The quickstart's trained tiny MiniGPT-4 (written by `minigpt4 quickstart`).\n"
-             "#   minigpt4 chat --cfg-path " + eval_yaml.string() + " --image IMAGE --prompt \"Describe this image in detail.\"\n"
+  const std::string model_yaml =
              "model:\n"
              "  arch: minigpt4\n"
              "  model_type: quickstart\n"
@@ -287,7 +337,11 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
              "        image_size: 64\n"
              "    text_processor:\n"
              "      train:\n"
-             "        name: \"blip_caption\"\n"
+             "        name: \"blip_caption\"\n";
+  write_file(eval_yaml,
+             "# The quickstart's trained tiny MiniGPT-4 (written by `minigpt4 quickstart`).\n"
+             "#   minigpt4 chat --cfg-path " + eval_yaml.string() + " --image IMAGE --prompt \"Describe this image in detail.\"\n" +
+             model_yaml +
              "\n"
              "run:\n"
              "  task: image_text_pretrain\n"
@@ -306,6 +360,9 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   log::info("held out: {} pictures; attributes right: {:.1f} % with the image, {:.1f} % blind ({:.0f} s)",
             heldout.seeing.items, 100 * heldout.seeing.accuracy(), 100 * heldout.blind.accuracy(), heldout.seconds);
 
+  // 7. The benchmark path on the same model: a captioning and a VQA set of held-out pictures.
+  const auto benchmarks = evaluate_benchmarks(world, model_yaml, out, opt);
+
   summary["accuracy"] = heldout.seeing.accuracy();
   summary["blind_accuracy"] = heldout.blind.accuracy();
   summary["n_heldout"] = heldout.seeing.items;
@@ -321,6 +378,8 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   summary["seconds"]["heldout"] = heldout.seconds;
   summary["checkpoints"] = {{"warmup", warm.result.last_checkpoint}, {"stage1", stage1.result.last_checkpoint},
                             {"stage2", stage2.result.last_checkpoint}};
+  summary["benchmarks"] = benchmarks.headline;
+  summary["seconds"]["benchmarks"] = benchmarks.seconds;
   summary["eval_config"] = eval_yaml.string();
   summary["answers"] = eval_options.answers_path;
   summary["wall_seconds"] = seconds_since(start);

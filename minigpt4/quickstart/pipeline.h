@@ -11,6 +11,8 @@
 //   model/stage1/   the vision tower stage 1 trained ("our EVA-CLIP/BLIP-2")
 //   stage2/         stage-2 finetuning from the stage-1 checkpoint (quickstart_stage2.yaml)
 //   heldout_answers.jsonl, quickstart_summary.json, minigpt4_quickstart_eval.yaml
+//   evaluate/{caption,vqa}/   `minigpt4 evaluate` on the world's captioning and VQA sets, with
+//                   quickstart_{caption,vqa}_eval.yaml and quickstart_eval_metrics.json
 #include <nlohmann/json.hpp>
 
 #include <cstdint>

@@ -74,7 +74,7 @@ TEST_CASE("synth: the same seed gives the same bytes, another seed other bytes",
   const auto fa = snapshot(dir.path() / "a"), fb = snapshot(dir.path() / "b"), fc = snapshot(dir.path() / "c");
   CHECK(a.stage1_shards == 2);
   CHECK(fa.size() == a.files_written);
-  CHECK(fa.size() == 2 * 2 + 20 + 1 + 20 + 1 + 2);  // tars + stats, align, heldout, corpus, world
+  CHECK(fa.size() == 2 * 2 + 20 + 1 + 20 + 1 + 3 + 2);  // tars + stats, align, heldout, eval sets, corpus, world
   CHECK(fa.count("stage1/00000.tar") == 1);
   CHECK(fa.count("stage1/00001_stats.json") == 1);
   CHECK(fa.count("cc_sbu_align/image/19.jpg") == 1);

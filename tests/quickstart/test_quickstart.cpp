@@ -86,6 +86,13 @@ TEST_CASE("the quickstart pipeline runs end to end and leaves a usable eval conf
   CHECK(fs::is_regular_file(out / "quickstart_summary.json"));
   CHECK(fs::is_regular_file(out / "heldout_answers.jsonl"));
   CHECK(fs::is_regular_file(out / "stage2" / "training_curves.png"));
+  // The benchmark path ran on the held-out captioning and VQA sets.
+  const auto metrics = test::read_json(out / "quickstart_eval_metrics.json");
+  CHECK(metrics["caption"]["images"] == 6);
+  CHECK(metrics["vqa"]["questions"] == 6);
+  CHECK(summary["benchmarks"]["caption_CIDEr"] == metrics["caption"]["CIDEr"]);
+  CHECK(fs::is_regular_file(out / "evaluate" / "vqa" / "results.json"));
+  CHECK(fs::is_regular_file(out / "quickstart_caption_eval.yaml"));
   for (const char* dir : {"init", "warm", "stage1"}) {
     CHECK(fs::is_regular_file(out / "model" / dir / "eva_vit.safetensors"));
     CHECK(fs::is_regular_file(out / "model" / dir / "llm" / "tokenizer.model"));
