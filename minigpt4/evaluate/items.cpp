@@ -4,6 +4,7 @@
 #include "minigpt4/eval/formats.h"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <filesystem>
 #include <map>

@@ -11,6 +11,9 @@
 #include "minigpt4/evaluate/progress.h"
 #include "minigpt4/io/file_util.h"
 
+#include <fmt/ranges.h>
+
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
