@@ -7,7 +7,7 @@
 #include "minigpt4/common/log.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/torch_checkpoint.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 #include "minigpt4/train/vpgtrans.h"
 
 #include <torch/torch.h>
@@ -59,9 +59,9 @@ void add_vpgtrans_convert_command(CLI::App& app) {
       auto more = train::read_captions(file);
       captions.insert(captions.end(), more.begin(), more.end());
     }
-    const auto source_tokenizer = LlamaTokenizer::from_pretrained(args->source_llm);
-    const auto target_tokenizer = LlamaTokenizer::from_pretrained(args->target_llm);
-    const auto pairs = train::token_pairs_from_captions(captions, source_tokenizer, target_tokenizer);
+    const auto source_tokenizer = load_tokenizer(args->source_llm);
+    const auto target_tokenizer = load_tokenizer(args->target_llm);
+    const auto pairs = train::token_pairs_from_captions(captions, *source_tokenizer, *target_tokenizer);
     log::info("{} captions: {} tokenise to equal lengths under both tokenizers ({} token pairs), {} do not",
               captions.size(), pairs.captions_used, pairs.source.size(), pairs.captions_skipped);
     const auto source = input_embeddings(args->source_llm), target = input_embeddings(args->target_llm);

@@ -50,7 +50,7 @@ std::string long_caption() {
   return text;
 }
 
-nlohmann::json bench_shape(const Shape& s, const minigpt4::LlamaTokenizer& tokenizer, int warmup, int repeats) {
+nlohmann::json bench_shape(const Shape& s, const minigpt4::Tokenizer& tokenizer, int warmup, int repeats) {
   torch::manual_seed(0);
   minigpt4::MiniGPT4Config config;
   config.vision = s.vit;

@@ -5,7 +5,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/processors/image_processor.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <torch/torch.h>
 
@@ -83,7 +83,7 @@ std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device dev
   const auto model_config = MiniGPT4Config::from_config(config);
   chat->model = load_minigpt4(model_config, device);
   chat->model->eval();
-  chat->tokenizer = std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_pretrained(model_config.llama_model));
+  chat->tokenizer = load_tokenizer(model_config.llama_model);
   chat->processor = std::make_shared<ImageEvalProcessor>(image_size_for(config, *chat->model));
   chat->template_name = template_for(config);
   chat->name = config.path().empty() ? "minigpt4" : std::filesystem::path(config.path()).stem().string();

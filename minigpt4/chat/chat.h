@@ -22,7 +22,7 @@ namespace minigpt4 {
 
 class Config;
 struct MiniGPT4;
-class LlamaTokenizer;
+class Tokenizer;
 class ImageEvalProcessor;
 
 // The knobs of one answer, with Chat.answer's defaults (do_sample with top_p 0.9 and HF's
@@ -58,7 +58,7 @@ struct ChatModel {
   static std::shared_ptr<ChatModel> load(const Config& eval_config, c10::Device device);
 
   std::shared_ptr<MiniGPT4> model;
-  std::shared_ptr<LlamaTokenizer> tokenizer;
+  std::shared_ptr<Tokenizer> tokenizer;
   std::shared_ptr<ImageEvalProcessor> processor;
   std::string template_name;  // a name conversation_template() accepts
   std::string name;                   // model id shown by the API (the eval config's file stem)

@@ -4,7 +4,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/processors/image_processor.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <torch/torch.h>
 

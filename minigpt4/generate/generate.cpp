@@ -4,7 +4,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/generate/decoding.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
@@ -297,7 +297,7 @@ std::string python_strip(const std::string& s) {
 
 }  // namespace
 
-std::string postprocess_answer(const std::vector<int64_t>& tokens, const LlamaTokenizer& tokenizer) {
+std::string postprocess_answer(const std::vector<int64_t>& tokens, const Tokenizer& tokenizer) {
   std::string text = tokenizer.decode(answer_tokens(tokens), /*skip_special_tokens=*/false);
   if (const auto stop = text.find("###"); stop != std::string::npos) text.resize(stop);
   const std::string role = "Assistant:";

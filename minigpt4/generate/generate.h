@@ -23,7 +23,7 @@ namespace minigpt4 {
 
 struct CausalLM;
 struct KVCache;
-class LlamaTokenizer;
+class Tokenizer;
 
 struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.28)
   int64_t max_new_tokens = 300;
@@ -96,6 +96,6 @@ std::vector<std::string> logits_pipeline(const GenerationConfig& config);
 std::vector<int64_t> answer_tokens(const std::vector<int64_t>& tokens);
 // Chat.answer's text: answer_tokens, decode (special tokens kept), split('###')[0],
 // split('Assistant:')[-1], Python's strip().
-std::string postprocess_answer(const std::vector<int64_t>& tokens, const LlamaTokenizer& tokenizer);
+std::string postprocess_answer(const std::vector<int64_t>& tokens, const Tokenizer& tokenizer);
 
 }  // namespace minigpt4

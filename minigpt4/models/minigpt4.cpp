@@ -4,7 +4,7 @@
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/models/memory.h"
 #include "minigpt4/models/minigpt4_lora.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include "minigpt4/common/log.h"
 
@@ -89,7 +89,7 @@ torch::Tensor MiniGPT4::encode_img(const torch::Tensor& images) const {
 }
 
 torch::Tensor MiniGPT4::prompt_wrap(const torch::Tensor& img_embeds, const std::string& prompt,
-                                    const LlamaTokenizer& tokenizer) const {
+                                    const Tokenizer& tokenizer) const {
   if (prompt.empty()) return img_embeds;
   const auto parts = split_on(prompt, kImagePlaceholder);
   if (parts.size() != 2) fail("training prompt must contain exactly one {}: '{}'", kImagePlaceholder, prompt);
@@ -101,7 +101,7 @@ torch::Tensor MiniGPT4::prompt_wrap(const torch::Tensor& img_embeds, const std::
 }
 
 TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector<std::string>& texts,
-                                  const std::string& prompt, const LlamaTokenizer& tokenizer) const {
+                                  const std::string& prompt, const Tokenizer& tokenizer) const {
   const int64_t B = static_cast<int64_t>(texts.size());
   if (images.defined() && images.size(0) != B) fail("training batch has {} images but {} texts", images.size(0), B);
   if (!images.defined() && !prompt.empty()) fail("a text-only batch cannot take an image prompt ('{}')", prompt);
@@ -144,7 +144,7 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
 }
 
 torch::Tensor MiniGPT4::context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
-                                          const LlamaTokenizer& tokenizer) const {
+                                          const Tokenizer& tokenizer) const {
   const auto segments = split_on(prompt, kImagePlaceholder);
   if (segments.size() != images.size() + 1)
     fail("the prompt has {} {} placeholders but {} images were given", segments.size() - 1, kImagePlaceholder, images.size());

@@ -14,7 +14,7 @@
 namespace minigpt4 {
 
 class Config;
-class LlamaTokenizer;
+class Tokenizer;
 
 struct MiniGPT4Config {
   EvaVitConfig vision;
@@ -71,18 +71,18 @@ struct MiniGPT4 : torch::nn::Module {
   // `prompt_wrap`: [embed(p_before), img_embeds, embed(p_after)] for a prompt holding one
   // `<ImageHere>`; an empty prompt returns img_embeds unchanged.
   torch::Tensor prompt_wrap(const torch::Tensor& img_embeds, const std::string& prompt,
-                            const LlamaTokenizer& tokenizer) const;
+                            const Tokenizer& tokenizer) const;
 
   // `MiniGPT4.forward`: loss of `text + end_sym` after [bos] + wrapped image; targets -100
   // on bos, prompt, image and padding (pad = eos) positions. Undefined `images` (with an
   // empty prompt) is a text-only batch: the loss of [bos] + text + end_sym.
   TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts,
-                          const std::string& prompt, const LlamaTokenizer& tokenizer) const;
+                          const std::string& prompt, const Tokenizer& tokenizer) const;
 
   // Embeds a prompt split at `<ImageHere>` with one image embedding [1, NQ, H] per gap;
   // only the first segment gets bos (Chat.get_context_emb).
   torch::Tensor context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
-                                  const LlamaTokenizer& tokenizer) const;
+                                  const Tokenizer& tokenizer) const;
 
   // Sets requires_grad per the freeze flags (only llama_proj trains by default). Everything
   // stays in eval mode: none of these modules has dropout active in MiniGPT-4's settings.

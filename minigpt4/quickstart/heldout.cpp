@@ -6,7 +6,7 @@
 #include "minigpt4/generate/generate.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/processors/image_processor.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <nlohmann/json.hpp>
 #include <torch/torch.h>
@@ -117,7 +117,7 @@ nlohmann::json AttributeTally::to_json() const {
           {"position", static_cast<double>(position) / n}};
 }
 
-HeldoutResult evaluate_heldout(const MiniGPT4& model, const LlamaTokenizer& tokenizer,
+HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer,
                                const std::vector<HeldoutItem>& items, const HeldoutOptions& options) {
   torch::NoGradGuard no_grad;
   const auto start = std::chrono::steady_clock::now();

@@ -15,7 +15,7 @@
 
 namespace minigpt4 {
 struct MiniGPT4;
-class LlamaTokenizer;
+class Tokenizer;
 }
 
 namespace minigpt4::quickstart {
@@ -58,7 +58,7 @@ struct HeldoutResult {
 };
 
 // Greedy answers with and without the image for every item.
-HeldoutResult evaluate_heldout(const MiniGPT4& model, const LlamaTokenizer& tokenizer,
+HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer,
                                const std::vector<HeldoutItem>& items, const HeldoutOptions& options);
 
 }  // namespace minigpt4::quickstart

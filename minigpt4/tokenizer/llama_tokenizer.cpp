@@ -278,36 +278,6 @@ std::vector<int64_t> LlamaTokenizer::encode(const std::string& text, bool add_sp
   return ids;
 }
 
-BatchEncoding LlamaTokenizer::encode_batch(const std::vector<std::string>& texts,
-                                           bool add_special_tokens, int max_length,
-                                           int64_t pad_id) const {
-  BatchEncoding out;
-  const size_t n_special = add_special_tokens ? size_t(add_bos_) + size_t(add_eos_) : 0;
-  size_t longest = 0;
-  for (const auto& text : texts) {
-    std::vector<int64_t> body = encode(text, false);
-    // HF truncates the text (right side) so that text + special tokens fit; when even that
-    // is impossible it only logs an error and leaves the text whole.
-    if (max_length > 0 && body.size() + n_special > size_t(max_length)) {
-      const size_t remove = body.size() + n_special - size_t(max_length);
-      if (body.size() > remove) body.resize(body.size() - remove);
-    }
-    std::vector<int64_t> ids;
-    if (add_special_tokens && add_bos_) ids.push_back(bos_id_);
-    ids.insert(ids.end(), body.begin(), body.end());
-    if (add_special_tokens && add_eos_) ids.push_back(eos_id_);
-    longest = std::max(longest, ids.size());
-    out.ids.push_back(std::move(ids));
-  }
-  for (auto& ids : out.ids) {
-    std::vector<int64_t> mask(ids.size(), 1);
-    mask.resize(longest, 0);
-    ids.resize(longest, pad_id);
-    out.attention_mask.push_back(std::move(mask));
-  }
-  return out;
-}
-
 std::string LlamaTokenizer::decode_run(const std::vector<std::string>& pieces) const {
   std::string text;
   if (pieces.empty()) return text;

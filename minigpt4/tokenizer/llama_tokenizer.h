@@ -10,6 +10,8 @@
 //  - decoding writes special tokens verbatim and runs the sentencepiece decoder on each run
 //    of ordinary pieces; a special token that follows such a run puts a space in front of
 //    the run (not of itself) unless the run opens the string.
+#include "minigpt4/tokenizer/tokenizer.h"
+
 #include <cstdint>
 #include <filesystem>
 #include <memory>
@@ -23,13 +25,7 @@ class SentencePieceProcessor;
 
 namespace minigpt4 {
 
-// What `tokenizer(texts, padding='longest', truncation=True, max_length=...)` returns.
-struct BatchEncoding {
-  std::vector<std::vector<int64_t>> ids;             // right-padded to the longest row
-  std::vector<std::vector<int64_t>> attention_mask;  // 1 = token, 0 = padding
-};
-
-class LlamaTokenizer {
+class LlamaTokenizer final : public Tokenizer {
  public:
   // A bare model file with Hugging Face's defaults: "<s>"/"</s>"/"<unk>", bos added, no eos.
   static LlamaTokenizer from_model_file(const std::filesystem::path& model_path);
@@ -39,26 +35,20 @@ class LlamaTokenizer {
 
   // Ids of `text`; with add_special_tokens, bos first (if add_bos_token) and eos last (if
   // add_eos_token).
-  std::vector<int64_t> encode(const std::string& text, bool add_special_tokens = true) const;
+  std::vector<int64_t> encode(const std::string& text, bool add_special_tokens = true) const override;
   // The pieces of `text` (HF `tokenize`): special tokens appear as their own strings.
-  std::vector<std::string> tokenize(const std::string& text) const;
+  std::vector<std::string> tokenize(const std::string& text) const override;
   // HF slow decode with clean_up_tokenization_spaces=False.
-  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const;
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const override;
 
-  // MiniGPT-4's training call: no padding beyond the longest row, truncation to
-  // max_length (<= 0: none) counting the special tokens, padding on the right.
-  BatchEncoding encode_batch(const std::vector<std::string>& texts, bool add_special_tokens,
-                             int max_length, int64_t pad_id) const;
-
-  std::string id_to_piece(int64_t id) const;
-  int64_t piece_to_id(const std::string& piece) const;
-  int64_t vocab_size() const;  // the sentencepiece vocabulary (HF `vocab_size`, no added tokens)
-  int64_t bos_id() const { return bos_id_; }
-  int64_t eos_id() const { return eos_id_; }
+  std::string id_to_piece(int64_t id) const override;
+  int64_t piece_to_id(const std::string& piece) const override;
+  int64_t vocab_size() const override;  // the sentencepiece vocabulary (no added tokens)
+  int64_t bos_id() const override { return bos_id_; }
+  int64_t eos_id() const override { return eos_id_; }
   int64_t unk_id() const { return unk_id_; }
-  int64_t pad_id() const { return eos_id_; }  // MiniGPT-4: pad_token = eos_token
-  bool add_bos_token() const { return add_bos_; }
-  bool add_eos_token() const { return add_eos_; }
+  bool add_bos_token() const override { return add_bos_; }
+  bool add_eos_token() const override { return add_eos_; }
 
   // A string the tokenizer never splits (a special or added token), and whether whitespace
   // next to it is swallowed: HF strips both sides of plain-string tokens and follows the

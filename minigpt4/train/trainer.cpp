@@ -8,7 +8,7 @@
 #include "minigpt4/dist/group.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/minigpt4_lora.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 #include "minigpt4/train/autocast.h"
 #include "minigpt4/train/checkpoint.h"
 #include "minigpt4/train/grad_scaler.h"
@@ -86,7 +86,8 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
   torch::manual_seed(static_cast<uint64_t>(seed));
   for (const auto& note : report.notes) log::info("{}", note);
   if (!report.initialised.empty()) log::info("initialised fresh: {}", summarize_names(report.initialised));
-  const auto tokenizer = LlamaTokenizer::from_pretrained(model_config.llama_model);
+  const auto tokenizer_ptr = load_tokenizer(model_config.llama_model);
+  const Tokenizer& tokenizer = *tokenizer_ptr;
   const auto prompts = load_prompts(model_config);
 
   auto optimizer = make_optimizer(*model, config);

@@ -2,7 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/checkpoint.h"
-#include "minigpt4/tokenizer/llama_tokenizer.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <torch/torch.h>
 
@@ -10,8 +10,8 @@
 
 namespace minigpt4::train {
 
-TokenPairs token_pairs_from_captions(const std::vector<std::string>& captions, const LlamaTokenizer& source,
-                                     const LlamaTokenizer& target) {
+TokenPairs token_pairs_from_captions(const std::vector<std::string>& captions, const Tokenizer& source,
+                                     const Tokenizer& target) {
   TokenPairs pairs;
   for (const auto& caption : captions) {
     const auto s = source.encode(caption, /*add_special_tokens=*/false);

@@ -16,7 +16,7 @@
 #include <vector>
 
 namespace minigpt4 {
-class LlamaTokenizer;
+class Tokenizer;
 }
 
 namespace minigpt4::train {
@@ -27,8 +27,8 @@ struct TokenPairs {
 };
 
 // Pairs from captions that tokenise (without special tokens) to equally many tokens.
-TokenPairs token_pairs_from_captions(const std::vector<std::string>& captions, const LlamaTokenizer& source,
-                                     const LlamaTokenizer& target);
+TokenPairs token_pairs_from_captions(const std::vector<std::string>& captions, const Tokenizer& source,
+                                     const Tokenizer& target);
 
 struct WordConverterOptions {
   double lr = 5.0;          // plain SGD, as the original

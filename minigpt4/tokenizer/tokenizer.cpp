@@ -1,0 +1,50 @@
+#include "minigpt4/tokenizer/tokenizer.h"
+
+#include "minigpt4/common/error.h"
+#include "minigpt4/tokenizer/llama_tokenizer.h"
+
+#include <algorithm>
+
+namespace minigpt4 {
+
+namespace fs = std::filesystem;
+
+BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts,
+                                           bool add_special_tokens, int max_length,
+                                           int64_t pad_id) const {
+  BatchEncoding out;
+  const size_t n_special = add_special_tokens ? size_t(add_bos_token()) + size_t(add_eos_token()) : 0;
+  size_t longest = 0;
+  for (const auto& text : texts) {
+    std::vector<int64_t> body = encode(text, false);
+    // HF truncates the text (right side) so that text + special tokens fit; when even that
+    // is impossible it only logs an error and leaves the text whole.
+    if (max_length > 0 && body.size() + n_special > size_t(max_length)) {
+      const size_t remove = body.size() + n_special - size_t(max_length);
+      if (body.size() > remove) body.resize(body.size() - remove);
+    }
+    std::vector<int64_t> ids;
+    if (add_special_tokens && add_bos_token()) ids.push_back(bos_id());
+    ids.insert(ids.end(), body.begin(), body.end());
+    if (add_special_tokens && add_eos_token()) ids.push_back(eos_id());
+    longest = std::max(longest, ids.size());
+    out.ids.push_back(std::move(ids));
+  }
+  for (auto& ids : out.ids) {
+    std::vector<int64_t> mask(ids.size(), 1);
+    mask.resize(longest, 0);
+    ids.resize(longest, pad_id);
+    out.attention_mask.push_back(std::move(mask));
+  }
+  return out;
+}
+
+std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& hf_dir) {
+  if (!fs::is_directory(hf_dir)) fail("tokenizer directory {} does not exist", hf_dir.string());
+  if (fs::is_regular_file(hf_dir / "tokenizer.model"))
+    return std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_pretrained(hf_dir));
+  fail("{} holds no tokenizer this build reads: expected tokenizer.model (sentencepiece, LLaMA)",
+       hf_dir.string());
+}
+
+}  // namespace minigpt4
