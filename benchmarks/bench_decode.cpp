@@ -1,14 +1,14 @@
 // Batch-1 greedy decoding on the CPU: time to first token and decode tokens per second of a
-// random LLaMA in fp32, bf16 and int8 (weight-only, minigpt4/models/quantize.h), next to
-// what the machine's memory bandwidth allows.
+// random LLaMA or Phi-2 in fp32, bf16 and int8 (weight-only, minigpt4/models/quantize.h), next
+// to what the machine's memory bandwidth allows.
 //
-//   bench_decode --shape tiny|quickstart|1b --dir DIR [--prompt 64] [--new-tokens N] [--repeats R]
+//   bench_decode --shape tiny|quickstart|1b|phi2|phi2-8l --dir DIR [--prompt 64] [--new-tokens N] [--repeats R]
 //                [--warmup W] [--precisions fp32,bf16,int8] [--threads N] [--json PATH] [--profile DIR]
 //
-// It builds a LlamaForCausalLM of the shape with random weights (torch::manual_seed(0),
-// N(0, 0.02), RMSNorm weights 1: bench::randomise), writes it to DIR as a Hugging Face
-// LLaMA directory (config.json + model.safetensors, float32) so that Python loads the same
-// weights (benchmarks/bench_decode_ref.py runs Hugging Face and llama.cpp on them), and
+// It builds a LlamaForCausalLM or PhiForCausalLM of the shape with random weights
+// (torch::manual_seed(0), N(0, 0.02), norm weights 1: bench::randomise), writes it to DIR as a
+// Hugging Face directory (config.json + model.safetensors, float32) so that Python loads the
+// same weights (benchmarks/bench_decode_ref.py runs Hugging Face and llama.cpp on them), and
 // then, per precision, loads DIR into a model of that precision and times
 // minigpt4::generate on a fixed prompt of token ids (embedded with llm.embed inside the timed
 // region), eos_token_id -1 so that every run produces exactly --new-tokens tokens:
@@ -28,6 +28,7 @@
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/safetensors.h"
 #include "minigpt4/models/init.h"
+#include "minigpt4/models/llm_family.h"
 #include "minigpt4/models/memory.h"
 #include "minigpt4/models/weights.h"
 
@@ -49,8 +50,10 @@
 #include <vector>
 
 namespace fs = std::filesystem;
+using minigpt4::CausalLM;
 using minigpt4::LlamaConfig;
-using minigpt4::LlamaForCausalLM;
+using minigpt4::LLMConfig;
+using minigpt4::PhiConfig;
 using minigpt4::WeightFormat;
 
 namespace {
@@ -72,10 +75,17 @@ double median(std::vector<double> v) {
 // vocabulary 1000); "quickstart": the quickstart's LLM (minigpt4/quickstart/pipeline.h: hidden
 // 128, 4 layers, 4 heads, FFN 344, vocabulary 512); "1b": TinyLlama-1.1B's shape
 // (bench_shapes' mid_shape().llama: hidden 2048, 22 layers, 32 heads, 4 KV heads, FFN 5632,
-// vocabulary 32000).
-LlamaConfig shape_config(const std::string& name) {
+// vocabulary 32000); "phi2": Phi-2's shape (hidden 2560, 32 layers, 32 heads, FFN 10240,
+// vocabulary 51200, partial rotary 0.4: 2.8B parameters, 11 GB in float32); "phi2-8l": the
+// same width with 8 of its 32 layers (a quarter of the decoder; the same GEMV shapes).
+LLMConfig shape_config(const std::string& name) {
   if (name == "1b") return bench::mid_shape().llama;
   if (name == "tiny") return bench::tiny_shape().llama;
+  if (name == "phi2" || name == "phi2-8l") {
+    PhiConfig c;  // the defaults are microsoft/phi-2's config.json
+    if (name == "phi2-8l") c.num_hidden_layers = 8;
+    return c;
+  }
   LlamaConfig c;
   c.vocab_size = 512;
   c.hidden_size = 128;
@@ -137,9 +147,49 @@ minigpt4::StateDict parameters_of(const torch::nn::Module& module) {
 
 // Bytes one decode step reads from the weights: every parameter and buffer but the
 // embedding table, of which it reads one row.
-int64_t weight_bytes_per_token(const LlamaForCausalLM& llm) {
-  const auto& e = llm.embed_tokens->weight;
-  return minigpt4::tensor_bytes(llm).total - e.numel() * e.element_size() + e.size(1) * e.element_size();
+int64_t weight_bytes_per_token(const CausalLM& llm) {
+  const auto e = llm.named_parameters().find("model.embed_tokens.weight");
+  if (!e) throw std::runtime_error("the model has no model.embed_tokens.weight");
+  return minigpt4::tensor_bytes(llm).total - e->numel() * e->element_size() + e->size(1) * e->element_size();
+}
+
+// A Hugging Face config.json for the shape, which transformers' Auto classes read.
+nlohmann::json config_json(const LLMConfig& config) {
+  if (const auto* llama = std::get_if<LlamaConfig>(&config)) return minigpt4::llama_config_json(*llama);
+  const auto& c = std::get<PhiConfig>(config);
+  return {{"architectures", {"PhiForCausalLM"}},
+          {"model_type", "phi"},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"intermediate_size", c.intermediate_size},
+          {"num_hidden_layers", c.num_hidden_layers},
+          {"num_attention_heads", c.num_attention_heads},
+          {"num_key_value_heads", c.num_key_value_heads},
+          {"partial_rotary_factor", c.partial_rotary_factor},
+          {"hidden_act", "gelu_new"},
+          {"layer_norm_eps", c.layer_norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"max_position_embeddings", c.max_position_embeddings},
+          {"qk_layernorm", false},
+          {"tie_word_embeddings", false},
+          {"resid_pdrop", 0.0},
+          {"embd_pdrop", 0.0},
+          {"attention_dropout", 0.0},
+          {"bos_token_id", c.bos_token_id},
+          {"eos_token_id", c.eos_token_id},
+          {"torch_dtype", "float32"}};
+}
+
+struct Sizes {
+  int64_t hidden, intermediate, layers, heads, kv_heads, vocab;
+};
+Sizes sizes_of(const LLMConfig& config) {
+  return std::visit(
+      [](const auto& c) {
+        return Sizes{c.hidden_size,         c.intermediate_size,   c.num_hidden_layers,
+                     c.num_attention_heads, c.num_key_value_heads, c.vocab_size};
+      },
+      config);
 }
 
 struct PrecisionSpec {
@@ -162,7 +212,7 @@ struct RunTimes {
   std::vector<int64_t> tokens;
 };
 
-RunTimes timed_generate(const LlamaForCausalLM& llm, const torch::Tensor& prompt_ids, int64_t new_tokens) {
+RunTimes timed_generate(const CausalLM& llm, const torch::Tensor& prompt_ids, int64_t new_tokens) {
   minigpt4::GenerationConfig gc;
   gc.max_new_tokens = new_tokens;
   gc.eos_token_id = -1;  // never stops early
@@ -181,18 +231,14 @@ RunTimes timed_generate(const LlamaForCausalLM& llm, const torch::Tensor& prompt
   return r;
 }
 
-// Every Linear of the model (q, k, v, o, gate, up, down per layer, then lm_head) on one
-// token, in the order a decode step runs them: the GEMV floor of a step.
-double gemv_ms(const LlamaForCausalLM& llm, torch::Dtype dtype, int repeats) {
+// Every Linear of the model (per layer: LLaMA's q, k, v, o, gate, up, down; Phi's q, k, v,
+// dense, fc1, fc2; then lm_head) on one token, in the order the modules were registered, which
+// is the order a decode step runs them: the GEMV floor of a step.
+double gemv_ms(const CausalLM& llm, torch::Dtype dtype, int repeats) {
   torch::NoGradGuard no_grad;
   std::vector<std::shared_ptr<minigpt4::Linear>> linears;
-  for (size_t i = 0; i < llm.layers->size(); ++i) {
-    const auto layer = llm.layers->ptr(i)->as<minigpt4::LlamaDecoderLayer>();
-    for (const auto& l : {layer->self_attn->q_proj, layer->self_attn->k_proj, layer->self_attn->v_proj,
-                          layer->self_attn->o_proj, layer->mlp->gate_proj, layer->mlp->up_proj, layer->mlp->down_proj})
-      linears.push_back(l);
-  }
-  linears.push_back(llm.lm_head);
+  for (const auto& module : llm.modules(/*include_self=*/false))
+    if (auto linear = std::dynamic_pointer_cast<minigpt4::Linear>(module)) linears.push_back(linear);
   std::vector<torch::Tensor> inputs;
   for (const auto& l : linears) inputs.push_back(torch::randn({1, 1, l->weight.size(1)}).to(dtype));
   std::vector<double> runs;
@@ -207,19 +253,19 @@ double gemv_ms(const LlamaForCausalLM& llm, torch::Dtype dtype, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Batch-1 greedy decoding (TTFT, decode tok/s) of a random LLaMA in fp32 / bf16 / int8 on the CPU"};
+  CLI::App app{"Batch-1 greedy decoding (TTFT, decode tok/s) of a random LLaMA or Phi-2 in fp32 / bf16 / int8 on the CPU"};
   std::string shape = "tiny", dir, json_path, precisions_arg = "fp32,bf16,int8";
   int64_t prompt_len = 64, new_tokens = 0;
   int repeats = 0, warmup = 1, threads = 0;
   double bandwidth_gib = 1.0;
   bool skip_save = false;
-  app.add_option("--shape", shape, "tiny (bench_shapes' tiny LLM), quickstart (the quickstart's LLM) or 1b "
-                                   "(TinyLlama-1.1B shape)")
-      ->check(CLI::IsMember({"tiny", "quickstart", "1b"}));
+  app.add_option("--shape", shape, "tiny (bench_shapes' tiny LLM), quickstart (the quickstart's LLM), 1b "
+                                   "(TinyLlama-1.1B shape), phi2 (Phi-2 shape) or phi2-8l (Phi-2 with 8 layers)")
+      ->check(CLI::IsMember({"tiny", "quickstart", "1b", "phi2", "phi2-8l"}));
   app.add_option("--dir", dir, "where the Hugging Face directory (config.json + model.safetensors) goes")->required();
   app.add_option("--prompt", prompt_len, "prompt length in tokens")->capture_default_str();
-  app.add_option("--new-tokens", new_tokens, "tokens generated per run (0: tiny/quickstart 128, 1b 32)");
-  app.add_option("--repeats", repeats, "timed generations per precision (0: tiny/quickstart 5, 1b 3)");
+  app.add_option("--new-tokens", new_tokens, "tokens generated per run (0: tiny/quickstart 128, 1b/phi2-8l 32, phi2 16)");
+  app.add_option("--repeats", repeats, "timed generations per precision (0: tiny/quickstart 5, 1b/phi2-8l 3, phi2 2)");
   app.add_option("--warmup", warmup, "untimed generations of min(8, new tokens) tokens first")->capture_default_str();
   app.add_option("--precisions", precisions_arg, "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32")
       ->capture_default_str();
@@ -232,8 +278,9 @@ int main(int argc, char** argv) {
   app.add_flag("--skip-save", skip_save, "reuse the weights already in --dir (written by an earlier run)");
   app.add_option("--json", json_path, "write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
-  if (new_tokens <= 0) new_tokens = shape == "1b" ? 32 : 128;
-  if (repeats <= 0) repeats = shape == "1b" ? 3 : 5;
+  const bool large = shape == "1b" || shape == "phi2-8l";
+  if (new_tokens <= 0) new_tokens = shape == "phi2" ? 16 : large ? 32 : 128;
+  if (repeats <= 0) repeats = shape == "phi2" ? 2 : large ? 3 : 5;
   if (threads > 0) at::set_num_threads(threads);
   torch::set_num_interop_threads(1);
 
@@ -245,9 +292,11 @@ int main(int argc, char** argv) {
         if (!p.empty()) precisions.push_back(parse_precision(p));
     }
     const auto config = shape_config(shape);
-    fmt::print("LibTorch {}, {} intra-op threads; shape {}: hidden {}, {} layers, {} heads ({} KV), FFN {}, vocab {}\n",
-               TORCH_VERSION, at::get_num_threads(), shape, config.hidden_size, config.num_hidden_layers,
-               config.num_attention_heads, config.num_key_value_heads, config.intermediate_size, config.vocab_size);
+    const auto sizes = sizes_of(config);
+    const auto family = std::holds_alternative<PhiConfig>(config) ? "phi" : "llama";
+    fmt::print("LibTorch {}, {} intra-op threads; shape {} ({}): hidden {}, {} layers, {} heads ({} KV), FFN {}, vocab {}\n",
+               TORCH_VERSION, at::get_num_threads(), shape, family, sizes.hidden, sizes.layers, sizes.heads,
+               sizes.kv_heads, sizes.intermediate, sizes.vocab);
     const int64_t bw_bytes = static_cast<int64_t>(bandwidth_gib * (1 << 30));
     auto report_bandwidth = [&](const char* when, const Bandwidth& b) {
       fmt::print("memory bandwidth {} ({} threads, {:.2f} GiB float32): sum {:.1f} GB/s, mv {:.1f} GB/s, copy {:.1f} GB/s\n",
@@ -265,24 +314,25 @@ int main(int argc, char** argv) {
       torch::NoGradGuard no_grad;
       torch::manual_seed(0);
       const auto start = Clock::now();
-      LlamaForCausalLM llm(config, torch::TensorOptions().dtype(torch::kFloat32));
-      bench::randomise(llm);
-      minigpt4::io::save_safetensors((fs::path(dir) / "model.safetensors").string(), parameters_of(llm),
+      const auto llm = minigpt4::make_causal_lm(config, torch::TensorOptions().dtype(torch::kFloat32));
+      bench::randomise(*llm);
+      minigpt4::io::save_safetensors((fs::path(dir) / "model.safetensors").string(), parameters_of(*llm),
                                      {{"format", "pt"}});
       std::ofstream out(fs::path(dir) / "config.json");
-      out << minigpt4::llama_config_json(config).dump(2) << "\n";
+      out << config_json(config).dump(2) << "\n";
       if (!out.flush()) throw std::runtime_error("cannot write config.json in " + dir);
       fmt::print("wrote {} ({:.1f} s)\n", dir, ms_since(start) / 1e3);
     }
 
     // A fixed prompt of ids (no special ids), the same for every side.
     std::vector<int64_t> prompt;
-    for (int64_t i = 0; i < prompt_len; ++i) prompt.push_back(3 + (i * 7919 + 13) % (config.vocab_size - 3));
+    for (int64_t i = 0; i < prompt_len; ++i) prompt.push_back(3 + (i * 7919 + 13) % (sizes.vocab - 3));
     const auto prompt_ids = torch::tensor(prompt, torch::kLong).view({1, prompt_len});
 
     nlohmann::ordered_json json;
     json["shape"] = shape;
-    json["config"] = minigpt4::llama_config_json(config);
+    json["family"] = family;
+    json["config"] = config_json(config);
     json["threads"] = at::get_num_threads();
     json["torch"] = TORCH_VERSION;
     json["weights_dir"] = dir;
@@ -298,14 +348,15 @@ int main(int argc, char** argv) {
       // input width that is not a multiple of 16 (wrong sums, or a crash): FFN 344 (the
       // quickstart LLM's down_proj) is one. minigpt4/models/quantize.cpp does not check it yet.
       if (p.format == WeightFormat::Int8 && p.dtype != torch::kFloat32 &&
-          (config.hidden_size % 16 != 0 || config.intermediate_size % 16 != 0)) {
+          (sizes.hidden % 16 != 0 || sizes.intermediate % 16 != 0)) {
         fmt::print("\n[{}] skipped: an input width ({} or {}) is not a multiple of 16, which ATen's "
                    "_weight_int8pack_mm needs (see the comment in bench_decode.cpp)\n",
-                   p.name, config.hidden_size, config.intermediate_size);
+                   p.name, sizes.hidden, sizes.intermediate);
         results[p.name] = {{"skipped", "input width not a multiple of 16 (_weight_int8pack_mm)"}};
         continue;
       }
-      LlamaForCausalLM llm(config, torch::TensorOptions().dtype(p.dtype), p.format);
+      const auto llm_ptr = minigpt4::make_causal_lm(config, torch::TensorOptions().dtype(p.dtype), p.format);
+      CausalLM& llm = *llm_ptr;
       llm.eval();
       {
         const auto state = minigpt4::io::load_state_dict(dir);

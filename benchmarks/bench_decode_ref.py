@@ -1,16 +1,18 @@
 #!/usr/bin/env python3
 r"""Batch-1 greedy decoding on the CPU: minigpt4-cpp next to Hugging Face and llama.cpp.
 
-For each model shape it runs the C++ binary `bench_decode`, which writes a random LLaMA as a
-Hugging Face directory (config.json + model.safetensors) and times minigpt4::generate in fp32,
+For each model shape it runs the C++ binary `bench_decode`, which writes a random LLaMA (or,
+for the phi2 shapes, a random Phi-2) as a Hugging Face directory (config.json + model.safetensors) and times minigpt4::generate in fp32,
 bf16 and int8; then, in the same run, on the SAME weights:
-  - Hugging Face transformers: LlamaForCausalLM.from_pretrained(dir, dtype=fp32 / bf16) and
+  - Hugging Face transformers: AutoModelForCausalLM.from_pretrained(dir, dtype=fp32 / bf16)
+    (LlamaForCausalLM or PhiForCausalLM by config.json) and
     generate(do_sample=False), and for int8 the fp32 model with its decoder projections
     converted by torch.ao.quantization.quantize_dynamic (qint8, per channel: PyTorch's own
     CPU int8 path; transformers has no CPU 8-bit loader);
   - llama.cpp (llama-cpp-python, built from source by pip): GGUF files written here from the
     same safetensors with the `gguf` package, f32 / f16 / q8_0, driven token by token through
-    the low-level llama_decode API with greedy argmax.
+    the low-level llama_decode API with greedy argmax. LLaMA shapes only: the GGUF writer here
+    knows LLaMA's tensor layout, so the phi2 shapes compare with Hugging Face alone.
 Before timing llama.cpp the f32 GGUF's logits are compared with Hugging Face fp32's on the
 prompt (top-1 equal, max |diff|), which proves the layout (Q/K row permutation for llama.cpp's
 rotary convention, metadata) is right. Time to first token (TTFT: prompt prefill + the first
@@ -19,7 +21,7 @@ measured the same way on every side, with the same prompt ids, token count and t
 roofline is the memory bandwidth bench_decode measured over the weight bytes one token reads.
 
     .venv/bin/python benchmarks/bench_decode_ref.py --cpp-bin build/benchmarks/bench_decode \
-        --threads 2 [--shape tiny|quickstart|1b|all] [--prompt 64] [--new-tokens N] [--repeats R] \
+        --threads 2 [--shape tiny|quickstart|1b|phi2-8l|phi2|all] [--prompt 64] [--new-tokens N] [--repeats R] \
         [--workdir DIR] [--keep] [--json PATH]
 
 Each backend runs in its own child process (this script with --worker), so that the Python
@@ -45,7 +47,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 ROWS = ("fp32", "bf16", "int8")  # C++ / HF precisions; llama.cpp: f32, f16, q8_0
 LLAMACPP_TYPE = {"fp32": "f32", "bf16": "f16", "int8": "q8_0"}
 DEFAULTS = {"tiny": {"new_tokens": 128, "repeats": 5}, "quickstart": {"new_tokens": 128, "repeats": 5},
-            "1b": {"new_tokens": 32, "repeats": 3}}
+            "1b": {"new_tokens": 32, "repeats": 3}, "phi2-8l": {"new_tokens": 32, "repeats": 3},
+            "phi2": {"new_tokens": 16, "repeats": 2}}
+LLAMACPP_SHAPES = {"tiny", "quickstart", "1b"}  # write_gguf knows LLaMA's layout only
+DISK_GB = {"1b": 13, "phi2-8l": 4, "phi2": 12}  # safetensors (+ GGUF files for LLaMA)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -216,7 +221,7 @@ def gguf_bytes_per_token(path: Path) -> int:
 def worker_hf(task: dict) -> dict:
     import torch
     import transformers
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
     from transformers.generation.streamers import BaseStreamer
 
     torch.set_num_threads(task["threads"])
@@ -251,7 +256,7 @@ def worker_hf(task: dict) -> dict:
     for row in task["rows"]:
         with torch.no_grad():
             dtype = torch.bfloat16 if row == "bf16" else torch.float32
-            model = LlamaForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
+            model = AutoModelForCausalLM.from_pretrained(hf_dir, dtype=dtype).eval()
             model.generation_config.eos_token_id = None  # always max_new_tokens, as on the other sides
             if row == "fp32":
                 logits = model(ids).logits[0, -1].float()
@@ -386,12 +391,14 @@ def main() -> int:
     parser.add_argument("--worker", choices=["hf", "llamacpp"], help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
-    parser.add_argument("--shape", choices=["tiny", "quickstart", "1b", "all"], default="all",
+    parser.add_argument("--shape", choices=["tiny", "quickstart", "1b", "phi2-8l", "phi2", "all"], default="all",
                         help="all: tiny and 1b")
     parser.add_argument("--threads", type=int, default=2, help="threads on every side (default 2)")
     parser.add_argument("--prompt", type=int, default=64, help="prompt length in tokens")
-    parser.add_argument("--new-tokens", type=int, default=0, help="generated tokens per run (0: tiny/quickstart 128, 1b 32)")
-    parser.add_argument("--repeats", type=int, default=0, help="timed runs per precision (0: tiny/quickstart 5, 1b 3)")
+    parser.add_argument("--new-tokens", type=int, default=0,
+                        help="generated tokens per run (0: tiny/quickstart 128, 1b/phi2-8l 32, phi2 16)")
+    parser.add_argument("--repeats", type=int, default=0,
+                        help="timed runs per precision (0: tiny/quickstart 5, 1b/phi2-8l 3, phi2 2)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed short runs (8 tokens) per precision")
     parser.add_argument("--rounds", type=int, default=1,
                         help="run C++, HF and llama.cpp in turn this many times per shape and pool the runs")
@@ -421,10 +428,11 @@ def main() -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     free_gb = shutil.disk_usage(workdir).free / 1e9
     print(f"work directory {workdir} ({free_gb:.1f} GB free); threads {args.threads} on every side", flush=True)
-    if "1b" in shapes and free_gb < 13:
-        print("error: the 1b shape needs about 13 GB (safetensors 4.4, GGUF f32 4.4 + f16 2.2 + q8_0 1.2)",
-              file=sys.stderr)
-        return 1
+    for shape in shapes:
+        if free_gb < DISK_GB.get(shape, 0):
+            print(f"error: the {shape} shape needs about {DISK_GB[shape]} GB of disk (1b: safetensors 4.4, GGUF f32 "
+                  f"4.4 + f16 2.2 + q8_0 1.2; phi2: safetensors 11.1; phi2-8l: 3.4)", file=sys.stderr)
+            return 1
 
     report = {"threads": args.threads, "load_before": os.getloadavg(), "cpus": os.cpu_count(), "shapes": {}}
     try:
@@ -433,6 +441,9 @@ def main() -> int:
             repeats = args.repeats or DEFAULTS[shape]["repeats"]
             tmp = workdir / shape
             tmp.mkdir(exist_ok=True)
+            shape_skip = skip | (set() if shape in LLAMACPP_SHAPES else {"llamacpp"})
+            if shape not in LLAMACPP_SHAPES and "llamacpp" not in skip:
+                print(f"{shape}: llama.cpp left out (this script writes GGUF for LLaMA's layout only)", flush=True)
             hf_dir = tmp / "hf"
             entry = {"new_tokens": new_tokens, "repeats": repeats, "rounds": args.rounds, "prompt": args.prompt}
             files = {}
@@ -472,7 +483,7 @@ def main() -> int:
                     entry["transformers"] = hf.pop("transformers")
                     entry["torch"] = hf.pop("torch")
                     pool(entry.setdefault("hf", {}), hf)
-                if "llamacpp" not in skip:
+                if "llamacpp" not in shape_skip:
                     if not files:
                         for row in ROWS:
                             kind = LLAMACPP_TYPE[row]

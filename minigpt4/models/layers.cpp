@@ -1,6 +1,7 @@
 #include "minigpt4/models/layers.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/cpu_gemv.h"
 #include "minigpt4/models/lora.h"
 #include "minigpt4/models/quantize.h"
 
@@ -21,7 +22,17 @@ Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, const t
 }
 
 torch::Tensor Linear::forward(const torch::Tensor& x) const {
-  auto y = is_int8() ? int8_linear(x, weight, weight_scale, bias) : torch::linear(x, weight, bias);
+  torch::Tensor y;
+  if (is_int8()) {
+    y = int8_linear(x, weight, weight_scale, bias);
+  } else {
+    // A decode step's few rows in bf16 on the CPU: our GEMV (cpu_gemv.h), which has no
+    // backward, so only where autograd will not need one.
+    const bool needs_grad = torch::GradMode::is_enabled() &&
+                            (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+    if (!needs_grad && x.scalar_type() == torch::kBFloat16) y = cpu_gemv::linear_bf16(x, weight, bias);
+    if (!y.defined()) y = torch::linear(x, weight, bias);
+  }
   return lora.empty() ? y : add_adapters(x, std::move(y));
 }
 

@@ -1,6 +1,7 @@
 #include "minigpt4/models/quantize.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/cpu_gemv.h"
 
 #include <ATen/ATen.h>
 #include <torch/csrc/autograd/grad_mode.h>
@@ -118,7 +119,9 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::
   out_shape.back() = values.size(0);
   at::Tensor y;
   if (x.is_cpu()) {
-    y = cpu_int8_mm(x.reshape({-1, K}), values, scales).view(out_shape);
+    // A decode step's few rows: our GEMV reads the int8 weights once (cpu_gemv.h); no backward.
+    if (!(at::GradMode::is_enabled() && x.requires_grad())) y = cpu_gemv::linear_int8(x, values, scales);
+    if (!y.defined()) y = cpu_int8_mm(x.reshape({-1, K}), values, scales).view(out_shape);
   } else {
     // CUDA (and anything else): dequantise to the activations' dtype, then the ordinary
     // GEMM. The transient dense weight is one layer's. ATen's CUDA _weight_int8pack_mm

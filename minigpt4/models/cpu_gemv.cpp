@@ -1,0 +1,185 @@
+#include "minigpt4/models/cpu_gemv.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MINIGPT4_GEMV_X86 1
+#include <immintrin.h>
+#endif
+
+namespace minigpt4::cpu_gemv {
+
+namespace {
+
+// Output rows per parallel task: enough weight bytes (~256 KiB) that scheduling is noise.
+int64_t grain_rows(int64_t K, int64_t element_bytes) {
+  return std::max<int64_t>(16, (int64_t{256} << 10) / std::max<int64_t>(1, K * element_bytes));
+}
+
+bool enabled_by_environment() {
+  static const bool enabled = [] {
+    const char* v = std::getenv("MINIGPT4_CPU_GEMV");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }();
+  return enabled;
+}
+
+#ifdef MINIGPT4_GEMV_X86
+
+// Every kernel below is compiled for AVX-512 through the target attribute only, so the rest
+// of this file (and of the program) runs on any x86-64; callers check the CPU first.
+#define MINIGPT4_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
+#define MINIGPT4_AVX512_BF16 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16")))
+
+// Rows [n0, n1) of y32[M, N] = x[M, K] . w[N, K]^T (+ bias32), bf16 inputs as raw bits.
+// Two accumulators per x row over 64 weights at a time keep two dot-product chains in
+// flight; the tail is a masked load (zeros add nothing).
+MINIGPT4_AVX512_BF16 void bf16_rows(const uint16_t* x, int64_t M, int64_t K, const uint16_t* w,
+                                    const float* bias32, float* y32, int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint16_t* wr = w + n * K;
+    __m512 acc0[kMaxRows], acc1[kMaxRows];
+    for (int64_t m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      const __m512bh w0 = (__m512bh)_mm512_loadu_si512(wr + k);
+      const __m512bh w1 = (__m512bh)_mm512_loadu_si512(wr + k + 32);
+      for (int64_t m = 0; m < M; ++m) {
+        acc0[m] = _mm512_dpbf16_ps(acc0[m], (__m512bh)_mm512_loadu_si512(x + m * K + k), w0);
+        acc1[m] = _mm512_dpbf16_ps(acc1[m], (__m512bh)_mm512_loadu_si512(x + m * K + k + 32), w1);
+      }
+    }
+    for (; k < K; k += 32) {
+      const int64_t left = std::min<int64_t>(32, K - k);
+      const __mmask32 mask = left == 32 ? ~__mmask32{0} : (__mmask32{1} << left) - 1;
+      const __m512bh wv = (__m512bh)_mm512_maskz_loadu_epi16(mask, wr + k);
+      for (int64_t m = 0; m < M; ++m)
+        acc0[m] = _mm512_dpbf16_ps(acc0[m], (__m512bh)_mm512_maskz_loadu_epi16(mask, x + m * K + k), wv);
+    }
+    const float b = bias32 ? bias32[n] : 0.0f;
+    for (int64_t m = 0; m < M; ++m) y32[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) + b;
+  }
+}
+
+// Rows [n0, n1) of y32[M, N] = (x32[M, K] . float(q[N, K])^T) * scales[N]: 16 int8 weights
+// widened to float32 per step, two chains in flight.
+MINIGPT4_AVX512 void int8_rows(const float* x, int64_t M, int64_t K, const int8_t* q, const float* scales,
+                               float* y32, int64_t N, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const int8_t* qr = q + n * K;
+    __m512 acc0[kMaxRows], acc1[kMaxRows];
+    for (int64_t m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m512 w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(qr + k))));
+      const __m512 w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(qr + k + 16))));
+      for (int64_t m = 0; m < M; ++m) {
+        acc0[m] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * K + k), w0, acc0[m]);
+        acc1[m] = _mm512_fmadd_ps(_mm512_loadu_ps(x + m * K + k + 16), w1, acc1[m]);
+      }
+    }
+    for (; k < K; k += 16) {
+      const int64_t left = std::min<int64_t>(16, K - k);
+      const __mmask16 mask = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, qr + k)));
+      for (int64_t m = 0; m < M; ++m) acc0[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + m * K + k), wv, acc0[m]);
+    }
+    for (int64_t m = 0; m < M; ++m)
+      y32[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) * scales[n];
+  }
+}
+
+bool cpu_has(bool bf16) {
+  __builtin_cpu_init();
+  const bool base = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                    __builtin_cpu_supports("avx512vl");
+  return base && (!bf16 || __builtin_cpu_supports("avx512bf16"));
+}
+
+#endif  // MINIGPT4_GEMV_X86
+
+// The rows of x, or 0 when x is not a small CPU batch this file handles.
+int64_t small_rows(const at::Tensor& x, const at::Tensor& weight) {
+  if (!x.is_cpu() || !weight.is_cpu() || weight.dim() != 2 || !weight.is_contiguous() || x.dim() < 1) return 0;
+  const int64_t K = weight.size(1);
+  if (K == 0 || x.size(-1) != K) return 0;
+  const int64_t M = x.numel() / K;
+  return M >= 1 && M <= kMaxRows ? M : 0;
+}
+
+at::Tensor output_like(const at::Tensor& x, int64_t N, const at::Tensor& y32) {
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y32.to(x.scalar_type()).view(shape);
+}
+
+}  // namespace
+
+bool bf16_available() {
+#ifdef MINIGPT4_GEMV_X86
+  static const bool available = cpu_has(/*bf16=*/true);
+  return available && enabled_by_environment();
+#else
+  return false;
+#endif
+}
+
+bool int8_available() {
+#ifdef MINIGPT4_GEMV_X86
+  static const bool available = cpu_has(/*bf16=*/false);
+  return available && enabled_by_environment();
+#else
+  return false;
+#endif
+}
+
+at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+#ifdef MINIGPT4_GEMV_X86
+  if (x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return {};
+  const int64_t M = small_rows(x, weight);
+  if (M == 0 || !bf16_available()) return {};
+  const int64_t N = weight.size(0), K = weight.size(1);
+  if (bias.defined() && (bias.numel() != N || !bias.is_cpu())) return {};
+  const auto x2 = x.reshape({M, K}).contiguous();
+  const auto bias32 = bias.defined() ? bias.to(at::kFloat).contiguous() : at::Tensor();
+  auto y32 = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const auto* xp = reinterpret_cast<const uint16_t*>(x2.data_ptr<at::BFloat16>());
+  const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+  const float* bp = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
+  float* yp = y32.data_ptr<float>();
+  at::parallel_for(0, N, grain_rows(K, 2),
+                   [&](int64_t n0, int64_t n1) { bf16_rows(xp, M, K, wp, bp, yp, N, n0, n1); });
+  return output_like(x, N, y32);
+#else
+  return {};
+#endif
+}
+
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
+#ifdef MINIGPT4_GEMV_X86
+  if (values.scalar_type() != at::kChar || scales.scalar_type() != at::kFloat || !scales.is_contiguous()) return {};
+  if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kFloat) return {};
+  const int64_t M = small_rows(x, values);
+  if (M == 0 || !int8_available()) return {};
+  const int64_t N = values.size(0), K = values.size(1);
+  if (scales.numel() != N || !scales.is_cpu()) return {};
+  const auto x32 = x.reshape({M, K}).to(at::kFloat).contiguous();
+  auto y32 = at::empty({M, N}, x.options().dtype(at::kFloat));
+  const float* xp = x32.data_ptr<float>();
+  const int8_t* qp = values.data_ptr<int8_t>();
+  const float* sp = scales.data_ptr<float>();
+  float* yp = y32.data_ptr<float>();
+  at::parallel_for(0, N, grain_rows(K, 1),
+                   [&](int64_t n0, int64_t n1) { int8_rows(xp, M, K, qp, sp, yp, N, n0, n1); });
+  return output_like(x, N, y32);
+#else
+  return {};
+#endif
+}
+
+}  // namespace minigpt4::cpu_gemv

@@ -1,0 +1,35 @@
+#pragma once
+// Matrix-vector products for decoding on the CPU: y[M, N] = x[M, K] W[N, K]^T for a few rows
+// M (one per sequence of a decode step), reading every weight once, with float32 sums.
+//
+// Why our own: a decode step is one pass over the weights, so its speed is the memory
+// bandwidth at which the product reads them. ATen's fp32 GEMV gets close to it, but its bf16
+// linear reads bf16 weights at about half fp32's rate in bytes (so bf16 decodes no faster
+// than fp32 although it reads half as much), and its fused int8 kernel takes K in multiples
+// of 16 only and has no float32 path. These kernels use AVX-512 (BF16's dot product for
+// bf16; int8 widened to float32 in registers and scaled per output channel), chosen at run
+// time from what the CPU offers; every other case returns an undefined tensor and the
+// caller takes ATen's path. No autograd: inference only.
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+
+namespace minigpt4::cpu_gemv {
+
+// Rows of x handled here; more rows are a GEMM, ATen's job.
+inline constexpr int64_t kMaxRows = 4;
+
+// Whether this CPU runs the kernels (x86-64 with AVX-512 F/BW/VL; bf16 also needs AVX512-BF16).
+bool bf16_available();
+bool int8_available();
+
+// x [..., K] bf16 on the CPU, weight [N, K] bf16, bias [N] bf16 or undefined -> [..., N] bf16.
+// Undefined when not handled (more than kMaxRows rows, other dtypes or devices, a CPU
+// without the instructions, or MINIGPT4_CPU_GEMV=0 in the environment).
+at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
+
+// x [..., K] bf16 or float32 on the CPU, values [N, K] int8, scales [N] float32 ->
+// (x W^T) * scales, [..., N] in x's dtype, without bias. Undefined when not handled.
+at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+
+}  // namespace minigpt4::cpu_gemv
