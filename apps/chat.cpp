@@ -1,23 +1,29 @@
-// `minigpt4 chat --cfg-path EVAL.yaml [--gpu-id N] [--image PATH] [--prompt TEXT]`:
+// `minigpt4 chat --cfg-path EVAL.yaml [--gpu-id N] [--image PATH] [--prompt TEXT] [--lora NAME]`:
 // demo.py in a terminal. With --prompt it answers once and exits; without, it reads
-// questions from stdin (`/image PATH` gives a picture mid-chat, `/reset` starts over).
+// questions from stdin (`/image PATH` gives a picture mid-chat, `/reset` starts over,
+// `/lora NAME` switches the LoRA task adapter, as ConLoRA's demo chooses one before the image
+// is encoded: the conversation restarts and the current image is encoded again).
 #include "apps/commands.h"
 #include "minigpt4/chat/chat.h"
+#include "minigpt4/chat/grounding.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/server/image_input.h"
 
 #include <cstdio>
+#include <fstream>
 #include <iostream>
 #include <random>
+#include <sstream>
 
 namespace minigpt4::apps {
 
 namespace {
 
 struct ChatArgs {
-  std::string cfg_path, image, prompt;
+  std::string cfg_path, image, prompt, lora;
   std::vector<std::string> options;
   int gpu_id = 0;
   AnswerOptions answer;
@@ -31,8 +37,39 @@ std::string trim(const std::string& s) {
   return s.substr(begin, s.find_last_not_of(" \t\r\n") - begin + 1);
 }
 
+// The image the conversation is about: its path and pixel size (for the boxes of an answer).
+struct CurrentImage {
+  std::string path;
+  int64_t width = 0, height = 0;
+};
+
+CurrentImage image_for(const std::string& path) {
+  CurrentImage image{path};
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  if (const auto info = server::image_header_info(bytes.str())) image.width = info->width, image.height = info->height;
+  return image;
+}
+
+// Boxes in the answer (ConLoRA's detection adapter answers with one), in the image's pixels.
+void print_boxes(const std::string& answer, const CurrentImage& image) {
+  for (const auto& box : find_boxes(answer, image.width, image.height)) {
+    const auto bins = fmt::format("bins {} {} {} {} on the {} grid{}", box.bins[0], box.bins[1], box.bins[2], box.bins[3],
+                                  box.grid, box.clamped ? ", clamped" : "");
+    const auto label = box.label.empty() ? "" : " '" + box.label + "'";
+    if (box.has_pixels)
+      std::fprintf(stderr, "(box%s: x %lld-%lld, y %lld-%lld px of the %lldx%lld image; %s)\n", label.c_str(),
+                   static_cast<long long>(box.x0), static_cast<long long>(box.x1), static_cast<long long>(box.y0),
+                   static_cast<long long>(box.y1), static_cast<long long>(image.width),
+                   static_cast<long long>(image.height), bins.c_str());
+    else
+      std::fprintf(stderr, "(box%s: %s; no image to place it on)\n", label.c_str(), bins.c_str());
+  }
+}
+
 // Streams one answer to stdout and prints its speed to stderr.
-void answer_to_terminal(ChatSession& session, const AnswerOptions& options) {
+void answer_to_terminal(ChatSession& session, const AnswerOptions& options, const CurrentImage& image) {
   const auto reply = session.answer(options, [](const std::string& piece) {
     std::fwrite(piece.data(), 1, piece.size(), stdout);
     std::fflush(stdout);
@@ -42,19 +79,46 @@ void answer_to_terminal(ChatSession& session, const AnswerOptions& options) {
   const double tps = reply.decode_seconds > 0 ? static_cast<double>(reply.tokens.size()) / (reply.decode_seconds + reply.prefill_seconds) : 0;
   log::debug("{} prompt positions ({} from the cache), {} tokens, first token {:.2f} s, {:.1f} tokens/s, {}",
              reply.prompt_tokens, reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds, tps, reply.finish_reason);
+  print_boxes(reply.text, image);
 }
 
-void interactive(ChatSession& session, const ChatModel& model, AnswerOptions options) {
-  std::fprintf(stderr, "Chat with %s. /image PATH gives a picture, /reset starts over, /quit (or Ctrl-D) ends.\n",
-               model.name.c_str());
+// `/lora` lists the adapters; `/lora NAME` switches, restarts the conversation and encodes
+// the current image again under the new adapter.
+void switch_adapter(ChatSession& session, const ChatModel& model, const std::string& name, const CurrentImage& image) {
+  if (name.empty()) {
+    std::fprintf(stderr, "LoRA adapters: %s (in use: %s)\n", fmt::format("{}", fmt::join(model.adapter_choices(), ", ")).c_str(),
+                 model.active_adapter().c_str());
+    return;
+  }
+  try {
+    model.use_adapter(name);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "%s\n", e.what());
+    return;
+  }
+  session.reset();
+  if (!image.path.empty()) session.upload_image(model.encode_image_file(image.path));
+  std::fprintf(stderr, "(adapter %s; conversation cleared%s)\n", name.c_str(),
+               image.path.empty() ? "" : ", the image encoded again");
+}
+
+void interactive(ChatSession& session, const ChatModel& model, AnswerOptions options, CurrentImage image) {
+  const bool adapters = model.adapter_choices().size() > 1;
+  std::fprintf(stderr, "Chat with %s. /image PATH gives a picture, /reset starts over,%s /quit (or Ctrl-D) ends.\n",
+               model.name.c_str(), adapters ? " /lora NAME switches the task adapter (/lora lists them)," : "");
   for (std::string line;;) {
     std::fprintf(stderr, "> ");
     if (!std::getline(std::cin, line)) break;
     line = trim(line);
     if (line.empty()) continue;
     if (line == "/quit" || line == "/exit") break;
+    if (line == "/lora" || line.rfind("/lora ", 0) == 0) {
+      switch_adapter(session, model, trim(line.substr(5)), image);
+      continue;
+    }
     if (line == "/reset") {
       session.reset();
+      image = {};
       std::fprintf(stderr, "(conversation cleared)\n");
       continue;
     }
@@ -62,6 +126,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
       const auto path = trim(line.substr(6));
       try {
         session.upload_image(model.encode_image_file(path));
+        image = image_for(path);
         std::fprintf(stderr, "(image received: %s)\n", path.c_str());
       } catch (const Error& e) {
         std::fprintf(stderr, "cannot use that image: %s\n", e.what());
@@ -69,7 +134,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
       continue;
     }
     session.ask(line);
-    answer_to_terminal(session, options);
+    answer_to_terminal(session, options, image);
     ++options.seed;  // a fresh draw each round
   }
 }
@@ -84,6 +149,10 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index (run.device: cuda)")->capture_default_str();
   cmd->add_option("--image", args->image, "picture to talk about (JPEG, PNG, ...)")->check(CLI::ExistingFile);
   cmd->add_option("--prompt", args->prompt, "ask this, print the answer and exit (else: interactive)");
+  cmd->add_option("--lora", args->lora,
+                  "LoRA task adapter to use (a name of model.lora_path, or original: none), chosen before the image "
+                  "is encoded; default: model.lora_active. Interactive: /lora NAME switches (the conversation "
+                  "restarts, the image is encoded again), /lora lists them");
   auto& a = args->answer;
   cmd->add_option("--max-new-tokens", a.max_new_tokens, "answer length limit")->capture_default_str();
   cmd->add_option("--num-beams", a.num_beams, "beam width (1-10)")->capture_default_str();
@@ -100,17 +169,24 @@ void add_chat_command(CLI::App& app) {
     const auto device = select_device(config.get_string("run.device", "cuda"), args->gpu_id);
     log::info("device: {}", describe_device(device));
     const auto model = ChatModel::load(config, device);
+    if (!args->lora.empty()) model->use_adapter(args->lora);  // before the image is encoded
+    if (model->adapter_choices().size() > 1)
+      log::info("LoRA adapter: {} (of {})", model->active_adapter(), fmt::join(model->adapter_choices(), ", "));
     AnswerOptions options = args->answer;
     if (args->random_seed) options.seed = std::random_device{}();
     options.reuse_cache = !args->no_cache;
     ChatSession session(model);
-    if (!args->image.empty()) session.upload_image(model->encode_image_file(args->image));
+    CurrentImage image;
+    if (!args->image.empty()) {
+      session.upload_image(model->encode_image_file(args->image));
+      image = image_for(args->image);
+    }
     if (!args->prompt.empty()) {
       session.ask(args->prompt);
-      answer_to_terminal(session, options);
+      answer_to_terminal(session, options, image);
       return;
     }
-    interactive(session, *model, options);
+    interactive(session, *model, options, image);
   });
 }
 

@@ -1,4 +1,4 @@
-// `minigpt4 serve --cfg-path EVAL.yaml [--gpu-id N] [--host 127.0.0.1] [--port 7860]`:
+// `minigpt4 serve --cfg-path EVAL.yaml [--gpu-id N] [--host 127.0.0.1] [--port 7860] [--lora NAME]`:
 // demo.py's web page and an OpenAI-compatible API over one model (docs/serving.md).
 #include "apps/commands.h"
 #include "minigpt4/chat/chat.h"
@@ -40,6 +40,9 @@ void run_serve(ServeArgs& args) {
   options.max_body_bytes = static_cast<size_t>(args.max_upload_mb * 1024 * 1024);
   options.session_idle = std::chrono::minutes(args.session_idle_minutes);
   server::Server server(model, options);
+  if (model->adapter_choices().size() > 1)
+    log::info("LoRA adapters: {}; requests without 'lora' use {}", fmt::join(model->adapter_choices(), ", "),
+              options.lora.empty() ? model->active_adapter() : options.lora);
   const int port = server.bind();
   log::info("serving {} on http://{}:{}/ (OpenAI API at /v1/chat/completions); Ctrl-C stops", model->name,
             options.host, port);
@@ -91,6 +94,9 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--session-idle-minutes", args->session_idle_minutes, "a page conversation unused this long is dropped")
       ->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--io-timeout", s.io_timeout_seconds, "socket read/write timeout in seconds")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--lora", s.lora,
+                  "LoRA task adapter of requests that name none (a name of model.lora_path, or original); default: "
+                  "model.lora_active. Requests choose their own with \"lora\" (API) or the page's task selector");
   cmd->callback([args] { run_serve(*args); });
 }
 

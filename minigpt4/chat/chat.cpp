@@ -4,11 +4,13 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/minigpt4.h"
+#include "minigpt4/models/minigpt4_lora.h"
 #include "minigpt4/processors/image_processor.h"
 #include "minigpt4/tokenizer/tokenizer.h"
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 
@@ -112,6 +114,22 @@ at::Tensor ChatModel::encode_image_bytes(const std::string& bytes, const std::st
 at::Tensor ChatModel::encode_image_file(const std::string& path) const {
   torch::NoGradGuard no_grad;
   return model->encode_img(processor->from_file(path).unsqueeze(0).to(device));
+}
+
+std::vector<std::string> ChatModel::adapter_choices() const {
+  std::vector<std::string> choices = {"original"};
+  for (auto& name : adapter_names(*model)) choices.push_back(std::move(name));
+  return choices;
+}
+
+std::string ChatModel::active_adapter() const { return minigpt4::active_adapter(*model); }
+
+void ChatModel::use_adapter(const std::string& name) const {
+  const auto choices = adapter_choices();
+  if (std::find(choices.begin(), choices.end(), name) == choices.end())
+    fail("unknown LoRA adapter '{}'; this model holds: {} (model.lora_path names them)", name, fmt::join(choices, ", "));
+  if (choices.size() == 1) return;  // no adapters: always the base model
+  if (minigpt4::active_adapter(*model) != name) set_active_adapter(*model, name, /*merge=*/false);
 }
 
 GenerationConfig generation_config(const ChatModel& model, const AnswerOptions& o) {

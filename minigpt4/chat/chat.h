@@ -72,6 +72,17 @@ struct ChatModel {
   // minigpt4::Error naming the image when it cannot be decoded.
   at::Tensor encode_image_file(const std::string& path) const;
   at::Tensor encode_image_bytes(const std::string& bytes, const std::string& name_for_errors) const;
+
+  // LoRA adapters (docs/lora.md; ConLoRA's task adapters): "original" (none) first, then
+  // every adapter the model holds (model.lora_path), sorted. Just {"original"} without any.
+  std::vector<std::string> adapter_choices() const;
+  // The adapter in use ("original": none).
+  std::string active_adapter() const;
+  // Switches to `name` unmerged (cheap: a flag per layer); an unknown name throws
+  // minigpt4::Error listing the choices. Image embeddings and KV caches computed under
+  // another adapter are stale afterwards. Not thread-safe: call it where the model's
+  // forwards run (the server's model thread).
+  void use_adapter(const std::string& name) const;
 };
 
 // One conversation. Not thread-safe: one answer at a time per session (the server queues).

@@ -1,5 +1,7 @@
 #include "minigpt4/server/openai.h"
 
+#include "minigpt4/chat/grounding.h"
+
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -82,6 +84,8 @@ const std::set<std::string>& known_fields() {
       "stream", "stream_options",
       // extensions: Hugging Face generate() knobs of Chat.answer
       "top_k", "num_beams", "repetition_penalty", "length_penalty",
+      // extension: the LoRA task adapter (resolve_adapter)
+      "lora",
       // accepted at their neutral value only (check_neutral)
       "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "tools", "functions", "tool_choice",
       "function_call", "logit_bias", "response_format", "modalities",
@@ -276,12 +280,48 @@ ChatRequest parse_chat_request(const std::string& body, const RequestLimits& lim
 
   ChatRequest request;
   if (const auto* v = field(j, "model")) request.model = as_string(*v, "model");
+  if (const auto* v = field(j, "lora")) {
+    request.lora = as_string(*v, "lora");
+    if (request.lora->empty()) reject("lora", "'lora' must name an adapter (or \"original\"); see GET /v1/models");
+  }
   check_neutral(j);
   parse_options(j, limits, request);
   const auto* messages = field(j, "messages");
   if (!messages) reject("messages", "'messages' is required");
   parse_messages(*messages, limits, request);
   return request;
+}
+
+std::string resolve_adapter(const ChatRequest& request, const std::vector<std::string>& choices,
+                            const std::string& fallback) {
+  const auto held = [&](const std::string& name) { return std::find(choices.begin(), choices.end(), name) != choices.end(); };
+  if (request.lora) {
+    if (held(*request.lora)) return *request.lora;
+    throw ApiError(400,
+                   fmt::format("unknown LoRA adapter '{}'; this server holds: {}", *request.lora, fmt::join(choices, ", ")),
+                   "lora", "unknown_adapter");
+  }
+  if (!request.model.empty() && request.model != "original" && held(request.model)) return request.model;
+  return fallback;
+}
+
+json boxes_json(const std::string& answer, int64_t image_width, int64_t image_height) {
+  json boxes = json::array();
+  for (const auto& box : find_boxes(answer, image_width, image_height)) {
+    const auto pixel = [&](int64_t v) { return box.has_pixels ? json(v) : json(nullptr); };
+    boxes.push_back({{"x0", pixel(box.x0)},
+                     {"y0", pixel(box.y0)},
+                     {"x1", pixel(box.x1)},
+                     {"y1", pixel(box.y1)},
+                     {"bins", box.bins},
+                     {"grid", box.grid},
+                     {"format", box.format},
+                     {"label", box.label.empty() ? json(nullptr) : json(box.label)},
+                     {"clamped", box.clamped},
+                     {"image_size", box.has_pixels ? json::array({image_width, image_height}) : json(nullptr)},
+                     {"text", answer.substr(box.begin, box.end - box.begin)}});
+  }
+  return boxes;
 }
 
 std::string new_completion_id() {
@@ -291,35 +331,48 @@ std::string new_completion_id() {
 
 std::string openai_finish_reason(const std::string& reason) { return reason == "stop" ? "stop" : "length"; }
 
+namespace {
+
+json with_lora(json body, const CompletionMeta& meta) {
+  if (!meta.lora.empty()) body["lora"] = meta.lora;
+  return body;
+}
+
+}  // namespace
+
 json completion_json(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason,
-                     int64_t prompt_tokens, int64_t completion_tokens) {
-  return {{"id", meta.id},
+                     int64_t prompt_tokens, int64_t completion_tokens, const json& boxes) {
+  json message = {{"role", "assistant"}, {"content", text}};
+  if (!boxes.empty()) message["boxes"] = boxes;
+  return with_lora({{"id", meta.id},
           {"object", "chat.completion"},
           {"created", meta.created},
           {"model", meta.model},
           {"choices", json::array({{{"index", 0},
-                                    {"message", {{"role", "assistant"}, {"content", text}}},
+                                    {"message", message},
                                     {"logprobs", nullptr},
                                     {"finish_reason", finish_reason}}})},
           {"usage",
            {{"prompt_tokens", prompt_tokens},
             {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}}}};
+            {"total_tokens", prompt_tokens + completion_tokens}}}},
+                   meta);
 }
 
 json chunk_json(const CompletionMeta& meta, const json& delta, const std::optional<std::string>& finish_reason) {
-  return {{"id", meta.id},
+  return with_lora({{"id", meta.id},
           {"object", "chat.completion.chunk"},
           {"created", meta.created},
           {"model", meta.model},
           {"choices", json::array({{{"index", 0},
                                     {"delta", delta},
                                     {"logprobs", nullptr},
-                                    {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}}})}};
+                                    {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}}})}},
+                   meta);
 }
 
 json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens) {
-  return {{"id", meta.id},
+  return with_lora({{"id", meta.id},
           {"object", "chat.completion.chunk"},
           {"created", meta.created},
           {"model", meta.model},
@@ -327,12 +380,28 @@ json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t
           {"usage",
            {{"prompt_tokens", prompt_tokens},
             {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}}}};
+            {"total_tokens", prompt_tokens + completion_tokens}}}},
+                   meta);
 }
 
-json models_json(const std::string& model_name, int64_t created) {
-  return {{"object", "list"},
-          {"data", json::array({{{"id", model_name}, {"object", "model"}, {"created", created}, {"owned_by", "minigpt4-cpp"}}})}};
+json models_json(const std::string& model_name, int64_t created, const std::vector<std::string>& adapters,
+                 const std::string& default_adapter) {
+  json base = {{"id", model_name}, {"object", "model"}, {"created", created}, {"owned_by", "minigpt4-cpp"}};
+  json data = json::array();
+  if (adapters.size() > 1) {
+    base["adapters"] = adapters;
+    base["default_adapter"] = default_adapter.empty() ? json("original") : json(default_adapter);
+  }
+  data.push_back(base);
+  for (const auto& adapter : adapters)
+    if (adapter != "original")
+      data.push_back({{"id", adapter},
+                      {"object", "model"},
+                      {"created", created},
+                      {"owned_by", "minigpt4-cpp"},
+                      {"parent", model_name},
+                      {"lora", adapter}});
+  return {{"object", "list"}, {"data", data}};
 }
 
 json error_json(const ApiError& e) {

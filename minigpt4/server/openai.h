@@ -56,6 +56,9 @@ struct ChatRequest {
   std::vector<std::string> stop;
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
+  // Extension: the LoRA task adapter to answer with (a name GET /v1/models lists, or
+  // "original"); absent: the server's default (see resolve_adapter).
+  std::optional<std::string> lora;
 };
 
 // Parses and validates a /v1/chat/completions body. User messages map onto Chat's
@@ -66,10 +69,24 @@ struct ChatRequest {
 // over `limits`.
 ChatRequest parse_chat_request(const std::string& body, const RequestLimits& limits);
 
+// The adapter a request answers with: its `lora` when given (which must be one of
+// `choices`: "original" and the adapters the model holds, else a 400 naming `lora` and
+// listing them); else its `model` when that names an adapter (as /v1/models lists them, the
+// way vLLM offers LoRA modules); else `fallback`, the server's default.
+std::string resolve_adapter(const ChatRequest& request, const std::vector<std::string>& choices,
+                            const std::string& fallback);
+
+// Boxes in an answer (minigpt4/chat/grounding.h: ConLoRA's `<bin_N>` and MiniGPT-v2's
+// `{<N><N><N><N>}`) as JSON: [{"x0", "y0", "x1", "y1" (pixels of the image, null when no
+// image size is known), "bins": [4], "grid", "format", "label" (null when none),
+// "clamped", "image_size": [width, height] or null, "text": the box as written}].
+nlohmann::json boxes_json(const std::string& answer, int64_t image_width, int64_t image_height);
+
 struct CompletionMeta {
   std::string id;  // "chatcmpl-..."
   int64_t created = 0;
   std::string model;
+  std::string lora;  // the adapter answering; when set, replies and chunks carry it as "lora"
 };
 
 std::string new_completion_id();
@@ -77,15 +94,22 @@ std::string new_completion_id();
 // (the server's time limit) counts as "length", cut short by a limit.
 std::string openai_finish_reason(const std::string& chat_finish_reason);
 
+// `boxes` (boxes_json), when not empty, becomes choices[0].message.boxes.
 nlohmann::json completion_json(const CompletionMeta& meta, const std::string& text, const std::string& finish_reason,
-                               int64_t prompt_tokens, int64_t completion_tokens);
+                               int64_t prompt_tokens, int64_t completion_tokens,
+                               const nlohmann::json& boxes = nlohmann::json::array());
 // A chat.completion.chunk: `delta` is {"role": ...} / {"content": ...} / {}; finish_reason
 // only on the last.
 nlohmann::json chunk_json(const CompletionMeta& meta, const nlohmann::json& delta,
                           const std::optional<std::string>& finish_reason = std::nullopt);
 // stream_options.include_usage: the extra last chunk with no choices and the usage.
 nlohmann::json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens);
-nlohmann::json models_json(const std::string& model_name, int64_t created);
+// The served model; with LoRA adapters (`adapters`: "original" first, as
+// ChatModel::adapter_choices) it also lists "adapters" and "default_adapter", and one entry
+// per adapter ({"id": name, "parent": model_name, "lora": name}), which requests may name
+// as their `model`.
+nlohmann::json models_json(const std::string& model_name, int64_t created,
+                           const std::vector<std::string>& adapters = {}, const std::string& default_adapter = "");
 nlohmann::json error_json(const ApiError& error);
 
 // A JSON value as one server-sent event ("data: ...\n\n"); text that is not valid UTF-8 is

@@ -67,4 +67,19 @@ std::string parse_page_image(const std::string& body, const RequestLimits& limit
   }
 }
 
+std::optional<std::string> parse_page_lora(const std::string& body, bool required) {
+  if (!required && body.find_first_not_of(" \t\r\n") == std::string::npos) return std::nullopt;
+  const json j = parse_object(body);
+  for (const auto& item : j.items())
+    if (item.key() != "lora") reject(item.key(), "unknown field '{}' (only 'lora' is expected)", item.key());
+  const auto it = j.find("lora");
+  if (it == j.end() || it->is_null()) {
+    if (required) reject("lora", "'lora' is required: an adapter name, or \"original\"");
+    return std::nullopt;
+  }
+  if (!it->is_string() || it->get_ref<const std::string&>().empty())
+    reject("lora", "'lora' must be a non-empty string: an adapter name, or \"original\"");
+  return it->get<std::string>();
+}
+
 }  // namespace minigpt4::server

@@ -7,6 +7,7 @@
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/server/openai.h"
 
+#include <optional>
 #include <string>
 
 namespace minigpt4::server {
@@ -25,5 +26,10 @@ PageAsk parse_page_ask(const std::string& body, const RequestLimits& limits);
 // POST /api/sessions/{id}/image: {"image": "data:image/...;base64,..."}; returns the image's
 // bytes, checked as the OpenAI endpoint checks them. Throws ApiError (400).
 std::string parse_page_image(const std::string& body, const RequestLimits& limits);
+
+// POST /api/sessions (optional body) and /api/sessions/{id}/lora (required): {"lora": name},
+// the page's task selector. The name is returned as given (the server checks it against its
+// adapters); nullopt for an empty body when not required. Throws ApiError (400).
+std::optional<std::string> parse_page_lora(const std::string& body, bool required);
 
 }  // namespace minigpt4::server

@@ -10,6 +10,7 @@
 #include <c10/util/Exception.h>
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <csignal>
 #include <future>
@@ -108,14 +109,36 @@ ReplyChannel::Batch wait_for_end(ReplyChannel& channel) {
     if (auto batch = channel.take(std::chrono::seconds(1)); batch.ended) return batch;
 }
 
+// A page conversation: its ChatSession, the adapter it talks with (the page's task
+// selector), and its latest image, kept to encode it again when the adapter changes and for
+// the size the answer's boxes are drawn on. Touched only by model jobs once created.
+struct PageSession {
+  PageSession(std::shared_ptr<const ChatModel> model, std::string lora) : chat(std::move(model)), adapter(std::move(lora)) {}
+  ChatSession chat;
+  std::string adapter;
+  std::string image;  // the latest image's bytes
+  int64_t width = 0, height = 0;
+};
+
+// What an answer's end event needs from the model thread: the adapter and the image size.
+struct AnswerContext {
+  std::string adapter;
+  int64_t width = 0, height = 0;
+};
+
 }  // namespace
 
 struct Server::Impl {
   Impl(std::shared_ptr<const ChatModel> chat_model, ServerOptions server_options)
       : model(std::move(chat_model)),
         options(std::move(server_options)),
+        adapters(model->adapter_choices()),
+        default_adapter(options.lora.empty() ? model->active_adapter() : options.lora),
         worker(options.max_waiting),
         sessions(options.max_sessions, options.session_idle) {
+    if (!held(default_adapter))
+      fail("unknown LoRA adapter '{}'; the model holds: {} (model.lora_path names them)", default_adapter,
+           fmt::join(adapters, ", "));
     // httplib writes with plain send(): a client that closed its connection would kill the
     // process with SIGPIPE instead of failing the write.
     std::signal(SIGPIPE, SIG_IGN);
@@ -125,19 +148,34 @@ struct Server::Impl {
 
   std::shared_ptr<const ChatModel> model;
   ServerOptions options;
+  const std::vector<std::string> adapters;  // "original" + the model's adapters (fixed after loading)
+  const std::string default_adapter;
   const int64_t created = unix_time();
   std::atomic<bool> stopping{false}, serving{false};
   std::atomic<uint64_t> answers{0}, answers_cancelled{0}, answers_timed_out{0};  // for /health
   ModelWorker worker;
-  SessionStore<ChatSession> sessions;
+  SessionStore<PageSession> sessions;
   httplib::Server http;
+
+  bool held(const std::string& adapter) const {
+    return std::find(adapters.begin(), adapters.end(), adapter) != adapters.end();
+  }
+  bool has_adapters() const { return adapters.size() > 1; }
+  // A page request's adapter: known, or a 400 listing them.
+  std::string checked_adapter(const std::string& name) const {
+    if (!held(name))
+      throw ApiError(400, fmt::format("unknown LoRA adapter '{}'; this server holds: {}", name, fmt::join(adapters, ", ")),
+                     "lora", "unknown_adapter");
+    return name;
+  }
 
   void configure();
   void routes();
   void chat_completions(const httplib::Request& req, httplib::Response& res);
   void session_image(const httplib::Request& req, httplib::Response& res);
   void session_ask(const httplib::Request& req, httplib::Response& res);
-  std::shared_ptr<ChatSession> session(const httplib::Request& req);
+  void session_lora(const httplib::Request& req, httplib::Response& res);
+  std::shared_ptr<PageSession> session(const httplib::Request& req);
   std::shared_ptr<ReplyChannel> queue_answer(std::function<void(ReplyChannel&)> work);
   void answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
               ReplyChannel& channel, const char* label);
@@ -200,14 +238,18 @@ void Server::Impl::routes() {
                {"sessions", sessions.size()}});
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
-    send_json(res, 200, models_json(model->name, created));
+    send_json(res, 200, models_json(model->name, created, adapters, default_adapter));
   });
   http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
               chat_completions(req, res);
             }));
-  http.Post("/api/sessions", guarded([this](const httplib::Request&, httplib::Response& res) {
-              const auto id = sessions.add(std::make_shared<ChatSession>(model));
-              send_json(res, 200, {{"session_id", id}, {"model", model->name}});
+  // A new page conversation, optionally with its task adapter ({"lora": name}); the reply
+  // lists the adapters for the page's task selector (just ["original"] without any).
+  http.Post("/api/sessions", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              const auto lora = parse_page_lora(req.body, /*required=*/false);
+              const auto adapter = lora ? checked_adapter(*lora) : default_adapter;
+              const auto id = sessions.add(std::make_shared<PageSession>(model, adapter));
+              send_json(res, 200, {{"session_id", id}, {"model", model->name}, {"adapters", adapters}, {"lora", adapter}});
             }));
   const std::string session_path = R"(/api/sessions/([0-9a-f]{32}))";
   http.Post(session_path + "/image", guarded([this](const httplib::Request& req, httplib::Response& res) {
@@ -215,6 +257,9 @@ void Server::Impl::routes() {
             }));
   http.Post(session_path + "/ask", guarded([this](const httplib::Request& req, httplib::Response& res) {
               session_ask(req, res);
+            }));
+  http.Post(session_path + "/lora", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              session_lora(req, res);
             }));
   // The page's Restart (and leaving the page): the conversation, its images and cache go.
   http.Post(session_path + "/close", guarded([this](const httplib::Request& req, httplib::Response& res) {
@@ -294,8 +339,15 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     if (!r.seeded) r.options.seed = random_seed();
     return r;
   }());
-  const CompletionMeta meta{new_completion_id(), unix_time(), model->name};
-  auto channel = queue_answer([this, request](ReplyChannel& out) {
+  const auto adapter = resolve_adapter(*request, adapters, default_adapter);
+  // The boxes of the answer are placed on the last image of the request.
+  int64_t width = 0, height = 0;
+  for (const auto& step : request->steps)
+    if (step.kind == ChatStep::Kind::Image)
+      if (const auto info = image_header_info(step.image)) width = info->width, height = info->height;
+  const CompletionMeta meta{new_completion_id(), unix_time(), model->name, has_adapters() ? adapter : ""};
+  auto channel = queue_answer([this, request, adapter](ReplyChannel& out) {
+    model->use_adapter(adapter);  // on the model thread, before any of this request's model work
     ChatSession session(model);
     for (const auto& step : request->steps) {
       if (step.kind == ChatStep::Kind::Image) session.upload_image(model->encode_image_bytes(step.image, step.param));
@@ -310,24 +362,27 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     if (end.error) throw *end.error;
     const auto& reply = *end.reply;
     send_json(res, 200, completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
-                                        static_cast<int64_t>(reply.tokens.size())));
+                                        static_cast<int64_t>(reply.tokens.size()), boxes_json(reply.text, width, height)));
     return;
   }
   const bool include_usage = request->include_usage;
   stream_events(
       res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})),
       [meta](const std::string& piece) { return sse_event(chunk_json(meta, {{"content", piece}})); },
-      [meta, include_usage](const ReplyChannel::Batch& end) {
+      [meta, include_usage, width, height](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error)) + "data: [DONE]\n\n";
         const auto& reply = *end.reply;
-        std::string events = sse_event(chunk_json(meta, json::object(), openai_finish_reason(reply.finish_reason)));
+        // The last chunk's delta carries the answer's boxes, if any.
+        json delta = json::object();
+        if (auto boxes = boxes_json(reply.text, width, height); !boxes.empty()) delta["boxes"] = std::move(boxes);
+        std::string events = sse_event(chunk_json(meta, delta, openai_finish_reason(reply.finish_reason)));
         if (include_usage)
           events += sse_event(usage_chunk_json(meta, reply.prompt_tokens, static_cast<int64_t>(reply.tokens.size())));
         return events + "data: [DONE]\n\n";
       });
 }
 
-std::shared_ptr<ChatSession> Server::Impl::session(const httplib::Request& req) {
+std::shared_ptr<PageSession> Server::Impl::session(const httplib::Request& req) {
   auto found = sessions.find(req.matches[1].str());
   if (!found)
     throw ApiError(404, "unknown or expired session (the server keeps a limited number); start a new one", "session_id",
@@ -337,34 +392,63 @@ std::shared_ptr<ChatSession> Server::Impl::session(const httplib::Request& req) 
 
 void Server::Impl::session_image(const httplib::Request& req, httplib::Response& res) {
   const auto bytes = parse_page_image(req.body, options.limits);
-  const auto chat = session(req);
+  const auto info = image_header_info(bytes);
+  const auto page = session(req);
   size_t images = 0;
   run_and_wait([&] {
-    chat->upload_image(model->encode_image_bytes(bytes, "the uploaded image"));
-    images = chat->image_count();
+    model->use_adapter(page->adapter);
+    page->chat.upload_image(model->encode_image_bytes(bytes, "the uploaded image"));
+    page->image = bytes;
+    page->width = info ? info->width : 0;
+    page->height = info ? info->height : 0;
+    images = page->chat.image_count();
   });
   send_json(res, 200, {{"images", images}});
+}
+
+// The page's task selector: the conversation starts over under the new adapter, with its
+// latest image encoded again (ConLoRA chooses the adapter before the image is encoded).
+void Server::Impl::session_lora(const httplib::Request& req, httplib::Response& res) {
+  const auto adapter = checked_adapter(*parse_page_lora(req.body, /*required=*/true));
+  const auto page = session(req);
+  size_t images = 0;
+  run_and_wait([&] {
+    model->use_adapter(adapter);
+    page->adapter = adapter;
+    page->chat.reset();
+    if (!page->image.empty()) page->chat.upload_image(model->encode_image_bytes(page->image, "the session's image"));
+    images = page->chat.image_count();
+  });
+  send_json(res, 200, {{"lora", adapter}, {"images", images}});
 }
 
 void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& res) {
   auto ask = parse_page_ask(req.body, options.limits);
   ask.options.seed = random_seed();
-  const auto chat = session(req);
-  auto channel = queue_answer([this, chat, ask](ReplyChannel& out) {
-    chat->ask(ask.text);
-    answer(*chat, ask.options, {}, out, "page");
+  const auto page = session(req);
+  auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
+  auto channel = queue_answer([this, page, ask, context](ReplyChannel& out) {
+    model->use_adapter(page->adapter);
+    *context = {page->adapter, page->width, page->height};
+    page->chat.ask(ask.text);
+    answer(page->chat, ask.options, {}, out, "page");
   });
+  const bool adapters_held = has_adapters();
   stream_events(
       res, channel, "", [](const std::string& piece) { return sse_event({{"text", piece}}); },
-      [](const ReplyChannel::Batch& end) {
+      [context, adapters_held](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error));
         const auto& reply = *end.reply;
-        return sse_event({{"done", true},
-                          {"finish_reason", reply.finish_reason},
-                          {"prompt_tokens", reply.prompt_tokens},
-                          {"reused_tokens", reply.reused_tokens},
-                          {"completion_tokens", reply.tokens.size()},
-                          {"seconds", reply.prefill_seconds + reply.decode_seconds}});
+        json done = {{"done", true},
+                     {"finish_reason", reply.finish_reason},
+                     {"prompt_tokens", reply.prompt_tokens},
+                     {"reused_tokens", reply.reused_tokens},
+                     {"completion_tokens", reply.tokens.size()},
+                     {"seconds", reply.prefill_seconds + reply.decode_seconds}};
+        if (adapters_held) done["lora"] = context->adapter;
+        // Boxes in the answer, in pixels of the session's latest image (the page draws them).
+        if (auto boxes = boxes_json(reply.text, context->width, context->height); !boxes.empty()) done["boxes"] = std::move(boxes);
+        return sse_event(done);
       });
 }
 

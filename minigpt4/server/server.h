@@ -3,7 +3,10 @@
 // OpenAI-compatible chat-completions API, over one model loaded once.
 //
 // Routes: GET / (the page), GET /health, GET /v1/models, POST /v1/chat/completions, and the
-// page's own POST /api/sessions, /api/sessions/{id}/image|ask|close.
+// page's own POST /api/sessions, /api/sessions/{id}/image|ask|lora|close.
+// LoRA task adapters (ConLoRA): each request (`lora` in the API, the session's choice on the
+// page) names its adapter, and the model thread switches to it before that request's model
+// work, so no request ever runs with another's adapter.
 // The model runs on one thread (worker.h): requests queue FIFO, a full queue answers 503
 // with Retry-After. Streams go out as server-sent events; a client that disconnects makes
 // its next write fail, which cancels its generation; every answer also has a time limit.
@@ -26,10 +29,14 @@ struct ServerOptions {
   size_t max_sessions = 8;               // page conversations kept (each holds a KV cache)
   std::chrono::seconds session_idle{1800};
   int io_timeout_seconds = 30;  // socket read/write timeouts
+  // The adapter of requests that name none ("" = the one active when the server starts,
+  // i.e. model.lora_active); must be "original" or an adapter the model holds.
+  std::string lora;
 };
 
 class Server {
  public:
+  // Throws minigpt4::Error when options.lora names no adapter of the model.
   Server(std::shared_ptr<const ChatModel> model, ServerOptions options);
   ~Server();  // stop()
   Server(const Server&) = delete;

@@ -1,4 +1,6 @@
 // The minigpt4 binary as a user runs it: exit codes and messages.
+#include "minigpt4/chat/chat.h"
+#include "tests/server/lora_fixture.h"
 #include "tests/support/fixtures.h"
 
 #include <catch2/catch.hpp>
@@ -16,8 +18,9 @@ struct Run {
   std::string output;  // stdout and stderr
 };
 
-Run run(const std::string& args) {
-  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && '" MINIGPT4_BINARY "' " + args + " 2>&1";
+Run run(const std::string& args, bool with_stderr = true) {
+  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && '" MINIGPT4_BINARY "' " + args +
+                              (with_stderr ? " 2>&1" : " 2>/dev/null");
   Run result{-1, ""};
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);
@@ -108,4 +111,67 @@ TEST_CASE("minigpt4 info reports memory and the int8 LLM of low_resource", "[app
   CHECK_THAT(r.output, Contains("note: low_resource") && Contains("fp32/int8") &&
                            Contains("memory: parameters + buffers") && Contains("int8 ") &&
                            Contains("memory: process resident set"));
+}
+
+TEST_CASE("minigpt4 chat --lora chooses a task adapter; /lora switches it", "[apps][lora]") {
+  using namespace minigpt4;
+  const std::string image = "tests/data/parity/tiny_vicuna0/image_processor/ladybird_640x400.jpg";
+  const auto& adapters = test::TinyAdapters::get();
+  // The greedy answers in-process, the adapter switched directly.
+  auto options = test::tiny_weight_options();
+  options.push_back(adapters.lora_path_option());
+  const auto model = ChatModel::load(Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), options), torch::kCPU);
+  const auto direct = [&](const std::string& adapter) {
+    model->use_adapter(adapter);
+    ChatSession session(model);
+    session.upload_image(model->encode_image_file((test::source_dir() / image).string()));
+    session.ask("What is in this image?");
+    AnswerOptions answer;
+    answer.temperature = 0;
+    answer.max_new_tokens = 6;
+    return session.answer(answer).text;
+  };
+  const auto with_a = direct("lora_a"), with_b = direct("lora_b"), original = direct("original");
+  REQUIRE(with_a != original);
+  REQUIRE(with_b != with_a);
+
+  const std::string base = "chat --cfg-path configs/tiny_vicuna0.yaml --options '" + adapters.lora_path_option() + "' ";
+  const std::string ask = " --image " + image + " --prompt 'What is in this image?' --temperature 0 --max-new-tokens 6";
+  auto r = run(base + "--lora lora_a" + ask, /*with_stderr=*/false);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output == with_a + "\n");
+  // --lora overrides model.lora_active; original is the base model.
+  r = run(base + "model.lora_active=lora_b --lora original" + ask, false);
+  CHECK(r.exit_code == 0);
+  CHECK(r.output == original + "\n");
+  r = run(base + "model.lora_active=lora_b" + ask, false);
+  CHECK(r.output == with_b + "\n");
+
+  r = run(base + "--lora lora_c" + ask);
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("unknown LoRA adapter 'lora_c'") && Contains("original, lora_a, lora_b"));
+  r = run("chat --cfg-path configs/tiny_vicuna0.yaml --lora lora_a" + ask);  // a model without adapters
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("'lora_a'") && Contains("holds: original"));
+
+  // Interactive: list, an unknown name (the session goes on), a switch that re-encodes the image.
+  const auto input = std::filesystem::temp_directory_path() / "minigpt4_chat_lora_input.txt";
+  {
+    std::FILE* f = std::fopen(input.c_str(), "w");
+    REQUIRE(f);
+    std::fputs("/lora\n/lora nope\n/lora lora_b\nWhat is in this image?\n/quit\n", f);
+    std::fclose(f);
+  }
+  const std::string interactive = base + "--image " + image + " --temperature 0 --max-new-tokens 6 < " + input.string();
+  r = run(interactive);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("/lora NAME switches") && Contains("LoRA adapters: original, lora_a, lora_b (in use: original)") &&
+                           Contains("unknown LoRA adapter 'nope'") &&
+                           Contains("(adapter lora_b; conversation cleared, the image encoded again)"));
+  r = run(interactive, false);
+  std::remove(input.c_str());
+  CHECK(r.output == with_b + "\n");
+
+  const auto help = run("chat --help");
+  CHECK_THAT(help.output, Contains("--lora") && Contains("/lora NAME"));
 }

@@ -6,6 +6,8 @@
 #include <catch2/catch.hpp>
 #include <opencv2/imgcodecs.hpp>
 
+#include <optional>
+
 using namespace minigpt4;
 using namespace minigpt4::server;
 using json = nlohmann::json;
@@ -158,7 +160,7 @@ TEST_CASE("images must be inline data URIs within the limits", "[server]") {
 }
 
 TEST_CASE("replies, chunks, models and errors have OpenAI's shapes", "[server]") {
-  const CompletionMeta meta{"chatcmpl-1", 1700000000, "tiny"};
+  const CompletionMeta meta{"chatcmpl-1", 1700000000, "tiny", ""};
   const auto reply = completion_json(meta, "Hello", "stop", 40, 3);
   CHECK(reply["object"] == "chat.completion");
   CHECK(reply["choices"][0]["message"] == json({{"role", "assistant"}, {"content", "Hello"}}));
@@ -206,4 +208,73 @@ TEST_CASE("the page's requests are validated like the API's", "[server]") {
   CHECK_THROWS_WITH(parse_page_image(R"({"image": "http://x/y.png"})", limits), Contains("not fetched"));
   CHECK(page_html().find("<!DOCTYPE html>") == 0);
   CHECK(page_html().find("http") == std::string::npos);  // loads nothing from elsewhere
+}
+
+TEST_CASE("LoRA adapters: the request's `lora`, its resolution and /v1/models", "[server][lora]") {
+  const json body = {{"messages", {user("hi")}}, {"lora", "det"}};
+  CHECK(parse(body).lora == std::optional<std::string>("det"));
+  CHECK_FALSE(parse({{"messages", {user("hi")}}}).lora);
+  CHECK_FALSE(parse({{"messages", {user("hi")}}, {"lora", nullptr}}).lora);
+  check_rejected({{"messages", {user("hi")}}, {"lora", ""}}, "lora", "must name an adapter");
+  check_rejected({{"messages", {user("hi")}}, {"lora", 3}}, "lora", "must be a string");
+
+  const std::vector<std::string> choices = {"original", "det", "ocr"};
+  CHECK(resolve_adapter(parse(body), choices, "original") == "det");
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}}), choices, "ocr") == "ocr");                      // default
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "ocr"}}), choices, "original") == "ocr");  // as a model
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "gpt-4o"}}), choices, "det") == "det");
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "ocr"}, {"lora", "original"}}), choices, "det") ==
+        "original");  // lora wins
+  try {
+    resolve_adapter(parse({{"messages", {user("hi")}}, {"lora", "grounding"}}), choices, "original");
+    FAIL("accepted");
+  } catch (const ApiError& e) {
+    CHECK(e.status == 400);
+    CHECK(e.param == "lora");
+    CHECK(e.code == "unknown_adapter");
+    CHECK_THAT(e.what(), Contains("'grounding'") && Contains("original, det, ocr"));
+  }
+  // A model without adapters: only "original".
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"lora", "original"}}), {"original"}, "original") == "original");
+  CHECK_THROWS_AS(resolve_adapter(parse(body), {"original"}, "original"), ApiError);
+
+  const auto models = models_json("tiny", 1, choices, "det");
+  REQUIRE(models["data"].size() == 3);
+  CHECK(models["data"][0]["adapters"] == json(choices));
+  CHECK(models["data"][0]["default_adapter"] == "det");
+  CHECK(models["data"][1] == json({{"id", "det"}, {"object", "model"}, {"created", 1}, {"owned_by", "minigpt4-cpp"},
+                                   {"parent", "tiny"}, {"lora", "det"}}));
+  CHECK(models_json("tiny", 1, {"original"}, "original")["data"].size() == 1);
+  CHECK_FALSE(models_json("tiny", 1, {"original"}, "original")["data"][0].contains("adapters"));
+
+  CHECK(parse_page_lora("", false) == std::nullopt);
+  CHECK(parse_page_lora("{}", false) == std::nullopt);
+  CHECK(parse_page_lora(R"({"lora": "det"})", true) == std::optional<std::string>("det"));
+  CHECK_THROWS_WITH(parse_page_lora("{}", true), Contains("'lora' is required"));
+  CHECK_THROWS_WITH(parse_page_lora(R"({"lora": 1})", false), Contains("non-empty string"));
+  CHECK_THROWS_WITH(parse_page_lora(R"({"lora": "a", "b": 1})", false), Contains("unknown field 'b'"));
+}
+
+TEST_CASE("boxes of an answer go into the reply and the last chunk", "[server][lora]") {
+  const auto boxes = boxes_json("It is at <bin_0> <bin_0> <bin_223> <bin_111>.", 446, 100);
+  REQUIRE(boxes.size() == 1);
+  CHECK(boxes[0] == json({{"x0", 0}, {"y0", 0}, {"x1", 446}, {"y1", 50}, {"bins", {0, 0, 223, 111}}, {"grid", 224},
+                          {"format", "conlora"}, {"label", nullptr}, {"clamped", false}, {"image_size", {446, 100}},
+                          {"text", "<bin_0> <bin_0> <bin_223> <bin_111>"}}));
+  const auto labelled = boxes_json("<p>cat</p> {<10><20><30><40>}", 0, 0);  // no image: bins only
+  REQUIRE(labelled.size() == 1);
+  CHECK(labelled[0]["label"] == "cat");
+  CHECK(labelled[0]["x0"].is_null());
+  CHECK(labelled[0]["image_size"].is_null());
+  CHECK(boxes_json("A cat.", 10, 10).empty());
+
+  CompletionMeta meta{"chatcmpl-1", 1700000000, "tiny", "det"};
+  const auto reply = completion_json(meta, "x", "stop", 1, 1, boxes);
+  CHECK(reply["choices"][0]["message"]["boxes"] == boxes);
+  CHECK(reply["lora"] == "det");
+  CHECK(chunk_json(meta, {{"boxes", boxes}}, std::string("stop"))["lora"] == "det");
+  CHECK(usage_chunk_json(meta, 1, 1)["lora"] == "det");
+  meta.lora.clear();
+  CHECK_FALSE(completion_json(meta, "x", "stop", 1, 1)["choices"][0]["message"].contains("boxes"));
+  CHECK_FALSE(completion_json(meta, "x", "stop", 1, 1).contains("lora"));
 }
