@@ -1,6 +1,7 @@
 #include "minigpt4/tokenizer/tokenizer.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/tokenizer/bpe_tokenizer.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 
 #include <algorithm>
@@ -43,7 +44,13 @@ std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& hf_dir) {
   if (!fs::is_directory(hf_dir)) fail("tokenizer directory {} does not exist", hf_dir.string());
   if (fs::is_regular_file(hf_dir / "tokenizer.model"))
     return std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_pretrained(hf_dir));
-  fail("{} holds no tokenizer this build reads: expected tokenizer.model (sentencepiece, LLaMA)",
+  // Byte-level BPE (GPT-2, CodeGen, Phi-2): the slow tokenizer's files or a tokenizer.json,
+  // whose model type BpeTokenizer checks (naming the file when it is not BPE).
+  if ((fs::is_regular_file(hf_dir / "vocab.json") && fs::is_regular_file(hf_dir / "merges.txt")) ||
+      fs::is_regular_file(hf_dir / "tokenizer.json"))
+    return std::make_shared<BpeTokenizer>(BpeTokenizer::from_pretrained(hf_dir));
+  fail("{} holds no tokenizer this build reads: expected tokenizer.model (sentencepiece, LLaMA), "
+       "vocab.json + merges.txt or a BPE tokenizer.json (GPT-2 byte-level BPE: CodeGen, Phi-2)",
        hf_dir.string());
 }
 
