@@ -85,12 +85,17 @@ Conversation conv_vision_llama2() {
                       std::nullopt, RoleFormat::Verbatim);
 }
 
+Conversation conv_vision_minigptv2() {
+  return Conversation("", {"<s>[INST] ", " [/INST]"}, SeparatorStyle::Single, "", std::nullopt, RoleFormat::Verbatim);
+}
+
 Conversation conversation_template(const std::string& name) {
   if (name == "CONV_VISION" || name == "v0") return conv_vision_v0();
   if (name == "CONV_VISION_Vicuna0" || name == "vicuna0") return conv_vision_vicuna0();
   if (name == "CONV_VISION_LLama2" || name == "llama2") return conv_vision_llama2();
-  fail("unknown conversation template '{}' (expected CONV_VISION, CONV_VISION_Vicuna0 or "
-       "CONV_VISION_LLama2)",
+  if (name == "CONV_VISION_minigptv2" || name == "minigptv2") return conv_vision_minigptv2();
+  fail("unknown conversation template '{}' (expected CONV_VISION, CONV_VISION_Vicuna0, CONV_VISION_LLama2 or "
+       "CONV_VISION_minigptv2)",
        name);
 }
 

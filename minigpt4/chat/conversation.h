@@ -72,8 +72,13 @@ Conversation conv_vision_v0();
 Conversation conv_vision_vicuna0();
 // CONV_VISION_LLama2 of the Sep 2023 code ("<s>[INST] " / " [/INST] ", empty separator).
 Conversation conv_vision_llama2();
-// By the Python name ("CONV_VISION", "CONV_VISION_Vicuna0", "CONV_VISION_LLama2") or a short
-// one ("v0", "vicuna0", "llama2"); anything else throws minigpt4::Error.
+// MiniGPT-v2's CONV_VISION_minigptv2, which TinyGPT-V's stage-4 demo (demo_v2.py) uses: no
+// system text, roles "<s>[INST] " / " [/INST]", empty separator. (TinyGPT-V's own
+// conversation.py reuses the name for a '###' template; its stages 1-3 chat with vicuna0.)
+Conversation conv_vision_minigptv2();
+// By the Python name ("CONV_VISION", "CONV_VISION_Vicuna0", "CONV_VISION_LLama2",
+// "CONV_VISION_minigptv2") or a short one ("v0", "vicuna0", "llama2", "minigptv2");
+// anything else throws minigpt4::Error.
 Conversation conversation_template(const std::string& name);
 
 // Python's prompt.split('<ImageHere>'): n placeholders give n + 1 segments, empty ones kept.

@@ -26,6 +26,8 @@ const std::vector<ConfigKey>& config_schema() {
       {"model.freeze_llm", T::Bool, "keep the LLM frozen (true in MiniGPT-4; false trains it, e.g. a language warm-up)"},
       {"model.has_qformer", T::Bool, "false: the LLaMA-2 variant, 4 ViT patch tokens concatenated per LLM token"},
       {"model.num_query_token", T::Int, "learned Q-Former queries (32)"},
+      {"model.proj_hidden", T::Int, "two projections in a row (TinyGPT-V: 4096): llama_proj maps the queries to this width, llama_proj2 on to the LLM's, no activation between, both trained; 0 or absent: llama_proj alone"},
+      {"model.llm_variant", T::String, "tinygptv: the Phi LLM as TinyGPT-V's modeling_phi.py builds it (fused query_key_value, q/k LayerNorm, post-attention RMSNorm; split q/k/v files are fused while loading); absent: as the LLM directory says"},
       {"model.vit_patch_size", T::Int, "ViT patch side (14)"},
       {"model.vit_width", T::Int, "ViT width (1408 for ViT-g)"},
       {"model.vit_depth", T::Int, "ViT blocks used (39: EVA-CLIP-g's last block is dropped)"},
@@ -58,7 +60,8 @@ const std::vector<ConfigKey>& config_schema() {
       {"model.lora_path", T::StringMap, "LoRA adapters to load, name -> folder: a PEFT adapter folder, or one holding llm/, ve/ (or vit/), qformer/ PEFT folders"},
       {"model.lora_active", T::String, "the adapter in use after loading, or original (none); default: the created one, else the only loaded one, else original"},
       {"model.lora_trainable", T::StringList, "with model.lora: what trains besides the adapter, as whole dotted parts of parameter names (e.g. llama_proj, input_layernorm); the projector is frozen otherwise"},
-      {"model.conv_template", T::String, "chat template of `chat`/`serve`: v0 (CONV_VISION), vicuna0 (CONV_VISION_Vicuna0) or llama2; default by model_type as demo.py"},
+      {"model.conv_template", T::String, "chat template of `chat`/`serve`: v0 (CONV_VISION), vicuna0 (CONV_VISION_Vicuna0; TinyGPT-V stages 1-3), llama2 or minigptv2 (MiniGPT-v2's [INST] template; TinyGPT-V stage 4); default by model_type as demo.py"},
+      {"model.bos_token_id", T::String, "accepted for TinyGPT-V's eval configs, which set it to '###'; unused (as in the original)"},
       {"model.chat_template", T::Bool, "wrap training prompts in the chat template (MiniGPT-v2 configs)"},
       {"model.max_context_len", T::Int, "longest prompt + answer in tokens (MiniGPT-v2 configs)"},
       // ---- preprocess: processors of the model defaults
@@ -128,7 +131,14 @@ const std::vector<ConfigKey>& config_schema() {
 }
 
 const std::vector<std::string>& known_datasets() {
-  static const std::vector<std::string> names = {"laion", "cc_sbu", "cc_sbu_align", "text_corpus"};
+  // The last group is MiniGPT-v2's multi-task mix (TinyGPT-V stage 4): their configs parse,
+  // but `minigpt4 train` has no loaders for them and refuses them by name.
+  static const std::vector<std::string> names = {
+      "laion", "cc_sbu", "cc_sbu_align", "text_corpus",
+      "multitask_conversation", "llava_conversation", "llava_detail", "llava_reason", "unnatural_instruction",
+      "refvg", "flickr_grounded_caption", "flickr_CaptionToPhrase", "flickr_ObjectToPhrase", "textcaps_caption",
+      "coco_caption", "refcoco", "refcocop", "refcocog", "invrefcoco", "invrefcocop", "invrefcocog", "coco_vqa",
+      "ok_vqa", "aok_vqa", "gqa", "ocrvqa"};
   return names;
 }
 

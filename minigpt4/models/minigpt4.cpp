@@ -4,6 +4,7 @@
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/models/memory.h"
 #include "minigpt4/models/minigpt4_lora.h"
+#include "minigpt4/models/tinygptv.h"
 #include "minigpt4/tokenizer/tokenizer.h"
 
 #include "minigpt4/common/log.h"
@@ -58,7 +59,12 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LLMConfig& llm_config, torch::
   // low_resource: the decoder's projections are built int8 and quantised while loading.
   const auto llm_format = c.low_resource ? WeightFormat::Int8 : WeightFormat::Dense;
   auto llm = make_causal_lm(llm_config, llm_options, llm_format);
-  llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llm->hidden_size(), true, fp32));
+  if (c.proj_hidden > 0) {  // TinyGPT-V: two projections in a row
+    llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, c.proj_hidden, true, fp32));
+    llama_proj2 = register_module("llama_proj2", std::make_shared<Linear>(c.proj_hidden, llm->hidden_size(), true, fp32));
+  } else {
+    llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llm->hidden_size(), true, fp32));
+  }
   llama_model = register_module("llama_model", std::move(llm));
 }
 
@@ -80,7 +86,9 @@ torch::Tensor MiniGPT4::image_queries(const torch::Tensor& vision_tokens) const 
 }
 
 torch::Tensor MiniGPT4::project(const torch::Tensor& queries) const {
-  return llama_proj->forward(queries.to(llama_proj->weight.scalar_type())).to(llama_model->dtype());
+  auto projected = llama_proj->forward(queries.to(llama_proj->weight.scalar_type()));
+  if (llama_proj2) projected = llama_proj2->forward(projected);  // no activation between (TinyGPT-V)
+  return projected.to(llama_model->dtype());
 }
 
 torch::Tensor MiniGPT4::encode_img(const torch::Tensor& images) const {
@@ -161,6 +169,8 @@ void MiniGPT4::apply_freezing() {
   for (auto& p : parameters()) p.set_requires_grad(false);
   eval();  // no module here has active dropout (drop_path_rate 0; the Q-Former runs in eval mode in the original)
   for (auto& p : llama_proj->parameters()) p.set_requires_grad(true);
+  if (llama_proj2)
+    for (auto& p : llama_proj2->parameters()) p.set_requires_grad(true);
   if (!config.freeze_vit)
     for (auto& p : visual_encoder->parameters()) p.set_requires_grad(true);
   if (!config.freeze_ln_vision)
@@ -216,6 +226,91 @@ std::string resolve_weight_path(const std::string& value, const std::string& key
   return value;
 }
 
+// model.llm_variant: tinygptv. TinyGPT-V's modeling_phi.py always has the fused
+// query_key_value, the q/k LayerNorm and the post-attention RMSNorm; today's Phi-2 files
+// have split q/k/v (fused here, an exact rearrangement) and none of the norms (they start
+// at their defaults, as in TinyGPT-V's stage 1).
+void use_tinygptv_phi(LLMConfig& llm, StateDict& weights, const std::string& dir, LoadReport& report) {
+  auto* phi = std::get_if<PhiConfig>(&llm);
+  if (!phi)
+    fail("model.llm_variant: {} builds TinyGPT-V's Phi, but {} is not a Phi model (its config.json's model_type is not "
+         "phi)",
+         tinygptv::kLlmVariant, dir);
+  if (phi->num_key_value_heads != phi->num_attention_heads)
+    fail("model.llm_variant: {}: {} has grouped key/value heads ({} for {} query heads), which a fused "
+         "query_key_value cannot hold",
+         tinygptv::kLlmVariant, dir, phi->num_key_value_heads, phi->num_attention_heads);
+  static const std::regex split_query(R"(.*\bself_attn\.q_proj\.weight$)");
+  const bool split = std::any_of(weights.begin(), weights.end(),
+                                 [](const auto& item) { return std::regex_match(item.first, split_query); });
+  if (split) {
+    weights = fuse_phi_qkv(weights, phi->num_attention_heads, dir);
+    report.notes.push_back("llm_variant tinygptv: the split q_proj/k_proj/v_proj of " + dir +
+                           " were fused into query_key_value (TinyGPT-V's layout)");
+  }
+  phi->fused_qkv = phi->qk_layernorm = phi->post_layernorm = true;
+  report.notes.push_back("llm_variant tinygptv: Phi as TinyGPT-V's modeling_phi.py builds it (fused query_key_value, "
+                         "q/k LayerNorm, post-attention RMSNorm)");
+}
+
+bool names_some_parameter(const torch::nn::Module& module, const std::string& entry) {
+  for (const auto& item : module.named_parameters())
+    if (("." + item.key() + ".").find("." + entry + ".") != std::string::npos) return true;
+  return false;
+}
+
+// A TinyGPT-V checkpoint (tinygptv.h) holds the LLM's LoRA under PEFT's adapter name
+// "default". Without model.lora.llm the adapter is created as TinyGPT-V creates it (its
+// class defaults: every stage has it), so the checkpoint has somewhere to go.
+void prepare_for_tinygptv_checkpoint(MiniGPT4& model, const StateDict& state, const std::string& path,
+                                     LoadReport& report) {
+  const int64_t rank = tinygptv::lora_rank(state, kTrainedAdapter, path);
+  if (rank == 0) return;
+  auto& c = model.config;
+  if (c.lora.count("llm")) {
+    if (c.lora.at("llm").r != rank)
+      fail("{}: its LoRA adapters have rank {} but model.lora.llm.r is {} (TinyGPT-V uses 64)", path, rank,
+           c.lora.at("llm").r);
+    return;
+  }
+  auto settings = tinygptv::lora_config(rank);
+  settings.validate("TinyGPT-V's LoRA");
+  c.lora["llm"] = settings;
+  if (c.lora_trainable.empty())
+    for (const auto& entry : tinygptv::trainable())
+      if (names_some_parameter(model, entry)) c.lora_trainable.push_back(entry);
+  report.notes.push_back(fmt::format(
+      "{} holds TinyGPT-V's LoRA (rank {}) and model.lora.llm is not set: the adapter '{}' is created with TinyGPT-V's "
+      "settings (alpha 16, dropout 0.05, on query_key_value and dense)",
+      path, rank, kTrainedAdapter));
+}
+
+// Why keys of a TinyGPT-V checkpoint found no parameter: the switches a TinyGPT-V model needs.
+std::string tinygptv_hints(const std::vector<std::string>& unexpected, const MiniGPT4& model) {
+  auto any = [&](auto pred) { return std::any_of(unexpected.begin(), unexpected.end(), pred); };
+  std::vector<std::string> hints;
+  if (any([](const std::string& k) {
+        return k.find("_layernorm.") != std::string::npos && k.find("input_layernorm.") == std::string::npos &&
+               k.find("final_layernorm.") == std::string::npos;
+      }) ||
+      any([](const std::string& k) { return k.find(".query_key_value.") != std::string::npos; })) {
+    if (model.config.llm_variant != tinygptv::kLlmVariant)
+      hints.push_back(fmt::format("set model.llm_variant: {} (TinyGPT-V's Phi: fused query_key_value, q/k LayerNorm, "
+                                  "post-attention RMSNorm)",
+                                  tinygptv::kLlmVariant));
+  }
+  if (!model.llama_proj2 && any([](const std::string& k) { return starts_with(k, "llama_proj2."); }))
+    hints.push_back(fmt::format("set model.proj_hidden: {} (TinyGPT-V's second projection, llama_proj2)",
+                                tinygptv::kProjHidden));
+  if (any([](const std::string& k) { return lora::is_adapter_parameter(k); }))
+    hints.push_back("LoRA weights need the adapter 'default' on the layers they name: model.lora.llm with "
+                    "target_modules [query_key_value, dense] as TinyGPT-V, or no model.lora.llm (then it is created "
+                    "from the checkpoint)");
+  std::string out;
+  for (const auto& h : hints) out += "; " + h;
+  return out;
+}
+
 }  // namespace
 
 std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report_out) {
@@ -226,7 +321,8 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   // Read before the model is built: the LLM's weight names settle its layout (Phi's fused or
   // split q/k/v). Safetensors are memory-mapped, so this costs no copy.
   StateDict llm_weights = io::load_state_dict(llama_dir);
-  const auto llm_config = llm_config_from_hf(io::read_json_file(llama_json.string()), llama_json.string(), llm_weights);
+  auto llm_config = llm_config_from_hf(io::read_json_file(llama_json.string()), llama_json.string(), llm_weights);
+  if (config.llm_variant == tinygptv::kLlmVariant) use_tinygptv_phi(llm_config, llm_weights, llama_dir, report);
   if (config.low_resource && !config.freeze_llm)
     fail("model.low_resource: True stores the LLM's linear layers in int8, which cannot be trained; set "
          "model.freeze_llm: True or model.low_resource: False");
@@ -287,11 +383,52 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   load_state(llama_dir, llm_weights, llm);
   llm_weights.clear();
 
+  // model.ckpt: read now, loaded once the adapters it may hold weights for exist. A
+  // TinyGPT-V checkpoint (PEFT-wrapped LLM names) maps onto our names, may imply the
+  // adapter, and every key of it must find its parameter.
+  std::string ckpt_path;
+  StateDict ckpt_state;
+  if (!config.ckpt.empty()) {
+    ckpt_path = resolve_weight_path(config.ckpt, "ckpt");
+    ckpt_state = io::load_state_dict(ckpt_path);
+  }
+  const bool tinygptv_ckpt = tinygptv::is_peft_wrapped(ckpt_state);
+  if (tinygptv_ckpt) {
+    ckpt_state = tinygptv::unwrap_peft_names(ckpt_state, ckpt_path);
+    prepare_for_tinygptv_checkpoint(*model, ckpt_state, ckpt_path, report);
+    report.notes.push_back(ckpt_path + " is a TinyGPT-V checkpoint: its llama_model.base_model.model.* keys (PEFT's "
+                           "wrapper) are read as llama_model.*");
+  }
   attach_configured_adapters(*model);  // before the checkpoint, which may hold their trained weights
   LoadSpec ckpt;
+  ckpt.source = ckpt_path;
   ckpt.is_ignorable = [](const std::string& key) { return rotary_buffer(key) || blip2_unused(key); };
   ckpt.reshape = vit.reshape;
-  load("ckpt", config.ckpt, ckpt);
+  if (tinygptv_ckpt) {  // every key must fit: unknown ones first (they explain most shape errors too)
+    const auto params = model->named_parameters(), buffers = model->named_buffers();
+    std::vector<std::string> unknown;
+    for (const auto& item : ckpt_state)
+      if (!params.contains(item.first) && !buffers.contains(item.first) && !ckpt.is_ignorable(item.first))
+        unknown.push_back(item.first);
+    if (!unknown.empty())
+      fail("{}: {} keys of this TinyGPT-V checkpoint have no place in the model (names shown without PEFT's "
+           "base_model.model.): {}{}",
+           ckpt_path, unknown.size(), summarize_names(unknown), tinygptv_hints(unknown, *model));
+  }
+  if (!ckpt_path.empty()) {
+    LoadResult result;
+    try {
+      result = load_into(*model, ckpt_state, ckpt, filled);
+    } catch (const Error& e) {
+      if (!tinygptv_ckpt) throw;
+      throw Error(std::string(e.what()) + " (a TinyGPT-V checkpoint: names shown without PEFT's base_model.model.)");
+    }
+    if (!result.unexpected.empty())
+      log::warn("{}: {} keys the model does not use: {}", ckpt_path, result.unexpected.size(),
+                summarize_names(result.unexpected));
+    report.sources.push_back(std::move(result));
+  }
+  ckpt_state.clear();
   if (config.low_resource) release_free_heap();  // the quantiser's float32 blocks (memory.h)
 
   // The projector is new in MiniGPT-4 (stage 1 starts it from scratch); without a Q-Former
@@ -307,6 +444,7 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
                   missing.end());
   };
   fresh("llama_proj.", [&] { model->llama_proj->reset_parameters(); });
+  if (model->llama_proj2) fresh("llama_proj2.", [&] { model->llama_proj2->reset_parameters(); });
   // Norms a relative adds to its LLM (TinyGPT-V's) keep the defaults they were built with;
   // adapters created by model.lora start as LoRA does (B zero) unless model.ckpt held them.
   const std::string llm_prefix = "llama_model.";

@@ -4,7 +4,8 @@
 // LLaMA/Vicuna's embedding space, where they sit between the prompt's text embeddings.
 // The LLaMA-2 variant (`has_qformer: false`) skips the Q-Former and projects every 4
 // consecutive ViT patch tokens, concatenated. The LLM may be of another family (Phi for
-// TinyGPT-V, llm_family.h): config.json's model_type decides.
+// TinyGPT-V, llm_family.h): config.json's model_type decides. TinyGPT-V (tinygptv.h) maps
+// the queries with two linear layers in a row (`proj_hidden`: llama_proj, then llama_proj2).
 #include "minigpt4/models/eva_vit.h"
 #include "minigpt4/models/llm_family.h"
 #include "minigpt4/models/lora.h"
@@ -20,6 +21,13 @@ struct MiniGPT4Config {
   EvaVitConfig vision;
   QFormerConfig qformer;
   bool has_qformer = true;
+  // > 0: two projections, llama_proj (queries -> proj_hidden) then llama_proj2 (proj_hidden
+  // -> LLM width), no activation between (TinyGPT-V: 4096). 0: llama_proj alone.
+  int64_t proj_hidden = 0;
+  // "" : the LLM as its directory describes it; "tinygptv": Phi as TinyGPT-V's
+  // modeling_phi.py builds it (fused query_key_value, q/k LayerNorm, post-attention RMSNorm),
+  // split q/k/v files fused while loading.
+  std::string llm_variant;
   // Weight locations: EVA ViT-g file, BLIP-2 checkpoint (Q-Former, query tokens,
   // ln_vision), Hugging Face LLM directory (LLaMA or Phi), and a MiniGPT-4 checkpoint loaded
   // last over everything (the released `pretrained_minigpt4.pth` holds only llama_proj).
@@ -66,7 +74,8 @@ struct MiniGPT4 : torch::nn::Module {
   torch::Tensor encode_vision(const torch::Tensor& images) const;
   // ln_vision output -> [B, NQ, QH] (or the 4-patch concatenation without a Q-Former).
   torch::Tensor image_queries(const torch::Tensor& vision_tokens) const;
-  torch::Tensor project(const torch::Tensor& queries) const;  // llama_proj, cast to the LLM dtype
+  // llama_proj (then llama_proj2 when there are two), cast to the LLM dtype.
+  torch::Tensor project(const torch::Tensor& queries) const;
 
   // `prompt_wrap`: [embed(p_before), img_embeds, embed(p_after)] for a prompt holding one
   // `<ImageHere>`; an empty prompt returns img_embeds unchanged.
@@ -84,7 +93,8 @@ struct MiniGPT4 : torch::nn::Module {
   torch::Tensor context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
                                   const Tokenizer& tokenizer) const;
 
-  // Sets requires_grad per the freeze flags (only llama_proj trains by default). Everything
+  // Sets requires_grad per the freeze flags (only the projector, llama_proj and llama_proj2
+  // if present, trains by default). Everything
   // stays in eval mode: none of these modules has dropout active in MiniGPT-4's settings.
   void apply_freezing();
 
@@ -94,6 +104,7 @@ struct MiniGPT4 : torch::nn::Module {
   std::shared_ptr<QFormer> Qformer;  // null without a Q-Former
   torch::Tensor query_tokens;
   std::shared_ptr<Linear> llama_proj;
+  std::shared_ptr<Linear> llama_proj2;  // null unless config.proj_hidden > 0
   std::shared_ptr<CausalLM> llama_model;  // the LLM, of any family, under MiniGPT-4's module name
 };
 

@@ -5,6 +5,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/minigpt4_lora.h"
+#include "minigpt4/models/tinygptv.h"
 
 namespace minigpt4 {
 
@@ -29,6 +30,14 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   c.qformer.intermediate_size = cfg.get_int(m("qformer_intermediate_size"), c.qformer.intermediate_size);
   c.qformer.cross_attention_freq = cfg.get_int(m("cross_attention_freq"), c.qformer.cross_attention_freq);
   c.qformer.encoder_width = c.vision.width;
+  c.proj_hidden = cfg.get_int(m("proj_hidden"), c.proj_hidden);
+  if (c.proj_hidden < 0)
+    fail("{}: model.proj_hidden must be 0 (one projection) or the width between the two projections, got {}",
+         cfg.source_of(m("proj_hidden")), c.proj_hidden);
+  c.llm_variant = cfg.get_string(m("llm_variant"));
+  if (!c.llm_variant.empty() && c.llm_variant != tinygptv::kLlmVariant)
+    fail("{}: model.llm_variant is '{}'; known: {} (TinyGPT-V's Phi), or leave it out", cfg.source_of(m("llm_variant")),
+         c.llm_variant, tinygptv::kLlmVariant);
 
   c.vit_model = cfg.get_string(m("vit_model"));
   c.q_former_model = cfg.get_string(m("q_former_model"));

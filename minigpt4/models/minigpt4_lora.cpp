@@ -5,6 +5,7 @@
 #include "minigpt4/common/log.h"
 #include "minigpt4/models/lora_peft.h"
 #include "minigpt4/models/minigpt4.h"
+#include "minigpt4/models/tinygptv.h"
 
 #include <filesystem>
 #include <regex>
@@ -115,7 +116,13 @@ void read_lora_settings(const Config& cfg, MiniGPT4Config& c) {
       fail("{}: model.lora.{}: unknown component (known: llm, vit, qformer)", cfg.path(), component);
     c.lora[component] = component_config(cfg, component);
   }
-  // MiniGPT-v2's keys: one LLM adapter, the projector trained with it.
+  // TinyGPT-V's Phi: its adapters sit on query_key_value and dense unless told otherwise.
+  const bool tinygptv = c.llm_variant == tinygptv::kLlmVariant;
+  if (tinygptv && c.lora.count("llm") && !cfg.has("model.lora.llm.target_modules") &&
+      !cfg.has("model.lora.llm.target_regex"))
+    c.lora["llm"].target_modules = tinygptv::lora_targets();
+  // MiniGPT-v2's keys (which TinyGPT-V's configs use too): one LLM adapter, the projector
+  // trained with it (TinyGPT-V: both projections and Phi's norms).
   const bool v2_adapter = cfg.get_int("model.lora_r", 0) > 0 && !c.lora.count("llm");
   if (v2_adapter) {
     lora::LoraConfig llm;
@@ -123,16 +130,23 @@ void read_lora_settings(const Config& cfg, MiniGPT4Config& c) {
     llm.lora_alpha = cfg.get_float("model.lora_alpha", 16.0);
     llm.lora_dropout = cfg.get_float("model.lora_dropout", 0.05);
     llm.target_modules = cfg.get_string_list("model.lora_target_modules");
-    if (llm.target_modules.empty()) llm.target_modules = defaults_for("llm").targets;
+    if (llm.target_modules.empty()) llm.target_modules = tinygptv ? tinygptv::lora_targets() : defaults_for("llm").targets;
     llm.task_type = "CAUSAL_LM";
     llm.validate(fmt::format("{}: model.lora_r", cfg.source_of("model.lora_r")));
     c.lora["llm"] = llm;
+  }
+  std::vector<std::string> v2_trainable = {"llama_proj"};
+  if (c.proj_hidden > 0) v2_trainable.push_back("llama_proj2");
+  if (tinygptv) {
+    v2_trainable.clear();
+    for (const auto& entry : tinygptv::trainable())
+      if (entry != "llama_proj2" || c.proj_hidden > 0) v2_trainable.push_back(entry);
   }
   for (const auto& name : cfg.keys_under("model.lora_path"))
     c.lora_path[name] = cfg.get_string("model.lora_path." + name);
   c.lora_active = cfg.get_string("model.lora_active");
   c.lora_trainable = cfg.has("model.lora_trainable") ? cfg.get_string_list("model.lora_trainable")
-                     : v2_adapter                    ? std::vector<std::string>{"llama_proj"}
+                     : v2_adapter                    ? v2_trainable
                                                      : std::vector<std::string>{};
 }
 
@@ -203,6 +217,8 @@ void apply_lora_freezing(MiniGPT4& model) {
   lora::set_trainable_adapter(model, training_adapter ? kTrainedAdapter : "");
   if (!training_adapter) return;
   for (auto& p : model.llama_proj->parameters()) p.set_requires_grad(false);
+  if (model.llama_proj2)
+    for (auto& p : model.llama_proj2->parameters()) p.set_requires_grad(false);
   for (const auto& entry : c.lora_trainable) {
     bool matched = false;
     for (auto& item : model.named_parameters()) {

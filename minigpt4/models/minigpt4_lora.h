@@ -34,7 +34,10 @@ torch::nn::Module* lora_component(MiniGPT4& model, const std::string& component)
 
 // model.lora.*, model.lora_path, model.lora_active, model.lora_trainable, and MiniGPT-v2's
 // model.lora_r / lora_alpha / lora_dropout / lora_target_modules (an LLM adapter; the
-// projector keeps training, as MiniGPT-v2 does) into `c`. Errors name the config file.
+// projector keeps training, as MiniGPT-v2 does) into `c`. With model.llm_variant: tinygptv
+// an LLM adapter defaults to TinyGPT-V's targets (query_key_value, dense), and the v2 keys
+// also train Phi's norm weights (tinygptv.h). Reads c.proj_hidden and c.llm_variant, so
+// call it after them. Errors name the config file.
 void read_lora_settings(const Config& config, MiniGPT4Config& c);
 
 // Creates "default" on every component model.lora configures (A random, B zero). Called
@@ -58,7 +61,8 @@ std::vector<std::string> adapter_names(MiniGPT4& model);
 
 // The requires_grad rules once adapters exist, applied by MiniGPT4::apply_freezing after
 // the freeze flags: only "default"'s weights among the adapters; with model.lora set, the
-// projector is frozen (ConLoRA) unless model.lora_trainable names it, and every parameter
+// projector (llama_proj, and llama_proj2 if present) is frozen (ConLoRA) unless
+// model.lora_trainable names it, and every parameter
 // whose name contains a model.lora_trainable entry as whole dotted segments trains.
 void apply_lora_freezing(MiniGPT4& model);
 

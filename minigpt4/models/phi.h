@@ -118,4 +118,12 @@ struct PhiForCausalLM : CausalLM {
   torch::Tensor inv_freq;  // over rotary_ndims channels, computed
 };
 
+// The split q_proj/k_proj/v_proj weights and biases of a checkpoint rearranged into the
+// fused query_key_value of the transformers 4.36 port (per head, its q, k and v rows one
+// after another, which is what the Bloom-style [B, T, heads, 3, head_dim] read expects), for
+// a model built with fused_qkv (TinyGPT-V's modeling_phi.py) from today's split Phi-2 files.
+// The product is unchanged. Names may carry a prefix; other tensors pass through. A layer
+// with some but not all of q/k/v, or grouped key/value heads, is an error naming `source`.
+StateDict fuse_phi_qkv(const StateDict& weights, int64_t num_heads, const std::string& source);
+
 }  // namespace minigpt4

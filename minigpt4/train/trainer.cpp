@@ -71,6 +71,12 @@ double mean(const std::vector<double>& v) {
 
 TrainResult run_training(const Config& config, const TrainOptions& options) {
   const auto start_time = std::chrono::steady_clock::now();
+  // Dataset names the schema knows only so MiniGPT-v2's (TinyGPT-V stage 4's) configs parse.
+  for (const auto& name : config.keys_under("datasets"))
+    if (name != "laion" && name != "cc_sbu" && name != "cc_sbu_align" && name != "text_corpus")
+      fail("{}: datasets.{} is one of MiniGPT-v2's multi-task datasets (TinyGPT-V stage 4), which `minigpt4 train` "
+           "cannot load yet; it trains on laion, cc_sbu, cc_sbu_align and text_corpus (docs/tinygptv.md)",
+           config.path(), name);
   const auto model_config = MiniGPT4Config::from_config(config);
   const auto& group = options.group;
   const int rank = group ? group->rank() : 0;

@@ -80,3 +80,34 @@ TEST_CASE("every shipped config parses", "[config]") {
     }
   }
 }
+
+TEST_CASE("TinyGPT-V's configs parse with the original's values", "[config]") {
+  const auto root = test::source_dir();
+  const auto stage1 = Config::load((root / "train_configs/tinygptv_stage1.yaml").string());
+  CHECK(stage1.get_int("model.proj_hidden", 0) == 4096);
+  CHECK(stage1.get_string("model.llm_variant") == "tinygptv");
+  CHECK(stage1.get_int("model.lora_r", 0) == 64);
+  CHECK(stage1.get_int("datasets.laion.batch_size", 0) == 16);
+  CHECK(stage1.get_int("run.warmup_steps", 0) == 1000);
+  CHECK(stage1.get_int("run.max_epoch", 0) == 1);
+  const auto stage2 = Config::load((root / "train_configs/tinygptv_stage2.yaml").string());
+  CHECK(stage2.get_int("run.warmup_steps", 0) == 5000);
+  CHECK(stage2.get_int("run.max_epoch", 0) == 4);
+  const auto stage3 = Config::load((root / "train_configs/tinygptv_stage3.yaml").string());
+  CHECK(stage3.get_int("datasets.cc_sbu_align.batch_size", 0) == 6);
+  CHECK(stage3.get_float("run.init_lr", 0) == Approx(3e-5));
+  CHECK(stage3.get_string("model.prompt_template") == "###Human: {} ###Assistant: ");
+  const auto stage4 = Config::load((root / "train_configs/tinygptv_stage4.yaml").string());
+  CHECK(stage4.get_int("model.image_size", 0) == 448);
+  CHECK(stage4.get_string("model.prompt_template") == "[INST] {} [/INST]");
+  CHECK(stage4.keys_under("datasets").size() == 20);
+  CHECK(stage4.get_int("datasets.refcoco.vis_processor.train.image_size", 0) == 448);
+  CHECK(stage4.get_int("run.iters_per_epoch", 0) * stage4.get_int("run.max_epoch", 0) == 50000);
+  CHECK(Config::load((root / "eval_configs/tinygptv_stage1_2_3_eval.yaml").string()).get_string("model.conv_template") ==
+        "vicuna0");
+  CHECK(Config::load((root / "eval_configs/tinygptv_stage4_eval.yaml").string()).get_string("model.conv_template") ==
+        "minigptv2");
+  // The original eval configs' unused bos_token_id is accepted.
+  CHECK(Config::from_yaml("model:\n  arch: minigpt4\n  bos_token_id: \"###\"\n", "eval.yaml")
+            .get_string("model.bos_token_id") == "###");
+}
