@@ -26,6 +26,7 @@ torch::Tensor Decoder::start(const torch::Tensor& inputs_embeds) {
   // With earlier positions in the cache the prompt's positions come after them.
   options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - inputs_embeds.size(1));
   options.cache = cache_;
+  options.logits_to_keep = 1;
   return llm_.forward(inputs_embeds, options).logits.select(1, -1);
 }
 

@@ -57,6 +57,11 @@ torch::Tensor additive_mask(const torch::Tensor& attention_mask, int64_t batch, 
       .masked_fill(allowed.logical_not(), lowest);
 }
 
+torch::Tensor keep_last(const torch::Tensor& hidden, int64_t keep) {
+  const int64_t T = hidden.size(1);
+  return keep <= 0 || keep >= T ? hidden : hidden.narrow(1, T - keep, keep);
+}
+
 torch::Tensor rope_inv_freq(int64_t dim, double theta, torch::Device device) {
   const auto exponents = torch::arange(0, dim, 2, torch::TensorOptions().dtype(torch::kLong)).to(torch::kFloat32) / dim;
   return (1.0 / torch::pow(theta, exponents)).to(device);

@@ -25,6 +25,9 @@ struct CausalLMOptions {
   torch::Tensor position_ids;    // [B, T]; undefined = T_past .. T_past+T-1
   KVCache* cache = nullptr;      // appended to when given
   bool output_hidden_states = false;
+  // > 0: logits for the last this-many positions only (transformers' `logits_to_keep`):
+  // generation's prefill needs the last one, and the LM head over a whole prompt is wasted.
+  int64_t logits_to_keep = 0;
 };
 
 struct CausalLMOutput {
@@ -62,6 +65,9 @@ torch::Tensor default_position_ids(int64_t batch, int64_t length, int64_t past, 
 // uniformly, as in transformers. `attention_mask` [B, T_past+T] may be undefined.
 torch::Tensor additive_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t length, int64_t past,
                             torch::Dtype dtype, torch::Device device);
+
+// The last `keep` positions of [B, T, H] hidden states (all of them for keep <= 0 or >= T).
+torch::Tensor keep_last(const torch::Tensor& hidden, int64_t keep);
 
 // RoPE over `dim` channels: inv_freq = 1 / theta^(2i/dim) in float32, as transformers computes it.
 torch::Tensor rope_inv_freq(int64_t dim, double theta, torch::Device device);

@@ -147,7 +147,7 @@ CausalLMOutput LlamaForCausalLM::forward(const torch::Tensor& inputs_embeds, con
   }
   x = norm->forward(x);
   if (opt.output_hidden_states) out.hidden_states.push_back(x);
-  out.logits = lm_head->forward(x).to(torch::kFloat32);
+  out.logits = lm_head->forward(decoder::keep_last(x, opt.logits_to_keep)).to(torch::kFloat32);
   return out;
 }
 

@@ -255,7 +255,37 @@ CausalLMOutput PhiForCausalLM::forward(const torch::Tensor& inputs_embeds, const
   }
   x = final_layernorm->forward(x);
   if (opt.output_hidden_states) out.hidden_states.push_back(x);
-  out.logits = lm_head->forward(x).to(torch::kFloat32);
+  out.logits = lm_head->forward(decoder::keep_last(x, opt.logits_to_keep)).to(torch::kFloat32);
+  return out;
+}
+
+StateDict fuse_phi_qkv(const StateDict& weights, int64_t num_heads, const std::string& source) {
+  StateDict out = weights;
+  for (const auto& [name, q] : weights) {
+    for (const std::string kind : {"weight", "bias"}) {
+      const std::string q_suffix = "self_attn.q_proj." + kind;
+      if (!ends_with(name, q_suffix)) continue;
+      const auto stem = name.substr(0, name.size() - q_suffix.size()) + "self_attn.";
+      const auto k = weights.find(stem + "k_proj." + kind), v = weights.find(stem + "v_proj." + kind);
+      if (k == weights.end() || v == weights.end())
+        fail("{}: '{}' has no matching {}k_proj.{} and {}v_proj.{} to fuse into query_key_value", source, name, stem,
+             kind, stem, kind);
+      if (k->second.sizes() != q.sizes() || v->second.sizes() != q.sizes())
+        fail("{}: {}q_proj/k_proj/v_proj.{} have different shapes ([{}], [{}], [{}]); a fused query_key_value needs "
+             "as many key/value heads as query heads",
+             source, stem, kind, fmt::join(q.sizes(), ", "), fmt::join(k->second.sizes(), ", "),
+             fmt::join(v->second.sizes(), ", "));
+      if (q.size(0) % num_heads != 0)
+        fail("{}: '{}' has {} rows, not a multiple of the {} heads", source, name, q.size(0), num_heads);
+      auto per_head = [num_heads](const at::Tensor& t) { return t.reshape({num_heads, t.size(0) / num_heads, -1}); };
+      const auto fused = torch::stack({per_head(q), per_head(k->second), per_head(v->second)}, 1);  // [H, 3, D, in]
+      out[stem + "query_key_value." + kind] = q.dim() == 1 ? fused.reshape({-1}) : fused.reshape({-1, q.size(1)});
+      for (const char* proj : {"q_proj.", "k_proj.", "v_proj."}) out.erase(stem + proj + kind);
+    }
+  }
+  for (const auto& [name, t] : out)
+    if (ends_with(name, "self_attn.k_proj.weight") || ends_with(name, "self_attn.v_proj.weight"))
+      fail("{}: '{}' has no matching q_proj weight to fuse into query_key_value", source, name);
   return out;
 }
 
