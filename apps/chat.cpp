@@ -159,7 +159,8 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option("--temperature", a.temperature, "sampling temperature; 0: greedy")->capture_default_str();
   cmd->add_option("--top-p", a.top_p, "nucleus sampling")->capture_default_str();
   cmd->add_option("--top-k", a.top_k, "top-k sampling (0: off)")->capture_default_str();
-  cmd->add_option("--repetition-penalty", a.repetition_penalty, "HF repetition penalty")->capture_default_str();
+  cmd->add_option_function<double>("--repetition-penalty", [args](double p) { args->answer.repetition_penalty = p; },
+                                   "HF repetition penalty (default: the config's model.repetition_penalty, else 1.0)");
   cmd->add_option("--max-length", a.max_length, "prompt + answer limit (the prompt is cut from the left)")->capture_default_str();
   cmd->add_option_function<uint64_t>("--seed", [args](uint64_t seed) { args->answer.seed = seed, args->random_seed = false; },
                                      "sampling seed (default: random)");

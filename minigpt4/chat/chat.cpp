@@ -68,6 +68,13 @@ Visible visible_answer(std::string text) {
     for (int i = 0; i < 2 && !text.empty() && text.back() == '#'; ++i) text.pop_back();
     static const std::string kReplacement = "\xEF\xBF\xBD";
     while (text.size() >= 3 && text.compare(text.size() - 3, 3, kReplacement) == 0) text.resize(text.size() - 3);
+    // The start of a clean-up pattern (" n" of " n't", " '" of " 's" or " ' "): the BPE
+    // tokenizer's clean_up_tokenization may still drop its space, so it waits for the rest.
+    for (const std::string tail : {" n'", " 'v", " 'r", " n", " '"})
+      if (text.size() >= tail.size() && text.compare(text.size() - tail.size(), tail.size(), tail) == 0) {
+        text.resize(text.size() - tail.size());
+        break;
+      }
   }
   size_t begin = 0, end = text.size();
   while (begin < end && is_python_space(text[begin])) ++begin;
@@ -88,6 +95,10 @@ std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device dev
   chat->tokenizer = load_tokenizer(model_config.llama_model);
   chat->processor = std::make_shared<ImageEvalProcessor>(image_size_for(config, *chat->model));
   chat->template_name = template_for(config);
+  chat->repetition_penalty = config.get_float("model.repetition_penalty", 1.0);
+  if (!(chat->repetition_penalty > 0))
+    fail("model.repetition_penalty must be > 0, got {} ({})", chat->repetition_penalty,
+         config.source_of("model.repetition_penalty"));
   chat->name = config.path().empty() ? "minigpt4" : std::filesystem::path(config.path()).stem().string();
   chat->device = device;
   return chat;
@@ -144,7 +155,7 @@ GenerationConfig generation_config(const ChatModel& model, const AnswerOptions& 
   c.temperature = c.do_sample ? o.temperature : 1.0;
   c.top_p = o.top_p;
   c.top_k = o.top_k;
-  c.repetition_penalty = o.repetition_penalty;
+  c.repetition_penalty = o.repetition_penalty.value_or(model.repetition_penalty);
   c.bos_token_id = model.tokenizer->bos_id();
   c.eos_token_id = model.tokenizer->eos_id();
   c.stop_token_sequences = model.stop_sequences();

@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,7 +35,7 @@ struct AnswerOptions {
   double temperature = 1.0;  // <= 0: greedy (no sampling), as llama.cpp's --temp 0
   double top_p = 0.9;
   int64_t top_k = 50;
-  double repetition_penalty = 1.0;
+  std::optional<double> repetition_penalty;  // unset: the model's (ChatModel::repetition_penalty)
   double length_penalty = 1.0;
   int64_t max_length = 2000;  // the prompt is cut from the left to fit max_length - max_new_tokens
   uint64_t seed = 0;
@@ -61,6 +62,8 @@ struct ChatModel {
   std::shared_ptr<Tokenizer> tokenizer;
   std::shared_ptr<ImageEvalProcessor> processor;
   std::string template_name;  // a name conversation_template() accepts
+  // The penalty of answers that do not set one: model.repetition_penalty, else 1.0.
+  double repetition_penalty = 1.0;
   std::string name;                   // model id shown by the API (the eval config's file stem)
   c10::Device device = c10::kCPU;
 

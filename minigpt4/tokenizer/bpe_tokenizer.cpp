@@ -612,6 +612,15 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
   tok.add_bos_ = get_bool(config, "add_bos_token", false);
   tok.add_prefix_space_ = get_bool(config, "add_prefix_space", slow_files ? false : json_prefix_space);
   tok.split_special_tokens_ = get_bool(config, "split_special_tokens", false);
+  // PreTrainedTokenizerBase.__init__: kwargs.pop("clean_up_tokenization_spaces", True); a
+  // null stays None, which decode treats as false.
+  if (config.contains("clean_up_tokenization_spaces")) {
+    const json& v = config.at("clean_up_tokenization_spaces");
+    if (!v.is_boolean() && !v.is_null())
+      fail("BpeTokenizer: clean_up_tokenization_spaces in {} must be true, false or null, not {}",
+           config_path.string(), v.dump());
+    tok.clean_up_tokenization_spaces_ = v.is_boolean() && v.get<bool>();
+  }
   tok.regex_ = std::make_shared<const Regex>();
   tok.cache_ = std::make_shared<Cache>();
   return tok;
@@ -825,10 +834,36 @@ std::string BpeTokenizer::tokens_to_string(const std::vector<std::string>& token
   return utf8_replace(bytes);
 }
 
-// PreTrainedTokenizer._decode (spaces_between_special_tokens=True, no clean-up): runs of
-// ordinary pieces (special tokens included) go through the byte map; non-special added
-// tokens are written as they are; the parts are joined with single spaces.
+std::string BpeTokenizer::clean_up_tokenization(std::string text) {
+  static const std::array<std::pair<const char*, const char*>, 10> kReplacements = {{
+      {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"},
+      {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
+  }};
+  // Each as Python's str.replace: non-overlapping matches, left to right, in one pass. The
+  // patterns are ASCII, so matching bytes of valid UTF-8 matches characters.
+  for (const auto& [from, to] : kReplacements) {
+    const std::string pattern = from;
+    if (text.find(pattern) == std::string::npos) continue;
+    std::string out;
+    out.reserve(text.size());
+    size_t start = 0;
+    for (size_t at; (at = text.find(pattern, start)) != std::string::npos; start = at + pattern.size())
+      out.append(text, start, at - start).append(to);
+    out.append(text, start, std::string::npos);
+    text = std::move(out);
+  }
+  return text;
+}
+
 std::string BpeTokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens) const {
+  return decode(ids, skip_special_tokens, clean_up_tokenization_spaces_);
+}
+
+// PreTrainedTokenizer._decode (spaces_between_special_tokens=True): runs of ordinary pieces
+// (special tokens included) go through the byte map; non-special added tokens are written as
+// they are; the parts are joined with single spaces; then the clean-up, on the whole string.
+std::string BpeTokenizer::decode(const std::vector<int64_t>& ids, bool skip_special_tokens,
+                                 bool clean_up_tokenization_spaces) const {
   std::vector<std::string> parts, run;
   for (int64_t id : ids) {
     if (skip_special_tokens && special_id_set_.count(id)) continue;
@@ -847,7 +882,7 @@ std::string BpeTokenizer::decode(const std::vector<int64_t>& ids, bool skip_spec
   if (!run.empty()) parts.push_back(tokens_to_string(run));
   std::string text;
   for (size_t i = 0; i < parts.size(); ++i) text += (i ? " " : "") + parts[i];
-  return text;
+  return clean_up_tokenization_spaces ? clean_up_tokenization(std::move(text)) : text;
 }
 
 }  // namespace minigpt4

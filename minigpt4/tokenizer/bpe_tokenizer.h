@@ -8,7 +8,10 @@
 //    bytes mapped to printable characters (`bytes_to_unicode`) and merged by BPE rank;
 //  - decoding maps the characters back to bytes and decodes them as UTF-8 with
 //    errors="replace" (a partial sequence becomes U+FFFD); non-special added tokens are
-//    written verbatim and, as in HF, joined to their neighbours with single spaces.
+//    written verbatim and, as in HF, joined to their neighbours with single spaces;
+//  - when tokenizer_config.json's clean_up_tokenization_spaces is true (transformers 4.37's
+//    default when the key is absent; Phi-2 sets it true), decode then applies HF's
+//    clean_up_tokenization to the whole string (" ." -> ".", " n't" -> "n't", ...).
 //
 // Files: vocab.json + merges.txt (the slow tokenizer's) or, when those are absent,
 // tokenizer.json (model.type "BPE" with a ByteLevel pre-tokenizer; merges as "a b" strings
@@ -38,8 +41,17 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<int64_t> encode(const std::string& text, bool add_special_tokens = true) const override;
   // HF `tokenize`: byte-level pieces ("Ġworld"), added and special tokens as themselves.
   std::vector<std::string> tokenize(const std::string& text) const override;
-  // HF slow decode with clean_up_tokenization_spaces=False.
+  // HF slow decode with clean_up_tokenization_spaces=None: cleaned up when the config says so.
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const override;
+  // HF slow decode with an explicit clean_up_tokenization_spaces.
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens, bool clean_up_tokenization_spaces) const;
+  // tokenizer_config.json's clean_up_tokenization_spaces (absent: true, as transformers 4.37's
+  // PreTrainedTokenizerBase defaults it; null: false).
+  bool clean_up_tokenization_spaces() const { return clean_up_tokenization_spaces_; }
+  // HF's PreTrainedTokenizerBase.clean_up_tokenization: Python str.replace of " .", " ?",
+  // " !", " ,", " ' ", " n't", " 'm", " 's", " 've", " 're" (in that order, one after the
+  // other, each over the whole string) by the same text without the leading space (" ' " -> "'").
+  static std::string clean_up_tokenization(std::string text);
 
   std::string id_to_piece(int64_t id) const override;   // HF convert_ids_to_tokens
   int64_t piece_to_id(const std::string& piece) const override;  // unknown pieces give unk
@@ -103,6 +115,7 @@ class BpeTokenizer final : public Tokenizer {
   bool add_bos_ = false;
   bool add_prefix_space_ = false;
   bool split_special_tokens_ = false;
+  bool clean_up_tokenization_spaces_ = true;
   int64_t bos_id_ = -1, eos_id_ = -1, unk_id_ = -1, pad_token_id_ = -1, size_ = 0;
 };
 

@@ -26,7 +26,10 @@ class Tokenizer {
   virtual std::vector<int64_t> encode(const std::string& text, bool add_special_tokens = true) const = 0;
   // The pieces of `text` (HF `tokenize`): special tokens appear as their own strings.
   virtual std::vector<std::string> tokenize(const std::string& text) const = 0;
-  // HF decode with clean_up_tokenization_spaces=False.
+  // HF decode with clean_up_tokenization_spaces left to each tokenizer's own setting:
+  // BpeTokenizer follows tokenizer_config.json (Phi-2 / TinyGPT-V: true, so " ." -> "."
+  // and the like); LlamaTokenizer always decodes with False (HF LlamaTokenizer's default,
+  // which its parity fixtures match).
   virtual std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const = 0;
 
   virtual std::string id_to_piece(int64_t id) const = 0;

@@ -175,3 +175,21 @@ TEST_CASE("bad chat input gets a clear error") {
   o.max_new_tokens = 5, o.num_beams = 11;
   CHECK_THROWS_WITH(generation_config(model, o), Catch::Contains("num_beams"));
 }
+
+TEST_CASE("model.repetition_penalty is the default of answers that do not set one") {
+  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const test::GenerationFixture fx(dir);
+  CHECK(generation_config(*chat_model(fx), greedy(4)).repetition_penalty == 1.0);
+
+  const auto yaml = test::parity_case_yaml(fx.dir, fx.manifest) + "  repetition_penalty: 1.05\n";
+  const auto model = ChatModel::load(Config::from_yaml(yaml, (fx.dir / "manifest.json").string()), torch::kCPU);
+  CHECK(model->repetition_penalty == 1.05);
+  AnswerOptions o = greedy(4);
+  CHECK(generation_config(*model, o).repetition_penalty == 1.05);
+  o.repetition_penalty = 1.0;  // given: wins over the config
+  CHECK(generation_config(*model, o).repetition_penalty == 1.0);
+
+  const auto bad = test::parity_case_yaml(fx.dir, fx.manifest) + "  repetition_penalty: 0\n";
+  CHECK_THROWS_WITH(ChatModel::load(Config::from_yaml(bad, (fx.dir / "manifest.json").string()), torch::kCPU),
+                    Catch::Contains("model.repetition_penalty"));
+}

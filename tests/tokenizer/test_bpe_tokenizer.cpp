@@ -95,13 +95,26 @@ void check_variant(const BpeTokenizer& tok, const json& v, const std::string& la
     const auto with_special = tok.encode(text, true);
     CHECK(with_special == ids_of(c.at("ids_with_special")));
     const auto golden_ids = ids_of(c.at("ids_with_special"));
-    CHECK(tok.decode(golden_ids) == c.at("decode").get<std::string>());
-    CHECK(tok.decode(golden_ids, true) == c.at("decode_skip").get<std::string>());
+    // These were decoded with clean_up_tokenization_spaces=False.
+    CHECK(tok.decode(golden_ids, false, false) == c.at("decode").get<std::string>());
+    CHECK(tok.decode(golden_ids, true, false) == c.at("decode_skip").get<std::string>());
   }
   for (const auto& c : v.at("decode_cases")) {
     INFO("ids: " << c.at("ids").dump());
-    CHECK(tok.decode(ids_of(c.at("ids"))) == c.at("decode").get<std::string>());
-    CHECK(tok.decode(ids_of(c.at("ids")), true) == c.at("decode_skip").get<std::string>());
+    CHECK(tok.decode(ids_of(c.at("ids")), false, false) == c.at("decode").get<std::string>());
+    CHECK(tok.decode(ids_of(c.at("ids")), true, false) == c.at("decode_skip").get<std::string>());
+  }
+
+  // The clean-up: the config's setting by default, or forced on or off.
+  CHECK(tok.clean_up_tokenization_spaces() == v.at("clean_up_tokenization_spaces").get<bool>());
+  for (const auto& c : v.at("cleanup_cases")) {
+    INFO("cleanup text: " << c.at("text").dump());
+    const auto ids = ids_of(c.at("ids"));
+    CHECK(tok.encode(c.at("text").get<std::string>()) == ids);
+    CHECK(tok.decode(ids) == c.at("decode_default").get<std::string>());
+    CHECK(tok.decode(ids, true) == c.at("decode_skip_default").get<std::string>());
+    CHECK(tok.decode(ids, false, true) == c.at("decode_clean").get<std::string>());
+    CHECK(tok.decode(ids, false, false) == c.at("decode_raw").get<std::string>());
   }
 }
 
@@ -154,6 +167,65 @@ TEST_CASE("the golden data is not trivial", "[tokenizer][bpe]") {
   // One wrong id anywhere must show: a plain round trip is not enough.
   CHECK(tok.encode("Hello world", false) == hello_world_ids());
   CHECK(tok.tokenize("Hello world") == std::vector<std::string>{"Hello", "\xc4\xa0world"});
+}
+
+TEST_CASE("BpeTokenizer's clean_up_tokenization_spaces follows tokenizer_config.json as HF does",
+          "[parity][tokenizer][bpe]") {
+  const fs::path dir = bpe_dir() / "tiny_codegen";
+  const json config = minigpt4::test::read_json(dir / "tokenizer_config.json");
+  const auto& rows = golden().at("cleanup_config");
+  REQUIRE(rows.size() == 4);
+  for (const auto& row : rows) {
+    const json& value = row.at("config_value");
+    INFO("clean_up_tokenization_spaces: " << value.dump());
+    Scratch scratch("cleanup_config");
+    scratch.copy_from(dir, {"tokenizer_config.json"});
+    json c = config;
+    if (value == "absent")
+      c.erase("clean_up_tokenization_spaces");
+    else
+      c["clean_up_tokenization_spaces"] = value;
+    scratch.write("tokenizer_config.json", c.dump(2));
+    const auto tok = BpeTokenizer::from_pretrained(scratch.path);
+    const json& attribute = row.at("clean_up_tokenization_spaces");  // null: None, read as false
+    const bool want = attribute.is_boolean() && attribute.get<bool>();
+    CHECK(tok.clean_up_tokenization_spaces() == want);
+    const auto ids = tok.encode(row.at("text").get<std::string>());
+    CHECK(ids == ids_of(row.at("ids")));
+    CHECK(tok.decode(ids) == row.at("decode_default").get<std::string>());
+  }
+  // The rows must tell the settings apart.
+  CHECK(rows[0].at("decode_default") != rows[1].at("decode_default"));
+  CHECK(rows[3].at("decode_default") == rows[0].at("decode_default"));
+
+  // Through the Tokenizer interface (what chat uses), the Phi-2-like directory cleans up.
+  const std::shared_ptr<minigpt4::Tokenizer> loaded = minigpt4::load_tokenizer(dir);
+  CHECK(loaded->decode(loaded->encode("I do n't know .", false)) == "I don't know.");
+
+  // A value HF would not read as a boolean is refused.
+  Scratch bad("cleanup_bad");
+  bad.copy_from(dir, {"tokenizer_config.json"});
+  json c = config;
+  c["clean_up_tokenization_spaces"] = "yes";
+  bad.write("tokenizer_config.json", c.dump(2));
+  CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(bad.path), Contains("clean_up_tokenization_spaces"));
+
+  // Python str.replace semantics, pattern after pattern.
+  CHECK(BpeTokenizer::clean_up_tokenization("a ' ' b") == "a'' b");
+  CHECK(BpeTokenizer::clean_up_tokenization(" . .") == "..");
+  CHECK(BpeTokenizer::clean_up_tokenization("do n't , ok") == "don't, ok");
+  CHECK(BpeTokenizer::clean_up_tokenization("nothing here") == "nothing here");
+  CHECK(BpeTokenizer::clean_up_tokenization("") == "");
+}
+
+TEST_CASE("the clean-up golden data is not trivial", "[tokenizer][bpe]") {
+  for (const char* name : {"tiny_codegen", "tiny_gpt2_legacy"}) {
+    const json& v = golden().at("variants").at(name);
+    size_t changed = 0;
+    for (const auto& c : v.at("cleanup_cases")) changed += c.at("decode_clean") != c.at("decode_raw");
+    CHECK(v.at("cleanup_cases").size() >= 20);
+    CHECK(changed >= 15);
+  }
 }
 
 TEST_CASE("BpeTokenizer decodes what it encodes and survives invalid UTF-8", "[tokenizer][bpe]") {

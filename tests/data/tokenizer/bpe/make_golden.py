@@ -29,7 +29,13 @@ What it writes (tests/data/tokenizer/bpe/):
                      encode() with and without special tokens, and decode() of those ids with
                      and without skip_special_tokens (clean_up_tokenization_spaces=False);
                      plus decode() of id sequences that end in or contain partial UTF-8 byte
-                     sequences (HF decodes bytes with errors="replace").
+                     sequences (HF decodes bytes with errors="replace"). Then the clean-up:
+                     each directory's clean_up_tokenization_spaces (tiny_codegen sets it true
+                     like Phi-2, tiny_gpt2_legacy leaves it out: transformers 4.37 defaults it
+                     to true) and `cleanup_cases`, decode() with the config's setting and with
+                     clean_up_tokenization_spaces=True / False, of CLEANUP_STRINGS and of the
+                     STRINGS whose decode the clean-up changes; and top-level `cleanup_config`:
+                     tiny_codegen with the key set to true, false, null and left out.
 
 Both slow classes (CodeGenTokenizer and GPT2Tokenizer) are run; the script stops if they
 disagree anywhere (they only differ in flags that do not change the output here). The fast
@@ -157,6 +163,31 @@ STRINGS = [
     "world worldwide helloworld world",
     "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
     "The model looks at the image and answers the question about the image. " * 3,
+]
+
+# Decoded with HF's clean_up_tokenization (" ." -> ".", " n't" -> "n't", ...): every
+# pattern, back to back, doubled, at the ends, next to added and special tokens.
+CLEANUP_STRINGS = [
+    "It is a cat . Is it ? Yes ! Well , maybe .",
+    "I do n't know . I 'm sure it 's fine , we 've seen they 're here .",
+    "a ' b ' c '' d ' ' e",
+    "x ' s and x 's and x 'S and x 'sss 'ss",
+    "end .",
+    " .",
+    ".",
+    " . . .. ...",
+    "n't 'm 's 've 're",
+    " n't n't  n't",
+    "don 't do n 't do n'tt",
+    "can ' t won ' t",
+    "one  .  two   ,   three        !",
+    "tab\t. new\n, line \n.",
+    "<|endoftext|> . <|endoftext|> ' s",
+    "x <|endoftext|>'s y<|endoftext|> ?",
+    "caf\u00e9 . \u4e2d ! \U0001F600 ?",
+    "'' ' '' ''' ' ' ' '",
+    " 're 'red ' re 're'",
+    "the ' ' ' the",
 ]
 
 # Byte strings decoded through the byte-level pieces (one id per byte): partial and invalid
@@ -375,7 +406,57 @@ def describe(tok):
         "pieces": [{"id": i, "piece": tok.convert_ids_to_tokens(i)} for i in probe_ids],
         "piece_ids": [{"piece": p, "id": tok.convert_tokens_to_ids(p)}
                       for p in ["Hello", "\u0120world", "\u0120", "  ", "<|endoftext|>", "no such piece"]],
+        "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces,
+        "cleanup_cases": cleanup_cases(tok),
     }
+
+
+def cleanup_cases(tok):
+    """decode() with the config's clean-up (None), and with it forced on and off."""
+    cases = []
+    for text in CLEANUP_STRINGS + STRINGS:
+        ids = tok.encode(text, add_special_tokens=True)
+        raw = tok.decode(ids, clean_up_tokenization_spaces=False)
+        clean = tok.decode(ids, clean_up_tokenization_spaces=True)
+        if text not in CLEANUP_STRINGS and clean == raw:
+            continue
+        cases.append({
+            "text": text,
+            "ids": ids,
+            "decode_default": tok.decode(ids),
+            "decode_skip_default": tok.decode(ids, skip_special_tokens=True),
+            "decode_clean": clean,
+            "decode_raw": raw,
+        })
+    return cases
+
+
+def cleanup_config(phi2_dir):
+    """tiny_codegen with clean_up_tokenization_spaces true, false, null and absent."""
+    with open(os.path.join(phi2_dir, "tokenizer_config.json"), encoding="utf-8") as f:
+        config = json.load(f)
+    rows = []
+    text = CLEANUP_STRINGS[1]
+    for value in (True, False, None, "absent"):
+        with tempfile.TemporaryDirectory() as tmp:
+            for f in os.listdir(phi2_dir):
+                shutil.copy(os.path.join(phi2_dir, f), tmp)
+            c = dict(config)
+            if value == "absent":
+                del c["clean_up_tokenization_spaces"]
+            else:
+                c["clean_up_tokenization_spaces"] = value
+            write_json(os.path.join(tmp, "tokenizer_config.json"), c)
+            got = []
+            for cls in (CodeGenTokenizer, GPT2Tokenizer):
+                tok = cls.from_pretrained(tmp)
+                ids = tok.encode(text)
+                got.append({"config_value": value, "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces,
+                            "text": text, "ids": ids, "decode_default": tok.decode(ids)})
+            if got[0] != got[1]:
+                sys.exit("the slow classes disagree on the clean-up")
+            rows.append(got[0])
+    return rows
 
 
 def run_variant(name, hf_dir, vocab):
@@ -440,9 +521,12 @@ def main():
             "transformers": transformers.__version__,
             "tokenizers": tokenizers.__version__,
             "regex": __import__("regex").__version__,
+            "cleanup": "cleanup_cases and cleanup_config: decode with clean_up_tokenization_spaces "
+                       "None (the config's value), True and False",
             "reference": "slow CodeGenTokenizer and GPT2Tokenizer (identical results), "
                          "decode with clean_up_tokenization_spaces=False",
         },
+        "cleanup_config": cleanup_config(phi2_dir),
         "variants": {},
     }
     golden["variants"]["tiny_codegen"] = {"dir": "tiny_codegen",
