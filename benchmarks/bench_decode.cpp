@@ -156,28 +156,7 @@ int64_t weight_bytes_per_token(const CausalLM& llm) {
 // A Hugging Face config.json for the shape, which transformers' Auto classes read.
 nlohmann::json config_json(const LLMConfig& config) {
   if (const auto* llama = std::get_if<LlamaConfig>(&config)) return minigpt4::llama_config_json(*llama);
-  const auto& c = std::get<PhiConfig>(config);
-  return {{"architectures", {"PhiForCausalLM"}},
-          {"model_type", "phi"},
-          {"vocab_size", c.vocab_size},
-          {"hidden_size", c.hidden_size},
-          {"intermediate_size", c.intermediate_size},
-          {"num_hidden_layers", c.num_hidden_layers},
-          {"num_attention_heads", c.num_attention_heads},
-          {"num_key_value_heads", c.num_key_value_heads},
-          {"partial_rotary_factor", c.partial_rotary_factor},
-          {"hidden_act", "gelu_new"},
-          {"layer_norm_eps", c.layer_norm_eps},
-          {"rope_theta", c.rope_theta},
-          {"max_position_embeddings", c.max_position_embeddings},
-          {"qk_layernorm", false},
-          {"tie_word_embeddings", false},
-          {"resid_pdrop", 0.0},
-          {"embd_pdrop", 0.0},
-          {"attention_dropout", 0.0},
-          {"bos_token_id", c.bos_token_id},
-          {"eos_token_id", c.eos_token_id},
-          {"torch_dtype", "float32"}};
+  return minigpt4::phi_config_json(std::get<PhiConfig>(config));
 }
 
 struct Sizes {

@@ -95,6 +95,30 @@ nlohmann::json llama_config_json(const LlamaConfig& c) {
           {"torch_dtype", "float32"}};
 }
 
+nlohmann::json phi_config_json(const PhiConfig& c) {
+  return {{"architectures", {"PhiForCausalLM"}},
+          {"model_type", "phi"},
+          {"vocab_size", c.vocab_size},
+          {"hidden_size", c.hidden_size},
+          {"intermediate_size", c.intermediate_size},
+          {"num_hidden_layers", c.num_hidden_layers},
+          {"num_attention_heads", c.num_attention_heads},
+          {"num_key_value_heads", c.num_key_value_heads},
+          {"partial_rotary_factor", c.partial_rotary_factor},
+          {"hidden_act", "gelu_new"},
+          {"layer_norm_eps", c.layer_norm_eps},
+          {"rope_theta", c.rope_theta},
+          {"max_position_embeddings", c.max_position_embeddings},
+          {"qk_layernorm", c.qk_layernorm},
+          {"resid_pdrop", 0.0},
+          {"embd_pdrop", 0.0},
+          {"attention_dropout", 0.0},
+          {"bos_token_id", c.bos_token_id},
+          {"eos_token_id", c.eos_token_id},
+          {"tie_word_embeddings", c.tie_word_embeddings},
+          {"torch_dtype", "float32"}};
+}
+
 ModelPartFiles save_model_parts(const MiniGPT4& model, const std::string& dir) {
   const auto* llama = model.llama_model->as<LlamaForCausalLM>();
   if (!llama) fail("save_model_parts writes LLaMA configs only; this model's LLM is {}", model.llama_model->family());

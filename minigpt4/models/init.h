@@ -22,6 +22,9 @@ void init_fresh_weights_fan_in(torch::nn::Module& module, uint64_t seed);
 
 // A Hugging Face LLaMA config.json for `config` (model_type llama, float32).
 nlohmann::json llama_config_json(const LlamaConfig& config);
+// A Hugging Face Phi config.json for `config` (model_type phi, transformers' key names,
+// float32, no dropout), which transformers' PhiForCausalLM and load_causal_lm read.
+nlohmann::json phi_config_json(const PhiConfig& config);
 
 // Where save_model_parts put the model: the four-file layout a run config names.
 struct ModelPartFiles {

@@ -10,6 +10,7 @@
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/safetensors.h"
 #include "minigpt4/io/torch_save.h"
+#include "minigpt4/models/init.h"
 #include "minigpt4/models/lora.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/minigpt4_lora.h"
@@ -49,25 +50,6 @@ PhiConfig small_phi() {
   return c;
 }
 
-nlohmann::json phi_config_json(const PhiConfig& c) {
-  return {{"architectures", {"PhiForCausalLM"}},
-          {"model_type", "phi"},
-          {"vocab_size", c.vocab_size},
-          {"hidden_size", c.hidden_size},
-          {"intermediate_size", c.intermediate_size},
-          {"num_hidden_layers", c.num_hidden_layers},
-          {"num_attention_heads", c.num_attention_heads},
-          {"num_key_value_heads", c.num_key_value_heads},
-          {"partial_rotary_factor", c.partial_rotary_factor},
-          {"hidden_act", "gelu_new"},
-          {"layer_norm_eps", c.layer_norm_eps},
-          {"rope_theta", 10000.0},
-          {"max_position_embeddings", 2048},
-          {"bos_token_id", c.bos_token_id},
-          {"eos_token_id", c.eos_token_id},
-          {"tie_word_embeddings", false},
-          {"torch_dtype", "float32"}};
-}
 
 void write_phi_dir(const fs::path& dir, const StateDict& weights) {
   fs::create_directories(dir);

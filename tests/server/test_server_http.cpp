@@ -5,6 +5,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/server/base64.h"
 #include "minigpt4/server/server.h"
+#include "tests/server/running_server.h"
 #include "tests/support/fixtures.h"
 
 #include <catch2/catch.hpp>
@@ -49,26 +50,8 @@ const std::string& png_bytes() {
 std::string png_uri() { return "data:image/png;base64," + server::base64_encode(png_bytes()); }
 
 // A server on a free loopback port, serving from a thread until the test ends.
-struct Running {
-  explicit Running(server::ServerOptions options = {}) {
-    options.host = "127.0.0.1";
-    options.port = 0;
-    server = std::make_unique<server::Server>(tiny_model(), options);
-    port = server->bind();
-    thread = std::thread([this] { server->serve(); });
-  }
-  ~Running() {
-    server->stop();
-    thread.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
-  std::unique_ptr<server::Server> server;
-  int port = 0;
-  std::thread thread;
+struct Running : test::RunningServer {
+  explicit Running(server::ServerOptions options = {}) : RunningServer(tiny_model(), std::move(options)) {}
 };
 
 json image_question(const std::string& question) {

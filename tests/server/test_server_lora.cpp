@@ -7,6 +7,7 @@
 #include "minigpt4/server/base64.h"
 #include "minigpt4/server/openai.h"
 #include "minigpt4/server/server.h"
+#include "tests/server/running_server.h"
 #include "tests/server/lora_fixture.h"
 
 #include <catch2/catch.hpp>
@@ -81,26 +82,9 @@ const Expected& expected() {
   return e;
 }
 
-struct Running {
-  explicit Running(server::ServerOptions options = {}) {
-    options.host = "127.0.0.1";
-    options.port = 0;
-    server = std::make_unique<server::Server>(adapted_model(), options);
-    port = server->bind();
-    thread = std::thread([this] { server->serve(); });
-  }
-  ~Running() {
-    server->stop();
-    thread.join();
-  }
-  httplib::Client client() const {
-    httplib::Client c("127.0.0.1", port);
-    c.set_read_timeout(120, 0);
-    return c;
-  }
-  std::unique_ptr<server::Server> server;
-  int port = 0;
-  std::thread thread;
+// A server on a free loopback port, serving from a thread until the test ends.
+struct Running : test::RunningServer {
+  explicit Running(server::ServerOptions options = {}) : RunningServer(adapted_model(), std::move(options)) {}
 };
 
 json request_for(const std::optional<std::string>& lora) {
