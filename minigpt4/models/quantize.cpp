@@ -47,6 +47,11 @@ at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at:
   // torch 2.12 at K = 8, 24, 40, 344, e.g. the quickstart LLM's FFN of 344).
   if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows && x2.size(1) % 16 == 0)
     return at::_weight_int8pack_mm(x2.contiguous(), values, scales.to(dtype));  // scales in x's dtype
+  // Otherwise a decode step's few rows (float32 activations, or a width the fused kernel
+  // cannot take) go to our GEMV, which reads the int8 weights once (cpu_gemv.h; 4-6x the
+  // block path below for one row). It has no backward.
+  if (!(at::GradMode::is_enabled() && x2.requires_grad()))
+    if (auto y = cpu_gemv::linear_int8(x2, values, scales); y.defined()) return y;
   const int64_t N = values.size(0), K = values.size(1);
   const int64_t rows = std::min(N, std::max<int64_t>(16, kCpuBlockElements / std::max<int64_t>(K, 1)));
   auto y = at::empty({x2.size(0), N}, x2.options());
@@ -119,9 +124,7 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::
   out_shape.back() = values.size(0);
   at::Tensor y;
   if (x.is_cpu()) {
-    // A decode step's few rows: our GEMV reads the int8 weights once (cpu_gemv.h); no backward.
-    if (!(at::GradMode::is_enabled() && x.requires_grad())) y = cpu_gemv::linear_int8(x, values, scales);
-    if (!y.defined()) y = cpu_int8_mm(x.reshape({-1, K}), values, scales).view(out_shape);
+    y = cpu_int8_mm(x.reshape({-1, K}), values, scales).view(out_shape);
   } else {
     // CUDA (and anything else): dequantise to the activations' dtype, then the ordinary
     // GEMM. The transient dense weight is one layer's. ATen's CUDA _weight_int8pack_mm
