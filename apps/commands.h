@@ -16,5 +16,6 @@ void add_score_command(CLI::App& app);
 void add_evaluate_command(CLI::App& app);
 void add_launch_command(CLI::App& app);
 void add_vpgtrans_convert_command(CLI::App& app);
+void add_vpgtrans_demo_command(CLI::App& app);
 
 }  // namespace minigpt4::apps

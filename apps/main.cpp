@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_evaluate_command(app);
   minigpt4::apps::add_launch_command(app);
   minigpt4::apps::add_vpgtrans_convert_command(app);
+  minigpt4::apps::add_vpgtrans_demo_command(app);
   // `launch [options] -- COMMAND...`: the `--` only marks where the rank's command starts,
   // which the launch subcommand finds by itself.
   std::vector<std::string> args(argv + 1, argv + argc);

@@ -1,12 +1,15 @@
-// `minigpt4 quickstart [--out runs/quickstart]`: the whole recipe on a generated world, on
-// the CPU (language warm-up, stage 1, stage 2, held-out answers against a blind baseline,
-// `minigpt4 evaluate` on a synthetic captioning and VQA set).
+// `minigpt4 quickstart [--out runs/quickstart] [--vpgtrans]`: the whole recipe on a generated
+// world, on the CPU (language warm-up, stage 1, stage 2, held-out answers against a blind
+// baseline, `minigpt4 evaluate` on a synthetic captioning and VQA set); with --vpgtrans, then
+// the VPGTrans transfer experiment on the result (apps/vpgtrans_demo.cpp).
 #include "apps/commands.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/quickstart/pipeline.h"
+#include "minigpt4/quickstart/vpgtrans_experiment.h"
 
 #include <fmt/format.h>
 
+#include <filesystem>
 #include <thread>
 
 namespace minigpt4::apps {
@@ -26,7 +29,10 @@ void add_quickstart_command(CLI::App& app) {
   cmd->add_option("--eval-limit", opt->eval_limit, "evaluate only the first N held-out pictures (-1: all)")
       ->capture_default_str();
   cmd->add_option("--options", opt->options, "overrides for every stage, key=value");
-  cmd->callback([opt] {
+  auto vpgtrans = std::make_shared<bool>(false);
+  cmd->add_flag("--vpgtrans", *vpgtrans,
+                "then run the VPGTrans transfer experiment on the result (`minigpt4 vpgtrans-demo --from OUT`)");
+  cmd->callback([opt, vpgtrans] {
     const auto summary = quickstart::run_quickstart(*opt);
     fmt::print("\nquickstart done in {:.0f} s: held-out attributes right {:.1f} % with the image, {:.1f} % blind "
                "(n = {})\n",
@@ -42,6 +48,20 @@ void add_quickstart_command(CLI::App& app) {
                "--prompt \"Describe this image in detail.\"\n",
                summary["eval_config"].get<std::string>(), opt->out_dir);
     fmt::print("serve it:      ./build/minigpt4 serve --cfg-path {}\n", summary["eval_config"].get<std::string>());
+    if (*vpgtrans) {
+      quickstart::VpgtransExperimentOptions experiment;
+      experiment.from_dir = opt->out_dir;
+      experiment.config_dir = opt->config_dir;
+      experiment.prompt_dir = std::filesystem::path(opt->prompt_path).parent_path().string();
+      experiment.seed = opt->seed;
+      experiment.iterations_scale = opt->iterations_scale;
+      if (opt->eval_limit >= 0) experiment.eval_limit = opt->eval_limit;
+      experiment.options = opt->options;
+      const auto result = quickstart::run_vpgtrans_experiment(experiment);
+      fmt::print("\nVPGTrans (quickstart LLM -> hidden {}, vocabulary {}):\n{}summary: {}/vpgtrans_summary.json\n",
+                 result["target"]["llm_hidden"].get<int64_t>(), result["target"]["llm_vocab_size"].get<int64_t>(),
+                 quickstart::format_vpgtrans_table(result), opt->out_dir);
+    }
   });
 }
 

@@ -155,18 +155,16 @@ HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer
     const auto image = processor.from_file(item.image_path).unsqueeze(0);
     const auto img_embeds = model.encode_img(image);
     const auto seeing = generate(*model.llama_model, model.context_embedding(seeing_prompt, {img_embeds}, tokenizer), gen);
-    const auto blind = generate(*model.llama_model, model.context_embedding(blind_prompt, {}, tokenizer), gen);
     const std::string seeing_text = postprocess_answer(seeing.hf_output(), tokenizer);
-    const std::string blind_text = postprocess_answer(blind.hf_output(), tokenizer);
     result.seeing.add(parse_scene_answer(seeing_text), item.truth);
-    result.blind.add(parse_scene_answer(blind_text), item.truth);
-    if (answers.is_open())
-      answers << nlohmann::json{{"image", item.image_path},
-                                {"truth", data::canonical_caption(item.truth)},
-                                {"answer", seeing_text},
-                                {"blind_answer", blind_text}}
-                     .dump()
-              << "\n";
+    nlohmann::json record = {{"image", item.image_path}, {"truth", data::canonical_caption(item.truth)}, {"answer", seeing_text}};
+    if (options.blind) {
+      const auto blind = generate(*model.llama_model, model.context_embedding(blind_prompt, {}, tokenizer), gen);
+      const std::string blind_text = postprocess_answer(blind.hf_output(), tokenizer);
+      result.blind.add(parse_scene_answer(blind_text), item.truth);
+      record["blind_answer"] = blind_text;
+    }
+    if (answers.is_open()) answers << record.dump() << "\n";
   }
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   return result;

@@ -49,6 +49,7 @@ struct HeldoutOptions {
   std::string conversation = "vicuna0";  // the chat template `minigpt4 chat` uses
   int64_t max_new_tokens = 40;
   int64_t limit = -1;                    // first N items only; -1: all
+  bool blind = true;                     // also answer without the image (false: `blind` stays empty)
   std::string answers_path;              // optional JSONL of every answer
 };
 
@@ -57,7 +58,7 @@ struct HeldoutResult {
   double seconds = 0;
 };
 
-// Greedy answers with and without the image for every item.
+// Greedy answers with (and, with options.blind, without) the image for every item.
 HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer,
                                const std::vector<HeldoutItem>& items, const HeldoutOptions& options);
 

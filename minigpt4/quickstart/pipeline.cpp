@@ -8,18 +8,15 @@
 #include "minigpt4/data/synth.h"
 #include "minigpt4/evaluate/runner.h"
 #include "minigpt4/io/checkpoint.h"
-#include "minigpt4/io/file_util.h"
-#include "minigpt4/models/init.h"
+#include "minigpt4/models/minigpt4.h"
 #include "minigpt4/quickstart/heldout.h"
+#include "minigpt4/quickstart/stages.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
-#include "minigpt4/tokenizer/train_tokenizer.h"
 #include "minigpt4/train/trainer.h"
 
-#include <ATen/CPUGeneratorImpl.h>
 #include <torch/torch.h>
 
 #include <chrono>
-#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -29,21 +26,6 @@ namespace minigpt4::quickstart {
 namespace fs = std::filesystem;
 
 namespace {
-
-// The chat template of the quickstart model: CONV_VISION, the original demo's, whose open
-// turn ends in "Assistant:" (the Sep-2023 one ends in "Assistant: ", and a prompt ending in
-// a space token that training text never shows there derails a small LLM's first word).
-constexpr const char* kChatTemplate = "v0";
-
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
-
-void write_file(const fs::path& path, const std::string& text) {
-  io::AtomicWriter out(path.string());
-  out.write(text.data(), text.size());
-  out.commit();
-}
 
 std::vector<std::string> read_prompts(const std::string& path) {
   std::ifstream in(path);
@@ -95,53 +77,6 @@ size_t write_warmup_corpus(const data::SynthSummary& world, const std::vector<st
   }
   write_file(out, text);
   return lines;
-}
-
-// Copies tokenizer.model and its two JSON files between LLM directories.
-void copy_tokenizer(const fs::path& from, const fs::path& to) {
-  for (const char* name : {"tokenizer.model", "tokenizer_config.json", "special_tokens_map.json"})
-    fs::copy_file(from / name, to / name, fs::copy_options::overwrite_existing);
-}
-
-// A model "release": the loaded model's parts in the real layout, with the tokenizer.
-void release_model(const MiniGPT4& model, const fs::path& tokenizer_dir, const fs::path& dir) {
-  const auto files = save_model_parts(model, dir.string());
-  copy_tokenizer(tokenizer_dir, files.llama_model);
-}
-
-std::vector<std::string> with(std::vector<std::string> base, const std::vector<std::string>& more) {
-  base.insert(base.end(), more.begin(), more.end());
-  return base;
-}
-
-struct StageOutcome {
-  train::TrainResult result;
-  double seconds = 0;
-};
-
-StageOutcome run_stage(const std::string& name, const fs::path& config_path, std::vector<std::string> overrides,
-                       const QuickstartOptions& opt) {
-  // iters_per_epoch scaled (tests), read from the file first.
-  const auto base = Config::load(config_path.string(), overrides);
-  const auto iters = base.get_int("run.iters_per_epoch", 0);
-  if (opt.iterations_scale != 1.0) {
-    const auto scaled = std::max<int64_t>(2, std::llround(static_cast<double>(iters) * opt.iterations_scale));
-    overrides.push_back("run.iters_per_epoch=" + std::to_string(scaled));
-    const auto warm = base.get_int("run.warmup_steps", 0);
-    overrides.push_back("run.warmup_steps=" + std::to_string(std::min<int64_t>(warm, scaled)));
-  }
-  const auto config = Config::load(config_path.string(), with(overrides, opt.options));
-  log::info("==== quickstart: {} ({}) ====", name, config_path.string());
-  const auto start = Clock::now();
-  train::TrainOptions train_options;
-  train_options.device = torch::kCPU;
-  StageOutcome out;
-  out.result = train::run_training(config, train_options);
-  out.seconds = seconds_since(start);
-  if (out.result.last_checkpoint.empty()) fail("quickstart: {} wrote no checkpoint", name);
-  log::info("{}: {} steps in {:.0f} s, loss {:.3f} -> {:.3f}", name, out.result.global_step, out.seconds,
-            out.result.first_loss, out.result.last_loss);
-  return out;
 }
 
 std::string yaml_quote(const std::string& s) { return "\"" + replace_all(replace_all(s, "\\", "\\\\"), "\"", "\\\"") + "\""; }
@@ -233,64 +168,23 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   t = Clock::now();
   const fs::path init_dir = out / "model" / "init";
   fs::remove_all(out / "model");
-  fs::create_directories(init_dir / "llm");
-  TokenizerTrainOptions tok;
-  tok.corpus_path = warmup_txt.string();
-  tok.out_dir = (init_dir / "llm").string();
-  tok.vocab_size = opt.vocab_size;
-  train_llama_tokenizer(tok);
-  const auto tokenizer = LlamaTokenizer::from_pretrained(init_dir / "llm");
-
   const fs::path warmup_cfg = configs / "quickstart_warmup.yaml", stage1_cfg = configs / "quickstart_stage1.yaml",
                  stage2_cfg = configs / "quickstart_stage2.yaml";
-  auto model_paths = [](const fs::path& release) {
-    return std::vector<std::string>{"model.vit_model=" + (release / "eva_vit.safetensors").string(),
-                                    "model.q_former_model=" + (release / "blip2.safetensors").string(),
-                                    "model.llama_model=" + (release / "llm").string()};
-  };
-  {
-    LlamaConfig llm;
-    llm.vocab_size = tokenizer.vocab_size();
-    llm.hidden_size = opt.llm_hidden;
-    llm.intermediate_size = opt.llm_intermediate;
-    llm.num_hidden_layers = opt.llm_layers;
-    llm.num_attention_heads = opt.llm_heads;
-    llm.num_key_value_heads = opt.llm_heads;
-    llm.rms_norm_eps = 1e-6;
-    llm.max_position_embeddings = 512;
-    const auto model_config = MiniGPT4Config::from_config(Config::load(warmup_cfg.string(), opt.options));
-    MiniGPT4 fresh(model_config, llm, torch::kCPU);
-    init_fresh_weights(fresh, opt.seed);
-    // No pretrained vision tower exists at this size: it starts at PyTorch's scale (see init.h).
-    init_fresh_weights_fan_in(*fresh.visual_encoder, opt.seed + 1);
-    if (fresh.Qformer) {
-      init_fresh_weights_fan_in(*fresh.Qformer, opt.seed + 2);
-      torch::NoGradGuard no_grad;
-      auto gen = at::make_generator<at::CPUGeneratorImpl>(opt.seed + 3);
-      fresh.query_tokens.normal_(0.0, 0.5, gen);
-    }
-    save_model_parts(fresh, init_dir.string());
-    int64_t params = 0;
-    for (const auto& p : fresh.parameters()) params += p.numel();
-    log::info("fresh model: {:.2f} M parameters, LLM vocabulary {} ({})", static_cast<double>(params) / 1e6,
-              llm.vocab_size, init_dir.string());
-    summary["model"] = {{"parameters", params}, {"llm_vocab_size", llm.vocab_size}, {"llm_hidden", llm.hidden_size},
-                        {"llm_layers", llm.num_hidden_layers}};
-  }
+  const StageSettings settings{opt.iterations_scale, opt.options};
+  TinyLlm llm_size;
+  llm_size.vocab_size = opt.vocab_size;
+  llm_size.hidden = opt.llm_hidden, llm_size.layers = opt.llm_layers, llm_size.heads = opt.llm_heads;
+  llm_size.intermediate = opt.llm_intermediate;
+  summary["model"] = write_fresh_model(warmup_cfg, warmup_txt, llm_size, opt.seed, opt.options, init_dir);
   summary["seconds"]["model"] = seconds_since(t);
 
   // 3. Language warm-up, then the warmed-up LLM as its own release.
-  const auto warm = run_stage("language warm-up", warmup_cfg,
-                              with(model_paths(init_dir), {"datasets.text_corpus.build_info.storage=" + warmup_txt.string(),
-                                                           "run.output_dir=" + (out / "warmup").string()}),
-                              opt);
   const fs::path warm_dir = out / "model" / "warm";
+  const auto warm = warm_up_llm(warmup_cfg, init_dir, warmup_txt, out / "warmup", warm_dir, settings);
   auto load_release = [&](const fs::path& config, std::vector<std::string> overrides) {
     const auto c = MiniGPT4Config::from_config(Config::load(config.string(), with(overrides, opt.options)));
     return load_minigpt4(c, torch::kCPU);
   };
-  release_model(*load_release(warmup_cfg, with(model_paths(init_dir), {"model.ckpt=" + warm.result.last_checkpoint})),
-                init_dir / "llm", warm_dir);
 
   // 4. Stage 1 on the shards, with the warm LLM; the trained vision tower as a release.
   const std::vector<std::string> stage1_paths = {"model.vit_model=" + (init_dir / "eva_vit.safetensors").string(),
@@ -301,18 +195,18 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
                                                     "model.prompt_path=" +
                                                         (fs::path(opt.prompt_path).parent_path() / "image_only.txt").string(),
                                                     "run.output_dir=" + (out / "stage1").string()}),
-                                opt);
+                                settings);
   const fs::path stage1_dir = out / "model" / "stage1";
   release_model(*load_release(stage1_cfg, with(stage1_paths, {"model.ckpt=" + stage1.result.last_checkpoint})),
                 init_dir / "llm", stage1_dir);
 
   // 5. Stage 2 from the stage-1 checkpoint.
   const auto stage2 = run_stage("stage 2", stage2_cfg,
-                                with(model_paths(stage1_dir), {"model.ckpt=" + stage1.result.last_checkpoint,
-                                                               "model.prompt_path=" + opt.prompt_path,
-                                                               "datasets.cc_sbu_align.build_info.storage=" + world.align_root,
-                                                               "run.output_dir=" + (out / "stage2").string()}),
-                                opt);
+                                with(release_paths(stage1_dir), {"model.ckpt=" + stage1.result.last_checkpoint,
+                                                                 "model.prompt_path=" + opt.prompt_path,
+                                                                 "datasets.cc_sbu_align.build_info.storage=" + world.align_root,
+                                                                 "run.output_dir=" + (out / "stage2").string()}),
+                                settings);
 
   // 6. The eval config a user chats with, and the held-out answers.
   const fs::path eval_yaml = out / "minigpt4_quickstart_eval.yaml";

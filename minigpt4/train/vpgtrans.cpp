@@ -66,7 +66,21 @@ WordConverter train_word_converter(const at::Tensor& source_embeddings, const at
     }
     if (on_epoch) on_epoch(epoch, mean_loss());
   }
-  return {converter->weight.detach().clone(), converter->bias.detach().clone(), mean_loss()};
+  WordConverter out{converter->weight.detach().clone(), converter->bias.detach().clone(), 0, 0};
+  // The span of the distinct paired source embeddings: an orthonormal basis from the SVD.
+  const auto distinct = std::get<0>(at::_unique(src_ids, /*sorted=*/true));
+  const auto svd = torch::linalg_svd(src.index_select(0, distinct), /*full_matrices=*/false);
+  const auto sv = std::get<1>(svd);
+  const auto keep = (sv > sv.max() * 1e-5).sum().item<int64_t>();
+  out.source_span = keep;
+  if (options.span_only) {
+    const auto basis = std::get<2>(svd).narrow(0, 0, keep);  // [keep, d_src]
+    out.weight = out.weight.matmul(basis.t().matmul(basis));
+    torch::NoGradGuard no_grad;
+    converter->weight.copy_(out.weight);
+  }
+  out.final_loss = mean_loss();
+  return out;
 }
 
 std::pair<at::Tensor, at::Tensor> merge_projector(const WordConverter& converter, const at::Tensor& projector_weight,
@@ -78,6 +92,40 @@ std::pair<at::Tensor, at::Tensor> merge_projector(const WordConverter& converter
          "checkpoint from the source LLM's model?",
          wp.size(0), wc.size(1));
   return {wc.matmul(wp), wc.matmul(bp) + bc};
+}
+
+namespace {
+
+at::Tensor input_embeddings(const std::string& llm_dir) {
+  const auto weights = io::load_state_dict(llm_dir);
+  for (const auto& [name, tensor] : weights)
+    if (name == "model.embed_tokens.weight" || name == "embed_tokens.weight") return tensor;
+  fail("{}: no model.embed_tokens.weight (the LLM's input embeddings)", llm_dir);
+}
+
+at::Tensor required(const StateDict& weights, const std::string& name, const std::string& path) {
+  const auto it = weights.find(name);
+  if (it == weights.end()) fail("{}: no '{}' (a MiniGPT-4 checkpoint with the trained projector is expected)", path, name);
+  return it->second;
+}
+
+}  // namespace
+
+ProjectorTransfer transfer_projector(const std::string& source_llm, const std::string& target_llm,
+                                     const std::string& source_checkpoint, const std::vector<std::string>& captions,
+                                     const WordConverterOptions& options,
+                                     const std::function<void(int64_t, double)>& on_epoch) {
+  ProjectorTransfer out;
+  out.pairs = token_pairs_from_captions(captions, *load_tokenizer(source_llm), *load_tokenizer(target_llm));
+  out.converter = train_word_converter(input_embeddings(source_llm), input_embeddings(target_llm), out.pairs, options,
+                                       on_epoch);
+  const auto n = static_cast<int64_t>(out.pairs.source.size());
+  out.sgd_steps = options.epochs * ((n + options.batch_size - 1) / options.batch_size);
+  const auto checkpoint = io::load_state_dict(source_checkpoint);
+  std::tie(out.weight, out.bias) =
+      merge_projector(out.converter, required(checkpoint, "llama_proj.weight", source_checkpoint),
+                      required(checkpoint, "llama_proj.bias", source_checkpoint));
+  return out;
 }
 
 std::vector<std::string> read_captions(const std::string& path) {
