@@ -6,8 +6,10 @@
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/quickstart/pipeline.h"
 #include "minigpt4/quickstart/vpgtrans_experiment.h"
+#include "minigpt4/train/vpgtrans.h"
 #include "tests/support/fixtures.h"
 
+#include <torch/torch.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -40,7 +42,7 @@ void check_curve(const nlohmann::json& curve, int64_t last_step) {
 
 }  // namespace
 
-TEST_CASE("the VPGTrans experiment runs on a small quickstart and the converted projector starts ahead",
+TEST_CASE("the VPGTrans experiment runs on a small quickstart; after the warm-up the converted projector is ahead",
           "[quickstart]") {
   const fs::path out = fs::temp_directory_path() / ("minigpt4_vpgtrans_" + std::to_string(::getpid()));
   fs::remove_all(out);
@@ -153,4 +155,29 @@ TEST_CASE("the VPGTrans experiment runs on a small quickstart and the converted 
   CHECK(again["scratch"] == s["scratch"]);
   CHECK(again["transfer"]["step0"] == tr["step0"]);
   fs::remove_all(out);
+}
+
+TEST_CASE("span_only keeps the word converter on the span of the paired source embeddings", "[quickstart]") {
+  torch::manual_seed(0);
+  const auto source = torch::randn({20, 8}), target = torch::randn({30, 6});
+  train::TokenPairs pairs;
+  pairs.source = {0, 1, 2, 0, 1, 2, 2};
+  pairs.target = {3, 4, 5, 3, 4, 5, 5};
+  train::WordConverterOptions options;
+  options.epochs = 3, options.batch_size = 4, options.lr = 0.5;
+  const auto full = train::train_word_converter(source, target, pairs, options);
+  options.span_only = true;
+  const auto span = train::train_word_converter(source, target, pairs, options);
+  CHECK(full.source_span == 3);
+  CHECK(span.source_span == 3);
+  // The same map on the paired tokens (the same training; only the rest is dropped)...
+  const auto used = source.narrow(0, 0, 3);
+  CHECK(torch::allclose(used.matmul(full.weight.t()), used.matmul(span.weight.t()), 1e-4, 1e-5));
+  CHECK(span.final_loss == Approx(full.final_loss).margin(1e-5));
+  // ...and zero on what the pairs never show, where the full one keeps its initialisation.
+  const auto q = std::get<0>(torch::linalg_qr(used.t()));  // [8, 3]
+  auto v = torch::randn({8});
+  v = v - q.mv(q.t().mv(v));
+  CHECK(span.weight.mv(v).abs().max().item<double>() < 1e-5);
+  CHECK(full.weight.mv(v).abs().max().item<double>() > 1e-3);
 }
