@@ -232,8 +232,7 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
   if (common == 0) {
     cache_.clear();
   } else {
-    for (auto& k : cache_.keys) k = k.narrow(2, 0, static_cast<int64_t>(common));
-    for (auto& v : cache_.values) v = v.narrow(2, 0, static_cast<int64_t>(common));
+    cache_.truncate(static_cast<int64_t>(common));
   }
   cached_keys_.clear();
   reply.reused_tokens = static_cast<int64_t>(common);

@@ -9,12 +9,14 @@ namespace minigpt4::detail {
 
 // The model side of generation: the prompt once, then one token per row at a time through
 // the KV cache, with HF's attention mask (one column of ones per step) and position ids
-// (cumsum(mask) - 1, padding at 1).
+// (cumsum(mask) - 1, padding at 1). Without padding both are the defaults the model computes
+// itself, so they are not built at all (a decode step then needs no mask).
 class Decoder {
  public:
   // With `cache` (its positions precede the prompt; the mask covers them too) the decoder
-  // continues it and writes into it, so the caller keeps what was computed.
-  Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache = nullptr);
+  // continues it and writes into it, so the caller keeps what was computed. `new_tokens`:
+  // how many steps will follow at most, to size the cache once.
+  Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache = nullptr, int64_t new_tokens = 0);
   Decoder(const Decoder&) = delete;
   Decoder& operator=(const Decoder&) = delete;
   // Runs the prompt [N, T, H]; returns the next-token logits [N, V] (float32).
@@ -28,7 +30,9 @@ class Decoder {
   const CausalLM& llm_;
   KVCache own_cache_;
   KVCache* cache_;  // own_cache_ or the caller's
-  torch::Tensor mask_;  // [N, T_past], int64
+  torch::Tensor mask_;  // [N, T_past], int64; kept up to date only when padded_
+  bool padded_;         // whether the mask has a zero anywhere
+  torch::Device device_ = torch::kCPU;  // the prompt's
 };
 
 // HF's input_ids as a tensor [N, L] on `device`.

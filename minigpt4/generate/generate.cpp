@@ -16,15 +16,21 @@ namespace minigpt4 {
 
 namespace detail {
 
-Decoder::Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache)
-    : llm_(llm), cache_(cache ? cache : &own_cache_), mask_(attention_mask.to(torch::kLong)) {}
+Decoder::Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache, int64_t new_tokens)
+    : llm_(llm), cache_(cache ? cache : &own_cache_), mask_(attention_mask.to(torch::kLong)),
+      padded_(!(mask_ == 1).all().item<bool>()) {
+  cache_->reserve = mask_.size(1) + new_tokens;
+}
 
 torch::Tensor Decoder::start(const torch::Tensor& inputs_embeds) {
-  mask_ = mask_.to(inputs_embeds.device());
+  device_ = inputs_embeds.device();
   CausalLMOptions options;
-  options.attention_mask = mask_;
-  // With earlier positions in the cache the prompt's positions come after them.
-  options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - inputs_embeds.size(1));
+  if (padded_) {
+    mask_ = mask_.to(device_);
+    options.attention_mask = mask_;
+    // With earlier positions in the cache the prompt's positions come after them.
+    options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - inputs_embeds.size(1));
+  }
   options.cache = cache_;
   options.logits_to_keep = 1;
   return llm_.forward(inputs_embeds, options).logits.select(1, -1);
@@ -32,21 +38,23 @@ torch::Tensor Decoder::start(const torch::Tensor& inputs_embeds) {
 
 torch::Tensor Decoder::step(const torch::Tensor& tokens) {
   const int64_t n = mask_.size(0);
-  mask_ = torch::cat({mask_, torch::ones({n, 1}, mask_.options())}, 1);
   CausalLMOptions options;
-  options.attention_mask = mask_;
-  // HF: position_ids = cumsum(mask) - 1 (padding at 1), of which the step takes the last column.
-  options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - 1);
+  if (padded_) {
+    mask_ = torch::cat({mask_, torch::ones({n, 1}, mask_.options())}, 1);
+    options.attention_mask = mask_;
+    // HF: position_ids = cumsum(mask) - 1 (padding at 1), of which the step takes the last column.
+    options.position_ids = position_ids_from_mask(mask_).slice(1, mask_.size(1) - 1);
+  }
   options.cache = cache_;
-  const auto embeds = llm_.embed(tokens.to(mask_.device()).view({n, 1}));
+  const auto embeds = llm_.embed(tokens.to(device_).view({n, 1}));
   return llm_.forward(embeds, options).logits.select(1, -1);
 }
 
 void Decoder::reorder(const torch::Tensor& index) {
-  const auto idx = index.to(mask_.device());
+  const auto idx = index.to(device_);
   for (auto& k : cache_->keys) k = k.index_select(0, idx);
   for (auto& v : cache_->values) v = v.index_select(0, idx);
-  mask_ = mask_.index_select(0, idx);
+  if (padded_) mask_ = mask_.index_select(0, idx);
 }
 
 torch::Tensor ids_tensor(const std::vector<std::vector<int64_t>>& rows, torch::Device device) {
@@ -166,11 +174,13 @@ std::vector<GenerationOutput> decode_rows(const CausalLM& llm, const torch::Tens
   std::optional<at::Generator> generator;
   if (c.do_sample) generator = detail::sampling_generator(c.seed);
 
-  detail::Decoder decoder(llm, attention_mask, cache);
+  // Without a processor to apply, the scores are the logits (no copy, no ids tensor per step).
+  const bool processed = !logits_pipeline(c).empty();
+  detail::Decoder decoder(llm, attention_mask, cache, c.max_new_tokens);
   torch::Tensor fed;
   for (int64_t step = 0; step < c.max_new_tokens; ++step) {
     const auto logits = step == 0 ? decoder.start(inputs_embeds) : decoder.step(fed);
-    auto scores = process_logits(logits, detail::ids_tensor(input_ids, device), c);
+    const auto scores = processed ? process_logits(logits, detail::ids_tensor(input_ids, device), c) : logits;
     torch::Tensor next;
     if (c.do_sample) {
       const auto probs = torch::softmax(warp_logits(scores, c, 1), -1).to(torch::kCPU);

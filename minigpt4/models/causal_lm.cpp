@@ -6,14 +6,60 @@
 
 namespace minigpt4 {
 
+namespace {
+
+// Whether `valid` is a prefix (along positions) of `buffer`, so that writing past its end is
+// writing into the buffer's spare room.
+bool is_prefix_of(const torch::Tensor& valid, const torch::Tensor& buffer) {
+  return valid.data_ptr() == buffer.data_ptr() && valid.strides() == buffer.strides() &&
+         valid.size(0) == buffer.size(0) && valid.size(1) == buffer.size(1) && valid.size(3) == buffer.size(3);
+}
+
+// `buffer` with room for `total` positions of [batch, heads, *, dim], holding `valid`'s
+// positions first: kept when it already does, else a new one (the reserve, or twice what is
+// needed so that growing one position at a time copies rarely).
+void ensure_room(torch::Tensor& buffer, torch::Tensor& valid, int64_t batch, int64_t heads, int64_t dim,
+                 const torch::TensorOptions& options, int64_t total, int64_t reserve) {
+  const bool fits = buffer.defined() && buffer.size(0) == batch && buffer.size(1) == heads && buffer.size(3) == dim &&
+                    buffer.size(2) >= total && buffer.scalar_type() == options.dtype().toScalarType() &&
+                    buffer.device() == options.device() && (!valid.defined() || is_prefix_of(valid, buffer));
+  if (fits) return;
+  const int64_t capacity = reserve >= total ? reserve : 2 * total;
+  auto fresh = torch::empty({batch, heads, capacity, dim}, options);
+  if (valid.defined() && valid.size(2) > 0) fresh.narrow(2, 0, valid.size(2)).copy_(valid);
+  buffer = fresh;
+  if (valid.defined()) valid = buffer.narrow(2, 0, valid.size(2));
+}
+
+}  // namespace
+
+void KVCache::prepare(size_t layer, int64_t batch, int64_t heads, int64_t dim, const torch::TensorOptions& options,
+                      int64_t total) {
+  if (keys.size() <= layer)
+    keys.resize(layer + 1), values.resize(layer + 1), key_buffers.resize(layer + 1), value_buffers.resize(layer + 1);
+  ensure_room(key_buffers[layer], keys[layer], batch, heads, dim, options, total, reserve);
+  ensure_room(value_buffers[layer], values[layer], batch, heads, dim, options, total, reserve);
+}
+
+void KVCache::commit(size_t layer, int64_t total) {
+  keys[layer] = key_buffers[layer].narrow(2, 0, total);
+  values[layer] = value_buffers[layer].narrow(2, 0, total);
+}
+
 void KVCache::append(size_t layer, torch::Tensor& k, torch::Tensor& v) {
-  if (keys.size() <= layer) keys.resize(layer + 1), values.resize(layer + 1);
-  if (keys[layer].defined()) {
-    k = torch::cat({keys[layer], k}, 2);
-    v = torch::cat({values[layer], v}, 2);
-  }
-  keys[layer] = k;
-  values[layer] = v;
+  const int64_t past = layer < keys.size() && keys[layer].defined() ? keys[layer].size(2) : 0;
+  const int64_t total = past + k.size(2);
+  prepare(layer, k.size(0), k.size(1), k.size(3), k.options(), total);
+  key_buffers[layer].narrow(2, past, k.size(2)).copy_(k);
+  value_buffers[layer].narrow(2, past, v.size(2)).copy_(v);
+  commit(layer, total);
+  k = keys[layer];
+  v = values[layer];
+}
+
+void KVCache::truncate(int64_t length) {
+  for (auto& k : keys) k = k.narrow(2, 0, length);
+  for (auto& v : values) v = v.narrow(2, 0, length);
 }
 
 torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
@@ -39,6 +85,8 @@ torch::Tensor default_position_ids(int64_t batch, int64_t length, int64_t past, 
 
 torch::Tensor additive_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t length, int64_t past,
                             torch::Dtype dtype, torch::Device device) {
+  // One query at the end of an unpadded sequence may look at every position: no mask.
+  if (!attention_mask.defined() && length == 1) return {};
   const int64_t total = past + length;
   auto allowed = torch::ones({length, total}, torch::TensorOptions().dtype(torch::kBool).device(device))
                      .tril(past)

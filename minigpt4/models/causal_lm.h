@@ -11,13 +11,32 @@
 namespace minigpt4 {
 
 // Keys and values of every layer so far, [B, kv_heads, T, D] each: generation feeds one new
-// token at a time and reuses them.
+// token at a time and reuses them. Each layer's keys/values are views of a buffer with room
+// for more positions, so a step writes its own position instead of copying the whole cache
+// (a `cat` per step made decoding quadratic in the length). Not copyable: two copies would
+// write into the same buffers.
 struct KVCache {
-  std::vector<torch::Tensor> keys, values;
+  std::vector<torch::Tensor> keys, values;  // the valid positions: prefixes of the buffers below
+  std::vector<torch::Tensor> key_buffers, value_buffers;  // [B, kv_heads, capacity, D]
+  int64_t reserve = 0;  // positions a new buffer makes room for (generation: prompt + new tokens)
+
+  KVCache() = default;
+  KVCache(const KVCache&) = delete;
+  KVCache& operator=(const KVCache&) = delete;
+  KVCache(KVCache&&) = default;
+  KVCache& operator=(KVCache&&) = default;
+
   int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
-  void clear() { keys.clear(), values.clear(); }
+  void clear() { keys.clear(), values.clear(), key_buffers.clear(), value_buffers.clear(); }
+  void truncate(int64_t length);  // keeps the first `length` positions
   // Appends this step's keys and values of `layer` and replaces k, v by everything cached.
   void append(size_t layer, torch::Tensor& k, torch::Tensor& v);
+  // Makes layer's buffers hold `total` positions of [batch, heads, *, dim] in `options`
+  // (keeping what is cached), for a caller that writes the new positions itself and then
+  // calls commit(layer, total).
+  void prepare(size_t layer, int64_t batch, int64_t heads, int64_t dim, const torch::TensorOptions& options,
+               int64_t total);
+  void commit(size_t layer, int64_t total);
 };
 
 struct CausalLMOptions {
@@ -62,7 +81,8 @@ torch::Tensor default_position_ids(int64_t batch, int64_t length, int64_t past, 
 
 // Causal + padding mask [B|1, 1, T, T_past+T] in `dtype`: 0 where a query may look, the
 // dtype's lowest value elsewhere. A fully masked row (a left-padding query) then attends
-// uniformly, as in transformers. `attention_mask` [B, T_past+T] may be undefined.
+// uniformly, as in transformers. `attention_mask` [B, T_past+T] may be undefined; then
+// one new position (a decode step) needs no mask, and the result is undefined.
 torch::Tensor additive_mask(const torch::Tensor& attention_mask, int64_t batch, int64_t length, int64_t past,
                             torch::Dtype dtype, torch::Device device);
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
+#include <stdexcept>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define MINIGPT4_GEMV_X86 1
@@ -91,6 +92,28 @@ MINIGPT4_AVX512 void int8_rows(const float* x, int64_t M, int64_t K, const int8_
     }
     for (int64_t m = 0; m < M; ++m)
       y32[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) * scales[n];
+  }
+}
+
+// Rows [n0, n1) of y[N] = x[K] . w[N, K]^T for one float32 row, four chains in flight.
+MINIGPT4_AVX512 void f32_rows(const float* x, int64_t K, const float* w, float* y, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; ++n) {
+    const float* wr = w + n * K;
+    __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(), acc2 = _mm512_setzero_ps(),
+           acc3 = _mm512_setzero_ps();
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      acc0 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), _mm512_loadu_ps(wr + k), acc0);
+      acc1 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 16), _mm512_loadu_ps(wr + k + 16), acc1);
+      acc2 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 32), _mm512_loadu_ps(wr + k + 32), acc2);
+      acc3 = _mm512_fmadd_ps(_mm512_loadu_ps(x + k + 48), _mm512_loadu_ps(wr + k + 48), acc3);
+    }
+    for (; k < K; k += 16) {
+      const int64_t left = std::min<int64_t>(16, K - k);
+      const __mmask16 mask = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      acc0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + k), _mm512_maskz_loadu_ps(mask, wr + k), acc0);
+    }
+    y[n] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0, acc1), _mm512_add_ps(acc2, acc3)));
   }
 }
 
@@ -180,6 +203,42 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::
 #else
   return {};
 #endif
+}
+
+bool row_available(at::ScalarType weight_dtype) {
+  if (weight_dtype == at::kBFloat16) return bf16_available();
+  return (weight_dtype == at::kFloat || weight_dtype == at::kChar) && int8_available();
+}
+
+void linear_row(const at::Tensor& weight, const at::Tensor& scales, const void* x, float* y) {
+#ifdef MINIGPT4_GEMV_X86
+  const int64_t N = weight.size(0), K = weight.size(1);
+  switch (weight.scalar_type()) {
+    case at::kFloat: {
+      const float* xp = static_cast<const float*>(x);
+      const float* wp = weight.data_ptr<float>();
+      at::parallel_for(0, N, grain_rows(K, 4), [&](int64_t n0, int64_t n1) { f32_rows(xp, K, wp, y, n0, n1); });
+      return;
+    }
+    case at::kBFloat16: {
+      const auto* xp = static_cast<const uint16_t*>(x);
+      const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
+      at::parallel_for(0, N, grain_rows(K, 2),
+                       [&](int64_t n0, int64_t n1) { bf16_rows(xp, 1, K, wp, nullptr, y, N, n0, n1); });
+      return;
+    }
+    case at::kChar: {
+      const float* xp = static_cast<const float*>(x);
+      const int8_t* qp = weight.data_ptr<int8_t>();
+      const float* sp = scales.data_ptr<float>();
+      at::parallel_for(0, N, grain_rows(K, 1), [&](int64_t n0, int64_t n1) { int8_rows(xp, 1, K, qp, sp, y, N, n0, n1); });
+      return;
+    }
+    default: break;
+  }
+#endif
+  (void)weight, (void)scales, (void)x, (void)y;
+  throw std::logic_error("cpu_gemv::linear_row called for a weight it does not handle (check row_available first)");
 }
 
 }  // namespace minigpt4::cpu_gemv

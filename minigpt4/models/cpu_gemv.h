@@ -32,4 +32,12 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::
 // (x W^T) * scales, [..., N] in x's dtype, without bias. Undefined when not handled.
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
 
+// The same kernels on raw memory for one activation row, for a caller that keeps its own
+// buffers (the fused decode step, cpu_decode.h): y[N] = W[N, K] x[K] (times the per-row
+// scales for int8 weights), float32 sums, no bias. x is float32 for float32 and int8
+// weights, bf16 bits for bf16 weights. Call only where row_available(weight dtype) holds and
+// the weight is a contiguous [N, K] CPU tensor.
+bool row_available(at::ScalarType weight_dtype);
+void linear_row(const at::Tensor& weight, const at::Tensor& scales, const void* x, float* y);
+
 }  // namespace minigpt4::cpu_gemv

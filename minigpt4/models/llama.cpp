@@ -1,6 +1,7 @@
 #include "minigpt4/models/llama.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/models/cpu_decode.h"
 
 #include <nlohmann/json.hpp>
 
@@ -130,6 +131,9 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOpti
 torch::Tensor LlamaForCausalLM::embed(const torch::Tensor& ids) const { return embed_tokens->forward(ids); }
 
 CausalLMOutput LlamaForCausalLM::forward(const torch::Tensor& inputs_embeds, const CausalLMOptions& opt) const {
+  // A decode step of one unpadded sequence on the CPU: the fused loops of cpu_decode.h.
+  if (opt.cache && !opt.attention_mask.defined() && !opt.position_ids.defined() && !opt.output_hidden_states)
+    if (auto logits = cpu_decode::llama_step(*this, inputs_embeds, *opt.cache); logits.defined()) return {logits, {}};
   const int64_t B = inputs_embeds.size(0), T = inputs_embeds.size(1);
   const int64_t past = opt.cache ? opt.cache->length() : 0;
   const auto device = inputs_embeds.device();

@@ -1,0 +1,233 @@
+#include "minigpt4/models/cpu_decode.h"
+
+#include "minigpt4/models/cpu_gemv.h"
+#include "minigpt4/models/llama.h"
+#include "minigpt4/models/lora.h"
+
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+namespace minigpt4::cpu_decode {
+
+namespace {
+
+std::atomic<bool>& switch_state() {
+  static std::atomic<bool> on{[] {
+    const char* v = std::getenv("MINIGPT4_CPU_DECODE");
+    return v == nullptr || std::strcmp(v, "0") != 0;
+  }()};
+  return on;
+}
+
+// The model's activation dtype: results are rounded to it wherever the ATen path stores a
+// tensor of that dtype (identity for float32).
+struct Rounding {
+  bool bf16;
+  float operator()(float v) const { return bf16 ? static_cast<float>(c10::BFloat16(v)) : v; }
+};
+
+// Element i of a float32 or bf16 CPU tensor's data, as float.
+struct FloatView {
+  const float* f32 = nullptr;
+  const c10::BFloat16* b16 = nullptr;
+  explicit FloatView(const at::Tensor& t) {
+    if (t.scalar_type() == at::kBFloat16) b16 = t.data_ptr<c10::BFloat16>();
+    else f32 = t.data_ptr<float>();
+  }
+  float operator[](int64_t i) const { return f32 ? f32[i] : static_cast<float>(b16[i]); }
+};
+
+bool float_tensor(const at::Tensor& t, at::ScalarType dtype) {
+  return t.defined() && t.is_cpu() && t.is_contiguous() && t.scalar_type() == dtype;
+}
+
+bool linear_applies(const Linear& l, at::ScalarType dtype) {
+  if (l.bias.defined() || !l.weight.is_cpu() || !l.weight.is_contiguous() || l.weight.dim() != 2) return false;
+  // LoRA: none active, or the active one merged into the weight (its product adds nothing).
+  for (const auto& adapter : l.lora)
+    if (!adapter->active().empty() && !adapter->merged()) return false;
+  const auto w = l.weight.scalar_type();
+  if (w == at::kChar) return float_tensor(l.weight_scale, at::kFloat) && cpu_gemv::row_available(w);
+  return w == dtype && cpu_gemv::row_available(w);
+}
+
+const LlamaDecoderLayer& layer_at(const LlamaForCausalLM& m, size_t i) {
+  return *m.layers->ptr(i)->as<LlamaDecoderLayer>();
+}
+
+bool applies(const LlamaForCausalLM& m, const at::Tensor& x, const KVCache& cache) {
+  const auto dtype = m.dtype();
+  if (!switch_state().load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return false;
+  if (!x.is_cpu() || x.dim() != 3 || x.size(0) != 1 || x.size(1) != 1 || x.size(2) != m.config.hidden_size) return false;
+  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
+  if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
+  if (!float_tensor(m.norm->weight, dtype) || !linear_applies(*m.lm_head, dtype) || !float_tensor(m.inv_freq, at::kFloat))
+    return false;
+  const int64_t past = cache.length();
+  for (size_t i = 0; i < m.layers->size(); ++i) {
+    const auto& layer = layer_at(m, i);
+    const auto& a = *layer.self_attn;
+    const auto& mlp = *layer.mlp;
+    for (const auto* l : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj})
+      if (!linear_applies(**l, dtype)) return false;
+    if (!float_tensor(layer.input_layernorm->weight, dtype) || !float_tensor(layer.post_attention_layernorm->weight, dtype))
+      return false;
+    // The cache must hold this one sequence, `past` positions in every layer.
+    const bool cached = i < cache.keys.size() && cache.keys[i].defined();
+    if (past == 0 ? cached : !cached || cache.keys[i].size(0) != 1 || cache.keys[i].size(2) != past) return false;
+  }
+  return true;
+}
+
+// RMSNorm::forward: the mean square in float32, x * rsqrt(ms + eps) rounded to the model's
+// dtype, times the weight.
+void rms_norm(const float* x, const RMSNorm& norm, int64_t H, float* out, const Rounding& round) {
+  float sum = 0;
+  for (int64_t i = 0; i < H; ++i) sum += x[i] * x[i];
+  const float inv = 1.0f / std::sqrt(sum / static_cast<float>(H) + static_cast<float>(norm.eps));
+  const FloatView w(norm.weight);
+  for (int64_t i = 0; i < H; ++i) out[i] = round(w[i] * round(x[i] * inv));
+}
+
+// y = W x (x already holds values of the model's dtype), rounded to that dtype.
+void linear(const Linear& l, const float* x, float* y, const Rounding& round, std::vector<uint16_t>& bits) {
+  const int64_t N = l.weight.size(0), K = l.weight.size(1);
+  if (l.weight.scalar_type() == at::kBFloat16) {
+    bits.resize(static_cast<size_t>(K));
+    for (int64_t k = 0; k < K; ++k) bits[k] = c10::BFloat16(x[k]).x;
+    cpu_gemv::linear_row(l.weight, {}, bits.data(), y);
+  } else {
+    cpu_gemv::linear_row(l.weight, l.weight_scale, x, y);
+  }
+  if (round.bf16)
+    for (int64_t n = 0; n < N; ++n) y[n] = round(y[n]);
+}
+
+// apply_rope on `heads` heads of D channels: x * cos + rotate_half(x) * sin, rotate_half(x) =
+// cat(-x2, x1); cos and sin hold the first half's frequencies (the second half repeats them).
+void rope(float* x, int64_t heads, int64_t D, const float* cos, const float* sin, const Rounding& round) {
+  const int64_t half = D / 2;
+  for (int64_t h = 0; h < heads; ++h) {
+    float* v = x + h * D;
+    for (int64_t i = 0; i < half; ++i) {
+      const float x1 = v[i], x2 = v[i + half];
+      v[i] = round(round(x1 * cos[i]) + round(-x2 * sin[i]));
+      v[i + half] = round(round(x2 * cos[i]) + round(x1 * sin[i]));
+    }
+  }
+}
+
+void store(const at::Tensor& buffer, int64_t offset, const float* values, int64_t n) {
+  if (buffer.scalar_type() == at::kBFloat16) {
+    auto* out = buffer.data_ptr<c10::BFloat16>() + offset;
+    for (int64_t i = 0; i < n; ++i) out[i] = c10::BFloat16(values[i]);
+  } else {
+    std::memcpy(buffer.data_ptr<float>() + offset, values, static_cast<size_t>(n) * sizeof(float));
+  }
+}
+
+// softmax(q k^T * scale) v for each query head over positions 0..T-1 of the cache buffers
+// [1, kv_heads, capacity, D]; query head h reads kv head h / (heads / kv_heads).
+void attend(const float* q, const at::Tensor& keys, const at::Tensor& values, int64_t heads, int64_t kv_heads,
+            int64_t D, int64_t T, float scale, float* out, const Rounding& round) {
+  const int64_t capacity = keys.size(2), group = heads / kv_heads;
+  const FloatView K(keys), V(values);
+  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, T * D));
+  at::parallel_for(0, heads, grain, [&](int64_t h0, int64_t h1) {
+    std::vector<float> p(static_cast<size_t>(T));
+    std::vector<float> acc(static_cast<size_t>(D));
+    for (int64_t h = h0; h < h1; ++h) {
+      const float* qh = q + h * D;
+      const int64_t base = (h / group) * capacity * D;
+      float max = -INFINITY;
+      for (int64_t t = 0; t < T; ++t) {
+        float dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += qh[d] * K[base + t * D + d];
+        p[t] = dot * scale;
+        max = std::max(max, p[t]);
+      }
+      float sum = 0;
+      for (int64_t t = 0; t < T; ++t) sum += (p[t] = std::exp(p[t] - max));
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t t = 0; t < T; ++t) {
+        const float w = p[t] / sum;
+        for (int64_t d = 0; d < D; ++d) acc[d] += w * V[base + t * D + d];
+      }
+      for (int64_t d = 0; d < D; ++d) out[h * D + d] = round(acc[d]);
+    }
+  });
+}
+
+}  // namespace
+
+bool enabled() { return switch_state().load(); }
+void set_enabled(bool on) { switch_state().store(on); }
+
+at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds, KVCache& cache) {
+  if (!applies(m, inputs_embeds, cache)) return {};
+  const auto& c = m.config;
+  const auto dtype = m.dtype();
+  const Rounding round{dtype == at::kBFloat16};
+  const int64_t H = c.hidden_size, F = c.intermediate_size, heads = c.num_attention_heads,
+                kv_heads = c.num_key_value_heads, D = c.dim_per_head(), pos = cache.length(), half = D / 2;
+
+  std::vector<float> x(H), xn(H), q(heads * D), k(kv_heads * D), v(kv_heads * D), att(heads * D), o(H), gate(F), up(F);
+  std::vector<uint16_t> bits;
+  {
+    const auto embeds = inputs_embeds.contiguous();
+    const FloatView in(embeds);
+    for (int64_t i = 0; i < H; ++i) x[i] = round(in[i]);
+  }
+  // rope(): cos/sin of pos * inv_freq in float32, rounded to the model's dtype.
+  std::vector<float> cos(half), sin(half);
+  const float* inv_freq = m.inv_freq.data_ptr<float>();
+  for (int64_t i = 0; i < half; ++i) {
+    const float angle = static_cast<float>(pos) * inv_freq[i];
+    cos[i] = round(std::cos(angle)), sin[i] = round(std::sin(angle));
+  }
+  const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
+  const auto cache_options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+
+  for (size_t i = 0; i < m.layers->size(); ++i) {
+    const auto& layer = layer_at(m, i);
+    const auto& attn = *layer.self_attn;
+    rms_norm(x.data(), *layer.input_layernorm, H, xn.data(), round);
+    linear(*attn.q_proj, xn.data(), q.data(), round, bits);
+    linear(*attn.k_proj, xn.data(), k.data(), round, bits);
+    linear(*attn.v_proj, xn.data(), v.data(), round, bits);
+    rope(q.data(), heads, D, cos.data(), sin.data(), round);
+    rope(k.data(), kv_heads, D, cos.data(), sin.data(), round);
+    cache.prepare(i, 1, kv_heads, D, cache_options, pos + 1);
+    const auto& keys = cache.key_buffers[i];
+    const auto& values = cache.value_buffers[i];
+    const int64_t capacity = keys.size(2);
+    for (int64_t g = 0; g < kv_heads; ++g) {
+      store(keys, (g * capacity + pos) * D, k.data() + g * D, D);
+      store(values, (g * capacity + pos) * D, v.data() + g * D, D);
+    }
+    cache.commit(i, pos + 1);
+    attend(q.data(), keys, values, heads, kv_heads, D, pos + 1, scale, att.data(), round);
+    linear(*attn.o_proj, att.data(), o.data(), round, bits);
+    for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
+
+    const auto& mlp = *layer.mlp;
+    rms_norm(x.data(), *layer.post_attention_layernorm, H, xn.data(), round);
+    linear(*mlp.gate_proj, xn.data(), gate.data(), round, bits);
+    linear(*mlp.up_proj, xn.data(), up.data(), round, bits);
+    for (int64_t j = 0; j < F; ++j) gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);  // silu(g) * u
+    linear(*mlp.down_proj, gate.data(), o.data(), round, bits);
+    for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
+  }
+  rms_norm(x.data(), *m.norm, H, xn.data(), round);
+  auto logits = at::empty({1, 1, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+  linear(*m.lm_head, xn.data(), logits.data_ptr<float>(), round, bits);
+  return logits;
+}
+
+}  // namespace minigpt4::cpu_decode

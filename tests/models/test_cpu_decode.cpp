@@ -1,0 +1,177 @@
+// The fused CPU decode step (minigpt4/models/cpu_decode.h) against the ATen path it replaces:
+// the same logits and cache contents step after step in fp32, bf16 and int8, grouped-query
+// attention and widths that are not multiples of the vector length; the cases it must hand
+// back; and greedy generation choosing the same tokens either way.
+#include "minigpt4/generate/generate.h"
+#include "minigpt4/models/cpu_decode.h"
+#include "minigpt4/models/cpu_gemv.h"
+#include "minigpt4/models/init.h"
+#include "minigpt4/models/llama.h"
+#include "minigpt4/models/lora.h"
+#include "minigpt4/models/weights.h"
+
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include <iostream>
+
+using namespace minigpt4;
+
+namespace {
+
+LlamaConfig small_config() {
+  LlamaConfig c;
+  c.vocab_size = 77;
+  c.hidden_size = 48;  // not a multiple of 64: masked tails in every GEMV
+  c.intermediate_size = 100;
+  c.num_hidden_layers = 3;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;  // grouped-query attention
+  return c;
+}
+
+// The same random weights (std 0.1, so that activations are far from zero) in a model of
+// the given activation dtype and linear format.
+std::shared_ptr<LlamaForCausalLM> make_model(torch::Dtype dtype, WeightFormat format) {
+  const auto config = small_config();
+  LlamaForCausalLM reference(config, torch::kFloat32);
+  init_fresh_weights(reference, /*seed=*/3, /*std=*/0.1);
+  StateDict state;
+  for (const auto& item : reference.named_parameters()) state[item.key()] = item.value();
+  auto model = std::make_shared<LlamaForCausalLM>(config, torch::TensorOptions().dtype(dtype), format);
+  std::set<std::string> filled;
+  load_into(*model, state, LoadSpec{}, filled);
+  REQUIRE(unfilled_parameters(*model, filled).empty());
+  return model;
+}
+
+bool fused_runs(torch::Dtype dtype) {
+  return cpu_gemv::row_available(dtype == torch::kBFloat16 ? torch::kBFloat16 : torch::kFloat);
+}
+
+double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
+  return (got.to(torch::kFloat) - want.to(torch::kFloat)).abs().max().item<double>() /
+         (want.to(torch::kFloat).abs().max().item<double>() + 1e-12);
+}
+
+struct Restore {
+  ~Restore() { cpu_decode::set_enabled(true); }
+};
+
+}  // namespace
+
+TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_decode]") {
+  torch::NoGradGuard no_grad;
+  Restore restore;
+  struct Case {
+    const char* name;
+    torch::Dtype dtype;
+    WeightFormat format;
+    double tolerance;  // max |diff| / max |logit|
+  };
+  for (const auto& c : {Case{"fp32", torch::kFloat32, WeightFormat::Dense, 1e-5},
+                        Case{"bf16", torch::kBFloat16, WeightFormat::Dense, 3e-2},
+                        Case{"int8, bf16 activations", torch::kBFloat16, WeightFormat::Int8, 3e-2},
+                        Case{"int8, fp32 activations", torch::kFloat32, WeightFormat::Int8, 1e-5}}) {
+    INFO(c.name);
+    if (!fused_runs(c.dtype)) {
+      std::cout << "skipped (" << c.name << "): this CPU does not run cpu_gemv's kernels\n";
+      continue;
+    }
+    const auto model = make_model(c.dtype, c.format);
+    torch::manual_seed(1);
+    const auto ids = torch::randint(0, small_config().vocab_size, {1, 14});
+    const auto embeds = model->embed(ids);
+    KVCache fused, aten;
+    CausalLMOptions with_fused, with_aten;
+    with_fused.cache = &fused;
+    with_aten.cache = &aten;
+    // A prompt of 5 through the ATen path fills both caches, then one token at a time.
+    cpu_decode::set_enabled(false);
+    model->forward(embeds.narrow(1, 0, 5), with_fused);
+    model->forward(embeds.narrow(1, 0, 5), with_aten);
+    for (int64_t t = 5; t < 14; ++t) {
+      INFO("position " << t);
+      const auto token = embeds.narrow(1, t, 1);
+      cpu_decode::set_enabled(true);
+      const auto got = cpu_decode::llama_step(*model, token, fused);
+      REQUIRE(got.defined());
+      cpu_decode::set_enabled(false);
+      const auto want = model->forward(token, with_aten).logits;
+      REQUIRE(got.sizes() == want.sizes());
+      CHECK(relative_error(got, want) < c.tolerance);
+      CHECK(got.argmax(-1).item<int64_t>() == want.argmax(-1).item<int64_t>());
+      REQUIRE(fused.length() == t + 1);
+      for (size_t layer = 0; layer < aten.keys.size(); ++layer) {
+        CHECK(relative_error(fused.keys[layer], aten.keys[layer]) < c.tolerance);
+        CHECK(relative_error(fused.values[layer], aten.values[layer]) < c.tolerance);
+      }
+    }
+    // The fused cache continues on the ATen path too (a prompt after a decoded answer).
+    const auto more = model->forward(embeds.narrow(1, 0, 3), with_fused).logits;
+    const auto more_aten = model->forward(embeds.narrow(1, 0, 3), with_aten).logits;
+    CHECK(relative_error(more, more_aten) < c.tolerance);
+  }
+}
+
+TEST_CASE("the fused decode step hands back what it does not handle", "[cpu_decode]") {
+  torch::NoGradGuard no_grad;
+  Restore restore;
+  if (!fused_runs(torch::kFloat32)) {
+    std::cout << "skipped: this CPU does not run cpu_gemv's kernels\n";
+    return;
+  }
+  const auto model = make_model(torch::kFloat32, WeightFormat::Dense);
+  const auto token = model->embed(torch::tensor({{3}}));
+  KVCache cache;
+  CHECK(cpu_decode::llama_step(*model, token, cache).defined());  // position 0 of an empty cache
+
+  SECTION("two sequences") {
+    KVCache two;
+    CHECK_FALSE(cpu_decode::llama_step(*model, token.expand({2, 1, -1}).contiguous(), two).defined());
+  }
+  SECTION("two positions") {
+    CHECK_FALSE(cpu_decode::llama_step(*model, model->embed(torch::tensor({{3, 4}})), cache).defined());
+  }
+  SECTION("autograd") {
+    torch::AutoGradMode grad(true);
+    CHECK_FALSE(cpu_decode::llama_step(*model, token, cache).defined());
+  }
+  SECTION("switched off") {
+    cpu_decode::set_enabled(false);
+    CHECK_FALSE(cpu_decode::llama_step(*model, token, cache).defined());
+  }
+  SECTION("an active LoRA adapter, unless merged") {
+    lora::LoraConfig lora;
+    lora.r = 4;
+    lora.lora_alpha = 8;
+    lora.target_modules = {"q_proj", "v_proj"};
+    lora::add_adapter(*model, "task", lora);
+    lora::set_active_adapter(*model, "task", /*merge=*/false);
+    CHECK_FALSE(cpu_decode::llama_step(*model, token, cache).defined());
+    lora::set_active_adapter(*model, "task", /*merge=*/true);
+    CHECK(cpu_decode::llama_step(*model, token, cache).defined());
+    lora::set_active_adapter(*model, "original", false);
+    CHECK(cpu_decode::llama_step(*model, token, cache).defined());
+  }
+}
+
+TEST_CASE("greedy generation picks the same tokens with and without the fused step", "[cpu_decode]") {
+  Restore restore;
+  if (!fused_runs(torch::kFloat32)) {
+    std::cout << "skipped: this CPU does not run cpu_gemv's kernels\n";
+    return;
+  }
+  const auto model = make_model(torch::kFloat32, WeightFormat::Dense);
+  torch::manual_seed(2);
+  const auto prompt = model->embed(torch::randint(0, small_config().vocab_size, {1, 6}));
+  GenerationConfig config;
+  config.max_new_tokens = 24;
+  config.eos_token_id = -1;
+  cpu_decode::set_enabled(true);
+  const auto fused = generate(*model, prompt, config);
+  cpu_decode::set_enabled(false);
+  const auto aten = generate(*model, prompt, config);
+  CHECK(fused.tokens == aten.tokens);
+  REQUIRE(fused.tokens.size() == 24);
+}
