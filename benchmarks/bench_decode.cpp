@@ -148,7 +148,8 @@ minigpt4::StateDict parameters_of(const torch::nn::Module& module) {
 // Bytes one decode step reads from the weights: every parameter and buffer but the
 // embedding table, of which it reads one row.
 int64_t weight_bytes_per_token(const CausalLM& llm) {
-  const auto e = llm.named_parameters().find("model.embed_tokens.weight");
+  const auto parameters = llm.named_parameters();  // find() points into it: keep it alive
+  const auto e = parameters.find("model.embed_tokens.weight");
   if (!e) throw std::runtime_error("the model has no model.embed_tokens.weight");
   return minigpt4::tensor_bytes(llm).total - e->numel() * e->element_size() + e->size(1) * e->element_size();
 }

@@ -1,7 +1,7 @@
 // low_resource on the CPU: what an int8 linear layer costs against the dense one, and what
 // loading a LLaMA in fp32 / bf16 / int8 holds in memory. Nothing is asserted.
 //
-//   bench_int8 matmul [--in 2048] [--out 5632] [--rows 1,16,128,512] [--repeats N] [--threads N]
+//   bench_int8 matmul [--in 2048] [--out 5632] [--rows 1,16,128,512] [--repeats N] [--copies C] [--threads N]
 //   bench_int8 load --llm DIR --precision fp32|bf16 [--int8]
 //
 // `matmul` times minigpt4::Linear forwards (median and minimum) for dense fp32, int8 with
@@ -43,21 +43,27 @@ std::string time_ms(const std::function<void()>& run, int repeats) {
   return fmt::format("{:.2f} ({:.2f})", times[times.size() / 2], times.front());
 }
 
-void bench_matmul(int64_t in, int64_t out, const std::vector<int64_t>& rows_list, int repeats) {
+void bench_matmul(int64_t in, int64_t out, const std::vector<int64_t>& rows_list, int repeats, int copies) {
   torch::NoGradGuard no_grad;
   torch::manual_seed(0);
   const auto w = torch::randn({out, in}) * 0.02;
-  fmt::print("Linear {} -> {}, {} threads; ms per forward, median (min) of {}\n", in, out, at::get_num_threads(),
-             repeats);
+  fmt::print("Linear {} -> {}, {} threads, {} cop{} run in turn; ms per forward, median (min) of {}\n", in, out,
+             at::get_num_threads(), copies, copies == 1 ? "y" : "ies", repeats);
   fmt::print("{:>6} {:>16} {:>16} {:>16} {:>16}\n", "rows", "fp32", "int8/fp32", "bf16", "int8/bf16");
   for (const int64_t rows : rows_list) {
     std::vector<std::string> ms;
     for (const auto dtype : {torch::kFloat32, torch::kBFloat16}) {
       for (const auto format : {WeightFormat::Dense, WeightFormat::Int8}) {
-        Linear layer(in, out, false, torch::TensorOptions().dtype(dtype), format);
-        layer.load_weight(w);
+        // Copies run in turn so that, when they add up to more than the caches, every forward
+        // reads its weights from memory, as a decode step does.
+        std::vector<std::unique_ptr<Linear>> layers;
+        for (int c = 0; c < copies; ++c) {
+          layers.push_back(std::make_unique<Linear>(in, out, false, torch::TensorOptions().dtype(dtype), format));
+          layers.back()->load_weight(w);
+        }
         const auto x = torch::randn({rows, in}).to(dtype);
-        ms.push_back(time_ms([&] { layer.forward(x); }, repeats));
+        size_t next = 0;
+        ms.push_back(time_ms([&] { layers[next++ % layers.size()]->forward(x); }, repeats));
       }
     }
     fmt::print("{:>6} {:>16} {:>16} {:>16} {:>16}\n", rows, ms[0], ms[1], ms[2], ms[3]);
@@ -105,6 +111,10 @@ int main(int argc, char** argv) {
   matmul->add_option("--out", out)->capture_default_str();
   matmul->add_option("--rows", rows, "activation rows (tokens)")->delimiter(',');
   matmul->add_option("--repeats", repeats)->capture_default_str();
+  int copies = 1;
+  matmul->add_option("--copies", copies, "copies of the layer run in turn (enough to exceed the caches: weights "
+                                         "then come from memory, as in a decode step)")
+      ->capture_default_str();
   auto* load = app.add_subcommand("load", "load a Hugging Face LLaMA directory and report its memory");
   load->add_option("--llm", llm, "Hugging Face LLaMA directory")->required();
   load->add_option("--precision", precision, "fp32 or bf16")->capture_default_str();
@@ -113,7 +123,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) at::set_num_threads(threads);
   try {
-    if (*matmul) bench_matmul(in, out, rows, repeats);
+    if (*matmul) bench_matmul(in, out, rows, repeats, std::max(1, copies));
     if (*load) bench_load(llm, precision, int8);
   } catch (const std::exception& e) {
     fmt::print(stderr, "error: {}\n", e.what());

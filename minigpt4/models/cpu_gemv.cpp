@@ -117,6 +117,91 @@ MINIGPT4_AVX512 void f32_rows(const float* x, int64_t K, const float* w, float* 
   }
 }
 
+// One activation row (a decode step of one sequence) is bound by how fast the weights stream
+// in from memory. The kernels below take four output rows at a time, so four weight streams
+// are in flight, and prefetch each a few cache lines ahead: one row at a time without
+// prefetches read bf16 weights at 9 GB/s where MKL's float32 GEMV reads 27 (2 threads,
+// weights not in cache). Each loop step reads one 64-byte line of every row.
+constexpr int64_t kPrefetchBytes = 512;
+
+inline void prefetch(const void* p) { _mm_prefetch(static_cast<const char*>(p) + kPrefetchBytes, _MM_HINT_T0); }
+
+MINIGPT4_AVX512_BF16 void bf16_one_row(const uint16_t* x, int64_t K, const uint16_t* w, const float* bias32, float* y,
+                                       int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const uint16_t* r[4] = {w + n * K, w + (n + 1) * K, w + (n + 2) * K, w + (n + 3) * K};
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 32 <= K; k += 32) {
+      const __m512bh xv = (__m512bh)_mm512_loadu_si512(x + k);
+      for (int i = 0; i < 4; ++i) {
+        prefetch(r[i] + k);
+        acc[i] = _mm512_dpbf16_ps(acc[i], xv, (__m512bh)_mm512_loadu_si512(r[i] + k));
+      }
+    }
+    if (k < K) {
+      const __mmask32 mask = (__mmask32{1} << (K - k)) - 1;
+      const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + k);
+      for (int i = 0; i < 4; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], xv, (__m512bh)_mm512_maskz_loadu_epi16(mask, r[i] + k));
+    }
+    for (int i = 0; i < 4; ++i) y[n + i] = _mm512_reduce_add_ps(acc[i]) + (bias32 ? bias32[n + i] : 0.0f);
+  }
+  if (n < n1) bf16_rows(x, 1, K, w, bias32, y, N, n, n1);
+}
+
+MINIGPT4_AVX512 void int8_one_row(const float* x, int64_t K, const int8_t* q, const float* scales, float* y,
+                                  int64_t N, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const int8_t* r[4] = {q + n * K, q + (n + 1) * K, q + (n + 2) * K, q + (n + 3) * K};
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 64 <= K; k += 64) {
+      for (int i = 0; i < 4; ++i) prefetch(r[i] + k);
+      for (int64_t j = 0; j < 64; j += 16) {
+        const __m512 xv = _mm512_loadu_ps(x + k + j);
+        for (int i = 0; i < 4; ++i) {
+          const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)(r[i] + k + j))));
+          acc[i] = _mm512_fmadd_ps(xv, wv, acc[i]);
+        }
+      }
+    }
+    for (; k < K; k += 16) {
+      const int64_t left = std::min<int64_t>(16, K - k);
+      const __mmask16 mask = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + k);
+      for (int i = 0; i < 4; ++i)
+        acc[i] = _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, r[i] + k))), acc[i]);
+    }
+    for (int i = 0; i < 4; ++i) y[n + i] = _mm512_reduce_add_ps(acc[i]) * scales[n + i];
+  }
+  if (n < n1) int8_rows(x, 1, K, q, scales, y, N, n, n1);
+}
+
+MINIGPT4_AVX512 void f32_one_row(const float* x, int64_t K, const float* w, float* y, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + 4 <= n1; n += 4) {
+    const float* r[4] = {w + n * K, w + (n + 1) * K, w + (n + 2) * K, w + (n + 3) * K};
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k + 16 <= K; k += 16) {
+      const __m512 xv = _mm512_loadu_ps(x + k);
+      for (int i = 0; i < 4; ++i) {
+        prefetch(r[i] + k);
+        acc[i] = _mm512_fmadd_ps(xv, _mm512_loadu_ps(r[i] + k), acc[i]);
+      }
+    }
+    if (k < K) {
+      const __mmask16 mask = __mmask16((1u << (K - k)) - 1);
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + k);
+      for (int i = 0; i < 4; ++i) acc[i] = _mm512_fmadd_ps(xv, _mm512_maskz_loadu_ps(mask, r[i] + k), acc[i]);
+    }
+    for (int i = 0; i < 4; ++i) y[n + i] = _mm512_reduce_add_ps(acc[i]);
+  }
+  if (n < n1) f32_rows(x, K, w, y, n, n1);
+}
+
 bool cpu_has(bool bf16) {
   __builtin_cpu_init();
   const bool base = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -176,7 +261,10 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::
   const float* bp = bias32.defined() ? bias32.data_ptr<float>() : nullptr;
   float* yp = y32.data_ptr<float>();
   at::parallel_for(0, N, grain_rows(K, 2),
-                   [&](int64_t n0, int64_t n1) { bf16_rows(xp, M, K, wp, bp, yp, N, n0, n1); });
+                   [&](int64_t n0, int64_t n1) {
+                     if (M == 1) bf16_one_row(xp, K, wp, bp, yp, N, n0, n1);
+                     else bf16_rows(xp, M, K, wp, bp, yp, N, n0, n1);
+                   });
   return output_like(x, N, y32);
 #else
   return {};
@@ -198,7 +286,10 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::
   const float* sp = scales.data_ptr<float>();
   float* yp = y32.data_ptr<float>();
   at::parallel_for(0, N, grain_rows(K, 1),
-                   [&](int64_t n0, int64_t n1) { int8_rows(xp, M, K, qp, sp, yp, N, n0, n1); });
+                   [&](int64_t n0, int64_t n1) {
+                     if (M == 1) int8_one_row(xp, K, qp, sp, yp, N, n0, n1);
+                     else int8_rows(xp, M, K, qp, sp, yp, N, n0, n1);
+                   });
   return output_like(x, N, y32);
 #else
   return {};
@@ -217,21 +308,22 @@ void linear_row(const at::Tensor& weight, const at::Tensor& scales, const void* 
     case at::kFloat: {
       const float* xp = static_cast<const float*>(x);
       const float* wp = weight.data_ptr<float>();
-      at::parallel_for(0, N, grain_rows(K, 4), [&](int64_t n0, int64_t n1) { f32_rows(xp, K, wp, y, n0, n1); });
+      at::parallel_for(0, N, grain_rows(K, 4), [&](int64_t n0, int64_t n1) { f32_one_row(xp, K, wp, y, n0, n1); });
       return;
     }
     case at::kBFloat16: {
       const auto* xp = static_cast<const uint16_t*>(x);
       const auto* wp = reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>());
       at::parallel_for(0, N, grain_rows(K, 2),
-                       [&](int64_t n0, int64_t n1) { bf16_rows(xp, 1, K, wp, nullptr, y, N, n0, n1); });
+                       [&](int64_t n0, int64_t n1) { bf16_one_row(xp, K, wp, nullptr, y, N, n0, n1); });
       return;
     }
     case at::kChar: {
       const float* xp = static_cast<const float*>(x);
       const int8_t* qp = weight.data_ptr<int8_t>();
       const float* sp = scales.data_ptr<float>();
-      at::parallel_for(0, N, grain_rows(K, 1), [&](int64_t n0, int64_t n1) { int8_rows(xp, 1, K, qp, sp, y, N, n0, n1); });
+      at::parallel_for(0, N, grain_rows(K, 1),
+                       [&](int64_t n0, int64_t n1) { int8_one_row(xp, K, qp, sp, y, N, n0, n1); });
       return;
     }
     default: break;

@@ -30,10 +30,22 @@ LlamaConfig small_config() {
   return c;
 }
 
+// Wide enough that the MLP's weights pass cpu_decode's 1 MiB line (float32 and bf16), above
+// which the step calls Linear::forward instead of its own row kernels.
+LlamaConfig wide_config() {
+  auto c = small_config();
+  c.hidden_size = 512;
+  c.intermediate_size = 1024;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 8;
+  c.num_key_value_heads = 2;
+  return c;
+}
+
 // The same random weights (std 0.1, so that activations are far from zero) in a model of
 // the given activation dtype and linear format.
-std::shared_ptr<LlamaForCausalLM> make_model(torch::Dtype dtype, WeightFormat format) {
-  const auto config = small_config();
+std::shared_ptr<LlamaForCausalLM> make_model(torch::Dtype dtype, WeightFormat format,
+                                             const LlamaConfig& config = small_config()) {
   LlamaForCausalLM reference(config, torch::kFloat32);
   init_fresh_weights(reference, /*seed=*/3, /*std=*/0.1);
   StateDict state;
@@ -78,39 +90,42 @@ TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_de
       std::cout << "skipped (" << c.name << "): this CPU does not run cpu_gemv's kernels\n";
       continue;
     }
-    const auto model = make_model(c.dtype, c.format);
-    torch::manual_seed(1);
-    const auto ids = torch::randint(0, small_config().vocab_size, {1, 14});
-    const auto embeds = model->embed(ids);
-    KVCache fused, aten;
-    CausalLMOptions with_fused, with_aten;
-    with_fused.cache = &fused;
-    with_aten.cache = &aten;
-    // A prompt of 5 through the ATen path fills both caches, then one token at a time.
-    cpu_decode::set_enabled(false);
-    model->forward(embeds.narrow(1, 0, 5), with_fused);
-    model->forward(embeds.narrow(1, 0, 5), with_aten);
-    for (int64_t t = 5; t < 14; ++t) {
-      INFO("position " << t);
-      const auto token = embeds.narrow(1, t, 1);
-      cpu_decode::set_enabled(true);
-      const auto got = cpu_decode::llama_step(*model, token, fused);
-      REQUIRE(got.defined());
+    for (const auto& config : {small_config(), wide_config()}) {
+      INFO("hidden " << config.hidden_size);
+      const auto model = make_model(c.dtype, c.format, config);
+      torch::manual_seed(1);
+      const auto ids = torch::randint(0, config.vocab_size, {1, 14});
+      const auto embeds = model->embed(ids);
+      KVCache fused, aten;
+      CausalLMOptions with_fused, with_aten;
+      with_fused.cache = &fused;
+      with_aten.cache = &aten;
+      // A prompt of 5 through the ATen path fills both caches, then one token at a time.
       cpu_decode::set_enabled(false);
-      const auto want = model->forward(token, with_aten).logits;
-      REQUIRE(got.sizes() == want.sizes());
-      CHECK(relative_error(got, want) < c.tolerance);
-      CHECK(got.argmax(-1).item<int64_t>() == want.argmax(-1).item<int64_t>());
-      REQUIRE(fused.length() == t + 1);
-      for (size_t layer = 0; layer < aten.keys.size(); ++layer) {
-        CHECK(relative_error(fused.keys[layer], aten.keys[layer]) < c.tolerance);
-        CHECK(relative_error(fused.values[layer], aten.values[layer]) < c.tolerance);
+      model->forward(embeds.narrow(1, 0, 5), with_fused);
+      model->forward(embeds.narrow(1, 0, 5), with_aten);
+      for (int64_t t = 5; t < 14; ++t) {
+        INFO("position " << t);
+        const auto token = embeds.narrow(1, t, 1);
+        cpu_decode::set_enabled(true);
+        const auto got = cpu_decode::llama_step(*model, token, fused);
+        REQUIRE(got.defined());
+        cpu_decode::set_enabled(false);
+        const auto want = model->forward(token, with_aten).logits;
+        REQUIRE(got.sizes() == want.sizes());
+        CHECK(relative_error(got, want) < c.tolerance);
+        CHECK(got.argmax(-1).item<int64_t>() == want.argmax(-1).item<int64_t>());
+        REQUIRE(fused.length() == t + 1);
+        for (size_t layer = 0; layer < aten.keys.size(); ++layer) {
+          CHECK(relative_error(fused.keys[layer], aten.keys[layer]) < c.tolerance);
+          CHECK(relative_error(fused.values[layer], aten.values[layer]) < c.tolerance);
+        }
       }
+      // The fused cache continues on the ATen path too (a prompt after a decoded answer).
+      const auto more = model->forward(embeds.narrow(1, 0, 3), with_fused).logits;
+      const auto more_aten = model->forward(embeds.narrow(1, 0, 3), with_aten).logits;
+      CHECK(relative_error(more, more_aten) < c.tolerance);
     }
-    // The fused cache continues on the ATen path too (a prompt after a decoded answer).
-    const auto more = model->forward(embeds.narrow(1, 0, 3), with_fused).logits;
-    const auto more_aten = model->forward(embeds.narrow(1, 0, 3), with_aten).logits;
-    CHECK(relative_error(more, more_aten) < c.tolerance);
   }
 }
 
