@@ -63,8 +63,8 @@ const std::vector<ConfigKey>& config_schema() {
       {"model.repetition_penalty", T::Float, "default Hugging Face repetition penalty of `chat`/`serve` answers that do not set one (1.0; TinyGPT-V's demo uses 1.05)"},
       {"model.conv_template", T::String, "chat template of `chat`/`serve`: v0 (CONV_VISION), vicuna0 (CONV_VISION_Vicuna0; TinyGPT-V stages 1-3), llama2 or minigptv2 (MiniGPT-v2's [INST] template; TinyGPT-V stage 4); default by model_type as demo.py"},
       {"model.bos_token_id", T::String, "accepted for TinyGPT-V's eval configs, which set it to '###'; unused (as in the original)"},
-      {"model.chat_template", T::Bool, "wrap training prompts in the chat template (MiniGPT-v2 configs)"},
-      {"model.max_context_len", T::Int, "longest prompt + answer in tokens (MiniGPT-v2 configs)"},
+      {"model.chat_template", T::Bool, "MiniGPT-v2 datasets: wrap single-turn instructions in model.prompt_template too (conversations always are)"},
+      {"model.max_context_len", T::Int, "MiniGPT-v2 datasets: the prompt with its image embeddings is cut to this many positions (3800)"},
       // ---- preprocess: processors of the model defaults
       {"preprocess.vis_processor.*.name", T::String, "image processor: blip2_image_train or blip2_image_eval"},
       {"preprocess.vis_processor.*.image_size", T::Int, "processor output side"},
@@ -74,6 +74,17 @@ const std::vector<ConfigKey>& config_schema() {
       // ---- datasets.<name>
       {"datasets.*.data_type", T::String, "images (the default), or text: build_info.storage is a text file, one training text per line (language warm-up)"},
       {"datasets.*.build_info.storage", T::String, "where the data is: shard list with brace ranges, or a directory"},
+      // MiniGPT-v2's multi-task datasets (TinyGPT-V stage 4) name their files as the original
+      // configs do; which keys each one reads is in docs/tinygptv.md.
+      {"datasets.*.build_info.ann_path", T::String, "MiniGPT-v2 datasets: the annotation file (LLaVA, Flickr, TextCaps, unnatural instructions, OCR-VQA), or the folder holding refcoco/, refcoco+/, refcocog/ (RefCOCO family)"},
+      {"datasets.*.build_info.image_path", T::String, "MiniGPT-v2 datasets: the folder the images are in"},
+      {"datasets.*.build_info.data_dir", T::String, "refvg: the Visual Genome folder (image_data.json, region_descriptions.json, VG_100K/, VG_100K_2/)"},
+      {"datasets.*.build_info.dataset", T::String, "RefCOCO family: refcoco, refcoco+ or refcocog (inv... accepted: the same files)"},
+      {"datasets.*.build_info.splitBy", T::String, "RefCOCO family: the refs file, refs(<splitBy>).p (unc, or umd for refcocog)"},
+      {"datasets.*.build_info.annotations.*.storage", T::StringList, "LAVIS-style datasets (coco_caption, coco_vqa, ok_vqa, aok_vqa, gqa): the annotation file(s) of a split; `minigpt4 train` reads the train split"},
+      {"datasets.*.build_info.annotations.*.url", T::StringList, "where the original downloads the annotations; nothing is downloaded here"},
+      {"datasets.*.build_info.annotations.*.md5", T::String, "accepted for LAVIS configs; unused"},
+      {"datasets.*.build_info.images.storage", T::String, "LAVIS-style datasets: the folder the images are in"},
       {"datasets.*.batch_size", T::Int, "batch size of this dataset"},
       {"datasets.*.sample_ratio", T::Float, "relative probability of drawing a batch from this dataset"},
       {"datasets.*.vis_processor.*.name", T::String, "image processor for a split: blip2_image_train / blip2_image_eval"},
@@ -131,16 +142,33 @@ const std::vector<ConfigKey>& config_schema() {
   return schema;
 }
 
-const std::vector<std::string>& known_datasets() {
-  // The last group is MiniGPT-v2's multi-task mix (TinyGPT-V stage 4): their configs parse,
-  // but `minigpt4 train` has no loaders for them and refuses them by name.
-  static const std::vector<std::string> names = {
-      "laion", "cc_sbu", "cc_sbu_align", "text_corpus",
-      "multitask_conversation", "llava_conversation", "llava_detail", "llava_reason", "unnatural_instruction",
-      "refvg", "flickr_grounded_caption", "flickr_CaptionToPhrase", "flickr_ObjectToPhrase", "textcaps_caption",
-      "coco_caption", "refcoco", "refcocop", "refcocog", "invrefcoco", "invrefcocop", "invrefcocog", "coco_vqa",
-      "ok_vqa", "aok_vqa", "gqa", "ocrvqa"};
+const std::vector<DatasetName>& dataset_catalog() {
+  // MiniGPT-4's caption data, then MiniGPT-v2's multi-task mix (TinyGPT-V stage 4; the
+  // layouts are in minigpt4/data/instruction_datasets.h and docs/tinygptv.md).
+  static const std::vector<DatasetName> names = {
+      {"laion", true}, {"cc_sbu", true}, {"cc_sbu_align", true}, {"text_corpus", true},
+      {"multitask_conversation", true}, {"llava_conversation", true}, {"llava_detail", true},
+      {"llava_reason", true}, {"unnatural_instruction", true}, {"refvg", true},
+      {"flickr_grounded_caption", true}, {"flickr_CaptionToPhrase", true}, {"flickr_ObjectToPhrase", true},
+      {"textcaps_caption", true}, {"coco_caption", true}, {"refcoco", true}, {"refcocop", true},
+      {"refcocog", true}, {"invrefcoco", true}, {"invrefcocop", true}, {"invrefcocog", true},
+      {"coco_vqa", true}, {"ok_vqa", true}, {"aok_vqa", true}, {"gqa", true}, {"ocrvqa", true}};
   return names;
+}
+
+const std::vector<std::string>& known_datasets() {
+  static const std::vector<std::string> names = [] {
+    std::vector<std::string> out;
+    for (const auto& d : dataset_catalog()) out.push_back(d.name);
+    return out;
+  }();
+  return names;
+}
+
+const DatasetName* find_dataset_name(const std::string& name) {
+  for (const auto& d : dataset_catalog())
+    if (d.name == name) return &d;
+  return nullptr;
 }
 
 std::string value_type_name(ValueType type) {

@@ -15,8 +15,18 @@ struct ConfigKey {
 };
 
 const std::vector<ConfigKey>& config_schema();
-// Dataset names `datasets.<name>` may use.
-const std::vector<std::string>& known_datasets();
+// Dataset names `datasets.<name>` may use, and whether `minigpt4 train` can read each: the
+// one list the config check, the trainer and the loaders share. A name the schema knows
+// but that cannot be trained (`trainable` false, `why_not` says why) parses and is refused
+// by `minigpt4 train` with that reason.
+struct DatasetName {
+  std::string name;
+  bool trainable = true;
+  std::string why_not;
+};
+const std::vector<DatasetName>& dataset_catalog();
+const std::vector<std::string>& known_datasets();     // the catalog's names
+const DatasetName* find_dataset_name(const std::string& name);  // nullptr: unknown
 std::string value_type_name(ValueType type);
 
 }  // namespace minigpt4

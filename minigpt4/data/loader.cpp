@@ -2,6 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/data/cc_sbu_align.h"
+#include "minigpt4/data/instruction_datasets.h"
 #include "minigpt4/data/shards.h"
 #include "minigpt4/data/text_lines.h"
 #include "minigpt4/data/webdataset.h"
@@ -41,17 +42,38 @@ struct ImageTransform {
 struct Decoded {
   at::Tensor image;   // undefined when decoding failed
   std::string error;
+  bool bad_box = false;     // the image decoded, but the record's box lies outside it
+  Instruction instruction;  // a record with a box: its turns with the box written in
+};
+
+// A box to place once the image's size is known (instruction datasets), with the turns it
+// goes into.
+struct PendingBox {
+  std::array<double, 4> xywh;
+  Instruction instruction;
 };
 
 // Runs on a worker. The crop seed comes from the record's index in its stream, not from a
 // shared generator, so which thread decodes what does not matter.
 Decoded decode(const std::string& bytes, const std::string& path, const std::string& source,
-               const ImageTransform& transform, uint64_t crop_seed) {
+               const ImageTransform& transform, uint64_t crop_seed, std::optional<PendingBox> box) {
   try {
     const at::Tensor rgb = path.empty() ? decode_image_rgb_bytes(bytes, source) : decode_image_rgb(path);
-    return {transform(rgb, crop_seed), {}};
+    Decoded out;
+    if (box) {  // rgb is [H, W, 3]: the original converts with PIL's image.size
+      out.error = place_box(box->instruction, box->xywh, static_cast<int>(rgb.size(1)), static_cast<int>(rgb.size(0)));
+      if (!out.error.empty()) {
+        out.bad_box = true;
+        return out;
+      }
+      out.instruction = std::move(box->instruction);
+    }
+    out.image = transform(rgb, crop_seed);
+    return out;
   } catch (const std::exception& e) {
-    return {{}, e.what()};
+    Decoded out;
+    out.error = e.what();
+    return out;
   }
 }
 
@@ -76,6 +98,9 @@ std::unique_ptr<SampleStream> make_stream(const DatasetSpec& spec, const LoaderO
     return std::make_unique<CcSbuAlignStream>(CcSbuAlignDataset(spec.storage), opt.seed, opt.rank, opt.world_size);
   if (spec.kind == DatasetKind::TextLines)
     return std::make_unique<TextLinesStream>(spec.storage, opt.seed, opt.rank, opt.world_size);
+  if (spec.kind == DatasetKind::Instruction)
+    return std::make_unique<InstructionStream>(spec.name, load_instruction_source(spec), opt.seed, opt.rank,
+                                               opt.world_size);
   WebDatasetOptions w;
   w.name = spec.name;
   w.shards = expand_shard_spec(spec.storage);
@@ -199,10 +224,12 @@ void DataLoader::Impl::fill(DatasetState& ds) {
     p.record = ds.stream->next();
     const uint64_t index = ds.records_read++;
     if (!p.record.skipped && p.record.has_image) {
+      std::optional<PendingBox> box;
+      if (p.record.box) box = PendingBox{*p.record.box, std::move(p.record.instruction)};
       auto task = std::make_shared<std::packaged_task<Decoded()>>(
           [bytes = std::move(p.record.image_bytes), path = p.record.image_path, source = p.record.source,
-           transform = ds.transform, seed = mix_seed(ds.crop_seed_base, index)] {
-            return decode(bytes, path, source, *transform, seed);
+           transform = ds.transform, seed = mix_seed(ds.crop_seed_base, index), box = std::move(box)] {
+            return decode(bytes, path, source, *transform, seed, box);
           });
       p.record.image_bytes.clear();
       p.result = task->get_future();
@@ -234,12 +261,14 @@ Produced DataLoader::Impl::produce() {
     }
     Decoded d = p.record.has_image ? p.result.get() : Decoded{};
     if (p.record.has_image && !d.image.defined()) {
-      running_stats.record_skip(ds.spec.name, SkipReason::CorruptImage, p.record.source, d.error);
+      running_stats.record_skip(ds.spec.name, d.bad_box ? SkipReason::BadBox : SkipReason::CorruptImage,
+                                p.record.source, d.error);
       note_unusable(ds);
       continue;
     }
     ds.unusable_in_a_row = 0;
-    samples.push_back({std::move(d.image), std::move(p.record.caption), std::move(p.record.source)});
+    samples.push_back({std::move(d.image), std::move(p.record.caption), std::move(p.record.source),
+                       p.record.box ? std::move(d.instruction) : std::move(p.record.instruction)});
   }
   ++ds.position.batches;
   ++batches;
@@ -247,9 +276,11 @@ Produced DataLoader::Impl::produce() {
 
   Produced out;
   std::vector<at::Tensor> images;
+  const bool instructions = ds.spec.kind == DatasetKind::Instruction;
   for (auto& s : samples) {
     if (s.image.defined()) images.push_back(std::move(s.image));
-    out.batch.captions.push_back(std::move(s.caption));
+    if (instructions) out.batch.instructions.push_back(std::move(s.instruction));
+    else out.batch.captions.push_back(std::move(s.caption));
     out.batch.sources.push_back(std::move(s.source));
   }
   if (!images.empty()) out.batch.images = torch::stack(images);

@@ -9,6 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <nlohmann/json.hpp>
 
+#include "minigpt4/common/instruction.h"
 #include "minigpt4/data/stats.h"
 
 #include <cstdint>
@@ -28,6 +29,7 @@ struct Sample {
   at::Tensor image;     // float32 [3,S,S], processed; undefined for text-only samples
   std::string caption;  // processed as the dataset's text processor says
   std::string source;   // "<shard>:<key>.<ext>" or the image path
+  Instruction instruction;  // MiniGPT-v2's datasets: the turns (caption empty); else empty
 };
 
 struct Batch {
@@ -35,12 +37,17 @@ struct Batch {
   std::vector<std::string> captions;
   std::string dataset;               // the dataset this batch was drawn from
   std::vector<std::string> sources;  // each sample's Sample::source
+  // An instruction dataset's batch (MiniGPT-v2's multi-task data): one per sample, and
+  // `captions` is empty. Empty for caption datasets.
+  std::vector<Instruction> instructions;
+  size_t size() const { return sources.size(); }
 };
 
 enum class DatasetKind {
   WebDataset,  // laion, cc_sbu: tar shards
   CcSbuAlign,  // stage 2: filter_cap.json + image/
   TextLines,   // data_type: text, a text file with one training text per line (no images)
+  Instruction, // MiniGPT-v2's multi-task datasets (instruction_datasets.h), chosen by name
 };
 
 struct DatasetSpec {
@@ -55,6 +62,14 @@ struct DatasetSpec {
   double max_scale = 1.0;
   int max_words = 50;         // blip_caption, applied to webdataset captions only
   std::string prompt;         // blip_caption's prompt, likewise
+  // Instruction datasets (build_info keys of the original configs): the annotation file(s)
+  // (ann_path, or annotations.train.storage), the image folder (image_path, images.storage,
+  // or refvg's data_dir), and the RefCOCO family's dataset / splitBy. `max_words` is then
+  // blip_caption's limit wherever the original runs its text processor.
+  std::vector<std::string> ann_paths;
+  std::string image_root;
+  std::string refer_dataset;
+  std::string split_by;
 };
 
 struct LoaderOptions {
@@ -71,8 +86,9 @@ struct LoaderOptions {
 // (else run.batch_size_train), sample_ratio (1), vis_processor.train (name, image_size,
 // min_scale, max_scale) and text_processor.train (max_words, prompt); run.seed and
 // run.num_workers. `cc_sbu_align` (or a storage directory holding filter_cap.json) is the
-// stage-2 layout, `data_type: text` a text file (language warm-up), any other dataset
-// webdataset shards. Errors name the key.
+// stage-2 layout, `data_type: text` a text file (language warm-up), MiniGPT-v2's dataset
+// names (is_instruction_dataset) their own layouts, any other dataset webdataset shards.
+// Errors name the key.
 LoaderOptions loader_options_from_config(const Config& config, int rank, int world_size);
 
 // Where a loader is in its streams: enough to rebuild it there. `records` counts

@@ -2,11 +2,63 @@
 // training checkpoints).
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/data/instruction_datasets.h"
 #include "minigpt4/data/loader.h"
 
 #include <filesystem>
 
 namespace minigpt4::data {
+
+namespace {
+
+// RefCOCO's files per task when build_info leaves dataset / splitBy out (the original
+// configs always set them: refcoco/refcoco+ by unc, refcocog by umd).
+std::pair<std::string, std::string> refer_defaults(const std::string& name) {
+  if (name == "refcocop" || name == "invrefcocop") return {"refcoco+", "unc"};
+  if (name == "refcocog" || name == "invrefcocog") return {"refcocog", "umd"};
+  return {"refcoco", "unc"};
+}
+
+// build_info of MiniGPT-v2's datasets, under the keys the original configs use.
+void read_instruction_build_info(const Config& config, const std::string& key, DatasetSpec& spec) {
+  const std::string info = key + ".build_info";
+  const auto required = [&](const std::string& sub, const std::string& what) {
+    const std::string value = config.get_string(info + "." + sub);
+    if (value.empty()) fail("{}: {}.{} is not set; it names {}", config.path(), info, sub, what);
+    return value;
+  };
+  const std::string& name = spec.name;
+  const bool lavis = name == "coco_caption" || name == "coco_vqa" || name == "ok_vqa" || name == "aok_vqa" || name == "gqa";
+  if (lavis) {
+    spec.ann_paths = config.get_string_list(info + ".annotations.train.storage");
+    if (spec.ann_paths.empty())
+      fail("{}: {}.annotations.train.storage is not set; it lists the training annotation file(s) (LAVIS' json)",
+           config.path(), info);
+    spec.image_root = required("images.storage", "the image folder");
+  } else if (name == "refvg") {
+    spec.image_root = required("data_dir", "the Visual Genome folder (image_data.json, region_descriptions.json, images)");
+  } else {
+    spec.ann_paths = {required("ann_path", name.find("refcoco") != std::string::npos
+                                               ? "the folder holding refcoco/, refcoco+/, refcocog/ (REFER's files)"
+                                               : "the annotation file")};
+    if (name != "unnatural_instruction") spec.image_root = required("image_path", "the image folder");
+  }
+  if (name.find("refcoco") != std::string::npos) {
+    const auto [dataset, split_by] = refer_defaults(name);
+    spec.refer_dataset = config.get_string(info + ".dataset", dataset);
+    spec.split_by = config.get_string(info + ".splitBy", split_by);
+  }
+  // Checked here, before any weight loads; what is inside is checked when the loader reads it.
+  for (const auto& path : spec.ann_paths)
+    if (!std::filesystem::exists(path))
+      fail("{}: {}: the annotations '{}' do not exist (set the dataset's build_info paths; docs/tinygptv.md)",
+           config.path(), info, path);
+  if (!spec.image_root.empty() && !std::filesystem::is_directory(spec.image_root))
+    fail("{}: {}: the image folder '{}' does not exist (set the dataset's build_info paths; docs/tinygptv.md)",
+         config.path(), info, spec.image_root);
+}
+
+}  // namespace
 
 LoaderOptions loader_options_from_config(const Config& config, int rank, int world_size) {
   LoaderOptions opt;
@@ -20,15 +72,19 @@ LoaderOptions loader_options_from_config(const Config& config, int rank, int wor
     const std::string key = "datasets." + name;
     DatasetSpec spec;
     spec.name = name;
+    const bool instruction = is_instruction_dataset(name);
     spec.storage = config.get_string(key + ".build_info.storage");
-    if (spec.storage.empty())
+    if (instruction) read_instruction_build_info(config, key, spec);
+    if (spec.storage.empty() && !instruction)
       fail("{}: {}.build_info.storage is not set; it says where the data is (a shard list such as "
            "/data/laion/{{00000..10488}}.tar, or the cc_sbu_align directory)", config.path(), key);
     const bool align_layout = std::filesystem::is_regular_file(std::filesystem::path(spec.storage) / "filter_cap.json");
     const std::string data_type = config.get_string(key + ".data_type", "images");
     if (data_type != "images" && data_type != "text")
       fail("{}: {}.data_type is '{}'; expected images or text", config.path(), key, data_type);
-    spec.kind = data_type == "text"                              ? DatasetKind::TextLines
+    // (unnatural_instruction's original config says data_type: text: it has no images.)
+    spec.kind = instruction                                      ? DatasetKind::Instruction
+                : data_type == "text"                            ? DatasetKind::TextLines
                 : name == "cc_sbu_align" || align_layout ? DatasetKind::CcSbuAlign
                                                          : DatasetKind::WebDataset;
     spec.batch_size = static_cast<int>(config.get_int(key + ".batch_size", config.get_int("run.batch_size_train", 0)));

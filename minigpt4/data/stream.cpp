@@ -12,6 +12,7 @@ const char* skip_reason_name(SkipReason reason) {
     case SkipReason::NoImage: return "no image";
     case SkipReason::NoCaption: return "no caption";
     case SkipReason::BadShard: return "unreadable shard";
+    case SkipReason::BadBox: return "box outside the image";
   }
   return "?";
 }

@@ -3,7 +3,11 @@
 // record is either a sample whose image is still encoded (the loader's workers decode it)
 // or a note that something was skipped, kept in sequence so the skip counts the loader
 // reports depend only on how far it has read, never on thread timing.
+#include "minigpt4/common/instruction.h"
 #include "minigpt4/processors/train_processor.h"  // uniform_index
+
+#include <array>
+#include <optional>
 
 #include <cstdint>
 #include <random>
@@ -19,8 +23,9 @@ enum class SkipReason {
   NoImage,       // the sample has no jpg/jpeg/png/webp file
   NoCaption,     // the sample has no txt file and no json with a "caption" string
   BadShard,      // the tar could not be opened or read to its end (the rest of it is lost)
+  BadBox,        // a box of the annotation lies outside its decoded image
 };
-inline constexpr int kSkipReasonCount = 5;
+inline constexpr int kSkipReasonCount = 6;
 const char* skip_reason_name(SkipReason reason);  // "corrupt image", ...
 
 struct StreamRecord {
@@ -33,7 +38,16 @@ struct StreamRecord {
   std::string caption;      // final text (caption processing already applied)
   uint64_t pass = 0;        // which pass over the data produced it
   bool has_image = true;    // false: a text-only record (data_type: text)
+  // MiniGPT-v2's instruction datasets: the sample's turns (empty for caption records).
+  Instruction instruction;
+  // A box [x, y, w, h] in the image's pixels, written on MiniGPT-v2's 0..100 grid once the
+  // worker has decoded the image and knows its size (as the original, from PIL's size): it
+  // replaces kBoxSlot in the questions and answers.
+  std::optional<std::array<double, 4>> box;
 };
+
+// Where a record's text awaits its box (a control character no annotation text holds).
+inline constexpr const char* kBoxSlot = "\x1e<box>\x1e";
 
 class SampleStream {
  public:

@@ -151,6 +151,97 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
   return out;
 }
 
+TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, const std::vector<Instruction>& samples,
+                                               const Tokenizer& tokenizer) const {
+  const int64_t B = static_cast<int64_t>(samples.size());
+  if (B == 0) fail("an instruction batch needs at least one sample");
+  if (images.defined() && images.size(0) != B) fail("instruction batch has {} images but {} samples", images.size(0), B);
+  const auto device = llama_proj->weight.device();
+  const auto img_embeds = images.defined() ? encode_img(images) : torch::Tensor();
+  const std::string tmpl = config.prompt_template.empty() ? "{}" : config.prompt_template;
+  auto wrap = [&](const std::string& question) {
+    std::string out = tmpl;
+    const auto slot = out.find("{}");
+    if (slot == std::string::npos) fail("model.prompt_template '{}' has no '{{}}' for the instruction", tmpl);
+    return out.replace(slot, 2, question);
+  };
+  auto embed_ids = [&](const std::vector<int64_t>& ids) { return llama_model->embed(ids_tensor(ids, device)).squeeze(0); };
+
+  // Per row: the condition's embeddings (prompt + image), then the regressed tokens and
+  // their targets, as MiniGPTBase.prompt_wrap / tokenize_conversation build them.
+  std::vector<torch::Tensor> conds;
+  std::vector<std::vector<int64_t>> regress_ids(B), regress_targets(B);
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b) {
+    const Instruction& s = samples[b];
+    if (s.questions.empty() || s.questions.size() != s.answers.size())
+      fail("instruction sample {} has {} questions and {} answers; each turn needs both", b, s.questions.size(),
+           s.answers.size());
+    const bool wrapped = s.conversation || config.chat_template;
+    const auto segments = split_on(wrapped ? wrap(s.questions[0]) : s.questions[0], kImagePlaceholder);
+    const size_t slots = images.defined() ? 1 : 0;
+    if (segments.size() != slots + 1)
+      fail("instruction sample {} has {} {} in its first question, its batch {} image per sample: '{}'", b,
+           segments.size() - 1, kImagePlaceholder, slots, s.questions[0]);
+    std::vector<torch::Tensor> parts;
+    for (size_t k = 0; k < segments.size(); ++k) {
+      parts.push_back(embed_ids(tokenizer.encode(segments[k], false)));
+      if (k < slots) parts.push_back(img_embeds[b].to(parts.back().scalar_type()));
+    }
+    auto cond = torch::cat(parts, 0);
+    if (images.defined() && cond.size(0) > config.max_context_len) cond = cond.slice(0, 0, config.max_context_len);
+    conds.push_back(cond);
+
+    auto& ids = regress_ids[b];
+    auto& targets = regress_targets[b];
+    for (size_t turn = 0; turn < s.answers.size(); ++turn) {
+      if (turn > 0) {  // the later questions: bos + question, context only
+        auto q = tokenizer.encode(wrapped ? wrap(s.questions[turn]) : s.questions[turn], false);
+        q.insert(q.begin(), tokenizer.bos_id());
+        ids.insert(ids.end(), q.begin(), q.end());
+        targets.insert(targets.end(), q.size(), -100);
+      }
+      const auto a = tokenizer.encode(s.answers[turn] + config.end_sym, false);
+      for (int64_t id : a) {
+        ids.push_back(id);
+        targets.push_back(!s.conversation && id == tokenizer.pad_id() ? -100 : id);
+      }
+    }
+    if (config.max_txt_len > 0 && static_cast<int64_t>(ids.size()) > config.max_txt_len) {
+      ids.resize(config.max_txt_len);
+      targets.resize(config.max_txt_len);
+    }
+    longest = std::max<int64_t>(longest, 1 + cond.size(0) + static_cast<int64_t>(ids.size()));
+  }
+
+  // [bos, condition, regressed tokens, padding]: the original's concat_emb_input_output
+  // puts each row's regressed tokens right after its own condition.
+  const auto long_opts = torch::TensorOptions().dtype(torch::kLong);
+  const auto bos = embed_ids({tokenizer.bos_id()});
+  const auto pad = embed_ids({tokenizer.pad_id()});
+  std::vector<torch::Tensor> rows;
+  std::vector<int64_t> targets_flat(B * longest, -100), mask_flat(B * longest, 0);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t T_cond = conds[b].size(0), T_reg = static_cast<int64_t>(regress_ids[b].size());
+    const int64_t used = 1 + T_cond + T_reg;
+    std::vector<torch::Tensor> parts = {bos, conds[b].to(bos.scalar_type())};
+    if (T_reg > 0) parts.push_back(embed_ids(regress_ids[b]));
+    if (used < longest) parts.push_back(pad.expand({longest - used, -1}));
+    rows.push_back(torch::cat(parts, 0));
+    std::fill(mask_flat.begin() + b * longest, mask_flat.begin() + b * longest + used, 1);
+    std::copy(regress_targets[b].begin(), regress_targets[b].end(), targets_flat.begin() + b * longest + 1 + T_cond);
+  }
+  TrainingForward out;
+  out.inputs_embeds = torch::stack(rows);
+  out.targets = torch::tensor(targets_flat, long_opts).view({B, longest}).to(device);
+  out.attention_mask = torch::tensor(mask_flat, long_opts).view({B, longest}).to(device);
+  CausalLMOptions options;
+  options.attention_mask = out.attention_mask;
+  out.logits = llama_model->forward(out.inputs_embeds, options).logits;
+  out.loss = causal_lm_loss(out.logits, out.targets);
+  return out;
+}
+
 torch::Tensor MiniGPT4::context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
                                           const Tokenizer& tokenizer) const {
   const auto segments = split_on(prompt, kImagePlaceholder);

@@ -6,6 +6,7 @@
 // consecutive ViT patch tokens, concatenated. The LLM may be of another family (Phi for
 // TinyGPT-V, llm_family.h): config.json's model_type decides. TinyGPT-V (tinygptv.h) maps
 // the queries with two linear layers in a row (`proj_hidden`: llama_proj, then llama_proj2).
+#include "minigpt4/common/instruction.h"
 #include "minigpt4/models/eva_vit.h"
 #include "minigpt4/models/llm_family.h"
 #include "minigpt4/models/lora.h"
@@ -41,6 +42,11 @@ struct MiniGPT4Config {
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";
   std::string prompt_template, prompt_path;
+  // MiniGPT-v2's instruction training (forward_instructions): wrap single-turn instructions
+  // in prompt_template too (multi-turn ones always are), and cut the prompt with its image
+  // embeddings to max_context_len positions.
+  bool chat_template = false;
+  int64_t max_context_len = 3800;
   // LoRA (minigpt4_lora.h): per component (llm, vit, qformer) the settings of the adapter
   // this run creates; adapter folders to load by name; the adapter active after loading
   // ("": the default rule); what trains along with a created adapter.
@@ -87,6 +93,16 @@ struct MiniGPT4 : torch::nn::Module {
   // empty prompt) is a text-only batch: the loss of [bos] + text + end_sym.
   TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts,
                           const std::string& prompt, const Tokenizer& tokenizer) const;
+
+  // `MiniGPTBase.forward` (MiniGPT-v2, TinyGPT-V stage 4) for instruction batches: per
+  // sample [bos] + the first question (in prompt_template when it is a conversation or
+  // chat_template is set) with the image's embeddings at its `<ImageHere>`, cut to
+  // max_context_len; then answer 1 + end_sym, and for each later turn [bos] + question
+  // (masked) + answer + end_sym, all cut to max_txt_len. Only answer tokens are targets
+  // (single-turn answers also lose their pad-id tokens, as the original masks them); rows
+  // are right-padded. Undefined `images`: text-only instructions (no `<ImageHere>`).
+  TrainingForward forward_instructions(const torch::Tensor& images, const std::vector<Instruction>& samples,
+                                       const Tokenizer& tokenizer) const;
 
   // Embeds a prompt split at `<ImageHere>` with one image embedding [1, NQ, H] per gap;
   // only the first segment gets bos (Chat.get_context_emb).

@@ -59,6 +59,8 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   c.end_sym = cfg.get_string(m("end_sym"), c.end_sym);
   c.prompt_template = cfg.get_string(m("prompt_template"));
   c.prompt_path = cfg.get_string(m("prompt_path"));
+  c.chat_template = cfg.get_bool(m("chat_template"), c.chat_template);
+  c.max_context_len = cfg.get_int(m("max_context_len"), c.max_context_len);
   read_lora_settings(cfg, c);
   return c;
 }

@@ -1,6 +1,7 @@
 #include "minigpt4/train/trainer.h"
 
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/config_schema.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/data/loader.h"
@@ -18,6 +19,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -71,16 +73,20 @@ double mean(const std::vector<double>& v) {
 
 TrainResult run_training(const Config& config, const TrainOptions& options) {
   const auto start_time = std::chrono::steady_clock::now();
-  // Dataset names the schema knows only so MiniGPT-v2's (TinyGPT-V stage 4's) configs parse.
-  for (const auto& name : config.keys_under("datasets"))
-    if (name != "laion" && name != "cc_sbu" && name != "cc_sbu_align" && name != "text_corpus")
-      fail("{}: datasets.{} is one of MiniGPT-v2's multi-task datasets (TinyGPT-V stage 4), which `minigpt4 train` "
-           "cannot load yet; it trains on laion, cc_sbu, cc_sbu_align and text_corpus (docs/tinygptv.md)",
-           config.path(), name);
+  // The schema's catalog says which datasets train; the others only parse (their names
+  // appear in the original configs) and are refused here, with the catalog's reason.
+  for (const auto& name : config.keys_under("datasets")) {
+    const DatasetName* known = find_dataset_name(name);
+    if (known && !known->trainable)
+      fail("{}: datasets.{} cannot be trained by `minigpt4 train`: {} (docs/tinygptv.md)", config.path(), name,
+           known->why_not);
+  }
   const auto model_config = MiniGPT4Config::from_config(config);
   const auto& group = options.group;
   const int rank = group ? group->rank() : 0;
   const int world_size = group ? group->world_size() : 1;
+  // Before the weights load: a dataset section missing its paths fails in a second.
+  auto loader_options = data::loader_options_from_config(config, rank, world_size);
   // The model is built from the same seed on every rank; the rest (dropout, prompts, data
   // augmentation) draws from seed + rank, as the original's init_seeds.
   const int64_t seed = config.get_int("run.seed", 42) + rank;
@@ -88,7 +94,12 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   LoadReport report;
   const auto model = load_minigpt4(model_config, options.device, &report);
-  lora::set_adapters_training(*model, true);  // LoRA dropout on; every other module stays in eval mode
+  lora::set_adapters_training(*model, true);  // LoRA dropout on; frozen modules stay in eval mode
+  // An LLM that trains (LoRA inside it) runs in training mode, as PEFT leaves it, so its own
+  // dropouts apply (Phi-2's resid_pdrop 0.1 in TinyGPT-V; LLaMA has none).
+  const auto llm_parameters = model->llama_model->parameters();
+  if (std::any_of(llm_parameters.begin(), llm_parameters.end(), [](const auto& p) { return p.requires_grad(); }))
+    model->llama_model->train(true);
   torch::manual_seed(static_cast<uint64_t>(seed));
   for (const auto& note : report.notes) log::info("{}", note);
   if (!report.initialised.empty()) log::info("initialised fresh: {}", summarize_names(report.initialised));
@@ -127,7 +138,6 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   TrainingProgress progress;
   std::optional<data::LoaderPosition> data_position;
-  auto loader_options = data::loader_options_from_config(config, rank, world_size);
   const std::string resume = config.get_string("run.resume_ckpt_path");
   if (!resume.empty()) {
     progress = load_training_checkpoint(resume, *model, *optimizer, &scaler);
@@ -190,13 +200,15 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
       // One prompt for the whole batch, as the original's random.choice; seeded by the
       // global step so a resumed run draws the same prompts.
       std::string prompt;
-      if (!prompts.empty() && batch.images.defined()) {
+      if (!prompts.empty() && batch.images.defined() && batch.instructions.empty()) {
         std::mt19937_64 rng(static_cast<uint64_t>(seed) * 1000003ULL + static_cast<uint64_t>(progress.global_step));
         prompt = prompts[rng() % prompts.size()];
       }
       const auto images = batch.images.defined() ? batch.images.to(options.device) : torch::Tensor();
       const auto out = [&] {
         AutocastGuard autocast(options.device, amp_dtype, amp);
+        // MiniGPT-v2's datasets carry their own instructions (and ignore model.prompt_path).
+        if (!batch.instructions.empty()) return model->forward_instructions(images, batch.instructions, tokenizer);
         return model->forward(images, batch.captions, prompt, tokenizer);
       }();
       double loss = out.loss.item<double>();
@@ -214,6 +226,11 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
                loss, epoch, i, progress.global_step, batch.dataset, batch.sources.empty() ? "?" : batch.sources[0]);
         ++result.skipped_steps;  // the scaler skips the step and lowers the scale
       }
+      if (!out.loss.requires_grad())
+        fail("dataset {}: its batch (first sample {}) reaches nothing that trains: a text-only batch (e.g. "
+             "unnatural_instruction) only reaches the LLM, so give it a LoRA adapter (model.lora_r / model.lora.llm, as "
+             "TinyGPT-V and MiniGPT-v2 do) or unfreeze it",
+             batch.dataset, batch.sources.empty() ? "?" : batch.sources[0]);
       const bool optimizer_step = (i + 1) % accum == 0;
       if (grad_sync) grad_sync->begin_backward(/*sync=*/optimizer_step);
       scaler.scale(out.loss / static_cast<double>(accum)).backward();
@@ -229,7 +246,7 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
       }
       ++progress.global_step;
       if (group) group->report_step(progress.global_step);
-      samples_since_log += static_cast<int64_t>(batch.captions.size()) * world_size;
+      samples_since_log += static_cast<int64_t>(batch.size()) * world_size;
       window.push_back(loss);
 
       const auto now = std::chrono::steady_clock::now();
