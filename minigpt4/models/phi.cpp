@@ -72,6 +72,8 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
     read.integer("n_positions", c.max_position_embeddings);
     read.number("layer_norm_epsilon", c.layer_norm_eps);
     read.text("activation_function", activation);
+    read.number("resid_pdrop", c.resid_pdrop);
+    read.number("embd_pdrop", c.embd_pdrop);
   } else {
     read.integer("hidden_size", c.hidden_size, true);
     read.integer("intermediate_size", c.intermediate_size, true);
@@ -85,6 +87,8 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
     read.number("rope_theta", c.rope_theta);
     read.integer("max_position_embeddings", c.max_position_embeddings);
     read.boolean("qk_layernorm", c.qk_layernorm);
+    read.number("resid_pdrop", c.resid_pdrop);
+    read.number("embd_pdrop", c.embd_pdrop);
     read.text("hidden_act", activation);
     // transformers >= 5 writes rope_theta and partial_rotary_factor inside rope_parameters.
     for (const char* key : {"rope_parameters", "rope_scaling"}) {
@@ -110,6 +114,8 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source, c.num_attention_heads,
          c.num_key_value_heads);
+  for (const double p : {c.resid_pdrop, c.embd_pdrop})
+    if (!(p >= 0.0 && p < 1.0)) fail("{}: a dropout probability must be in [0, 1), got {}", source, p);
   if (c.rotary_ndims() < 2 || c.rotary_ndims() % 2 != 0)
     fail("{}: {} rotary channels per head (head_dim {} x partial_rotary_factor {}): RoPE needs an even number >= 2",
          source, c.rotary_ndims(), c.head_dim(), c.partial_rotary_factor);
@@ -198,6 +204,7 @@ torch::Tensor PhiMlp::forward(const torch::Tensor& x) const {
 PhiDecoderLayer::PhiDecoderLayer(const PhiConfig& c, const torch::TensorOptions& options, WeightFormat format) {
   self_attn = register_module("self_attn", std::make_shared<PhiAttention>(c, options, format));
   mlp = register_module("mlp", std::make_shared<PhiMlp>(c, options, format));
+  resid_pdrop = c.resid_pdrop;
   input_layernorm = register_module("input_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, options));
   if (c.post_layernorm) {
     post_layernorm = register_module(
@@ -212,8 +219,13 @@ torch::Tensor PhiDecoderLayer::forward(const torch::Tensor& x, const decoder::Ro
   const auto h = input_layernorm->forward(x);
   auto attended = self_attn->forward(h, rotary, additive_mask, cache, layer);
   if (post_layernorm) attended = post_layernorm->forward(attended);
+  auto fed_forward = mlp->forward(h);
+  if (is_training() && resid_pdrop > 0) {
+    attended = torch::dropout(attended, resid_pdrop, /*train=*/true);
+    fed_forward = torch::dropout(fed_forward, resid_pdrop, /*train=*/true);
+  }
   // transformers' order of the sum: attention + MLP, then the residual.
-  return attended + mlp->forward(h) + x;
+  return attended + fed_forward + x;
 }
 
 PhiForCausalLM::PhiForCausalLM(const PhiConfig& c, const torch::TensorOptions& options, WeightFormat format)
@@ -242,6 +254,7 @@ CausalLMOutput PhiForCausalLM::forward(const torch::Tensor& inputs_embeds, const
   const int64_t past = opt.cache ? opt.cache->length() : 0;
   const auto device = inputs_embeds.device();
   auto x = inputs_embeds.to(embed_tokens->weight.scalar_type());
+  if (is_training() && config.embd_pdrop > 0) x = torch::dropout(x, config.embd_pdrop, /*train=*/true);
   const auto position_ids =
       opt.position_ids.defined() ? opt.position_ids.to(device) : decoder::default_position_ids(B, T, past, device);
   const auto rotary = decoder::rope(position_ids, inv_freq, x.scalar_type());

@@ -24,7 +24,10 @@
 // Phi-2 checkpoints hold no weights for them: the norms are built at their defaults
 // (weight 1, bias 0), which TinyGPT-V then trains, and starts_at_default() lets loaders
 // accept their absence.
-// The dropouts of the config (resid/embd/attention pdrop) are not applied.
+// Dropout in training mode (Module::train; the trainer puts the LLM there when LoRA trains
+// in it, as PEFT leaves it): embd_pdrop on the input embeddings, resid_pdrop on the
+// attention and MLP branches (after TinyGPT-V's post_layernorm), as transformers applies
+// them. attention_dropout (0 in Phi-2) is not applied.
 #include "minigpt4/common/state_dict.h"
 #include "minigpt4/models/causal_lm.h"
 #include "minigpt4/models/layers.h"
@@ -50,6 +53,7 @@ struct PhiConfig {
   bool fused_qkv = false;       // query_key_value instead of q_proj/k_proj/v_proj
   bool qk_layernorm = false;    // TinyGPT-V (and HF's config key)
   bool post_layernorm = false;  // TinyGPT-V
+  double resid_pdrop = 0.0, embd_pdrop = 0.0;  // in training mode only (Phi-2: 0.1 and 0.0)
   static constexpr double kPostLayerNormEps = 1e-6;  // TinyGPT-V's RMSNorm default
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
@@ -93,6 +97,7 @@ struct PhiDecoderLayer : torch::nn::Module {
   std::shared_ptr<PhiAttention> self_attn;
   std::shared_ptr<PhiMlp> mlp;
   std::shared_ptr<RMSNorm> post_layernorm;  // post_layernorm only
+  double resid_pdrop = 0.0;
 };
 
 // `model.*` + `lm_head` with Hugging Face's names. `linear_format` Int8 (low_resource)

@@ -295,3 +295,38 @@ TEST_CASE("a MiniGPT-4 config naming a Phi directory builds a Phi LLM", "[models
     CHECK(torch::isfinite(logits).all().item<bool>());
   }
 }
+
+TEST_CASE("Phi's resid and embd dropout apply in training mode only", "[phi]") {
+  auto config = small_config();
+  config.resid_pdrop = 0.3;
+  config.embd_pdrop = 0.2;
+  PhiForCausalLM model(config, torch::kFloat32);
+  randomise(model, 7);
+  auto plain_config = small_config();
+  PhiForCausalLM plain(plain_config, torch::kFloat32);
+  {
+    torch::NoGradGuard no_grad;
+    for (auto& item : plain.named_parameters()) item.value().copy_(model.named_parameters()[item.key()]);
+  }
+  const auto embeds = model.embed(torch::randint(0, config.vocab_size, {2, 6})).detach();
+  model.eval();
+  plain.eval();
+  CHECK(torch::equal(model.forward(embeds).logits, plain.forward(embeds).logits));  // eval: no dropout
+
+  model.train();
+  torch::manual_seed(5);
+  const auto first = model.forward(embeds).logits;
+  torch::manual_seed(5);
+  const auto again = model.forward(embeds).logits;
+  torch::manual_seed(6);
+  const auto other = model.forward(embeds).logits;
+  CHECK(torch::equal(first, again));  // the seed fixes the masks
+  CHECK_FALSE(torch::allclose(first, other));
+  CHECK_FALSE(torch::allclose(first, plain.forward(embeds).logits));
+
+  nlohmann::json j = {{"model_type", "phi"}, {"vocab_size", 40}, {"hidden_size", 32}, {"intermediate_size", 48},
+                      {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"resid_pdrop", 0.1}, {"embd_pdrop", 0.0}};
+  CHECK(PhiConfig::from_json(j, "config.json").resid_pdrop == 0.1);
+  j["resid_pdrop"] = 1.5;
+  CHECK_THROWS_WITH(PhiConfig::from_json(j, "config.json"), Contains("dropout probability"));
+}
