@@ -11,6 +11,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <filesystem>
 
@@ -99,13 +100,23 @@ std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device dev
   if (!(chat->repetition_penalty > 0))
     fail("model.repetition_penalty must be > 0, got {} ({})", chat->repetition_penalty,
          config.source_of("model.repetition_penalty"));
+  for (const auto& text : config.get_string_list("model.stop_token_ids")) {
+    int64_t id = -1;
+    const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), id);
+    if (error != std::errc() || end != text.data() + text.size() || id < 0 || id >= chat->model->llama_model->vocab_size())
+      fail("model.stop_token_ids: '{}' is not a token id of this LLM (0..{}) ({})", text,
+           chat->model->llama_model->vocab_size() - 1, config.source_of("model.stop_token_ids"));
+    chat->stop_token_ids.push_back(id);
+  }
   chat->name = config.path().empty() ? "minigpt4" : std::filesystem::path(config.path()).stem().string();
   chat->device = device;
   return chat;
 }
 
 std::vector<std::vector<int64_t>> ChatModel::stop_sequences() const {
-  if (template_name == "llama2" || template_name == "CONV_VISION_LLama2") return {};
+  std::vector<std::vector<int64_t>> extra;
+  for (const int64_t id : stop_token_ids) extra.push_back({id});
+  if (template_name == "llama2" || template_name == "CONV_VISION_LLama2") return extra;
   // '###' after a space is one piece in LLaMA's vocabulary ([835]), after a word it is
   // '##' '#' ([2277, 29937]); the answer text is checked for '###' as well.
   std::vector<std::vector<int64_t>> stops = {tokenizer->encode("###", false)};
@@ -113,6 +124,7 @@ std::vector<std::vector<int64_t>> ChatModel::stop_sequences() const {
   const auto a = tokenizer->encode("a", false);
   if (glued.size() > a.size() && std::equal(a.begin(), a.end(), glued.begin()))
     stops.emplace_back(glued.begin() + static_cast<std::ptrdiff_t>(a.size()), glued.end());
+  stops.insert(stops.end(), extra.begin(), extra.end());
   return stops;
 }
 

@@ -64,12 +64,14 @@ struct ChatModel {
   std::string template_name;  // a name conversation_template() accepts
   // The penalty of answers that do not set one: model.repetition_penalty, else 1.0.
   double repetition_penalty = 1.0;
+  // model.stop_token_ids: ids that end an answer on their own, besides the template's stops.
+  std::vector<int64_t> stop_token_ids;
   std::string name;                   // model id shown by the API (the eval config's file stem)
   c10::Device device = c10::kCPU;
 
   Conversation new_conversation() const { return conversation_template(template_name); }
   // The stop sequences of the template: '###' (as MiniGPT-4's stop ids [835], [2277, 29937])
-  // for Vicuna; eos alone for LLaMA-2.
+  // for Vicuna; eos alone for LLaMA-2; then each of stop_token_ids.
   std::vector<std::vector<int64_t>> stop_sequences() const;
   // [1, NQ, H] image embeddings of an image file / encoded image bytes; throws
   // minigpt4::Error naming the image when it cannot be decoded.

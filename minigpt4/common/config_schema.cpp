@@ -60,6 +60,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"model.lora_path", T::StringMap, "LoRA adapters to load, name -> folder: a PEFT adapter folder, or one holding llm/, ve/ (or vit/), qformer/ PEFT folders"},
       {"model.lora_active", T::String, "the adapter in use after loading, or original (none); default: the created one, else the only loaded one, else original"},
       {"model.lora_trainable", T::StringList, "with model.lora: what trains besides the adapter, as whole dotted parts of parameter names (e.g. llama_proj, input_layernorm); the projector is frozen otherwise"},
+      {"model.stop_token_ids", T::StringList, "token ids that end a `chat`/`serve` answer on their own, besides the template's stops (TinyGPT-V's stage-4 demo stops on 2, '#' in Phi-2's vocabulary)"},
       {"model.repetition_penalty", T::Float, "default Hugging Face repetition penalty of `chat`/`serve` answers that do not set one (1.0; TinyGPT-V's demo uses 1.05)"},
       {"model.conv_template", T::String, "chat template of `chat`/`serve`: v0 (CONV_VISION), vicuna0 (CONV_VISION_Vicuna0; TinyGPT-V stages 1-3), llama2 or minigptv2 (MiniGPT-v2's [INST] template; TinyGPT-V stage 4); default by model_type as demo.py"},
       {"model.bos_token_id", T::String, "accepted for TinyGPT-V's eval configs, which set it to '###'; unused (as in the original)"},

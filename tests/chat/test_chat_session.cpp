@@ -193,3 +193,24 @@ TEST_CASE("model.repetition_penalty is the default of answers that do not set on
   CHECK_THROWS_WITH(ChatModel::load(Config::from_yaml(bad, (fx.dir / "manifest.json").string()), torch::kCPU),
                     Catch::Contains("model.repetition_penalty"));
 }
+
+TEST_CASE("model.stop_token_ids end an answer on their own") {
+  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const test::GenerationFixture fx(dir);
+  const auto plain = chat_model(fx)->stop_sequences();
+
+  const auto yaml = test::parity_case_yaml(fx.dir, fx.manifest) + "  stop_token_ids: [2, 7]\n";
+  const auto model = ChatModel::load(Config::from_yaml(yaml, (fx.dir / "manifest.json").string()), torch::kCPU);
+  CHECK(model->stop_token_ids == std::vector<int64_t>{2, 7});
+  auto expected = plain;
+  expected.push_back({2});
+  expected.push_back({7});
+  CHECK(model->stop_sequences() == expected);
+  CHECK(generation_config(*model, greedy(4)).stop_token_sequences == expected);
+
+  for (const char* bad : {"[x]", "[-1]", "[100000000]"}) {
+    const auto text = test::parity_case_yaml(fx.dir, fx.manifest) + "  stop_token_ids: " + bad + "\n";
+    CHECK_THROWS_WITH(ChatModel::load(Config::from_yaml(text, (fx.dir / "manifest.json").string()), torch::kCPU),
+                      Catch::Contains("model.stop_token_ids"));
+  }
+}
