@@ -252,6 +252,7 @@ bool int8_available() {
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #ifdef MINIGPT4_GEMV_X86
   if (x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return {};
+  if (static_cast<int64_t>(weight.nbytes()) >= kBf16AtenBytes) return {};
   const int64_t M = small_rows(x, weight);
   if (M == 0 || !bf16_available()) return {};
   const int64_t N = weight.size(0), K = weight.size(1);

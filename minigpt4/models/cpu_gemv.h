@@ -23,9 +23,17 @@ inline constexpr int64_t kMaxRows = 4;
 bool bf16_available();
 bool int8_available();
 
-// x [..., K] bf16 on the CPU, weight [N, K] bf16, bias [N] bf16 or undefined -> [..., N] bf16.
-// Undefined when not handled (more than kMaxRows rows, other dtypes or devices, a CPU
-// without the instructions, or MINIGPT4_CPU_GEMV=0 in the environment).
+// bf16 weights from this size on are left to ATen: streamed from memory (a decode step's
+// weights are), oneDNN's bf16 GEMV reads them as fast as this kernel or faster (2 threads,
+// weights out of cache: 2048x5632 1.3-1.9 ms against 1.6-1.8; Phi-2's 10240x2560 3.1-3.5
+// against 3.7-4.6). This one wins where the weights sit in cache and ATen's dispatch is most
+// of the time.
+inline constexpr int64_t kBf16AtenBytes = int64_t{1} << 20;
+
+// x [..., K] bf16 on the CPU, weight [N, K] bf16 smaller than kBf16AtenBytes, bias [N] bf16
+// or undefined -> [..., N] bf16. Undefined when not handled (more than kMaxRows rows, a
+// larger weight, other dtypes or devices, a CPU without the instructions, or
+// MINIGPT4_CPU_GEMV=0 in the environment).
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // x [..., K] bf16 or float32 on the CPU, values [N, K] int8, scales [N] float32 ->
