@@ -324,17 +324,6 @@ int main(int argc, char** argv) {
 
     for (const auto& p : precisions) {
       torch::NoGradGuard no_grad;
-      // ATen's CPU _weight_int8pack_mm (int8_linear's bf16/fp16 path) reads past the row for an
-      // input width that is not a multiple of 16 (wrong sums, or a crash): FFN 344 (the
-      // quickstart LLM's down_proj) is one. minigpt4/models/quantize.cpp does not check it yet.
-      if (p.format == WeightFormat::Int8 && p.dtype != torch::kFloat32 &&
-          (sizes.hidden % 16 != 0 || sizes.intermediate % 16 != 0)) {
-        fmt::print("\n[{}] skipped: an input width ({} or {}) is not a multiple of 16, which ATen's "
-                   "_weight_int8pack_mm needs (see the comment in bench_decode.cpp)\n",
-                   p.name, sizes.hidden, sizes.intermediate);
-        results[p.name] = {{"skipped", "input width not a multiple of 16 (_weight_int8pack_mm)"}};
-        continue;
-      }
       const auto llm_ptr = minigpt4::make_causal_lm(config, torch::TensorOptions().dtype(p.dtype), p.format);
       CausalLM& llm = *llm_ptr;
       llm.eval();
