@@ -69,6 +69,8 @@ LayerNorm::LayerNorm(int64_t dim, double eps_, const torch::TensorOptions& optio
 }
 
 torch::Tensor LayerNorm::forward(const torch::Tensor& x) const {
+  if (x.scalar_type() != weight.scalar_type())  // float32 norms in a half model (TinyGPT-V)
+    return torch::layer_norm(x.to(weight.scalar_type()), {weight.size(0)}, weight, bias, eps).to(x.scalar_type());
   return torch::layer_norm(x, {weight.size(0)}, weight, bias, eps);
 }
 
@@ -87,6 +89,7 @@ torch::Tensor RMSNorm::forward(const torch::Tensor& x) const {
   auto normed = x * torch::rsqrt(variance + eps);
   if (weight.scalar_type() == torch::kHalf || weight.scalar_type() == torch::kBFloat16)
     normed = normed.to(weight.scalar_type());
+  if (weight.scalar_type() != x.scalar_type()) return (weight * normed).to(x.scalar_type());  // float32 norms, half x
   return weight * normed;
 }
 

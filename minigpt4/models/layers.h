@@ -48,6 +48,8 @@ struct Linear : torch::nn::Module {
   std::vector<std::shared_ptr<lora::LoraLayer>> lora;
 };
 
+// LayerNorm and RMSNorm whose weights have another dtype than the input (TinyGPT-V's float32
+// norms in a half model) compute in the weights' dtype and return the input's.
 struct LayerNorm : torch::nn::Module {
   LayerNorm(int64_t dim, double eps, const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& x) const;

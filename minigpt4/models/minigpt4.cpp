@@ -339,9 +339,9 @@ void use_tinygptv_phi(LLMConfig& llm, StateDict& weights, const std::string& dir
     report.notes.push_back("llm_variant tinygptv: the split q_proj/k_proj/v_proj of " + dir +
                            " were fused into query_key_value (TinyGPT-V's layout)");
   }
-  phi->fused_qkv = phi->qk_layernorm = phi->post_layernorm = true;
+  phi->fused_qkv = phi->qk_layernorm = phi->post_layernorm = phi->norms_fp32 = true;
   report.notes.push_back("llm_variant tinygptv: Phi as TinyGPT-V's modeling_phi.py builds it (fused query_key_value, "
-                         "q/k LayerNorm, post-attention RMSNorm)");
+                         "q/k LayerNorm, post-attention RMSNorm, norm weights in float32)");
 }
 
 bool names_some_parameter(const torch::nn::Module& module, const std::string& entry) {

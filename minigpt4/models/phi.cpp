@@ -155,8 +155,8 @@ PhiAttention::PhiAttention(const PhiConfig& c, const torch::TensorOptions& optio
   }
   dense = register_module("dense", linear(num_heads * head_dim, c.hidden_size));
   if (c.qk_layernorm) {
-    q_layernorm = register_module("q_layernorm", std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, options));
-    k_layernorm = register_module("k_layernorm", std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, options));
+    q_layernorm = register_module("q_layernorm", std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, c.norm_options(options)));
+    k_layernorm = register_module("k_layernorm", std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, c.norm_options(options)));
     q_layernorm->reset_parameters();
     k_layernorm->reset_parameters();
   }
@@ -205,10 +205,11 @@ PhiDecoderLayer::PhiDecoderLayer(const PhiConfig& c, const torch::TensorOptions&
   self_attn = register_module("self_attn", std::make_shared<PhiAttention>(c, options, format));
   mlp = register_module("mlp", std::make_shared<PhiMlp>(c, options, format));
   resid_pdrop = c.resid_pdrop;
-  input_layernorm = register_module("input_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, options));
+  input_layernorm = register_module("input_layernorm",
+                                    std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
   if (c.post_layernorm) {
     post_layernorm = register_module(
-        "post_layernorm", std::make_shared<RMSNorm>(c.hidden_size, PhiConfig::kPostLayerNormEps, options));
+        "post_layernorm", std::make_shared<RMSNorm>(c.hidden_size, PhiConfig::kPostLayerNormEps, c.norm_options(options)));
     torch::NoGradGuard no_grad;
     post_layernorm->weight.fill_(1.0);
   }
@@ -235,7 +236,7 @@ PhiForCausalLM::PhiForCausalLM(const PhiConfig& c, const torch::TensorOptions& o
   layers = model->register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(std::make_shared<PhiDecoderLayer>(c, options, format));
   final_layernorm =
-      model->register_module("final_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, options));
+      model->register_module("final_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
   lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, true, options));
   if (c.tie_word_embeddings) lm_head->weight = embed_tokens->weight;
   inv_freq = register_buffer("inv_freq", decoder::rope_inv_freq(c.rotary_ndims(), c.rope_theta, options.device()));

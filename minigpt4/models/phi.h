@@ -15,7 +15,8 @@
 //    so each head's q, k and v rows sit next to each other in the weight.
 // (The `phi-msft` remote-code layout, transformer.h.N.mixer.Wqkv, is refused by name.)
 //
-// TinyGPT-V's own modeling_phi.py adds two things, here switches:
+// TinyGPT-V's own modeling_phi.py adds two things, here switches (and a third, norms_fp32:
+// the norms' weights stay float32 in a half-precision model, as TinyGPT-V trains them):
 //  - qk_layernorm: LayerNorm over head_dim (eps layer_norm_eps, affine) on the queries and
 //    keys after the head split, before RoPE (`self_attn.q_layernorm`, `self_attn.k_layernorm`;
 //    also Hugging Face's `qk_layernorm` config key, applied at the same place);
@@ -54,6 +55,12 @@ struct PhiConfig {
   bool qk_layernorm = false;    // TinyGPT-V (and HF's config key)
   bool post_layernorm = false;  // TinyGPT-V
   double resid_pdrop = 0.0, embd_pdrop = 0.0;  // in training mode only (Phi-2: 0.1 and 0.0)
+  // TinyGPT-V: every norm's weights in float32 (where they train) inside an fp16/bf16 model;
+  // a norm then computes in float32 and hands back the activations' dtype.
+  bool norms_fp32 = false;
+  torch::TensorOptions norm_options(const torch::TensorOptions& options) const {
+    return norms_fp32 ? options.dtype(torch::kFloat32) : options;
+  }
   static constexpr double kPostLayerNormEps = 1e-6;  // TinyGPT-V's RMSNorm default
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }

@@ -330,3 +330,31 @@ TEST_CASE("Phi's resid and embd dropout apply in training mode only", "[phi]") {
   j["resid_pdrop"] = 1.5;
   CHECK_THROWS_WITH(PhiConfig::from_json(j, "config.json"), Contains("dropout probability"));
 }
+
+TEST_CASE("norms_fp32 keeps the norm weights in float32 inside a bf16 Phi", "[phi]") {
+  torch::NoGradGuard no_grad;
+  auto config = small_config();
+  config.qk_layernorm = config.post_layernorm = true;
+  PhiForCausalLM reference(config, torch::kFloat32);
+  randomise(reference, 11);
+  config.norms_fp32 = true;
+  PhiForCausalLM half(config, torch::kBFloat16);
+  std::set<std::string> filled;
+  load_into(half, state_of(reference), LoadSpec{}, filled);
+  for (const auto& item : half.named_parameters()) {
+    const bool norm = item.key().find("layernorm") != std::string::npos;
+    INFO(item.key());
+    CHECK(item.value().scalar_type() == (norm ? torch::kFloat32 : torch::kBFloat16));
+  }
+  const auto ids = torch::randint(0, config.vocab_size, {1, 7});
+  const auto want = reference.forward(reference.embed(ids)).logits;
+  const auto got = half.forward(half.embed(ids)).logits;
+  REQUIRE(got.sizes() == want.sizes());
+  const double scale = want.abs().max().item<double>();
+  CHECK((got - want).abs().max().item<double>() < 0.05 * scale);  // bf16 activations
+  KVCache cache;  // the decode path keeps the activations in bf16 too
+  CausalLMOptions cached;
+  cached.cache = &cache;
+  half.forward(half.embed(ids), cached);
+  CHECK(cache.keys[0].scalar_type() == torch::kBFloat16);
+}
