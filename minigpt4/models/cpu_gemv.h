@@ -3,13 +3,14 @@
 // M (one per sequence of a decode step), reading every weight once, with float32 sums.
 //
 // Why our own: ATen's fused int8 kernel takes K in multiples of 16 only and has no float32
-// path (its fallback is 4-6x slower for one row), and for small weights, where the data sits
-// in cache, ATen's per-call dispatch is most of a product's time (the fused decode step,
-// cpu_decode.h, calls the raw row kernels below without any). Large bf16 weights stay with
-// ATen: streamed from memory, no kernel here beats oneDNN's (kBf16AtenBytes). These kernels
-// use AVX-512 (BF16's dot product for bf16; int8 widened to float32 in registers and scaled
-// per output channel), chosen at run time from what the CPU offers; every other case
-// returns an undefined tensor and the caller takes ATen's path. No autograd: inference only.
+// path (its fallback takes 2x as long for one row streamed from memory, 4-6x in cache); and
+// for small weights, which sit in cache, ATen's per-call dispatch is most of a product's
+// time (the fused decode step, cpu_decode.h, calls the raw row kernels below without any).
+// Large bf16 weights stay with ATen: streamed from memory, no kernel here beats oneDNN's
+// (kBf16AtenBytes). These kernels use AVX-512 (BF16's dot product for bf16; int8 widened to
+// float32 in registers and scaled per output channel), chosen at run time from what the CPU
+// offers; every other case returns an undefined tensor and the caller takes ATen's path.
+// No autograd: inference only.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
