@@ -43,29 +43,16 @@ std::string CcSbuAlignDataset::image_path(size_t i) const {
   return (fs::path(root_) / "image" / (annotation(i).image_id + ".jpg")).string();
 }
 
-std::vector<size_t> CcSbuAlignDataset::pass_order(uint64_t seed, uint64_t pass, int rank, int world_size) const {
-  return rank_pass_order(annotations_.size(), seed, pass, rank, world_size, "cc_sbu_align");
-}
-
 CcSbuAlignStream::CcSbuAlignStream(CcSbuAlignDataset dataset, uint64_t seed, int rank, int world_size)
-    : dataset_(std::move(dataset)), seed_(seed), rank_(rank), world_size_(world_size) {
-  if (dataset_.size() < static_cast<size_t>(world_size))
-    fail("cc_sbu_align: {} annotations cannot be split over {} ranks", dataset_.size(), world_size);
-  order_ = dataset_.pass_order(seed_, pass_, rank_, world_size_);  // also checks rank
-}
+    : dataset_(std::move(dataset)), cursor_(dataset_.size(), seed, rank, world_size, "cc_sbu_align annotations") {}
 
 StreamRecord CcSbuAlignStream::next() {
-  if (position_ == order_.size()) {
-    ++pass_;
-    order_ = dataset_.pass_order(seed_, pass_, rank_, world_size_);
-    position_ = 0;
-  }
-  const size_t i = order_[position_++];
+  const size_t i = cursor_.next();
   StreamRecord rec;
   rec.image_path = dataset_.image_path(i);
   rec.source = rec.image_path;
   rec.caption = dataset_.annotation(i).caption;
-  rec.pass = pass_;
+  rec.pass = cursor_.pass();
   std::error_code ec;
   if (!fs::is_regular_file(rec.image_path, ec)) {
     rec.skipped = true;

@@ -26,17 +26,12 @@ class CcSbuAlignDataset {
   std::string image_path(size_t i) const;  // <root>/image/<image_id>.jpg
   const std::string& root() const { return root_; }
 
-  // The indices rank `rank` reads in pass `pass`: all indices shuffled with seed + pass
-  // (the same order on every rank), then every world_size-th from position `rank`, so
-  // the ranks together cover each annotation exactly once per pass.
-  std::vector<size_t> pass_order(uint64_t seed, uint64_t pass, int rank, int world_size) const;
-
  private:
   std::string root_;
   std::vector<AlignAnnotation> annotations_;
 };
 
-// The endless stream: pass after pass of pass_order. A missing image file becomes a skip
+// The endless stream: pass after pass (PassCursor). A missing image file becomes a skip
 // note; whether the image decodes is for the loader's workers to find out.
 class CcSbuAlignStream : public SampleStream {
  public:
@@ -46,12 +41,7 @@ class CcSbuAlignStream : public SampleStream {
 
  private:
   CcSbuAlignDataset dataset_;
-  uint64_t seed_;
-  int rank_;
-  int world_size_;
-  uint64_t pass_ = 0;
-  std::vector<size_t> order_;
-  size_t position_ = 0;
+  PassCursor cursor_;
 };
 
 }  // namespace minigpt4::data

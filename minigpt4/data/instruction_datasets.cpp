@@ -704,22 +704,14 @@ std::string place_box(Instruction& instruction, const std::array<double, 4>& b, 
 
 InstructionStream::InstructionStream(std::string name, std::unique_ptr<InstructionSource> source, uint64_t seed,
                                      int rank, int world_size)
-    : name_(std::move(name)), source_(std::move(source)), seed_(seed), rank_(rank), world_size_(world_size) {
-  if (source_->size() < static_cast<size_t>(world_size))
-    fail("dataset '{}': {} entries cannot be split over {} ranks", name_, source_->size(), world_size);
-  order_ = rank_pass_order(source_->size(), mix_seed(seed_, name_seed(name_)), pass_, rank_, world_size_, name_.c_str());
-}
+    : name_(std::move(name)), source_(std::move(source)), seed_(seed),
+      cursor_(source_->size(), mix_seed(seed_, name_seed(name_)), rank, world_size, "dataset '" + name_ + "' entries") {}
 
 StreamRecord InstructionStream::next() {
-  if (position_ == order_.size()) {
-    ++pass_;
-    order_ = rank_pass_order(source_->size(), mix_seed(seed_, name_seed(name_)), pass_, rank_, world_size_, name_.c_str());
-    position_ = 0;
-  }
-  const size_t i = order_[position_++];
-  std::mt19937_64 rng(mix_seed(seed_, name_seed(name_), pass_, i));
+  const size_t i = cursor_.next();
+  std::mt19937_64 rng(mix_seed(seed_, name_seed(name_), cursor_.pass(), i));
   StreamRecord rec = source_->record(i, rng);
-  rec.pass = pass_;
+  rec.pass = cursor_.pass();
   std::error_code ec;
   if (rec.has_image && !fs::is_regular_file(rec.image_path, ec)) {
     rec.skipped = true;

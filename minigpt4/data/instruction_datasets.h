@@ -71,12 +71,8 @@ class InstructionStream : public SampleStream {
  private:
   std::string name_;
   std::unique_ptr<InstructionSource> source_;
-  uint64_t seed_;
-  int rank_;
-  int world_size_;
-  uint64_t pass_ = 0;
-  std::vector<size_t> order_;
-  size_t position_ = 0;
+  uint64_t seed_;  // with the name, pass and index: each entry's template choices
+  PassCursor cursor_;
 };
 
 }  // namespace minigpt4::data

@@ -46,4 +46,20 @@ std::vector<size_t> rank_pass_order(size_t n, uint64_t seed, uint64_t pass, int 
   return mine;
 }
 
+PassCursor::PassCursor(size_t n, uint64_t seed, int rank, int world_size, std::string what)
+    : n_(n), seed_(seed), rank_(rank), world_size_(world_size), what_(std::move(what)) {
+  order_ = rank_pass_order(n_, seed_, pass_, rank_, world_size_, what_.c_str());  // checks the rank
+  if (n_ < static_cast<size_t>(world_size_))
+    fail("{}: {} items cannot be split over {} ranks", what_, n_, world_size_);
+}
+
+size_t PassCursor::next() {
+  if (position_ == order_.size()) {
+    ++pass_;
+    order_ = rank_pass_order(n_, seed_, pass_, rank_, world_size_, what_.c_str());
+    position_ = 0;
+  }
+  return order_[position_++];
+}
+
 }  // namespace minigpt4::data

@@ -75,4 +75,22 @@ void portable_shuffle(T& items, std::mt19937_64& rng) {
 // `rank`, so the ranks together read each index exactly once per pass. Errors name `what`.
 std::vector<size_t> rank_pass_order(size_t n, uint64_t seed, uint64_t pass, int rank, int world_size, const char* what);
 
+// Which item of a dataset of n a rank's endless stream reads next: its rank_pass_order,
+// pass after pass. Every rank must get at least one item; errors name `what`.
+class PassCursor {
+ public:
+  PassCursor(size_t n, uint64_t seed, int rank, int world_size, std::string what);
+  size_t next();                            // the next item's index (starts a new pass when due)
+  uint64_t pass() const { return pass_; }  // the pass of the index next() returned last
+
+ private:
+  size_t n_;
+  uint64_t seed_;
+  int rank_, world_size_;
+  std::string what_;
+  uint64_t pass_ = 0;
+  std::vector<size_t> order_;
+  size_t position_ = 0;
+};
+
 }  // namespace minigpt4::data

@@ -19,16 +19,9 @@ class TextLinesStream : public SampleStream {
   size_t size() const { return lines_.size(); }
 
  private:
-  void start_pass();
-
   std::string path_;
   std::vector<std::string> lines_;
-  uint64_t seed_;
-  int rank_;
-  int world_size_;
-  uint64_t pass_ = 0;
-  std::vector<size_t> order_;
-  size_t position_ = 0;
+  PassCursor cursor_;
 };
 
 }  // namespace minigpt4::data

@@ -89,15 +89,24 @@ TEST_CASE("cc_sbu_align: ranks split each pass into disjoint parts, reshuffled p
   dir.write("filter_cap.json", json + "]}");
   const CcSbuAlignDataset data(dir.path().string());
   for (uint64_t pass = 0; pass < 3; ++pass) {
-    const auto r0 = data.pass_order(42, pass, 0, 2);
-    const auto r1 = data.pass_order(42, pass, 1, 2);
+    const auto r0 = rank_pass_order(data.size(), 42, pass, 0, 2, "cc_sbu_align");
+    const auto r1 = rank_pass_order(data.size(), 42, pass, 1, 2, "cc_sbu_align");
     CHECK(r0.size() == 6);
     CHECK(r1.size() == 5);
     std::multiset<size_t> all(r0.begin(), r0.end());
     all.insert(r1.begin(), r1.end());
     CHECK(all == std::multiset<size_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10});
   }
-  CHECK(data.pass_order(42, 0, 0, 1) != data.pass_order(42, 1, 0, 1));
-  CHECK(data.pass_order(42, 0, 0, 1) == data.pass_order(42, 0, 0, 1));
-  CHECK_THROWS_AS(data.pass_order(42, 0, 2, 2), minigpt4::Error);
+  CHECK(rank_pass_order(data.size(), 42, 0, 0, 1, "cc_sbu_align") != rank_pass_order(data.size(), 42, 1, 0, 1, "cc_sbu_align"));
+  CHECK(rank_pass_order(data.size(), 42, 0, 0, 1, "cc_sbu_align") == rank_pass_order(data.size(), 42, 0, 0, 1, "cc_sbu_align"));
+  CHECK_THROWS_AS(rank_pass_order(data.size(), 42, 0, 2, 2, "cc_sbu_align"), minigpt4::Error);
+
+  // The streams' cursor: rank 0's part of pass 0, then of pass 1, and so on.
+  PassCursor cursor(data.size(), 42, 0, 2, "cc_sbu_align");
+  for (uint64_t pass = 0; pass < 2; ++pass)
+    for (const size_t i : rank_pass_order(data.size(), 42, pass, 0, 2, "cc_sbu_align")) {
+      CHECK(cursor.next() == i);
+      CHECK(cursor.pass() == pass);
+    }
+  CHECK_THROWS_WITH(PassCursor(data.size(), 42, 0, 12, "cc_sbu_align"), Catch::Contains("11 items cannot be split"));
 }

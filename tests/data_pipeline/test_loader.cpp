@@ -136,7 +136,7 @@ TEST_CASE("two ranks together see every cc_sbu_align sample exactly once per pas
   std::multiset<std::string> seen;
   for (int rank = 0; rank < 2; ++rank) {
     size_t usable = 0;
-    for (size_t i : data.pass_order(3, 0, rank, 2)) usable += i != 4;
+    for (size_t i : rank_pass_order(data.size(), 3, 0, rank, 2, "cc_sbu_align")) usable += i != 4;
     LoaderOptions opt;
     opt.datasets = {align_spec("cc_sbu_align", dir, 1, 1.0)};
     opt.seed = 3;
