@@ -96,27 +96,19 @@ void rms_norm(const float* x, const RMSNorm& norm, int64_t H, float* out, const 
   for (int64_t i = 0; i < H; ++i) out[i] = round(w[i] * round(x[i] * inv));
 }
 
-// Weights from this size on go through Linear::forward, which picks the fastest product
-// for them (MKL's GEMV for float32, ATen's fused int8 kernel for bf16 activations; they
-// stream large weights from memory faster than our row kernels): its few microseconds of
-// dispatch are noise next to reading a megabyte. Smaller ones, where dispatch is most of the
-// time, run our row kernels directly.
-constexpr int64_t kDispatchBytes = int64_t{1} << 20;
+// float32 weights from this size on go through Linear::forward, to MKL's GEMV, which streams
+// them as fast as our row kernel: its few microseconds of dispatch are noise next to reading
+// a megabyte. bf16 and int8 weights, and small float32 ones, run our row kernels directly
+// (cpu_gemv.h): they read bf16 and int8 about twice as fast as ATen, and where a weight sits
+// in cache ATen's dispatch would be most of the time.
+constexpr int64_t kFloatDispatchBytes = int64_t{1} << 20;
 
-// y = W x (x already holds values of the model's dtype), rounded to that dtype.
 void linear(const Linear& l, const float* x, float* y, const Rounding& round, std::vector<uint16_t>& bits) {
   const int64_t N = l.weight.size(0), K = l.weight.size(1);
-  if (static_cast<int64_t>(l.weight.nbytes()) >= kDispatchBytes) {
-    // A tensor of its own, not a view of our buffer: ATen's int8 kernel reads its input with
-    // aligned loads (a std::vector's data segfaulted there).
-    auto row = at::empty({1, K}, at::TensorOptions().dtype(round.bf16 ? at::kBFloat16 : at::kFloat));
-    if (round.bf16) {
-      auto* out = row.data_ptr<c10::BFloat16>();
-      for (int64_t k = 0; k < K; ++k) out[k] = c10::BFloat16(x[k]);
-    } else {
-      std::memcpy(row.data_ptr<float>(), x, static_cast<size_t>(K) * sizeof(float));
-    }
-    const auto out = l.forward(row).to(at::kFloat).contiguous();  // already rounded to the dtype
+  if (l.weight.scalar_type() == at::kFloat && static_cast<int64_t>(l.weight.nbytes()) >= kFloatDispatchBytes) {
+    auto row = at::empty({1, K}, at::TensorOptions().dtype(at::kFloat));
+    std::memcpy(row.data_ptr<float>(), x, static_cast<size_t>(K) * sizeof(float));
+    const auto out = l.forward(row).contiguous();
     std::memcpy(y, out.data_ptr<float>(), static_cast<size_t>(N) * sizeof(float));
     return;
   }

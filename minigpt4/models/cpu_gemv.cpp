@@ -3,6 +3,13 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
+// at::parallel_for, inlined from the headers, splits work across threads only when this file
+// is compiled with OpenMP (CMakeLists.txt links OpenMP::OpenMP_CXX); without it every kernel
+// below would run on one thread and stream weights at half the speed.
+#if AT_PARALLEL_OPENMP && !defined(_OPENMP)
+#error "compile with OpenMP: at::parallel_for would run serially"
+#endif
+
 #include <algorithm>
 #include <cstdlib>
 #include <cstring>
@@ -252,7 +259,6 @@ bool int8_available() {
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
 #ifdef MINIGPT4_GEMV_X86
   if (x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return {};
-  if (static_cast<int64_t>(weight.nbytes()) >= kBf16AtenBytes) return {};
   const int64_t M = small_rows(x, weight);
   if (M == 0 || !bf16_available()) return {};
   const int64_t N = weight.size(0), K = weight.size(1);

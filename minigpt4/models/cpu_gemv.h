@@ -2,15 +2,17 @@
 // Matrix-vector products for decoding on the CPU: y[M, N] = x[M, K] W[N, K]^T for a few rows
 // M (one per sequence of a decode step), reading every weight once, with float32 sums.
 //
-// Why our own: ATen's fused int8 kernel takes K in multiples of 16 only and has no float32
-// path (its fallback takes 2x as long for one row streamed from memory, 4-6x in cache); and
-// for small weights, which sit in cache, ATen's per-call dispatch is most of a product's
-// time (the fused decode step, cpu_decode.h, calls the raw row kernels below without any).
-// Large bf16 weights stay with ATen: streamed from memory, no kernel here beats oneDNN's
-// (kBf16AtenBytes). These kernels use AVX-512 (BF16's dot product for bf16; int8 widened to
-// float32 in registers and scaled per output channel), chosen at run time from what the CPU
-// offers; every other case returns an undefined tensor and the caller takes ATen's path.
-// No autograd: inference only.
+// Why our own: a decode step streams every weight from memory once, and these kernels read
+// bf16 and int8 weights about twice as fast as ATen's (2 threads, weights out of cache,
+// 2048x5632: bf16 0.8-0.9 ms against oneDNN's 1.5-1.7, int8 0.55 against the fused
+// _weight_int8pack_mm's 1.0; benchmarks/README.md); ATen's fused int8 kernel also takes K in
+// multiples of 16 only and has no float32 path; and for small weights, which sit in cache,
+// ATen's per-call dispatch is most of a product's time (the fused decode step, cpu_decode.h,
+// calls the raw row kernels below without any). float32 weights are MKL's as fast, so
+// Linear leaves them to ATen. These kernels use AVX-512 (BF16's dot product for bf16; int8
+// widened to float32 in registers and scaled per output channel), chosen at run time from
+// what the CPU offers; every other case returns an undefined tensor and the caller takes
+// ATen's path. No autograd: inference only.
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
@@ -24,17 +26,9 @@ inline constexpr int64_t kMaxRows = 4;
 bool bf16_available();
 bool int8_available();
 
-// bf16 weights from this size on are left to ATen: streamed from memory (a decode step's
-// weights are), oneDNN's bf16 GEMV reads them as fast as this kernel or faster (2 threads,
-// weights out of cache: 2048x5632 1.3-1.9 ms against 1.6-1.8; Phi-2's 10240x2560 3.1-3.5
-// against 3.7-4.6). This one wins where the weights sit in cache and ATen's dispatch is most
-// of the time.
-inline constexpr int64_t kBf16AtenBytes = int64_t{1} << 20;
-
-// x [..., K] bf16 on the CPU, weight [N, K] bf16 smaller than kBf16AtenBytes, bias [N] bf16
-// or undefined -> [..., N] bf16. Undefined when not handled (more than kMaxRows rows, a
-// larger weight, other dtypes or devices, a CPU without the instructions, or
-// MINIGPT4_CPU_GEMV=0 in the environment).
+// x [..., K] bf16 on the CPU, weight [N, K] bf16, bias [N] bf16 or undefined -> [..., N]
+// bf16. Undefined when not handled (more than kMaxRows rows, other dtypes or devices, a CPU
+// without the instructions, or MINIGPT4_CPU_GEMV=0 in the environment).
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // x [..., K] bf16 or float32 on the CPU, values [N, K] int8, scales [N] float32 ->

@@ -33,28 +33,26 @@ void check_int8(const at::Tensor& values, const at::Tensor& scales) {
     fail("int8 linear: {} scales for a weight with {} output channels", scales.numel(), values.size(0));
 }
 
-// The CPU's int8 product for x2 [M, K], measured on a 2048->5632 layer, one thread
-// (benchmarks/bench_int8): ATen's fused _weight_int8pack_mm reads int8 directly and is the
-// fastest for bf16 with a few rows (1 row: 0.8-1.0 ms against 1.8 for the bf16 GEMM), but
-// 1.2-1.3x slower than the GEMM from 64 rows, and for fp32 it has no vectorised path (6x
-// slower than the fp32 GEMM for 1 row, 30x for 16). Otherwise: convert a block of output
-// rows to float32 (a plain vectorised cast; a mixed int8 x float multiply is several
-// times slower), multiply while the block is in cache, and apply the scales to the small
-// output at the end (fp32: 2-2.5x the dense time for 1 row, 1.1-1.2x from 64 rows).
-// bf16/fp16 activations are multiplied in float32 as well: on a CPU without AMX the bf16
-// GEMM is no faster than float32's, and the float32 blocks cost less to make (64 rows of a
-// 2048->5632 layer, 2 threads: 8.9 ms against 14.2 through bf16 blocks).
+// The CPU's int8 product for x2 [M, K]. Up to cpu_gemv::kMaxRows rows (a decode step) go to
+// our GEMV, which reads the int8 weights once at close to the memory's speed (cpu_gemv.h;
+// about twice ATen's fused _weight_int8pack_mm for one row streamed from memory); it has no
+// backward. Up to 32 bf16/fp16 rows, the fused kernel, which reads int8 directly, beats
+// converting (it is 1.2-1.3x slower than the GEMM from 64 rows, and for fp32 it has no
+// vectorised path). Otherwise: convert a block of output rows to float32 (a plain
+// vectorised cast; a mixed int8 x float multiply is several times slower), multiply while
+// the block is in cache, and apply the scales to the small output at the end (fp32: 1.1-1.2x
+// the dense time from 64 rows). bf16/fp16 activations are multiplied in float32 as well: on
+// a CPU without AMX the bf16 GEMM is no faster than float32's, and the float32 blocks cost
+// less to make (64 rows of a 2048->5632 layer, 2 threads: 8.9 ms against 14.2 through bf16
+// blocks).
 at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
   const auto dtype = x2.scalar_type();
+  if (!(at::GradMode::is_enabled() && x2.requires_grad()))
+    if (auto y = cpu_gemv::linear_int8(x2, values, scales); y.defined()) return y;
   // The fused kernel reads K in blocks of 16: other widths give garbage or crash (seen with
   // torch 2.12 at K = 8, 24, 40, 344, e.g. the quickstart LLM's FFN of 344).
   if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows && x2.size(1) % 16 == 0)
     return at::_weight_int8pack_mm(x2.contiguous(), values, scales.to(dtype));  // scales in x's dtype
-  // Otherwise a decode step's few rows (float32 activations, or a width the fused kernel
-  // cannot take) go to our GEMV, which reads the int8 weights once (cpu_gemv.h; 4-6x the
-  // block path below for one row). It has no backward.
-  if (!(at::GradMode::is_enabled() && x2.requires_grad()))
-    if (auto y = cpu_gemv::linear_int8(x2, values, scales); y.defined()) return y;
   const int64_t N = values.size(0), K = values.size(1);
   const int64_t rows = std::min(N, std::max<int64_t>(16, kCpuBlockElements / std::max<int64_t>(K, 1)));
   const auto f32 = x2.options().dtype(at::kFloat);
