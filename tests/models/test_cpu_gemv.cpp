@@ -5,9 +5,11 @@
 #include "minigpt4/models/layers.h"
 #include "minigpt4/models/quantize.h"
 
+#include <ATen/Parallel.h>
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <atomic>
 #include <iostream>
 
 using namespace minigpt4;
@@ -99,4 +101,20 @@ TEST_CASE("Linear keeps autograd: a bf16 input that needs a gradient takes ATen'
   const auto fast = linear.forward(x.detach());
   const auto aten = torch::linear(x.detach(), linear.weight, linear.bias);
   CHECK(max_relative_error(fast, aten.to(torch::kFloat)) < 8e-3);
+}
+
+// at::parallel_for is inlined from LibTorch's headers and splits work only in translation
+// units compiled with OpenMP (CMakeLists.txt links OpenMP::OpenMP_CXX to everything); without
+// it the kernels above silently ran on one thread at half the speed.
+TEST_CASE("at::parallel_for runs on more than one thread where LibTorch has several", "[cpu_gemv]") {
+  const int threads = at::get_num_threads();
+  if (threads < 2) {
+    std::cout << "skipped: LibTorch has " << threads << " intra-op thread here\n";
+    return;
+  }
+  std::vector<std::atomic<int>> used(static_cast<size_t>(threads));
+  at::parallel_for(0, 1024, 1, [&](int64_t, int64_t) { used[static_cast<size_t>(at::get_thread_num())] = 1; });
+  int distinct = 0;
+  for (const auto& u : used) distinct += u.load();
+  CHECK(distinct > 1);
 }
