@@ -260,11 +260,13 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
     answer_ids.push_back(token);
     const auto visible = visible_answer(tokenizer.decode(answer_ids));
     stop_text = visible.stopped;
+    std::string piece;
     if (starts_with(visible.text, sent) && visible.text.size() > sent.size()) {
-      const auto piece = visible.text.substr(sent.size());
+      piece = visible.text.substr(sent.size());
       sent = visible.text;
-      if (on_text && !on_text(piece)) cancelled = true;
     }
+    // Every token, "" while text is held back: the caller can cancel whatever is shown.
+    if (on_text && !on_text(piece)) cancelled = true;
     return !(cancelled || stop_text);
   };
 

@@ -102,8 +102,10 @@ class ChatSession {
   void ask(const std::string& text);
   // Chat.answer: generates the assistant turn and records it in the conversation. on_text
   // gets the answer's text piece by piece as it is generated (the pieces add up to
-  // ChatReply::text; text that may still turn out to be the stop string is held back);
-  // returning false cancels (finish_reason "cancelled", the partial answer is recorded).
+  // ChatReply::text; text that may still turn out to be the stop string, or an incomplete
+  // UTF-8 character, is held back): with greedy decoding or sampling it is called once per
+  // token, with "" while nothing new shows, so that returning false cancels promptly
+  // (finish_reason "cancelled", the partial answer is recorded).
   ChatReply answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text = {});
   // An assistant turn given rather than generated: a conversation replayed from an API
   // request's earlier messages.

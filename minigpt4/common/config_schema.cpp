@@ -146,14 +146,17 @@ const std::vector<ConfigKey>& config_schema() {
 const std::vector<DatasetName>& dataset_catalog() {
   // MiniGPT-4's caption data, then MiniGPT-v2's multi-task mix (TinyGPT-V stage 4; the
   // layouts are in minigpt4/data/instruction_datasets.h and docs/tinygptv.md).
-  static const std::vector<DatasetName> names = {
-      {"laion", true}, {"cc_sbu", true}, {"cc_sbu_align", true}, {"text_corpus", true},
-      {"multitask_conversation", true}, {"llava_conversation", true}, {"llava_detail", true},
-      {"llava_reason", true}, {"unnatural_instruction", true}, {"refvg", true},
-      {"flickr_grounded_caption", true}, {"flickr_CaptionToPhrase", true}, {"flickr_ObjectToPhrase", true},
-      {"textcaps_caption", true}, {"coco_caption", true}, {"refcoco", true}, {"refcocop", true},
-      {"refcocog", true}, {"invrefcoco", true}, {"invrefcocop", true}, {"invrefcocog", true},
-      {"coco_vqa", true}, {"ok_vqa", true}, {"aok_vqa", true}, {"gqa", true}, {"ocrvqa", true}};
+  static const std::vector<DatasetName> names = [] {
+    std::vector<DatasetName> out;
+    for (const char* name :
+         {"laion", "cc_sbu", "cc_sbu_align", "text_corpus", "multitask_conversation", "llava_conversation",
+          "llava_detail", "llava_reason", "unnatural_instruction", "refvg", "flickr_grounded_caption",
+          "flickr_CaptionToPhrase", "flickr_ObjectToPhrase", "textcaps_caption", "coco_caption", "refcoco",
+          "refcocop", "refcocog", "invrefcoco", "invrefcocop", "invrefcocog", "coco_vqa", "ok_vqa", "aok_vqa",
+          "gqa", "ocrvqa"})
+      out.push_back(DatasetName{name, /*trainable=*/true, /*why_not=*/""});
+    return out;
+  }();
   return names;
 }
 

@@ -158,13 +158,6 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
   if (images.defined() && images.size(0) != B) fail("instruction batch has {} images but {} samples", images.size(0), B);
   const auto device = llama_proj->weight.device();
   const auto img_embeds = images.defined() ? encode_img(images) : torch::Tensor();
-  const std::string tmpl = config.prompt_template.empty() ? "{}" : config.prompt_template;
-  auto wrap = [&](const std::string& question) {
-    std::string out = tmpl;
-    const auto slot = out.find("{}");
-    if (slot == std::string::npos) fail("model.prompt_template '{}' has no '{{}}' for the instruction", tmpl);
-    return out.replace(slot, 2, question);
-  };
   auto embed_ids = [&](const std::vector<int64_t>& ids) { return llama_model->embed(ids_tensor(ids, device)).squeeze(0); };
 
   // Per row: the condition's embeddings (prompt + image), then the regressed tokens and
@@ -178,7 +171,10 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
       fail("instruction sample {} has {} questions and {} answers; each turn needs both", b, s.questions.size(),
            s.answers.size());
     const bool wrapped = s.conversation || config.chat_template;
-    const auto segments = split_on(wrapped ? wrap(s.questions[0]) : s.questions[0], kImagePlaceholder);
+    auto question = [&](size_t turn) {
+      return wrapped ? config.apply_prompt_template(s.questions[turn]) : s.questions[turn];
+    };
+    const auto segments = split_on(question(0), kImagePlaceholder);
     const size_t slots = images.defined() ? 1 : 0;
     if (segments.size() != slots + 1)
       fail("instruction sample {} has {} {} in its first question, its batch {} image per sample: '{}'", b,
@@ -196,7 +192,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
     auto& targets = regress_targets[b];
     for (size_t turn = 0; turn < s.answers.size(); ++turn) {
       if (turn > 0) {  // the later questions: bos + question, context only
-        auto q = tokenizer.encode(wrapped ? wrap(s.questions[turn]) : s.questions[turn], false);
+        auto q = tokenizer.encode(question(turn), false);
         q.insert(q.begin(), tokenizer.bos_id());
         ids.insert(ids.end(), q.begin(), q.end());
         targets.insert(targets.end(), q.size(), -100);

@@ -57,6 +57,10 @@ struct MiniGPT4Config {
 
   // From the `model:` section of a run config (defaults merged, validated).
   static MiniGPT4Config from_config(const Config& config);
+
+  // prompt_template with its "{}" replaced by text (text itself when no template is set),
+  // as the original's prompt_template.format(text).
+  std::string apply_prompt_template(const std::string& text) const;
 };
 
 // What each weight source contributed; `info` prints it.

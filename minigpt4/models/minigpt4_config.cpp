@@ -58,11 +58,22 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   c.max_txt_len = cfg.get_int(m("max_txt_len"), c.max_txt_len);
   c.end_sym = cfg.get_string(m("end_sym"), c.end_sym);
   c.prompt_template = cfg.get_string(m("prompt_template"));
+  if (!c.prompt_template.empty() && c.prompt_template.find("{}") == std::string::npos)
+    fail("{}: model.prompt_template '{}' has no '{{}}' for the prompt", cfg.source_of(m("prompt_template")),
+         c.prompt_template);
   c.prompt_path = cfg.get_string(m("prompt_path"));
   c.chat_template = cfg.get_bool(m("chat_template"), c.chat_template);
   c.max_context_len = cfg.get_int(m("max_context_len"), c.max_context_len);
   read_lora_settings(cfg, c);
   return c;
+}
+
+std::string MiniGPT4Config::apply_prompt_template(const std::string& text) const {
+  if (prompt_template.empty()) return text;
+  std::string out = prompt_template;
+  const auto slot = out.find("{}");
+  if (slot == std::string::npos) fail("model.prompt_template '{}' has no '{{}}' for the prompt", prompt_template);
+  return out.replace(slot, 2, text);
 }
 
 }  // namespace minigpt4

@@ -76,20 +76,20 @@ httplib::Server::Handler guarded(F handler) {
 }
 
 // Sends a channel's pieces as server-sent events until its end. While nothing comes, a
-// comment line goes out every second: writes to a closed connection fail, so a client that
-// left (even while its request waited in the queue) is noticed and its work cancelled.
+// comment line goes out every `heartbeat`: writes to a closed connection fail, so a client
+// that left (even while its request waited in the queue) is noticed and its work cancelled.
 void stream_events(httplib::Response& res, std::shared_ptr<ReplyChannel> channel, std::string first,
-                   std::function<std::string(const std::string&)> piece_event,
+                   std::chrono::milliseconds heartbeat, std::function<std::string(const std::string&)> piece_event,
                    std::function<std::string(const ReplyChannel::Batch&)> end_events) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
   res.set_chunked_content_provider(
       "text/event-stream",
-      [channel, first, piece_event, end_events](size_t, httplib::DataSink& sink) {
+      [channel, first, heartbeat, piece_event, end_events](size_t, httplib::DataSink& sink) {
         const auto write = [&](const std::string& s) { return sink.write(s.data(), s.size()); };
         bool ok = first.empty() || write(first);
         while (ok) {
-          const auto batch = channel->take(std::chrono::seconds(1));
+          const auto batch = channel->take(heartbeat);
           if (batch.pieces.empty() && !batch.ended) ok = write(": waiting\n\n");
           for (const auto& piece : batch.pieces) ok = ok && write(piece_event(piece));
           if (ok && batch.ended) {
@@ -367,7 +367,7 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
   }
   const bool include_usage = request->include_usage;
   stream_events(
-      res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})),
+      res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})), options.heartbeat,
       [meta](const std::string& piece) { return sse_event(chunk_json(meta, {{"content", piece}})); },
       [meta, include_usage, width, height](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error)) + "data: [DONE]\n\n";
@@ -435,7 +435,7 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
   });
   const bool adapters_held = has_adapters();
   stream_events(
-      res, channel, "", [](const std::string& piece) { return sse_event({{"text", piece}}); },
+      res, channel, "", options.heartbeat, [](const std::string& piece) { return sse_event({{"text", piece}}); },
       [context, adapters_held](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error));
         const auto& reply = *end.reply;

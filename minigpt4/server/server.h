@@ -29,6 +29,10 @@ struct ServerOptions {
   size_t max_sessions = 8;               // page conversations kept (each holds a KV cache)
   std::chrono::seconds session_idle{1800};
   int io_timeout_seconds = 30;  // socket read/write timeouts
+  // A stream that has had nothing to send for this long gets a comment line: writes to a
+  // closed connection fail, which is how a client that left is noticed while its answer
+  // waits in the queue or holds back text (a partial stop string or UTF-8 character).
+  std::chrono::milliseconds heartbeat{1000};
   // The adapter of requests that name none ("" = the one active when the server starts,
   // i.e. model.lora_active); must be "original" or an adapter the model holds.
   std::string lora;

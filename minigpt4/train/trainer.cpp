@@ -39,10 +39,7 @@ std::vector<std::string> load_prompts(const MiniGPT4Config& c) {
   std::vector<std::string> prompts;
   for (std::string line; std::getline(in, line);) {
     if (line.find("<ImageHere>") == std::string::npos) continue;
-    std::string prompt = c.prompt_template.empty() ? "{}" : c.prompt_template;
-    const auto slot = prompt.find("{}");
-    if (slot == std::string::npos) fail("model.prompt_template '{}' has no '{{}}' for the prompt", c.prompt_template);
-    prompts.push_back(prompt.replace(slot, 2, line));
+    prompts.push_back(c.apply_prompt_template(line));
   }
   if (prompts.empty()) fail("model.prompt_path '{}' holds no line with <ImageHere>", c.prompt_path);
   log::info("{} training prompts from {}", prompts.size(), c.prompt_path);

@@ -115,13 +115,18 @@ TEST_CASE("streamed pieces add up to the answer; cancelling keeps what was said"
   session.ask("What is in this image?");
 
   std::string streamed;
-  int pieces = 0;
+  int pieces = 0, calls = 0;
   const auto reply = session.answer(greedy(16), [&](const std::string& piece) {
-    streamed += piece, ++pieces;
+    streamed += piece, ++calls;
+    if (!piece.empty()) ++pieces;
     return true;
   });
   CHECK(streamed == reply.text);
   CHECK(pieces > 1);
+  // Once per generated token (a final eos ends it without a call), so a caller can cancel
+  // even while the text is held back.
+  CHECK(calls >= static_cast<int>(reply.tokens.size()) - 1);
+  CHECK(calls <= static_cast<int>(reply.tokens.size()));
 
   // Cancel after the first piece: the partial answer is the conversation's.
   session.ask("Again?");

@@ -122,3 +122,14 @@ TEST_CASE("instruction forward: chat_template, truncation, text-only batches and
   Instruction unequal{{"<Img><ImageHere></Img> q "}, {}, false};
   CHECK_THROWS_WITH(text_model->forward_instructions(images, {unequal}, *tok), Catch::Contains("1 questions and 0 answers"));
 }
+
+TEST_CASE("model.prompt_template: its '{}' takes the text, and a template without one is refused at load", "[models]") {
+  MiniGPT4Config c;
+  CHECK(c.apply_prompt_template("<Img><ImageHere></Img> hi") == "<Img><ImageHere></Img> hi");
+  c.prompt_template = "###Human: {} ###Assistant: ";
+  CHECK(c.apply_prompt_template("hi") == "###Human: hi ###Assistant: ");
+  const auto config = Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
+                                   {"model.prompt_template=no slot here"});
+  CHECK_THROWS_WITH(MiniGPT4Config::from_config(config),
+                    Catch::Contains("model.prompt_template 'no slot here' has no '{}'"));
+}

@@ -308,6 +308,10 @@ TEST_CASE("the page's session keeps the conversation and its KV cache across rou
 TEST_CASE("a client that disconnects mid-stream cancels its generation", "[server]") {
   server::ServerOptions options;
   options.limits.max_tokens = 1000;
+  // The disconnect is noticed when a write fails. After its first words this answer shows
+  // nothing new for a long while, so only heartbeats are written: at the default 1 s a fast
+  // machine could finish the 1000 tokens before the first one.
+  options.heartbeat = std::chrono::milliseconds(20);
   Running s(options);
   auto client = s.client();
   auto request = greedy_request(1000);
