@@ -7,6 +7,7 @@
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/chat/grounding.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
@@ -167,6 +168,7 @@ void add_chat_command(CLI::App& app) {
   cmd->add_flag("--no-cache", args->no_cache, "recompute the whole conversation each round, as the original");
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
+    apply_input_limits(config);  // limits.*: what input files may make us allocate
     const auto device = select_device(config.get_string("run.device", "cuda"), args->gpu_id);
     log::info("device: {}", describe_device(device));
     const auto model = ChatModel::load(config, device);

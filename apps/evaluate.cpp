@@ -4,6 +4,7 @@
 // answers its share; rank 0 writes results.json and metrics.json and prints the metrics.
 #include "apps/commands.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/dist/environment.h"
@@ -36,6 +37,7 @@ void add_evaluate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
+    apply_input_limits(config);  // limits.*: what input files may make us allocate
     const auto launch = dist::launch_environment_from_env();
     evaluate::EvaluateOptions options;
     options.device = select_device(config.get_string("run.device", "cuda"), dist::gpu_for_rank(launch, args->gpu_id));

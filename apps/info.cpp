@@ -2,6 +2,7 @@
 // load every weight it names, and print what each module holds.
 #include "apps/commands.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/models/memory.h"
@@ -31,6 +32,7 @@ std::string with_commas(int64_t n) {
 
 void run_info(const InfoArgs& args) {
   const auto config = Config::load(args.cfg_path, args.options);
+  apply_input_limits(config);  // limits.*: what input files may make us allocate
   const auto model_config = MiniGPT4Config::from_config(config);
   LoadReport report;
   const auto device = select_device(args.device, args.gpu_id);

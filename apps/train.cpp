@@ -2,6 +2,7 @@
 // Under torchrun or `minigpt4 launch` each process is one rank of a data-parallel job.
 #include "apps/commands.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/dist/environment.h"
@@ -25,6 +26,7 @@ void add_train_command(CLI::App& app) {
       ->capture_default_str();
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
+    apply_input_limits(config);  // limits.*: what input files may make us allocate
     const auto launch = dist::launch_environment_from_env();
     train::TrainOptions options;
     options.device = select_device(config.get_string("run.device", "cuda"), dist::gpu_for_rank(launch, args->gpu_id));

@@ -2,12 +2,15 @@
 
 #include "minigpt4/common/config_schema.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/limits.h"
+#include "minigpt4/common/untrusted.h"
 
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
-#include <fstream>
-#include <regex>
+#include <cctype>
+#include <cmath>
+#include <cstdlib>
 #include <sstream>
 
 namespace minigpt4 {
@@ -78,25 +81,54 @@ std::string suggestion(const std::vector<std::string>& path) {
   return best.empty() ? "" : fmt::format(" (did you mean '{}'?)", best);
 }
 
+// A decimal number as OmegaConf reads one: [+-] digits [. digits] [e [+-] digits], or .digits.
+// A scanner rather than std::regex, whose matcher recurses once per character.
+bool is_decimal_number(const std::string& t) {
+  size_t i = 0;
+  const auto digits = [&] {
+    const size_t start = i;
+    while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i;
+    return i - start;
+  };
+  if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+  size_t mantissa = digits();
+  if (i < t.size() && t[i] == '.') {
+    ++i;
+    mantissa += digits();
+  }
+  if (mantissa == 0) return false;
+  if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+    ++i;
+    if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+    if (digits() == 0) return false;
+  }
+  return i == t.size();
+}
+
 // YAML scalars are untyped text; the schema says what each must be. OmegaConf (which the
 // original uses) reads 1e-4 as a float and True/False as booleans, so we do too.
 nlohmann::json typed_scalar(const YAML::Node& node, const ConfigKey& key, const std::string& dotted,
                             const std::string& source) {
-  const std::string text = node.Scalar();
+  const std::string& text = node.Scalar();
   auto wrong = [&]() -> nlohmann::json {
-    fail("{}: '{}' must be {}, got '{}'", source, dotted, value_type_name(key.type), text);
+    fail("{}: '{}' must be {}, got '{}'", source, dotted, value_type_name(key.type), excerpt(text));
   };
   switch (key.type) {
     case ValueType::String: return text;
     case ValueType::Int: {
-      static const std::regex integer(R"([-+]?\d+)");
-      if (!std::regex_match(text, integer)) return wrong();
-      return std::stoll(text);
+      int64_t v = 0;
+      if (parse_int64(text, v)) return v;
+      bool digits = !text.empty();
+      for (size_t i = (text[0] == '-' || text[0] == '+') ? 1 : 0; i < text.size(); ++i)
+        digits = digits && std::isdigit(static_cast<unsigned char>(text[i]));
+      if (digits) fail("{}: '{}' = '{}' does not fit a 64-bit integer", source, dotted, excerpt(text));
+      return wrong();
     }
     case ValueType::Float: {
-      static const std::regex number(R"([-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?)");
-      if (!std::regex_match(text, number)) return wrong();
-      return std::stod(text);
+      if (!is_decimal_number(text)) return wrong();
+      const double v = std::strtod(text.c_str(), nullptr);  // underflow gives 0 or a denormal, as Python
+      if (!std::isfinite(v)) fail("{}: '{}' = '{}' is out of the range of a double", source, dotted, excerpt(text));
+      return v;
     }
     case ValueType::Bool: {
       std::string lower = text;
@@ -109,10 +141,25 @@ nlohmann::json typed_scalar(const YAML::Node& node, const ConfigKey& key, const 
   }
 }
 
+// YAML aliases (*name) share one node; converting to JSON copies it at each use, so a small
+// file of aliases to aliases can expand exponentially ("billion laughs"). Every converted
+// scalar and node is counted against input_limits().max_config_bytes.
+struct ExpansionBudget {
+  int64_t used = 0;
+  void spend(size_t bytes, const std::string& source) {
+    used += static_cast<int64_t>(bytes) + 16;
+    if (used > input_limits().max_config_bytes)
+      fail("{}: the config expands to more than {} bytes (limits.max_config_bytes); YAML aliases that repeat "
+           "large values?",
+           source, input_limits().max_config_bytes);
+  }
+};
+
 // Validates `node` (at `path`) against the schema and converts it to typed JSON, recording
 // the file each leaf came from.
 nlohmann::json convert(const YAML::Node& node, std::vector<std::string>& path, const std::string& source,
-                       nlohmann::json& origins) {
+                       nlohmann::json& origins, ExpansionBudget& budget) {
+  budget.spend(node.IsScalar() ? node.Scalar().size() : 0, source);
   const std::string dotted = join(path);
   if (path.size() == 2 && path[0] == "datasets") {
     const auto& known = known_datasets();
@@ -132,6 +179,7 @@ nlohmann::json convert(const YAML::Node& node, std::vector<std::string>& path, c
       nlohmann::json list = nlohmann::json::array();
       for (const auto& item : node) {
         if (!item.IsScalar()) fail("{}: '{}' must be a list of strings", source, dotted);
+        budget.spend(item.Scalar().size(), source);
         list.push_back(item.Scalar());
       }
       return list;
@@ -139,20 +187,30 @@ nlohmann::json convert(const YAML::Node& node, std::vector<std::string>& path, c
     if (key->type == ValueType::StringMap) {
       if (!node.IsMap()) fail("{}: '{}' must be a map of names to strings", source, dotted);
       nlohmann::json map = nlohmann::json::object();
-      for (const auto& item : node) map[item.first.Scalar()] = item.second.Scalar();
+      for (const auto& item : node) {
+        if (!item.first.IsScalar() || !item.second.IsScalar())
+          fail("{}: '{}' must be a map of names to strings", source, dotted);
+        budget.spend(item.first.Scalar().size() + item.second.Scalar().size(), source);
+        map[item.first.Scalar()] = item.second.Scalar();
+      }
       return map;
     }
     if (!node.IsScalar()) fail("{}: '{}' must be {}, got a {}", source, dotted, value_type_name(key->type),
                                node.IsMap() ? "map" : "list");
     return typed_scalar(node, *key, dotted, source);
   }
-  if (!path.empty() && !is_section(path)) fail("{}: unknown key '{}'{}", source, dotted, suggestion(path));
-  if (!node.IsMap()) fail("{}: '{}' must be a map of keys, got '{}'", source, dotted.empty() ? "(top level)" : dotted,
-                          node.IsScalar() ? node.Scalar() : "a list");
+  if (!path.empty() && !is_section(path))
+    fail("{}: unknown key '{}'{}", source, excerpt(dotted, 200), suggestion(path));
+  if (!node.IsMap())
+    fail("{}: '{}' must be a map of keys, got '{}'", source, dotted.empty() ? "(top level)" : excerpt(dotted, 200),
+         node.IsScalar() ? excerpt(node.Scalar()) : "a list");
   nlohmann::json out = nlohmann::json::object();
   for (const auto& item : node) {
+    if (!item.first.IsScalar())
+      fail("{}: a key under '{}' is not a name (a list or map used as a key)", source,
+           dotted.empty() ? "(top level)" : excerpt(dotted, 200));
     path.push_back(item.first.Scalar());
-    out[path.back()] = convert(item.second, path, source, origins);
+    out[path.back()] = convert(item.second, path, source, origins, budget);
     path.pop_back();
   }
   return out;
@@ -163,7 +221,7 @@ YAML::Node parse_yaml(const std::string& text, const std::string& source) {
     auto node = YAML::Load(text);
     return node.IsNull() ? YAML::Node(YAML::NodeType::Map) : node;
   } catch (const YAML::Exception& e) {
-    fail("{}: invalid YAML at line {}, column {}: {}", source, e.mark.line + 1, e.mark.column + 1, e.msg);
+    fail("{}: invalid YAML at line {}, column {}: {}", source, e.mark.line + 1, e.mark.column + 1, excerpt(e.msg, 200));
   }
 }
 
@@ -192,12 +250,16 @@ std::string default_model_file(const std::string& arch, const std::string& model
 }  // namespace
 
 Config Config::load(const std::string& path, const std::vector<std::string>& options) {
-  std::ifstream in(path);
-  if (!in) fail("cannot read config file '{}'", path);
-  std::stringstream text;
-  text << in.rdbuf();
-  auto config = from_yaml(text.str(), path, options);
-  return config;
+  std::string text;
+  try {
+    text = read_text_file(path, "config file");
+  } catch (const Error& e) {
+    fail("cannot read config file '{}': {}", path, e.what());
+  }
+  if (static_cast<int64_t>(text.size()) > input_limits().max_config_bytes)
+    fail("config file '{}' is {} bytes, more than limits.max_config_bytes ({})", path, text.size(),
+         input_limits().max_config_bytes);
+  return from_yaml(text, path, options);
 }
 
 Config Config::from_yaml(const std::string& yaml, const std::string& name, const std::vector<std::string>& options) {
@@ -205,18 +267,22 @@ Config Config::from_yaml(const std::string& yaml, const std::string& name, const
   config.path_ = name;
   nlohmann::json user_origins = nlohmann::json::object();
   std::vector<std::string> path;
-  const auto user = convert(parse_yaml(yaml, name), path, name, user_origins);
+  ExpansionBudget budget;
+  const auto user = convert(parse_yaml(yaml, name), path, name, user_origins, budget);
 
   // Model defaults first, the user's keys over them.
-  if (user.contains("model") && user["model"].is_object() && user["model"].contains("arch")) {
+  if (user.contains("model") && user["model"].is_object() && user["model"].contains("arch") &&
+      user["model"]["arch"].is_string()) {
     const std::string arch = user["model"]["arch"].get<std::string>();
-    const std::string type = user["model"].value("model_type", std::string("pretrain_vicuna0"));
+    const auto& model_type = user["model"].contains("model_type") ? user["model"]["model_type"] : nlohmann::json();
+    const std::string type = model_type.is_string() ? model_type.get<std::string>() : "pretrain_vicuna0";
     const std::string file = default_model_file(arch, type, name);
     for (const auto& [builtin_name, text] : builtin_model_configs()) {
       if (builtin_name != file) continue;
       const std::string source = "configs/models/" + file + " (built in)";
       std::vector<std::string> p;
-      config.tree_ = convert(parse_yaml(text, source), p, source, config.origins_);
+      ExpansionBudget defaults_budget;
+      config.tree_ = convert(parse_yaml(text, source), p, source, config.origins_, defaults_budget);
     }
   }
   merge_into(config.tree_, user);
@@ -224,7 +290,8 @@ Config Config::from_yaml(const std::string& yaml, const std::string& name, const
 
   for (const auto& option : options) {
     const auto eq = option.find('=');
-    if (eq == std::string::npos || eq == 0) fail("--options: '{}' is not of the form key=value", option);
+    if (eq == std::string::npos || eq == 0)
+      fail("--options: '{}' is not of the form key=value", excerpt(option, 200));
     auto key_path = split_key(option.substr(0, eq));
     // "key=" sets an empty string (e.g. model.ckpt= to start without a checkpoint).
     const std::string text = option.substr(eq + 1);
@@ -232,7 +299,7 @@ Config Config::from_yaml(const std::string& yaml, const std::string& name, const
     try {
       if (!text.empty()) value = YAML::Load(text);
     } catch (const YAML::Exception& e) {
-      fail("--options {}: the value is not valid YAML: {}", option, e.msg);
+      fail("--options {}: the value is not valid YAML: {}", excerpt(option, 200), excerpt(e.msg, 200));
     }
     // Build the nested node so the same validation applies.
     YAML::Node wrapped = value;
@@ -242,7 +309,7 @@ Config Config::from_yaml(const std::string& yaml, const std::string& name, const
       wrapped = parent;
     }
     std::vector<std::string> p;
-    merge_into(config.tree_, convert(wrapped, p, "--options", config.origins_));
+    merge_into(config.tree_, convert(wrapped, p, "--options", config.origins_, budget));
   }
   return config;
 }

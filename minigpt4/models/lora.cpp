@@ -1,12 +1,17 @@
 #include "minigpt4/models/lora.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 
 #include <algorithm>
 #include <cmath>
 #include <optional>
-#include <regex>
+#include <re2/re2.h>
+
+#include <memory>
+#include <mutex>
 #include <set>
+#include <unordered_map>
 
 namespace minigpt4::lora {
 
@@ -25,27 +30,42 @@ std::string join_name(const std::string& parent, const std::string& child) {
   return parent.empty() ? child : parent + "." + child;
 }
 
-std::regex compile(const std::string& pattern, const std::string& what) {
-  try {
-    return std::regex(pattern);
-  } catch (const std::regex_error& e) {
-    fail("LoRA {}: '{}' is not a valid regular expression ({})", what, pattern, e.what());
-  }
+// Patterns come from configs and from PEFT adapter files, that is from strangers: RE2 runs
+// in time linear in the name (std::regex backtracks, `(.*.*.*.*)*X` never ends). Python's `re`
+// syntax that RE2 lacks (backreferences, lookaround) is a named error. Compiled once per pattern.
+const RE2& compile(const std::string& pattern, const std::string& what) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::unique_ptr<RE2>> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (auto it = cache.find(pattern); it != cache.end()) return *it->second;
+  RE2::Options options;
+  options.set_log_errors(false);
+  auto re = std::make_unique<RE2>(pattern, options);
+  if (!re->ok())
+    fail("LoRA {}: '{}' is not a regular expression this reader accepts ({}; RE2 syntax: no backreferences or "
+         "lookaround)",
+         what, excerpt(pattern, 200), re->error());
+  return *cache.emplace(pattern, std::move(re)).first->second;
+}
+
+std::optional<int64_t> to_layer(const std::string& digits) {
+  int64_t v = 0;
+  return parse_int64(digits, v) ? std::optional<int64_t>(v) : std::nullopt;
 }
 
 // The layer index PEFT reads from a module name for layers_to_transform: the number after
 // the FIRST `<pattern>.` (at the start or after a dot), or without a pattern after the
 // first `<segment>.` that follows a dot. None when the name has no such number.
 std::optional<int64_t> layer_index(const std::string& name, const std::vector<std::string>& patterns) {
-  std::smatch m;
+  std::string digits;
   if (patterns.empty()) {
-    static const std::regex any_layer(R"(^.*?\.[^.]*\.(\d+)\.)");
-    if (std::regex_search(name, m, any_layer)) return std::stoll(m[1]);
+    static const RE2 any_layer(R"(^.*?\.[^.]*\.(\d+)\.)");
+    if (RE2::PartialMatch(name, any_layer, &digits)) return to_layer(digits);
     return std::nullopt;
   }
   for (const auto& pattern : patterns) {
-    const auto layer = compile("^(?:|.*?\\.)" + pattern + "\\.(\\d+)\\.", "layers_pattern");
-    if (std::regex_search(name, m, layer)) return std::stoll(m[1]);
+    const auto& layer = compile("^(?:|.*?\\.)" + pattern + "\\.(\\d+)\\.", "layers_pattern");
+    if (RE2::PartialMatch(name, layer, &digits)) return to_layer(digits);
   }
   return std::nullopt;
 }
@@ -54,7 +74,7 @@ std::optional<int64_t> layer_index(const std::string& name, const std::vector<st
 template <typename Value>
 std::optional<Value> pattern_value(const std::map<std::string, Value>& patterns, const std::string& name) {
   for (const auto& [key, value] : patterns)
-    if (std::regex_match(name, compile("(.*\\.)?(" + key + ")", "rank/alpha pattern"))) return value;
+    if (RE2::FullMatch(name, compile("(.*\\.)?(" + key + ")", "rank/alpha pattern"))) return value;
   return std::nullopt;
 }
 
@@ -92,7 +112,7 @@ std::string example_names(const std::vector<Target>& targets) {
 // LoraConfig
 
 bool LoraConfig::matches(const std::string& name) const {
-  if (!target_regex.empty()) return std::regex_match(name, compile(target_regex, "target regex"));
+  if (!target_regex.empty()) return RE2::FullMatch(name, compile(target_regex, "target regex"));
   bool found = false;
   for (const auto& t : target_modules) {
     if (t == name) return true;  // a full name selects that module whatever the layer list says (PEFT)

@@ -621,3 +621,18 @@ TEST_CASE("LoRA in MiniGPT-4: adapter folders per component load by name and swi
       Contains("'y'") && Contains("original, x"));
   fs::remove_all(dir);
 }
+
+TEST_CASE("LoRA target patterns run in linear time, whatever a config or adapter file gives", "[lora][untrusted]") {
+  // A backtracking matcher (std::regex, Python's re) takes exponential time here; RE2 does not.
+  lora::LoraConfig config;
+  config.r = 4;
+  config.target_regex = "(.*.*.*.*)*X";
+  CHECK_NOTHROW(config.validate("hostile"));
+  const std::string name = "model.layers." + std::string(5000, 'a') + ".q_proj";
+  CHECK_FALSE(config.matches(name));
+  config.target_regex = R"(.*\.(q_proj|v_proj))";
+  CHECK(config.matches("model.layers.0.self_attn.q_proj"));
+  // Python syntax RE2 lacks is refused with a named error rather than mis-matched.
+  config.target_regex = R"((a)\1)";
+  CHECK_THROWS_WITH(config.validate("adapter.json"), Catch::Contains("adapter.json") && Catch::Contains("RE2"));
+}
