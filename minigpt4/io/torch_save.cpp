@@ -1,13 +1,22 @@
 #include "minigpt4/io/torch_save.h"
 
 #include "minigpt4/common/error.h"
-#include "minigpt4/io/file_util.h"
 #include "minigpt4/io/pickle.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <torch/torch.h>
 
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <chrono>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
 #include <map>
+#include <thread>
 
 namespace minigpt4::io {
 
@@ -161,25 +170,144 @@ class Pickler {
   std::map<std::pair<const void*, at::ScalarType>, size_t> index_;
 };
 
+// The file torch_save writes: a temporary beside `path` that becomes `path` only whole and
+// on disk (see torch_save.h). Writes are buffered; the first failure is kept and reported
+// by commit(), and later writes are dropped, so the zip writer (C code calling back) never
+// sees an exception and never writes on after a failure.
+class DurableFile {
+ public:
+  explicit DurableFile(std::string path) : path_(std::move(path)), tmp_(temporary_path(path_, ::getpid())) {
+    if (const char* delay = std::getenv("MINIGPT4_TEST_SAVE_DELAY_MS")) delay_ms_ = std::atof(delay);
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail("cannot save {}: cannot create the temporary file {}: {}", path_, tmp_, std::strerror(errno));
+    if (delay_ms_ <= 0) buffer_.reserve(kBuffer);
+  }
+  ~DurableFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+  DurableFile(const DurableFile&) = delete;
+  DurableFile& operator=(const DurableFile&) = delete;
+
+  void write(const void* data, size_t n) {
+    if (error_ != 0 || n == 0) return;
+    if (delay_ms_ > 0) {  // test-only: every piece reaches the file, then a pause
+      write_through(static_cast<const char*>(data), n);
+      pause();
+      return;
+    }
+    if (buffer_.size() + n > kBuffer) flush();
+    if (n >= kBuffer) {
+      write_through(static_cast<const char*>(data), n);
+    } else {
+      buffer_.append(static_cast<const char*>(data), n);
+    }
+  }
+
+  // Flush, fsync, rename over `path`, fsync the folder; or throw (the temporary removed).
+  void commit() {
+    flush();
+    if (error_ == 0 && ::fsync(fd_) != 0) error_ = errno, failed_at_ = "fsync of";
+    const int closed = ::close(fd_);
+    const int close_errno = errno;
+    fd_ = -1;
+    if (error_ == 0 && closed != 0) error_ = close_errno, failed_at_ = "closing";
+    if (error_ != 0) {
+      ::unlink(tmp_.c_str());
+      committed_ = true;  // nothing left to remove
+      fail("cannot save {}: {} the temporary file {} failed after {} bytes: {}. The temporary was removed; "
+           "an earlier {} (if any) is unchanged",
+           path_, failed_at_, tmp_, written_, std::strerror(error_), path_);
+    }
+    pause();
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
+      const int err = errno;
+      ::unlink(tmp_.c_str());
+      committed_ = true;
+      fail("cannot save {}: renaming {} into place failed: {}. The temporary was removed; an earlier {} (if any) "
+           "is unchanged",
+           path_, tmp_, std::strerror(err), path_);
+    }
+    committed_ = true;
+    // The rename itself must reach the disk: fsync the folder that holds both names.
+    std::string dir = std::filesystem::path(path_).parent_path().string();
+    if (dir.empty()) dir = ".";
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0) fail("saved {}, but cannot open its folder {} to make the rename durable: {}", path_, dir, std::strerror(errno));
+    const int synced = ::fsync(dfd);
+    const int err = errno;
+    ::close(dfd);
+    // Some file systems cannot fsync a folder (EINVAL, ENOTSUP): the rename is as durable as they make it.
+    if (synced != 0 && err != EINVAL && err != ENOTSUP)
+      fail("saved {}, but fsync of its folder {} failed: {}", path_, dir, std::strerror(err));
+  }
+
+ private:
+  static constexpr size_t kBuffer = size_t{1} << 20;
+
+  void flush() {
+    if (error_ == 0 && !buffer_.empty()) write_through(buffer_.data(), buffer_.size());
+    buffer_.clear();
+  }
+
+  void write_through(const char* p, size_t n) {
+    while (n > 0 && error_ == 0) {
+      const ssize_t k = ::write(fd_, p, n);
+      if (k < 0) {
+        if (errno == EINTR) continue;
+        error_ = errno, failed_at_ = "writing";
+      } else if (k == 0) {
+        error_ = EIO, failed_at_ = "writing";
+      } else {
+        p += k, n -= static_cast<size_t>(k), written_ += static_cast<uint64_t>(k);
+      }
+    }
+  }
+
+  void pause() const {
+    if (delay_ms_ > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(delay_ms_));
+  }
+
+  std::string path_, tmp_;
+  int fd_ = -1;
+  double delay_ms_ = 0;  // may be fractional: "0.5"
+  bool committed_ = false;
+  std::string buffer_;
+  uint64_t written_ = 0;
+  int error_ = 0;
+  const char* failed_at_ = "";
+};
+
 }  // namespace
+
+std::string temporary_path(const std::string& path, long pid) { return path + ".tmp." + std::to_string(pid); }
+
+bool parse_temporary_name(const std::string& filename, std::string* final_name, long* pid) {
+  static const std::string marker = ".tmp.";
+  const size_t at = filename.rfind(marker);
+  if (at == std::string::npos || at == 0) return false;
+  const size_t digits = at + marker.size();
+  if (digits == filename.size() || filename.size() - digits > 18) return false;
+  long value = 0;
+  for (size_t i = digits; i < filename.size(); ++i) {
+    if (filename[i] < '0' || filename[i] > '9') return false;
+    value = value * 10 + (filename[i] - '0');
+  }
+  if (final_name) *final_name = filename.substr(0, at);
+  if (pid) *pid = value;
+  return true;
+}
 
 void torch_save(const std::string& path, const PyValue& object) {
   Pickler pickler(path);
   pickler.emit(object, "");
   const std::string pkl = pickler.finish();
 
-  io::AtomicWriter out(path);
-  std::string write_error;
+  DurableFile out(path);
   try {
-    // The zip writer calls back from C code: report failure by a short count, not a throw.
     caffe2::serialize::PyTorchStreamWriter zip([&](const void* buf, size_t n) -> size_t {
-      try {
-        out.write(buf, n);
-        return n;
-      } catch (const Error& e) {
-        write_error = e.what();
-        return 0;
-      }
+      out.write(buf, n);  // never throws: a failure is kept for commit()
+      return n;
     });
     zip.writeRecord("data.pkl", pkl.data(), pkl.size());
     zip.writeRecord("byteorder", "little", 6);
@@ -187,7 +315,7 @@ void torch_save(const std::string& path, const PyValue& object) {
       zip.writeRecord("data/" + s.key, s.owner.storage().data(), s.owner.storage().nbytes());
     zip.writeEndOfFile();
   } catch (const c10::Error& e) {
-    fail("cannot write {}: {}", path, write_error.empty() ? e.what_without_backtrace() : write_error);
+    fail("cannot save {}: {}", path, e.what_without_backtrace());
   }
   out.commit();
 }
