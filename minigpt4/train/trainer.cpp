@@ -60,6 +60,33 @@ std::optional<data::LoaderPosition> rank_data_position(const nlohmann::json& sav
   return data::LoaderPosition::from_json(per_rank ? saved.at("ranks").at(static_cast<size_t>(rank)) : saved);
 }
 
+// The seed of the global generator (dropout: LoRA's, Phi-2's) for one training step: a
+// function of the run's seed (with the rank) and the step alone, so that a run resumed at
+// step N draws the masks the uninterrupted run drew there (splitmix64's finaliser).
+uint64_t step_seed(int64_t seed, int64_t global_step) {
+  uint64_t x = static_cast<uint64_t>(seed) * 0x9E3779B97F4A7C15ULL + static_cast<uint64_t>(global_step) + 1;
+  x ^= x >> 30;
+  x *= 0xBF58476D1CE4E5B9ULL;
+  x ^= x >> 27;
+  x *= 0x94D049BB133111EBULL;
+  return x ^ (x >> 31);
+}
+
+// A run killed while appending to metrics.jsonl can leave its last line cut short; the
+// resumed run appends after a whole line.
+void drop_partial_last_line(const std::string& path) {
+  std::error_code ec;
+  const auto size = fs::file_size(path, ec);
+  if (ec || size == 0) return;
+  std::ifstream in(path, std::ios::binary);
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (text.empty() || text.back() == '\n') return;
+  const size_t keep = text.rfind('\n') == std::string::npos ? 0 : text.rfind('\n') + 1;
+  fs::resize_file(path, keep, ec);
+  if (ec) fail("cannot drop the cut-short last line of {}: {}", path, ec.message());
+  log::warn("{}: dropped a last line cut short by the run that was stopped", path);
+}
+
 double mean(const std::vector<double>& v) {
   double s = 0;
   for (double x : v) s += x;
@@ -133,11 +160,55 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
   std::ostringstream config_text;
   config_text << config.tree().dump(2);
 
+  if (accum > 1 && save_freq > 0 && save_freq % accum != 0 && group)
+    log::warn("run.save_freq ({}) is not a multiple of run.accum_grad_iters ({}): a step checkpoint inside an "
+              "accumulation window does not hold the other ranks' gradients, so a run resumed from one differs "
+              "slightly from an uninterrupted run",
+              save_freq, accum);
+
+  // Checkpoints left half-written by a killed run are never read (their names are not
+  // checkpoint names); rank 0, the one writer, frees their space.
+  if (rank == 0) remove_checkpoint_temporaries(output_dir);
+
   TrainingProgress progress;
   std::optional<data::LoaderPosition> data_position;
-  const std::string resume = config.get_string("run.resume_ckpt_path");
+  // run.resume_ckpt_path: latest resumes from the newest whole checkpoint of run.output_dir
+  // (damaged ones reported and passed over), or starts afresh when there is none yet; rank 0
+  // chooses, so that every rank loads the same file.
+  std::string resume = config.get_string("run.resume_ckpt_path");
+  const bool resume_latest = resume == "latest";
+  if (resume_latest) {
+    resume.clear();
+    if (rank == 0) resume = find_resumable_checkpoint(output_dir).value_or("");
+    if (group) resume = group->all_gather_strings("resume_latest", resume).at(0);
+    if (resume.empty())
+      log::info("run.resume_ckpt_path=latest: no checkpoint in {} yet; starting from the beginning", output_dir);
+  }
   if (!resume.empty()) {
-    progress = load_training_checkpoint(resume, *model, *optimizer, &scaler);
+    try {
+      progress = load_training_checkpoint(resume, *model, *optimizer, &scaler);
+    } catch (const Error& e) {
+      if (resume_latest) throw;
+      fail("run.resume_ckpt_path: {} (run.resume_ckpt_path=latest resumes from the newest checkpoint of {} that is "
+           "whole)",
+           e.what(), output_dir);
+    }
+    // A run stopped at an epoch's end, between its last step checkpoint and the epoch's own
+    // checkpoint or LoRA folders: write what it did not get to (the state is the loaded one).
+    if (rank == 0 && progress.iter >= schedule.iters_per_epoch) {
+      std::error_code ec;
+      const auto epoch_path = epoch_checkpoint_path(output_dir, progress.epoch);
+      if (fs::equivalent(fs::path(resume).parent_path(), output_dir, ec) && !fs::exists(epoch_path)) {
+        TrainingProgress p = progress;
+        p.config_text = config_text.str();
+        save_training_checkpoint(epoch_path, *model, *optimizer, &scaler, p);
+        log::info("saved {} (the epoch's end, which the stopped run did not get to write)", epoch_path);
+      }
+      if (!model_config.lora.empty()) {
+        const auto folder = (fs::path(output_dir) / fmt::format("lora_{}", progress.epoch)).string();
+        for (const auto& written : save_adapter_folders(*model, kTrainedAdapter, folder)) log::info("saved {}", written);
+      }
+    }
     std::string mismatch;
     data_position = rank_data_position(progress.data_position, rank, world_size, &mismatch);
     if (!mismatch.empty()) {
@@ -157,6 +228,7 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
   const bool main_process = rank == 0;
   const std::string metrics_path = (fs::path(output_dir) / "metrics.jsonl").string();
   std::optional<MetricsLog> metrics;
+  if (main_process && !resume.empty()) drop_partial_last_line(metrics_path);
   if (main_process) metrics.emplace(metrics_path, /*append=*/!resume.empty());
   ProgressBar bar(schedule.max_epoch, schedule.iters_per_epoch, log_freq);
   if (!options.interactive_progress) bar.set_interactive(false);
@@ -180,7 +252,10 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
     }
     if (main_process) {
       TrainingProgress p{epoch, iter, progress.global_step, data_positions, config_text.str()};
-      save_training_checkpoint(path, *model, *optimizer, &scaler, p);
+      // Inside an accumulation window the gradients so far are part of the state (one
+      // process only: other ranks' are not here). At an epoch's end the next epoch drops them.
+      const bool pending = iter % accum != 0 && iter < schedule.iters_per_epoch && !group;
+      save_training_checkpoint(path, *model, *optimizer, &scaler, p, /*with_gradients=*/pending);
       result.last_checkpoint = path;
       bar.break_line();
       log::info("saved {}", path);
@@ -190,8 +265,10 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
 
   for (int64_t epoch = progress.epoch; epoch < schedule.max_epoch; ++epoch) {
     if (options.stop_after_epochs >= 0 && epochs_run >= options.stop_after_epochs) break;
-    optimizer->zero_grad();
+    const bool resumed_inside_epoch = epoch == progress.epoch && progress.iter > 0;
+    if (!resumed_inside_epoch) optimizer->zero_grad();  // else: the checkpoint's accumulated gradients (or none)
     for (int64_t i = (epoch == progress.epoch ? progress.iter : 0); i < schedule.iters_per_epoch; ++i) {
+      torch::manual_seed(step_seed(seed, progress.global_step));
       const auto batch = loader.next();
       optimizer->set_lr(schedule.lr_at(epoch, i));
       // One prompt for the whole batch, as the original's random.choice; seeded by the
