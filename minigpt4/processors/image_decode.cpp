@@ -1,6 +1,9 @@
 #include "minigpt4/processors/image_decode.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/limits.h"
+#include "minigpt4/common/untrusted.h"
+#include "minigpt4/processors/image_header.h"
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -11,26 +14,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <sstream>
+#include <limits>
 
 namespace minigpt4 {
 namespace {
-
-bool starts_with(const std::string& s, const char* prefix, size_t n) {
-  return s.size() >= n && std::memcmp(s.data(), prefix, n) == 0;
-}
-
-// A name for the container from its magic bytes, only to make error messages useful; the
-// decoding itself is left to OpenCV, which also knows formats not listed here.
-std::string sniff_format(const std::string& b) {
-  if (starts_with(b, "\xFF\xD8\xFF", 3)) return "JPEG";
-  if (starts_with(b, "\x89PNG\r\n\x1A\n", 8)) return "PNG";
-  if (starts_with(b, "GIF87a", 6) || starts_with(b, "GIF89a", 6)) return "GIF";
-  if (starts_with(b, "BM", 2)) return "BMP";
-  if (b.size() >= 12 && starts_with(b, "RIFF", 4) && b.compare(8, 4, "WEBP") == 0) return "WebP";
-  if (starts_with(b, "II*\0", 4) || starts_with(b, "MM\0*", 4)) return "TIFF";
-  return "";
-}
 
 // libjpeg does not fail on a truncated JPEG: it warns on stderr ("Premature end of JPEG
 // file") and fills the missing part with gray, and OpenCV hands that image back. PIL
@@ -101,7 +88,8 @@ cv::Mat to_8bit_like_pil(const cv::Mat& image, const std::string& name) {
   return out;
 }
 
-cv::Mat to_rgb(const cv::Mat& image8, const std::string& name) {
+// Three channels are swapped in place (no second full-size copy of a large picture).
+cv::Mat to_rgb(cv::Mat image8, const std::string& name) {
   cv::Mat rgb;
   switch (image8.channels()) {
     case 1: cv::cvtColor(image8, rgb, cv::COLOR_GRAY2RGB); break;
@@ -111,7 +99,10 @@ cv::Mat to_rgb(const cv::Mat& image8, const std::string& name) {
       cv::cvtColor(gray, rgb, cv::COLOR_GRAY2RGB);
       break;
     }
-    case 3: cv::cvtColor(image8, rgb, cv::COLOR_BGR2RGB); break;
+    case 3:
+      cv::cvtColor(image8, image8, cv::COLOR_BGR2RGB);
+      rgb = image8;
+      break;
     case 4: cv::cvtColor(image8, rgb, cv::COLOR_BGRA2RGB); break;  // alpha dropped, not composited
     default: fail("cannot decode image {}: unsupported channel count {}", name, image8.channels());
   }
@@ -120,9 +111,27 @@ cv::Mat to_rgb(const cv::Mat& image8, const std::string& name) {
 
 }  // namespace
 
-at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& name) {
+at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& name_in) {
+  const std::string name = excerpt(name_in, 1024);  // names come from data files too
   if (bytes.empty()) fail("cannot decode image {}: the file is empty", name);
-  const std::string format = sniff_format(bytes);
+  if (static_cast<uint64_t>(bytes.size()) > static_cast<uint64_t>(kMaxEncodedImageBytes))
+    fail("cannot decode image {}: {} bytes of encoded data, more than the {} an image file may have", name,
+         bytes.size(), kMaxEncodedImageBytes);
+  // The header first: the size the decoder would allocate for is checked before decoding.
+  const ImageHeader header = read_image_header(bytes, name);
+  const std::string& format = header.format;
+  const int64_t max_pixels = input_limits().max_image_pixels;
+  if (header.width > max_pixels / header.height)  // width * height > max_pixels, without overflow
+    throw ImageTooLarge(fmt::format("cannot decode image {}: its {} header says {}x{} ({} pixels), more than the {} "
+                                    "an image may have (limits.max_image_pixels)", name, format, header.width,
+                                    header.height, header.width > std::numeric_limits<int64_t>::max() / header.height
+                                        ? std::numeric_limits<int64_t>::max()
+                                        : header.width * header.height,
+                                    max_pixels));
+  if (header.buffer_pixels > max_pixels)
+    throw ImageTooLarge(fmt::format("cannot decode image {}: its {} header declares tiles or strips of {} pixels, more "
+                                    "than the {} an image may have (limits.max_image_pixels)", name, format,
+                                    header.buffer_pixels, max_pixels));
   if (format == "JPEG" && !jpeg_has_eoi(bytes))
     fail("cannot decode image {}: truncated JPEG data (ends before the end-of-image marker, {} bytes)",
          name, bytes.size());
@@ -138,31 +147,42 @@ at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& n
     fail("cannot decode image {}: OpenCV failed: {}", name, e.what());
   }
   if (image.empty()) {
-    if (format.empty())
-      fail("cannot decode image {}: not an image in a format this build can read ({} bytes, "
-           "unrecognised header)",
-           name, bytes.size());
     if (format == "GIF")
       fail("cannot decode image {}: GIF is not supported by this build's decoder (OpenCV imgcodecs)", name);
     fail("cannot decode image {}: corrupt or truncated {} data ({} bytes)", name, format, bytes.size());
   }
   if (image.dims != 2 || image.rows <= 0 || image.cols <= 0)
     fail("cannot decode image {}: decoder returned no 2-D image", name);
+  if (image.rows != header.height || image.cols != header.width)
+    fail("cannot decode image {}: the {} header says {}x{} but the data decodes to {}x{}", name, format, header.width,
+         header.height, image.cols, image.rows);
 
   cv::Mat rgb = to_rgb(to_8bit_like_pil(image, name), name);
+  image.release();
   if (!rgb.isContinuous()) rgb = rgb.clone();  // from_blob needs one dense block
-  return torch::from_blob(rgb.data, {rgb.rows, rgb.cols, 3}, torch::kUInt8).clone();
+  // The tensor owns the Mat's pixels (no copy): a picture at the pixel limit is ~268 MB.
+  auto* owner = new cv::Mat(rgb);
+  return torch::from_blob(
+      owner->data, {owner->rows, owner->cols, 3}, [owner](void*) { delete owner; },
+      torch::TensorOptions().dtype(torch::kUInt8));
 }
 
 at::Tensor decode_image_rgb(const std::string& path) {
+  const std::string name = excerpt(path, 1024);
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail("cannot read image {}: it is a directory", path);
+  if (std::filesystem::is_directory(path, ec)) fail("cannot read image {}: it is a directory", name);
   std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open image file {}: {}", path, std::strerror(errno));
-  std::ostringstream contents;
-  contents << in.rdbuf();
-  if (in.bad()) fail("cannot read image file {}: read error", path);
-  return decode_image_rgb_bytes(contents.str(), path);
+  if (!in) fail("cannot open image file {}: {}", name, std::strerror(errno));
+  in.seekg(0, std::ios::end);
+  const auto size = static_cast<int64_t>(in.tellg());
+  if (size < 0) fail("cannot read image file {}: cannot tell its size", name);
+  if (size > kMaxEncodedImageBytes)
+    fail("cannot decode image {}: the file is {} bytes, more than the {} an image file may have", name, size,
+         kMaxEncodedImageBytes);
+  std::string contents(static_cast<size_t>(size), '\0');
+  in.seekg(0);
+  if (!in.read(contents.data(), size)) fail("cannot read image file {}: read error", name);
+  return decode_image_rgb_bytes(contents, path);
 }
 
 }  // namespace minigpt4
