@@ -2,6 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/io/pickle.h"
 #include "minigpt4/processors/caption_processor.h"
 
@@ -102,14 +103,10 @@ std::string remove_all(std::string s, const std::string& what) {
 
 // ---- reading annotations; every error names the file and, for an entry, its index
 
+// Size-capped (limits.max_text_file_bytes) and depth-limited (limits.max_json_depth): the
+// errors name the dataset, the file and the byte offset.
 json read_json(const std::string& path, const std::string& dataset) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("dataset '{}': cannot open the annotation file {}", dataset, path);
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail("dataset '{}': {} is not valid JSON: {}", dataset, path, e.what());
-  }
+  return read_json_file(path, fmt::format("dataset '{}': annotation file", dataset));
 }
 
 struct Where {
@@ -119,7 +116,7 @@ struct Where {
 };
 
 [[noreturn]] void bad_entry(const Where& w, const json& e, const std::string& what) {
-  fail("dataset '{}': {}: {} {} (got {})", w.dataset, w.file, w.entry, what, e.dump().substr(0, 200));
+  fail("dataset '{}': {}: {} {} (got {})", w.dataset, w.file, w.entry, what, describe_json(e, 200));
 }
 
 const json& field(const json& e, const char* key, const Where& w) {
@@ -166,8 +163,17 @@ json entry_list(const json& j, const std::string& file, const std::string& datas
   fail("dataset '{}': {} is not a list of entries (expected {})", dataset, file, expected);
 }
 
-std::string join_path(const std::string& root, const std::string& relative) {
-  return (fs::path(root) / relative).string();
+// A file name from an annotation, under its root: absolute names, '..' and NUL bytes are
+// refused with an Error naming the dataset, the file and the entry (common/untrusted.h).
+std::string join_path(const std::string& root, const std::string& relative, const std::string& what) {
+  if (relative.size() > kMaxFileNameBytes)
+    fail("{}: the file name is {} bytes ('{}'), more than the {} a path may have", what, relative.size(),
+         excerpt(relative), kMaxFileNameBytes);
+  return confined_path(root, relative, what).string();
+}
+
+std::string join_path(const std::string& root, const std::string& relative, const Where& w) {
+  return join_path(root, relative, fmt::format("dataset '{}': {}: {} image", w.dataset, w.file, w.entry));
 }
 
 std::string base_name(const std::string& path) {
@@ -245,7 +251,7 @@ std::unique_ptr<InstructionSource> llava_single(const DatasetSpec& spec) {
   for (size_t i = 0; i < list.size(); ++i) {
     const Where w{spec.name, file, "entry " + std::to_string(i)};
     const Turns t = conversation_turns(list[i], w);
-    entries.push_back({join_path(spec.image_root, "COCO_train2014_" + id_field(list[i], "id", w) + ".jpg"),
+    entries.push_back({join_path(spec.image_root, "COCO_train2014_" + id_field(list[i], "id", w) + ".jpg", w),
                        blip_caption(first_question(t.values[0]), spec.max_words), t.values[1]});
   }
   return std::make_unique<EntryListSource>(std::move(entries),
@@ -289,7 +295,7 @@ std::unique_ptr<InstructionSource> llava_conversation(const DatasetSpec& spec) {
       if (k % 2 == 1) ins.answers.push_back(t.values[k]);
       else ins.questions.push_back(t.values[k] + " ");
     }
-    images.push_back(join_path(spec.image_root, "COCO_train2014_" + id_field(list[i], "id", w) + ".jpg"));
+    images.push_back(join_path(spec.image_root, "COCO_train2014_" + id_field(list[i], "id", w) + ".jpg", w));
     turns.push_back(std::move(ins));
   }
   return std::make_unique<ConversationSource>(std::move(images), std::move(turns));
@@ -326,7 +332,7 @@ std::unique_ptr<InstructionSource> flickr(const DatasetSpec& spec) {
   for (size_t i = 0; i < list.size(); ++i) {
     const Where w{spec.name, file, "entry " + std::to_string(i)};
     const json& e = list[i];
-    Entry entry{join_path(spec.image_root, id_field(e, "image_id", w) + ".jpg"), "", ""};
+    Entry entry{join_path(spec.image_root, id_field(e, "image_id", w) + ".jpg", w), "", ""};
     if (spec.name == "flickr_grounded_caption") {
       entry.b = text_field(e, "grounded_caption", w);
     } else if (spec.name == "flickr_CaptionToPhrase") {
@@ -365,7 +371,7 @@ std::unique_ptr<InstructionSource> textcaps(const DatasetSpec& spec) {
   for (size_t i = 0; i < j["data"].size(); ++i) {
     const Where w{spec.name, file, "data entry " + std::to_string(i)};
     const json& e = j["data"][i];
-    entries.push_back({join_path(spec.image_root, id_field(e, "image_id", w) + ".jpg"), "",
+    entries.push_back({join_path(spec.image_root, id_field(e, "image_id", w) + ".jpg", w), "",
                        blip_caption(text_field(e, "caption_str", w), spec.max_words)});
   }
   return caption_source(std::move(entries));
@@ -380,7 +386,7 @@ std::unique_ptr<InstructionSource> coco_caption(const DatasetSpec& spec) {
       const Where w{spec.name, file, "entry " + std::to_string(i)};
       const std::string image = text_field(list[i], "image", w);
       if (image.find("train") == std::string::npos) continue;
-      entries.push_back({join_path(spec.image_root, base_name(image)), "",
+      entries.push_back({join_path(spec.image_root, base_name(image), w), "",
                          blip_caption(text_field(list[i], "caption", w), spec.max_words)});
     }
   }
@@ -426,7 +432,7 @@ std::unique_ptr<InstructionSource> vqa(const DatasetSpec& spec) {
       const json& e = list[i];
       const std::string image = text_field(e, "image", w);
       VqaEntry entry;
-      entry.image = join_path(spec.image_root, gqa ? image : base_name(image));
+      entry.image = join_path(spec.image_root, gqa ? image : base_name(image), w);
       // aok_vqa runs the text processor twice on its question; it changes nothing the second time.
       entry.question = blip_caption(text_field(e, "question", w), spec.max_words);
       if (gqa) entry.answers = {text_field(e, answer_key, w)};
@@ -455,7 +461,7 @@ std::unique_ptr<InstructionSource> ocrvqa(const DatasetSpec& spec) {
   if (!j.is_object()) fail("dataset '{}': {} is not OCR-VQA's dataset.json (an object of books)", spec.name, file);
   std::vector<VqaEntry> entries;
   for (const auto& [key, book] : j.items()) {
-    const Where w{spec.name, file, "book \"" + key + "\""};
+    const Where w{spec.name, file, "book \"" + excerpt(key, 100) + "\""};
     const json& split = field(book, "split", w);
     if (!split.is_number_integer()) bad_entry(w, book, "needs an integer \"split\"");
     if (split.get<int64_t>() != 1) continue;
@@ -466,7 +472,7 @@ std::unique_ptr<InstructionSource> ocrvqa(const DatasetSpec& spec) {
     const auto questions = text_list(book, "questions", w), answers = text_list(book, "answers", w);
     if (questions.size() != answers.size()) bad_entry(w, book, "has a different number of questions and answers");
     for (size_t k = 0; k < questions.size(); ++k)
-      entries.push_back({join_path(spec.image_root, key + ext), blip_caption(questions[k], spec.max_words),
+      entries.push_back({join_path(spec.image_root, key + ext, w), blip_caption(questions[k], spec.max_words),
                          {blip_caption(answers[k], spec.max_words)}});
   }
   if (entries.empty()) fail("dataset '{}': {} holds no training question (split 1)", spec.name, file);
@@ -554,10 +560,11 @@ std::unique_ptr<InstructionSource> refcoco(const DatasetSpec& spec) {
     boxes[id.get<int64_t>()] = json_box(field(a, "bbox", w), w, a);
   }
 
-  std::ifstream in(refs_file, std::ios::binary);
-  if (!in) fail("dataset '{}': cannot open {} (REFER's refs file: build_info.ann_path/<dataset>/refs(<splitBy>).p)",
-                spec.name, refs_file);
-  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::error_code ec;
+  if (!fs::is_regular_file(refs_file, ec))
+    fail("dataset '{}': cannot open {} (REFER's refs file: build_info.ann_path/<dataset>/refs(<splitBy>).p)",
+         spec.name, refs_file);
+  const std::string bytes = read_text_file(refs_file, fmt::format("dataset '{}': REFER's refs file", spec.name));
   const auto refs = io::pickle::unpickle(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size(), {}, refs_file);
   if (!refs->is(io::pickle::Value::Kind::List)) fail("dataset '{}': {} does not hold a list of refs", spec.name, refs_file);
 
@@ -575,7 +582,8 @@ std::unique_ptr<InstructionSource> refcoco(const DatasetSpec& spec) {
     const auto box = boxes.find(*ann_id);
     if (box == boxes.end()) bad(fmt::format("names ann_id {}, which {} does not hold", *ann_id, instances_file));
     Referent r;
-    r.image = join_path(spec.image_root, fmt::format("COCO_train2014_{:012d}.jpg", *image_id));
+    r.image = join_path(spec.image_root, fmt::format("COCO_train2014_{:012d}.jpg", *image_id),
+                        fmt::format("dataset '{}': {}: ref {} image", spec.name, refs_file, i));
     r.box = box->second;
     const auto* sentences = dict_get(ref, "sentences");
     if (sentences && sentences->is(io::pickle::Value::Kind::List))
@@ -608,7 +616,7 @@ std::unique_ptr<InstructionSource> refvg(const DatasetSpec& spec) {
       const std::string url = text_field(e, "url", w);
       const size_t last = url.rfind('/');
       const size_t before = last == std::string::npos || last == 0 ? std::string::npos : url.rfind('/', last - 1);
-      images[id.get<int64_t>()] = join_path(root, before == std::string::npos ? url : url.substr(before + 1));
+      images[id.get<int64_t>()] = join_path(root, before == std::string::npos ? url : url.substr(before + 1), w);
     }
   }
   const json list = entry_list(read_json(region_file, spec.name), region_file, spec.name, "[{\"id\", \"regions\"}]");
@@ -716,7 +724,7 @@ StreamRecord InstructionStream::next() {
   if (rec.has_image && !fs::is_regular_file(rec.image_path, ec)) {
     rec.skipped = true;
     rec.reason = SkipReason::MissingImage;
-    rec.detail = "no such file";
+    rec.detail = ec && ec != std::errc::no_such_file_or_directory ? "cannot read it: " + ec.message() : "no such file";
   }
   return rec;
 }

@@ -25,7 +25,14 @@ namespace {
 
 // A dataset whose stream yields this many unusable records in a row has, in practice, no
 // usable data (e.g. every image corrupt); stop with the report instead of spinning forever.
+// A smaller dataset stops sooner: after one whole pass that gave no usable sample (the
+// next pass would read, parse and decode the same records again).
 constexpr uint64_t kMaxUnusableInARow = 10000;
+
+// Encoded image bytes a dataset's records may hold while they wait for a worker (besides
+// the record at the front, which is always taken): with members up to
+// limits.max_tar_member_bytes, the window alone could otherwise hold tens of GB.
+constexpr size_t kMaxPendingImageBytes = size_t(256) << 20;
 
 // blip2_image_train or blip2_image_eval, shared read-only by the workers.
 struct ImageTransform {
@@ -42,6 +49,7 @@ struct ImageTransform {
 struct Decoded {
   at::Tensor image;   // undefined when decoding failed
   std::string error;
+  bool too_large = false;   // the image is over limits.max_image_pixels
   bool bad_box = false;     // the image decoded, but the record's box lies outside it
   Instruction instruction;  // a record with a box: its turns with the box written in
 };
@@ -70,6 +78,11 @@ Decoded decode(const std::string& bytes, const std::string& path, const std::str
     }
     out.image = transform(rgb, crop_seed);
     return out;
+  } catch (const ImageTooLarge& e) {
+    Decoded out;
+    out.error = e.what();
+    out.too_large = true;
+    return out;
   } catch (const std::exception& e) {
     Decoded out;
     out.error = e.what();
@@ -80,6 +93,7 @@ Decoded decode(const std::string& bytes, const std::string& path, const std::str
 struct Pending {
   StreamRecord record;  // without the image bytes, which went to the job
   std::future<Decoded> result;  // not valid for skip notes
+  size_t image_bytes = 0;  // the size of the bytes that went to the job
 };
 
 struct DatasetState {
@@ -91,6 +105,12 @@ struct DatasetState {
   uint64_t records_read = 0;
   LoaderPosition::PerDataset position;
   uint64_t unusable_in_a_row = 0;
+  size_t pending_bytes = 0;  // encoded image bytes of `pending`
+  // The pass of the last record taken out of `pending`, whether that pass was seen from
+  // its first record, and how many usable samples it gave so far.
+  uint64_t watched_pass = 0;
+  bool watched_from_start = true;
+  uint64_t watched_usable = 0;
 };
 
 std::unique_ptr<SampleStream> make_stream(const DatasetSpec& spec, const LoaderOptions& opt) {
@@ -148,6 +168,7 @@ struct DataLoader::Impl {
   size_t choose_dataset();
   void fill(DatasetState& ds);
   void note_unusable(DatasetState& ds);
+  void watch_pass(DatasetState& ds, uint64_t pass);
   Produced produce();
   void fast_forward(const LoaderPosition& pos);
   LoaderPosition snapshot() const;
@@ -217,13 +238,20 @@ size_t DataLoader::Impl::choose_dataset() {
   return 0;
 }
 
-// Keeps `window` records of this dataset taken from its stream and their decoding queued.
+// Keeps `window` records of this dataset taken from its stream and their decoding queued,
+// but no more than kMaxPendingImageBytes of encoded images, and nothing beyond the pass
+// after the oldest pending record's (a dataset of a few samples would otherwise be read
+// and parsed window / size times over before its first record is even looked at).
 void DataLoader::Impl::fill(DatasetState& ds) {
-  while (ds.pending.size() < window) {
+  while (ds.pending.size() < window &&
+         (ds.pending.empty() || (ds.pending_bytes < kMaxPendingImageBytes &&
+                                 ds.pending.back().record.pass <= ds.pending.front().record.pass + 1))) {
     Pending p;
     p.record = ds.stream->next();
     const uint64_t index = ds.records_read++;
     if (!p.record.skipped && p.record.has_image) {
+      p.image_bytes = p.record.image_bytes.size();
+      ds.pending_bytes += p.image_bytes;
       std::optional<PendingBox> box;
       if (p.record.box) box = PendingBox{*p.record.box, std::move(p.record.instruction)};
       auto task = std::make_shared<std::packaged_task<Decoded()>>(
@@ -245,6 +273,19 @@ void DataLoader::Impl::note_unusable(DatasetState& ds) {
          ds.unusable_in_a_row, format_data_report(running_stats));
 }
 
+// Called with each record's pass as it is taken: when a new pass begins, the one before
+// it, if seen whole, must have given a usable sample.
+void DataLoader::Impl::watch_pass(DatasetState& ds, uint64_t pass) {
+  if (pass == ds.watched_pass) return;
+  if (ds.watched_from_start && ds.watched_usable == 0)
+    fail("dataset '{}': {} samples in a row could not be used, a whole pass (pass {}) over its data; is the data "
+         "there and readable?\n{}", ds.spec.name, ds.unusable_in_a_row, ds.watched_pass,
+         format_data_report(running_stats));
+  ds.watched_pass = pass;
+  ds.watched_from_start = true;
+  ds.watched_usable = 0;
+}
+
 Produced DataLoader::Impl::produce() {
   DatasetState& ds = datasets[choose_dataset()];
   std::vector<Sample> samples;
@@ -252,8 +293,10 @@ Produced DataLoader::Impl::produce() {
     fill(ds);
     Pending p = std::move(ds.pending.front());
     ds.pending.pop_front();
+    ds.pending_bytes -= p.image_bytes;
     ++ds.position.records;
     ds.position.pass = p.record.pass;
+    watch_pass(ds, p.record.pass);
     if (p.record.skipped) {
       running_stats.record_skip(ds.spec.name, p.record.reason, p.record.source, p.record.detail);
       note_unusable(ds);
@@ -261,12 +304,16 @@ Produced DataLoader::Impl::produce() {
     }
     Decoded d = p.record.has_image ? p.result.get() : Decoded{};
     if (p.record.has_image && !d.image.defined()) {
-      running_stats.record_skip(ds.spec.name, d.bad_box ? SkipReason::BadBox : SkipReason::CorruptImage,
+      running_stats.record_skip(ds.spec.name,
+                                d.bad_box     ? SkipReason::BadBox
+                                : d.too_large ? SkipReason::TooLarge
+                                              : SkipReason::CorruptImage,
                                 p.record.source, d.error);
       note_unusable(ds);
       continue;
     }
     ds.unusable_in_a_row = 0;
+    ++ds.watched_usable;
     samples.push_back({std::move(d.image), std::move(p.record.caption), std::move(p.record.source),
                        p.record.box ? std::move(d.instruction) : std::move(p.record.instruction)});
   }
@@ -314,6 +361,9 @@ void DataLoader::Impl::fast_forward(const LoaderPosition& pos) {
     for (uint64_t i = 0; i < it->second.records; ++i) ds.stream->next();
     ds.records_read = it->second.records;
     ds.position = it->second;
+    // The saved pass was seen from its start only if nothing of it had been read yet.
+    ds.watched_pass = it->second.pass;
+    ds.watched_from_start = it->second.records == 0;
   }
   for (uint64_t i = 0; i < pos.batches; ++i) choose_dataset();
   batches = pos.batches;

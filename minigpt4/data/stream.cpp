@@ -13,6 +13,7 @@ const char* skip_reason_name(SkipReason reason) {
     case SkipReason::NoCaption: return "no caption";
     case SkipReason::BadShard: return "unreadable shard";
     case SkipReason::BadBox: return "box outside the image";
+    case SkipReason::TooLarge: return "too large";
   }
   return "?";
 }

@@ -24,8 +24,9 @@ enum class SkipReason {
   NoCaption,     // the sample has no txt file and no json with a "caption" string
   BadShard,      // the tar could not be opened or read to its end (the rest of it is lost)
   BadBox,        // a box of the annotation lies outside its decoded image
+  TooLarge,      // a tar member over limits.max_tar_member_bytes, or an image over limits.max_image_pixels
 };
-inline constexpr int kSkipReasonCount = 6;
+inline constexpr int kSkipReasonCount = 7;
 const char* skip_reason_name(SkipReason reason);  // "corrupt image", ...
 
 struct StreamRecord {
@@ -45,6 +46,11 @@ struct StreamRecord {
   // replaces kBoxSlot in the questions and answers.
   std::optional<std::array<double, 4>> box;
 };
+
+// A file name taken from a data file (an image_id, an annotation's image field) may be at
+// most this long (PATH_MAX); longer is refused by name instead of the OS's bare
+// "File name too long".
+inline constexpr size_t kMaxFileNameBytes = 4096;
 
 // Where a record's text awaits its box (a control character no annotation text holds).
 inline constexpr const char* kBoxSlot = "\x1e<box>\x1e";

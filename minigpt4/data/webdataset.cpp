@@ -1,6 +1,9 @@
 #include "minigpt4/data/webdataset.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/limits.h"
+#include "minigpt4/common/log.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/processors/caption_processor.h"
 
 #include <archive.h>
@@ -9,6 +12,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 
 namespace minigpt4::data {
 
@@ -30,12 +34,25 @@ const std::string* TarSample::find(const std::string& extension) const {
 
 // ---- TarShardReader
 
-TarShardReader::TarShardReader(std::string path) : path_(std::move(path)) {
+TarShardReader::TarShardReader(std::string path) : path_(std::move(path)) { open_archive(); }
+
+TarShardReader::TarShardReader(std::string name, std::string bytes)
+    : path_(std::move(name)), memory_(std::move(bytes)), in_memory_(true) {
+  open_archive();
+}
+
+std::unique_ptr<TarShardReader> TarShardReader::from_bytes(std::string bytes, std::string name) {
+  return std::unique_ptr<TarShardReader>(new TarShardReader(std::move(name), std::move(bytes)));
+}
+
+void TarShardReader::open_archive() {
   archive_ = archive_read_new();
-  if (!archive_) fail("{}: cannot allocate a libarchive reader", path_);
+  if (!archive_) fail("shard {}: cannot allocate a libarchive reader", path_);
   archive_read_support_format_tar(archive_);
   archive_read_support_filter_gzip(archive_);
-  if (archive_read_open_filename(archive_, path_.c_str(), 1 << 16) != ARCHIVE_OK) fail_archive("cannot open the tar");
+  const int rc = in_memory_ ? archive_read_open_memory(archive_, memory_.data(), memory_.size())
+                            : archive_read_open_filename(archive_, path_.c_str(), 1 << 16);
+  if (rc != ARCHIVE_OK) fail_archive("cannot open the tar");
 }
 
 TarShardReader::~TarShardReader() {
@@ -44,10 +61,22 @@ TarShardReader::~TarShardReader() {
 
 void TarShardReader::fail_archive(const std::string& what) {
   const char* why = archive_ ? archive_error_string(archive_) : nullptr;
-  fail("shard {}: {}: {}", path_, what, why ? why : "unknown libarchive error");
+  fail("shard {}: {}: {}", path_, what, why ? excerpt(why, 200) : std::string("unknown libarchive error"));
 }
 
-bool TarShardReader::read_entry() {
+// The tar stream (after gunzip) may not exceed limits.max_decompressed_bytes; `more` is
+// what is about to be read or skipped, so a member declared past the limit is refused
+// before libarchive inflates it.
+void TarShardReader::check_decompressed(int64_t more) {
+  const int64_t limit = input_limits().max_decompressed_bytes;
+  const la_int64_t so_far = archive_filter_bytes(archive_, 0);
+  if (so_far > limit || (more > 0 && more > limit - std::max<int64_t>(so_far, 0)))
+    fail("shard {}: the tar holds more than {} bytes (after decompression), the limit limits.max_decompressed_bytes",
+         path_, limit);
+}
+
+bool TarShardReader::read_entry(const std::string* sample_key, int64_t sample_bytes, size_t sample_files) {
+  const int64_t member_limit = input_limits().max_tar_member_bytes;
   while (!at_end_) {
     archive_entry* entry = nullptr;
     const int rc = archive_read_next_header(archive_, &entry);
@@ -56,37 +85,89 @@ bool TarShardReader::read_entry() {
       break;
     }
     if (rc < ARCHIVE_WARN) fail_archive("corrupt or truncated tar (reading an entry header)");
+    check_decompressed();
     if (archive_entry_filetype(entry) != AE_IFREG) continue;
     const char* name = archive_entry_pathname(entry);
     if (!name) name = archive_entry_pathname_utf8(entry);
-    auto key_ext = name ? split_sample_name(name) : std::nullopt;
-    if (!key_ext) continue;  // libarchive skips the unread data on the next header call
-    std::string bytes;
-    if (archive_entry_size_is_set(entry) && archive_entry_size(entry) > 0)
-      bytes.reserve(static_cast<size_t>(archive_entry_size(entry)));
-    char chunk[1 << 16];
-    while (true) {
-      const la_ssize_t n = archive_read_data(archive_, chunk, sizeof chunk);
-      if (n == 0) break;
-      if (n < 0) fail_archive(fmt::format("corrupt or truncated tar (reading '{}')", name));
-      bytes.append(chunk, static_cast<size_t>(n));
+    if (!name) continue;
+    const size_t name_length = std::strlen(name);
+    Member m;
+    if (name_length > kMaxTarMemberNameBytes) {
+      // Its own sample, named by a bounded excerpt; its data is never read.
+      m.key = excerpt(std::string_view(name, name_length), 200);
+      m.extension = "?";
+      m.refused = fmt::format("a member's name is {} bytes, more than the {} a member name may have", name_length,
+                              kMaxTarMemberNameBytes);
+      pending_.emplace(std::move(m));
+      return true;
     }
-    pending_.emplace(std::move(key_ext->first), std::make_pair(std::move(key_ext->second), std::move(bytes)));
+    auto key_ext = split_sample_name(name);
+    if (!key_ext) continue;  // libarchive skips the unread data on the next header call
+    m.key = std::move(key_ext->first);
+    m.extension = std::move(key_ext->second);
+    const bool same_sample = sample_key && *sample_key == m.key;
+    const int64_t held = same_sample ? sample_bytes : 0;
+    const int64_t declared = archive_entry_size_is_set(entry) ? archive_entry_size(entry) : -1;
+    if (declared > 0) check_decompressed(declared);
+    if (same_sample && sample_files >= kMaxFilesPerSample) {
+      m.refused = fmt::format("more than {} members share the key '{}'", kMaxFilesPerSample, excerpt(m.key, 100));
+    } else if (declared > member_limit) {
+      m.refused = fmt::format("'{}' is {} bytes, more than the {} a member may have (limits.max_tar_member_bytes)",
+                              excerpt(name, 200), declared, member_limit);
+    } else if (declared > member_limit - held) {
+      m.refused = fmt::format("'{}' ({} bytes) would bring its sample's files to {} bytes, more than the {} a sample may "
+                              "hold (limits.max_tar_member_bytes)", excerpt(name, 200), declared, held + declared,
+                              member_limit);
+    }
+    if (m.refused.empty()) {
+      // Reserve what the header declares, but not more than a modest start: a truncated
+      // tar may declare far more than it holds.
+      if (declared > 0) m.bytes.reserve(static_cast<size_t>(std::min<int64_t>(declared, int64_t(8) << 20)));
+      char chunk[1 << 16];
+      while (true) {
+        const la_ssize_t n = archive_read_data(archive_, chunk, sizeof chunk);
+        if (n == 0) break;
+        if (n < 0) fail_archive(fmt::format("corrupt or truncated tar (reading '{}')", excerpt(name, 200)));
+        if (static_cast<int64_t>(m.bytes.size()) + n > member_limit - held) {  // larger than it said
+          m.bytes.clear();
+          m.bytes.shrink_to_fit();
+          m.refused = fmt::format("'{}' holds more than the {} bytes a member (or sample) may have "
+                                  "(limits.max_tar_member_bytes)", excerpt(name, 200), member_limit - held);
+          break;
+        }
+        m.bytes.append(chunk, static_cast<size_t>(n));
+      }
+      check_decompressed();
+    }
+    if (!m.refused.empty() && archive_read_data_skip(archive_) < ARCHIVE_WARN)
+      fail_archive(fmt::format("corrupt or truncated tar (skipping '{}')", excerpt(name, 200)));
+    pending_.emplace(std::move(m));
     return true;
   }
   return false;
 }
 
 std::optional<TarSample> TarShardReader::next() {
-  if (!pending_ && !read_entry()) return std::nullopt;
+  if (!pending_ && !read_entry(nullptr, 0, 0)) return std::nullopt;
   TarSample sample;
-  sample.key = std::move(pending_->first);
-  sample.files.push_back(std::move(pending_->second));
+  int64_t sample_bytes = 0;
+  auto take = [&](Member& m) {
+    if (!m.refused.empty()) {
+      if (sample.refused.size() < 20) sample.refused.push_back(std::move(m.refused));
+    } else {
+      sample_bytes += static_cast<int64_t>(m.bytes.size());
+      sample.files.emplace_back(std::move(m.extension), std::move(m.bytes));
+    }
+  };
+  sample.key = std::move(pending_->key);
+  take(*pending_);
   pending_.reset();
-  while (read_entry()) {
-    if (pending_->first != sample.key) break;  // the next sample's first file: kept for the next call
-    sample.files.push_back(std::move(pending_->second));
+  size_t members = 1;
+  while (read_entry(&sample.key, sample_bytes, members)) {
+    if (pending_->key != sample.key) break;  // the next sample's first file: kept for the next call
+    take(*pending_);
     pending_.reset();
+    ++members;
   }
   return sample;
 }
@@ -106,10 +187,19 @@ WebDatasetPick pick_image_and_caption(const TarSample& sample) {
     return pick;
   }
   if (const std::string* json_text = sample.find("json")) {
-    const auto j = nlohmann::json::parse(*json_text, nullptr, /*allow_exceptions=*/false);
-    if (j.is_object() && j.contains("caption") && j["caption"].is_string()) {
-      pick.caption = j["caption"].get<std::string>();
-      return pick;
+    // Depth-limited; a json that does not parse (or nests too deep) is no caption, and the
+    // txt file is the fallback, as for a json without a "caption" string.
+    nlohmann::json j;
+    try {
+      j = parse_json(*json_text, sample.key + ".json");
+    } catch (const Error&) {
+    }
+    if (j.is_object()) {
+      const auto it = j.find("caption");
+      if (it != j.end() && it->is_string()) {
+        pick.caption = std::move(it->get_ref<std::string&>());
+        return pick;
+      }
     }
   }
   if (const std::string* txt = sample.find("txt")) {
@@ -122,11 +212,25 @@ WebDatasetPick pick_image_and_caption(const TarSample& sample) {
 
 namespace {
 
-// "jpg, json" -- what a skipped sample did hold, so a wrong layout is obvious in the report.
+// "jpg, json" -- what a skipped sample did hold, so a wrong layout is obvious in the report
+// (the first few, each cut short: a sample may hold a thousand files with long names).
 std::string describe_files(const TarSample& sample) {
+  constexpr size_t kShown = 10;
   std::string out;
-  for (const auto& [ext, bytes] : sample.files) out += (out.empty() ? "" : ", ") + ext;
-  return out;
+  for (size_t i = 0; i < sample.files.size() && i < kShown; ++i)
+    out += (out.empty() ? "" : ", ") + excerpt(sample.files[i].first, 40);
+  if (sample.files.size() > kShown) out += fmt::format(", ... ({} files)", sample.files.size());
+  return out.empty() ? "no files" : out;
+}
+
+StreamRecord bad_shard(const std::string& why, const std::string& shard, uint64_t pass) {
+  StreamRecord rec;
+  rec.skipped = true;
+  rec.reason = SkipReason::BadShard;
+  rec.detail = why;
+  rec.source = shard;
+  rec.pass = pass;
+  return rec;
 }
 
 }  // namespace
@@ -155,6 +259,8 @@ void WebDatasetStream::start_pass() {
   }
   next_shard_ = 0;
   pass_records_ = 0;
+  pass_usable_ = 0;
+  pass_first_skip_.clear();
   sample_counter_ = 0;
   pass_started_ = true;
 }
@@ -169,6 +275,10 @@ StreamRecord WebDatasetStream::read_record() {
           fail("dataset '{}': a whole pass over its {} shard(s) (rank {} of {}) found no samples; expected "
                "webdataset tars holding files like 000000001.jpg + 000000001.json or .txt",
                opt_.name, pass_shards_.size(), opt_.rank, opt_.world_size);
+        if (pass_usable_ == 0)
+          fail("dataset '{}': a whole pass over its {} shard(s) (rank {} of {}) found no usable sample: all {} were "
+               "skipped (the first: {}); the next pass would read the same",
+               opt_.name, pass_shards_.size(), opt_.rank, opt_.world_size, pass_records_, pass_first_skip_);
         ++pass_;
         start_pass();
       }
@@ -176,8 +286,7 @@ StreamRecord WebDatasetStream::read_record() {
       try {
         reader_ = std::make_unique<TarShardReader>(shard);
       } catch (const Error& e) {
-        ++pass_records_;
-        return {true, SkipReason::BadShard, e.what(), shard, {}, {}, {}, pass_};
+        return note_skip(bad_shard(e.what(), shard, pass_));
       }
     }
     std::optional<TarSample> sample;
@@ -186,19 +295,29 @@ StreamRecord WebDatasetStream::read_record() {
     } catch (const Error& e) {
       const std::string shard = reader_->path();
       reader_.reset();
-      ++pass_records_;
-      return {true, SkipReason::BadShard, e.what(), shard, {}, {}, {}, pass_};
+      return note_skip(bad_shard(e.what(), shard, pass_));
     }
     if (!sample) {
       reader_.reset();
       continue;
     }
     if (split_by_sample && sample_counter_++ % opt_.world_size != static_cast<uint64_t>(opt_.rank)) continue;
-    ++pass_records_;
 
     StreamRecord rec;
     rec.source = reader_->path() + ":" + sample->key;
     rec.pass = pass_;
+    if (!sample->refused.empty()) {
+      rec.skipped = true;
+      rec.reason = SkipReason::TooLarge;
+      rec.detail = sample->refused.front();
+      if (sample->refused.size() > 1) rec.detail += fmt::format(" (and {} more)", sample->refused.size() - 1);
+      constexpr uint64_t kWarned = 10;  // then only the data report counts them
+      if (too_large_warnings_++ < kWarned)
+        log::warn("dataset '{}': skipped {}: {}{}", opt_.name, excerpt(rec.source, 300), rec.detail,
+                  too_large_warnings_ == kWarned ? " (further samples too large are only counted in the data report)"
+                                                 : "");
+      return note_skip(std::move(rec));
+    }
     WebDatasetPick pick = pick_image_and_caption(*sample);
     if (pick.skip) {
       rec.skipped = true;
@@ -206,8 +325,10 @@ StreamRecord WebDatasetStream::read_record() {
       rec.detail = *pick.skip == SkipReason::NoImage
                        ? "expected a jpg, jpeg, png or webp file; found " + describe_files(*sample)
                        : "expected a txt file or a json with a \"caption\" string; found " + describe_files(*sample);
-      return rec;
+      return note_skip(std::move(rec));
     }
+    ++pass_records_;
+    ++pass_usable_;
     for (auto& [ext, bytes] : sample->files) {
       if (ext == pick.image_extension) {
         rec.image_bytes = std::move(bytes);
@@ -220,17 +341,32 @@ StreamRecord WebDatasetStream::read_record() {
   }
 }
 
+StreamRecord WebDatasetStream::note_skip(StreamRecord rec) {
+  ++pass_records_;
+  if (pass_first_skip_.empty())
+    pass_first_skip_ = excerpt(rec.source, 200) + ": " + excerpt(rec.detail, 300);
+  return rec;
+}
+
+namespace {
+size_t held_bytes(const StreamRecord& rec) { return rec.image_bytes.size() + rec.caption.size(); }
+}  // namespace
+
 StreamRecord WebDatasetStream::next() {
   if (opt_.shuffle_buffer <= 1) return read_record();
-  while (buffer_.size() < opt_.shuffle_buffer) {
+  // Fills up to shuffle_buffer samples or shuffle_buffer_bytes, whichever comes first
+  // (always at least one sample).
+  while (buffer_.size() < opt_.shuffle_buffer && (buffer_.empty() || buffer_bytes_ < opt_.shuffle_buffer_bytes)) {
     StreamRecord rec = read_record();
     if (rec.skipped) return rec;
+    buffer_bytes_ += held_bytes(rec);
     buffer_.push_back(std::move(rec));
   }
   const size_t i = static_cast<size_t>(uniform_index(buffer_rng_, buffer_.size()));
   std::swap(buffer_[i], buffer_.back());
   StreamRecord out = std::move(buffer_.back());
   buffer_.pop_back();
+  buffer_bytes_ -= held_bytes(out);
   return out;
 }
 

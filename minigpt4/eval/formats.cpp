@@ -1,10 +1,11 @@
 #include "minigpt4/eval/formats.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 
 #include <nlohmann/json.hpp>
 
-#include <fstream>
+#include <filesystem>
 #include <set>
 
 namespace minigpt4::eval {
@@ -13,14 +14,12 @@ namespace {
 
 using nlohmann::json;
 
+// Size-capped (limits.max_text_file_bytes) and depth-limited (limits.max_json_depth); the
+// errors name the file and the byte offset.
 json read_json(const std::string& path, std::string_view what) {
-  std::ifstream in(path);
-  if (!in) fail("{} {}: cannot open the file", what, path);
-  try {
-    return json::parse(in);
-  } catch (const json::parse_error& e) {
-    fail("{} {}: not valid JSON ({})", what, path, e.what());
-  }
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(path, ec)) fail("{} {}: cannot open the file", what, path);
+  return read_json_file(path, std::string(what));
 }
 
 // Reads fields of one entry; every failure names the file, the entry and the field.
@@ -50,7 +49,8 @@ class Entry {
     const auto& v = field(key);
     if (v.is_number_integer()) return std::to_string(v.get<long long>());
     if (v.is_string() && !v.get<std::string>().empty()) return v.get<std::string>();
-    fail("{} {}: {}: '{}' must be an integer or a non-empty string, not {}", what_, path_, where_, key, v.dump());
+    fail("{} {}: {}: '{}' must be an integer or a non-empty string, not {}", what_, path_, where_, key,
+         describe_json(v));
   }
 
   const json& value() const { return value_; }
@@ -79,7 +79,7 @@ std::vector<CaptionImage> read_karpathy_list(const json& root, const std::string
     const auto id = karpathy_image_id(image);
     if (id.empty())
       fail("{} {}: entry {}: cannot derive an image id from \"{}\" (LAVIS takes the number after the last '_' "
-           "of the file name)", kWhat, path, i, image);
+           "of the file name)", kWhat, path, i, excerpt(image, 200));
     auto [it, added] = index_of.emplace(id, images.size());
     if (added) images.push_back({id, {}, "", image});
     auto& references = images[it->second].references;
@@ -88,7 +88,8 @@ std::vector<CaptionImage> read_karpathy_list(const json& root, const std::string
       references.push_back(captions.get<std::string>());
     } else if (captions.is_array()) {
       for (const auto& c : captions) {
-        if (!c.is_string()) fail("{} {}: entry {}: 'caption' must hold strings, found {}", kWhat, path, i, c.dump());
+        if (!c.is_string())
+          fail("{} {}: entry {}: 'caption' must hold strings, found {}", kWhat, path, i, describe_json(c));
         references.push_back(c.get<std::string>());
       }
     } else {
@@ -109,7 +110,7 @@ std::vector<CaptionImage> read_coco_captions(const json& root, const std::string
     for (size_t i = 0; i < list.size(); ++i) {
       const Entry entry(list[i], std::string(kWhat), path, fmt::format("images[{}]", i));
       const auto id = entry.id("id");
-      if (!index_of.emplace(id, images.size()).second) fail("{} {}: image {} is listed twice", kWhat, path, id);
+      if (!index_of.emplace(id, images.size()).second) fail("{} {}: image {} is listed twice", kWhat, path, excerpt(id, 100));
       images.push_back({id, {}, entry.optional_text("domain"), entry.optional_text("file_name")});
     }
   }
@@ -118,7 +119,8 @@ std::vector<CaptionImage> read_coco_captions(const json& root, const std::string
     const auto id = entry.id("image_id");
     auto it = index_of.find(id);
     if (it == index_of.end()) {
-      if (listed) fail("{} {}: annotations[{}] names image {}, which 'images' does not list", kWhat, path, i, id);
+      if (listed) fail("{} {}: annotations[{}] names image {}, which 'images' does not list", kWhat, path, i,
+                      excerpt(id, 100));
       it = index_of.emplace(id, images.size()).first;
       images.push_back({id, {}, "", ""});
     }
@@ -127,7 +129,7 @@ std::vector<CaptionImage> read_coco_captions(const json& root, const std::string
   for (const auto& image : images)
     if (image.references.empty())
       fail("{} {}: image {} has no caption (a split without reference captions cannot be scored)", kWhat, path,
-           image.image_id);
+           excerpt(image.image_id, 100));
   return images;
 }
 
@@ -175,7 +177,7 @@ Predictions read_predictions(const std::string& path, std::string_view what,
       if (entry.has(pair.first)) keys = pair;
     const auto id = entry.id(keys.first);
     if (const auto [it, added] = entry_of.emplace(id, i); !added)
-      fail("{} {}: id {} is predicted twice (entries {} and {})", what, path, id, it->second, i);
+      fail("{} {}: id {} is predicted twice (entries {} and {})", what, path, excerpt(id, 100), it->second, i);
     predictions[id] = entry.text(keys.second);
   }
   return predictions;
@@ -203,15 +205,15 @@ std::vector<VqaQuestion> read_vqa_annotations(const std::string& path) {
     const Entry entry(list[i], std::string(kWhat), path, fmt::format("annotations[{}]", i));
     VqaQuestion q;
     q.question_id = entry.id("question_id");
-    if (!seen.insert(q.question_id).second) fail("{} {}: question {} is annotated twice", kWhat, path, q.question_id);
+    if (!seen.insert(q.question_id).second) fail("{} {}: question {} is annotated twice", kWhat, path, excerpt(q.question_id, 100));
     q.answer_type = entry.optional_text("answer_type");
     q.question_type = entry.optional_text("question_type");
     const auto& answers = entry.field("answers");
     if (!answers.is_array() || answers.empty())
-      fail("{} {}: question {}: 'answers' must be a non-empty list", kWhat, path, q.question_id);
+      fail("{} {}: question {}: 'answers' must be a non-empty list", kWhat, path, excerpt(q.question_id, 100));
     for (size_t k = 0; k < answers.size(); ++k) {
       const Entry record(answers[k], std::string(kWhat), path,
-                         fmt::format("question {} answers[{}]", q.question_id, k));
+                         fmt::format("question {} answers[{}]", excerpt(q.question_id, 100), k));
       auto rest = record.value();
       rest.erase("answer");
       q.answers.push_back({record.text("answer"), rest.dump()});
@@ -253,14 +255,14 @@ std::vector<GqaQuestion> read_gqa_questions(const std::string& path) {
          "testdev_balanced_questions.json", kWhat, path);
   std::vector<GqaQuestion> questions;
   for (const auto& [id, value] : root.items()) {
-    const Entry entry(value, std::string(kWhat), path, fmt::format("question {}", id));
+    const Entry entry(value, std::string(kWhat), path, fmt::format("question {}", excerpt(id, 100)));
     if (!entry.has("answer"))
       fail("{} {}: question {} has no 'answer' (test and challenge splits come without answers and cannot be "
-           "scored)", kWhat, path, id);
+           "scored)", kWhat, path, excerpt(id, 100));
     GqaQuestion q{id, entry.text("answer"), "", "", entry.has("imageId") ? entry.id("imageId") : "",
                   entry.optional_text("question")};
     if (entry.has("types")) {
-      const Entry types(entry.field("types"), std::string(kWhat), path, fmt::format("question {} types", id));
+      const Entry types(entry.field("types"), std::string(kWhat), path, fmt::format("question {} types", excerpt(id, 100)));
       q.structural_type = types.optional_text("structural");
       q.semantic_type = types.optional_text("semantic");
     }

@@ -73,7 +73,7 @@ TEST_CASE("cc_sbu_align: broken annotation files are errors naming the file", "[
   const std::string root = dir.path().string();
   CHECK_THAT(error_of(root), Catch::Contains("filter_cap.json"));
   dir.write("filter_cap.json", "{\"annotations\": [");
-  CHECK_THAT(error_of(root), Catch::Contains("filter_cap.json") && Catch::Contains("not valid JSON"));
+  CHECK_THAT(error_of(root), Catch::Contains("filter_cap.json") && Catch::Contains("invalid JSON"));
   dir.write("filter_cap.json", R"({"images": []})");
   CHECK_THAT(error_of(root), Catch::Contains("\"annotations\""));
   dir.write("filter_cap.json", R"({"annotations": [{"image_id": "1"}]})");

@@ -352,7 +352,7 @@ TEST_CASE("instruction datasets: bad input is named; missing images and outside 
   auto spec = spec_for("llava_detail", dir);
   CHECK_THAT(load_error(spec), Catch::Contains("cannot open") && Catch::Contains("ann.json"));
   dir.write("ann.json", "[{\"id\": 1,");
-  CHECK_THAT(load_error(spec), Catch::Contains("ann.json") && Catch::Contains("not valid JSON"));
+  CHECK_THAT(load_error(spec), Catch::Contains("ann.json") && Catch::Contains("invalid JSON"));
   dir.write("ann.json", R"([{"id": 1, "conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]},
       {"conversations": [{"from": "human", "value": "q"}, {"from": "gpt", "value": "a"}]}])");
   CHECK_THAT(load_error(spec), Catch::Contains("ann.json: entry 1 has no \"id\""));
