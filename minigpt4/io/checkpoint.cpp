@@ -1,16 +1,16 @@
 #include "minigpt4/io/checkpoint.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/io/safetensors.h"
 #include "minigpt4/io/torch_checkpoint.h"
 
-#include <cerrno>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
-#include <sstream>
+#include <map>
 #include <vector>
 
 namespace minigpt4::io {
@@ -56,7 +56,29 @@ StateDict load_file(const std::string& path) {
   fail("{} is neither a safetensors file nor a PyTorch (torch.save) checkpoint", path);
 }
 
-// A Hugging Face index: {"weight_map": {tensor name: shard file name}}.
+// File names a stranger's file gives us (an index's shard names) must fit what the system
+// accepts, or opening them fails with a bare "File name too long".
+void check_name_length(const std::string& name, const std::string& what) {
+  constexpr size_t kMaxComponent = 255, kMaxPath = 4095;  // NAME_MAX, PATH_MAX - 1 on Linux
+  if (name.size() > kMaxPath)
+    fail("{}: file name '{}' is {} bytes, longer than a path may be ({})", what, excerpt(name), name.size(), kMaxPath);
+  size_t start = 0;
+  while (start <= name.size()) {
+    const size_t slash = std::min(name.find('/', start), name.size());
+    if (slash - start > kMaxComponent)
+      fail("{}: file name '{}' has a {}-byte part, longer than a file name may be ({})", what, excerpt(name),
+           slash - start, kMaxComponent);
+    start = slash + 1;
+  }
+}
+
+bool path_exists(const fs::path& p) {
+  std::error_code ec;
+  return fs::exists(p, ec);
+}
+
+// A Hugging Face index: {"weight_map": {tensor name: shard file name}}. Every shard name is
+// checked (relative, no '..', a sane length) before any shard is opened.
 StateDict load_sharded(const fs::path& dir, const std::string& index_name) {
   const std::string index_path = (dir / index_name).string();
   const json index = read_json_file(index_path);
@@ -65,32 +87,40 @@ StateDict load_sharded(const fs::path& dir, const std::string& index_name) {
 
   std::map<std::string, std::vector<std::string>> names_by_shard;
   for (const auto& [name, shard] : index["weight_map"].items()) {
-    if (!shard.is_string()) fail("{}: weight_map entry '{}' is not a file name", index_path, name);
+    if (!shard.is_string())
+      fail("{}: weight_map entry '{}' is {}, not a file name", index_path, excerpt(name), describe_json(shard));
     names_by_shard[shard.get<std::string>()].push_back(name);
   }
   if (names_by_shard.empty()) fail("{}: weight_map is empty", index_path);
+  std::map<std::string, fs::path> shard_paths;
+  for (const auto& [shard, names] : names_by_shard) {
+    const std::string what = fmt::format("{}: weight_map entry '{}'", index_path, excerpt(names.front()));
+    check_name_length(shard, what);
+    shard_paths[shard] = confined_path(dir, shard, what);
+  }
 
   StateDict out;
   for (const auto& [shard, names] : names_by_shard) {
-    const std::string shard_path = (dir / shard).string();
-    if (!fs::is_regular_file(shard_path))
+    const std::string shard_path = shard_paths.at(shard).string();
+    std::error_code ec;
+    if (!fs::is_regular_file(shard_path, ec))
       fail("shard {} named in {} is missing (expected at {})", shard, index_path, shard_path);
     StateDict part = load_file(shard_path);
     for (const auto& name : names)
       if (part.count(name) == 0)
-        fail("tensor '{}' is not in shard {}, although {} says it is", name, shard_path, index_path);
+        fail("tensor '{}' is not in shard {}, although {} says it is", excerpt(name), shard_path, index_path);
     for (auto& [name, t] : part)
       if (!out.emplace(name, t).second)
-        fail("tensor '{}' appears in more than one shard of {} (again in {})", name, index_path, shard);
+        fail("tensor '{}' appears in more than one shard of {} (again in {})", excerpt(name), index_path, shard);
   }
   return out;
 }
 
 StateDict load_hf_dir(const fs::path& dir) {
-  if (fs::exists(dir / "model.safetensors.index.json")) return load_sharded(dir, "model.safetensors.index.json");
-  if (fs::exists(dir / "model.safetensors")) return load_file((dir / "model.safetensors").string());
-  if (fs::exists(dir / "pytorch_model.bin.index.json")) return load_sharded(dir, "pytorch_model.bin.index.json");
-  if (fs::exists(dir / "pytorch_model.bin")) return load_file((dir / "pytorch_model.bin").string());
+  if (path_exists(dir / "model.safetensors.index.json")) return load_sharded(dir, "model.safetensors.index.json");
+  if (path_exists(dir / "model.safetensors")) return load_file((dir / "model.safetensors").string());
+  if (path_exists(dir / "pytorch_model.bin.index.json")) return load_sharded(dir, "pytorch_model.bin.index.json");
+  if (path_exists(dir / "pytorch_model.bin")) return load_file((dir / "pytorch_model.bin").string());
   fail("{} has no model weights: looked for model.safetensors.index.json, model.safetensors, "
        "pytorch_model.bin.index.json and pytorch_model.bin",
        dir.string());
@@ -153,18 +183,13 @@ StateDict load_state_dict(const std::string& path) {
 }
 
 json read_json_file(const std::string& path) {
-  if (fs::is_directory(path)) fail("cannot read JSON file {}: it is a directory", path);
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("cannot open JSON file {}: {}", path, std::strerror(errno));
-  std::stringstream text;
-  text << in.rdbuf();
-  try {
-    json j = json::parse(quote_non_finite(text.str()));
-    restore_non_finite(j);
-    return j;
-  } catch (const json::exception& e) {
-    fail("{} is not valid JSON: {}", path, e.what());
-  }
+  std::error_code ec;
+  if (fs::is_directory(path, ec)) fail("cannot read JSON file {}: it is a directory", path);
+  // Size-capped (limits.max_text_file_bytes) and nesting-capped (limits.max_json_depth):
+  // a config.json or index is a stranger's file like any other.
+  json j = parse_json(quote_non_finite(read_text_file(path, "JSON file")), path);
+  restore_non_finite(j);
+  return j;
 }
 
 }  // namespace minigpt4::io

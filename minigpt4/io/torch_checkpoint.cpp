@@ -3,8 +3,11 @@
 #include "minigpt4/io/torch_save.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/limits.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/io/pickle.h"
+#include "minigpt4/io/zip_index.h"
 
 #include <caffe2/serialize/inline_container.h>
 #include <fmt/ranges.h>
@@ -13,7 +16,9 @@
 
 #include <cstring>
 #include <map>
+#include <new>
 #include <optional>
+#include <unordered_map>
 #include <utility>
 
 namespace minigpt4::io {
@@ -23,6 +28,16 @@ namespace {
 using pickle::Value;
 using pickle::ValuePtr;
 using K = Value::Kind;
+
+// A storage key is a decimal counter ("0", "1", ...); a tensor has at most 64 dimensions
+// (PyTorch's own limit); a flattened name at most this many bytes. None comes near these in
+// a real checkpoint; each stops a small file from making us copy or print gigabytes.
+constexpr size_t kMaxStorageKeyBytes = 256;
+constexpr size_t kMaxTensorDims = 64;
+constexpr size_t kMaxNameBytes = 64 * 1024;
+// Records the zip reader inflates on its own when it opens the archive (the format version,
+// the serialization id): a few bytes each in every real file.
+constexpr uint64_t kMaxSmallRecordBytes = 4096;
 
 // torch.<Name>Storage as it appears in a storage's persistent id.
 struct StorageType {
@@ -79,89 +94,155 @@ void check_is_zip(const std::string& path) {
        path);
 }
 
+std::string join(const std::string& prefix, const std::string& name) {
+  return prefix.empty() ? name : name.empty() ? prefix : prefix + "/" + name;
+}
+
+std::optional<std::string> key_text(const ValuePtr& k) {
+  switch (k->kind) {
+    case K::String: return k->text;
+    case K::Int: return std::to_string(k->integer);
+    case K::Bool: return k->boolean ? "True" : "False";
+    default: return std::nullopt;  // tuple keys and the like: no sensible name
+  }
+}
+
 class Loader {
  public:
   explicit Loader(const std::string& path)
       : path_(path),
         file_(MappedFile::open(path)),
-        reader_(std::make_shared<MappedReadAdapter>(file_)) {}
+        index_(file_->data(), file_->size(), path,
+               static_cast<uint64_t>(input_limits().max_tensors_per_file) + 16) {
+    // PyTorchStreamReader's rule: every record lives in one folder, named by the first.
+    const std::string& first = index_.entries().front().name;
+    const size_t slash = first.find('/');
+    if (slash == std::string::npos)
+      fail("{}: zip record '{}' is not inside a folder; torch.save puts every record in <archive>/", path_,
+           excerpt(first, 100));
+    prefix_ = first.substr(0, slash + 1);
+  }
 
   StateDict load();
 
  private:
-  at::Tensor record_bytes(const std::string& record);
+  const ZipEntry* record(const std::string& name) const { return index_.find(prefix_ + name); }
+  at::Tensor record_bytes(const ZipEntry& entry, const std::string& name);
+  caffe2::serialize::PyTorchStreamReader& zip_reader();
   ValuePtr load_storage(const ValuePtr& pid);
   ValuePtr reduce(const std::string& name, const ValuePtr& args);
   ValuePtr rebuild_tensor(const std::string& name, const ValuePtr& args);
-  void flatten(const ValuePtr& v, const std::string& prefix, StateDict& out, int depth);
+  StateDict flatten(const ValuePtr& root);
 
   std::string path_;
   std::shared_ptr<MappedFile> file_;
-  caffe2::serialize::PyTorchStreamReader reader_;
+  ZipIndex index_;
+  std::string prefix_;  // "<archive>/"
+  std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;  // only for deflated records
+  uint64_t inflated_bytes_ = 0;
   std::map<std::string, ValuePtr> storages_;  // by key: views of one storage share it
 };
 
 StateDict Loader::load() {
-  if (!reader_.hasRecord("data.pkl"))
+  const ZipEntry* pkl = record("data.pkl");
+  if (pkl == nullptr)
     fail("{} has no data.pkl: not a torch.save checkpoint (TorchScript archives from "
          "torch.jit.save are not supported)",
          path_);
-  if (reader_.hasRecord("byteorder")) {
-    auto [ptr, n] = reader_.getRecord("byteorder");
-    const std::string order(static_cast<const char*>(ptr.get()), n);
-    if (order != "little") fail("{}: byte order '{}' is not supported (only little-endian)", path_, order);
+  if (const ZipEntry* order = record("byteorder")) {
+    if (order->uncompressed_size > 16)
+      fail("{}: the byteorder record has {} bytes; it should say 'little'", path_, order->uncompressed_size);
+    const at::Tensor bytes = record_bytes(*order, "byteorder");
+    const std::string text(reinterpret_cast<const char*>(bytes.data_ptr()), bytes.numel());
+    if (text != "little") fail("{}: byte order '{}' is not supported (only little-endian)", path_, excerpt(text));
   }
-  auto [pkl, size] = reader_.getRecord("data.pkl");
+  const at::Tensor program = record_bytes(*pkl, "data.pkl");
   pickle::Hooks hooks;
   hooks.persistent_load = [this](const ValuePtr& pid) { return load_storage(pid); };
   hooks.reduce = [this](const std::string& name, const ValuePtr& args) { return reduce(name, args); };
-  const ValuePtr root =
-      pickle::unpickle(static_cast<const uint8_t*>(pkl.get()), size, hooks, path_ + ": data.pkl");
-  StateDict out;
-  flatten(root, "", out, 0);
-  return out;
+  const ValuePtr root = pickle::unpickle(static_cast<const uint8_t*>(program.data_ptr()),
+                                         static_cast<size_t>(program.numel()), hooks, path_ + ": data.pkl");
+  return flatten(root);
+}
+
+caffe2::serialize::PyTorchStreamReader& Loader::zip_reader() {
+  if (reader_) return *reader_;
+  // Opening the archive inflates the version and serialization-id records: small, checked.
+  for (const char* name : {"version", ".data/version", ".data/serialization_id"})
+    if (const ZipEntry* z = record(name); z && z->uncompressed_size > kMaxSmallRecordBytes)
+      fail("{}: the {} record claims {} bytes; it holds a few", path_, name, z->uncompressed_size);
+  try {
+    reader_ = std::make_unique<caffe2::serialize::PyTorchStreamReader>(std::make_shared<MappedReadAdapter>(file_));
+  } catch (const c10::Error& e) {
+    fail("cannot read torch checkpoint {}: {}", path_, excerpt(e.what_without_backtrace(), 300));
+  } catch (const std::exception& e) {  // e.g. a version record that is not a number
+    fail("cannot read torch checkpoint {}: its zip reader failed ({}) on the version record", path_,
+         excerpt(e.what(), 100));
+  }
+  return *reader_;
 }
 
 // A record's bytes as a uint8 tensor: pointing into the mapping when the record is stored
-// uncompressed (torch.save never compresses), else decompressed into memory.
-at::Tensor Loader::record_bytes(const std::string& record) {
-  const size_t size = reader_.getRecordSize(record);
-  const size_t header = reader_.getRecordHeaderOffset(record);
-  // Zip local file header: signature "PK\3\4", compression method (0 = stored) at byte 8.
-  auto is_stored = [&](const uint8_t* h) {
-    return std::memcmp(h, "PK\x03\x04", 4) == 0 && h[8] == 0 && h[9] == 0;
-  };
-  const bool stored = header <= file_->size() && file_->size() - header >= 30 &&
-                      is_stored(file_->data() + header);
-  if (stored) {
-    const size_t offset = reader_.getRecordOffset(record);
-    if (offset <= file_->size() && size <= file_->size() - offset) return file_->bytes(offset, size);
+// (torch.save never compresses), else inflated into memory, its size known beforehand
+// (the caller has checked it is what it should be) and counted against
+// limits.max_decompressed_bytes.
+at::Tensor Loader::record_bytes(const ZipEntry& entry, const std::string& name) {
+  if (entry.stored()) return file_->bytes(entry.data_offset, entry.uncompressed_size);
+  const int64_t limit = input_limits().max_decompressed_bytes;
+  if (entry.uncompressed_size > static_cast<uint64_t>(limit) ||
+      inflated_bytes_ + entry.uncompressed_size > static_cast<uint64_t>(limit))
+    fail("{}: compressed record {} would inflate to {} bytes, beyond the {} this file's compressed records may "
+         "inflate to in all (limits.max_decompressed_bytes)",
+         path_, name, entry.uncompressed_size, limit);
+  // Deflate cannot do better than about 1032:1; a record claiming more lies about its size.
+  if (entry.uncompressed_size / 1032 > entry.compressed_size + 1)
+    fail("{}: compressed record {} claims {} bytes from {} compressed bytes, more than deflate can produce", path_,
+         name, entry.uncompressed_size, entry.compressed_size);
+  inflated_bytes_ += entry.uncompressed_size;
+  at::Tensor out;
+  try {
+    out = at::empty({static_cast<int64_t>(entry.uncompressed_size)}, at::kByte);
+  } catch (const std::exception&) {  // c10::Error or bad_alloc from the allocator
+    fail("{}: cannot allocate {} bytes to inflate record {}", path_, entry.uncompressed_size, name);
   }
-  auto [ptr, n] = reader_.getRecord(record);
-  at::Storage storage(at::Storage::use_byte_size_t(), n, std::move(ptr), nullptr, false);
-  return at::empty({0}, at::kByte).set_(storage, 0, {static_cast<int64_t>(n)}, {1});
+  try {
+    zip_reader().getRecord(name, out.data_ptr(), static_cast<size_t>(entry.uncompressed_size));
+  } catch (const c10::Error& e) {
+    fail("cannot read torch checkpoint {}: record {}: {}", path_, name, excerpt(e.what_without_backtrace(), 300));
+  }
+  return out;
 }
 
 // ('storage', torch.FloatStorage, key, location, numel) -> the bytes of record data/<key>.
 ValuePtr Loader::load_storage(const ValuePtr& pid) {
+  if (!pid->is(K::Tuple) || pid->items.size() < 5) fail("{}: data.pkl has a persistent id that is not a torch storage", path_);
   const auto& it = pid->items;
-  if (!pid->is(K::Tuple) || it.size() < 5 || !it[0]->is(K::String) || it[0]->text != "storage" ||
-      !it[1]->is(K::Global) || !it[4]->is(K::Int))
+  if (!it[0]->is(K::String) || it[0]->text != "storage" || !it[1]->is(K::Global) || !it[4]->is(K::Int) ||
+      !(it[2]->is(K::Int) || it[2]->is(K::String)))
     fail("{}: data.pkl has a persistent id that is not a torch storage", path_);
   const auto dtype = storage_dtype(it[1]->text);
-  if (!dtype) fail("{}: storage type {} is not supported", path_, it[1]->text);
-  std::string key = it[2]->is(K::Int) ? std::to_string(it[2]->integer) : it[2]->text;
+  if (!dtype) fail("{}: storage type {} is not supported", path_, excerpt(it[1]->text, 100));
+  if (it[2]->is(K::String) && it[2]->text.size() > kMaxStorageKeyBytes)
+    fail("{}: data.pkl names a storage record by a {}-byte key '{}'; torch.save's keys are short counters", path_,
+         it[2]->text.size(), excerpt(it[2]->text));
+  const std::string key = it[2]->is(K::Int) ? std::to_string(it[2]->integer) : it[2]->text;
   if (auto cached = storages_.find(key); cached != storages_.end()) return cached->second;
 
-  const std::string record = "data/" + key;
-  if (!reader_.hasRecord(record)) fail("{}: storage record {} is missing from the archive", path_, record);
-  at::Tensor bytes = record_bytes(record);
-  const auto needed = static_cast<unsigned __int128>(it[4]->integer) * c10::elementSize(*dtype);
-  if (it[4]->integer < 0 || static_cast<uint64_t>(bytes.numel()) < needed)
-    fail("{}: storage record {} has {} bytes, fewer than the {} {} elements it should hold",
-         path_, record, bytes.numel(), it[4]->integer, c10::toString(*dtype));
+  const std::string name = "data/" + key;
+  const ZipEntry* entry = record(name);
+  if (entry == nullptr) fail("{}: storage record {} is missing from the archive", path_, excerpt(name));
+  const int64_t numel = it[4]->integer;
+  const uint64_t element = c10::elementSize(*dtype);
+  // The record holds numel elements (torch.save writes exactly those bytes; a typed view of
+  // an odd-sized byte storage leaves a partial element at the end). Checked before reading:
+  // a compressed record is never inflated to a size nobody asked for.
+  const auto needed = static_cast<unsigned __int128>(static_cast<uint64_t>(numel)) * element;
+  if (numel < 0 || entry->uncompressed_size < needed || entry->uncompressed_size - needed >= element)
+    fail("{}: storage record {} has {} bytes, but {} {} elements take {}", path_, excerpt(name),
+         entry->uncompressed_size, numel, c10::toString(*dtype), static_cast<uint64_t>(std::min<unsigned __int128>(needed, UINT64_MAX)));
+  at::Tensor bytes = record_bytes(*entry, name);
   // torch.save aligns records to 64 bytes; another writer might not: copy then.
-  if (reinterpret_cast<uintptr_t>(bytes.data_ptr()) % c10::elementSize(*dtype) != 0) bytes = bytes.clone();
+  if (reinterpret_cast<uintptr_t>(bytes.data_ptr()) % element != 0) bytes = bytes.clone();
 
   auto storage = pickle::make(K::Storage);
   storage->tensor = bytes;
@@ -172,6 +253,9 @@ ValuePtr Loader::load_storage(const ValuePtr& pid) {
 
 std::vector<int64_t> int_tuple(const std::string& path, const ValuePtr& v, const char* what) {
   if (!v->is(K::Tuple) && !v->is(K::List)) fail("{}: data.pkl: tensor {} is not a tuple", path, what);
+  if (v->items.size() > kMaxTensorDims)
+    fail("{}: data.pkl: tensor {} has {} dimensions, more than PyTorch's {}", path, what, v->items.size(),
+         kMaxTensorDims);
   std::vector<int64_t> out;
   for (const auto& x : v->items) {
     if (!x->is(K::Int) || x->integer < 0) fail("{}: data.pkl: tensor {} holds a non-integer or negative value", path, what);
@@ -194,18 +278,28 @@ ValuePtr Loader::rebuild_tensor(const std::string& name, const ValuePtr& args) {
   if (size.size() != stride.size() || offset < 0)
     fail("{}: data.pkl: tensor size/stride/offset do not fit together", path_);
 
-  // The highest element the view touches must lie inside the storage.
+  // The highest element the view touches must lie inside the storage, and the element
+  // count must fit in int64.
   const auto capacity = static_cast<unsigned __int128>(bytes.numel()) / c10::elementSize(dtype);
   bool empty = false;
-  unsigned __int128 last = offset;
-  for (size_t i = 0; i < size.size(); ++i) {
-    empty |= size[i] == 0;
-    if (size[i] > 0) last += static_cast<unsigned __int128>(size[i] - 1) * stride[i];
+  int64_t numel = 1;
+  bool numel_overflows = false;
+  for (int64_t s : size) {
+    empty |= s == 0;
+    numel_overflows |= __builtin_mul_overflow(numel, s, &numel);
   }
-  if (!empty && last >= capacity)
+  unsigned __int128 last = static_cast<uint64_t>(offset);
+  bool past_end = false;
+  for (size_t i = 0; i < size.size() && !empty && !past_end; ++i) {
+    if (size[i] > 0) last += static_cast<unsigned __int128>(size[i] - 1) * static_cast<uint64_t>(stride[i]);
+    past_end = last >= capacity;  // stops before `last` could overflow
+  }
+  if (!empty && (past_end || last >= capacity))
     fail("{}: data.pkl: a tensor view (offset {}, size {}, stride {}) reaches past the end of its "
          "{}-element storage",
          path_, offset, size, stride, static_cast<uint64_t>(capacity));
+  if (!empty && numel_overflows)
+    fail("{}: data.pkl: a tensor view of size {} has more elements than fit in 64 bits", path_, size);
 
   auto v = pickle::make(K::Tensor);
   v->tensor = at::empty({0}, at::TensorOptions().dtype(dtype)).set_(bytes.storage(), offset, size, stride);
@@ -230,36 +324,102 @@ ValuePtr Loader::reduce(const std::string& name, const ValuePtr& args) {
   return nullptr;
 }
 
-std::optional<std::string> key_text(const ValuePtr& k) {
-  switch (k->kind) {
-    case K::String: return k->text;
-    case K::Int: return std::to_string(k->integer);
-    case K::Bool: return k->boolean ? "True" : "False";
-    default: return std::nullopt;  // tuple keys and the like: no sensible name
-  }
-}
+// Every tensor under `root`, named by its path of keys and indices. One iterative walk: the
+// unpickler has checked the value is acyclic and not too deep, and a container that the
+// memo shares between several places is walked once, its tensors then named again under
+// each further place (as Python would see them), so a DAG of shared lists costs its size,
+// not its number of paths; the names in all are capped by limits.max_tensors_per_file.
+StateDict Loader::flatten(const ValuePtr& root) {
+  StateDict out;
+  const auto max_names = static_cast<size_t>(input_limits().max_tensors_per_file);
+  auto emit = [&](const std::string& name, const at::Tensor& t) {
+    if (name.size() > kMaxNameBytes)
+      fail("{}: data.pkl names a tensor with a {}-byte path '{}'", path_, name.size(), excerpt(name));
+    if (out.size() >= max_names)
+      fail("{}: data.pkl holds more than {} tensors (limits.max_tensors_per_file)", path_, max_names);
+    if (!out.emplace(name, t).second)
+      fail("{}: two tensors flatten to the same name '{}'", path_, excerpt(name, 200));
+  };
 
-void Loader::flatten(const ValuePtr& v, const std::string& prefix, StateDict& out, int depth) {
-  if (depth > 64) return;  // a self-referencing (cyclic) pickle: nothing sane below
-  auto child = [&](const std::string& k) { return prefix.empty() ? k : prefix + "/" + k; };
-  switch (v->kind) {
-    case K::Tensor:
-      if (!out.emplace(prefix, v->tensor).second)
-        fail("{}: two tensors flatten to the same name '{}'", path_, prefix);
-      break;
-    case K::Dict:
-      for (const auto& [k, val] : v->entries)
-        if (auto name = key_text(k)) flatten(val, child(*name), out, depth + 1);
-      break;
-    case K::List:
-    case K::Tuple:
-      for (size_t i = 0; i < v->items.size(); ++i) flatten(v->items[i], child(std::to_string(i)), out, depth + 1);
-      break;
-    case K::Object:  // e.g. an argparse Namespace: its attributes are its BUILD state
-      if (v->state) flatten(v->state, prefix, out, depth + 1);
-      break;
-    default: break;  // numbers, strings, None: not weights
+  // How many places refer to each container (so we know which to remember).
+  std::unordered_map<const Value*, uint32_t> refs;
+  {
+    std::vector<const Value*> todo{root.get()};
+    refs[root.get()] = 1;
+    auto visit = [&](const ValuePtr& c) {
+      if (c->is_container() && refs[c.get()]++ == 0) todo.push_back(c.get());
+    };
+    while (!todo.empty()) {
+      const Value* v = todo.back();
+      todo.pop_back();
+      if (v->is(K::Dict)) {
+        for (const auto& [k, val] : v->entries) visit(val);
+      } else if (v->is(K::List) || v->is(K::Tuple)) {
+        for (const auto& item : v->items) visit(item);
+      } else if (v->is(K::Object) && v->state) {
+        visit(v->state);
+      }
+    }
   }
+
+  using Named = std::vector<std::pair<std::string, at::Tensor>>;
+  std::unordered_map<const Value*, Named> shared;  // tensors under a shared container, names relative to it
+  Named log;  // every tensor emitted so far, full names, in order
+  struct Frame {
+    const Value* v;
+    std::string prefix;
+    size_t next = 0;
+    size_t log_start = 0;
+  };
+  std::vector<Frame> stack;
+  auto reach = [&](const ValuePtr& child, std::string name) {
+    if (child->is(K::Tensor)) {
+      emit(name, child->tensor);
+      log.emplace_back(std::move(name), child->tensor);
+    } else if (child->is_container()) {
+      if (auto it = shared.find(child.get()); it != shared.end()) {
+        for (const auto& [relative, t] : it->second) {
+          std::string full = join(name, relative);
+          emit(full, t);
+          log.emplace_back(std::move(full), t);
+        }
+      } else {
+        if (name.size() > kMaxNameBytes)
+          fail("{}: data.pkl nests containers under a {}-byte path '{}'", path_, name.size(), excerpt(name));
+        stack.push_back({child.get(), std::move(name), 0, log.size()});
+      }
+    }
+  };
+  reach(root, "");
+  while (!stack.empty()) {
+    Frame& f = stack.back();
+    const Value* v = f.v;
+    const size_t i = f.next++;
+    if (v->is(K::Dict) && i < v->entries.size()) {
+      const auto& [k, val] = v->entries[i];
+      if (auto name = key_text(k)) reach(val, join(f.prefix, *name));
+      continue;
+    }
+    if ((v->is(K::List) || v->is(K::Tuple)) && i < v->items.size()) {
+      reach(v->items[i], join(f.prefix, std::to_string(i)));
+      continue;
+    }
+    if (v->is(K::Object) && v->state && i == 0) {  // e.g. an argparse Namespace: its attributes
+      reach(v->state, f.prefix);
+      continue;
+    }
+    // Done with this container: remember its tensors if another place refers to it too.
+    if (refs[v] > 1) {
+      Named mine;
+      const size_t cut = f.prefix.empty() ? 0 : f.prefix.size() + 1;
+      for (size_t j = f.log_start; j < log.size(); ++j)
+        mine.emplace_back(log[j].first.size() > f.prefix.size() ? log[j].first.substr(cut) : std::string(),
+                          log[j].second);
+      shared.emplace(v, std::move(mine));
+    }
+    stack.pop_back();
+  }
+  return out;
 }
 
 }  // namespace
@@ -269,7 +429,10 @@ StateDict load_torch_checkpoint(const std::string& path) {
   try {
     return Loader(path).load();
   } catch (const c10::Error& e) {  // the zip reader's errors: corrupt or truncated archive
-    fail("cannot read torch checkpoint {}: {}", path, e.what_without_backtrace());
+    fail("cannot read torch checkpoint {}: {}", path, excerpt(e.what_without_backtrace(), 300));
+  } catch (const std::bad_alloc&) {
+    fail("cannot read torch checkpoint {}: out of memory (a limit in limits.* may be set too high for this machine)",
+         path);
   }
 }
 

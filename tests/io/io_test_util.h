@@ -1,12 +1,16 @@
 #pragma once
-// Helpers for the io tests: manifest lookups, exact tensor equality, scratch files.
+// Helpers for the io tests: manifest lookups, exact tensor equality, scratch files, pickle
+// programs and torch.save-style zips built by hand (and patched to lie).
+#include "minigpt4/common/limits.h"
 #include "minigpt4/common/state_dict.h"
 #include "tests/support/fixtures.h"
 
+#include <caffe2/serialize/inline_container.h>
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <fstream>
 #include <random>
 #include <set>
@@ -106,6 +110,112 @@ class TempDir {
 
  private:
   fs::path path_;
+};
+
+// Assembles pickle opcodes by hand, to feed the reader things torch.save never writes for
+// our fixtures but real checkpoints contain.
+struct Pickle {
+  Pickle& proto(uint8_t v = 2) { return op(0x80).op(v); }
+  Pickle& bin_get(uint8_t k) { return op('h').op(k); }
+  Pickle& bin_put(uint8_t k) { return op('q').op(k); }
+  Pickle& long_get(uint32_t k) { return op('j').raw(&k, 4); }
+  Pickle& long_put(uint32_t k) { return op('r').raw(&k, 4); }
+  std::string s;
+  Pickle& op(uint8_t c) { s.push_back(static_cast<char>(c)); return *this; }
+  Pickle& raw(const void* p, size_t n) { s.append(static_cast<const char*>(p), n); return *this; }
+  Pickle& str(const std::string& t) {  // BINUNICODE
+    const auto n = static_cast<uint32_t>(t.size());
+    return op('X').raw(&n, 4).raw(t.data(), t.size());
+  }
+  Pickle& int32(int32_t v) { return op('J').raw(&v, 4); }
+  Pickle& real(double d) {  // BINFLOAT, big-endian
+    uint64_t bits;
+    std::memcpy(&bits, &d, 8);
+    op('G');
+    for (int i = 7; i >= 0; --i) op(static_cast<uint8_t>(bits >> (8 * i)));
+    return *this;
+  }
+  Pickle& global(const std::string& module, const std::string& name) {
+    op('c');
+    s += module + "\n" + name + "\n";
+    return *this;
+  }
+  Pickle& ordered_dict() { return global("collections", "OrderedDict").op(')').op('R'); }
+  // torch._utils._rebuild_tensor_v2(('storage', torch.<type>, key, 'cpu', numel), offset, size, stride, False, OrderedDict())
+  Pickle& tensor(const std::string& type, const std::string& key, int32_t numel, int32_t offset,
+                 const std::vector<int32_t>& size, const std::vector<int32_t>& stride) {
+    global("torch._utils", "_rebuild_tensor_v2").op('(');
+    op('(').str("storage").global("torch", type).str(key).str("cpu").int32(numel).op('t').op('Q');
+    int32(offset);
+    op('(');
+    for (int32_t x : size) int32(x);
+    op('t').op('(');
+    for (int32_t x : stride) int32(x);
+    op('t').op(0x89);
+    ordered_dict();
+    return op('t').op('R');
+  }
+};
+
+// A torch.save-style zip holding `pkl` as data.pkl and the given storage records (deflated
+// when `compress`, which torch.save never does but a re-zipped file may).
+inline void write_zip(const std::string& path, const std::string& pkl,
+                      const std::vector<std::pair<std::string, at::Tensor>>& records, bool compress = false) {
+  caffe2::serialize::PyTorchStreamWriter zip(path);
+  zip.writeRecord("data.pkl", pkl.data(), pkl.size(), compress);
+  for (const auto& [name, t] : records) zip.writeRecord(name, t.data_ptr(), t.nbytes(), compress);
+  zip.writeEndOfFile();
+}
+
+// The central directory headers of a small zip (no zip64 needed), to patch them: each
+// header's offset in the file and the record's name.
+struct CentralEntry {
+  size_t at;
+  std::string name;
+};
+inline std::vector<CentralEntry> central_entries(const std::string& zip) {
+  std::vector<CentralEntry> out;
+  for (size_t at = zip.find("PK\x01\x02"); at != std::string::npos; at = zip.find("PK\x01\x02", at + 4)) {
+    uint16_t name_len;
+    std::memcpy(&name_len, zip.data() + at + 28, 2);
+    out.push_back({at, zip.substr(at + 46, name_len)});
+  }
+  return out;
+}
+inline const CentralEntry& central_entry(const std::vector<CentralEntry>& entries, const std::string& suffix) {
+  for (const auto& e : entries)
+    if (e.name.size() >= suffix.size() && e.name.compare(e.name.size() - suffix.size(), suffix.size(), suffix) == 0)
+      return e;
+  FAIL("no zip record ending in " << suffix);
+  throw;
+}
+template <typename T>
+void poke(std::string& bytes, size_t at, T value) {
+  std::memcpy(bytes.data() + at, &value, sizeof value);
+}
+template <typename T>
+T peek(const std::string& bytes, size_t at) {
+  T v;
+  std::memcpy(&v, bytes.data() + at, sizeof v);
+  return v;
+}
+// Central directory header fields (APPNOTE 4.3.12).
+constexpr size_t kCentralCompressed = 20, kCentralUncompressed = 24, kCentralLocalOffset = 42;
+
+// Sets input_limits() for one test and restores the previous ones after it.
+class LimitsGuard {
+ public:
+  LimitsGuard() : saved_(input_limits()) {}
+  ~LimitsGuard() { set_input_limits(saved_); }
+  template <typename F>
+  void set(F&& change) {
+    InputLimits l = input_limits();
+    change(l);
+    set_input_limits(l);
+  }
+
+ private:
+  InputLimits saved_;
 };
 
 inline std::string read_bytes(const fs::path& p) {

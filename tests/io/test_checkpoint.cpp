@@ -189,7 +189,7 @@ TEST_CASE("read_json_file parses files and names the broken ones", "[io]") {
   CHECK(py["c"] == "NaN and Infinity \" NaN");
 
   write_bytes(tmp.path() / "broken.json", R"({"a": [1, 2)");
-  REQUIRE_THROWS_WITH(io::read_json_file(tmp.file("broken.json")), Contains("broken.json") && Contains("not valid JSON"));
+  REQUIRE_THROWS_WITH(io::read_json_file(tmp.file("broken.json")), Contains("broken.json") && Contains("invalid JSON"));
   REQUIRE_THROWS_WITH(io::read_json_file(tmp.file("missing.json")), Contains("missing.json"));
   REQUIRE_THROWS_WITH(io::read_json_file(tmp.path().string()), Contains("directory"));
 }

@@ -15,55 +15,6 @@ using Catch::Contains;
 
 namespace {
 
-// Assembles pickle opcodes by hand, to feed the reader things torch.save never writes for
-// our fixtures but real checkpoints contain.
-struct Pickle {
-  std::string s;
-  Pickle& op(uint8_t c) { s.push_back(static_cast<char>(c)); return *this; }
-  Pickle& raw(const void* p, size_t n) { s.append(static_cast<const char*>(p), n); return *this; }
-  Pickle& str(const std::string& t) {  // BINUNICODE
-    const auto n = static_cast<uint32_t>(t.size());
-    return op('X').raw(&n, 4).raw(t.data(), t.size());
-  }
-  Pickle& int32(int32_t v) { return op('J').raw(&v, 4); }
-  Pickle& real(double d) {  // BINFLOAT, big-endian
-    uint64_t bits;
-    std::memcpy(&bits, &d, 8);
-    op('G');
-    for (int i = 7; i >= 0; --i) op(static_cast<uint8_t>(bits >> (8 * i)));
-    return *this;
-  }
-  Pickle& global(const std::string& module, const std::string& name) {
-    op('c');
-    s += module + "\n" + name + "\n";
-    return *this;
-  }
-  Pickle& ordered_dict() { return global("collections", "OrderedDict").op(')').op('R'); }
-  // torch._utils._rebuild_tensor_v2(('storage', torch.<type>, key, 'cpu', numel), offset, size, stride, False, OrderedDict())
-  Pickle& tensor(const std::string& type, const std::string& key, int32_t numel, int32_t offset,
-                 const std::vector<int32_t>& size, const std::vector<int32_t>& stride) {
-    global("torch._utils", "_rebuild_tensor_v2").op('(');
-    op('(').str("storage").global("torch", type).str(key).str("cpu").int32(numel).op('t').op('Q');
-    int32(offset);
-    op('(');
-    for (int32_t x : size) int32(x);
-    op('t').op('(');
-    for (int32_t x : stride) int32(x);
-    op('t').op(0x89);
-    ordered_dict();
-    return op('t').op('R');
-  }
-};
-
-// A torch.save-style zip holding `pkl` as data.pkl and the given storage records.
-void write_zip(const std::string& path, const std::string& pkl,
-               const std::vector<std::pair<std::string, at::Tensor>>& records) {
-  caffe2::serialize::PyTorchStreamWriter zip(path);
-  zip.writeRecord("data.pkl", pkl.data(), pkl.size());
-  for (const auto& [name, t] : records) zip.writeRecord(name, t.data_ptr(), t.nbytes());
-  zip.writeEndOfFile();
-}
-
 StateDict full_model(const fs::path& dir) {
   return io::load_safetensors((dir / "minigpt4_full.safetensors").string());
 }
