@@ -1,6 +1,7 @@
 #include "minigpt4/models/llama.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/models/cpu_decode.h"
 
 #include <nlohmann/json.hpp>
@@ -11,17 +12,19 @@ namespace minigpt4 {
 
 LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& source) {
   LlamaConfig c;
+  if (!j.is_object()) fail("{}: a model config must be a JSON object, got {}", source, describe_json(j));
   auto get_int = [&](const char* key, int64_t& out, bool required) {
     if (!j.contains(key) || j[key].is_null()) {
       if (required) fail("{}: missing required key '{}'", source, key);
       return;
     }
-    if (!j[key].is_number_integer()) fail("{}: '{}' must be an integer, got {}", source, key, j[key].dump());
+    if (!j[key].is_number_integer() || (j[key].is_number_unsigned() && j[key].get<uint64_t>() > INT64_MAX))
+      fail("{}: '{}' must be an integer, got {}", source, key, describe_json(j[key]));
     out = j[key].get<int64_t>();
   };
   auto get_float = [&](const char* key, double& out) {
     if (!j.contains(key) || j[key].is_null()) return;
-    if (!j[key].is_number()) fail("{}: '{}' must be a number, got {}", source, key, j[key].dump());
+    if (!j[key].is_number()) fail("{}: '{}' must be a number, got {}", source, key, describe_json(j[key]));
     out = j[key].get<double>();
   };
   get_int("vocab_size", c.vocab_size, true);
@@ -44,11 +47,19 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
   for (const char* key : {"rope_parameters", "rope_scaling"}) {
     if (!j.contains(key) || j[key].is_null()) continue;
     const auto& rope = j[key];
-    const std::string type = rope.value("rope_type", rope.value("type", std::string("default")));
-    if (!rope.is_object() || type != "default")
-      fail("{}: {} {} is not supported (plain RoPE only)", source, key, rope.dump());
+    if (!rope.is_object()) fail("{}: {} must be an object, got {}", source, key, describe_json(rope));
+    std::string type = "default";
+    for (const char* type_key : {"type", "rope_type"}) {  // rope_type wins, as in transformers
+      if (!rope.contains(type_key) || rope[type_key].is_null()) continue;
+      if (!rope[type_key].is_string())
+        fail("{}: {}.{} must be a string, got {}", source, key, type_key, describe_json(rope[type_key]));
+      type = rope[type_key].get<std::string>();
+    }
+    if (type != "default")
+      fail("{}: {} of type \"{}\" is not supported (plain RoPE only)", source, key, excerpt(type));
     if (rope.contains("rope_theta")) {
-      if (!rope["rope_theta"].is_number()) fail("{}: {}.rope_theta must be a number", source, key);
+      if (!rope["rope_theta"].is_number())
+        fail("{}: {}.rope_theta must be a number, got {}", source, key, describe_json(rope["rope_theta"]));
       c.rope_theta = rope["rope_theta"].get<double>();
     }
   }
@@ -56,7 +67,24 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
     if (j.contains(key) && j[key].is_boolean() && j[key].get<bool>())
       fail("{}: {} = true is not supported (LLaMA has no biases)", source, key);
   if (j.contains("hidden_act") && j["hidden_act"] != "silu")
-    fail("{}: hidden_act {} is not supported (LLaMA uses silu)", source, j["hidden_act"].dump());
+    fail("{}: hidden_act {} is not supported (LLaMA uses silu)", source, describe_json(j["hidden_act"]));
+  // Sizes a stranger's config.json could get wrong in ways that would divide by zero or
+  // overflow later: each model size is a positive int32, as in transformers' configs.
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
+        {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads},
+        {"max_position_embeddings", c.max_position_embeddings}})
+    if (value < 1 || value > INT32_MAX) fail("{}: '{}' must be from 1 to {}, got {}", source, key, INT32_MAX, value);
+  if (c.head_dim < 0 || c.head_dim > INT32_MAX) fail("{}: 'head_dim' must be from 0 to {}, got {}", source, INT32_MAX, c.head_dim);
+  if (c.dim_per_head() < 1 || (c.head_dim == 0 && c.hidden_size % c.num_attention_heads != 0))
+    fail("{}: hidden_size {} is not a multiple of the {} attention heads (and no head_dim is given)", source,
+         c.hidden_size, c.num_attention_heads);
+  if (c.dim_per_head() % 2 != 0) fail("{}: a head of {} channels cannot be rotated by RoPE (it needs an even number)", source, c.dim_per_head());
+  if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps))
+    fail("{}: 'rms_norm_eps' must be a positive number, got {}", source, c.rms_norm_eps);
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))
+    fail("{}: 'rope_theta' must be a positive number, got {}", source, c.rope_theta);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source, c.num_attention_heads,
          c.num_key_value_heads);

@@ -1,6 +1,7 @@
 #include "minigpt4/models/lora_peft.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/io/safetensors.h"
@@ -23,9 +24,10 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 // Where the weights are: the safetensors file, else the torch.save file older PEFT wrote.
 std::string weights_path(const std::string& dir) {
+  std::error_code ec;
   for (const char* name : {kPeftWeightsFile, kPeftLegacyWeightsFile}) {
     const auto path = fs::path(dir) / name;
-    if (fs::exists(path)) return path.string();
+    if (fs::exists(path, ec)) return path.string();
   }
   fail("{}: no {} or {} in this adapter folder", dir, kPeftWeightsFile, kPeftLegacyWeightsFile);
 }
@@ -40,20 +42,20 @@ std::map<std::string, ModuleWeights> weights_by_module(const StateDict& state, c
   for (const auto& [key, tensor] : state) {
     std::string name = key.rfind(kPeftKeyPrefix, 0) == 0 ? key.substr(std::string(kPeftKeyPrefix).size()) : key;
     if (name.find("lora_embedding_") != std::string::npos)
-      fail("{}: '{}' adapts an embedding; only adapters on linear layers are supported", source, key);
+      fail("{}: '{}' adapts an embedding; only adapters on linear layers are supported", source, excerpt(key, 120));
     if (name.find("lora_magnitude_vector") != std::string::npos)
-      fail("{}: '{}' is a DoRA magnitude; DoRA adapters are not supported", source, key);
+      fail("{}: '{}' is a DoRA magnitude; DoRA adapters are not supported", source, excerpt(key, 120));
     const bool is_a = ends_with(name, ".lora_A.weight"), is_b = ends_with(name, ".lora_B.weight");
     if (!is_a && !is_b)
       fail("{}: '{}' is not a LoRA weight (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)", source,
-           key);
+           excerpt(key, 120));
     const auto module = name.substr(0, name.size() - std::string(".lora_A.weight").size());
-    if (tensor.dim() != 2) fail("{}: '{}' has {} dimensions, a LoRA factor has 2", source, key, tensor.dim());
+    if (tensor.dim() != 2) fail("{}: '{}' has {} dimensions, a LoRA factor has 2", source, excerpt(key, 120), tensor.dim());
     (is_a ? modules[module].A : modules[module].B) = tensor;
   }
   for (const auto& [module, w] : modules)
     if (!w.A.defined() || !w.B.defined())
-      fail("{}: '{}' has a lora_{} weight but no lora_{}", source, module, w.A.defined() ? "A" : "B",
+      fail("{}: '{}' has a lora_{} weight but no lora_{}", source, excerpt(module, 120), w.A.defined() ? "A" : "B",
            w.A.defined() ? "B" : "A");
   if (modules.empty()) fail("{}: the adapter holds no LoRA weights", source);
   return modules;
@@ -63,9 +65,10 @@ std::vector<std::string> strings_of(const json& value, const char* key, const st
   std::vector<std::string> out;
   if (value.is_null()) return out;
   if (value.is_string()) return {value.get<std::string>()};
-  if (!value.is_array()) fail("{}: '{}' must be a string or a list of strings, got {}", source, key, value.dump());
+  if (!value.is_array())
+    fail("{}: '{}' must be a string or a list of strings, got {}", source, key, describe_json(value));
   for (const auto& item : value) {
-    if (!item.is_string()) fail("{}: '{}' must hold strings, got {}", source, key, item.dump());
+    if (!item.is_string()) fail("{}: '{}' must hold strings, got {}", source, key, describe_json(item));
     out.push_back(item.get<std::string>());
   }
   return out;
@@ -110,26 +113,32 @@ json peft_config_json(const LoraConfig& c) {
 
 LoraConfig lora_config_from_peft_json(const json& j, const std::string& source) {
   if (!j.is_object()) fail("{}: an adapter config must be a JSON object", source);
-  const auto type = j.value("peft_type", std::string("LORA"));
-  if (type != "LORA") fail("{}: peft_type is {}; only LORA adapters are supported", source, type);
+  auto text = [&](const char* key, const std::string& fallback) {
+    if (!j.contains(key) || j[key].is_null()) return fallback;
+    if (!j[key].is_string()) fail("{}: '{}' must be a string, got {}", source, key, describe_json(j[key]));
+    return j[key].get<std::string>();
+  };
+  const auto type = text("peft_type", "LORA");
+  if (type != "LORA") fail("{}: peft_type is {}; only LORA adapters are supported", source, excerpt(type));
   auto flag = [&](const char* key) { return j.contains(key) && j[key].is_boolean() && j[key].get<bool>(); };
   if (flag("use_dora")) fail("{}: use_dora is true; DoRA adapters are not supported", source);
   if (flag("fan_in_fan_out"))
     fail("{}: fan_in_fan_out is true (weights stored transposed, for GPT-2's Conv1D); not supported", source);
   if (j.contains("bias") && j["bias"].is_string() && j["bias"] != "none")
     fail("{}: bias is '{}'; adapters that also train biases are not supported (bias must be 'none')", source,
-         j["bias"].get<std::string>());
+         excerpt(j["bias"].get<std::string>()));
   if (j.contains("modules_to_save") && !j["modules_to_save"].is_null() && !j["modules_to_save"].empty())
-    fail("{}: modules_to_save {} replaces whole modules, which this loader does not apply", source,
-         j["modules_to_save"].dump());
+    fail("{}: modules_to_save ({}) replaces whole modules, which this loader does not apply", source,
+         describe_json(j["modules_to_save"]));
 
   LoraConfig c;
   auto number = [&](const char* key, double fallback) {
     if (!j.contains(key) || j[key].is_null()) return fallback;
-    if (!j[key].is_number()) fail("{}: '{}' must be a number, got {}", source, key, j[key].dump());
+    if (!j[key].is_number()) fail("{}: '{}' must be a number, got {}", source, key, describe_json(j[key]));
     return j[key].get<double>();
   };
-  if (!j.contains("r") || !j["r"].is_number_integer()) fail("{}: 'r' must be an integer rank", source);
+  if (!j.contains("r") || !j["r"].is_number_integer())
+    fail("{}: 'r' must be an integer rank, got {}", source, j.contains("r") ? describe_json(j["r"]) : "nothing");
   c.r = j["r"].get<int64_t>();
   c.lora_alpha = number("lora_alpha", 8.0);  // PEFT's default
   c.lora_dropout = number("lora_dropout", 0.0);
@@ -144,19 +153,22 @@ LoraConfig lora_config_from_peft_json(const json& j, const std::string& source) 
       c.layers_to_transform = {layers.get<int64_t>()};
     } else if (layers.is_array()) {
       for (const auto& l : layers) {
-        if (!l.is_number_integer()) fail("{}: layers_to_transform must hold integers, got {}", source, l.dump());
+        if (!l.is_number_integer())
+          fail("{}: layers_to_transform must hold integers, got {}", source, describe_json(l));
         c.layers_to_transform.push_back(l.get<int64_t>());
       }
     } else {
-      fail("{}: layers_to_transform must be an integer or a list, got {}", source, layers.dump());
+      fail("{}: layers_to_transform must be an integer or a list, got {}", source, describe_json(layers));
     }
   }
   if (j.contains("layers_pattern")) c.layers_pattern = strings_of(j["layers_pattern"], "layers_pattern", source);
   for (const char* key : {"rank_pattern", "alpha_pattern"}) {
     if (!j.contains(key) || j[key].is_null()) continue;
-    if (!j[key].is_object()) fail("{}: '{}' must be an object", source, key);
+    if (!j[key].is_object()) fail("{}: '{}' must be an object, got {}", source, key, describe_json(j[key]));
     for (const auto& [pattern, value] : j[key].items()) {
-      if (!value.is_number()) fail("{}: {}['{}'] must be a number", source, key, pattern);
+      if (!value.is_number()) fail("{}: {}['{}'] must be a number, got {}", source, key, excerpt(pattern), describe_json(value));
+      if (std::string(key) == "rank_pattern" && !value.is_number_integer())
+        fail("{}: rank_pattern['{}'] must be an integer rank, got {}", source, excerpt(pattern), describe_json(value));
       if (std::string(key) == "rank_pattern")
         c.rank_pattern[pattern] = value.get<int64_t>();
       else
@@ -172,11 +184,15 @@ LoraConfig lora_config_from_peft_json(const json& j, const std::string& source) 
   return c;
 }
 
-bool is_peft_adapter_dir(const std::string& dir) { return fs::is_regular_file(fs::path(dir) / kPeftConfigFile); }
+bool is_peft_adapter_dir(const std::string& dir) {
+  std::error_code ec;
+  return fs::is_regular_file(fs::path(dir) / kPeftConfigFile, ec);
+}
 
 LoraConfig read_peft_config(const std::string& dir) {
   const auto path = (fs::path(dir) / kPeftConfigFile).string();
-  if (!fs::exists(path)) fail("{}: not a PEFT adapter folder (no {})", dir, kPeftConfigFile);
+  std::error_code ec;
+  if (!fs::exists(path, ec)) fail("{}: not a PEFT adapter folder (no {})", dir, kPeftConfigFile);
   return lora_config_from_peft_json(io::read_json_file(path), path);
 }
 

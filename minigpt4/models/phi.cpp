@@ -1,6 +1,7 @@
 #include "minigpt4/models/phi.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 
 #include <nlohmann/json.hpp>
 
@@ -26,22 +27,23 @@ struct JsonReader {
       if (required) fail("{}: missing required key '{}'", source, key);
       return;
     }
-    if (!j[key].is_number_integer()) fail("{}: '{}' must be an integer, got {}", source, key, j[key].dump());
+    if (!j[key].is_number_integer() || (j[key].is_number_unsigned() && j[key].get<uint64_t>() > INT64_MAX))
+      fail("{}: '{}' must be an integer, got {}", source, key, describe_json(j[key]));
     out = j[key].get<int64_t>();
   }
   void number(const char* key, double& out) const {
     if (!has(key)) return;
-    if (!j[key].is_number()) fail("{}: '{}' must be a number, got {}", source, key, j[key].dump());
+    if (!j[key].is_number()) fail("{}: '{}' must be a number, got {}", source, key, describe_json(j[key]));
     out = j[key].get<double>();
   }
   void text(const char* key, std::string& out) const {
     if (!has(key)) return;
-    if (!j[key].is_string()) fail("{}: '{}' must be a string, got {}", source, key, j[key].dump());
+    if (!j[key].is_string()) fail("{}: '{}' must be a string, got {}", source, key, describe_json(j[key]));
     out = j[key].get<std::string>();
   }
   void boolean(const char* key, bool& out) const {
     if (!has(key)) return;
-    if (!j[key].is_boolean()) fail("{}: '{}' must be true or false, got {}", source, key, j[key].dump());
+    if (!j[key].is_boolean()) fail("{}: '{}' must be true or false, got {}", source, key, describe_json(j[key]));
     out = j[key].get<bool>();
   }
 };
@@ -55,6 +57,7 @@ int64_t PhiConfig::rotary_ndims() const {
 
 PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& source) {
   PhiConfig c;
+  if (!j.is_object()) fail("{}: a model config must be a JSON object, got {}", source, describe_json(j));
   const JsonReader read{j, source};
   std::string activation = "gelu_new";
   read.integer("vocab_size", c.vocab_size, true);
@@ -94,10 +97,13 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
     for (const char* key : {"rope_parameters", "rope_scaling"}) {
       if (!read.has(key)) continue;
       const auto& rope = j[key];
-      const std::string type =
-          rope.is_object() ? rope.value("rope_type", rope.value("type", std::string("default"))) : "";
-      if (type != "default") fail("{}: {} {} is not supported (plain RoPE only)", source, key, rope.dump());
+      if (!rope.is_object()) fail("{}: {} must be an object, got {}", source, key, describe_json(rope));
+      std::string type = "default";
       const JsonReader inner{rope, source};
+      inner.text("type", type);
+      inner.text("rope_type", type);  // wins over "type", as in transformers
+      if (type != "default")
+        fail("{}: {} of type \"{}\" is not supported (plain RoPE only)", source, key, excerpt(type));
       inner.number("rope_theta", c.rope_theta);
       inner.number("partial_rotary_factor", c.partial_rotary_factor);
     }
@@ -108,7 +114,23 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
   read.boolean("tie_word_embeddings", c.tie_word_embeddings);
   // gelu_new and gelu_pytorch_tanh are the same function (the tanh approximation).
   if (activation != "gelu_new" && activation != "gelu_pytorch_tanh")
-    fail("{}: activation {} is not supported (Phi uses gelu_new)", source, activation);
+    fail("{}: activation {} is not supported (Phi uses gelu_new)", source, excerpt(activation));
+  // Sizes a stranger's config.json could get wrong in ways that would divide by zero or
+  // overflow later: each model size is a positive int32, as in transformers' configs.
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
+        {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
+        {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads},
+        {"max_position_embeddings", c.max_position_embeddings}})
+    if (value < 1 || value > INT32_MAX) fail("{}: '{}' must be from 1 to {}, got {}", source, key, INT32_MAX, value);
+  if (c.rotary_dim < 0 || c.rotary_dim > INT32_MAX)
+    fail("{}: 'rotary_dim' must be from 0 to {}, got {}", source, INT32_MAX, c.rotary_dim);
+  if (!(c.partial_rotary_factor > 0 && c.partial_rotary_factor <= 1))
+    fail("{}: 'partial_rotary_factor' must be in (0, 1], got {}", source, c.partial_rotary_factor);
+  if (!(c.layer_norm_eps > 0) || !std::isfinite(c.layer_norm_eps))
+    fail("{}: the layer norm epsilon must be a positive number, got {}", source, c.layer_norm_eps);
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))
+    fail("{}: 'rope_theta' must be a positive number, got {}", source, c.rope_theta);
   if (c.hidden_size % c.num_attention_heads != 0)
     fail("{}: hidden size {} is not a multiple of the {} attention heads", source, c.hidden_size, c.num_attention_heads);
   if (c.num_attention_heads % c.num_key_value_heads != 0)

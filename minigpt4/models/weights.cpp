@@ -1,6 +1,7 @@
 #include "minigpt4/models/weights.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 #include "minigpt4/models/layers.h"
 
 #include <map>
@@ -9,7 +10,8 @@ namespace minigpt4 {
 
 std::string summarize_names(const std::vector<std::string>& names, size_t max_listed) {
   std::string out;
-  for (size_t i = 0; i < names.size() && i < max_listed; ++i) out += (i ? ", " : "") + names[i];
+  // Names come from weight files: each is quoted short (a stranger's may be megabytes).
+  for (size_t i = 0; i < names.size() && i < max_listed; ++i) out += (i ? ", " : "") + excerpt(names[i], 120);
   if (names.size() > max_listed) out += fmt::format(" and {} more", names.size() - max_listed);
   return out;
 }
@@ -47,11 +49,11 @@ LoadResult load_into(torch::nn::Module& module, const StateDict& state, const Lo
       if (spec.reshape) converted = spec.reshape(name, value, *target);
       if (!converted.defined() || converted.sizes() != target->sizes())
         fail("{}: '{}' has shape [{}] but the model expects [{}] (check the config's model sizes)", spec.source,
-             file_key, fmt::join(value.sizes(), ", "), fmt::join(target->sizes(), ", "));
+             excerpt(file_key, 120), fmt::join(value.sizes(), ", "), fmt::join(target->sizes(), ", "));
       source = converted;
     }
     if (!at::isFloatingType(source.scalar_type()) && at::isFloatingType(target->scalar_type()))
-      fail("{}: '{}' is stored as {} but the model expects floating point", spec.source, file_key,
+      fail("{}: '{}' is stored as {} but the model expects floating point", spec.source, excerpt(file_key, 120),
            c10::toString(source.scalar_type()));
     const auto int8 = int8_weights.find(name);
     if (int8 != int8_weights.end() && at::isFloatingType(source.scalar_type()))

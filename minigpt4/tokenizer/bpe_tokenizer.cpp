@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/untrusted.h"
 
 namespace minigpt4 {
 
@@ -179,27 +180,33 @@ const ByteMap& byte_map() {
 
 // ---------------------------------------------------------------- files
 
+// The tokenizer's files, read with the limits of common/limits.h (size, nesting) like any
+// file a stranger may hand us.
+std::string read_text(const fs::path& path) { return read_text_file(path, "BpeTokenizer"); }
+
 json read_json(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("BpeTokenizer: cannot open {}", path.string());
+  const std::string text = read_text(path);
   try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail("BpeTokenizer: {} is not valid JSON: {}", path.string(), e.what());
+    return parse_json(text, path.string());
+  } catch (const Error& e) {
+    fail("BpeTokenizer: {} is not valid JSON ({})", path.string(), e.what());
   }
 }
 
 std::optional<json> read_json_if_exists(const fs::path& path) {
-  if (!fs::exists(path)) return std::nullopt;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
   return read_json(path);
 }
 
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) fail("BpeTokenizer: cannot open {}", path.string());
-  std::ostringstream ss;
-  ss << in.rdbuf();
-  return ss.str();
+// A piece or token text from a file, quoted for a message.
+std::string quote_piece(const std::string& text) { return "\"" + excerpt(text) + "\""; }
+
+// A string field of a JSON object, or `fallback` when absent; another type is an error.
+std::string text_field(const json& v, const char* key, const std::string& fallback, const std::string& where) {
+  if (!v.is_object() || !v.contains(key) || v.at(key).is_null()) return fallback;
+  if (!v.at(key).is_string()) fail("BpeTokenizer: {}: \"{}\" must be a string, not {}", where, key, describe_json(v.at(key)));
+  return v.at(key).get<std::string>();
 }
 
 std::unordered_map<std::string, int64_t> parse_vocab(const json& v, const std::string& where) {
@@ -208,7 +215,7 @@ std::unordered_map<std::string, int64_t> parse_vocab(const json& v, const std::s
   std::unordered_map<std::string, int64_t> vocab;
   for (const auto& [piece, id] : v.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
-      fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", where, json(piece).dump(), id.dump());
+      fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", where, quote_piece(piece), describe_json(id));
     vocab[piece] = id.get<int64_t>();
   }
   return vocab;
@@ -228,6 +235,8 @@ struct Spec {
 
 BpeTokenizer::AddedToken token_from_json(const json& v, bool special_default) {
   BpeTokenizer::AddedToken t;
+  if (!v.is_object() || !v.contains("content") || !v.at("content").is_string())
+    fail("BpeTokenizer: an AddedToken needs a string \"content\", not {}", describe_json(v));
   t.content = v.at("content").get<std::string>();
   t.special = v.contains("special") && v.at("special").is_boolean() ? v.at("special").get<bool>() : special_default;
   t.lstrip = get_bool(v, "lstrip", false);
@@ -243,7 +252,7 @@ Spec spec_from_json(const json& v, const std::string& key, const fs::path& file,
     Spec s{v.at("content").get<std::string>(), true, token_from_json(v, special_default)};
     return s;
   }
-  fail("BpeTokenizer: {} in {} must be a string or an AddedToken object, not {}", key, file.string(), v.dump());
+  fail("BpeTokenizer: {} in {} must be a string or an AddedToken object, not {}", key, file.string(), describe_json(v));
 }
 
 const std::array<const char*, 7> kSpecialKeys = {"bos_token", "eos_token", "unk_token", "sep_token",
@@ -252,17 +261,22 @@ const std::array<const char*, 7> kSpecialKeys = {"bos_token", "eos_token", "unk_
 // tokenizer.json's pre_tokenizer must be GPT-2's ByteLevel with its regex; returns its
 // add_prefix_space.
 bool check_byte_level(const json& doc, const fs::path& path) {
+  const std::string where = path.string();
   if (doc.contains("normalizer") && !doc.at("normalizer").is_null())
-    fail("BpeTokenizer: {} has a normalizer ({}); only GPT-2 style byte-level BPE without one is supported",
-         path.string(), doc.at("normalizer").value("type", "?"));
-  json pre = doc.value("pre_tokenizer", json());
-  if (pre.is_object() && pre.value("type", "") == "Sequence" && pre.contains("pretokenizers") &&
+    fail("BpeTokenizer: {} has a normalizer ({}); only GPT-2 style byte-level BPE without one is supported", where,
+         excerpt(text_field(doc.at("normalizer"), "type", "?", where + " normalizer")));
+  json pre = doc.contains("pre_tokenizer") ? doc.at("pre_tokenizer") : json();
+  if (text_field(pre, "type", "", where + " pre_tokenizer") == "Sequence" && pre.contains("pretokenizers") &&
       pre.at("pretokenizers").is_array() && pre.at("pretokenizers").size() == 1)
-    pre = pre.at("pretokenizers").at(0);
-  if (!pre.is_object() || pre.value("type", "") != "ByteLevel" || !get_bool(pre, "use_regex", true))
+    pre = json(pre.at("pretokenizers").at(0));
+  if (!pre.is_object() || text_field(pre, "type", "", where + " pre_tokenizer") != "ByteLevel" ||
+      !get_bool(pre, "use_regex", true))
     fail("BpeTokenizer: {}: the pre_tokenizer is {}, not GPT-2's ByteLevel with its regex; only GPT-2 style "
          "byte-level BPE is supported",
-         path.string(), pre.is_null() ? std::string("missing") : pre.dump());
+         where,
+         pre.is_null() ? std::string("missing")
+                       : pre.is_object() ? fmt::format("of type \"{}\"", excerpt(text_field(pre, "type", "?", where)))
+                                         : describe_json(pre));
   return get_bool(pre, "add_prefix_space", false);
 }
 
@@ -330,22 +344,23 @@ struct BpeTokenizer::Cache {
 // ---------------------------------------------------------------- loading
 
 BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
-  if (!fs::is_directory(hf_dir)) fail("BpeTokenizer: tokenizer directory {} does not exist", hf_dir.string());
+  std::error_code ec;  // a path the system refuses (too long, no permission) counts as absent
+  if (!fs::is_directory(hf_dir, ec)) fail("BpeTokenizer: tokenizer directory {} does not exist", hf_dir.string());
   const fs::path vocab_path = hf_dir / "vocab.json", merges_path = hf_dir / "merges.txt",
                  json_path = hf_dir / "tokenizer.json";
   BpeTokenizer tok;
   tok.source_ = hf_dir;
   std::optional<json> tokenizer_json;
   bool json_prefix_space = false;
-  const bool slow_files = fs::is_regular_file(vocab_path) && fs::is_regular_file(merges_path);
+  const bool slow_files = fs::is_regular_file(vocab_path, ec) && fs::is_regular_file(merges_path, ec);
 
   // Each merge: both halves and their concatenation must be pieces (as `tokenizers` checks);
   // a later duplicate takes the later rank (as the slow tokenizer's dict does).
   auto add_merge = [&](const std::string& a, const std::string& b, int64_t rank, const std::string& where) {
     for (const std::string& piece : {a, b, a + b})
       if (!tok.vocab_.count(piece))
-        fail("BpeTokenizer: {}: the merge \"{} {}\" uses {}, which is not in the vocabulary", where, a, b,
-             json(piece).dump());
+        fail("BpeTokenizer: {}: the merge \"{} {}\" uses {}, which is not in the vocabulary", where, excerpt(a),
+             excerpt(b), quote_piece(piece));
     tok.ranks_[{a, b}] = rank;
   };
 
@@ -363,19 +378,19 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
       if (parts.empty()) continue;
       const std::string where = fmt::format("{} line {}", merges_path.string(), i + 1);
       if (parts.size() != 2)
-        fail("BpeTokenizer: {} is {}, not two pieces separated by a space", where, json(lines[i]).dump());
+        fail("BpeTokenizer: {} is {}, not two pieces separated by a space", where, quote_piece(lines[i]));
       add_merge(parts[0], parts[1], static_cast<int64_t>(i - 1), where);
     }
-  } else if (fs::is_regular_file(json_path)) {
+  } else if (fs::is_regular_file(json_path, ec)) {
     tokenizer_json = read_json(json_path);
     const json& doc = *tokenizer_json;
     if (!doc.is_object() || !doc.contains("model") || !doc.at("model").is_object())
       fail("BpeTokenizer: {} has no \"model\" object", json_path.string());
     const json& model = doc.at("model");
-    const std::string type = model.value("type", "BPE");
+    const std::string type = text_field(model, "type", "BPE", json_path.string() + " model");
     if (type != "BPE")
       fail("BpeTokenizer: {}: model.type is \"{}\"; only BPE (GPT-2 style byte-level) is supported",
-           json_path.string(), type);
+           json_path.string(), excerpt(type));
     for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
       if (model.contains(key) && model.at(key).is_string() && !model.at(key).get<std::string>().empty())
         fail("BpeTokenizer: {}: model.{} is set; GPT-2 style byte-level BPE has none", json_path.string(), key);
@@ -394,17 +409,17 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
         const std::string s = m.get<std::string>();
         const size_t space = s.find(' ');
         if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
-          fail("BpeTokenizer: {} is {}, not two pieces separated by one space", where, m.dump());
+          fail("BpeTokenizer: {} is {}, not two pieces separated by one space", where, describe_json(m));
         add_merge(s.substr(0, space), s.substr(space + 1), static_cast<int64_t>(i), where);
       } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
         add_merge(m[0].get<std::string>(), m[1].get<std::string>(), static_cast<int64_t>(i), where);
       } else {
-        fail("BpeTokenizer: {} is {}, neither \"a b\" nor [\"a\", \"b\"]", where, m.dump());
+        fail("BpeTokenizer: {} is {}, neither \"a b\" nor [\"a\", \"b\"]", where, describe_json(m));
       }
     }
-  } else if (fs::exists(vocab_path) || fs::exists(merges_path)) {
+  } else if (fs::exists(vocab_path, ec) || fs::exists(merges_path, ec)) {
     fail("BpeTokenizer: {} not found (vocab.json and merges.txt go together) and there is no tokenizer.json",
-         (fs::exists(vocab_path) ? merges_path : vocab_path).string());
+         (fs::exists(vocab_path, ec) ? merges_path : vocab_path).string());
   } else {
     fail("BpeTokenizer: {} holds neither vocab.json + merges.txt nor tokenizer.json", hf_dir.string());
   }
@@ -448,15 +463,10 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
     if (!d.is_object()) fail("BpeTokenizer: added_tokens_decoder in {} must be an object", config_path.string());
     for (const auto& [key, value] : d.items()) {
       int64_t id = -1;
-      try {
-        size_t used = 0;
-        id = std::stoll(key, &used);
-        if (used != key.size()) id = -1;
-      } catch (const std::exception&) {
-      }
+      if (!parse_int64(key, id)) id = -1;
       if (id < 0 || !value.is_object() || !value.contains("content") || !value.at("content").is_string())
         fail("BpeTokenizer: added_tokens_decoder in {}: entry {} must map an id to an AddedToken object",
-             config_path.string(), json(key).dump());
+             config_path.string(), quote_piece(key));
       decoder[id] = token_from_json(value, false);
       added_map[decoder[id].content] = decoder[id];
     }
@@ -489,7 +499,7 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
       for (const auto& [content, id] : added->items()) {
         if (!id.is_number_integer() || id.get<int64_t>() < 0)
           fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", added_path.string(),
-               json(content).dump(), id.dump());
+               quote_piece(content), describe_json(id));
         AddedToken t;
         t.content = content;
         t.special = specials.count(content) > 0;
@@ -497,7 +507,7 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
         added_map[content] = t;
       }
     }
-    if (!tokenizer_json && fs::is_regular_file(json_path)) tokenizer_json = read_json(json_path);
+    if (!tokenizer_json && fs::is_regular_file(json_path, ec)) tokenizer_json = read_json(json_path);
     if (tokenizer_json && tokenizer_json->is_object() && tokenizer_json->contains("added_tokens")) {
       const json& list = tokenizer_json->at("added_tokens");
       if (!list.is_array()) fail("BpeTokenizer: added_tokens in {} must be a list", json_path.string());
@@ -505,7 +515,7 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
         if (!item.is_object() || !item.contains("id") || !item.at("id").is_number_integer() ||
             !item.contains("content") || !item.at("content").is_string())
           fail("BpeTokenizer: {}: added token {} needs an integer id and a string content", json_path.string(),
-               item.dump());
+               describe_json(item));
         const AddedToken t = token_from_json(item, false);
         decoder[item.at("id").get<int64_t>()] = t;
         added_map[t.content] = t;
@@ -618,7 +628,7 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
     const json& v = config.at("clean_up_tokenization_spaces");
     if (!v.is_boolean() && !v.is_null())
       fail("BpeTokenizer: clean_up_tokenization_spaces in {} must be true, false or null, not {}",
-           config_path.string(), v.dump());
+           config_path.string(), describe_json(v));
     tok.clean_up_tokenization_spaces_ = v.is_boolean() && v.get<bool>();
   }
   tok.regex_ = std::make_shared<const Regex>();
@@ -802,7 +812,7 @@ int64_t BpeTokenizer::piece_to_id(const std::string& piece) const {
   // GPT2Tokenizer: encoder.get(token, encoder.get(unk_token)).
   if (auto it = vocab_.find(unk_token_); it != vocab_.end()) return it->second;
   fail("BpeTokenizer: the piece {} is not in the vocabulary of {} and there is no unk token to use instead",
-       json(piece).dump(), source_.string());
+       quote_piece(piece), source_.string());
 }
 
 // ---------------------------------------------------------------- decoding

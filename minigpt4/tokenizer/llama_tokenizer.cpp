@@ -3,12 +3,14 @@
 #include <sentencepiece_processor.h>
 
 #include <algorithm>
-#include <fstream>
+#include <climits>
 #include <map>
 #include <nlohmann/json.hpp>
 #include <optional>
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/limits.h"
+#include "minigpt4/common/untrusted.h"
 
 namespace minigpt4 {
 
@@ -58,15 +60,26 @@ std::string rstrip(const std::string& s) {
   return s.substr(0, end);
 }
 
+// The JSON files next to tokenizer.model, read with the limits of common/limits.h (size,
+// nesting) like any file a stranger may hand us.
 std::optional<json> read_json_if_exists(const fs::path& path) {
-  if (!fs::exists(path)) return std::nullopt;
-  std::ifstream in(path);
-  if (!in) fail("LlamaTokenizer: cannot open {}", path.string());
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return std::nullopt;
+  const std::string text = read_text_file(path, "LlamaTokenizer");
   try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    fail("LlamaTokenizer: {} is not valid JSON: {}", path.string(), e.what());
+    return parse_json(text, path.string());
+  } catch (const Error& e) {
+    fail("LlamaTokenizer: {} is not valid JSON ({})", path.string(), e.what());
   }
+}
+
+// A boolean flag of an AddedToken object (absent: false).
+bool flag(const json& v, const char* key, const fs::path& file, const std::string& token_key) {
+  if (!v.contains(key)) return false;
+  if (!v.at(key).is_boolean())
+    fail("LlamaTokenizer: {}.{} in {} must be true or false, not {}", token_key, key, file.string(),
+         describe_json(v.at(key)));
+  return v.at(key).get<bool>();
 }
 
 using Token = LlamaTokenizer::NoSplitToken;
@@ -75,10 +88,11 @@ using Token = LlamaTokenizer::NoSplitToken;
 // AddedToken(lstrip=False, rstrip=False), so only the dict form can ask for stripping.
 Token token_from_config(const json& v, const std::string& key, const fs::path& file) {
   if (v.is_string()) return Token{v.get<std::string>(), -1, true, false, false, false};
-  if (v.is_object() && v.contains("content"))
-    return Token{v.at("content").get<std::string>(), -1, true, false, v.value("lstrip", false),
-                 v.value("rstrip", false)};
-  fail("LlamaTokenizer: {} in {} must be a string or an AddedToken object", key, file.string());
+  if (v.is_object() && v.contains("content") && v.at("content").is_string())
+    return Token{v.at("content").get<std::string>(), -1, true, false, flag(v, "lstrip", file, key),
+                 flag(v, "rstrip", file, key)};
+  fail("LlamaTokenizer: {} in {} must be a string or an AddedToken object with a string \"content\", not {}", key,
+       file.string(), describe_json(v));
 }
 
 // A token from special_tokens_map.json: HF setattr()s the value as is, and a plain string
@@ -107,12 +121,19 @@ LlamaTokenizer::LlamaTokenizer(const fs::path& model_path, bool add_bos, bool ad
                                std::vector<NoSplitToken> tokens, const std::string& bos,
                                const std::string& eos, const std::string& unk)
     : model_path_(model_path), add_bos_(add_bos), add_eos_(add_eos) {
-  if (!fs::is_regular_file(model_path))
+  std::error_code ec;
+  if (!fs::is_regular_file(model_path, ec))
     fail("LlamaTokenizer: sentencepiece model {} not found", model_path.string());
+  // sentencepiece reads the whole file into memory: a real model is under a few MB.
+  const auto size = fs::file_size(model_path, ec);
+  if (!ec && size > static_cast<uintmax_t>(input_limits().max_text_file_bytes))
+    fail("LlamaTokenizer: sentencepiece model {} is {} bytes, more than the {} a tokenizer file may have "
+         "(limits.max_text_file_bytes)",
+         model_path.string(), size, input_limits().max_text_file_bytes);
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   if (const auto status = sp->Load(model_path.string()); !status.ok())
     fail("LlamaTokenizer: cannot load sentencepiece model {}: {}", model_path.string(),
-         status.ToString());
+         excerpt(status.ToString(), 300));
   sp_ = sp;
 
   const int64_t sp_size = sp_->GetPieceSize();
@@ -147,10 +168,11 @@ LlamaTokenizer LlamaTokenizer::from_model_file(const fs::path& model_path) {
 }
 
 LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
-  if (!fs::is_directory(hf_dir))
+  std::error_code ec;
+  if (!fs::is_directory(hf_dir, ec))
     fail("LlamaTokenizer: tokenizer directory {} does not exist", hf_dir.string());
   const fs::path model = hf_dir / "tokenizer.model";
-  if (!fs::is_regular_file(model))
+  if (!fs::is_regular_file(model, ec))
     fail("LlamaTokenizer: {} not found (the slow LLaMA tokenizer needs the sentencepiece model)",
          model.string());
 
@@ -158,6 +180,7 @@ LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
   // special_tokens_map.json overrides, then added_tokens.json.
   const fs::path config_path = hf_dir / "tokenizer_config.json";
   const json config = read_json_if_exists(config_path).value_or(json::object());
+  if (!config.is_object()) fail("LlamaTokenizer: {} must be a JSON object, not {}", config_path.string(), describe_json(config));
   Token bos{"<s>", -1, true, false, false, false};
   Token eos{"</s>", -1, true, false, false, false};
   Token unk{"<unk>", -1, true, false, false, false};
@@ -180,7 +203,10 @@ LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
   };
   apply(config, false, config_path);
   const fs::path map_path = hf_dir / "special_tokens_map.json";
-  if (auto map = read_json_if_exists(map_path)) apply(*map, true, map_path);
+  if (auto map = read_json_if_exists(map_path)) {
+    if (!map->is_object()) fail("LlamaTokenizer: {} must be a JSON object, not {}", map_path.string(), describe_json(*map));
+    apply(*map, true, map_path);
+  }
 
   std::vector<Token> tokens = {bos, eos, unk};
   tokens.insert(tokens.end(), additional.begin(), additional.end());
@@ -192,7 +218,13 @@ LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
   if (auto added = read_json_if_exists(added_path)) {
     if (!added->is_object()) fail("LlamaTokenizer: {} must map strings to ids", added_path.string());
     std::map<int64_t, std::string> by_id;
-    for (const auto& item : added->items()) by_id[item.value().get<int64_t>()] = item.key();
+    for (const auto& item : added->items()) {
+      const json& id = item.value();
+      if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
+        fail("LlamaTokenizer: {}: the id of '{}' is {}, not an integer from 0 to {}", added_path.string(),
+             excerpt(item.key()), describe_json(id), INT32_MAX);
+      by_id[id.get<int64_t>()] = item.key();
+    }
     for (const auto& [id, content] : by_id) {
       // Specials listed here keep their special role (earlier entries win); others are
       // ordinary added tokens, which HF strips around like any plain string.

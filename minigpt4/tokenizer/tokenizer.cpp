@@ -41,13 +41,14 @@ BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts,
 }
 
 std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& hf_dir) {
-  if (!fs::is_directory(hf_dir)) fail("tokenizer directory {} does not exist", hf_dir.string());
-  if (fs::is_regular_file(hf_dir / "tokenizer.model"))
+  std::error_code ec;  // a path the system refuses (too long, no permission) counts as absent
+  if (!fs::is_directory(hf_dir, ec)) fail("tokenizer directory {} does not exist", hf_dir.string());
+  if (fs::is_regular_file(hf_dir / "tokenizer.model", ec))
     return std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_pretrained(hf_dir));
   // Byte-level BPE (GPT-2, CodeGen, Phi-2): the slow tokenizer's files or a tokenizer.json,
   // whose model type BpeTokenizer checks (naming the file when it is not BPE).
-  if ((fs::is_regular_file(hf_dir / "vocab.json") && fs::is_regular_file(hf_dir / "merges.txt")) ||
-      fs::is_regular_file(hf_dir / "tokenizer.json"))
+  if ((fs::is_regular_file(hf_dir / "vocab.json", ec) && fs::is_regular_file(hf_dir / "merges.txt", ec)) ||
+      fs::is_regular_file(hf_dir / "tokenizer.json", ec))
     return std::make_shared<BpeTokenizer>(BpeTokenizer::from_pretrained(hf_dir));
   fail("{} holds no tokenizer this build reads: expected tokenizer.model (sentencepiece, LLaMA), "
        "vocab.json + merges.txt or a BPE tokenizer.json (GPT-2 byte-level BPE: CodeGen, Phi-2)",
