@@ -19,7 +19,7 @@ using nlohmann::json;
 json read_json(const std::string& path, std::string_view what) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(path, ec)) fail("{} {}: cannot open the file", what, path);
-  return read_json_file(path, std::string(what));
+  return parse_json(read_text_file(path, fmt::format("{} {}", what, path)), fmt::format("{} {}: not valid JSON", what, path));
 }
 
 // Reads fields of one entry; every failure names the file, the entry and the field.
