@@ -160,7 +160,7 @@ TrainResult run_training(const Config& config, const TrainOptions& options) {
   std::ostringstream config_text;
   config_text << config.tree().dump(2);
 
-  if (accum > 1 && save_freq > 0 && save_freq % accum != 0 && group)
+  if (accum > 1 && save_freq > 0 && save_freq % accum != 0 && group && rank == 0)
     log::warn("run.save_freq ({}) is not a multiple of run.accum_grad_iters ({}): a step checkpoint inside an "
               "accumulation window does not hold the other ranks' gradients, so a run resumed from one differs "
               "slightly from an uninterrupted run",
