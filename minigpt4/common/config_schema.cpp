@@ -113,7 +113,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"run.output_dir", T::String, "where checkpoints, logs and plots go"},
       {"run.amp", T::Bool, "mixed precision on CUDA (autocast; fp16 with dynamic loss scaling); ignored on the CPU"},
       {"run.amp_dtype", T::String, "autocast dtype: fp16 (the original's torch.cuda.amp default) or bf16 (no loss scaling)"},
-      {"run.resume_ckpt_path", T::String, "checkpoint to resume from (null: start fresh)"},
+      {"run.resume_ckpt_path", T::String, "checkpoint to resume from (null: start fresh); latest: the newest whole checkpoint in run.output_dir, damaged ones named and passed over, or start fresh when there is none"},
       {"run.evaluate", T::Bool, "evaluate only"},
       {"run.train_splits", T::StringList, "splits to train on"},
       {"run.valid_splits", T::StringList, "splits to validate on"},
