@@ -1,10 +1,13 @@
 #include "minigpt4/server/openai.h"
 
 #include "minigpt4/chat/grounding.h"
+#include "minigpt4/common/limits.h"
+#include "minigpt4/common/untrusted.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <limits>
 #include <random>
 #include <set>
 
@@ -31,7 +34,13 @@ const json* field(const json& object, const char* key) {
 }
 
 int64_t as_int(const json& v, const std::string& param) {
-  if (v.is_number_integer() || v.is_number_unsigned()) return v.get<int64_t>();
+  if (v.is_number_unsigned()) {
+    const auto u = v.get<uint64_t>();
+    if (u > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      reject(param, "'{}' is out of range: {} does not fit a 64-bit integer", param, u);
+    return static_cast<int64_t>(u);
+  }
+  if (v.is_number_integer()) return v.get<int64_t>();
   reject(param, "'{}' must be an integer, got {}", param, type_name(v));
 }
 
@@ -70,9 +79,13 @@ void check_neutral(const json& body) {
   for (const char* key : {"tool_choice", "function_call"})
     if (const auto* v = field(body, key); v && *v != "none" && *v != "auto")
       reject(key, "'{}' is not supported (no tools)", key);
-  if (const auto* v = field(body, "response_format"))
-    if (!v->is_object() || v->value("type", "") != "text")
-      reject("response_format", "only response_format {{\"type\": \"text\"}} is supported");
+  if (const auto* v = field(body, "response_format")) {
+    if (!v->is_object()) reject("response_format", "'response_format' must be an object, got {}", type_name(*v));
+    const auto* type = field(*v, "type");
+    if (!type || !type->is_string() || type->get_ref<const std::string&>() != "text")
+      reject("response_format", "only response_format {{\"type\": \"text\"}} is supported, got type {}",
+             type ? describe_json(*type) : "none");
+  }
   if (const auto* v = field(body, "modalities"))
     if (*v != json::array({"text"})) reject("modalities", "only the \"text\" output modality is supported");
 }
@@ -94,6 +107,36 @@ const std::set<std::string>& known_fields() {
   return fields;
 }
 
+// What a request holds so far, against the limits: the prompt's text (and each message's
+// template markers) in bytes, the images and their pixels from their headers.
+struct Tally {
+  const RequestLimits& limits;
+  int64_t prompt_bytes = 0, images = 0, pixels = 0;
+
+  void add_text(int64_t bytes, const std::string& param) {
+    prompt_bytes += bytes;
+    if (limits.max_prompt_tokens <= 0 || limits.max_prompt_tokens > (int64_t(1) << 40)) return;
+    const int64_t max_bytes = limits.max_prompt_tokens * kPromptBytesPerToken;
+    if (prompt_bytes > max_bytes)
+      throw ApiError(400,
+                     fmt::format("'{}': the prompt's text is over {} bytes; this server takes at most {} prompt tokens "
+                                 "(--max-prompt-tokens), and no more than {} bytes of text",
+                                 param, max_bytes, limits.max_prompt_tokens, max_bytes),
+                     param, "context_length_exceeded");
+  }
+  void add_message(const std::string& param) { add_text(kPromptBytesPerToken, param); }
+  void add_image(const std::string& param) {
+    if (++images > limits.max_images)
+      reject(param, "'{}': more than {} images in one request (--max-images-per-request)", param, limits.max_images);
+  }
+  void add_pixels(const ImageInfo& info, const std::string& param) {
+    pixels += info.width * info.height;
+    if (pixels > limits.max_request_pixels)
+      reject(param, "'{}': the request's images hold {} pixels with this one ({}x{}); this server takes at most {} "
+             "in one request (--max-request-pixels)", param, pixels, info.width, info.height, limits.max_request_pixels);
+  }
+};
+
 // A message's text: a string, or text parts (assistant and system messages hold no images).
 std::string text_only(const json& content, const std::string& param) {
   if (content.is_string()) return content.get<std::string>();
@@ -114,11 +157,13 @@ std::string text_only(const json& content, const std::string& param) {
   return text;
 }
 
-void add_user_message(const json& content, const std::string& param, const RequestLimits& limits,
-                      std::vector<ChatStep>& steps) {
+void add_user_message(const json& content, const std::string& param, Tally& tally, std::vector<ChatStep>& steps,
+                      std::vector<ImageInfo>& infos) {
   if (content.is_string()) {
-    if (content.get_ref<const std::string&>().empty()) reject(param, "'{}' is empty", param);
-    steps.push_back({ChatStep::Kind::Ask, content.get<std::string>(), "", param});
+    const auto& text = content.get_ref<const std::string&>();
+    if (text.empty()) reject(param, "'{}' is empty", param);
+    tally.add_text(static_cast<int64_t>(text.size()), param);
+    steps.push_back({ChatStep::Kind::Ask, text, "", param});
     return;
   }
   if (!content.is_array()) reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
@@ -134,9 +179,12 @@ void add_user_message(const json& content, const std::string& param, const Reque
     if (type == "text") {
       const auto* t = field(part, "text");
       if (!t) reject(p + ".text", "'{}.text' is missing", p);
+      const auto& part_text = as_string(*t, p + ".text");
+      tally.add_text(static_cast<int64_t>(part_text.size()) + 1, p + ".text");
       if (!text.empty()) text += "\n";
-      text += as_string(*t, p + ".text");
+      text += part_text;
     } else if (type == "image_url") {
+      tally.add_image(p);
       const auto* image_url = field(part, "image_url");
       if (!image_url) reject(p + ".image_url", "'{}.image_url' is missing", p);
       // {"url": ..., "detail": ...} as OpenAI defines it; a bare string as some clients send.
@@ -148,30 +196,35 @@ void add_user_message(const json& content, const std::string& param, const Reque
         if (!url) reject(url_param, "'{}' is missing", url_param);
       }
       DataUri uri;
+      ImageInfo info;
       try {
         uri = parse_data_uri(as_string(*url, url_param));
-        check_image(uri.bytes, limits.image, url_param);
+        info = check_image_header(uri.bytes, tally.limits.image, url_param);
       } catch (const ApiError&) {
         throw;
       } catch (const Error& e) {
         reject(url_param, "{}", e.what());
       }
+      tally.add_pixels(info, url_param);
       steps.push_back({ChatStep::Kind::Image, "", std::move(uri.bytes), url_param});
+      infos.push_back(info);
     } else {
-      reject(p + ".type", "content part type '{}' is not supported (only 'text' and 'image_url')", type);
+      reject(p + ".type", "content part type '{}' is not supported (only 'text' and 'image_url')", excerpt(type));
     }
   }
   if (!text.empty()) steps.push_back({ChatStep::Kind::Ask, text, "", param});
 }
 
-void parse_messages(const json& messages, const RequestLimits& limits, ChatRequest& request) {
+void parse_messages(const json& messages, Tally& tally, ChatRequest& request, std::vector<ImageInfo>& infos) {
   if (!messages.is_array()) reject("messages", "'messages' must be an array, got {}", type_name(messages));
   if (messages.empty()) reject("messages", "'messages' is empty");
   bool conversation_started = false;
+  std::string last_role;
   for (size_t i = 0; i < messages.size(); ++i) {
     const auto p = fmt::format("messages[{}]", i);
     const auto& message = messages[i];
     if (!message.is_object()) reject(p, "'{}' must be an object, got {}", p, type_name(message));
+    tally.add_message(p);
     const auto* role_field = field(message, "role");
     if (!role_field) reject(p + ".role", "'{}.role' is missing", p);
     const auto& role = as_string(*role_field, p + ".role");
@@ -186,20 +239,22 @@ void parse_messages(const json& messages, const RequestLimits& limits, ChatReque
       text_only(*content, p + ".content");
       request.system_given = true;
     } else if (role == "user") {
-      add_user_message(*content, p + ".content", limits, request.steps);
+      add_user_message(*content, p + ".content", tally, request.steps, infos);
       conversation_started = true;
     } else if (role == "assistant") {
-      request.steps.push_back({ChatStep::Kind::Answer, text_only(*content, p + ".content"), "", p + ".content"});
+      auto text = text_only(*content, p + ".content");
+      tally.add_text(static_cast<int64_t>(text.size()), p + ".content");
+      request.steps.push_back({ChatStep::Kind::Answer, std::move(text), "", p + ".content"});
       conversation_started = true;
     } else if (role == "tool" || role == "function") {
       reject(p + ".role", "'{}': role '{}' is not supported (no tools)", p, role);
     } else {
-      reject(p + ".role", "'{}': unknown role '{}' (expected system, user or assistant)", p, role);
+      reject(p + ".role", "'{}': unknown role '{}' (expected system, user or assistant)", p, excerpt(role));
     }
+    last_role = role;
   }
   if (!conversation_started) reject("messages", "'messages' holds no user message");
-  if (messages.back().value("role", "") != "user")
-    reject("messages", "the last message must be the user's (the model answers it)");
+  if (last_role != "user") reject("messages", "the last message must be the user's (the model answers it)");
 }
 
 void parse_options(const json& body, const RequestLimits& limits, ChatRequest& request) {
@@ -213,7 +268,8 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     if (n > limits.max_tokens) reject(key, "'{}' is {}; this server allows at most {}", key, n, limits.max_tokens);
     o.max_new_tokens = n;
   }
-  if (const auto* v = field(body, "temperature")) o.temperature = in_range(as_number(*v, "temperature"), 0, 2, "temperature");
+  if (const auto* v = field(body, "temperature"))
+    o.temperature = sampling_temperature(in_range(as_number(*v, "temperature"), 0, 2, "temperature"));
   if (const auto* v = field(body, "top_p")) {
     o.top_p = as_number(*v, "top_p");
     if (!(o.top_p > 0 && o.top_p <= 1)) reject("top_p", "'top_p' must be in (0, 1], got {}", o.top_p);
@@ -229,8 +285,8 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     o.num_beams = static_cast<int>(beams);
   }
   if (const auto* v = field(body, "repetition_penalty")) {
-    o.repetition_penalty = as_number(*v, "repetition_penalty");
-    if (!(o.repetition_penalty > 0)) reject("repetition_penalty", "'repetition_penalty' must be > 0");
+    // Hugging Face takes any positive value; beyond these the penalised logits overflow.
+    o.repetition_penalty = in_range(as_number(*v, "repetition_penalty"), 0.01, 100, "repetition_penalty");
   }
   if (const auto* v = field(body, "length_penalty")) o.length_penalty = in_range(as_number(*v, "length_penalty"), -10, 10, "length_penalty");
   if (const auto* v = field(body, "seed")) {
@@ -246,8 +302,10 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     } else {
       reject("stop", "'stop' must be a string or an array of strings, got {}", type_name(*v));
     }
-    for (const auto& s : request.stop)
+    for (const auto& s : request.stop) {
       if (s.empty()) reject("stop", "'stop' strings must not be empty");
+      if (s.size() > kMaxStopBytes) reject("stop", "'stop' strings may be at most {} bytes, got {}", kMaxStopBytes, s.size());
+    }
   }
   if (const auto* v = field(body, "stream")) request.stream = as_bool(*v, "stream");
   if (const auto* v = field(body, "stream_options")) {
@@ -266,17 +324,77 @@ ApiError::ApiError(int status_code, const std::string& message, std::string para
       param(std::move(param_name)),
       code(std::move(error_code)) {}
 
-ChatRequest parse_chat_request(const std::string& body, const RequestLimits& limits) {
-  json j;
+json parse_request_json(const std::string& body) {
+  // Where the parser is, for a message naming the field of an error: one entry per open
+  // object (its current key) or array (the index of its current item).
+  struct Level {
+    bool array;
+    std::string key;
+    size_t index = 0;
+  };
+  std::vector<Level> path;
+  const auto where = [&] {
+    std::string out;
+    for (const auto& level : path) {
+      if (level.array) {
+        out += fmt::format("[{}]", level.index);
+      } else if (!level.key.empty()) {
+        out += (out.empty() ? "" : ".") + excerpt(level.key, 40);
+      }
+    }
+    return out;
+  };
+  const auto item_done = [&] {
+    if (!path.empty() && path.back().array) ++path.back().index;
+  };
+  const int64_t max_depth = input_limits().max_json_depth;
+  json::parser_callback_t track = [&](int depth, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start:
+      case json::parse_event_t::array_start:
+        if (depth >= max_depth)
+          throw ApiError(400, fmt::format("the request body nests deeper than {} levels (limits.max_json_depth)", max_depth),
+                         excerpt(where(), 80), "invalid_json");
+        path.push_back({event == json::parse_event_t::array_start, "", 0});
+        break;
+      case json::parse_event_t::key:
+        if (!path.empty()) path.back().key = parsed.is_string() ? parsed.get<std::string>() : "";
+        break;
+      case json::parse_event_t::object_end:
+      case json::parse_event_t::array_end:
+        if (!path.empty()) path.pop_back();
+        item_done();
+        break;
+      case json::parse_event_t::value:
+        item_done();
+        break;
+    }
+    return true;
+  };
   try {
-    j = json::parse(body);
+    return json::parse(body.begin(), body.end(), track);
   } catch (const json::parse_error& e) {
-    throw ApiError(400, fmt::format("the request body is not valid JSON: {}", e.what()), "", "invalid_json");
+    throw ApiError(400, fmt::format("the request body is not valid JSON at byte {}: {}", e.byte, excerpt(e.what(), 200)),
+                   excerpt(where(), 80), "invalid_json");
+  } catch (const json::out_of_range& e) {
+    // 406: a number beyond double's range (1e309, or an integer of hundreds of digits).
+    const auto param = excerpt(where(), 80);
+    throw ApiError(400,
+                   fmt::format("'{}': a number too large to represent ({})", param.empty() ? "body" : param,
+                               excerpt(e.what(), 80)),
+                   param, "invalid_json");
+  } catch (const json::exception& e) {
+    throw ApiError(400, fmt::format("the request body is not valid JSON: {}", excerpt(e.what(), 200)),
+                   excerpt(where(), 80), "invalid_json");
   }
+}
+
+ChatRequest parse_chat_request(const std::string& body, const RequestLimits& limits) {
+  const json j = parse_request_json(body);
   if (!j.is_object()) reject("", "the request body must be a JSON object, got {}", type_name(j));
   for (const auto& item : j.items())
     if (!known_fields().count(item.key()))
-      reject(item.key(), "unrecognized request argument supplied: '{}'", item.key());
+      reject(excerpt(item.key()), "unrecognized request argument supplied: '{}'", excerpt(item.key()));
 
   ChatRequest request;
   if (const auto* v = field(j, "model")) request.model = as_string(*v, "model");
@@ -288,7 +406,24 @@ ChatRequest parse_chat_request(const std::string& body, const RequestLimits& lim
   parse_options(j, limits, request);
   const auto* messages = field(j, "messages");
   if (!messages) reject("messages", "'messages' is required");
-  parse_messages(*messages, limits, request);
+  Tally tally{limits};
+  std::vector<ImageInfo> infos;
+  parse_messages(*messages, tally, request, infos);
+  // Every header, count and budget has passed: now each image is decoded once as a check,
+  // within the server's decode budget.
+  size_t next = 0;
+  for (const auto& step : request.steps) {
+    if (step.kind != ChatStep::Kind::Image) continue;
+    try {
+      check_image_decodes(step.image, infos[next++], limits.image, step.param);
+    } catch (const DecodeBusy& e) {
+      throw ApiError(503, e.what(), step.param, "server_busy");
+    } catch (const ApiError&) {
+      throw;
+    } catch (const Error& e) {
+      reject(step.param, "{}", e.what());
+    }
+  }
   return request;
 }
 
@@ -298,7 +433,7 @@ std::string resolve_adapter(const ChatRequest& request, const std::vector<std::s
   if (request.lora) {
     if (held(*request.lora)) return *request.lora;
     throw ApiError(400,
-                   fmt::format("unknown LoRA adapter '{}'; this server holds: {}", *request.lora, fmt::join(choices, ", ")),
+                   fmt::format("unknown LoRA adapter '{}'; this server holds: {}", excerpt(*request.lora), fmt::join(choices, ", ")),
                    "lora", "unknown_adapter");
   }
   if (!request.model.empty() && request.model != "original" && held(request.model)) return request.model;

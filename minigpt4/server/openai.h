@@ -35,8 +35,30 @@ template <typename... Args>
 struct RequestLimits {
   int64_t max_tokens = 1024;          // the most a request may ask for
   int64_t default_max_tokens = 300;   // Chat.answer's max_new_tokens
-  ImageLimits image;
+  ImageLimits image;                  // each image
+  int64_t max_images = 4;             // images in one request
+  int64_t max_request_pixels = 80'000'000;  // their pixels together, from their headers
+  // Tokens of the prompt's text (the server counts them with the model's tokenizer before
+  // any model work; images add their embedding positions on top). The parsers refuse text
+  // longer than kPromptBytesPerToken bytes a token before it is tokenized at all.
+  // 0: no limit here (the server sets it from the model's context length).
+  int64_t max_prompt_tokens = 0;
 };
+
+// No token of either tokenizer is longer than this; text over max_prompt_tokens times as
+// many bytes is refused without tokenizing it. Each message also counts this much for its
+// template markers, so countless empty messages are refused the same way.
+inline constexpr int64_t kPromptBytesPerToken = 32;
+// A temperature this small divides the logits into infinities (float32): it samples as
+// greedy decoding would, and is run as greedy (0).
+inline constexpr double kGreedyBelowTemperature = 1e-4;
+inline double sampling_temperature(double t) { return t < kGreedyBelowTemperature ? 0.0 : t; }
+// The longest `stop` string (the answer's text is held back by as much while it could be one).
+inline constexpr size_t kMaxStopBytes = 512;
+
+// A request body as JSON: nesting bounded by input_limits().max_json_depth; a syntax error, too
+// deep a nesting or a number beyond double's range is a 400 naming the field it was in.
+nlohmann::json parse_request_json(const std::string& body);
 
 // One operation of the original Chat, replayed in order on a fresh ChatSession.
 struct ChatStep {
@@ -65,8 +87,10 @@ struct ChatRequest {
 // operations: a message's images first (upload_img each), then its text parts joined by
 // newlines (ask); assistant messages are recorded as given (add_answer); the last message
 // must be the user's. Throws ApiError (400) naming the field for malformed JSON, wrong types,
-// unknown roles or fields, unsupported values, remote image URLs, bad data URIs and images
-// over `limits`.
+// numbers out of range, unknown roles or fields, unsupported values, remote image URLs, bad
+// data URIs, images over `limits` (each, their count, their pixels together: all checked from
+// the headers before any image is decoded) and text too long for max_prompt_tokens; 503
+// when the image decode budget stays full.
 ChatRequest parse_chat_request(const std::string& body, const RequestLimits& limits);
 
 // The adapter a request answers with: its `lora` when given (which must be one of

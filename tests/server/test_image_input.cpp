@@ -9,6 +9,7 @@
 #include <opencv2/imgcodecs.hpp>
 
 #include <fstream>
+#include <thread>
 #include <sstream>
 
 using namespace minigpt4;
@@ -106,4 +107,48 @@ TEST_CASE("check_image enforces the limits before decoding and refuses corrupt d
   CHECK_THROWS_WITH(check_image("hello world", ImageLimits{}, "img"), Contains("not a PNG, JPEG, WebP or BMP"));
   const auto jpeg = encoded(".jpg", 40, 30);
   CHECK_THROWS_WITH(check_image(jpeg.substr(0, jpeg.size() / 2), ImageLimits{}, "img"), Contains("img") && Contains("truncated"));
+}
+
+TEST_CASE("the decode budget bounds the pixels decoded at once across threads", "[server]") {
+  auto budget = std::make_shared<PixelBudget>(1000);
+  {
+    auto a = budget->acquire(600, std::chrono::milliseconds(0));
+    REQUIRE(a);
+    CHECK(budget->in_use() == 600);
+    CHECK_FALSE(budget->acquire(600, std::chrono::milliseconds(10)));  // would exceed: waits, then gives up
+    auto b = budget->acquire(400, std::chrono::milliseconds(0));
+    CHECK(b);
+    CHECK(budget->in_use() == 1000);
+  }
+  CHECK(budget->in_use() == 0);
+  // A waiter gets its pixels when another thread frees them.
+  auto held = budget->acquire(1000, std::chrono::milliseconds(0));
+  REQUIRE(held);
+  std::thread release([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    held.reset();
+  });
+  CHECK(budget->acquire(10, std::chrono::seconds(30)));
+  release.join();
+  // More than the whole budget takes all of it (one huge image still decodes, alone).
+  CHECK(budget->acquire(5000, std::chrono::milliseconds(0)));
+
+  // check_image decodes within the budget, and says the server is busy when it stays full.
+  ImageLimits limits;
+  limits.decode_budget = std::make_shared<PixelBudget>(1000);
+  limits.decode_wait = std::chrono::milliseconds(20);
+  const auto png = encoded(".png", 40, 20);
+  CHECK(check_image(png, limits, "img").width == 40);
+  const auto full = limits.decode_budget->acquire(1000, std::chrono::milliseconds(0));
+  REQUIRE(full);
+  CHECK_THROWS_AS(check_image(png, limits, "img"), DecodeBusy);
+  CHECK_THROWS_WITH(check_image(png, limits, "img"), Contains("busy"));
+}
+
+TEST_CASE("image headers: sizes that would overflow width * height are refused by side", "[server]") {
+  std::string png = encoded(".png", 4, 4);
+  for (int i = 16; i < 24; ++i) png[static_cast<size_t>(i)] = '\xff';  // 4294967295 x 4294967295
+  ImageLimits huge;
+  huge.max_side = int64_t(1) << 40;  // only the pixel count stands in the way
+  CHECK_THROWS_WITH(check_image_header(png, huge, "img"), Contains("4294967295x4294967295"));
 }

@@ -159,6 +159,103 @@ TEST_CASE("images must be inline data URIs within the limits", "[server]") {
   check_rejected(with_image({{"url", png_uri(8, 6)}}), param, "8x6", small);
 }
 
+TEST_CASE("hostile bodies: overflowing numbers, wrong types, deep nesting and huge strings are 400s naming the field", "[server]") {
+  const std::string hi = R"("messages": [{"role": "user", "content": "Hi"}])";
+  const auto rejected = [](const std::string& body, const std::string& param, const std::string& text) {
+    INFO(body.substr(0, 200));
+    try {
+      parse_chat_request(body, {});
+      FAIL("accepted");
+    } catch (const ApiError& e) {
+      CHECK(e.status == 400);
+      CHECK(e.param == param);
+      CHECK_THAT(e.what(), Contains(text));
+      CHECK(std::string(e.what()).size() < 600);  // never the whole input
+    }
+  };
+  // nlohmann throws out_of_range (406), not parse_error, for numbers beyond double.
+  rejected("{" + hi + R"(, "max_tokens": )" + std::string(100'000, '9') + "}", "max_tokens", "too large");
+  rejected("{" + hi + R"(, "temperature": 1e309})", "temperature", "too large");
+  rejected("{" + hi + R"(, "length_penalty": -1e309})", "length_penalty", "too large");
+  rejected(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, 1e999]}]})", "messages[0].content[1]",
+           "too large");
+  rejected("{" + hi + R"(, "response_format": {"type": 5}})", "response_format", "only response_format");
+  rejected("{" + hi + R"(, "response_format": "text"})", "response_format", "must be an object");
+  rejected("{" + hi + R"(, "max_tokens": 18446744073709551615})", "max_tokens", "does not fit");
+  rejected("{" + hi + R"(, "seed": 9223372036854775808})", "seed", "does not fit");
+  rejected("{" + hi + R"(, "top_k": "50"})", "top_k", "must be an integer");
+  rejected("{" + hi + R"(, "repetition_penalty": 1e-300})", "repetition_penalty", "[0.01, 100]");
+  rejected("{" + hi + R"(, "stop": [")" + std::string(1000, 'x') + R"("]})", "stop", "at most 512 bytes");
+  rejected("{" + hi + R"(, "stream_options": {"include_usage": 1}, "stream": true})", "stream_options.include_usage",
+           "must be a boolean");
+  CHECK_THROWS_WITH(parse_chat_request(std::string(100'000, '['), {}), Contains("deeper than 256 levels"));
+  CHECK_THROWS_WITH(parse_chat_request("{\"messages\": " + std::string(300, '[') + std::string(300, ']') + "}", {}),
+                    Contains("deeper than"));
+  rejected("{\"" + std::string(1'000'000, 'k') + "\": 1}", std::string(60, 'k') + "... (1000000 bytes)",
+           "unrecognized request argument");
+  rejected(R"({"messages": [{"role": ")" + std::string(100'000, 'r') + R"(", "content": "x"}]})", "messages[0].role", "unknown role");
+  rejected(R"({"messages": [{"role": "user", "content": [{"type": ")" + std::string(100'000, 't') + R"("}]}]})",
+           "messages[0].content[0].type", "is not supported");
+  rejected(R"({"messages": [{"role": "user", "content": "x"}], "lora": 7})", "lora", "must be a string");
+  rejected("{\"messages\": [\"" + std::string(10, '\x01') + "\"]}", "messages[0]", "not valid JSON");
+  // A tiny temperature samples as greedy (its logits would divide into infinities).
+  CHECK(parse_chat_request("{" + hi + R"(, "temperature": 1e-300})", {}).options.temperature == 0);
+  CHECK(parse_chat_request("{" + hi + R"(, "temperature": 0.5})", {}).options.temperature == 0.5);
+}
+
+TEST_CASE("a request's images are counted and budgeted from their headers, and its text from its size", "[server]") {
+  const auto image = [](int width, int height) {
+    return json{{"type", "image_url"}, {"image_url", {{"url", png_uri(width, height)}}}};
+  };
+  RequestLimits limits;
+  limits.max_images = 2;
+  check_rejected({{"messages", {user({image(8, 6), image(8, 6), image(8, 6)})}}}, "messages[0].content[2]",
+                 "more than 2 images in one request (--max-images-per-request)", limits);
+  // Counted over the whole conversation, not per message.
+  check_rejected({{"messages", {user({image(8, 6), image(8, 6)}), {{"role", "assistant"}, {"content", "ok"}}, user(json::array({image(8, 6)}))}}},
+                 "messages[2].content[0]", "--max-images-per-request", limits);
+  CHECK(parse({{"messages", {user({image(8, 6), image(8, 6)})}}}, limits).steps.size() == 2);
+
+  limits = RequestLimits{};
+  limits.max_request_pixels = 90;  // one 8x6 image (48 pixels), not two
+  check_rejected({{"messages", {user({image(8, 6), image(8, 6)})}}}, "messages[0].content[1].image_url.url",
+                 "--max-request-pixels", limits);
+  // A header claiming a huge canvas is refused before decoding, whatever the limits add up to.
+  std::vector<uchar> png;
+  REQUIRE(cv::imencode(".png", cv::Mat(6, 8, CV_8UC3), png));
+  std::string bomb(png.begin(), png.end());
+  bomb[16] = '\x7f', bomb[17] = bomb[18] = bomb[19] = '\xff';  // width 2^31-1
+  check_rejected({{"messages", {user({{{"type", "image_url"}, {"image_url", "data:image/png;base64," + base64_encode(bomb)}}})}}},
+                 "messages[0].content[0].image_url", "2147483647x6", RequestLimits{});
+
+  limits = RequestLimits{};
+  limits.max_prompt_tokens = 10;  // 320 bytes of text
+  check_rejected({{"messages", {user(std::string(400, 'a'))}}}, "messages[0].content", "--max-prompt-tokens", limits);
+  check_rejected({{"messages", {user("a"), {{"role", "assistant"}, {"content", std::string(400, 'b')}}, user("c")}}},
+                 "messages[1].content", "at most 10 prompt tokens", limits);
+  json many = json::array();
+  for (int i = 0; i < 20; ++i) many.push_back(user("x")), many.push_back({{"role", "assistant"}, {"content", ""}});
+  many.push_back(user("x"));
+  check_rejected({{"messages", many}}, "messages[9]", "--max-prompt-tokens", limits);  // each message counts
+  CHECK(parse({{"messages", {user(std::string(200, 'a'))}}}, limits).steps.size() == 1);
+  try {
+    parse({{"messages", {user(std::string(400, 'a'))}}}, limits);
+  } catch (const ApiError& e) {
+    CHECK(e.code == "context_length_exceeded");
+  }
+
+  RequestLimits page;
+  page.max_prompt_tokens = 10;
+  CHECK_THROWS_WITH(parse_page_ask(json{{"text", std::string(400, 'a')}}.dump(), page), Contains("--max-prompt-tokens"));
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "num_beams": 1e400})", page), Contains("too large"));
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "max_new_tokens": 18446744073709551615})", page), Contains("1..1024"));
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "num_beams": 2.5})", page), Contains("1..10"));
+  CHECK(parse_page_ask(R"({"text": "x", "temperature": 1e-200})", page).options.temperature == 0);
+  page.max_request_pixels = 40;
+  CHECK_THROWS_WITH(parse_page_image(json{{"image", png_uri(8, 6)}}.dump(), page), Contains("--max-request-pixels"));
+  CHECK_THROWS_WITH(parse_page_lora(json{{std::string(100'000, 'k'), 1}}.dump(), false), Contains("(100000 bytes)"));
+}
+
 TEST_CASE("replies, chunks, models and errors have OpenAI's shapes", "[server]") {
   const CompletionMeta meta{"chatcmpl-1", 1700000000, "tiny", ""};
   const auto reply = completion_json(meta, "Hello", "stop", 40, 3);
