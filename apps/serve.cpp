@@ -23,6 +23,8 @@ struct ServeArgs {
   server::ServerOptions server;
   double max_upload_mb = 20;
   int64_t session_idle_minutes = 30;
+  double header_timeout = 10, request_timeout = 60, keep_alive = 5;
+  double max_buffered_mb = 256;
 };
 
 // Ctrl-C / SIGTERM: the handler only raises a flag (all a signal handler may do); a watcher
@@ -39,6 +41,11 @@ void run_serve(ServeArgs& args) {
   auto options = args.server;
   options.max_body_bytes = static_cast<size_t>(args.max_upload_mb * 1024 * 1024);
   options.session_idle = std::chrono::minutes(args.session_idle_minutes);
+  const auto ms = [](double seconds) { return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)); };
+  options.header_timeout = ms(args.header_timeout);
+  options.request_timeout = ms(args.request_timeout);
+  options.keep_alive = ms(args.keep_alive);
+  options.max_buffered_bytes = static_cast<size_t>(args.max_buffered_mb * 1024 * 1024);
   server::Server server(model, options);
   if (model->adapter_choices().size() > 1)
     log::info("LoRA adapters: {}; requests without 'lora' use {}", fmt::join(model->adapter_choices(), ", "),
@@ -93,7 +100,36 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-sessions", s.max_sessions, "web-page conversations kept (each holds a KV cache)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--session-idle-minutes", args->session_idle_minutes, "a page conversation unused this long is dropped")
       ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--io-timeout", s.io_timeout_seconds, "socket read/write timeout in seconds")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--io-timeout", s.io_timeout_seconds, "seconds one write of an answer may wait for a client that does not read")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  // Abuse limits (docs/serving.md, "Limits and safety").
+  cmd->add_option("--max-prompt-tokens", s.limits.max_prompt_tokens,
+                  "most text tokens in a request's prompt (0: the model's context length); longer text is refused "
+                  "before it is tokenized")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-images-per-request", s.limits.max_images, "images one request may carry")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-request-pixels", s.limits.max_request_pixels, "pixels of one request's images together (from their headers)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-decode-pixels", s.max_decode_pixels, "pixels being decoded at once by all requests together")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-connections", s.max_connections,
+                  "open connections (at the limit the one waiting longest for its request is closed for a newcomer)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-header-bytes", s.max_header_bytes, "request line and headers, in bytes (more: 431)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-headers", s.max_header_count, "header lines of a request (more: 431)")->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--header-timeout", args->header_timeout,
+                  "seconds for the request line and headers to arrive, from the connection's start or its previous answer (then 408)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--request-timeout", args->request_timeout,
+                  "seconds for the whole request, body included, to arrive, however slowly it trickles (then 408)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--keep-alive-timeout", args->keep_alive, "seconds an idle kept-alive connection stays open")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-buffered-mb", args->max_buffered_mb,
+                  "request bytes held at once by requests still arriving or being answered (more: 503)")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--http-threads", s.http_threads, "threads answering requests (0: --max-queue + 8); /health has its own")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--lora", s.lora,
                   "LoRA task adapter of requests that name none (a name of model.lora_path, or original); default: "
                   "model.lora_active. Requests choose their own with \"lora\" (API) or the page's task selector");

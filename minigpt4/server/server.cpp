@@ -2,10 +2,16 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/untrusted.h"
+#include "minigpt4/models/llama.h"
+#include "minigpt4/models/minigpt4.h"
+#include "minigpt4/models/phi.h"
+#include "minigpt4/server/http_gate.h"
 #include "minigpt4/server/page.h"
 #include "minigpt4/server/sessions.h"
 #include "minigpt4/server/stop_strings.h"
 #include "minigpt4/server/worker.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <c10/util/Exception.h>
 #include <httplib.h>
@@ -126,18 +132,81 @@ struct AnswerContext {
   int64_t width = 0, height = 0;
 };
 
+// The context a prompt may fill: Chat.answer's max_length (2000), or the LLM's positions
+// when it has fewer.
+int64_t context_length(const ChatModel& model) {
+  int64_t n = AnswerOptions{}.max_length;
+  const auto& llm = model.model->llama_model;
+  if (const auto* llama = dynamic_cast<const LlamaForCausalLM*>(llm.get()))
+    n = std::min(n, llama->config.max_position_embeddings);
+  else if (const auto* phi = dynamic_cast<const PhiForCausalLM*>(llm.get()))
+    n = std::min(n, phi->config.max_position_embeddings);
+  return n;
+}
+
+// The text tokens of the prompt a request's steps make (template and messages; the images'
+// embedding positions come on top), counted as ChatSession::answer will tokenize it. The
+// parser has bounded the text to max_prompt_tokens * kPromptBytesPerToken bytes, so this is
+// cheap, and it runs on the request's own thread, before any model work.
+int64_t prompt_text_tokens(const ChatModel& model, const std::vector<ChatStep>& steps) {
+  auto conversation = model.new_conversation();
+  for (const auto& step : steps) {
+    if (step.kind == ChatStep::Kind::Image) conversation.upload_image();
+    if (step.kind == ChatStep::Kind::Ask) conversation.ask(step.text);
+    if (step.kind == ChatStep::Kind::Answer) {
+      conversation.start_answer();
+      conversation.set_answer(step.text);
+    }
+  }
+  conversation.start_answer();
+  const auto segments = split_image_placeholder(conversation.get_prompt());
+  int64_t tokens = 0;
+  for (size_t i = 0; i < segments.size(); ++i)
+    tokens += static_cast<int64_t>(model.tokenizer->encode(segments[i], /*add_special_tokens=*/i == 0).size());
+  return tokens;
+}
+
+HttpLimits http_limits(const ServerOptions& o) {
+  HttpLimits l;
+  l.max_connections = o.max_connections;
+  l.max_header_bytes = o.max_header_bytes;
+  l.max_header_count = o.max_header_count;
+  l.max_body_bytes = o.max_body_bytes;
+  l.max_buffered_bytes = o.max_buffered_bytes;
+  l.header_timeout = o.header_timeout;
+  l.request_timeout = o.request_timeout;
+  l.keep_alive = o.keep_alive;
+  l.write_timeout = std::chrono::seconds(o.io_timeout_seconds);
+  // Every request waiting for the model holds a thread: enough for a full queue plus the
+  // running job, and some left for the page and the API's other routes.
+  l.threads = o.http_threads > 0 ? o.http_threads : o.max_waiting + 8;
+  l.fast_threads = 2;
+  l.fast_paths = {"/health"};
+  return l;
+}
+
+// ServerOptions as the server runs them: the prompt limit from the model when not given, the
+// decode budget shared by every request.
+ServerOptions resolved(ServerOptions o, const ChatModel& model) {
+  if (o.limits.max_prompt_tokens <= 0) o.limits.max_prompt_tokens = context_length(model);
+  o.limits.image.decode_budget =
+      std::make_shared<PixelBudget>(std::max(o.max_decode_pixels, o.limits.image.max_pixels));
+  return o;
+}
+
 }  // namespace
 
 struct Server::Impl {
   Impl(std::shared_ptr<const ChatModel> chat_model, ServerOptions server_options)
       : model(std::move(chat_model)),
-        options(std::move(server_options)),
+        options(resolved(std::move(server_options), *model)),
         adapters(model->adapter_choices()),
         default_adapter(options.lora.empty() ? model->active_adapter() : options.lora),
         worker(options.max_waiting),
-        sessions(options.max_sessions, options.session_idle) {
+        sessions(options.max_sessions, options.session_idle),
+        http(http_limits(options)) {
     if (!held(default_adapter))
-      fail("unknown LoRA adapter '{}'; the model holds: {} (model.lora_path names them)", default_adapter,
+      fail("unknown LoRA adapter '{}'; the model holds: {} (model.lora_path names them)", excerpt(default_adapter),
            fmt::join(adapters, ", "));
     // httplib writes with plain send(): a client that closed its connection would kill the
     // process with SIGPIPE instead of failing the write.
@@ -155,16 +224,22 @@ struct Server::Impl {
   std::atomic<uint64_t> answers{0}, answers_cancelled{0}, answers_timed_out{0};  // for /health
   ModelWorker worker;
   SessionStore<PageSession> sessions;
-  httplib::Server http;
+  GatedServer http;
 
   bool held(const std::string& adapter) const {
     return std::find(adapters.begin(), adapters.end(), adapter) != adapters.end();
   }
   bool has_adapters() const { return adapters.size() > 1; }
+  json connections_json() const {
+    const auto st = http.stats();
+    return {{"open", st.open},          {"max", http.limits().max_connections}, {"accepted", st.accepted},
+            {"evicted", st.evicted},    {"refused", st.refused},                {"timed_out", st.timed_out},
+            {"rejected", st.rejected}};
+  }
   // A page request's adapter: known, or a 400 listing them.
   std::string checked_adapter(const std::string& name) const {
     if (!held(name))
-      throw ApiError(400, fmt::format("unknown LoRA adapter '{}'; this server holds: {}", name, fmt::join(adapters, ", ")),
+      throw ApiError(400, fmt::format("unknown LoRA adapter '{}'; this server holds: {}", excerpt(name), fmt::join(adapters, ", ")),
                      "lora", "unknown_adapter");
     return name;
   }
@@ -176,6 +251,8 @@ struct Server::Impl {
   void session_ask(const httplib::Request& req, httplib::Response& res);
   void session_lora(const httplib::Request& req, httplib::Response& res);
   std::shared_ptr<PageSession> session(const httplib::Request& req);
+  void check_prompt_tokens(int64_t tokens, const std::string& param) const;
+  at::Tensor encode_image(const std::string& bytes, const std::string& name) const;
   std::shared_ptr<ReplyChannel> queue_answer(std::function<void(ReplyChannel&)> work);
   void answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
               ReplyChannel& channel, const char* label);
@@ -183,14 +260,7 @@ struct Server::Impl {
 };
 
 void Server::Impl::configure() {
-  // Every connection holds a thread while it waits for the model: enough threads for a full
-  // queue plus the running job, and some left for /health and the page.
-  const size_t threads = options.max_waiting + 8;
-  http.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  http.set_payload_max_length(options.max_body_bytes);
-  http.set_read_timeout(options.io_timeout_seconds, 0);
-  http.set_write_timeout(options.io_timeout_seconds, 0);
-  http.set_keep_alive_timeout(5);
+  // Connections, their limits and deadlines, and the threads: GatedServer (http_gate.h).
   // httplib's default sets SO_REUSEPORT, with which a second server on the same port would
   // start without complaint and take half the connections; SO_REUSEADDR only allows a quick
   // restart.
@@ -201,7 +271,8 @@ void Server::Impl::configure() {
   http.set_logger([](const httplib::Request& req, const httplib::Response& res) {
     log::debug("{} {} {} -> {}", req.remote_addr, req.method, req.path, res.status);
   });
-  // httplib's own errors (unknown route, body over the limit, bad HTTP) in OpenAI's shape.
+  // httplib's own errors (unknown route, bad HTTP) in OpenAI's shape; the gate answers
+  // framing and limit errors itself, in the same shape.
   // (Declared with its type: a lambda fits both set_error_handler overloads.)
   const httplib::Server::HandlerWithResponse on_error = [this](const httplib::Request& req, httplib::Response& res) {
     if (!res.body.empty()) return httplib::Server::HandlerResponse::Unhandled;  // our own JSON error
@@ -235,7 +306,8 @@ void Server::Impl::routes() {
                {"device", model->device.str()},
                {"queue", {{"running", worker.busy()}, {"waiting", worker.waiting()}, {"max_waiting", options.max_waiting}}},
                {"answers", {{"total", answers.load()}, {"client_gone", answers_cancelled.load()}, {"time_limit", answers_timed_out.load()}}},
-               {"sessions", sessions.size()}});
+               {"sessions", sessions.size()},
+               {"connections", connections_json()}});
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, models_json(model->name, created, adapters, default_adapter));
@@ -340,6 +412,7 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     return r;
   }());
   const auto adapter = resolve_adapter(*request, adapters, default_adapter);
+  check_prompt_tokens(prompt_text_tokens(*model, request->steps), "messages");
   // The boxes of the answer are placed on the last image of the request.
   int64_t width = 0, height = 0;
   for (const auto& step : request->steps)
@@ -350,7 +423,7 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     model->use_adapter(adapter);  // on the model thread, before any of this request's model work
     ChatSession session(model);
     for (const auto& step : request->steps) {
-      if (step.kind == ChatStep::Kind::Image) session.upload_image(model->encode_image_bytes(step.image, step.param));
+      if (step.kind == ChatStep::Kind::Image) session.upload_image(encode_image(step.image, step.param));
       if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
       if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
     }
@@ -382,6 +455,28 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
       });
 }
 
+void Server::Impl::check_prompt_tokens(int64_t tokens, const std::string& param) const {
+  const int64_t limit = options.limits.max_prompt_tokens;
+  if (tokens > limit)
+    throw ApiError(400,
+                   fmt::format("'{}': the prompt's text is {} tokens; this server takes at most {} prompt tokens "
+                               "(--max-prompt-tokens)",
+                               param, tokens, limit),
+                   param, "context_length_exceeded");
+}
+
+// On the model thread: the image's embeddings. Its decode takes its pixels from the same
+// budget as the requests' check decodes, so the server never holds more decoded pixels at
+// once than --max-decode-pixels, wherever the decoding happens.
+at::Tensor Server::Impl::encode_image(const std::string& bytes, const std::string& name) const {
+  const auto info = image_header_info(bytes);
+  const auto& budget = options.limits.image.decode_budget;
+  const auto lease = budget->acquire(info ? info->width * info->height : 1, options.limits.image.decode_wait);
+  if (!lease)
+    throw ApiError(503, fmt::format("{}: the server is busy decoding other images; retry later", name), name, "server_busy");
+  return model->encode_image_bytes(bytes, name);
+}
+
 std::shared_ptr<PageSession> Server::Impl::session(const httplib::Request& req) {
   auto found = sessions.find(req.matches[1].str());
   if (!found)
@@ -397,7 +492,7 @@ void Server::Impl::session_image(const httplib::Request& req, httplib::Response&
   size_t images = 0;
   run_and_wait([&] {
     model->use_adapter(page->adapter);
-    page->chat.upload_image(model->encode_image_bytes(bytes, "the uploaded image"));
+    page->chat.upload_image(encode_image(bytes, "the uploaded image"));
     page->image = bytes;
     page->width = info ? info->width : 0;
     page->height = info ? info->height : 0;
@@ -416,7 +511,7 @@ void Server::Impl::session_lora(const httplib::Request& req, httplib::Response& 
     model->use_adapter(adapter);
     page->adapter = adapter;
     page->chat.reset();
-    if (!page->image.empty()) page->chat.upload_image(model->encode_image_bytes(page->image, "the session's image"));
+    if (!page->image.empty()) page->chat.upload_image(encode_image(page->image, "the session's image"));
     images = page->chat.image_count();
   });
   send_json(res, 200, {{"lora", adapter}, {"images", images}});
@@ -424,6 +519,7 @@ void Server::Impl::session_lora(const httplib::Request& req, httplib::Response& 
 
 void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& res) {
   auto ask = parse_page_ask(req.body, options.limits);
+  check_prompt_tokens(static_cast<int64_t>(model->tokenizer->encode(ask.text, /*add_special_tokens=*/false).size()), "text");
   ask.options.seed = random_seed();
   const auto page = session(req);
   auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
@@ -462,6 +558,7 @@ int Server::bind() {
   const int port = o.port == 0 ? impl_->http.bind_to_any_port(o.host)
                                : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
   if (port <= 0) fail("cannot listen on {}:{}: the port is in use, or the host is not an address of this machine", o.host, o.port);
+  impl_->http.widen_backlog();
   return port;
 }
 

@@ -22,13 +22,32 @@ namespace minigpt4::server {
 struct ServerOptions {
   std::string host = "127.0.0.1";  // loopback only, unless the user says otherwise
   int port = 7860;                 // gradio's port; 0: any free port (bind() says which)
-  size_t max_body_bytes = 20u << 20;
+  size_t max_body_bytes = 20u << 20;  // after chunked decoding; compressed bodies are refused (415)
+  // Per request: text, images, pixels, prompt tokens (limits.max_prompt_tokens 0: the
+  // model's context length, see Server's constructor), numbers.
   RequestLimits limits;
+  // Pixels being decoded at once by all requests together (each upload is decoded once as a
+  // check on its connection's thread, and again on the model thread to encode it): bounds
+  // the memory of parallel large images. At least limits.image.max_pixels.
+  int64_t max_decode_pixels = 40'000'000;
   size_t max_waiting = 8;                // model jobs waiting behind the running one
   double max_generation_seconds = 300;  // per answer; then it ends with finish_reason "length"
   size_t max_sessions = 8;               // page conversations kept (each holds a KV cache)
   std::chrono::seconds session_idle{1800};
-  int io_timeout_seconds = 30;  // socket read/write timeouts
+  int io_timeout_seconds = 30;  // one write of an answer to a client that does not read
+  // Connections (http_gate.h): open at once (at the limit the one waiting longest for its
+  // request is closed for a newcomer), header size and lines, the time the request line and
+  // headers, and the whole request, may take from the connection's turn (its accept or its
+  // previous answer) however slowly they trickle in, and the request bytes held by all
+  // connections together. /health has threads of its own and none of these waits.
+  size_t max_connections = 128;
+  size_t max_header_bytes = 32 * 1024;
+  size_t max_header_count = 100;
+  std::chrono::milliseconds header_timeout{10'000};
+  std::chrono::milliseconds request_timeout{60'000};
+  std::chrono::milliseconds keep_alive{5'000};
+  size_t max_buffered_bytes = 256u << 20;
+  size_t http_threads = 0;  // threads answering requests; 0: max_waiting + 8
   // A stream that has had nothing to send for this long gets a comment line: writes to a
   // closed connection fail, which is how a client that left is noticed while its answer
   // waits in the queue or holds back text (a partial stop string or UTF-8 character).

@@ -1,11 +1,22 @@
 #pragma once
 // A server for a test: on a free loopback port, serving `model` from a thread until the
-// object goes out of scope.
+// object goes out of scope. And a raw TCP client, for requests no HTTP library would send.
 #include "minigpt4/server/server.h"
 
 #include <httplib.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
 #include <memory>
+#include <string>
 #include <thread>
 
 namespace minigpt4::test {
@@ -31,5 +42,76 @@ struct RunningServer {
   int port = 0;
   std::thread thread;
 };
+
+// One TCP connection to 127.0.0.1:port that sends exactly the bytes it is given.
+class RawConnection {
+ public:
+  explicit RawConnection(int port) {
+    fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(port));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    connected_ = fd_ >= 0 && ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0;
+  }
+  ~RawConnection() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  RawConnection(const RawConnection&) = delete;
+  RawConnection& operator=(const RawConnection&) = delete;
+
+  bool connected() const { return connected_; }
+
+  // False once the server has closed the connection (or it broke).
+  bool send(const std::string& bytes) {
+    size_t done = 0;
+    while (done < bytes.size()) {
+      const ssize_t n = ::send(fd_, bytes.data() + done, bytes.size() - done, MSG_NOSIGNAL);
+      if (n <= 0) return false;
+      done += static_cast<size_t>(n);
+    }
+    return true;
+  }
+
+  // What arrives within `timeout` (stops early at the end of the stream); `closed` tells
+  // whether the server closed the connection.
+  std::string receive(std::chrono::milliseconds timeout, bool* closed = nullptr, size_t enough = SIZE_MAX) {
+    std::string out;
+    bool eof = false;
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!eof && out.size() < enough) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      pollfd p{fd_, POLLIN, 0};
+      if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0))) <= 0) break;
+      char buffer[65536];
+      const ssize_t n = ::recv(fd_, buffer, sizeof(buffer), 0);
+      if (n <= 0) {
+        eof = true;
+      } else {
+        out.append(buffer, static_cast<size_t>(n));
+      }
+    }
+    if (closed) *closed = eof;
+    return out;
+  }
+
+  // Whether the server has closed the connection, waiting up to `timeout` (any bytes that
+  // come first are read and dropped).
+  bool closed_within(std::chrono::milliseconds timeout) {
+    bool closed = false;
+    receive(timeout, &closed);
+    return closed;
+  }
+
+ private:
+  int fd_ = -1;
+  bool connected_ = false;
+};
+
+// The status code of a raw HTTP answer ("HTTP/1.1 413 ..."), 0 when there is none.
+inline int http_status(const std::string& answer) {
+  if (answer.rfind("HTTP/1.", 0) != 0 || answer.size() < 12) return 0;
+  return std::atoi(answer.substr(9, 3).c_str());
+}
 
 }  // namespace minigpt4::test
