@@ -8,8 +8,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 SANITIZERS="${1:-address,undefined}"
 BUILD="${MINIGPT4_SANITIZE_BUILD_DIR:-$ROOT/build-${SANITIZERS//,/-}}"
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMINIGPT4_SANITIZE="$SANITIZERS" \
-      -DMINIGPT4_BUILD_BENCHMARKS=OFF
+# -O1: what the sanitizers' documentation recommends, and the quickest to compile.
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=None -DCMAKE_CXX_FLAGS="-O1" \
+      -DMINIGPT4_SANITIZE="$SANITIZERS" -DMINIGPT4_BUILD_BENCHMARKS=OFF
 export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
