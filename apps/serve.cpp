@@ -3,6 +3,7 @@
 #include "apps/commands.h"
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/server/server.h"
@@ -34,6 +35,7 @@ void request_stop(int) { stop_requested = true; }
 
 void run_serve(ServeArgs& args) {
   const auto config = Config::load(args.cfg_path, args.options);
+  apply_input_limits(config);  // limits.*: what input files may make us allocate
   const auto device = select_device(config.get_string("run.device", "cuda"), args.gpu_id);
   log::info("device: {}", describe_device(device));
   const auto model = ChatModel::load(config, device);
