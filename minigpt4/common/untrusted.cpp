@@ -46,6 +46,8 @@ nlohmann::json parse_json(std::string_view text, const std::string& source) {
     return nlohmann::json::parse(text.begin(), text.end(), guard);
   } catch (const nlohmann::json::parse_error& e) {
     fail("{}: invalid JSON at byte {}: {}", source, e.byte, excerpt(e.what(), 200));
+  } catch (const nlohmann::json::exception& e) {  // out_of_range 406: a number such as 1e309
+    fail("{}: invalid JSON: {}", source, excerpt(e.what(), 200));
   }
 }
 

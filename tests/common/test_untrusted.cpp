@@ -18,6 +18,15 @@ TEST_CASE("parse_json refuses nesting beyond the limit and names the source", "[
   const std::string deep = std::string(1'000'000, '[') + std::string(1'000'000, ']');
   CHECK_THROWS_WITH(parse_json(deep, "deep.json"), Contains("deep.json") && Contains("limits.max_json_depth"));
   CHECK_THROWS_WITH(parse_json("{\"a\": ", "cut.json"), Contains("cut.json") && Contains("invalid JSON"));
+  // A number too large for a double (nlohmann's out_of_range, not a parse_error), quoted short.
+  try {
+    parse_json("{\"lr\": 1" + std::string(100'000, '0') + "}", "big.json");
+    FAIL("an out-of-range number was accepted");
+  } catch (const Error& e) {
+    CHECK_THAT(e.what(), Contains("big.json"));
+    CHECK(std::string(e.what()).size() < 400);
+  }
+  CHECK_THROWS_WITH(parse_json("[1e309]", "inf.json"), Contains("inf.json"));
   const std::string ok = std::string(100, '[') + std::string(100, ']');
   CHECK(parse_json(ok, "ok.json").is_array());
 }
