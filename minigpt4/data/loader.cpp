@@ -17,6 +17,7 @@
 #include <deque>
 #include <exception>
 #include <future>
+#include <map>
 #include <mutex>
 #include <thread>
 
@@ -106,11 +107,14 @@ struct DatasetState {
   LoaderPosition::PerDataset position;
   uint64_t unusable_in_a_row = 0;
   size_t pending_bytes = 0;  // encoded image bytes of `pending`
-  // The pass of the last record taken out of `pending`, whether that pass was seen from
-  // its first record, and how many usable samples it gave so far.
-  uint64_t watched_pass = 0;
-  bool watched_from_start = true;
-  uint64_t watched_usable = 0;
+  // Usable samples per pass among the records taken out of `pending`, for the passes from
+  // `first_watched_pass` on (on resume, the passes nothing was taken from before). A pass
+  // is judged once no record of it can come any more: it is below the stream's
+  // lowest_pass_held() (or, for streams in pass order, the last pass they handed out) and
+  // below every pass still in `pending`.
+  std::map<uint64_t, uint64_t> usable_by_pass;
+  uint64_t first_watched_pass = 0;
+  uint64_t last_stream_pass = 0;  // the pass of the last record the stream handed out
 };
 
 std::unique_ptr<SampleStream> make_stream(const DatasetSpec& spec, const LoaderOptions& opt) {
@@ -168,7 +172,7 @@ struct DataLoader::Impl {
   size_t choose_dataset();
   void fill(DatasetState& ds);
   void note_unusable(DatasetState& ds);
-  void watch_pass(DatasetState& ds, uint64_t pass);
+  void watch_pass(DatasetState& ds, uint64_t pass, bool usable);
   Produced produce();
   void fast_forward(const LoaderPosition& pos);
   LoaderPosition snapshot() const;
@@ -248,6 +252,7 @@ void DataLoader::Impl::fill(DatasetState& ds) {
                                  ds.pending.back().record.pass <= ds.pending.front().record.pass + 1))) {
     Pending p;
     p.record = ds.stream->next();
+    ds.last_stream_pass = p.record.pass;
     const uint64_t index = ds.records_read++;
     if (!p.record.skipped && p.record.has_image) {
       p.image_bytes = p.record.image_bytes.size();
@@ -273,17 +278,19 @@ void DataLoader::Impl::note_unusable(DatasetState& ds) {
          ds.unusable_in_a_row, format_data_report(running_stats));
 }
 
-// Called with each record's pass as it is taken: when a new pass begins, the one before
-// it, if seen whole, must have given a usable sample.
-void DataLoader::Impl::watch_pass(DatasetState& ds, uint64_t pass) {
-  if (pass == ds.watched_pass) return;
-  if (ds.watched_from_start && ds.watched_usable == 0)
-    fail("dataset '{}': {} samples in a row could not be used, a whole pass (pass {}) over its data; is the data "
-         "there and readable?\n{}", ds.spec.name, ds.unusable_in_a_row, ds.watched_pass,
-         format_data_report(running_stats));
-  ds.watched_pass = pass;
-  ds.watched_from_start = true;
-  ds.watched_usable = 0;
+// Called with each record taken, in order: a pass seen whole must have given a usable
+// sample (the next pass would read, parse and decode the same records again).
+void DataLoader::Impl::watch_pass(DatasetState& ds, uint64_t pass, bool usable) {
+  if (pass >= ds.first_watched_pass) ds.usable_by_pass[pass] += usable ? 1 : 0;
+  uint64_t lowest = ds.stream->lowest_pass_held().value_or(ds.last_stream_pass);
+  for (const auto& p : ds.pending) lowest = std::min(lowest, p.record.pass);
+  while (!ds.usable_by_pass.empty() && ds.usable_by_pass.begin()->first < lowest) {
+    const auto [whole, usable_samples] = *ds.usable_by_pass.begin();
+    if (usable_samples == 0)
+      fail("dataset '{}': {} samples in a row could not be used, a whole pass (pass {}) over its data; is the data "
+           "there and readable?\n{}", ds.spec.name, ds.unusable_in_a_row, whole, format_data_report(running_stats));
+    ds.usable_by_pass.erase(ds.usable_by_pass.begin());
+  }
 }
 
 Produced DataLoader::Impl::produce() {
@@ -296,10 +303,10 @@ Produced DataLoader::Impl::produce() {
     ds.pending_bytes -= p.image_bytes;
     ++ds.position.records;
     ds.position.pass = p.record.pass;
-    watch_pass(ds, p.record.pass);
     if (p.record.skipped) {
       running_stats.record_skip(ds.spec.name, p.record.reason, p.record.source, p.record.detail);
       note_unusable(ds);
+      watch_pass(ds, p.record.pass, false);
       continue;
     }
     Decoded d = p.record.has_image ? p.result.get() : Decoded{};
@@ -310,10 +317,11 @@ Produced DataLoader::Impl::produce() {
                                               : SkipReason::CorruptImage,
                                 p.record.source, d.error);
       note_unusable(ds);
+      watch_pass(ds, p.record.pass, false);
       continue;
     }
     ds.unusable_in_a_row = 0;
-    ++ds.watched_usable;
+    watch_pass(ds, p.record.pass, true);
     samples.push_back({std::move(d.image), std::move(p.record.caption), std::move(p.record.source),
                        p.record.box ? std::move(d.instruction) : std::move(p.record.instruction)});
   }
@@ -358,12 +366,17 @@ void DataLoader::Impl::fast_forward(const LoaderPosition& pos) {
   for (auto& ds : datasets) {
     const auto it = pos.datasets.find(ds.spec.name);
     if (it == pos.datasets.end()) fail("data loader: the saved position has no dataset '{}'", ds.spec.name);
-    for (uint64_t i = 0; i < it->second.records; ++i) ds.stream->next();
+    uint64_t highest = 0;
+    for (uint64_t i = 0; i < it->second.records; ++i) {
+      const uint64_t pass = ds.stream->next().pass;
+      highest = std::max(highest, pass);
+      ds.last_stream_pass = pass;
+    }
     ds.records_read = it->second.records;
     ds.position = it->second;
-    // The saved pass was seen from its start only if nothing of it had been read yet.
-    ds.watched_pass = it->second.pass;
-    ds.watched_from_start = it->second.records == 0;
+    // The saved run may have taken part of any pass it took a record from: only later
+    // passes are judged whole.
+    ds.first_watched_pass = it->second.records == 0 ? 0 : highest + 1;
   }
   for (uint64_t i = 0; i < pos.batches; ++i) choose_dataset();
   batches = pos.batches;

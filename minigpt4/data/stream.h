@@ -59,6 +59,9 @@ class SampleStream {
  public:
   virtual ~SampleStream() = default;
   virtual StreamRecord next() = 0;  // never ends; throws Error when no data can be had at all
+  // The lowest pass a record not yet handed out may belong to. nullopt: the stream hands
+  // its records out in pass order (every later record is of the last one's pass or after).
+  virtual std::optional<uint64_t> lowest_pass_held() const { return std::nullopt; }
 };
 
 // Seeds for independent random streams (shuffles, crops, mixing) from one run seed:

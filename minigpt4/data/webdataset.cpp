@@ -139,6 +139,16 @@ bool TarShardReader::read_entry(const std::string* sample_key, int64_t sample_by
       }
       check_decompressed();
     }
+    if (!m.refused.empty() && declared > 0 && archive_filter_count(archive_) > 1) {
+      // In a compressed shard a member is skipped by inflating it (in an uncompressed one,
+      // by seeking). A few oversized members are passed over so; a shard that asks for more
+      // (a 4 MB tar.gz declaring a 4 GiB member) is left unread from here, in no time.
+      inflated_skips_ += declared;
+      if (inflated_skips_ > kCompressedSkipFactor * member_limit)
+        fail("shard {}: {}; in a compressed shard the members after it can only be reached by inflating it, and "
+             "the members skipped so would add up to {} bytes, more than {} x limits.max_tar_member_bytes: the rest "
+             "of the shard is left unread", path_, m.refused, inflated_skips_, kCompressedSkipFactor);
+    }
     if (!m.refused.empty() && archive_read_data_skip(archive_) < ARCHIVE_WARN)
       fail_archive(fmt::format("corrupt or truncated tar (skipping '{}')", excerpt(name, 200)));
     pending_.emplace(std::move(m));
@@ -341,6 +351,11 @@ StreamRecord WebDatasetStream::read_record() {
   }
 }
 
+std::optional<uint64_t> WebDatasetStream::lowest_pass_held() const {
+  // Samples not read yet belong to the pass being read or a later one.
+  return buffer_passes_.empty() ? pass_ : std::min(pass_, buffer_passes_.begin()->first);
+}
+
 StreamRecord WebDatasetStream::note_skip(StreamRecord rec) {
   ++pass_records_;
   if (pass_first_skip_.empty())
@@ -355,11 +370,18 @@ size_t held_bytes(const StreamRecord& rec) { return rec.image_bytes.size() + rec
 StreamRecord WebDatasetStream::next() {
   if (opt_.shuffle_buffer <= 1) return read_record();
   // Fills up to shuffle_buffer samples or shuffle_buffer_bytes, whichever comes first
-  // (always at least one sample).
-  while (buffer_.size() < opt_.shuffle_buffer && (buffer_.empty() || buffer_bytes_ < opt_.shuffle_buffer_bytes)) {
+  // (always at least one sample), and with samples of at most three consecutive passes: a
+  // dataset smaller than the buffer is not read over and over to fill it, and the loader
+  // can tell when a pass is wholly out (loader.cpp).
+  auto spans_three_passes = [this] {
+    return !buffer_passes_.empty() && buffer_passes_.rbegin()->first >= buffer_passes_.begin()->first + 2;
+  };
+  while (buffer_.size() < opt_.shuffle_buffer && (buffer_.empty() || buffer_bytes_ < opt_.shuffle_buffer_bytes) &&
+         !spans_three_passes()) {
     StreamRecord rec = read_record();
     if (rec.skipped) return rec;
     buffer_bytes_ += held_bytes(rec);
+    ++buffer_passes_[rec.pass];
     buffer_.push_back(std::move(rec));
   }
   const size_t i = static_cast<size_t>(uniform_index(buffer_rng_, buffer_.size()));
@@ -367,6 +389,7 @@ StreamRecord WebDatasetStream::next() {
   StreamRecord out = std::move(buffer_.back());
   buffer_.pop_back();
   buffer_bytes_ -= held_bytes(out);
+  if (--buffer_passes_[out.pass] == 0) buffer_passes_.erase(out.pass);
   return out;
 }
 

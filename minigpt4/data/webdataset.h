@@ -4,6 +4,7 @@
 #include "minigpt4/data/stream.h"
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +36,10 @@ struct TarSample {
 // kMaxTarMemberNameBytes is refused too.
 inline constexpr size_t kMaxFilesPerSample = 1000;
 inline constexpr size_t kMaxTarMemberNameBytes = 4096;
+// In a gzip-compressed shard, refused members are passed over (by inflating them) while
+// their declared sizes add up to at most this many times limits.max_tar_member_bytes; a
+// shard that declares more is an Error from there on (its rest left unread).
+inline constexpr int64_t kCompressedSkipFactor = 4;
 
 // Reads one shard from start to end. next() gives the samples in tar order, nullopt at the
 // end; a truncated or corrupt tar throws Error naming the shard (the sample being
@@ -42,7 +47,9 @@ inline constexpr size_t kMaxTarMemberNameBytes = 4096;
 // Limits (common/limits.h): a member declared (or found) larger than
 // limits.max_tar_member_bytes is not read, and neither is a member that would bring its
 // sample's files past that size in all: the sample comes back with `refused` set; a shard
-// that decompresses to more than limits.max_decompressed_bytes is an Error.
+// that decompresses to more than limits.max_decompressed_bytes is an Error, and so is a
+// compressed shard whose refused members add up to more than kCompressedSkipFactor times
+// the member limit (skipping them would mean inflating them).
 class TarShardReader {
  public:
   explicit TarShardReader(std::string path);
@@ -73,6 +80,7 @@ class TarShardReader {
   archive* archive_ = nullptr;
   bool at_end_ = false;
   std::optional<Member> pending_;
+  int64_t inflated_skips_ = 0;  // declared bytes of refused members in a compressed shard
 };
 
 // A usable sample, or why not: the image is the first of jpg, jpeg, png, webp; the caption
@@ -106,7 +114,9 @@ struct WebDatasetOptions {
 // order, or, with fewer shards than ranks, every shard and keeps every world_size-th
 // sample. Samples go through a shuffle buffer of at most `shuffle_buffer` samples and
 // `shuffle_buffer_bytes` of encoded images and captions (whichever is reached first, so a
-// shard of huge members cannot make it hold a thousand of them); skip notes (no image, no
+// shard of huge members cannot make it hold a thousand of them), and samples of at most
+// three consecutive passes (a shard smaller than the buffer is not read a thousand times
+// to fill it); skip notes (no image, no
 // caption, a member over the size limit, an unreadable shard) go out at once. A whole
 // pass that gives no usable sample at all is an Error (the next pass would read the same
 // shards again, and again: a dataset of nothing but skips would otherwise spin forever).
@@ -115,6 +125,8 @@ class WebDatasetStream : public SampleStream {
   explicit WebDatasetStream(WebDatasetOptions options);
   ~WebDatasetStream() override;
   StreamRecord next() override;
+  // The lowest pass of the samples in the shuffle buffer and of those not read yet.
+  std::optional<uint64_t> lowest_pass_held() const override;
 
  private:
   StreamRecord read_record();  // the next record in tar order (before the shuffle buffer)
@@ -125,6 +137,7 @@ class WebDatasetStream : public SampleStream {
   std::mt19937_64 buffer_rng_;
   std::vector<StreamRecord> buffer_;
   size_t buffer_bytes_ = 0;     // image and caption bytes the buffer holds
+  std::map<uint64_t, size_t> buffer_passes_;  // samples the buffer holds, by pass
   uint64_t pass_ = 0;
   bool pass_started_ = false;
   std::vector<std::string> pass_shards_;

@@ -15,6 +15,10 @@
 #include "minigpt4/data/webdataset.h"
 #include "tests/data_pipeline/pipeline_fixtures.h"
 
+#include <archive.h>
+#include <archive_entry.h>
+
+#include <chrono>
 #include <map>
 
 namespace mt = minigpt4::test;
@@ -124,6 +128,14 @@ TEST_CASE("hostile tar: a member over limits.max_tar_member_bytes is not read; i
   CHECK(loader.next().captions.at(0) == "fine");
   CHECK(loader.stats().skipped(SkipReason::TooLarge) == 1);
   CHECK_THAT(format_data_report(loader.stats()), Catch::Contains("too large: 1"));
+
+  // Skipping a member of a compressed shard means inflating it: beyond 4 x the member
+  // limit in all, the rest of the shard is left unread rather than inflated.
+  const auto bomb = (dir.path() / "00001.tar").string();
+  mt::write_tar(bomb, {{"000000001.jpg", std::string(20000, '\0')}, {"000000002.txt", "unreachable"}}, /*gzip=*/true);
+  TarShardReader bomb_reader(bomb);
+  CHECK_THAT(error_of([&] { bomb_reader.next(); }),
+             Catch::Contains("00001.tar") && Catch::Contains("20000 bytes") && Catch::Contains("left unread"));
 }
 
 TEST_CASE("hostile tar: a header declaring an 8 GiB or 2^62-byte member is refused before any allocation",
@@ -265,8 +277,13 @@ TEST_CASE("hostile tar: a pass of nothing but skips ends in one error, not ten t
   opt.shuffle_buffer = 0;
   DataLoader loader(opt);
   const std::string loader_message = error_of([&] { loader.next(); });
-  CHECK_THAT(loader_message, Catch::Contains("a whole pass") && Catch::Contains("1 samples in a row") &&
-                                 Catch::Contains("corrupt image"));
+  CHECK_THAT(loader_message, Catch::Contains("a whole pass (pass 0)") && Catch::Contains("2 samples in a row") &&
+                                 Catch::Contains("corrupt image: 2"));
+  // The same with the shuffle buffer and worker threads (the defaults' shape).
+  opt.shuffle_buffer = 1000;
+  opt.num_workers = 2;
+  DataLoader shuffled(opt);
+  CHECK_THAT(error_of([&] { shuffled.next(); }), Catch::Contains("a whole pass (pass 0)"));
 }
 
 TEST_CASE("hostile tar: the shuffle buffer holds at most shuffle_buffer_bytes, however many samples it may hold",
@@ -294,6 +311,13 @@ TEST_CASE("hostile tar: the shuffle buffer holds at most shuffle_buffer_bytes, h
     CHECK(r.pass == 0);
     CHECK(index <= k + 3);
   }
+
+  // A shard smaller than the buffer is not read a thousand times over to fill it: the
+  // buffer holds samples of three passes at most.
+  const auto small = (dir.path() / "small.tar").string();
+  mt::write_tar(small, {{"000000001.jpg", "x"}, {"000000001.txt", "only"}});
+  WebDatasetStream one(one_shard(small, 1000));
+  for (uint64_t k = 0; k < 20; ++k) CHECK(one.next().pass <= k + 2);
 }
 
 // ---- shard patterns
@@ -346,6 +370,9 @@ TEST_CASE("hostile annotations: cc_sbu_align nested a million deep is a named er
   const std::string bounded = error_of([&] { CcSbuAlignDataset d(dir.path().string()); });
   CHECK_THAT(bounded, Catch::Contains("annotation 1") && Catch::Contains("an object with 1 keys"));
   CHECK(bounded.size() < 1000);
+  // A number past double's range: a named error, not nlohmann's out_of_range.
+  dir.write("filter_cap.json", "{\"annotations\": [{\"image_id\": 9E9999, \"caption\": \"c\"}]}");
+  CHECK_THAT(error_of([&] { CcSbuAlignDataset d(dir.path().string()); }), Catch::Contains("filter_cap.json"));
 }
 
 TEST_CASE("hostile annotations: cc_sbu_align image_ids may not leave <root>/image", "[data][hostile]") {
@@ -414,4 +441,113 @@ TEST_CASE("hostile annotations: a text dataset larger than limits.max_text_file_
   const auto file = dir.write("corpus.txt", std::string(2000, 'w'));
   CHECK_THROWS_WITH(TextLinesStream(file.string(), 0, 0, 1),
                     Catch::Contains("corpus.txt") && Catch::Contains("limits.max_text_file_bytes"));
+}
+
+// ---- the attacks at full size and default limits (hidden: run by hand, under a memory
+// limit and a timer, e.g. `prlimit --as=3500000000 timeout 60 test_data_pipeline
+// "[hostile_defaults]"`; LibTorch's libraries alone take ~3 GB of address space)
+
+namespace {
+
+// A gzip-compressed tar with members of `size` zero bytes each, written in 1 MB pieces.
+void write_zero_members(const std::filesystem::path& path, const std::vector<std::string>& names, int64_t size,
+                        const mt::TarEntries& extra = {}) {
+  archive* a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  archive_write_add_filter_gzip(a);
+  REQUIRE(archive_write_open_filename(a, path.c_str()) == ARCHIVE_OK);
+  const std::string zeros(1 << 20, '\0');
+  auto header = [&](const std::string& name, int64_t bytes) {
+    archive_entry* e = archive_entry_new();
+    archive_entry_set_pathname(e, name.c_str());
+    archive_entry_set_size(e, bytes);
+    archive_entry_set_filetype(e, AE_IFREG);
+    archive_entry_set_perm(e, 0644);
+    REQUIRE(archive_write_header(a, e) == ARCHIVE_OK);
+    archive_entry_free(e);
+  };
+  for (const auto& name : names) {
+    header(name, size);
+    for (int64_t left = size; left > 0; left -= int64_t(zeros.size()))
+      archive_write_data(a, zeros.data(), static_cast<size_t>(std::min<int64_t>(left, int64_t(zeros.size()))));
+  }
+  for (const auto& [name, bytes] : extra) {
+    header(name, static_cast<int64_t>(bytes.size()));
+    archive_write_data(a, bytes.data(), bytes.size());
+  }
+  archive_write_close(a);
+  archive_write_free(a);
+}
+
+}  // namespace
+
+TEST_CASE("hostile defaults: a 4 MB tar.gz whose member inflates to 4 GiB", "[.][hostile_defaults]") {
+  mt::ScratchDir dir;
+  const auto shard = dir.path() / "bomb.tar.gz";
+  write_zero_members(shard, {"000000001.jpg"}, int64_t(4) << 30,
+                     {{"000000001.txt", "bomb"}, {"000000002.png", mt::encoded_image(".png", 8, 8, 2)},
+                      {"000000002.txt", "after the bomb"}});
+  WARN("shard: " << std::filesystem::file_size(shard) << " bytes");
+  const auto start = std::chrono::steady_clock::now();
+  WebDatasetStream stream(one_shard(shard.string()));
+  const StreamRecord skip = stream.next();  // too much to inflate past: the rest of the shard is lost
+  CHECK(skip.reason == SkipReason::BadShard);
+  CHECK_THAT(skip.detail, Catch::Contains("left unread"));
+  WARN(skip.detail);
+  CHECK_THROWS_WITH(stream.next(), Catch::Contains("no usable sample"));
+  WARN("read in " << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
+}
+
+TEST_CASE("hostile defaults: a shard of one skipped sample with a 6 MB caption, through the loader",
+          "[.][hostile_defaults]") {
+  mt::ScratchDir dir;
+  const auto no_caption = (dir.path() / "a.tar").string();
+  mt::write_tar(no_caption, {{"000000001.jpg", "x"},
+                             {"000000001.json", "{\"caption\": 5, \"pad\": \"" + std::string(6 << 20, 'y') + "\"}"}});
+  const auto bad_image = (dir.path() / "b.tar").string();
+  mt::write_tar(bad_image, {{"000000001.jpg", "x"},
+                            {"000000001.json", "{\"caption\": \"" + std::string(6 << 20, 'y') + "\"}"}});
+  for (const auto& shard : {no_caption, bad_image}) {
+    const auto start = std::chrono::steady_clock::now();
+    LoaderOptions opt;  // the defaults: 4 workers, shuffle buffer 1000
+    DatasetSpec spec;
+    spec.name = "laion";
+    spec.storage = shard;
+    opt.datasets = {spec};
+    DataLoader loader(opt);
+    const std::string message = error_of([&] { loader.next(); });
+    WARN(message.substr(0, 300));
+    WARN("stopped after " << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
+  }
+}
+
+TEST_CASE("hostile defaults: 1000 samples of 3 MB in the shuffle buffer", "[.][hostile_defaults]") {
+  mt::ScratchDir dir;
+  const auto shard = dir.path() / "big.tar.gz";
+  archive* a = archive_write_new();
+  archive_write_set_format_pax_restricted(a);
+  archive_write_add_filter_gzip(a);
+  REQUIRE(archive_write_open_filename(a, shard.c_str()) == ARCHIVE_OK);
+  const std::string image(3 << 20, '\0');
+  for (int i = 0; i < 1000; ++i) {
+    for (const auto& [ext, bytes] : {std::pair<std::string, const std::string*>{"jpg", &image},
+                                     std::pair<std::string, const std::string*>{"txt", nullptr}}) {
+      const std::string body = bytes ? *bytes : "caption";
+      archive_entry* e = archive_entry_new();
+      archive_entry_set_pathname(e, (std::to_string(100000 + i) + "." + ext).c_str());
+      archive_entry_set_size(e, static_cast<int64_t>(body.size()));
+      archive_entry_set_filetype(e, AE_IFREG);
+      archive_entry_set_perm(e, 0644);
+      REQUIRE(archive_write_header(a, e) == ARCHIVE_OK);
+      archive_write_data(a, body.data(), body.size());
+      archive_entry_free(e);
+    }
+  }
+  archive_write_close(a);
+  archive_write_free(a);
+  WARN("shard: " << std::filesystem::file_size(shard) << " bytes");
+  const auto start = std::chrono::steady_clock::now();
+  WebDatasetStream stream(one_shard(shard.string(), 1000));
+  for (int i = 0; i < 1000; ++i) REQUIRE_FALSE(stream.next().skipped);
+  WARN("read in " << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
 }
