@@ -10,6 +10,8 @@
 #include "minigpt4/io/torch_checkpoint.h"
 #include "tests/io/io_test_util.h"
 
+#include <chrono>
+
 using namespace minigpt4;
 using namespace minigpt4::test;
 using Catch::Contains;
@@ -456,4 +458,53 @@ TEST_CASE("read_json_file refuses deep nesting and oversized files by name", "[i
   write_bytes(tmp.path() / "big.json", "[" + std::string(200, ' ') + "]");
   CHECK_THAT(error_of([&] { io::read_json_file(tmp.file("big.json")); }),
              Contains("big.json") && Contains("limits.max_text_file_bytes"));
+}
+
+// ---------------------------------------------------------------- the attacks at full size
+// Default limits, full size (hidden: run by hand under a memory limit and a timer, e.g.
+// `prlimit --as=4800000000 timeout 60 test_io "[hostile_defaults]"`; LibTorch's libraries
+// alone take ~3 GB of address space). Each WARNs how long it took.
+
+namespace {
+template <typename F>
+void timed(const char* what, F&& f) {
+  const auto start = std::chrono::steady_clock::now();
+  f();
+  WARN(what << ": " << std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count() << " s");
+}
+}  // namespace
+
+TEST_CASE("hostile defaults: a 99 MB safetensors header naming 1.7 M empty tensors", "[.][hostile_defaults]") {
+  TempDir tmp;
+  std::string header = "{";
+  for (int i = 0; i < 1'700'000; ++i)
+    header += fmt::format("{}\"{:07d}\":{{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}", i ? "," : "", i);
+  header += "}";
+  write_bytes(tmp.path() / "many.safetensors", safetensors_file(header, ""));
+  header.clear();
+  header.shrink_to_fit();
+  timed("1.7 M tensors", [&] {
+    CHECK_THAT(error_of([&] { io::load_safetensors(tmp.file("many.safetensors")); }),
+               Contains("limits.max_tensors_per_file"));
+  });
+}
+
+TEST_CASE("hostile defaults: a million-item tuple passed to a million REDUCEs", "[.][hostile_defaults]") {
+  constexpr int n = 1'000'000;
+  Pickle p;
+  p.proto().op('(');
+  for (int i = 0; i < n; ++i) p.op('N');
+  p.op('t').bin_put(0).op('0').global("builtins", "set").bin_put(1).op('0');
+  for (int i = 0; i < n; ++i) p.bin_get(1).bin_get(0).op('R').op('0');
+  p.op('N').op('.');
+  timed("a million REDUCEs", [&] { CHECK(unpickle(p.s)->is(pickle::Value::Kind::None)); });
+}
+
+TEST_CASE("hostile defaults: a 64-level DAG of lists over one tensor", "[.][hostile_defaults]") {
+  TempDir tmp;
+  const auto path = tmp.file("dag.pth");
+  write_zip(path, dag_pickle(true), {{"data/0", torch::ones({1})}});
+  timed("2^64 paths", [&] {
+    CHECK_THAT(error_of([&] { io::load_torch_checkpoint(path); }), Contains("limits.max_tensors_per_file"));
+  });
 }
