@@ -193,7 +193,7 @@ Size size_of(const Seq& seq, uint64_t cap, int depth) {
   return total;
 }
 
-void expand_into(const Seq& seq, size_t part, const std::string& prefix, std::vector<std::string>& out);
+std::vector<std::string> expand_seq(const Seq& seq);
 
 // Every name of one node, in order.
 std::vector<std::string> names_of(const Node& node) {
@@ -209,21 +209,35 @@ std::vector<std::string> names_of(const Node& node) {
         out.push_back(v < 0 ? "-" + text : text);
       }
       break;
-    case Node::Alternatives:
-      for (const auto& alt : node.alts) expand_into(alt, 0, "", out);
+    case Node::Alternatives:  // recursion only into a brace's body: at most kMaxBraceDepth deep
+      for (const auto& alt : node.alts)
+        for (auto& name : expand_seq(alt)) out.push_back(std::move(name));
       break;
   }
   return out;
 }
 
-// The leftmost part varies slowest, as braceexpand gives them.
-void expand_into(const Seq& seq, size_t part, const std::string& prefix, std::vector<std::string>& out) {
-  if (part == seq.size()) {
-    out.push_back(prefix);
-    return;
+// Every combination of the parts, the leftmost varying slowest (as braceexpand gives
+// them), built part by part: a loop along the sequence, however many parts it has.
+std::vector<std::string> expand_seq(const Seq& seq) {
+  std::vector<std::string> names{std::string()};
+  for (const Node& node : seq) {
+    if (node.kind == Node::Literal) {
+      for (auto& name : names) name += node.text;
+      continue;
+    }
+    const std::vector<std::string> parts = names_of(node);
+    if (parts.size() == 1) {
+      for (auto& name : names) name += parts[0];
+      continue;
+    }
+    std::vector<std::string> longer;
+    longer.reserve(names.size() * parts.size());
+    for (const auto& name : names)
+      for (const auto& part : parts) longer.push_back(name + part);
+    names = std::move(longer);
   }
-  if (seq[part].kind == Node::Literal) return expand_into(seq, part + 1, prefix + seq[part].text, out);
-  for (const auto& name : names_of(seq[part])) expand_into(seq, part + 1, prefix + name, out);
+  return names;
 }
 
 }  // namespace
@@ -240,10 +254,7 @@ std::vector<std::string> expand_braces(const std::string& pattern) {
   if (size.bytes > max_bytes)
     parser.error(fmt::format("its {} names would take more than {} bytes (limits.max_brace_bytes)", size.names,
                              max_bytes));
-  std::vector<std::string> out;
-  out.reserve(static_cast<size_t>(size.names));
-  expand_into(seq, 0, "", out);
-  return out;
+  return expand_seq(seq);
 }
 
 std::vector<std::string> expand_shard_spec(const std::string& spec) {

@@ -351,6 +351,11 @@ TEST_CASE("hostile shard patterns: the default limits refuse 10 M long names up 
   CHECK_THROWS_WITH(expand_braces(std::string(93, 'x') + "{0000000..9999999}"),
                     Catch::Contains("limits.max_brace_bytes"));
   CHECK_THROWS_WITH(expand_braces("{0..9999999}{0..9}"), Catch::Contains("limits.max_brace_names"));
+  // A hundred thousand braces one after the other: expanded by a loop, not a recursion
+  // per brace (that overflowed the stack).
+  std::string sequence;
+  for (int i = 0; i < 100'000; ++i) sequence += "{a}";
+  CHECK(expand_braces(sequence) == std::vector<std::string>{sequence});
 }
 
 // ---- annotation files: nesting, quoting, confinement
