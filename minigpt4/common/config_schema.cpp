@@ -133,7 +133,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"limits.max_image_pixels", T::Int, "largest decoded image in pixels; bigger ones are refused before decoding (89478485, PIL's Image.MAX_IMAGE_PIXELS)"},
       {"limits.max_json_depth", T::Int, "deepest nesting a JSON file or request may have (256)"},
       {"limits.max_pickle_depth", T::Int, "deepest nesting of values in a .pth file's pickle (1000, Python's recursion limit)"},
-      {"limits.max_pickle_items", T::Int, "items all containers of one .pth pickle may hold together (50000000)"},
+      {"limits.max_pickle_items", T::Int, "values and container items one .pth pickle may build (5000000, ~170 bytes each)"},
       {"limits.max_safetensors_header_bytes", T::Int, "largest safetensors JSON header (100000000, the format's own limit)"},
       {"limits.max_tensors_per_file", T::Int, "tensors one weight file may name (200000)"},
       {"limits.max_decompressed_bytes", T::Int, "what one compressed zip record or archive member may inflate to (64 GiB)"},

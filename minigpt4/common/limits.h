@@ -18,8 +18,9 @@ struct InputLimits {
   // pickle values (a torch.save state dict nests 3-6 deep; Python stops at 1000 frames).
   int64_t max_json_depth = 256;
   int64_t max_pickle_depth = 1000;
-  // A pickle program's containers may hold this many items in all (a 13B state dict: ~1k).
-  int64_t max_pickle_items = 50'000'000;
+  // Values and container items one pickle program may build (~170 bytes each, so the default
+  // stays under 1 GB; a 13B state dict builds ~10k, RefCOCO's refs pickle ~1 M).
+  int64_t max_pickle_items = 5'000'000;
   // safetensors: the format's own header cap (100 MB) and the tensors one file may name.
   int64_t max_safetensors_header_bytes = 100'000'000;
   int64_t max_tensors_per_file = 200'000;
