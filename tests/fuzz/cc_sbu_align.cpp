@@ -8,6 +8,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -18,6 +19,10 @@ const std::filesystem::path& temp_root() {
   static const std::filesystem::path root = [] {
     const auto p = std::filesystem::temp_directory_path() / ("minigpt4_fuzz_cc_sbu_" + std::to_string(::getpid()));
     std::filesystem::create_directories(p);
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove_all(temp_root(), ec);
+    });
     return p;
   }();
   return root;

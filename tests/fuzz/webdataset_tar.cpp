@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <cstdint>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <string>
@@ -30,8 +31,14 @@ void set_fuzz_limits() {
 }
 
 const std::string& temp_shard() {
-  static const std::string path =
-      (std::filesystem::temp_directory_path() / ("minigpt4_fuzz_wds_" + std::to_string(::getpid()) + ".tar")).string();
+  static const std::string path = [] {
+    std::atexit([] {
+      std::error_code ec;
+      std::filesystem::remove(temp_shard(), ec);
+    });
+    return (std::filesystem::temp_directory_path() / ("minigpt4_fuzz_wds_" + std::to_string(::getpid()) + ".tar"))
+        .string();
+  }();
   return path;
 }
 
