@@ -16,16 +16,18 @@
 namespace {
 
 const std::filesystem::path& temp_root() {
-  static const std::filesystem::path root = [] {
-    const auto p = std::filesystem::temp_directory_path() / ("minigpt4_fuzz_cc_sbu_" + std::to_string(::getpid()));
-    std::filesystem::create_directories(p);
+  // Never destroyed: the exit handler that removes the folder still reads it.
+  static const std::filesystem::path* root = [] {
+    auto* p = new std::filesystem::path(std::filesystem::temp_directory_path() /
+                                        ("minigpt4_fuzz_cc_sbu_" + std::to_string(::getpid())));
+    std::filesystem::create_directories(*p);
     std::atexit([] {
       std::error_code ec;
       std::filesystem::remove_all(temp_root(), ec);
     });
     return p;
   }();
-  return root;
+  return *root;
 }
 
 }  // namespace

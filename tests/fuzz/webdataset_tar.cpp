@@ -31,15 +31,17 @@ void set_fuzz_limits() {
 }
 
 const std::string& temp_shard() {
-  static const std::string path = [] {
+  // Never destroyed: the exit handler that removes the file still reads it.
+  static const std::string* path = [] {
+    auto* p = new std::string(
+        (std::filesystem::temp_directory_path() / ("minigpt4_fuzz_wds_" + std::to_string(::getpid()) + ".tar")).string());
     std::atexit([] {
       std::error_code ec;
       std::filesystem::remove(temp_shard(), ec);
     });
-    return (std::filesystem::temp_directory_path() / ("minigpt4_fuzz_wds_" + std::to_string(::getpid()) + ".tar"))
-        .string();
+    return p;
   }();
-  return path;
+  return *path;
 }
 
 }  // namespace
