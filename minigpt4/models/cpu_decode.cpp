@@ -96,29 +96,24 @@ void rms_norm(const float* x, const RMSNorm& norm, int64_t H, float* out, const 
   for (int64_t i = 0; i < H; ++i) out[i] = round(w[i] * round(x[i] * inv));
 }
 
-// float32 weights from this size on go through Linear::forward, to MKL's GEMV, which streams
-// them as fast as our row kernel: its few microseconds of dispatch are noise next to reading
-// a megabyte. bf16 and int8 weights, and small float32 ones, run our row kernels directly
-// (cpu_gemv.h): they read bf16 and int8 about twice as fast as ATen, and where a weight sits
-// in cache ATen's dispatch would be most of the time.
+// float32 weights whose kernels are ATen's (MKL on Intel, cpu_gemv.cpp) go through
+// Linear::forward from this size on: MKL streams them as fast as our row kernel there, and its
+// few microseconds of dispatch are noise next to reading a megabyte. Everything else runs our
+// row kernels directly (cpu_gemv.h): where a weight sits in cache ATen's dispatch would be most
+// of the time.
 constexpr int64_t kFloatDispatchBytes = int64_t{1} << 20;
 
-void linear(const Linear& l, const float* x, float* y, const Rounding& round, std::vector<uint16_t>& bits) {
+void linear(const Linear& l, const float* x, float* y, const Rounding& round) {
   const int64_t N = l.weight.size(0), K = l.weight.size(1);
-  if (l.weight.scalar_type() == at::kFloat && static_cast<int64_t>(l.weight.nbytes()) >= kFloatDispatchBytes) {
+  if (l.weight.scalar_type() == at::kFloat && cpu_gemv::chosen().f32 == cpu_gemv::Kernels::aten &&
+      static_cast<int64_t>(l.weight.nbytes()) >= kFloatDispatchBytes) {
     auto row = at::empty({1, K}, at::TensorOptions().dtype(at::kFloat));
     std::memcpy(row.data_ptr<float>(), x, static_cast<size_t>(K) * sizeof(float));
     const auto out = l.forward(row).contiguous();
     std::memcpy(y, out.data_ptr<float>(), static_cast<size_t>(N) * sizeof(float));
     return;
   }
-  if (l.weight.scalar_type() == at::kBFloat16) {
-    bits.resize(static_cast<size_t>(K));
-    for (int64_t k = 0; k < K; ++k) bits[k] = c10::BFloat16(x[k]).x;
-    cpu_gemv::linear_row(l.weight, {}, bits.data(), y);
-  } else {
-    cpu_gemv::linear_row(l.weight, l.weight_scale, x, y);
-  }
+  cpu_gemv::linear_row(l.weight, l.weight_scale, x, y);
   if (round.bf16)
     for (int64_t n = 0; n < N; ++n) y[n] = round(y[n]);
 }
@@ -192,7 +187,6 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
                 kv_heads = c.num_key_value_heads, D = c.dim_per_head(), pos = cache.length(), half = D / 2;
 
   std::vector<float> x(H), xn(H), q(heads * D), k(kv_heads * D), v(kv_heads * D), att(heads * D), o(H), gate(F), up(F);
-  std::vector<uint16_t> bits;
   {
     const auto embeds = inputs_embeds.contiguous();
     const FloatView in(embeds);
@@ -212,9 +206,9 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
     const auto& layer = layer_at(m, i);
     const auto& attn = *layer.self_attn;
     rms_norm(x.data(), *layer.input_layernorm, H, xn.data(), round);
-    linear(*attn.q_proj, xn.data(), q.data(), round, bits);
-    linear(*attn.k_proj, xn.data(), k.data(), round, bits);
-    linear(*attn.v_proj, xn.data(), v.data(), round, bits);
+    linear(*attn.q_proj, xn.data(), q.data(), round);
+    linear(*attn.k_proj, xn.data(), k.data(), round);
+    linear(*attn.v_proj, xn.data(), v.data(), round);
     rope(q.data(), heads, D, cos.data(), sin.data(), round);
     rope(k.data(), kv_heads, D, cos.data(), sin.data(), round);
     cache.prepare(i, 1, kv_heads, D, cache_options, pos + 1);
@@ -227,20 +221,20 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
     }
     cache.commit(i, pos + 1);
     attend(q.data(), keys, values, heads, kv_heads, D, pos + 1, scale, att.data(), round);
-    linear(*attn.o_proj, att.data(), o.data(), round, bits);
+    linear(*attn.o_proj, att.data(), o.data(), round);
     for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
 
     const auto& mlp = *layer.mlp;
     rms_norm(x.data(), *layer.post_attention_layernorm, H, xn.data(), round);
-    linear(*mlp.gate_proj, xn.data(), gate.data(), round, bits);
-    linear(*mlp.up_proj, xn.data(), up.data(), round, bits);
+    linear(*mlp.gate_proj, xn.data(), gate.data(), round);
+    linear(*mlp.up_proj, xn.data(), up.data(), round);
     for (int64_t j = 0; j < F; ++j) gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);  // silu(g) * u
-    linear(*mlp.down_proj, gate.data(), o.data(), round, bits);
+    linear(*mlp.down_proj, gate.data(), o.data(), round);
     for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
   }
   rms_norm(x.data(), *m.norm, H, xn.data(), round);
   auto logits = at::empty({1, 1, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
-  linear(*m.lm_head, xn.data(), logits.data_ptr<float>(), round, bits);
+  linear(*m.lm_head, xn.data(), logits.data_ptr<float>(), round);
   return logits;
 }
 

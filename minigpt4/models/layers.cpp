@@ -26,11 +26,12 @@ torch::Tensor Linear::forward(const torch::Tensor& x) const {
   if (is_int8()) {
     y = int8_linear(x, weight, weight_scale, bias);
   } else {
-    // A decode step's few rows in bf16 on the CPU: our GEMV (cpu_gemv.h), which has no
-    // backward, so only where autograd will not need one.
+    // A decode step's few rows on the CPU: our GEMV (cpu_gemv.h) where it was chosen for the
+    // weight's dtype; it has no backward, so only where autograd will not need one.
     const bool needs_grad = torch::GradMode::is_enabled() &&
                             (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
     if (!needs_grad && x.scalar_type() == torch::kBFloat16) y = cpu_gemv::linear_bf16(x, weight, bias);
+    if (!needs_grad && x.scalar_type() == torch::kFloat) y = cpu_gemv::linear_f32(x, weight, bias);
     if (!y.defined()) y = torch::linear(x, weight, bias);
   }
   return lora.empty() ? y : add_adapters(x, std::move(y));

@@ -13,6 +13,7 @@
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <iostream>
 
 using namespace minigpt4;
@@ -67,8 +68,29 @@ double relative_error(const torch::Tensor& got, const torch::Tensor& want) {
 }
 
 struct Restore {
-  ~Restore() { cpu_decode::set_enabled(true); }
+  cpu_gemv::Choice saved = cpu_gemv::chosen();
+  ~Restore() {
+    cpu_decode::set_enabled(true);
+    cpu_gemv::set_choice(saved);
+  }
 };
+
+// The kernel choices the fused step is tried with: each of our families for every dtype it
+// runs here, and once with float32 left to ATen (as on Intel, where large float32 weights go
+// through Linear::forward and small ones through the int8 family's row kernel).
+std::vector<cpu_gemv::Choice> kernel_choices() {
+  std::vector<cpu_gemv::Choice> out;
+  for (const auto family : cpu_gemv::runnable(torch::kChar)) {
+    if (family == cpu_gemv::Kernels::aten) continue;
+    const auto bf16 = cpu_gemv::runnable(torch::kBFloat16);
+    cpu_gemv::Choice c{family, std::find(bf16.begin(), bf16.end(), family) != bf16.end() ? family : bf16.back(), family};
+    out.push_back(c);
+    c.f32 = cpu_gemv::Kernels::aten;
+    out.push_back(c);
+  }
+  if (out.empty()) std::cout << "note: this CPU runs none of cpu_gemv's kernels; the fused step never applies\n";
+  return out;
+}
 
 }  // namespace
 
@@ -86,11 +108,12 @@ TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_de
                         Case{"int8, bf16 activations", torch::kBFloat16, WeightFormat::Int8, 3e-2},
                         Case{"int8, fp32 activations", torch::kFloat32, WeightFormat::Int8, 1e-5}}) {
     INFO(c.name);
-    if (!fused_runs(c.dtype)) {
-      std::cout << "skipped (" << c.name << "): this CPU does not run cpu_gemv's kernels\n";
-      continue;
-    }
+    for (const auto& choice : kernel_choices())
     for (const auto& config : {small_config(), wide_config()}) {
+      cpu_gemv::set_choice(choice);
+      INFO("kernels f32 " << cpu_gemv::name(choice.f32) << ", bf16 " << cpu_gemv::name(choice.bf16) << ", int8 "
+                          << cpu_gemv::name(choice.int8));
+      REQUIRE(fused_runs(c.dtype));
       INFO("hidden " << config.hidden_size);
       const auto model = make_model(c.dtype, c.format, config);
       torch::manual_seed(1);

@@ -9,6 +9,7 @@
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <atomic>
 #include <iostream>
 
@@ -26,63 +27,148 @@ double max_relative_error(const torch::Tensor& got, const torch::Tensor& want) {
 
 }  // namespace
 
-TEST_CASE("bf16 GEMV equals the float32 product of the same bf16 values", "[cpu_gemv]") {
-  if (!cpu_gemv::bf16_available()) {
-    std::cout << "skipped: this CPU has no AVX512-BF16 (or MINIGPT4_CPU_GEMV=0); ATen's path runs instead\n";
-    return;
-  }
+namespace {
+
+// Every family this CPU runs for a dtype, ATen's excluded, each forced in turn; the guard puts
+// the process's own choice back.
+struct ForcedKernels {
+  cpu_gemv::Choice saved = cpu_gemv::chosen();
+  ~ForcedKernels() { cpu_gemv::set_choice(saved); }
+};
+
+std::vector<cpu_gemv::Kernels> ours(torch::Dtype weight_dtype) {
+  std::vector<cpu_gemv::Kernels> out;
+  for (const auto k : cpu_gemv::runnable(weight_dtype))
+    if (k != cpu_gemv::Kernels::aten) out.push_back(k);
+  if (out.empty()) std::cout << "note: this CPU runs none of cpu_gemv's kernels for " << weight_dtype << "\n";
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("bf16 and float32 GEMVs equal the float32 product of the same values, on every kernel family", "[cpu_gemv]") {
+  ForcedKernels restore;
   torch::manual_seed(0);
-  for (const int64_t K : kWidths) {
-    for (const int64_t M : {1, 2, 3, 4}) {
-      for (const bool with_bias : {false, true}) {
-        const int64_t N = 37 + K % 7;
-        const auto x = torch::randn({M, 1, K}).to(torch::kBFloat16);
-        const auto w = (torch::randn({N, K}) / std::sqrt(double(K))).to(torch::kBFloat16);
-        const auto b = with_bias ? torch::randn({N}).to(torch::kBFloat16) : torch::Tensor();
-        const auto y = cpu_gemv::linear_bf16(x, w, b);
-        REQUIRE(y.defined());
-        CHECK(y.scalar_type() == torch::kBFloat16);
-        CHECK(y.sizes() == torch::IntArrayRef({M, 1, N}));
-        // Exact products of bf16 values summed in float32; the only rounding left is the
-        // output's to bf16 (8 bits of mantissa) and the order of the float32 sums.
-        const auto want = torch::linear(x.to(torch::kFloat), w.to(torch::kFloat),
-                                        with_bias ? b.to(torch::kFloat) : torch::Tensor());
-        INFO("K " << K << " M " << M << " bias " << with_bias);
-        CHECK(max_relative_error(y, want) < 8e-3);
+  for (const auto dtype : {torch::kBFloat16, torch::kFloat}) {
+    for (const auto family : ours(dtype)) {
+      auto choice = cpu_gemv::chosen();
+      (dtype == torch::kBFloat16 ? choice.bf16 : choice.f32) = family;
+      cpu_gemv::set_choice(choice);
+      for (const int64_t K : kWidths) {
+        for (const int64_t M : {1, 2, 3, 4}) {
+          for (const bool with_bias : {false, true}) {
+            const int64_t N = 37 + K % 7;
+            const auto x = torch::randn({M, 1, K}).to(dtype);
+            const auto w = (torch::randn({N, K}) / std::sqrt(double(K))).to(dtype);
+            const auto b = with_bias ? torch::randn({N}).to(dtype) : torch::Tensor();
+            const auto y = dtype == torch::kBFloat16 ? cpu_gemv::linear_bf16(x, w, b) : cpu_gemv::linear_f32(x, w, b);
+            INFO("kernels " << cpu_gemv::name(family) << " dtype " << dtype << " K " << K << " M " << M << " bias "
+                            << with_bias);
+            REQUIRE(y.defined());
+            CHECK(y.scalar_type() == dtype);
+            CHECK(y.sizes() == torch::IntArrayRef({M, 1, N}));
+            // Exact products summed in float32; the only rounding left is the output's (8
+            // bits of mantissa in bf16) and the order of the float32 sums.
+            const auto want = torch::linear(x.to(torch::kFloat), w.to(torch::kFloat),
+                                            with_bias ? b.to(torch::kFloat) : torch::Tensor());
+            CHECK(max_relative_error(y, want) < (dtype == torch::kFloat ? 1e-5 : 8e-3));
+          }
+        }
       }
     }
   }
 }
 
-TEST_CASE("int8 GEMV equals the product with the dequantised weight", "[cpu_gemv]") {
-  if (!cpu_gemv::int8_available()) {
-    std::cout << "skipped: this CPU has no AVX-512 (or MINIGPT4_CPU_GEMV=0); ATen's path runs instead\n";
-    return;
-  }
+TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every kernel family", "[cpu_gemv]") {
+  ForcedKernels restore;
   torch::manual_seed(1);
-  for (const int64_t K : kWidths) {
-    for (const int64_t M : {1, 4}) {
-      for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
-        const int64_t N = 29 + K % 5;
-        const auto q = quantize_int8(torch::randn({N, K}) / std::sqrt(double(K)));
-        const auto x = torch::randn({M, K}).to(dtype);
-        const auto y = cpu_gemv::linear_int8(x, q.values, q.scales);
-        REQUIRE(y.defined());
-        CHECK(y.scalar_type() == dtype);
-        const auto want = torch::linear(x.to(torch::kFloat), dequantize_int8(q.values, q.scales, torch::kFloat));
-        INFO("K " << K << " M " << M << " dtype " << dtype);
-        CHECK(max_relative_error(y, want) < (dtype == torch::kFloat ? 1e-5 : 8e-3));
+  for (const auto family : ours(torch::kChar)) {
+    auto choice = cpu_gemv::chosen();
+    choice.int8 = family;
+    cpu_gemv::set_choice(choice);
+    for (const int64_t K : kWidths) {
+      for (const int64_t M : {1, 2, 3, 4}) {
+        for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
+          const int64_t N = 29 + K % 5;
+          const auto q = quantize_int8(torch::randn({N, K}) / std::sqrt(double(K)));
+          const auto x = torch::randn({M, K}).to(dtype);
+          const auto y = cpu_gemv::linear_int8(x, q.values, q.scales);
+          INFO("kernels " << cpu_gemv::name(family) << " K " << K << " M " << M << " dtype " << dtype);
+          REQUIRE(y.defined());
+          CHECK(y.scalar_type() == dtype);
+          const auto want = torch::linear(x.to(torch::kFloat), dequantize_int8(q.values, q.scales, torch::kFloat));
+          CHECK(max_relative_error(y, want) < (dtype == torch::kFloat ? 1e-5 : 8e-3));
+        }
       }
     }
   }
+}
+
+TEST_CASE("linear_row, the fused decode step's entry, equals the tensor product on every family", "[cpu_gemv]") {
+  ForcedKernels restore;
+  torch::manual_seed(2);
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kChar}) {
+    for (const auto family : ours(dtype)) {
+      auto choice = cpu_gemv::chosen();
+      (dtype == torch::kFloat ? choice.f32 : dtype == torch::kBFloat16 ? choice.bf16 : choice.int8) = family;
+      cpu_gemv::set_choice(choice);
+      for (const int64_t K : {33, 2048}) {
+        const int64_t N = 45;
+        const auto x = torch::randn({K}).to(torch::kBFloat16).to(torch::kFloat);  // values a bf16 holds
+        torch::Tensor w, scales, want;
+        if (dtype == torch::kChar) {
+          const auto q = quantize_int8(torch::randn({N, K}));
+          w = q.values, scales = q.scales;
+          want = torch::mv(dequantize_int8(q.values, q.scales, torch::kFloat), x);
+        } else {
+          w = torch::randn({N, K}).to(dtype);
+          want = torch::mv(w.to(torch::kFloat), x);
+        }
+        REQUIRE(cpu_gemv::row_available(w.scalar_type()));
+        std::vector<float> y(N);
+        cpu_gemv::linear_row(w, scales, x.data_ptr<float>(), y.data());
+        INFO("kernels " << cpu_gemv::name(family) << " dtype " << dtype << " K " << K);
+        CHECK(max_relative_error(torch::from_blob(y.data(), {N}).clone(), want) < 1e-5);
+      }
+    }
+  }
+}
+
+TEST_CASE("MINIGPT4_CPU_KERNELS=aten: every product is handed back to ATen", "[cpu_gemv]") {
+  ForcedKernels restore;
+  cpu_gemv::set_choice({cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten});
+  const auto q = quantize_int8(torch::randn({8, 32}));
+  CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({1, 32}).to(torch::kBFloat16), torch::randn({8, 32}).to(torch::kBFloat16), {}).defined());
+  CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({1, 32}), torch::randn({8, 32}), {}).defined());
+  CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({1, 32}), q.values, q.scales).defined());
+  CHECK_FALSE(cpu_gemv::row_available(torch::kFloat));
+  CHECK_FALSE(cpu_gemv::row_available(torch::kBFloat16));
+}
+
+TEST_CASE("kernels this CPU cannot run are refused, naming what is missing", "[cpu_gemv]") {
+  ForcedKernels restore;
+  for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kChar}) {
+    const auto can = cpu_gemv::runnable(dtype);
+    CHECK(can.front() == cpu_gemv::Kernels::aten);
+    for (const auto family : {cpu_gemv::Kernels::avx2, cpu_gemv::Kernels::avx512}) {
+      if (std::find(can.begin(), can.end(), family) != can.end()) continue;
+      cpu_gemv::Choice choice;
+      (dtype == torch::kFloat ? choice.f32 : dtype == torch::kBFloat16 ? choice.bf16 : choice.int8) = family;
+      CHECK_THROWS_WITH(cpu_gemv::set_choice(choice), Catch::Contains("this CPU has no"));
+    }
+  }
+  CHECK_THAT(cpu_gemv::describe(), Catch::Contains("int8  weights"));
 }
 
 TEST_CASE("the GEMVs hand back what they do not handle", "[cpu_gemv]") {
   const auto w = torch::randn({8, 32}).to(torch::kBFloat16);
-  // Five rows are a GEMM; float32 weights are ATen's; a shape mismatch is not ours to report.
+  // Five rows are a GEMM; a weight of another dtype is not theirs; a shape mismatch is not
+  // ours to report.
   CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({5, 32}).to(torch::kBFloat16), w, {}).defined());
   CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({1, 32}), w.to(torch::kFloat), {}).defined());
   CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({1, 31}).to(torch::kBFloat16), w, {}).defined());
+  CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({5, 32}), w.to(torch::kFloat), {}).defined());
+  CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({1, 32}), w, {}).defined());
   const auto q = quantize_int8(torch::randn({8, 32}));
   CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({5, 32}), q.values, q.scales).defined());
   CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({1, 32}).to(torch::kHalf), q.values, q.scales).defined());

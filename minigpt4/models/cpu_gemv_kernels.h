@@ -1,0 +1,33 @@
+#pragma once
+// The row kernels behind cpu_gemv.h, one table per instruction set. Internal: only
+// cpu_gemv.cpp (which picks a table per weight dtype and splits the rows across threads) and
+// the kernel files include it.
+//
+// Every kernel computes output rows [n0, n1) of y[M, N] = x[M, K] . W[N, K]^T with float32
+// sums, for 1 <= M <= cpu_gemv::kMaxRows activation rows; int8 kernels also multiply row n by
+// scales[n]. No bias (the caller adds it). Each file compiles its kernels for its instruction
+// set through target attributes only, so the program itself runs on any x86-64: a table is
+// used only after the CPU was checked for what it needs.
+#include <cstdint>
+
+namespace minigpt4::cpu_gemv::kernels {
+
+struct Table {
+  const char* name;  // "avx2", "avx512": what MINIGPT4_CPU_KERNELS calls it
+  void (*f32)(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, int64_t n0, int64_t n1);
+  // x32: the activations as float32; x16: the same values as bf16 bits. A table reads the one
+  // it multiplies with (bf16_reads_bits): AVX512-BF16's dot product takes bf16 pairs, the
+  // widening form float32.
+  void (*bf16)(const float* x32, const uint16_t* x16, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N,
+               int64_t n0, int64_t n1);
+  bool bf16_reads_bits;
+  void (*int8)(const float* x, int64_t M, int64_t K, const int8_t* q, const float* scales, float* y, int64_t N,
+               int64_t n0, int64_t n1);
+};
+
+// nullptr where this build has no such kernels (not x86-64, or a compiler without the
+// intrinsics). Whether the CPU runs them is cpu_gemv.cpp's question.
+const Table* avx2();    // AVX2 + FMA: bf16 and int8 widened to float32 in registers
+const Table* avx512();  // AVX-512 F/BW/VL; its bf16 kernel also needs AVX512-BF16 (vdpbf16ps)
+
+}  // namespace minigpt4::cpu_gemv::kernels
