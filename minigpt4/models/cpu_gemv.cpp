@@ -34,7 +34,7 @@ namespace {
 
 struct Cpu {
   std::string vendor = "unknown", model = "unknown";
-  bool intel = false, avx2 = false, avx512 = false, avx512_bf16 = false;
+  bool intel = false, avx2 = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
 };
 
 std::string cpuinfo_field(const std::string& key) {
@@ -55,6 +55,8 @@ const Cpu& cpu() {
     Cpu c;
     c.vendor = cpuinfo_field("vendor_id");
     c.model = cpuinfo_field("model name");
+    const std::string flags = " " + cpuinfo_field("flags") + " ";
+    c.amx_bf16 = flags.find(" amx_bf16 ") != std::string::npos;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     c.intel = __builtin_cpu_is("intel");
@@ -138,16 +140,18 @@ Kernels parse_family(const std::string& word, const std::string& setting) {
 // The choice with the reason for each dtype, from the environment and the rules.
 struct Decision {
   Choice choice;
-  std::string setting = "unset", why_f32, why_bf16, why_int8;
+  std::string setting = "unset", why_f32, why_bf16, why_int8, why_bf16_prompt;
 };
 
 Decision decide() {
   Decision d;
   std::optional<Kernels> forced[3];  // f32, bf16, int8
+  std::optional<bool> forced_prompt;
   const char* legacy = std::getenv("MINIGPT4_CPU_GEMV");
   if (legacy != nullptr && std::strcmp(legacy, "0") == 0) {
     d.setting = "MINIGPT4_CPU_GEMV=0";
     forced[0] = forced[1] = forced[2] = Kernels::aten;
+    forced_prompt = false;
   }
   if (const char* v = std::getenv("MINIGPT4_CPU_KERNELS"); v != nullptr && *v != '\0') {
     const std::string setting = v;
@@ -158,12 +162,20 @@ Decision decide() {
       if (eq == std::string::npos) {
         if (part == "auto") continue;
         forced[0] = forced[1] = forced[2] = parse_family(part, setting);
+        if (forced[0] == Kernels::aten) forced_prompt = false;
         continue;
       }
       const auto dtype = part.substr(0, eq), family = part.substr(eq + 1);
+      if (dtype == "bf16_prompt") {
+        if (family != "float32" && family != "aten" && family != "auto")
+          throw std::runtime_error(fmt::format(
+              "MINIGPT4_CPU_KERNELS='{}': bf16_prompt takes float32, aten or auto, not '{}'", setting, family));
+        if (family != "auto") forced_prompt = family == "float32";
+        continue;
+      }
       const int slot = dtype == "f32" ? 0 : dtype == "bf16" ? 1 : dtype == "int8" ? 2 : -1;
       if (slot < 0)
-        throw std::runtime_error(fmt::format("MINIGPT4_CPU_KERNELS='{}': unknown dtype '{}' (expected f32, bf16 or int8)",
+        throw std::runtime_error(fmt::format("MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8 or bf16_prompt)",
                                              setting, dtype));
       if (family != "auto") forced[slot] = parse_family(family, setting);
     }
@@ -183,6 +195,14 @@ Decision decide() {
       *slots[i] = rule.kernels, *whys[i] = rule.why;
     }
   }
+  if (forced_prompt) {
+    d.choice.bf16_prompt_float32 = *forced_prompt;
+    d.why_bf16_prompt = "forced by " + d.setting;
+  } else {
+    d.choice.bf16_prompt_float32 = !cpu().amx_bf16;
+    d.why_bf16_prompt = cpu().amx_bf16 ? "AMX-BF16: oneDNN multiplies bf16 tiles natively"
+                                       : "no AMX: oneDNN's bf16 GEMM is slower than float32's here";
+  }
   return d;
 }
 
@@ -195,10 +215,12 @@ const Decision& decision() {
 std::atomic<int> g_override{0};
 
 int pack(const Choice& c) {
-  return 1 | static_cast<int>(c.f32) << 1 | static_cast<int>(c.bf16) << 3 | static_cast<int>(c.int8) << 5;
+  return 1 | static_cast<int>(c.f32) << 1 | static_cast<int>(c.bf16) << 3 | static_cast<int>(c.int8) << 5 |
+         static_cast<int>(c.bf16_prompt_float32) << 7;
 }
 Choice unpack(int v) {
-  return {static_cast<Kernels>(v >> 1 & 3), static_cast<Kernels>(v >> 3 & 3), static_cast<Kernels>(v >> 5 & 3)};
+  return {static_cast<Kernels>(v >> 1 & 3), static_cast<Kernels>(v >> 3 & 3), static_cast<Kernels>(v >> 5 & 3),
+          (v >> 7 & 1) != 0};
 }
 
 // ------------------------------------------------------------------ the products
@@ -301,8 +323,8 @@ std::string describe() {
   const Decision& d = decision();
   const Choice now = chosen();
   std::string out = fmt::format("cpu: {} ({})\n", c.model, c.vendor);
-  out += fmt::format("features: avx2+fma {}, avx512 f/bw/vl {}, avx512_bf16 {}\n", c.avx2 ? "yes" : "no",
-                     c.avx512 ? "yes" : "no", c.avx512_bf16 ? "yes" : "no");
+  out += fmt::format("features: avx2+fma {}, avx512 f/bw/vl {}, avx512_bf16 {}, amx_bf16 {}\n", c.avx2 ? "yes" : "no",
+                     c.avx512 ? "yes" : "no", c.avx512_bf16 ? "yes" : "no", c.amx_bf16 ? "yes" : "no");
   out += fmt::format("setting: {}\n", d.setting);
   out += fmt::format("threads: {} (at::get_num_threads)\n", at::get_num_threads());
   const auto line = [&](const char* dtype, Kernels k, const std::string& why, at::ScalarType t) {
@@ -315,7 +337,9 @@ std::string describe() {
   out += line("bf16", now.bf16, d.why_bf16, at::kBFloat16);
   out += line("int8", now.int8, d.why_int8, at::kChar);
   if (!(now == d.choice)) out += "(the choice was replaced in this process by cpu_gemv::set_choice)\n";
-  out += fmt::format("more than {} rows (prefill, training): ATen's GEMM (MKL / oneDNN) for every dtype\n", kMaxRows);
+  out += fmt::format("more than {} rows (prompt): f32 MKL; int8 float32 blocks + MKL; bf16 {} ({})\n", kMaxRows,
+                     now.bf16_prompt_float32 ? "float32 blocks + MKL" : "ATen (oneDNN)", d.why_bf16_prompt);
+  out += "training (autograd): ATen for every dtype\n";
   return out;
 }
 
@@ -345,6 +369,39 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::
   if (k == Kernels::aten || M == 0) return {};
   if (scales.numel() != values.size(0) || !scales.is_cpu()) return {};
   return tensor_product(k, x, M, values, scales, {});
+}
+
+// Weight elements converted per block: 2 MiB of float32 (256 rows of K=2048) stays in cache
+// between the conversion and the product.
+constexpr int64_t kBlockElements = int64_t{1} << 19;
+
+at::Tensor float32_blocks_mm(const at::Tensor& x2, const at::Tensor& weight) {
+  const int64_t M = x2.size(0), N = weight.size(0), K = weight.size(1);
+  const int64_t rows = std::min(N, std::max<int64_t>(16, kBlockElements / std::max<int64_t>(K, 1)));
+  const auto f32 = x2.options().dtype(at::kFloat);
+  auto y = at::empty({M, N}, f32);
+  auto block = at::empty({rows, K}, f32);
+  const auto x = x2.to(at::kFloat).contiguous();
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n = std::min(rows, N - n0);
+    auto w = block.narrow(0, 0, n);
+    w.copy_(weight.narrow(0, n0, n));
+    y.narrow(1, n0, n).copy_(at::mm(x, w.t()));
+  }
+  return y;
+}
+
+at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (!chosen().bf16_prompt_float32 || x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16)
+    return {};
+  if (!x.is_cpu() || !weight.is_cpu() || weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1)) return {};
+  if (bias.defined() && (!bias.is_cpu() || bias.numel() != weight.size(0))) return {};
+  const int64_t K = weight.size(1), N = weight.size(0);
+  auto y = float32_blocks_mm(x.reshape({-1, K}), weight);
+  if (bias.defined()) y.add_(bias.to(at::kFloat));
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.to(at::kBFloat16).view(shape);
 }
 
 namespace {

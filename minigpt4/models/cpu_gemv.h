@@ -14,6 +14,7 @@
 // `--measure` times every candidate on this machine). MINIGPT4_CPU_KERNELS forces a choice:
 //   aten | avx2 | avx512                 every dtype
 //   f32=avx2,bf16=aten,int8=avx512       per dtype (the others stay automatic)
+//   bf16_prompt=float32|aten             how a bf16 prompt is multiplied (below)
 // (MINIGPT4_CPU_GEMV=0, the older switch, means aten.) Cases the kernels do not handle
 // return an undefined tensor and the caller takes ATen's path. No autograd: inference only.
 #include <ATen/core/Tensor.h>
@@ -32,9 +33,14 @@ enum class Kernels { aten, avx2, avx512 };
 const char* name(Kernels kernels);
 
 // What runs the products of each weight dtype (float32, bf16, int8).
+// bf16_prompt_float32: products of more rows with bf16 weights (a prompt) through float32
+// blocks (float32_blocks_mm) rather than ATen's bf16 GEMM.
 struct Choice {
   Kernels f32 = Kernels::aten, bf16 = Kernels::aten, int8 = Kernels::aten;
-  bool operator==(const Choice& o) const { return f32 == o.f32 && bf16 == o.bf16 && int8 == o.int8; }
+  bool bf16_prompt_float32 = false;
+  bool operator==(const Choice& o) const {
+    return f32 == o.f32 && bf16 == o.bf16 && int8 == o.int8 && bf16_prompt_float32 == o.bf16_prompt_float32;
+  }
 };
 
 // This process's choice (computed on first use; std::runtime_error naming the problem when
@@ -58,6 +64,19 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::
 // x [..., K] bf16 or float32 on the CPU, values [N, K] int8, scales [N] float32 ->
 // (x W^T) * scales, [..., N] in x's dtype, without bias. Undefined when not handled.
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+
+// Products of more rows (a prompt) on a CPU without a bf16 or int8 matrix unit (AMX): the
+// weight is converted to float32 a block of output rows at a time, while the block is in
+// cache, and multiplied by MKL's float32 GEMM. ATen's bf16 GEMM (oneDNN) without AMX ran a
+// 64-token prompt of a 1.1B model 1.4x slower than float32 on an Intel Xeon with
+// AVX512-BF16 and 3.9x slower on an AMD EPYC (Zen 3); exact conversions, float32 sums.
+// x2 [M, K] float32, weight [N, K] bf16 or int8 (int8: the product of the integer values,
+// unscaled) -> [M, N] float32.
+at::Tensor float32_blocks_mm(const at::Tensor& x2, const at::Tensor& weight);
+// A bf16 Linear's prompt product through float32_blocks_mm, in x's dtype with the bias
+// added; undefined where ATen's bf16 GEMM was chosen (AMX, or bf16_prompt=aten) or where it
+// does not apply (CUDA, autograd is the caller's check).
+at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // The same products on raw memory for one activation row, for a caller that keeps its own
 // buffers (the fused decode step, cpu_decode.h): y[N] = W[N, K] x[K] (times the per-row

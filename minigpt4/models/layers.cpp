@@ -30,7 +30,10 @@ torch::Tensor Linear::forward(const torch::Tensor& x) const {
     // weight's dtype; it has no backward, so only where autograd will not need one.
     const bool needs_grad = torch::GradMode::is_enabled() &&
                             (x.requires_grad() || weight.requires_grad() || (bias.defined() && bias.requires_grad()));
+    // A prompt's rows in bf16: float32 blocks where the CPU has no bf16 matrix unit.
     if (!needs_grad && x.scalar_type() == torch::kBFloat16) y = cpu_gemv::linear_bf16(x, weight, bias);
+    if (!needs_grad && x.scalar_type() == torch::kBFloat16 && !y.defined())
+      y = cpu_gemv::linear_bf16_prompt(x, weight, bias);
     if (!needs_grad && x.scalar_type() == torch::kFloat) y = cpu_gemv::linear_f32(x, weight, bias);
     if (!y.defined()) y = torch::linear(x, weight, bias);
   }

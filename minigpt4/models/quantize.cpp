@@ -18,9 +18,6 @@ namespace {
 // that way peaked up to 0.9 GiB above its weights and mapped file, block by block 0.35.
 constexpr int64_t kQuantizeBlockElements = int64_t{1} << 20;
 
-// Weight elements converted per block on the CPU: 2 MiB of float32 (256 rows of K=2048)
-// stays in cache between the conversion and the product.
-constexpr int64_t kCpuBlockElements = int64_t{1} << 19;
 
 // Up to this many activation rows, bf16/fp16 on the CPU use ATen's fused int8 kernel.
 constexpr int64_t kCpuFusedMaxRows = 32;
@@ -53,18 +50,7 @@ at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at:
   // torch 2.12 at K = 8, 24, 40, 344, e.g. the quickstart LLM's FFN of 344).
   if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows && x2.size(1) % 16 == 0)
     return at::_weight_int8pack_mm(x2.contiguous(), values, scales.to(dtype));  // scales in x's dtype
-  const int64_t N = values.size(0), K = values.size(1);
-  const int64_t rows = std::min(N, std::max<int64_t>(16, kCpuBlockElements / std::max<int64_t>(K, 1)));
-  const auto f32 = x2.options().dtype(at::kFloat);
-  auto y = at::empty({x2.size(0), N}, f32);
-  auto block = at::empty({rows, K}, f32);
-  const auto x = x2.to(at::kFloat).contiguous();
-  for (int64_t n0 = 0; n0 < N; n0 += rows) {
-    const int64_t n = std::min(rows, N - n0);
-    auto w = block.narrow(0, 0, n);
-    w.copy_(values.narrow(0, n0, n));
-    y.narrow(1, n0, n).copy_(at::mm(x, w.t()));
-  }
+  auto y = cpu_gemv::float32_blocks_mm(x2, values);
   return y.mul_(scales.to(at::kFloat)).to(dtype);
 }
 

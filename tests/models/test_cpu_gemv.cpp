@@ -134,6 +134,42 @@ TEST_CASE("linear_row, the fused decode step's entry, equals the tensor product 
   }
 }
 
+TEST_CASE("a bf16 prompt through float32 blocks equals the float32 product of the same values", "[cpu_gemv]") {
+  ForcedKernels restore;
+  torch::manual_seed(3);
+  auto choice = cpu_gemv::chosen();
+  choice.bf16_prompt_float32 = true;
+  cpu_gemv::set_choice(choice);
+  for (const int64_t K : {31, 344, 2048}) {
+    // 700 output rows: more than one block of rows at K = 2048 (blocks of 2 MiB of float32).
+    const int64_t N = 700, M = 9;
+    const auto x = torch::randn({1, M, K}).to(torch::kBFloat16);
+    const auto w = (torch::randn({N, K}) / std::sqrt(double(K))).to(torch::kBFloat16);
+    const auto b = torch::randn({N}).to(torch::kBFloat16);
+    const auto y = cpu_gemv::linear_bf16_prompt(x, w, b);
+    REQUIRE(y.defined());
+    CHECK(y.scalar_type() == torch::kBFloat16);
+    CHECK(y.sizes() == torch::IntArrayRef({1, M, N}));
+    const auto want = torch::linear(x.to(torch::kFloat), w.to(torch::kFloat), b.to(torch::kFloat));
+    INFO("K " << K);
+    CHECK(max_relative_error(y, want) < 8e-3);
+    // Through Linear::forward too: the prompt path is what a bf16 model's prefill runs.
+    Linear linear(K, N, /*bias=*/true, torch::TensorOptions().dtype(torch::kBFloat16));
+    {
+      torch::NoGradGuard no_grad;
+      linear.weight.copy_(w);
+      linear.bias.copy_(b);
+    }
+    torch::NoGradGuard no_grad;
+    CHECK(max_relative_error(linear.forward(x), want) < 8e-3);
+  }
+  choice.bf16_prompt_float32 = false;
+  cpu_gemv::set_choice(choice);
+  CHECK_FALSE(cpu_gemv::linear_bf16_prompt(torch::randn({9, 32}).to(torch::kBFloat16),
+                                           torch::randn({8, 32}).to(torch::kBFloat16), {})
+                  .defined());
+}
+
 TEST_CASE("MINIGPT4_CPU_KERNELS=aten: every product is handed back to ATen", "[cpu_gemv]") {
   ForcedKernels restore;
   cpu_gemv::set_choice({cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten});
