@@ -12,6 +12,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
+#include <type_traits>
 #include <vector>
 
 namespace minigpt4::cpu_decode {
@@ -118,6 +121,24 @@ void linear(const Linear& l, const float* x, float* y, const Rounding& round) {
     for (int64_t n = 0; n < N; ++n) y[n] = round(y[n]);
 }
 
+// Several linears of the same input (q, k, v; gate, up) in one parallel region where they
+// all run our row kernels.
+void linears(std::initializer_list<std::pair<const Linear*, float*>> layers, const float* x, const Rounding& round) {
+  std::vector<cpu_gemv::RowProduct> products;
+  for (const auto& [l, y] : layers) {
+    if (l->weight.scalar_type() == at::kFloat && cpu_gemv::chosen().f32 == cpu_gemv::Kernels::aten &&
+        static_cast<int64_t>(l->weight.nbytes()) >= kFloatDispatchBytes) {
+      for (const auto& [each, out] : layers) linear(*each, x, out, round);
+      return;
+    }
+    products.push_back({l->weight, l->weight_scale, y});
+  }
+  cpu_gemv::linear_rows(products, x);
+  if (round.bf16)
+    for (const auto& [l, y] : layers)
+      for (int64_t n = 0; n < l->weight.size(0); ++n) y[n] = round(y[n]);
+}
+
 // apply_rope on `heads` heads of D channels: x * cos + rotate_half(x) * sin, rotate_half(x) =
 // cat(-x2, x1); cos and sin hold the first half's frequencies (the second half repeats them).
 void rope(float* x, int64_t heads, int64_t D, const float* cos, const float* sin, const Rounding& round) {
@@ -141,36 +162,75 @@ void store(const at::Tensor& buffer, int64_t offset, const float* values, int64_
   }
 }
 
+// Row t of a [.., D] cache buffer as float32 (a copy for bf16; vectorised by the compiler).
+template <typename T>
+const float* cache_row(const T* base, int64_t t, int64_t D, float* scratch) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)scratch;
+    return base + t * D;
+  } else {
+    const T* row = base + t * D;
+    for (int64_t d = 0; d < D; ++d) scratch[d] = static_cast<float>(row[d]);
+    return scratch;
+  }
+}
+
 // softmax(q k^T * scale) v for each query head over positions 0..T-1 of the cache buffers
-// [1, kv_heads, capacity, D]; query head h reads kv head h / (heads / kv_heads).
-void attend(const float* q, const at::Tensor& keys, const at::Tensor& values, int64_t heads, int64_t kv_heads,
-            int64_t D, int64_t T, float scale, float* out, const Rounding& round) {
-  const int64_t capacity = keys.size(2), group = heads / kv_heads;
-  const FloatView K(keys), V(values);
-  const int64_t grain = std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(1, T * D));
-  at::parallel_for(0, heads, grain, [&](int64_t h0, int64_t h1) {
-    std::vector<float> p(static_cast<size_t>(T));
-    std::vector<float> acc(static_cast<size_t>(D));
-    for (int64_t h = h0; h < h1; ++h) {
-      const float* qh = q + h * D;
-      const int64_t base = (h / group) * capacity * D;
-      float max = -INFINITY;
-      for (int64_t t = 0; t < T; ++t) {
-        float dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += qh[d] * K[base + t * D + d];
-        p[t] = dot * scale;
-        max = std::max(max, p[t]);
+// [1, kv_heads, capacity, D]; query head h reads kv head h / (heads / kv_heads). One task per
+// kv head: each cached key and value row is read (and converted from bf16) once for the
+// query heads that share it, and the loops over D are plain float32 arrays the compiler
+// vectorises.
+template <typename T>
+void attend_typed(const float* q, const T* keys, const T* values, int64_t capacity, int64_t heads, int64_t kv_heads,
+                  int64_t D, int64_t T_len, float scale, float* out, const Rounding& round) {
+  const int64_t group = heads / kv_heads;
+  at::parallel_for(0, kv_heads, 1, [&](int64_t g0, int64_t g1) {
+    std::vector<float> p(static_cast<size_t>(group * T_len)), acc(static_cast<size_t>(group * D)), row(static_cast<size_t>(D));
+    for (int64_t g = g0; g < g1; ++g) {
+      const T* kg = keys + g * capacity * D;
+      const T* vg = values + g * capacity * D;
+      const float* qg = q + g * group * D;
+      for (int64_t t = 0; t < T_len; ++t) {
+        const float* k = cache_row(kg, t, D, row.data());
+        for (int64_t h = 0; h < group; ++h) {
+          const float* qh = qg + h * D;
+          float dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t d = 0; d < D; ++d) dot += qh[d] * k[d];
+          p[static_cast<size_t>(h * T_len + t)] = dot * scale;
+        }
       }
-      float sum = 0;
-      for (int64_t t = 0; t < T; ++t) sum += (p[t] = std::exp(p[t] - max));
+      for (int64_t h = 0; h < group; ++h) {
+        float* ph = p.data() + h * T_len;
+        float max = -INFINITY, sum = 0;
+        for (int64_t t = 0; t < T_len; ++t) max = std::max(max, ph[t]);
+        for (int64_t t = 0; t < T_len; ++t) sum += (ph[t] = std::exp(ph[t] - max));
+        for (int64_t t = 0; t < T_len; ++t) ph[t] /= sum;
+      }
       std::fill(acc.begin(), acc.end(), 0.0f);
-      for (int64_t t = 0; t < T; ++t) {
-        const float w = p[t] / sum;
-        for (int64_t d = 0; d < D; ++d) acc[d] += w * V[base + t * D + d];
+      for (int64_t t = 0; t < T_len; ++t) {
+        const float* v = cache_row(vg, t, D, row.data());
+        for (int64_t h = 0; h < group; ++h) {
+          const float w = p[static_cast<size_t>(h * T_len + t)];
+          float* a = acc.data() + h * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) a[d] += w * v[d];
+        }
       }
-      for (int64_t d = 0; d < D; ++d) out[h * D + d] = round(acc[d]);
+      for (int64_t i = 0; i < group * D; ++i) out[g * group * D + i] = round(acc[static_cast<size_t>(i)]);
     }
   });
+}
+
+void attend(const float* q, const at::Tensor& keys, const at::Tensor& values, int64_t heads, int64_t kv_heads,
+            int64_t D, int64_t T, float scale, float* out, const Rounding& round) {
+  const int64_t capacity = keys.size(2);
+  if (keys.scalar_type() == at::kBFloat16)
+    attend_typed(q, keys.data_ptr<c10::BFloat16>(), values.data_ptr<c10::BFloat16>(), capacity, heads, kv_heads, D, T,
+                 scale, out, round);
+  else
+    attend_typed(q, keys.data_ptr<float>(), values.data_ptr<float>(), capacity, heads, kv_heads, D, T, scale, out,
+                 round);
 }
 
 }  // namespace
@@ -206,9 +266,8 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
     const auto& layer = layer_at(m, i);
     const auto& attn = *layer.self_attn;
     rms_norm(x.data(), *layer.input_layernorm, H, xn.data(), round);
-    linear(*attn.q_proj, xn.data(), q.data(), round);
-    linear(*attn.k_proj, xn.data(), k.data(), round);
-    linear(*attn.v_proj, xn.data(), v.data(), round);
+    linears({{attn.q_proj.get(), q.data()}, {attn.k_proj.get(), k.data()}, {attn.v_proj.get(), v.data()}}, xn.data(),
+            round);
     rope(q.data(), heads, D, cos.data(), sin.data(), round);
     rope(k.data(), kv_heads, D, cos.data(), sin.data(), round);
     cache.prepare(i, 1, kv_heads, D, cache_options, pos + 1);
@@ -226,8 +285,7 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
 
     const auto& mlp = *layer.mlp;
     rms_norm(x.data(), *layer.post_attention_layernorm, H, xn.data(), round);
-    linear(*mlp.gate_proj, xn.data(), gate.data(), round);
-    linear(*mlp.up_proj, xn.data(), up.data(), round);
+    linears({{mlp.gate_proj.get(), gate.data()}, {mlp.up_proj.get(), up.data()}}, xn.data(), round);
     for (int64_t j = 0; j < F; ++j) gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);  // silu(g) * u
     linear(*mlp.down_proj, gate.data(), o.data(), round);
     for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);

@@ -435,4 +435,47 @@ void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float*
   product(t, weight, scales, x, x16, 1, y);
 }
 
+void linear_rows(const std::vector<RowProduct>& products, const float* x) {
+  if (products.empty()) return;
+  const auto dtype = products.front().weight.scalar_type();
+  const int64_t K = products.front().weight.size(1);
+  int64_t total = 0;
+  bool uniform = true;
+  for (const auto& p : products) {
+    uniform = uniform && p.weight.scalar_type() == dtype && p.weight.size(1) == K;
+    total += p.weight.size(0);
+  }
+  const Kernels k = row_family(dtype);
+  if (!uniform || k == Kernels::aten) {
+    for (const auto& p : products) linear_row(p.weight, p.scales, x, p.y);
+    return;
+  }
+  const kernels::Table& t = *table(k);
+  thread_local std::vector<uint16_t> bits;
+  const uint16_t* x16 = nullptr;
+  if (dtype == at::kBFloat16 && t.bf16_reads_bits) {
+    bits.resize(static_cast<size_t>(K));
+    for (int64_t i = 0; i < K; ++i) bits[static_cast<size_t>(i)] = c10::BFloat16(x[i]).x;
+    x16 = bits.data();
+  }
+  const int64_t element_bytes = dtype == at::kFloat ? 4 : dtype == at::kBFloat16 ? 2 : 1;
+  // Rows [r0, r1) of the products stacked one after another.
+  at::parallel_for(0, total, grain_rows(K, element_bytes), [&](int64_t r0, int64_t r1) {
+    int64_t first = 0;
+    for (const auto& p : products) {
+      const int64_t N = p.weight.size(0), n0 = std::max<int64_t>(r0 - first, 0), n1 = std::min<int64_t>(r1 - first, N);
+      if (n0 < n1) {
+        switch (dtype) {
+          case at::kFloat: t.f32(x, 1, K, p.weight.data_ptr<float>(), p.y, N, n0, n1); break;
+          case at::kBFloat16:
+            t.bf16(x, x16, 1, K, reinterpret_cast<const uint16_t*>(p.weight.data_ptr<at::BFloat16>()), p.y, N, n0, n1);
+            break;
+          default: t.int8(x, 1, K, p.weight.data_ptr<int8_t>(), p.scales.data_ptr<float>(), p.y, N, n0, n1); break;
+        }
+      }
+      first += N;
+    }
+  });
+}
+
 }  // namespace minigpt4::cpu_gemv

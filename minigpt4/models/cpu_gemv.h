@@ -87,5 +87,14 @@ at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, con
 // sends large float32 weights to ATen then, see cpu_decode.cpp).
 bool row_available(at::ScalarType weight_dtype);
 void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float* x, float* y);
+// Several such products of the same x in one parallel region (a layer's q, k and v; gate and
+// up), so that the threads meet once instead of once per weight. Weights of one dtype and
+// width; otherwise one linear_row each.
+struct RowProduct {
+  const at::Tensor& weight;
+  const at::Tensor& scales;
+  float* y;
+};
+void linear_rows(const std::vector<RowProduct>& products, const float* x);
 
 }  // namespace minigpt4::cpu_gemv
