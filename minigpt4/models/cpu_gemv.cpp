@@ -397,6 +397,8 @@ at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, con
   if (!x.is_cpu() || !weight.is_cpu() || weight.dim() != 2 || x.dim() < 1 || x.size(-1) != weight.size(1)) return {};
   if (bias.defined() && (!bias.is_cpu() || bias.numel() != weight.size(0))) return {};
   const int64_t K = weight.size(1), N = weight.size(0);
+  // A few rows are a GEMV: converting the whole weight would triple what it reads.
+  if (x.numel() / std::max<int64_t>(K, 1) <= kMaxRows) return {};
   auto y = float32_blocks_mm(x.reshape({-1, K}), weight);
   if (bias.defined()) y.add_(bias.to(at::kFloat));
   auto shape = x.sizes().vec();

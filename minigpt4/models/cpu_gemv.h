@@ -73,9 +73,10 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::
 // x2 [M, K] float32, weight [N, K] bf16 or int8 (int8: the product of the integer values,
 // unscaled) -> [M, N] float32.
 at::Tensor float32_blocks_mm(const at::Tensor& x2, const at::Tensor& weight);
-// A bf16 Linear's prompt product through float32_blocks_mm, in x's dtype with the bias
-// added; undefined where ATen's bf16 GEMM was chosen (AMX, or bf16_prompt=aten) or where it
-// does not apply (CUDA, autograd is the caller's check).
+// A bf16 Linear's prompt product (more than kMaxRows rows) through float32_blocks_mm, in x's
+// dtype with the bias added; undefined where ATen's bf16 GEMM was chosen (AMX, or
+// bf16_prompt=aten) or where it does not apply (fewer rows, CUDA; autograd is the caller's
+// check).
 at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // The same products on raw memory for one activation row, for a caller that keeps its own

@@ -163,6 +163,10 @@ TEST_CASE("a bf16 prompt through float32 blocks equals the float32 product of th
     torch::NoGradGuard no_grad;
     CHECK(max_relative_error(linear.forward(x), want) < 8e-3);
   }
+  // A few rows stay a GEMV.
+  CHECK_FALSE(cpu_gemv::linear_bf16_prompt(torch::randn({4, 32}).to(torch::kBFloat16),
+                                           torch::randn({8, 32}).to(torch::kBFloat16), {})
+                  .defined());
   choice.bf16_prompt_float32 = false;
   cpu_gemv::set_choice(choice);
   CHECK_FALSE(cpu_gemv::linear_bf16_prompt(torch::randn({9, 32}).to(torch::kBFloat16),
