@@ -95,9 +95,10 @@ std::optional<std::string> cannot_run(Kernels k, at::ScalarType dtype) {
 // Fixed rules from the CPU's features, each backed by measurements on an Intel Xeon (AVX-512,
 // AVX512-BF16) and AMD EPYCs (Zen 3: AVX2 only; Zen 4: AVX-512 with BF16) in
 // benchmarks/README.md. The widest instruction set wins for int8 and bf16: ours read those
-// weights 1.6-2.2x faster than ATen on every CPU measured. float32 weights go to MKL on
-// Intel, where its GEMV streams them as fast as ours, and to ours elsewhere, where MKL's
-// (which gives other vendors a generic code path) read them at 60-65 % of ours.
+// weights at one row 1.6-4.6x faster than ATen on both CPUs measured. float32 weights go to
+// MKL on Intel, where its GEMV streams them as fast as ours, and to ours elsewhere, where
+// MKL's read them at 54-88 % of ours (Zen 3). A bf16 prompt goes through float32 blocks
+// unless the CPU has AMX (cpu_gemv.h, float32_blocks_mm).
 
 struct Rule {
   Kernels kernels;
