@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 
 namespace minigpt4::io {
@@ -95,6 +96,19 @@ void AtomicWriter::commit() {
     std::remove(tmp_path_.c_str());
     fail("cannot rename {} to {}: {}", tmp_path_, path_, std::strerror(err));
   }
+  sync_parent_folder(path_);
+}
+
+void sync_parent_folder(const std::string& path) {
+  std::string dir = std::filesystem::path(path).parent_path().string();
+  if (dir.empty()) dir = ".";
+  const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd < 0) fail("saved {}, but cannot open its folder {} to make the rename durable: {}", path, dir, std::strerror(errno));
+  const int synced = ::fsync(dfd);
+  const int err = errno;
+  ::close(dfd);
+  if (synced != 0 && err != EINVAL && err != ENOTSUP)
+    fail("saved {}, but fsync of its folder {} failed: {}", path, dir, std::strerror(err));
 }
 
 std::string read_prefix(const std::string& path, size_t n) {

@@ -39,9 +39,15 @@ class MappedFile : public std::enable_shared_from_this<MappedFile> {
   size_t size_ = 0;
 };
 
+// After renaming a file into place: fsync the folder that holds it, so that the rename itself
+// survives a power cut (the file's data was synced before the rename). Throws naming the
+// folder; file systems that cannot sync a folder (EINVAL, ENOTSUP) are accepted as they are.
+void sync_parent_folder(const std::string& path);
+
 // Writes `path` as `path.tmp.<pid>` and renames it into place on commit(), so a crash or an
-// error never leaves a half-written weight file under the real name. Without commit() the
-// destructor removes the temporary.
+// error never leaves a half-written weight file under the real name (the data is synced
+// before the rename, the folder after it). Without commit() the destructor removes the
+// temporary.
 class AtomicWriter {
  public:
   explicit AtomicWriter(std::string path);

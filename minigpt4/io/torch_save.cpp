@@ -1,6 +1,7 @@
 #include "minigpt4/io/torch_save.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/io/file_util.h"
 #include "minigpt4/io/pickle.h"
 
 #include <caffe2/serialize/inline_container.h>
@@ -229,17 +230,7 @@ class DurableFile {
            path_, tmp_, std::strerror(err), path_);
     }
     committed_ = true;
-    // The rename itself must reach the disk: fsync the folder that holds both names.
-    std::string dir = std::filesystem::path(path_).parent_path().string();
-    if (dir.empty()) dir = ".";
-    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0) fail("saved {}, but cannot open its folder {} to make the rename durable: {}", path_, dir, std::strerror(errno));
-    const int synced = ::fsync(dfd);
-    const int err = errno;
-    ::close(dfd);
-    // Some file systems cannot fsync a folder (EINVAL, ENOTSUP): the rename is as durable as they make it.
-    if (synced != 0 && err != EINVAL && err != ENOTSUP)
-      fail("saved {}, but fsync of its folder {} failed: {}", path_, dir, std::strerror(err));
+    sync_parent_folder(path_);  // the rename itself must reach the disk
   }
 
  private:
