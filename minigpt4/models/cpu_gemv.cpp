@@ -418,6 +418,16 @@ Kernels row_family(at::ScalarType weight_dtype) {
   return Kernels::aten;
 }
 
+// x[K] as bf16 bits where table t multiplies bf16 weights with them (AVX512-BF16), else
+// nullptr. The buffer is this thread's, valid until its next call.
+const uint16_t* bits_if_needed(const kernels::Table& t, at::ScalarType weight_dtype, const float* x, int64_t K) {
+  if (weight_dtype != at::kBFloat16 || !t.bf16_reads_bits) return nullptr;
+  thread_local std::vector<uint16_t> bits;
+  bits.resize(static_cast<size_t>(K));
+  for (int64_t i = 0; i < K; ++i) bits[static_cast<size_t>(i)] = c10::BFloat16(x[i]).x;
+  return bits.data();
+}
+
 }  // namespace
 
 bool row_available(at::ScalarType weight_dtype) { return row_family(weight_dtype) != Kernels::aten; }
@@ -427,15 +437,7 @@ void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float*
   if (k == Kernels::aten)
     throw std::logic_error("cpu_gemv::linear_row called for a weight it does not handle (check row_available first)");
   const kernels::Table& t = *table(k);
-  const uint16_t* x16 = nullptr;
-  thread_local std::vector<uint16_t> bits;
-  if (weight.scalar_type() == at::kBFloat16 && t.bf16_reads_bits) {
-    const int64_t K = weight.size(1);
-    bits.resize(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) bits[static_cast<size_t>(i)] = c10::BFloat16(x[i]).x;
-    x16 = bits.data();
-  }
-  product(t, weight, scales, x, x16, 1, y);
+  product(t, weight, scales, x, bits_if_needed(t, weight.scalar_type(), x, weight.size(1)), 1, y);
 }
 
 void linear_rows(const std::vector<RowProduct>& products, const float* x) {
@@ -454,13 +456,7 @@ void linear_rows(const std::vector<RowProduct>& products, const float* x) {
     return;
   }
   const kernels::Table& t = *table(k);
-  thread_local std::vector<uint16_t> bits;
-  const uint16_t* x16 = nullptr;
-  if (dtype == at::kBFloat16 && t.bf16_reads_bits) {
-    bits.resize(static_cast<size_t>(K));
-    for (int64_t i = 0; i < K; ++i) bits[static_cast<size_t>(i)] = c10::BFloat16(x[i]).x;
-    x16 = bits.data();
-  }
+  const uint16_t* x16 = bits_if_needed(t, dtype, x, K);
   const int64_t element_bytes = dtype == at::kFloat ? 4 : dtype == at::kBFloat16 ? 2 : 1;
   // Rows [r0, r1) of the products stacked one after another.
   at::parallel_for(0, total, grain_rows(K, element_bytes), [&](int64_t r0, int64_t r1) {
