@@ -71,12 +71,13 @@ struct ImageLimits {
 };
 
 struct ImageInfo {
-  std::string format;  // "PNG", "JPEG", "WebP", "BMP", "GIF"
+  std::string format;  // read_image_header's names: "PNG", "JPEG", "WebP", "BMP", "GIF", ...
   int64_t width = 0, height = 0;
 };
 
-// Reads the format and size from the file header alone (PNG IHDR, JPEG SOFn, WebP VP8/VP8L/
-// VP8X, BMP, GIF); nullopt for data whose header is not one of these or is cut short.
+// The format and size from the file header alone (read_image_header,
+// processors/image_header.h); nullopt for data that is not an image it reads, or is cut
+// short.
 std::optional<ImageInfo> image_header_info(const std::string& bytes);
 
 // The server's gate for an uploaded image: its header must name a format the decoder reads

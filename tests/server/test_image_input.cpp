@@ -104,7 +104,7 @@ TEST_CASE("check_image enforces the limits before decoding and refuses corrupt d
   CHECK_THROWS_WITH(check_image(bomb, ImageLimits{}, "img"), Contains("65536x30"));
 
   CHECK_THROWS_WITH(check_image(kGif, ImageLimits{}, "img"), Contains("GIF images are not supported"));
-  CHECK_THROWS_WITH(check_image("hello world", ImageLimits{}, "img"), Contains("not a PNG, JPEG, WebP or BMP"));
+  CHECK_THROWS_WITH(check_image("hello world", ImageLimits{}, "img"), Contains("not an image in a format this build reads"));
   const auto jpeg = encoded(".jpg", 40, 30);
   CHECK_THROWS_WITH(check_image(jpeg.substr(0, jpeg.size() / 2), ImageLimits{}, "img"), Contains("img") && Contains("truncated"));
 }
@@ -150,5 +150,5 @@ TEST_CASE("image headers: sizes that would overflow width * height are refused b
   for (int i = 16; i < 24; ++i) png[static_cast<size_t>(i)] = '\xff';  // 4294967295 x 4294967295
   ImageLimits huge;
   huge.max_side = int64_t(1) << 40;  // only the pixel count stands in the way
-  CHECK_THROWS_WITH(check_image_header(png, huge, "img"), Contains("4294967295x4294967295"));
+  CHECK_THROWS_WITH(check_image_header(png, huge, "img"), Contains("4294967295 x 4294967295"));
 }
