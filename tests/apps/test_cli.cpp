@@ -18,9 +18,10 @@ struct Run {
   std::string output;  // stdout and stderr
 };
 
-Run run(const std::string& args, bool with_stderr = true) {
-  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && '" MINIGPT4_BINARY "' " + args +
-                              (with_stderr ? " 2>&1" : " 2>/dev/null");
+// `environment`: assignments put before the command, e.g. "MINIGPT4_CPU_KERNELS=aten".
+Run run(const std::string& args, bool with_stderr = true, const std::string& environment = "") {
+  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && " + environment + " '" MINIGPT4_BINARY
+                              "' " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   Run result{-1, ""};
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);
@@ -62,6 +63,27 @@ TEST_CASE("minigpt4 info fails with a clear message on bad input", "[apps]") {
   r = run("info --cfg-path train_configs/minigpt4_stage1_pretrain.yaml");  // placeholder paths
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("llama_model"));
+}
+
+TEST_CASE("minigpt4 info --kernels names the CPU and the kernels of each weight dtype", "[apps]") {
+  auto r = run("info --kernels");
+  INFO(r.output);
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("cpu: ") && Contains("f32   weights") && Contains("bf16  weights") &&
+                           Contains("int8  weights"));
+  // Forced by the environment: named in the report, or refused naming what is wrong.
+  const auto forced = [](const std::string& value) {
+    return run("info --kernels", true, "MINIGPT4_CPU_KERNELS='" + value + "'");
+  };
+  r = forced("aten");
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("int8  weights, 1-4 rows: aten") && Contains("forced by MINIGPT4_CPU_KERNELS=aten"));
+  r = forced("bf16=avx9");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("MINIGPT4_CPU_KERNELS='bf16=avx9'") && Contains("unknown kernels 'avx9'"));
+  r = forced("f16=avx2");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("unknown key 'f16'"));
 }
 
 TEST_CASE("minigpt4 chat answers a question about an image and exits", "[apps]") {
