@@ -92,9 +92,9 @@ std::optional<std::string> cannot_run(Kernels k, at::ScalarType dtype) {
 }
 
 // ------------------------------------------------------------------ the rules
-// Fixed rules from the CPU's features, each backed by measurements on an Intel Xeon (AVX-512,
-// AVX512-BF16) and AMD EPYCs (Zen 3: AVX2 only; Zen 4: AVX-512 with BF16) in
-// benchmarks/README.md. The widest instruction set wins for int8 and bf16: ours read those
+// Fixed rules from the CPU's features, backed by measurements on an Intel Xeon (AVX-512,
+// AVX512-BF16) and an AMD EPYC Zen 3 (AVX2 only) in benchmarks/README.md; a Zen 4 EPYC
+// (AVX-512 with BF16) is not measured yet (`minigpt4 info --kernels --measure` there). The widest instruction set wins for int8 and bf16: ours read those
 // weights at one row 1.6-4.6x faster than ATen on both CPUs measured. float32 weights go to
 // MKL on Intel, where its GEMV streams them as fast as ours, and to ours elsewhere, where
 // MKL's read them at 54-88 % of ours (Zen 3). A bf16 prompt goes through float32 blocks
@@ -110,8 +110,8 @@ Rule automatic(at::ScalarType dtype) {
   const bool avx512 = !cannot_run(Kernels::avx512, dtype), avx2 = !cannot_run(Kernels::avx2, dtype);
   if (dtype == at::kFloat) {
     if (c.intel) return {Kernels::aten, "Intel CPU: MKL's float32 GEMV streams weights as fast as ours"};
-    if (avx512) return {Kernels::avx512, "not Intel: ours, MKL's float32 GEMV runs a generic path here"};
-    if (avx2) return {Kernels::avx2, "not Intel: ours, MKL's float32 GEMV runs a generic path here"};
+    if (avx512) return {Kernels::avx512, "not Intel: ours, MKL's float32 GEMV (its generic path) is slower here"};
+    if (avx2) return {Kernels::avx2, "not Intel: ours, MKL's float32 GEMV (its generic path) is slower here"};
     return {Kernels::aten, "no AVX2: ATen"};
   }
   const char* what = dtype == at::kBFloat16 ? "bf16" : "int8";
