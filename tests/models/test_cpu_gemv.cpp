@@ -11,6 +11,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 #include <iostream>
 
 using namespace minigpt4;
@@ -183,6 +184,21 @@ TEST_CASE("MINIGPT4_CPU_KERNELS=aten: every product is handed back to ATen", "[c
   CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({1, 32}), q.values, q.scales).defined());
   CHECK_FALSE(cpu_gemv::row_available(torch::kFloat));
   CHECK_FALSE(cpu_gemv::row_available(torch::kBFloat16));
+}
+
+TEST_CASE("the automatic choice is the widest family this CPU runs (float32: MKL on Intel)", "[cpu_gemv]") {
+  if (std::getenv("MINIGPT4_CPU_KERNELS") != nullptr || std::getenv("MINIGPT4_CPU_GEMV") != nullptr) {
+    std::cout << "skipped: MINIGPT4_CPU_KERNELS / MINIGPT4_CPU_GEMV force the choice in this run\n";
+    return;
+  }
+  ForcedKernels restore;
+  const auto automatic = restore.saved;
+  CHECK(automatic.int8 == cpu_gemv::runnable(torch::kChar).back());
+  CHECK(automatic.bf16 == cpu_gemv::runnable(torch::kBFloat16).back());
+  const bool intel = cpu_gemv::describe().find("(GenuineIntel)") != std::string::npos;
+  CHECK(automatic.f32 == (intel ? cpu_gemv::Kernels::aten : cpu_gemv::runnable(torch::kFloat).back()));
+  const bool amx = cpu_gemv::describe().find("amx_bf16 yes") != std::string::npos;
+  CHECK(automatic.bf16_prompt_float32 == !amx);
 }
 
 TEST_CASE("kernels this CPU cannot run are refused, naming what is missing", "[cpu_gemv]") {
