@@ -283,7 +283,8 @@ TEST_CASE("torch checkpoint: zip records that overlap each other or the director
     const auto dup_path = tmp.file("dup.pth");
     write_zip(dup_path, one_tensor_pickle(4), {{"data/0", torch::ones({4})}, {"data/1", torch::ones({4})}});
     std::string bytes = read_bytes(dup_path);
-    const auto& second = central_entry(central_entries(bytes), "data/1");
+    const auto dup_entries = central_entries(bytes);  // alive while `second` refers into it
+    const auto& second = central_entry(dup_entries, "data/1");
     const uint32_t local = peek<uint32_t>(bytes, second.at + kCentralLocalOffset);
     bytes[second.at + 46 + second.name.size() - 1] = '0';  // ".../data/1" -> ".../data/0", in the directory
     bytes[local + 30 + second.name.size() - 1] = '0';       // and in its local header
