@@ -4,7 +4,7 @@
 # ctest (e.g. `-L parity`). Extra fixture cases: MINIGPT4_PARITY_DIRS.
 # MINIGPT4_SANITIZER_PASS=1 then also builds the parsers and the server with ASan + UBSan
 # and runs their unit tests and the fuzz replays (scripts/sanitize.sh, docs/security.md).
-# Not on by default yet: that pass has not been run to completion on a 2-core machine.
+# Not on by default: on a 2-core machine it adds about 40 minutes (docs/security.md).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${MINIGPT4_BUILD_DIR:-$ROOT/build}"

@@ -18,6 +18,7 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <stdexcept>
 #include <thread>
 
 using namespace minigpt4;
@@ -105,7 +106,9 @@ json post_json(const Running& s, const std::string& path, const json& body, int 
   return json::parse(res->body);
 }
 
-// The text of a streamed answer, and its last chunk with a finish_reason.
+// The text of a streamed answer, and its last chunk with a finish_reason. Runs on the
+// test's worker threads too, so it throws instead of using Catch's assertions (Catch 2 is not
+// thread-safe: TSan caught concurrent REQUIREs here); the caller's get() rethrows.
 std::pair<std::string, json> streamed(const Running& s, json body) {
   body["stream"] = true;
   std::string raw;
@@ -120,8 +123,9 @@ std::pair<std::string, json> streamed(const Running& s, json body) {
   };
   auto client = s.client();
   const auto res = client.send(req);
-  REQUIRE(res);
-  REQUIRE(res->status == 200);
+  if (!res || res->status != 200)
+    throw std::runtime_error("streamed request failed: " + (res ? std::to_string(res->status) + " " + res->body
+                                                                 : std::string("no response")));
   std::string text;
   json last;
   std::istringstream lines(raw);
