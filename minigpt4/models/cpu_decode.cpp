@@ -106,10 +106,14 @@ void rms_norm(const float* x, const RMSNorm& norm, int64_t H, float* out, const 
 // of the time.
 constexpr int64_t kFloatDispatchBytes = int64_t{1} << 20;
 
+bool through_aten(const Linear& l) {
+  return l.weight.scalar_type() == at::kFloat && cpu_gemv::chosen().f32 == cpu_gemv::Kernels::aten &&
+         static_cast<int64_t>(l.weight.nbytes()) >= kFloatDispatchBytes;
+}
+
 void linear(const Linear& l, const float* x, float* y, const Rounding& round) {
   const int64_t N = l.weight.size(0), K = l.weight.size(1);
-  if (l.weight.scalar_type() == at::kFloat && cpu_gemv::chosen().f32 == cpu_gemv::Kernels::aten &&
-      static_cast<int64_t>(l.weight.nbytes()) >= kFloatDispatchBytes) {
+  if (through_aten(l)) {
     auto row = at::empty({1, K}, at::TensorOptions().dtype(at::kFloat));
     std::memcpy(row.data_ptr<float>(), x, static_cast<size_t>(K) * sizeof(float));
     const auto out = l.forward(row).contiguous();
@@ -126,8 +130,7 @@ void linear(const Linear& l, const float* x, float* y, const Rounding& round) {
 void linears(std::initializer_list<std::pair<const Linear*, float*>> layers, const float* x, const Rounding& round) {
   std::vector<cpu_gemv::RowProduct> products;
   for (const auto& [l, y] : layers) {
-    if (l->weight.scalar_type() == at::kFloat && cpu_gemv::chosen().f32 == cpu_gemv::Kernels::aten &&
-        static_cast<int64_t>(l->weight.nbytes()) >= kFloatDispatchBytes) {
+    if (through_aten(*l)) {
       for (const auto& [each, out] : layers) linear(*each, x, out, round);
       return;
     }

@@ -344,22 +344,26 @@ std::string describe() {
   return out;
 }
 
-at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat) return {};
-  const Kernels k = chosen().f32;
+namespace {
+
+// linear_f32 and linear_bf16: x and the weight both of `dtype`, through family k.
+at::Tensor dense_linear(at::ScalarType dtype, Kernels k, const at::Tensor& x, const at::Tensor& weight,
+                        const at::Tensor& bias) {
+  if (x.scalar_type() != dtype || weight.scalar_type() != dtype) return {};
   const int64_t M = small_rows(x, weight);
   if (k == Kernels::aten || M == 0) return {};
   if (bias.defined() && (bias.numel() != weight.size(0) || !bias.is_cpu())) return {};
   return tensor_product(k, x, M, weight, {}, bias);
 }
 
+}  // namespace
+
+at::Tensor linear_f32(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  return dense_linear(at::kFloat, chosen().f32, x, weight, bias);
+}
+
 at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
-  if (x.scalar_type() != at::kBFloat16 || weight.scalar_type() != at::kBFloat16) return {};
-  const Kernels k = chosen().bf16;
-  const int64_t M = small_rows(x, weight);
-  if (k == Kernels::aten || M == 0) return {};
-  if (bias.defined() && (bias.numel() != weight.size(0) || !bias.is_cpu())) return {};
-  return tensor_product(k, x, M, weight, {}, bias);
+  return dense_linear(at::kBFloat16, chosen().bf16, x, weight, bias);
 }
 
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
