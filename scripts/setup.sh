@@ -12,7 +12,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 DEB_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git python3-venv
-  libyaml-cpp-dev libsentencepiece-dev sentencepiece libpcre2-dev libre2-dev libopencv-dev
+  libyaml-cpp-dev libsentencepiece-dev sentencepiece libpcre2-dev libre2-dev libopencv-dev libjpeg-dev
   libcli11-dev nlohmann-json3-dev
   libarchive-dev libcpp-httplib-dev catch2
   libgloo-dev   # headers of the Gloo that LibTorch has built in (ProcessGroupGloo needs them)

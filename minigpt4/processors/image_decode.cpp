@@ -4,6 +4,7 @@
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/untrusted.h"
 #include "minigpt4/processors/image_header.h"
+#include "minigpt4/processors/jpeg_cmyk.h"
 
 #include <opencv2/core.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -109,6 +110,30 @@ cv::Mat to_rgb(cv::Mat image8, const std::string& name) {
   return rgb;
 }
 
+// Everything but CMYK JPEG: OpenCV's decoders, brought to PIL's 8-bit RGB.
+cv::Mat decode_with_opencv(const std::string& bytes, const ImageHeader& header, const std::string& name) {
+  const std::string& format = header.format;
+  cv::Mat image;
+  try {
+    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
+    // IMREAD_UNCHANGED keeps the stored depth and channels and, being exactly
+    // IMREAD_UNCHANGED (OpenCV tests `flags != IMREAD_UNCHANGED`), applies no EXIF
+    // orientation -- as PIL. (OR-ing IMREAD_IGNORE_ORIENTATION into -1 would change nothing.)
+    image = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
+  } catch (const cv::Exception& e) {
+    fail("cannot decode image {}: OpenCV failed: {}", name, e.what());
+  }
+  if (image.empty()) {
+    if (format == "GIF")
+      fail("cannot decode image {}: GIF is not supported by this build's decoder (OpenCV imgcodecs)", name);
+    fail("cannot decode image {}: corrupt or truncated {} data ({} bytes)", name, format, bytes.size());
+  }
+  if (image.dims != 2 || image.rows <= 0 || image.cols <= 0)
+    fail("cannot decode image {}: decoder returned no 2-D image", name);
+
+  return to_rgb(to_8bit_like_pil(image, name), name);
+}
+
 }  // namespace
 
 at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& name_in) {
@@ -136,29 +161,11 @@ at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& n
     fail("cannot decode image {}: truncated JPEG data (ends before the end-of-image marker, {} bytes)",
          name, bytes.size());
 
-  cv::Mat image;
-  try {
-    const cv::Mat buffer(1, static_cast<int>(bytes.size()), CV_8U, const_cast<char*>(bytes.data()));
-    // IMREAD_UNCHANGED keeps the stored depth and channels and, being exactly
-    // IMREAD_UNCHANGED (OpenCV tests `flags != IMREAD_UNCHANGED`), applies no EXIF
-    // orientation -- as PIL. (OR-ing IMREAD_IGNORE_ORIENTATION into -1 would change nothing.)
-    image = cv::imdecode(buffer, cv::IMREAD_UNCHANGED);
-  } catch (const cv::Exception& e) {
-    fail("cannot decode image {}: OpenCV failed: {}", name, e.what());
-  }
-  if (image.empty()) {
-    if (format == "GIF")
-      fail("cannot decode image {}: GIF is not supported by this build's decoder (OpenCV imgcodecs)", name);
-    fail("cannot decode image {}: corrupt or truncated {} data ({} bytes)", name, format, bytes.size());
-  }
-  if (image.dims != 2 || image.rows <= 0 || image.cols <= 0)
-    fail("cannot decode image {}: decoder returned no 2-D image", name);
-  if (image.rows != header.height || image.cols != header.width)
+  cv::Mat rgb = format == "JPEG" && header.jpeg_components == 4 ? decode_cmyk_jpeg_like_pil(bytes, name)
+                                                                  : decode_with_opencv(bytes, header, name);
+  if (rgb.rows != header.height || rgb.cols != header.width)
     fail("cannot decode image {}: the {} header says {}x{} but the data decodes to {}x{}", name, format, header.width,
-         header.height, image.cols, image.rows);
-
-  cv::Mat rgb = to_rgb(to_8bit_like_pil(image, name), name);
-  image.release();
+         header.height, rgb.cols, rgb.rows);
   if (!rgb.isContinuous()) rgb = rgb.clone();  // from_blob needs one dense block
   // The tensor owns the Mat's pixels (no copy): a picture at the pixel limit is ~268 MB.
   auto* owner = new cv::Mat(rgb);

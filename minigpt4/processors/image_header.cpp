@@ -70,10 +70,12 @@ ImageHeader jpeg_header(const Bytes& b, const Reader& r) {
     const bool frame = marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC;
     if (frame) {
       if (length < 8) r.corrupt(fmt::format("a frame header of length {}", length));
-      if (!b.has(i, 7)) r.truncated("frame header");
+      if (!b.has(i, 8)) r.truncated("frame header");
       const int64_t height = b.be16(i + 3), width = b.be16(i + 5);
       if (height == 0) r.corrupt("a frame of height 0 (the height defined later by a DNL marker is not supported)");
-      return r.result(width, height);
+      ImageHeader header = r.result(width, height);
+      header.jpeg_components = b.d[i + 7];
+      return header;
     }
     if (!b.has(i, length)) r.truncated("markers before the frame header");
     i += length;

@@ -16,6 +16,8 @@ struct ImageHeader {
   // strip (OpenCV reads one at a time, and a header may declare them larger than the
   // image); width * height for the other formats.
   int64_t buffer_pixels = 0;
+  // JPEG only: the frame's component count (1 gray, 3 YCbCr/RGB, 4 CMYK/YCCK); 0 otherwise.
+  int jpeg_components = 0;
 };
 
 // The header of `bytes`. Throws minigpt4::Error naming `name` for bytes that are not one
