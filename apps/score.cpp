@@ -14,6 +14,7 @@ void add_score_command(CLI::App& app) {
   struct ScoreArgs {
     std::string task;
     eval::ScoreFiles files;
+    std::string vqa_evaluator;
   };
   auto args = std::make_shared<ScoreArgs>();
   auto* cmd = app.add_subcommand("score", "Score predictions against a benchmark's annotations and print the "
@@ -27,7 +28,16 @@ void add_score_command(CLI::App& app) {
   cmd->add_option("--predictions", args->files.predictions,
                   "[{\"image_id\", \"caption\"}] or [{\"question_id\", \"answer\"}]")
       ->required();
-  cmd->callback([args] { fmt::print("{}\n", eval::score(eval::parse_task(args->task), args->files).dump(2)); });
+  cmd->add_option("--vqa-evaluator", args->vqa_evaluator,
+                  "vqav2/okvqa: 2021 (the official evaluator since GT-Vision-Lab/VQA a013f00: a prediction must "
+                  "equal ten agreeing answers exactly) or legacy (the earlier one LAVIS and MiniGPT-4 copy, which "
+                  "normalises every prediction)")
+      ->default_val("2021");
+  cmd->callback([args] {
+    const auto task = eval::parse_task(args->task);
+    args->files.vqa_evaluator = eval::parse_vqa_evaluator(args->vqa_evaluator);
+    fmt::print("{}\n", eval::score(task, args->files).dump(2));
+  });
 }
 
 }  // namespace minigpt4::apps

@@ -148,6 +148,7 @@ const std::vector<ConfigKey>& config_schema() {
       {"evaluation.questions", T::String, "vqav2 / okvqa: the questions file (question text and image ids)"},
       {"evaluation.image_root", T::String, "folder the image file names are relative to"},
       {"evaluation.image_file", T::String, "image file name of an image id, a Python/fmt format: COCO_val2014_{image_id:012d}.jpg (vqav2, okvqa), {image_id}.jpg (gqa); captions use the annotations' file names"},
+      {"evaluation.vqa_evaluator", T::String, "vqav2 / okvqa: 2021 (the official evaluator since GT-Vision-Lab/VQA a013f00, default) or legacy (the one LAVIS and MiniGPT-4 copy; BLIP-2's VQAv2-val and OK-VQA numbers)"},
       {"evaluation.prompt", T::String, "instruction after the image in the conversation template; VQA prompts hold {question}"},
       {"evaluation.max_new_tokens", T::Int, "longest answer in tokens (default 30 for captions, 10 for VQA)"},
       {"evaluation.num_beams", T::Int, "1: greedy, batched; > 1: beam search, one item at a time"},

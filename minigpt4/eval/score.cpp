@@ -90,8 +90,9 @@ json score_vqa(const ScoreFiles& files) {
   }
   const auto predictions = read_answer_predictions(files.predictions);
   check_prediction_ids(ids, predictions, files, "question");
-  const auto s = vqa_scores(questions, predictions);
-  json out{{"questions", questions.size()}, {"overall", s.overall}};
+  const auto s = vqa_scores(questions, predictions, files.vqa_evaluator);
+  json out{{"questions", questions.size()}, {"vqa_evaluator", vqa_evaluator_name(files.vqa_evaluator)},
+           {"overall", s.overall}};
   if (!s.per_answer_type.empty()) out["perAnswerType"] = s.per_answer_type;
   if (!s.per_question_type.empty()) out["perQuestionType"] = s.per_question_type;
   return out;

@@ -116,24 +116,56 @@ std::string vqa_process_digit_article(std::string_view text) {
   return out;
 }
 
-std::string vqa_normalize_answer(std::string_view answer) {
+namespace {
+
+// Newlines and tabs to spaces, then Python's strip().
+std::string trim_answer(std::string_view answer) {
   std::string text(answer);
   std::replace(text.begin(), text.end(), '\n', ' ');
   std::replace(text.begin(), text.end(), '\t', ' ');
   const auto first = std::find_if_not(text.begin(), text.end(), is_space);
   const auto last = std::find_if_not(text.rbegin(), text.rend(), is_space).base();
-  text = first < last ? std::string(first, last) : std::string();
-  return vqa_process_digit_article(vqa_process_punctuation(text));
+  return first < last ? std::string(first, last) : std::string();
 }
 
-double vqa_accuracy(std::string_view prediction, const std::vector<AnnotatorAnswer>& answers) {
+}  // namespace
+
+VqaEvaluator parse_vqa_evaluator(std::string_view name) {
+  if (name == "2021") return VqaEvaluator::official_2021;
+  if (name == "legacy") return VqaEvaluator::legacy;
+  fail("unknown VQA evaluator '{}' (known: 2021, the official one since GT-Vision-Lab/VQA a013f00; legacy, the "
+       "earlier one that LAVIS and MiniGPT-4 copy)", name);
+}
+
+std::string vqa_evaluator_name(VqaEvaluator evaluator) {
+  return evaluator == VqaEvaluator::official_2021 ? "2021" : "legacy";
+}
+
+std::string vqa_normalize_answer(std::string_view answer) {
+  return vqa_process_digit_article(vqa_process_punctuation(trim_answer(answer)));
+}
+
+double vqa_accuracy(std::string_view prediction, const std::vector<AnnotatorAnswer>& answers,
+                    VqaEvaluator evaluator) {
   if (answers.empty()) fail("VQA accuracy: a question has no annotator answers");
-  const std::string predicted = vqa_normalize_answer(prediction);
   auto records = answers;
+  std::string predicted;
+  if (evaluator == VqaEvaluator::official_2021) {
+    for (auto& r : records) r.answer = trim_answer(r.answer);
+    predicted = trim_answer(prediction);
+  } else {
+    predicted = vqa_normalize_answer(prediction);
+  }
   std::set<std::string> distinct;
   for (const auto& r : records) distinct.insert(r.answer);
-  if (distinct.size() > 1)
-    for (auto& r : records) r.answer = vqa_process_punctuation(r.answer);
+  if (distinct.size() > 1) {
+    for (auto& r : records) {
+      r.answer = vqa_process_punctuation(r.answer);
+      if (evaluator == VqaEvaluator::official_2021) r.answer = vqa_process_digit_article(r.answer);
+    }
+    if (evaluator == VqaEvaluator::official_2021)
+      predicted = vqa_process_digit_article(vqa_process_punctuation(predicted));
+  }
   const auto same_record = [](const AnnotatorAnswer& a, const AnnotatorAnswer& b) {
     return a.answer == b.answer && a.other_fields == b.other_fields;
   };
@@ -168,11 +200,12 @@ const std::string& prediction_for(const std::map<std::string, std::string>& pred
 
 }  // namespace
 
-VqaScores vqa_scores(const std::vector<VqaQuestion>& questions, const std::map<std::string, std::string>& predictions) {
+VqaScores vqa_scores(const std::vector<VqaQuestion>& questions, const std::map<std::string, std::string>& predictions,
+                     VqaEvaluator evaluator) {
   if (questions.empty()) fail("VQA accuracy: no questions to score");
   std::map<std::string, std::vector<double>> all, by_answer_type, by_question_type;
   for (const auto& q : questions) {
-    const double acc = vqa_accuracy(prediction_for(predictions, q.question_id), q.answers);
+    const double acc = vqa_accuracy(prediction_for(predictions, q.question_id), q.answers, evaluator);
     all[""].push_back(acc);
     if (!q.answer_type.empty()) by_answer_type[q.answer_type].push_back(acc);
     if (!q.question_type.empty()) by_question_type[q.question_type].push_back(acc);

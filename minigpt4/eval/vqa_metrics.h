@@ -1,6 +1,6 @@
 #pragma once
 // VQA accuracy as the official VQAv2 evaluator computes it (vqaEval.py of the VQA API,
-// GT-Vision-Lab/VQA, the copy LAVIS and MiniGPT-4's evaluation use), and GQA accuracy.
+// GT-Vision-Lab/VQA), in both of its versions, and GQA accuracy.
 //
 // Answer normalisation:
 //   punctuation  each of ; / [ ] " { } ( ) = + \ _ - > < @ ` , ? ! is removed where the
@@ -11,13 +11,19 @@
 //   words        lowercased, split on whitespace, number words zero..ten (and none) to digits,
 //                the articles a / an / the dropped, the evaluator's contraction table applied
 //                ("dont" -> "don't"), joined by single spaces.
-// Accuracy of a prediction (newlines and tabs to spaces, trimmed, then both steps above)
-// against a question's annotator answers: for each answer record, min(1, matches / 3) over
-// the OTHER records (every record equal to the held-out one is left out; the official records
-// differ by answer_id), averaged over the records; with ten answers that is the mean over the
-// ten leave-one-annotator-out subsets. The annotator answers get the punctuation step only,
-// and only when they are not all the same string (the evaluator's rule: the annotation files
-// hold answers already normalised).
+// Accuracy of a prediction against a question's annotator answers: for each answer record,
+// min(1, matches / 3) over the OTHER records (every record equal to the held-out one is left
+// out; the official records differ by answer_id), averaged over the records; with ten answers
+// that is the mean over the ten leave-one-annotator-out subsets. What is normalised first
+// depends on the version (docs/evaluation.md):
+//   official_2021  GT-Vision-Lab/VQA since a013f00 (2021-03, "Fixed processing answers bug"):
+//                  the prediction and the answers get newlines/tabs to spaces and a trim; only
+//                  when the trimmed answers are not all the same string do both get the
+//                  punctuation and word steps. When the ten agree the prediction must equal
+//                  them exactly ("Yes" scores 0 against ten "yes").
+//   legacy         before a013f00, the copy LAVIS (so BLIP-2's reported numbers) and
+//                  MiniGPT-4 ship: the prediction always gets trim + both steps; the answers
+//                  get the punctuation step only, and only when they are not all the same.
 // Reported x100: overall, per answer type and per question type (means over questions). The
 // official script rounds these to two decimals; here they are exact.
 //
@@ -29,6 +35,11 @@
 #include <vector>
 
 namespace minigpt4::eval {
+
+enum class VqaEvaluator { official_2021, legacy };
+// "2021" or "legacy"; anything else is an Error naming both.
+VqaEvaluator parse_vqa_evaluator(std::string_view name);
+std::string vqa_evaluator_name(VqaEvaluator evaluator);
 
 std::string vqa_process_punctuation(std::string_view text);
 std::string vqa_process_digit_article(std::string_view text);
@@ -44,7 +55,8 @@ struct AnnotatorAnswer {
 };
 
 // Accuracy in [0, 1] of one prediction against one question's annotator answers.
-double vqa_accuracy(std::string_view prediction, const std::vector<AnnotatorAnswer>& answers);
+double vqa_accuracy(std::string_view prediction, const std::vector<AnnotatorAnswer>& answers,
+                    VqaEvaluator evaluator);
 
 struct VqaQuestion {
   std::string question_id;
@@ -60,7 +72,8 @@ struct VqaScores {
 };
 
 // `predictions` maps question id -> predicted answer and must hold every question.
-VqaScores vqa_scores(const std::vector<VqaQuestion>& questions, const std::map<std::string, std::string>& predictions);
+VqaScores vqa_scores(const std::vector<VqaQuestion>& questions, const std::map<std::string, std::string>& predictions,
+                     VqaEvaluator evaluator);
 
 struct GqaQuestion {
   std::string question_id;

@@ -90,7 +90,7 @@ void merge_and_score(const EvalSettings& s, const std::vector<EvalItem>& items, 
   }
   result.results_path = (fs::path(s.output_dir) / "results.json").string();
   write_json(result.results_path, submission);
-  result.metrics = eval::score(s.task, {s.annotations, s.questions, result.results_path});
+  result.metrics = eval::score(s.task, {s.annotations, s.questions, result.results_path, s.vqa_evaluator});
   result.metrics_path = (fs::path(s.output_dir) / "metrics.json").string();
   write_json(result.metrics_path, result.metrics);
   result.complete = true;

@@ -39,6 +39,14 @@ EvalSettings EvalSettings::from_config(const Config& config) {
   else if (config.has("evaluation.questions"))
     fail("{}: evaluation.questions is read only for vqav2 and okvqa ({} takes everything from evaluation.annotations)",
          config.source_of("evaluation.questions"), eval::task_name(s.task));
+  if (vqa)
+    try {
+      s.vqa_evaluator = eval::parse_vqa_evaluator(config.get_string("evaluation.vqa_evaluator", "2021"));
+    } catch (const Error& e) {
+      fail("{}: evaluation.vqa_evaluator: {}", config.source_of("evaluation.vqa_evaluator"), e.what());
+    }
+  else if (config.has("evaluation.vqa_evaluator"))
+    fail("{}: evaluation.vqa_evaluator is read only for vqav2 and okvqa", config.source_of("evaluation.vqa_evaluator"));
   if (s.short_answers())
     s.image_file = required(config, "evaluation.image_file",
                             "the image file name of an image id, e.g. COCO_val2014_{image_id:012d}.jpg");

@@ -10,6 +10,7 @@
 //                              Python/fmt format with {image_id}: COCO_val2014_{image_id:012d}.jpg
 //   evaluation.prompt          the instruction put in the conversation template after the
 //                              image; VQA prompts hold {question}
+//   evaluation.vqa_evaluator   vqav2 / okvqa: 2021 (default) or legacy (eval/vqa_metrics.h)
 //   evaluation.max_new_tokens, evaluation.num_beams, evaluation.length_penalty
 //   run.batch_size_eval        items per generation batch (greedy: one left-padded batch)
 //   run.output_dir             predictions_rank*.jsonl, results.json, metrics.json
@@ -30,6 +31,7 @@ struct EvalSettings {
   eval::Task task = eval::Task::coco_caption;
   std::string annotations, questions, image_root, image_file;
   std::string prompt;
+  eval::VqaEvaluator vqa_evaluator = eval::VqaEvaluator::official_2021;
   int64_t max_new_tokens = 0;
   int num_beams = 1;
   double length_penalty = 1.0;

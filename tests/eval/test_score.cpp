@@ -35,12 +35,21 @@ TEST_CASE("score: each task end to end on the crafted files equals the golden va
   check_numbers(nocaps, golden.at("nocaps"), "nocaps.");
   CHECK(nocaps.at("per_domain").size() == 3);
 
+  // golden.json's VQA numbers are the legacy evaluator's (the one LAVIS copies).
   const auto vqav2 = eval::score(eval::Task::vqav2, {data("vqav2_annotations.json"), data("vqav2_questions.json"),
-                                                     data("vqav2_predictions.json")});
+                                                     data("vqav2_predictions.json"), eval::VqaEvaluator::legacy});
+  CHECK(vqav2.at("vqa_evaluator") == "legacy");
   check_numbers(vqav2, golden.at("vqav2"), "vqav2.");
   const auto okvqa = eval::score(eval::Task::okvqa, {data("okvqa_annotations.json"), data("okvqa_questions.json"),
-                                                     data("okvqa_predictions.json")});
+                                                     data("okvqa_predictions.json"), eval::VqaEvaluator::legacy});
   check_numbers(okvqa, golden.at("okvqa"), "okvqa.");
+  // The default is the official evaluator of 2021.
+  const auto official = test::read_json(test::eval_data("golden_vqa_official.json"));
+  const auto vqav2_2021 = eval::score(eval::Task::vqav2, {data("vqav2_annotations.json"), data("vqav2_questions.json"),
+                                                          data("vqav2_predictions.json")});
+  CHECK(vqav2_2021.at("vqa_evaluator") == "2021");
+  CHECK(vqav2_2021.at("overall").get<double>() ==
+        Approx(official.at("vqav2").at("2021").at("overall").get<double>()).margin(0.005 + 1e-9));
   const auto gqa =
       eval::score(eval::Task::gqa, {data("gqa_testdev_balanced_questions.json"), "", data("gqa_predictions.json")});
   check_numbers(gqa, golden.at("gqa"), "gqa.");

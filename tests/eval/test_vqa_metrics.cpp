@@ -9,6 +9,9 @@ using namespace minigpt4;
 using eval::AnnotatorAnswer;
 using eval::vqa_process_digit_article;
 using eval::vqa_process_punctuation;
+using eval::VqaEvaluator;
+constexpr auto kLegacy = VqaEvaluator::legacy;
+constexpr auto k2021 = VqaEvaluator::official_2021;
 
 TEST_CASE("VQA normaliser: punctuation rules", "[eval]") {
   CHECK(vqa_process_punctuation("black/white") == "black white");     // not next to a space: a space
@@ -62,27 +65,27 @@ std::vector<std::string> repeat(const std::string& answer, size_t n, const std::
 }  // namespace
 
 TEST_CASE("VQA accuracy: mean over the ten leave-one-out subsets of min(1, matches / 3)", "[eval]") {
-  CHECK(eval::vqa_accuracy("red", records(repeat("red", 4, "blue", 6))) == Approx(1.0));
-  CHECK(eval::vqa_accuracy("red", records(repeat("red", 3, "blue", 7))) == Approx((3 * 2.0 / 3 + 7) / 10));
-  CHECK(eval::vqa_accuracy("red", records(repeat("red", 2, "blue", 8))) == Approx((2 * 1.0 / 3 + 8 * 2.0 / 3) / 10));
-  CHECK(eval::vqa_accuracy("red", records(repeat("red", 1, "blue", 9))) == Approx(0.3));
-  CHECK(eval::vqa_accuracy("green", records(repeat("red", 1, "blue", 9))) == 0.0);
-  CHECK(eval::vqa_accuracy("Two.", records(repeat("2", 3, "3", 7))) == Approx(0.9));  // the prediction is normalised
-  CHECK_THROWS_AS(eval::vqa_accuracy("x", {}), Error);
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 4, "blue", 6)), kLegacy) == Approx(1.0));
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 3, "blue", 7)), kLegacy) == Approx((3 * 2.0 / 3 + 7) / 10));
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 2, "blue", 8)), kLegacy) == Approx((2 * 1.0 / 3 + 8 * 2.0 / 3) / 10));
+  CHECK(eval::vqa_accuracy("red", records(repeat("red", 1, "blue", 9)), kLegacy) == Approx(0.3));
+  CHECK(eval::vqa_accuracy("green", records(repeat("red", 1, "blue", 9)), kLegacy) == 0.0);
+  CHECK(eval::vqa_accuracy("Two.", records(repeat("2", 3, "3", 7)), kLegacy) == Approx(0.9));  // the prediction is normalised
+  CHECK_THROWS_AS(eval::vqa_accuracy("x", {}, kLegacy), Error);
 }
 
-TEST_CASE("VQA accuracy: the evaluator's rules for annotator answers", "[eval]") {
+TEST_CASE("VQA accuracy, legacy evaluator: its rules for annotator answers", "[eval]") {
   // Different answers: the annotators' get the punctuation step ("t-shirt" -> "t shirt").
-  CHECK(eval::vqa_accuracy("T-Shirt", records(repeat("t-shirt", 3, "shirt", 7))) == Approx(0.9));
+  CHECK(eval::vqa_accuracy("T-Shirt", records(repeat("t-shirt", 3, "shirt", 7)), kLegacy) == Approx(0.9));
   // All ten the same: left as they are, so a normalised prediction can miss them.
-  CHECK(eval::vqa_accuracy("t-shirt", records(repeat("t-shirt", 10, "", 0))) == 0.0);
+  CHECK(eval::vqa_accuracy("t-shirt", records(repeat("t-shirt", 10, "", 0)), kLegacy) == 0.0);
   // Records equal in every field are left out together with the held-out one.
   std::vector<AnnotatorAnswer> same;
   for (const auto& a : repeat("red", 4, "blue", 6)) same.push_back({a, "{}"});
-  CHECK(eval::vqa_accuracy("red", same) == Approx(0.6));
+  CHECK(eval::vqa_accuracy("red", same, kLegacy) == Approx(0.6));
 }
 
-TEST_CASE("VQA and OK-VQA accuracy per question equals the reference re-implementation", "[eval]") {
+TEST_CASE("VQA and OK-VQA accuracy per question equals the reference re-implementation (legacy)", "[eval]") {
   for (const std::string set : {"vqav2", "okvqa"}) {
     const auto questions = eval::read_vqa_annotations(test::eval_data(set + "_annotations.json").string());
     const auto predictions = eval::read_answer_predictions(test::eval_data(set + "_predictions.json").string());
@@ -90,22 +93,79 @@ TEST_CASE("VQA and OK-VQA accuracy per question equals the reference re-implemen
     REQUIRE(questions.size() == golden.size());
     for (const auto& q : questions) {
       INFO(set << " question " << q.question_id << ", prediction " << predictions.at(q.question_id));
-      CHECK(eval::vqa_accuracy(predictions.at(q.question_id), q.answers) ==
+      CHECK(eval::vqa_accuracy(predictions.at(q.question_id), q.answers, kLegacy) ==
             Approx(golden.at(q.question_id).get<double>()).margin(test::kGoldenTolerance));
     }
   }
+}
+
+TEST_CASE("VQA accuracy, 2021 evaluator: normalised only where the answers disagree", "[eval]") {
+  // Ten agreeing answers: the prediction must equal them after the trim alone.
+  CHECK(eval::vqa_accuracy("yes", records(repeat("yes", 10, "", 0)), k2021) == Approx(1.0));
+  CHECK(eval::vqa_accuracy(" yes\n", records(repeat("yes", 10, "", 0)), k2021) == Approx(1.0));
+  CHECK(eval::vqa_accuracy("Yes", records(repeat("yes", 10, "", 0)), k2021) == 0.0);
+  CHECK(eval::vqa_accuracy("Yes", records(repeat("yes", 10, "", 0)), kLegacy) == Approx(1.0));
+  CHECK(eval::vqa_accuracy("two", records(repeat("2", 10, "", 0)), k2021) == 0.0);
+  // Answers that agree once trimmed count as agreeing (2021 trims them first; legacy never).
+  auto padded = repeat("dog", 9, " dog", 1);
+  CHECK(eval::vqa_accuracy("dog", records(padded), k2021) == Approx(1.0));
+  // Disagreeing answers: both sides get punctuation, number words, articles, contractions.
+  CHECK(eval::vqa_accuracy("Two.", records(repeat("2", 3, "3", 7)), k2021) == Approx(0.9));
+  CHECK(eval::vqa_accuracy("2", records(repeat("two", 3, "3", 7)), k2021) == Approx(0.9));
+  CHECK(eval::vqa_accuracy("2", records(repeat("two", 3, "3", 7)), kLegacy) == 0.0);  // legacy: answers keep "two"
+  CHECK(eval::vqa_accuracy("dont know", records(repeat("don't know", 4, "no", 6)), k2021) == Approx(1.0));
+  CHECK_THROWS_AS(eval::vqa_accuracy("x", {}, k2021), Error);
+}
+
+TEST_CASE("VQA evaluator names", "[eval]") {
+  CHECK(eval::parse_vqa_evaluator("2021") == k2021);
+  CHECK(eval::parse_vqa_evaluator("legacy") == kLegacy);
+  CHECK(eval::vqa_evaluator_name(k2021) == "2021");
+  CHECK_THROWS_WITH(eval::parse_vqa_evaluator("2017"), Catch::Contains("'2017'") && Catch::Contains("legacy"));
+}
+
+TEST_CASE("VQA accuracy equals both versions of the official evaluator on crafted sets", "[eval]") {
+  // golden_vqa_official.json: GT-Vision-Lab/VQA's own vqaEval.py at a013f00 ("2021") and at
+  // its parent ("legacy"), run by make_vqa_official_golden.py. The official code rounds each
+  // question's accuracy and every reported mean to two decimals (the means from unrounded
+  // values), hence the margin.
+  const auto golden = test::read_json(test::eval_data("golden_vqa_official.json"));
+  for (const std::string set : {"vqa_versions", "vqav2", "okvqa"}) {
+    const auto questions = eval::read_vqa_annotations(test::eval_data(set + "_annotations.json").string());
+    const auto predictions = eval::read_answer_predictions(test::eval_data(set + "_predictions.json").string());
+    for (const auto evaluator : {k2021, kLegacy}) {
+      const auto& expected = golden.at(set).at(eval::vqa_evaluator_name(evaluator));
+      INFO(set << ", evaluator " << eval::vqa_evaluator_name(evaluator));
+      REQUIRE(questions.size() == expected.at("per_question").size());
+      for (const auto& q : questions) {
+        INFO("question " << q.question_id << ", prediction '" << predictions.at(q.question_id) << "'");
+        CHECK(100 * eval::vqa_accuracy(predictions.at(q.question_id), q.answers, evaluator) ==
+              Approx(expected.at("per_question").at(q.question_id).get<double>()).margin(0.005 + 1e-9));
+      }
+      const auto scores = eval::vqa_scores(questions, predictions, evaluator);
+      CHECK(scores.overall == Approx(expected.at("overall").get<double>()).margin(0.005 + 1e-9));
+      for (const auto& [type, value] : expected.at("perAnswerType").items())
+        CHECK(scores.per_answer_type.at(type) == Approx(value.get<double>()).margin(0.005 + 1e-9));
+      for (const auto& [type, value] : expected.at("perQuestionType").items())
+        CHECK(scores.per_question_type.at(type) == Approx(value.get<double>()).margin(0.005 + 1e-9));
+      CHECK(scores.per_question_type.size() == expected.at("perQuestionType").size());
+    }
+  }
+  // The crafted set separates the two versions by more than ten points.
+  CHECK(golden.at("vqa_versions").at("legacy").at("overall").get<double>() -
+            golden.at("vqa_versions").at("2021").at("overall").get<double>() > 10.0);
 }
 
 TEST_CASE("VQA scores: overall and per type are means over questions, x100", "[eval]") {
   std::vector<eval::VqaQuestion> questions{{"1", "yes/no", "is the", records(repeat("yes", 10, "", 0))},
                                            {"2", "number", "how many", records(repeat("2", 1, "3", 9))},
                                            {"3", "number", "how many", records(repeat("4", 10, "", 0))}};
-  const auto scores = eval::vqa_scores(questions, {{"1", "Yes"}, {"2", "five"}, {"3", "4"}});
+  const auto scores = eval::vqa_scores(questions, {{"1", "Yes"}, {"2", "five"}, {"3", "4"}}, kLegacy);
   CHECK(scores.overall == Approx(100 * (1 + 0 + 1) / 3.0));
   CHECK(scores.per_answer_type.at("yes/no") == Approx(100.0));
   CHECK(scores.per_answer_type.at("number") == Approx(50.0));
   CHECK(scores.per_question_type.at("how many") == Approx(50.0));
-  CHECK_THROWS_WITH(eval::vqa_scores(questions, {{"1", "yes"}}), Catch::Contains("no prediction for question 2"));
+  CHECK_THROWS_WITH(eval::vqa_scores(questions, {{"1", "yes"}}, k2021), Catch::Contains("no prediction for question 2"));
 }
 
 TEST_CASE("GQA: exact match after normalising both sides", "[eval]") {

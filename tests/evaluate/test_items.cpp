@@ -110,6 +110,12 @@ TEST_CASE("evaluate: config keys are checked and named", "[evaluate]") {
              Catch::Contains("'evaluation.annotations' is required"));
   CHECK_THAT(error_of([&] { EvalSettings::from_config(Config::from_yaml("evaluation:\n  task: vqa\n", "t.yaml")); }),
              Catch::Contains("unknown task 'vqa'"));
+  CHECK(vqa.vqa_evaluator == minigpt4::eval::VqaEvaluator::official_2021);
+  CHECK(settings_for(b, "vqav2", "  vqa_evaluator: legacy\n").vqa_evaluator == minigpt4::eval::VqaEvaluator::legacy);
+  CHECK_THAT(error_of([&] { settings_for(b, "vqav2", "  vqa_evaluator: '2017'\n"); }),
+             Catch::Contains("test.yaml") && Catch::Contains("evaluation.vqa_evaluator") && Catch::Contains("'2017'"));
+  CHECK_THAT(error_of([&] { settings_for(b, "gqa", "  vqa_evaluator: legacy\n"); }),
+             Catch::Contains("read only for vqav2 and okvqa"));
   CHECK_THAT(error_of([&] { Config::from_yaml("evaluation:\n  num_beam: 2\n", "t.yaml"); }),
              Catch::Contains("did you mean 'num_beams'"));
 }
@@ -202,6 +208,7 @@ TEST_CASE("evaluate: synth writes a captioning and a VQA set of its held-out pic
     const auto& attribute = truth[i][asked[i % 4]];
     const std::string expected = attribute.is_number() ? std::to_string(attribute.get<int>()) : attribute.get<std::string>();
     REQUIRE(answers[i].answers.size() == 10);
-    CHECK(eval::vqa_accuracy(expected, answers[i].answers) == 1.0);
+    for (const auto evaluator : {eval::VqaEvaluator::official_2021, eval::VqaEvaluator::legacy})
+      CHECK(eval::vqa_accuracy(expected, answers[i].answers, evaluator) == 1.0);
   }
 }
