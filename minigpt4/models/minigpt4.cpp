@@ -108,6 +108,13 @@ torch::Tensor MiniGPT4::prompt_wrap(const torch::Tensor& img_embeds, const std::
   return torch::cat({before, img_embeds.to(before.scalar_type()), after}, 1);
 }
 
+int64_t MiniGPT4::pad_id(const Tokenizer& tokenizer) const {
+  // The LLaMA-2 variant exists only in the later code (Sep 2023), which sets pad_token =
+  // "$$": convert_tokens_to_ids gives the piece's id, or unk where the vocabulary lacks it.
+  if (!config.has_qformer) return tokenizer.piece_to_id("$$");
+  return tokenizer.pad_id();
+}
+
 TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector<std::string>& texts,
                                   const std::string& prompt, const Tokenizer& tokenizer) const {
   const int64_t B = static_cast<int64_t>(texts.size());
@@ -123,7 +130,8 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
 
   std::vector<std::string> with_end;
   for (const auto& t : texts) with_end.push_back(t + config.end_sym);
-  const auto batch = tokenizer.encode_batch(with_end, /*add_special_tokens=*/false, config.max_txt_len, tokenizer.pad_id());
+  const int64_t pad = pad_id(tokenizer);
+  const auto batch = tokenizer.encode_batch(with_end, /*add_special_tokens=*/false, config.max_txt_len, pad);
   const int64_t T_txt = static_cast<int64_t>(batch.ids.front().size());
   // Filled through plain vectors: element-wise tensor indexing costs an op per element.
   std::vector<int64_t> ids_flat, mask_flat;
@@ -135,9 +143,10 @@ TrainingForward MiniGPT4::forward(const torch::Tensor& images, const std::vector
   const auto text_ids = torch::tensor(ids_flat, torch::kLong).view({B, T_txt}).to(device);
   const auto text_mask = torch::tensor(mask_flat, torch::kLong).view({B, T_txt}).to(device);
 
-  // bos and the (wrapped) image are context: never predicted. So is padding (pad = eos).
+  // bos and the (wrapped) image are context: never predicted. Neither is any pad-id token
+  // (with pad = eos, the end token too: see pad_id).
   const auto ignore = torch::full({B, 1 + T_img}, -100, torch::TensorOptions().dtype(torch::kLong).device(device));
-  const auto text_targets = text_ids.masked_fill(text_ids == tokenizer.pad_id(), -100);
+  const auto text_targets = text_ids.masked_fill(text_ids == pad, -100);
   const auto bos = torch::full({B, 1}, tokenizer.bos_id(), torch::TensorOptions().dtype(torch::kLong).device(device));
 
   TrainingForward out;
@@ -200,7 +209,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
       const auto a = tokenizer.encode(s.answers[turn] + config.end_sym, false);
       for (int64_t id : a) {
         ids.push_back(id);
-        targets.push_back(!s.conversation && id == tokenizer.pad_id() ? -100 : id);
+        targets.push_back(!s.conversation && id == pad_id(tokenizer) ? -100 : id);
       }
     }
     if (config.max_txt_len > 0 && static_cast<int64_t>(ids.size()) > config.max_txt_len) {
@@ -214,7 +223,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
   // puts each row's regressed tokens right after its own condition.
   const auto long_opts = torch::TensorOptions().dtype(torch::kLong);
   const auto bos = embed_ids({tokenizer.bos_id()});
-  const auto pad = embed_ids({tokenizer.pad_id()});
+  const auto pad = embed_ids({pad_id(tokenizer)});
   std::vector<torch::Tensor> rows;
   std::vector<int64_t> targets_flat(B * longest, -100), mask_flat(B * longest, 0);
   for (int64_t b = 0; b < B; ++b) {
@@ -454,15 +463,15 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   };
   load("vit_model", config.vit_model, vit);
 
+  // The LLaMA-2 variant's code reads no BLIP-2 file at all (its ln_vision keeps LayerNorm's
+  // defaults unless model.ckpt holds one), so q_former_model is ignored there.
   LoadSpec qformer;
   qformer.is_ignorable = blip2_unused;
-  if (!config.has_qformer) {
-    // Without a Q-Former only ln_vision can come from a BLIP-2 file (when one is named).
-    qformer.is_ignorable = [](const std::string& key) { return key.rfind("ln_vision.", 0) != 0; };
-  }
-  // (The LLaMA-2 defaults keep BLIP-2's URL, which that variant never reads.)
-  const bool url = config.q_former_model.rfind("http://", 0) == 0 || config.q_former_model.rfind("https://", 0) == 0;
-  if (config.has_qformer || !url) load("q_former_model", config.q_former_model, qformer);
+  if (config.has_qformer) load("q_former_model", config.q_former_model, qformer);
+  else if (!config.q_former_model.empty() && config.q_former_model.find("://") == std::string::npos)
+    report.notes.push_back("q_former_model '" + config.q_former_model +
+                           "' is not read: the LLaMA-2 variant (has_qformer: False) takes ln_vision from no BLIP-2 "
+                           "file, as the original");
 
   LoadSpec llm;
   llm.add_prefix = "llama_model.";

@@ -92,8 +92,14 @@ struct MiniGPT4 : torch::nn::Module {
   torch::Tensor prompt_wrap(const torch::Tensor& img_embeds, const std::string& prompt,
                             const Tokenizer& tokenizer) const;
 
+  // The id that pads training batches. Vicuna-v0's code (and TinyGPT-V's) pads with eos, so
+  // an eos in the text is masked out of the loss like padding; the code of the LLaMA-2
+  // variant (`has_qformer: false`, MiniGPT-4 Sep 2023) pads with the token "$$" (its id, or
+  // unk where the vocabulary has no such piece), so its end token `</s>` stays a target.
+  int64_t pad_id(const Tokenizer& tokenizer) const;
+
   // `MiniGPT4.forward`: loss of `text + end_sym` after [bos] + wrapped image; targets -100
-  // on bos, prompt, image and padding (pad = eos) positions. Undefined `images` (with an
+  // on bos, prompt, image and padding (pad_id) positions. Undefined `images` (with an
   // empty prompt) is a text-only batch: the loss of [bos] + text + end_sym.
   TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts,
                           const std::string& prompt, const Tokenizer& tokenizer) const;
@@ -104,7 +110,8 @@ struct MiniGPT4 : torch::nn::Module {
   // max_context_len; then answer 1 + end_sym, and for each later turn [bos] + question
   // (masked) + answer + end_sym, all cut to max_txt_len. Only answer tokens are targets
   // (single-turn answers also lose their pad-id tokens, as the original masks them); rows
-  // are right-padded. Undefined `images`: text-only instructions (no `<ImageHere>`).
+  // are right-padded with pad_id's embedding. With one instruction per sample already in its
+  // template this is also the LLaMA-2 variant's forward with `instruction_input`. Undefined `images`: text-only instructions (no `<ImageHere>`).
   TrainingForward forward_instructions(const torch::Tensor& images, const std::vector<Instruction>& samples,
                                        const Tokenizer& tokenizer) const;
 

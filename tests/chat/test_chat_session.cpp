@@ -31,13 +31,19 @@ torch::Tensor fixture_image_embeds(const test::GenerationFixture& fx, const Chat
   return model.model->encode_img(fx.io.at("image").slice(0, index, index + 1));
 }
 
+// The session's own behaviour (cache, streaming, images mid-chat) is checked on the
+// repository's Vicuna-v0 case, whose greedy answers run long enough to stream in pieces.
+fs::path session_case() { return test::data_dir() / "parity" / "tiny_vicuna0"; }
+
 // Replays the fixture's messages up to the open assistant turn.
 void replay(ChatSession& session, const test::GenerationFixture& fx, const torch::Tensor& image) {
   const std::string image_message = kImageMessage;
-  for (const auto& message : fx.generation().at("messages")) {
+  const auto& messages = fx.generation().at("messages");
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const auto& message = messages[i];
     if (message[1].is_null()) break;
     const auto text = message[1].get<std::string>();
-    if (message[0].get<std::string>().find("Assistant") != std::string::npos) {
+    if (i % 2 == 1) {  // the template's roles alternate, the user first (whatever their names)
       session.add_answer(text);
     } else if (text.rfind(image_message, 0) == 0) {
       session.upload_image(image);
@@ -46,6 +52,17 @@ void replay(ChatSession& session, const test::GenerationFixture& fx, const torch
       session.ask(text);
     }
   }
+}
+
+// Chat.answer decodes with special tokens, so an answer that ends on eos ends in "</s>"
+// there (the LLaMA-2 variant's answers always do); ChatSession leaves the end token out of
+// the text, as MiniGPT-4's later code does (skip_special_tokens=True). docs/chat.md.
+std::string shown_answer(std::string original) {
+  const std::string eos = "</s>";
+  if (original.size() >= eos.size() && original.compare(original.size() - eos.size(), eos.size(), eos) == 0)
+    original.resize(original.size() - eos.size());
+  while (!original.empty() && std::isspace(static_cast<unsigned char>(original.back()))) original.pop_back();
+  return original;
 }
 
 AnswerOptions greedy(int64_t max_new_tokens) {
@@ -72,13 +89,13 @@ TEST_CASE("a chat session answers as the original Chat on every fixture case", "
 
     const auto& expected = fx.generation().at("results").at("greedy");
     const auto reply = session.answer(greedy(fx.generation().at("max_new_tokens").get<int64_t>()));
-    CHECK(reply.text == expected.at("output_text").get<std::string>());
+    CHECK(reply.text == shown_answer(expected.at("output_text").get<std::string>()));
     CHECK(session.conversation().messages().back().text == reply.text);
   }
 }
 
 TEST_CASE("the KV cache kept across rounds gives the answers of a full recomputation", "[parity]") {
-  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const auto dir = session_case();
   const test::GenerationFixture fx(dir);
   const auto model = chat_model(fx);
   const auto image = fixture_image_embeds(fx, *model);
@@ -107,7 +124,7 @@ TEST_CASE("the KV cache kept across rounds gives the answers of a full recomputa
 }
 
 TEST_CASE("streamed pieces add up to the answer; cancelling keeps what was said", "[parity]") {
-  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const auto dir = session_case();
   const test::GenerationFixture fx(dir);
   const auto model = chat_model(fx);
   ChatSession session(model);
@@ -144,7 +161,7 @@ TEST_CASE("streamed pieces add up to the answer; cancelling keeps what was said"
 }
 
 TEST_CASE("an image can come mid-chat, and reset forgets everything", "[parity]") {
-  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const auto dir = session_case();
   const test::GenerationFixture fx(dir);
   const auto model = chat_model(fx);
   ChatSession session(model);
@@ -182,7 +199,7 @@ TEST_CASE("bad chat input gets a clear error") {
 }
 
 TEST_CASE("model.repetition_penalty is the default of answers that do not set one") {
-  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const auto dir = session_case();
   const test::GenerationFixture fx(dir);
   CHECK(generation_config(*chat_model(fx), greedy(4)).repetition_penalty == 1.0);
 
@@ -200,7 +217,7 @@ TEST_CASE("model.repetition_penalty is the default of answers that do not set on
 }
 
 TEST_CASE("model.stop_token_ids end an answer on their own") {
-  const auto dir = test::parity_cases("minigpt4_full.safetensors").front();
+  const auto dir = session_case();
   const test::GenerationFixture fx(dir);
   const auto plain = chat_model(fx)->stop_sequences();
 

@@ -41,7 +41,8 @@ TEST_CASE("eva_vit_g.safetensors holds the full model's visual encoder", "[io]")
     if (!fs::exists(dir / "minigpt4_full.safetensors")) continue;
     const auto full = io::load_safetensors((dir / "minigpt4_full.safetensors").string());
     check_part_of(io::load_safetensors((dir / "eva_vit_g.safetensors").string()), full, "visual_encoder.");
-    CHECK(full.at("Qformer.bert.embeddings.position_ids").scalar_type() == at::kLong);
+    if (full.count("query_tokens"))  // cases with a Q-Former: BERT's int64 buffer survives
+      CHECK(full.at("Qformer.bert.embeddings.position_ids").scalar_type() == at::kLong);
   }
 }
 

@@ -137,6 +137,12 @@ TEST_CASE("the LLaMA-2 variant projects 4 concatenated patch tokens, without a Q
   const auto model = load_minigpt4(tiny_config({"model.has_qformer=False", "model.ckpt="}), torch::kCPU, &report);
   CHECK(model->Qformer == nullptr);
   CHECK(model->llama_proj->weight.sizes() == torch::IntArrayRef({64, 4 * 64}));
+  // The variant's own code reads no BLIP-2 file: ln_vision keeps LayerNorm's defaults even
+  // though the config names one, and the report says so.
+  CHECK(torch::equal(model->ln_vision->weight, torch::ones_like(model->ln_vision->weight)));
+  CHECK(torch::equal(model->ln_vision->bias, torch::zeros_like(model->ln_vision->bias)));
+  CHECK(std::any_of(report.notes.begin(), report.notes.end(),
+                    [](const std::string& n) { return n.find("is not read") != std::string::npos; }));
   const auto embeds = model->encode_img(torch::randn({2, 3, 56, 56}));
   CHECK(embeds.sizes() == torch::IntArrayRef({2, 16 / 4, 64}));
   // the projection input is 4 consecutive patch tokens after ln_vision

@@ -71,11 +71,17 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
     check("vit_out", vit_out);
     const auto ln_out = model->ln_vision->forward(vit_out);
     check("ln_vision_out", ln_out);
-    std::vector<torch::Tensor> qformer_states;
-    const auto qformer_out = model->Qformer->forward(model->query_tokens.expand({image.size(0), -1, -1}), ln_out, &qformer_states);
-    check("qformer_embeddings_out", qformer_states.front());
-    check("qformer_hidden_states", stack(qformer_states));
-    check("qformer_out", qformer_out);
+    if (model->Qformer) {
+      std::vector<torch::Tensor> qformer_states;
+      const auto qformer_out =
+          model->Qformer->forward(model->query_tokens.expand({image.size(0), -1, -1}), ln_out, &qformer_states);
+      check("qformer_embeddings_out", qformer_states.front());
+      check("qformer_hidden_states", stack(qformer_states));
+      check("qformer_out", qformer_out);
+    } else {  // the LLaMA-2 variant: cls dropped, 4 consecutive patch tokens concatenated
+      REQUIRE_FALSE(manifest["config"].contains("qformer"));
+      check("image_tokens_concat4", model->image_queries(ln_out));
+    }
     check("img_embeds", model->encode_img(image));
     const auto interp = check.expected.at("pos_embed_interp");
     const auto grid = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(interp.size(1) - 1))));
@@ -98,7 +104,7 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
       }
       std::vector<std::string> texts;
       for (const auto& c : captions) texts.push_back(c + stage_config.end_sym);
-      const auto batch = tokenizer.encode_batch(texts, false, stage_config.max_txt_len, tokenizer.pad_id());
+      const auto batch = tokenizer.encode_batch(texts, false, stage_config.max_txt_len, model->pad_id(tokenizer));
       std::vector<torch::Tensor> ids, mask;
       for (size_t b = 0; b < batch.ids.size(); ++b) ids.push_back(torch::tensor(batch.ids[b])), mask.push_back(torch::tensor(batch.attention_mask[b]));
       check(stage + "_to_regress_ids", torch::stack(ids));
@@ -119,6 +125,50 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
       check(stage + "_grad_llama_proj_bias", model->llama_proj->bias.grad());
     }
 
+    // Per-sample instructions (the LLaMA-2 variant's code reads `instruction_input`): one
+    // instruction per caption, already in its template, padded to the longest prompt.
+    if (mg.contains("instr")) {
+      const auto& s = mg["instr"];
+      auto instr_config = model->config;
+      instr_config.end_sym = s["end_sym"].get<std::string>();
+      instr_config.max_txt_len = s["max_txt_len"].get<int64_t>();
+      instr_config.chat_template = false;
+      model->config = instr_config;
+      const auto instructions = s["instructions"].get<std::vector<std::string>>();
+      REQUIRE(instructions.size() == captions.size());
+      std::vector<Instruction> samples;
+      for (size_t b = 0; b < captions.size(); ++b) {
+        const auto split = instructions[b].find("<ImageHere>");
+        const auto key = "instr_prompt" + std::to_string(b);
+        check(key + "_before_ids", torch::tensor(tokenizer.encode(instructions[b].substr(0, split), false)));
+        check(key + "_after_ids", torch::tensor(tokenizer.encode(instructions[b].substr(split + 11), false)));
+        Instruction sample;
+        sample.questions = {instructions[b]};
+        sample.answers = {captions[b]};
+        samples.push_back(sample);
+      }
+      std::vector<std::string> texts;
+      for (const auto& c : captions) texts.push_back(c + instr_config.end_sym);
+      const auto batch = tokenizer.encode_batch(texts, false, instr_config.max_txt_len, model->pad_id(tokenizer));
+      std::vector<torch::Tensor> ids, mask;
+      for (size_t b = 0; b < batch.ids.size(); ++b) ids.push_back(torch::tensor(batch.ids[b])), mask.push_back(torch::tensor(batch.attention_mask[b]));
+      check("instr_to_regress_ids", torch::stack(ids));
+      check("instr_to_regress_mask", torch::stack(mask));
+      check("pad_embed", model->llama_model->embed(torch::tensor({model->pad_id(tokenizer)})).squeeze(0));
+      torch::GradMode::set_enabled(true);
+      model->llama_proj->weight.mutable_grad() = torch::Tensor();
+      model->llama_proj->bias.mutable_grad() = torch::Tensor();
+      const auto out = model->forward_instructions(image, samples, tokenizer);
+      check("instr_inputs_embeds", out.inputs_embeds);
+      check("instr_attention_mask", out.attention_mask);
+      check("instr_targets", out.targets);
+      check("instr_loss", out.loss);
+      out.loss.backward();
+      torch::GradMode::set_enabled(false);
+      check("instr_grad_llama_proj_weight", model->llama_proj->weight.grad());
+      check("instr_grad_llama_proj_bias", model->llama_proj->bias.grad());
+    }
+
     // Chat: the prompt around the image, its embeddings, the LLM's logits and hidden states.
     const auto& gen = manifest["generation"];
     const std::string chat_prompt = gen["prompt"].get<std::string>();
@@ -127,6 +177,7 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
     check("chat_seg1_ids", torch::tensor(tokenizer.encode(chat_prompt.substr(split + 11), false)));
     const int64_t image_index = gen.value("image_index", 0);
     const auto one_image = model->encode_img(image.slice(0, image_index, image_index + 1));
+    if (check.expected.count("chat_img_embeds")) check("chat_img_embeds", one_image);
     const auto chat_embs = model->context_embedding(chat_prompt, {one_image}, tokenizer);
     check("chat_embs", chat_embs);
     CausalLMOptions options;

@@ -33,19 +33,23 @@ fs::path hf_model_dir(const fs::path& case_dir, const nlohmann::json& manifest, 
 std::string parity_case_yaml(const fs::path& dir, const nlohmann::json& manifest) {
   const auto& c = manifest["config"];
   const auto& v = c["vision"];
-  const auto& q = c["qformer"];
-  return fmt::format(
-      "model:\n  arch: minigpt4\n  model_type: pretrain_vicuna0\n  image_size: {}\n  vit_patch_size: {}\n"
+  const std::string llm_dir = c["llama"].value("hf_dir", "vicuna");
+  std::string yaml = fmt::format(
+      "model:\n  arch: minigpt4\n  image_size: {}\n  vit_patch_size: {}\n"
       "  vit_width: {}\n  vit_depth: {}\n  vit_num_heads: {}\n  vit_mlp_ratio: {}\n  vit_precision: fp32\n"
-      "  num_query_token: {}\n  qformer_hidden_size: {}\n  qformer_num_layers: {}\n  qformer_num_heads: {}\n"
-      "  qformer_intermediate_size: {}\n  cross_attention_freq: {}\n  llm_precision: fp32\n"
-      "  vit_model: '{}'\n  q_former_model: '{}'\n  llama_model: '{}'\n  ckpt: '{}'\n",
+      "  llm_precision: fp32\n  vit_model: '{}'\n  llama_model: '{}'\n  ckpt: '{}'\n",
       c["image_size"].get<int64_t>(), v["patch_size"].get<int64_t>(), v["width"].get<int64_t>(),
       v["depth"].get<int64_t>(), v["heads"].get<int64_t>(), v["mlp_ratio"].get<double>(),
+      (dir / "eva_vit_g.pth").string(), (dir / llm_dir).string(), (dir / "pretrained_minigpt4.pth").string());
+  if (!c.contains("qformer"))  // the LLaMA-2 variant: patches straight to the projector
+    return yaml + "  model_type: pretrain_llama2\n  has_qformer: False\n";
+  const auto& q = c["qformer"];
+  return yaml + fmt::format(
+      "  model_type: pretrain_vicuna0\n  num_query_token: {}\n  qformer_hidden_size: {}\n  qformer_num_layers: {}\n"
+      "  qformer_num_heads: {}\n  qformer_intermediate_size: {}\n  cross_attention_freq: {}\n  q_former_model: '{}'\n",
       q["num_query_token"].get<int64_t>(), q["hidden_size"].get<int64_t>(), q["num_hidden_layers"].get<int64_t>(),
       q["num_attention_heads"].get<int64_t>(), q["intermediate_size"].get<int64_t>(),
-      q["cross_attention_freq"].get<int64_t>(), (dir / "eva_vit_g.pth").string(), (dir / "blip2_pretrained.pth").string(),
-      (dir / "vicuna").string(), (dir / "pretrained_minigpt4.pth").string());
+      q["cross_attention_freq"].get<int64_t>(), (dir / "blip2_pretrained.pth").string());
 }
 
 static bool is_case_dir(const fs::path& dir) {

@@ -45,8 +45,15 @@ int check_io_ids(const fs::path& dir, const LlamaTokenizer& tok) {
   int checks = 0;
 
   // MiniGPT-4.forward: tokenizer([c + end_sym], padding='longest', truncation=True,
-  // max_length=max_txt_len, add_special_tokens=False) with pad = eos.
-  for (const std::string stage : {"stage1", "stage2"}) {
+  // max_length=max_txt_len, add_special_tokens=False) with pad = eos (Vicuna-v0's code) or
+  // pad = "$$" (the LLaMA-2 variant's code: the piece's id, else unk).
+  const bool dollar_pad = !mg.value("has_qformer", true);
+  const int64_t pad = dollar_pad ? tok.piece_to_id("$$") : tok.pad_id();
+  if (mg.contains("llama_tokenizer") && mg.at("llama_tokenizer").contains("pad_token_id")) {
+    CHECK(pad == mg.at("llama_tokenizer").at("pad_token_id").get<int64_t>());
+    ++checks;
+  }
+  for (const std::string stage : {"stage1", "stage2", "instr"}) {
     const auto ids = io.get(stage + "_to_regress_ids");
     const auto mask = io.get(stage + "_to_regress_mask");
     if (!ids || !mask || !mg.contains(stage)) continue;
@@ -56,7 +63,7 @@ int check_io_ids(const fs::path& dir, const LlamaTokenizer& tok) {
     const int max_len = mg.at(stage).contains("max_txt_len")
                             ? mg.at(stage).at("max_txt_len").get<int>()
                             : mg.at("from_config").at("max_txt_len").get<int>();
-    const auto batch = tok.encode_batch(texts, false, max_len, tok.pad_id());
+    const auto batch = tok.encode_batch(texts, false, max_len, pad);
     REQUIRE(int64_t(batch.ids.size()) == ids->shape.at(0));
     for (size_t r = 0; r < batch.ids.size(); ++r) {
       INFO(stage << " row " << r << ": " << texts[r]);
