@@ -10,6 +10,7 @@
 #include <mutex>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <queue>
 #include <sstream>
 
 #include "minigpt4/common/error.h"
@@ -716,6 +717,58 @@ std::vector<std::string> BpeTokenizer::split_on_added_tokens(const std::string& 
   return out;
 }
 
+std::vector<std::string> bpe_merge(std::vector<std::string> symbols, const BpeMergeRanks& ranks) {
+  // The word as a linked list of symbols; node ids keep the left-to-right order, and a merge
+  // keeps the left node (its version changes) and retires the right one.
+  const int n = static_cast<int>(symbols.size());
+  if (n < 2) return symbols;
+  std::vector<int> next(n), prev(n), version(n, 0);
+  std::vector<bool> alive(n, true);
+  for (int i = 0; i < n; ++i) next[i] = i + 1 < n ? i + 1 : -1, prev[i] = i - 1;
+  struct Candidate {
+    int64_t rank;
+    int left, right, left_version, right_version;
+    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : left > o.left; }
+  };
+  std::priority_queue<Candidate, std::vector<Candidate>, std::greater<Candidate>> heap;
+  std::pair<std::string, std::string> key;
+  auto consider = [&](int left, int right) {
+    if (left < 0 || right < 0) return;
+    key.first = symbols[left];
+    key.second = symbols[right];
+    if (auto it = ranks.find(key); it != ranks.end())
+      heap.push({it->second, left, right, version[left], version[right]});
+  };
+  auto valid = [&](const Candidate& c) {
+    return alive[c.left] && alive[c.right] && next[c.left] == c.right && version[c.left] == c.left_version &&
+           version[c.right] == c.right_version;
+  };
+  for (int i = 0; i + 1 < n; ++i) consider(i, i + 1);
+  std::vector<Candidate> round;
+  while (!heap.empty()) {
+    // Every occurrence of the lowest-ranked pair, in word order, before anything they create.
+    const int64_t rank = heap.top().rank;
+    round.clear();
+    while (!heap.empty() && heap.top().rank == rank) {
+      round.push_back(heap.top());
+      heap.pop();
+    }
+    for (const Candidate& c : round) {
+      if (!valid(c)) continue;  // stale, or overlapped by the merge just left of it
+      symbols[c.left] += symbols[c.right];
+      ++version[c.left];
+      alive[c.right] = false;
+      next[c.left] = next[c.right];
+      if (next[c.left] >= 0) prev[next[c.left]] = c.left;
+      consider(prev[c.left], c.left);
+      consider(c.left, next[c.left]);
+    }
+  }
+  std::vector<std::string> out;
+  for (int i = 0; i >= 0; i = next[i]) out.push_back(std::move(symbols[i]));
+  return out;
+}
+
 std::vector<std::string> BpeTokenizer::bpe(const std::string& word) const {
   {
     std::lock_guard<std::mutex> lock(cache_->mutex);
@@ -726,31 +779,12 @@ std::vector<std::string> BpeTokenizer::bpe(const std::string& word) const {
   code_points(word, cps, at);
   std::vector<std::string> symbols;
   for (size_t k = 0; k < cps.size(); ++k) symbols.push_back(word.substr(at[k], at[k + 1] - at[k]));
-  while (symbols.size() > 1) {
-    int64_t best = std::numeric_limits<int64_t>::max();
-    const std::pair<std::string, std::string>* pair = nullptr;
-    std::pair<std::string, std::string> key;
-    for (size_t k = 0; k + 1 < symbols.size(); ++k) {
-      key.first = symbols[k];
-      key.second = symbols[k + 1];
-      auto it = ranks_.find(key);
-      if (it != ranks_.end() && it->second < best) best = it->second, pair = &it->first;
-    }
-    if (!pair) break;
-    std::vector<std::string> merged;
-    merged.reserve(symbols.size());
-    for (size_t k = 0; k < symbols.size();) {
-      if (k + 1 < symbols.size() && symbols[k] == pair->first && symbols[k + 1] == pair->second) {
-        merged.push_back(symbols[k] + symbols[k + 1]);
-        k += 2;
-      } else {
-        merged.push_back(symbols[k++]);
-      }
-    }
-    symbols = std::move(merged);
-  }
+  symbols = bpe_merge(std::move(symbols), ranks_);
+  // HF's cache is unbounded; a server's stays bounded in entries, and long words (rare in
+  // text, frequent in hostile input) are not kept.
+  if (word.size() > 256) return symbols;
   std::lock_guard<std::mutex> lock(cache_->mutex);
-  if (cache_->words.size() >= 100000) cache_->words.clear();  // HF's is unbounded; keep a server's bounded
+  if (cache_->words.size() >= 100000) cache_->words.clear();
   cache_->words.emplace(word, symbols);
   return symbols;
 }

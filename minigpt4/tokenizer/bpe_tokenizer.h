@@ -30,6 +30,21 @@
 
 namespace minigpt4 {
 
+struct BpePairHash {
+  size_t operator()(const std::pair<std::string, std::string>& p) const {
+    return std::hash<std::string>()(p.first) * 31 + std::hash<std::string>()(p.second);
+  }
+};
+using BpeMergeRanks = std::unordered_map<std::pair<std::string, std::string>, int64_t, BpePairHash>;
+
+// GPT-2's BPE on one word's symbols: while some adjacent pair has a rank, take the pair of
+// lowest rank and merge each of its occurrences, left to right. The slow tokenizer rescans
+// the word after every merge, which is quadratic (a hostile megabyte-long word would take
+// hours); this keeps the candidate pairs in a heap, O(n log n), and gives the same pieces:
+// all occurrences of one pair are merged before any pair made by those merges is looked at,
+// and a merge never makes another occurrence of its own pair.
+std::vector<std::string> bpe_merge(std::vector<std::string> symbols, const BpeMergeRanks& ranks);
+
 class BpeTokenizer final : public Tokenizer {
  public:
   // A Hugging Face directory (see above). Throws minigpt4::Error naming the file and the
@@ -87,11 +102,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<std::string> bpe(const std::string& word) const;
   std::string tokens_to_string(const std::vector<std::string>& tokens) const;
 
-  struct PairHash {
-    size_t operator()(const std::pair<std::string, std::string>& p) const {
-      return std::hash<std::string>()(p.first) * 31 + std::hash<std::string>()(p.second);
-    }
-  };
+
   struct TrieNode {
     std::unordered_map<uint32_t, int> next;  // code point -> node index
     bool terminal = false;
@@ -101,7 +112,7 @@ class BpeTokenizer final : public Tokenizer {
 
   std::unordered_map<std::string, int64_t> vocab_;  // HF `encoder`
   std::unordered_map<int64_t, std::string> id_to_token_;  // HF `decoder`
-  std::unordered_map<std::pair<std::string, std::string>, int64_t, PairHash> ranks_;
+  BpeMergeRanks ranks_;
   std::map<int64_t, AddedToken> added_by_id_;        // HF `_added_tokens_decoder`
   std::unordered_map<std::string, int64_t> added_ids_;  // HF `_added_tokens_encoder`
   std::vector<TrieNode> trie_;                       // over every added token's content

@@ -6,7 +6,10 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <fstream>
+#include <limits>
+#include <random>
 #include <thread>
 
 #include "minigpt4/common/error.h"
@@ -404,4 +407,65 @@ TEST_CASE("BpeTokenizer follows the slow tokenizer's reading of merges.txt and c
     s.write("merges.txt", without + "h e");
     CHECK(BpeTokenizer::from_pretrained(s.path).tokenize("he") == std::vector<std::string>{"h", "e"});
   }
+}
+
+namespace {
+
+// The slow tokenizer's loop (GPT2Tokenizer.bpe), kept here as the reference: rescan the
+// word for the lowest-ranked pair, merge its occurrences left to right, repeat.
+std::vector<std::string> slow_bpe(std::vector<std::string> symbols, const minigpt4::BpeMergeRanks& ranks) {
+  while (symbols.size() > 1) {
+    int64_t best = std::numeric_limits<int64_t>::max();
+    std::pair<std::string, std::string> pair;
+    for (size_t k = 0; k + 1 < symbols.size(); ++k)
+      if (auto it = ranks.find({symbols[k], symbols[k + 1]}); it != ranks.end() && it->second < best)
+        best = it->second, pair = it->first;
+    if (best == std::numeric_limits<int64_t>::max()) break;
+    std::vector<std::string> merged;
+    for (size_t k = 0; k < symbols.size();) {
+      if (k + 1 < symbols.size() && symbols[k] == pair.first && symbols[k + 1] == pair.second) {
+        merged.push_back(symbols[k] + symbols[k + 1]);
+        k += 2;
+      } else {
+        merged.push_back(symbols[k++]);
+      }
+    }
+    symbols = std::move(merged);
+  }
+  return symbols;
+}
+
+}  // namespace
+
+TEST_CASE("BPE merges: the heap gives the slow tokenizer's pieces, also for merge lists out of order",
+          "[tokenizer]") {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 300; ++trial) {
+    // Merges over a 3-letter alphabet: pairs of existing pieces, in a random rank order (so
+    // that a merge may rank before the merges that make its halves, as a crafted file can).
+    std::vector<std::string> pieces = {"a", "b", "c"};
+    std::vector<std::pair<std::string, std::string>> merges;
+    for (int m = 0; m < 12; ++m) {
+      const auto& x = pieces[rng() % pieces.size()];
+      const auto& y = pieces[rng() % pieces.size()];
+      merges.emplace_back(x, y);
+      pieces.push_back(x + y);
+    }
+    std::shuffle(merges.begin(), merges.end(), rng);
+    minigpt4::BpeMergeRanks ranks;
+    for (size_t r = 0; r < merges.size(); ++r) ranks.emplace(merges[r], static_cast<int64_t>(r));
+    std::vector<std::string> word;
+    const size_t length = 1 + rng() % 40;
+    for (size_t i = 0; i < length; ++i) word.push_back(std::string(1, "abc"[rng() % (trial % 3 == 0 ? 1 : 3)]));
+    INFO("trial " << trial);
+    CHECK(minigpt4::bpe_merge(word, ranks) == slow_bpe(word, ranks));
+  }
+}
+
+TEST_CASE("BPE merges: a word of 200,000 letters is merged without quadratic rescans", "[tokenizer]") {
+  minigpt4::BpeMergeRanks ranks{{{"a", "a"}, 0}, {{"aa", "aa"}, 1}, {{"aaaa", "aaaa"}, 2}};
+  const std::vector<std::string> word(200000, "a");
+  const auto pieces = minigpt4::bpe_merge(word, ranks);
+  REQUIRE(pieces.size() == 200000 / 8);
+  CHECK(pieces.front() == "aaaaaaaa");
 }
