@@ -36,6 +36,14 @@ TEST_CASE("the original MiniGPT-4 configs parse as they are", "[config]") {
   const auto llama2 = Config::load((root / "eval_configs/minigpt4_llama2_eval.yaml").string());
   CHECK_FALSE(llama2.get_bool("model.has_qformer", true));
   CHECK(llama2.get_string("model.end_sym") == "</s>");
+  // The LLaMA-2 training configs as the Sep-2023 code ships them: stage 1 keeps the class's
+  // end_sym '\n' (its model file sets none), stage 2 ends captions with </s> in [INST].
+  const auto llama2_stage1 = Config::load((root / "train_configs/minigpt4_llama2_stage1_pretrain.yaml").string());
+  CHECK_FALSE(llama2_stage1.get_bool("model.has_qformer", true));
+  CHECK(llama2_stage1.get_string("model.end_sym") == "\n");
+  const auto llama2_stage2 = Config::load((root / "train_configs/minigpt4_llama2_stage2_finetune.yaml").string());
+  CHECK(llama2_stage2.get_string("model.end_sym") == "</s>");
+  CHECK(llama2_stage2.get_string("model.prompt_template") == "[INST] {} [/INST] ");
 }
 
 TEST_CASE("--options override dotted keys with typed values", "[config]") {
