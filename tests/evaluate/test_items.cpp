@@ -14,6 +14,8 @@
 
 #include <catch2/catch.hpp>
 
+#include <fstream>
+
 using namespace minigpt4;
 using namespace minigpt4::evaluate;
 namespace fs = std::filesystem;
@@ -211,4 +213,28 @@ TEST_CASE("evaluate: synth writes a captioning and a VQA set of its held-out pic
     for (const auto evaluator : {eval::VqaEvaluator::official_2021, eval::VqaEvaluator::legacy})
       CHECK(eval::vqa_accuracy(expected, answers[i].answers, evaluator) == 1.0);
   }
+}
+
+TEST_CASE("evaluate: image names from annotation files stay under evaluation.image_root", "[evaluate]") {
+  test::Scratch tmp("evaluate_confined");
+  const auto b = test::make_benchmark(tmp.path(), 2);
+  auto karpathy = settings_for(b, "coco_caption");
+  karpathy.annotations = (tmp.path() / "hostile_karpathy.json").string();
+  karpathy.image_root = b.root.string();
+  // A Karpathy list is a list of {"image", "caption"}: every hostile kind of name.
+  // (Each ends in a COCO name, so that LAVIS's id rule finds an id and the path is what fails.)
+  const std::string coco = test::coco_file_name(1);
+  for (const std::string name : {"../../" + coco, "/etc/" + coco, "images/../../" + coco, std::string("x\0/", 3) + coco}) {
+    INFO(name);
+    std::ofstream(karpathy.annotations) << nlohmann::json::array({{{"image", name}, {"caption", {"a"}}}}).dump();
+    const auto message = error_of([&] { load_items(karpathy); });
+    CHECK_THAT(message, Catch::Contains("hostile_karpathy.json") || Catch::Contains("image"));
+    CHECK_THAT(message, Catch::Contains("..") || Catch::Contains("absolute") || Catch::Contains("NUL"));
+  }
+  // GQA ids go through evaluation.image_file: an id that climbs out is refused too.
+  auto gqa = settings_for(b, "gqa");
+  gqa.annotations = (tmp.path() / "hostile_gqa.json").string();
+  std::ofstream(gqa.annotations) << nlohmann::json{{"q1", {{"imageId", "../../../etc/passwd"}, {"question", "x?"},
+                                                          {"answer", "y"}}}}.dump();
+  CHECK_THAT(error_of([&] { load_items(gqa); }), Catch::Contains(".."));
 }
