@@ -463,15 +463,29 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   };
   load("vit_model", config.vit_model, vit);
 
-  // The LLaMA-2 variant's code reads no BLIP-2 file at all (its ln_vision keeps LayerNorm's
-  // defaults unless model.ckpt holds one), so q_former_model is ignored there.
   LoadSpec qformer;
   qformer.is_ignorable = blip2_unused;
-  if (config.has_qformer) load("q_former_model", config.q_former_model, qformer);
-  else if (!config.q_former_model.empty() && config.q_former_model.find("://") == std::string::npos)
-    report.notes.push_back("q_former_model '" + config.q_former_model +
-                           "' is not read: the LLaMA-2 variant (has_qformer: False) takes ln_vision from no BLIP-2 "
-                           "file, as the original");
+  if (config.has_qformer) {
+    load("q_former_model", config.q_former_model, qformer);
+  } else if (!config.q_former_model.empty() && config.q_former_model.find("://") == std::string::npos) {
+    // The LLaMA-2 variant's code reads no BLIP-2 checkpoint (its ln_vision keeps LayerNorm's
+    // defaults unless model.ckpt holds one), so one named here is skipped. A file without a
+    // Q-Former, holding ln_vision alone, is read: that is how save_model_parts releases a
+    // tower trained with this variant (the quickstart's).
+    const auto path = resolve_weight_path(config.q_former_model, "q_former_model");
+    const StateDict state = io::load_state_dict(path);
+    const bool blip2 = std::any_of(state.begin(), state.end(), [](const auto& item) {
+      return starts_with(item.first, "Qformer.") || item.first == "query_tokens";
+    });
+    if (blip2) {
+      report.notes.push_back("q_former_model " + path +
+                             " is a BLIP-2 checkpoint and is not read: the LLaMA-2 variant (has_qformer: False) "
+                             "takes ln_vision from no BLIP-2 file, as the original");
+    } else {
+      qformer.is_ignorable = [](const std::string& key) { return !starts_with(key, "ln_vision."); };
+      load_state(path, state, qformer);
+    }
+  }
 
   LoadSpec llm;
   llm.add_prefix = "llama_model.";

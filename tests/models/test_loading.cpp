@@ -143,6 +143,16 @@ TEST_CASE("the LLaMA-2 variant projects 4 concatenated patch tokens, without a Q
   CHECK(torch::equal(model->ln_vision->bias, torch::zeros_like(model->ln_vision->bias)));
   CHECK(std::any_of(report.notes.begin(), report.notes.end(),
                     [](const std::string& n) { return n.find("is not read") != std::string::npos; }));
+  // A file of ln_vision alone (save_model_parts' release of a tower trained without a
+  // Q-Former) is read.
+  const auto own = fs::temp_directory_path() / ("minigpt4_ln_vision_" + std::to_string(::getpid()) + ".safetensors");
+  const int64_t width = model->ln_vision->weight.size(0);
+  io::save_safetensors(own.string(), {{"ln_vision.weight", torch::full({width}, 2.0)}, {"ln_vision.bias", torch::full({width}, 0.5)}});
+  const auto trained = load_minigpt4(tiny_config({"model.has_qformer=False", "model.ckpt=", "model.q_former_model=" + own.string()}),
+                                     torch::kCPU);
+  CHECK(torch::equal(trained->ln_vision->weight, torch::full({width}, 2.0)));
+  CHECK(torch::equal(trained->ln_vision->bias, torch::full({width}, 0.5)));
+  fs::remove(own);
   const auto embeds = model->encode_img(torch::randn({2, 3, 56, 56}));
   CHECK(embeds.sizes() == torch::IntArrayRef({2, 16 / 4, 64}));
   // the projection input is 4 consecutive patch tokens after ln_vision
