@@ -101,5 +101,8 @@ TEST_CASE("the quickstart pipeline runs end to end and leaves a usable eval conf
   const auto eval = Config::load((out / "minigpt4_quickstart_eval.yaml").string());
   const auto model = load_minigpt4(MiniGPT4Config::from_config(eval), torch::kCPU);
   CHECK(model->config.vision.image_size == 64);
+  // The tower trained in stage 1 is what the eval config loads, ln_vision included (it comes
+  // from model/stage1/blip2.safetensors, not LayerNorm's defaults).
+  CHECK_FALSE(torch::equal(model->ln_vision->weight, torch::ones_like(model->ln_vision->weight)));
   fs::remove_all(out);
 }
