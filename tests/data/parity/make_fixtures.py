@@ -3,8 +3,8 @@
 
 The reference code it
 runs (MiniGPT-4, transformers, huggingface_hub) is fetched into a private directory
-(default /tmp/refenv, see README.md next to this file) and imported from there at run
-time; nothing of it is copied into the repo.  What the script writes is data:
+(default /tmp/refenv; the exact commits are in PINS below, and the manifests record them)
+and imported from there at run time; nothing of it is copied into the repo.  What the script writes is data:
 safetensors / .pth / json / sentencepiece models / images.
 
 Stages (each runs in its own process because the cases use different
