@@ -166,6 +166,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
   if (B == 0) fail("an instruction batch needs at least one sample");
   if (images.defined() && images.size(0) != B) fail("instruction batch has {} images but {} samples", images.size(0), B);
   const auto device = llama_proj->weight.device();
+  const int64_t pad = pad_id(tokenizer);
   const auto img_embeds = images.defined() ? encode_img(images) : torch::Tensor();
   auto embed_ids = [&](const std::vector<int64_t>& ids) { return llama_model->embed(ids_tensor(ids, device)).squeeze(0); };
 
@@ -209,7 +210,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
       const auto a = tokenizer.encode(s.answers[turn] + config.end_sym, false);
       for (int64_t id : a) {
         ids.push_back(id);
-        targets.push_back(!s.conversation && id == pad_id(tokenizer) ? -100 : id);
+        targets.push_back(!s.conversation && id == pad ? -100 : id);
       }
     }
     if (config.max_txt_len > 0 && static_cast<int64_t>(ids.size()) > config.max_txt_len) {
@@ -223,7 +224,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
   // puts each row's regressed tokens right after its own condition.
   const auto long_opts = torch::TensorOptions().dtype(torch::kLong);
   const auto bos = embed_ids({tokenizer.bos_id()});
-  const auto pad = embed_ids({pad_id(tokenizer)});
+  const auto pad_embed = embed_ids({pad});
   std::vector<torch::Tensor> rows;
   std::vector<int64_t> targets_flat(B * longest, -100), mask_flat(B * longest, 0);
   for (int64_t b = 0; b < B; ++b) {
@@ -231,7 +232,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
     const int64_t used = 1 + T_cond + T_reg;
     std::vector<torch::Tensor> parts = {bos, conds[b].to(bos.scalar_type())};
     if (T_reg > 0) parts.push_back(embed_ids(regress_ids[b]));
-    if (used < longest) parts.push_back(pad.expand({longest - used, -1}));
+    if (used < longest) parts.push_back(pad_embed.expand({longest - used, -1}));
     rows.push_back(torch::cat(parts, 0));
     std::fill(mask_flat.begin() + b * longest, mask_flat.begin() + b * longest + used, 1);
     std::copy(regress_targets[b].begin(), regress_targets[b].end(), targets_flat.begin() + b * longest + 1 + T_cond);
