@@ -2,9 +2,9 @@
 # The test command: install everything (scripts/setup.sh), build, run every CTest test
 # (the fuzz corpora and crash reproducers included, label `fuzz`). Extra arguments go to
 # ctest (e.g. `-L parity`). Extra fixture cases: MINIGPT4_PARITY_DIRS.
-# MINIGPT4_SANITIZER_PASS=1 then also builds the parsers and the server with ASan + UBSan
-# and runs their unit tests and the fuzz replays (scripts/sanitize.sh, docs/security.md).
-# Not on by default: on a 2-core machine it adds about 40 minutes (docs/security.md).
+# Then, unless ctest arguments were given or MINIGPT4_SANITIZER_PASS=0, it builds the parsers
+# and the server again with ASan + UBSan and runs their unit tests and the fuzz replays
+# (scripts/sanitize.sh, docs/security.md): about 40 more minutes on 2 cores.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${MINIGPT4_BUILD_DIR:-$ROOT/build}"
@@ -13,6 +13,6 @@ cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
 cmake --build "$BUILD" -j"$(nproc)"
 ctest --test-dir "$BUILD" --output-on-failure "$@"
 
-if [ "$#" -eq 0 ] && [ "${MINIGPT4_SANITIZER_PASS:-0}" = 1 ]; then
+if [ "$#" -eq 0 ] && [ "${MINIGPT4_SANITIZER_PASS:-1}" != 0 ]; then
   "$ROOT/scripts/sanitize.sh" address,undefined
 fi
