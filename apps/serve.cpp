@@ -117,6 +117,10 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--max-connections", s.max_connections,
                   "open connections (at the limit the one waiting longest for its request is closed for a newcomer)")
       ->capture_default_str()->check(CLI::PositiveNumber);
+  cmd->add_option("--max-connections-per-ip", s.max_connections_per_ip,
+                  "open connections from one client address (at the limit its own longest-waiting one is closed; "
+                  "429 when all are being answered); 0: no limit, e.g. behind a reverse proxy")
+      ->capture_default_str()->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-header-bytes", s.max_header_bytes, "request line and headers, in bytes (more: 431)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--max-headers", s.max_header_count, "header lines of a request (more: 431)")->capture_default_str()->check(CLI::PositiveNumber);
   cmd->add_option("--header-timeout", args->header_timeout,

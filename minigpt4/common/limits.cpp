@@ -42,6 +42,9 @@ void apply_input_limits(const Config& config) {
   read("max_tensors_per_file", l.max_tensors_per_file);
   read("max_decompressed_bytes", l.max_decompressed_bytes);
   read("max_tar_member_bytes", l.max_tar_member_bytes);
+  read("max_files_per_sample", l.max_files_per_sample);
+  read("max_loader_readahead_bytes", l.max_loader_readahead_bytes);
+  read("max_encoded_image_bytes", l.max_encoded_image_bytes);
   read("max_text_file_bytes", l.max_text_file_bytes);
   read("max_config_bytes", l.max_config_bytes);
   read("max_brace_names", l.max_brace_names);

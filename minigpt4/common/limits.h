@@ -28,6 +28,14 @@ struct InputLimits {
   int64_t max_decompressed_bytes = int64_t(64) << 30;
   // One member of a webdataset tar (a LAION image is well under 10 MB).
   int64_t max_tar_member_bytes = int64_t(256) << 20;
+  // Files of one webdataset sample (webdataset's have 2 to 5); further members of its key are refused.
+  int64_t max_files_per_sample = 1000;
+  // Encoded image bytes the data loader holds ahead of its workers, per dataset (besides the
+  // record at the front, always taken): with large members the window could hold tens of GB.
+  int64_t max_loader_readahead_bytes = int64_t(256) << 20;
+  // An encoded image file (a 10-megapixel camera JPEG is ~5 MB; a PNG at the pixel limit
+  // rarely passes 100 MB), refused before it is read.
+  int64_t max_encoded_image_bytes = int64_t(256) << 20;
   // Text files read whole: annotation JSON, tokenizer files, config.json.
   int64_t max_text_file_bytes = int64_t(1) << 30;
   // A YAML config after its aliases are expanded (LAVIS configs are a few KB).

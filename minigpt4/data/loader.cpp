@@ -1,6 +1,7 @@
 #include "minigpt4/data/loader.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/limits.h"
 #include "minigpt4/data/cc_sbu_align.h"
 #include "minigpt4/data/instruction_datasets.h"
 #include "minigpt4/data/shards.h"
@@ -29,11 +30,6 @@ namespace {
 // A smaller dataset stops sooner: after one whole pass that gave no usable sample (the
 // next pass would read, parse and decode the same records again).
 constexpr uint64_t kMaxUnusableInARow = 10000;
-
-// Encoded image bytes a dataset's records may hold while they wait for a worker (besides
-// the record at the front, which is always taken): with members up to
-// limits.max_tar_member_bytes, the window alone could otherwise hold tens of GB.
-constexpr size_t kMaxPendingImageBytes = size_t(256) << 20;
 
 // blip2_image_train or blip2_image_eval, shared read-only by the workers.
 struct ImageTransform {
@@ -243,12 +239,12 @@ size_t DataLoader::Impl::choose_dataset() {
 }
 
 // Keeps `window` records of this dataset taken from its stream and their decoding queued,
-// but no more than kMaxPendingImageBytes of encoded images, and nothing beyond the pass
+// but no more than limits.max_loader_readahead_bytes of encoded images, and nothing beyond the pass
 // after the oldest pending record's (a dataset of a few samples would otherwise be read
 // and parsed window / size times over before its first record is even looked at).
 void DataLoader::Impl::fill(DatasetState& ds) {
   while (ds.pending.size() < window &&
-         (ds.pending.empty() || (ds.pending_bytes < kMaxPendingImageBytes &&
+         (ds.pending.empty() || (ds.pending_bytes < static_cast<size_t>(input_limits().max_loader_readahead_bytes) &&
                                  ds.pending.back().record.pass <= ds.pending.front().record.pass + 1))) {
     Pending p;
     p.record = ds.stream->next();

@@ -109,8 +109,10 @@ bool TarShardReader::read_entry(const std::string* sample_key, int64_t sample_by
     const int64_t held = same_sample ? sample_bytes : 0;
     const int64_t declared = archive_entry_size_is_set(entry) ? archive_entry_size(entry) : -1;
     if (declared > 0) check_decompressed(declared);
-    if (same_sample && sample_files >= kMaxFilesPerSample) {
-      m.refused = fmt::format("more than {} members share the key '{}'", kMaxFilesPerSample, excerpt(m.key, 100));
+    const auto max_files = static_cast<size_t>(input_limits().max_files_per_sample);
+    if (same_sample && sample_files >= max_files) {
+      m.refused = fmt::format("more than {} members share the key '{}' (limits.max_files_per_sample)", max_files,
+                              excerpt(m.key, 100));
     } else if (declared > member_limit) {
       m.refused = fmt::format("'{}' is {} bytes, more than the {} a member may have (limits.max_tar_member_bytes)",
                               excerpt(name, 200), declared, member_limit);

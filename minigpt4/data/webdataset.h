@@ -31,10 +31,9 @@ struct TarSample {
   const std::string* find(const std::string& extension) const;
 };
 
-// A sample holds at most this many files (webdataset's have 2 to 5); further members of
-// the same key are refused. A member name (its key and extension) longer than
-// kMaxTarMemberNameBytes is refused too.
-inline constexpr size_t kMaxFilesPerSample = 1000;
+// A sample holds at most limits.max_files_per_sample files; further members of the same
+// key are refused. A member name (its key and extension) longer than
+// kMaxTarMemberNameBytes (PATH_MAX) is refused too.
 inline constexpr size_t kMaxTarMemberNameBytes = 4096;
 // In a gzip-compressed shard, refused members are passed over (by inflating them) while
 // their declared sizes add up to at most this many times limits.max_tar_member_bytes; a

@@ -139,9 +139,10 @@ cv::Mat decode_with_opencv(const std::string& bytes, const ImageHeader& header, 
 at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& name_in) {
   const std::string name = excerpt(name_in, 1024);  // names come from data files too
   if (bytes.empty()) fail("cannot decode image {}: the file is empty", name);
-  if (static_cast<uint64_t>(bytes.size()) > static_cast<uint64_t>(kMaxEncodedImageBytes))
-    fail("cannot decode image {}: {} bytes of encoded data, more than the {} an image file may have", name,
-         bytes.size(), kMaxEncodedImageBytes);
+  const int64_t max_bytes = input_limits().max_encoded_image_bytes;
+  if (static_cast<uint64_t>(bytes.size()) > static_cast<uint64_t>(max_bytes))
+    fail("cannot decode image {}: {} bytes of encoded data, more than the {} an image file may have "
+         "(limits.max_encoded_image_bytes)", name, bytes.size(), max_bytes);
   // The header first: the size the decoder would allocate for is checked before decoding.
   const ImageHeader header = read_image_header(bytes, name);
   const std::string& format = header.format;
@@ -183,9 +184,9 @@ at::Tensor decode_image_rgb(const std::string& path) {
   in.seekg(0, std::ios::end);
   const auto size = static_cast<int64_t>(in.tellg());
   if (size < 0) fail("cannot read image file {}: cannot tell its size", name);
-  if (size > kMaxEncodedImageBytes)
-    fail("cannot decode image {}: the file is {} bytes, more than the {} an image file may have", name, size,
-         kMaxEncodedImageBytes);
+  if (size > input_limits().max_encoded_image_bytes)
+    fail("cannot decode image {}: the file is {} bytes, more than the {} an image file may have "
+         "(limits.max_encoded_image_bytes)", name, size, input_limits().max_encoded_image_bytes);
   std::string contents(static_cast<size_t>(size), '\0');
   in.seekg(0);
   if (!in.read(contents.data(), size)) fail("cannot read image file {}: read error", name);

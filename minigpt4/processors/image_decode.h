@@ -18,10 +18,6 @@ class ImageTooLarge : public Error {
   using Error::Error;
 };
 
-// Encoded image files larger than this are refused before they are read (a 10-megapixel
-// camera JPEG is ~5 MB; a PNG at the pixel limit rarely passes 100 MB).
-inline constexpr int64_t kMaxEncodedImageBytes = int64_t(256) << 20;
-
 // Decodes an image file to uint8 [H,W,3] RGB (contiguous, CPU), as PIL's
 // `Image.open(path).convert('RGB')` does:
 //   - EXIF orientation is NOT applied (PIL's open/convert ignore it);

@@ -23,6 +23,8 @@
 #include <mutex>
 #include <optional>
 #include <thread>
+#include <tuple>
+#include <unordered_map>
 
 namespace minigpt4::server {
 
@@ -285,6 +287,7 @@ enum class ChunkStep { Size, Data, DataEnd, Trailer };
 
 struct Conn {
   int fd = -1;
+  std::string ip;  // the client's address, for max_connections_per_ip
   Phase phase = Phase::Head;
   std::string in;  // received and not yet consumed
   Clock::time_point turn_start, deadline;
@@ -380,12 +383,15 @@ class Lane {
     }
     ready_.notify_one();
   }
-  // The request that has waited longest for a worker, taken back (nullptr: none waits).
-  std::unique_ptr<Conn> take_oldest() {
+  // The request that has waited longest for a worker, from `only_ip` if given, taken back
+  // (nullptr: none waits).
+  std::unique_ptr<Conn> take_oldest(const std::string* only_ip) {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (queue_.empty()) return nullptr;
-    auto conn = std::move(queue_.front());
-    queue_.pop_front();
+    const auto it = std::find_if(queue_.begin(), queue_.end(),
+                                 [&](const std::unique_ptr<Conn>& c) { return !only_ip || c->ip == *only_ip; });
+    if (it == queue_.end()) return nullptr;
+    auto conn = std::move(*it);
+    queue_.erase(it);
     return conn;
   }
   // Joins the workers; returns the requests that never got one.
@@ -448,6 +454,8 @@ struct GatedServer::Gate {
 
   std::vector<std::unique_ptr<Conn>> conns;  // the gate thread's own: reading a request or closing
   std::atomic<size_t> open{0};
+  std::mutex ip_mutex;  // per_ip: connections close on the gate thread and, when stopping, on others
+  std::unordered_map<std::string, size_t> per_ip;
   std::atomic<int64_t> held{0};
   std::atomic<uint64_t> accepted{0}, evicted{0}, refused{0}, timed_out{0}, rejected{0};
 
@@ -532,6 +540,14 @@ struct GatedServer::Gate {
     c.head = Head{};
     account(c);
     --open;
+    std::lock_guard<std::mutex> lock(ip_mutex);
+    if (auto it = per_ip.find(c.ip); it != per_ip.end() && --it->second == 0) per_ip.erase(it);
+  }
+
+  size_t connections_from(const std::string& ip) {
+    std::lock_guard<std::mutex> lock(ip_mutex);
+    const auto it = per_ip.find(ip);
+    return it == per_ip.end() ? 0 : it->second;
   }
 
   // ---------------------------------------------------------------- the gate thread
@@ -592,7 +608,19 @@ struct GatedServer::Gate {
   void admit(int fd) {
     ++accepted;
     set_nonblocking(fd);
-    if (open >= limits.max_connections && !make_room()) {
+    std::string ip;
+    int port = 0;
+    address_of(fd, /*peer=*/true, ip, port);
+    if (limits.max_connections_per_ip && connections_from(ip) >= limits.max_connections_per_ip && !make_room(&ip)) {
+      ++refused;
+      send_now(fd, error_response(429, fmt::format("this client address has {} connections open, the limit per address "
+                                                   "(--max-connections-per-ip), and all of them are being answered; retry later",
+                                                   limits.max_connections_per_ip),
+                                  "too_many_connections"));
+      ::close(fd);
+      return;
+    }
+    if (open >= limits.max_connections && !make_room(nullptr)) {
       ++refused;
       send_now(fd, error_response(503, fmt::format("the server is at its limit of {} connections (--max-connections); retry later",
                                                    limits.max_connections),
@@ -601,8 +629,13 @@ struct GatedServer::Gate {
       return;
     }
     ++open;
+    {
+      std::lock_guard<std::mutex> lock(ip_mutex);
+      ++per_ip[ip];
+    }
     auto conn = std::make_unique<Conn>();
     conn->fd = fd;
+    conn->ip = std::move(ip);
     begin_turn(*conn, Clock::now(), limits.header_timeout);
     conns.push_back(std::move(conn));
   }
@@ -620,24 +653,34 @@ struct GatedServer::Gate {
     c.trailer_bytes = 0;
   }
 
-  // At the connection limit: closes one connection for a newcomer. First one already being
-  // closed, then of those waiting for their request the one that has waited longest: idle
-  // ones (not a byte yet) before those sending their headers, and those before those sending
-  // a body (the likeliest to be a real client's upload); then the request that has waited
-  // longest for a worker (503). False when every connection is being answered.
-  bool make_room() {
+  // At a connection limit: closes one connection for a newcomer, from `only_ip` (its
+  // address, at max_connections_per_ip) or from anyone (at max_connections). First one
+  // already being closed, then of those waiting for their request, from the address holding
+  // the most connections, the one that has waited longest: idle ones (not a byte yet) before
+  // those sending their headers, and those before those sending a body (the likeliest to be
+  // a real client's upload); then the request that has waited longest for a worker (503).
+  // False when every candidate is being answered.
+  bool make_room(const std::string* only_ip) {
+    const auto eligible = [&](const Conn& c) { return c.fd >= 0 && (!only_ip || c.ip == *only_ip); };
     Conn* victim = nullptr;
     for (auto& c : conns)
-      if (c && c->fd >= 0 && c->phase == Phase::Closing && (!victim || c->deadline < victim->deadline)) victim = c.get();
+      if (c && eligible(*c) && c->phase == Phase::Closing && (!victim || c->deadline < victim->deadline)) victim = c.get();
     if (victim) {
       close_conn(*victim);
       return true;
     }
-    const auto rank = [](const Conn& c) { return c.phase == Phase::Body ? 2 : c.any_byte ? 1 : 0; };
+    std::unordered_map<std::string, size_t> held_by;
+    {
+      std::lock_guard<std::mutex> lock(ip_mutex);
+      held_by = per_ip;
+    }
+    const auto rank = [&](const Conn& c) {
+      return std::make_tuple(-static_cast<int64_t>(held_by[c.ip]), c.phase == Phase::Body ? 2 : c.any_byte ? 1 : 0,
+                             c.turn_start);
+    };
     for (auto& c : conns) {
-      if (!c || c->fd < 0) continue;
-      if (!victim || rank(*c) < rank(*victim) || (rank(*c) == rank(*victim) && c->turn_start < victim->turn_start))
-        victim = c.get();
+      if (!c || !eligible(*c)) continue;
+      if (!victim || rank(*c) < rank(*victim)) victim = c.get();
     }
     if (victim) {
       ++evicted;
@@ -648,7 +691,7 @@ struct GatedServer::Gate {
       close_conn(*victim);
       return true;
     }
-    if (auto queued = main.take_oldest()) {
+    if (auto queued = main.take_oldest(only_ip)) {
       ++evicted;
       send_now(queued->fd, error_response(503, "the server is at its connection limit; retry later", "too_many_connections"));
       close_conn(*queued);

@@ -26,7 +26,10 @@
 // Complete requests run on worker threads, and GET/HEAD of `fast_paths` (/health) on
 // threads of their own, so they answer however busy the others are. At `max_connections`
 // the connection that has waited longest for its request is closed to make room (then a
-// request still waiting for a worker gets 503), so a new client always gets in.
+// request still waiting for a worker gets 503), so a new client always gets in; the room is
+// taken from the address holding the most connections, and an address at
+// `max_connections_per_ip` makes room among its own (429 when all of them are being
+// answered), so one client cannot push the others out.
 #include <httplib.h>
 
 #include <chrono>
@@ -39,6 +42,7 @@ namespace minigpt4::server {
 
 struct HttpLimits {
   size_t max_connections = 128;            // open at once, idle ones included
+  size_t max_connections_per_ip = 64;      // of them from one client address; 0: no limit
   size_t max_header_bytes = 32 * 1024;     // request line + header lines
   size_t max_header_count = 100;           // header lines
   size_t max_body_bytes = 20u << 20;       // after chunked decoding
@@ -57,7 +61,7 @@ struct HttpStats {
   size_t open = 0;           // connections now
   uint64_t accepted = 0;     // since the start
   uint64_t evicted = 0;      // closed to make room for a new one (connection limit)
-  uint64_t refused = 0;      // turned away with 503 at the connection or buffer limit
+  uint64_t refused = 0;      // turned away with 503 at the connection or buffer limit, or 429 per address
   uint64_t timed_out = 0;    // cut by header_timeout / request_timeout
   uint64_t rejected = 0;     // answered by the gate with a 4xx/5xx (framing, limits)
 };

@@ -169,6 +169,7 @@ int64_t prompt_text_tokens(const ChatModel& model, const std::vector<ChatStep>& 
 HttpLimits http_limits(const ServerOptions& o) {
   HttpLimits l;
   l.max_connections = o.max_connections;
+  l.max_connections_per_ip = o.max_connections_per_ip;
   l.max_header_bytes = o.max_header_bytes;
   l.max_header_count = o.max_header_count;
   l.max_body_bytes = o.max_body_bytes;

@@ -41,6 +41,7 @@ struct ServerOptions {
   // previous answer) however slowly they trickle in, and the request bytes held by all
   // connections together. /health has threads of its own and none of these waits.
   size_t max_connections = 128;
+  size_t max_connections_per_ip = 64;  // 0: no limit (e.g. behind a reverse proxy)
   size_t max_header_bytes = 32 * 1024;
   size_t max_header_count = 100;
   std::chrono::milliseconds header_timeout{10'000};

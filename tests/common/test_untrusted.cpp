@@ -110,9 +110,15 @@ TEST_CASE("hostile configs end in named errors", "[config][untrusted]") {
 
 TEST_CASE("limits.* keys set the process-wide input limits", "[config][untrusted]") {
   const InputLimits saved = input_limits();
-  const auto config = Config::from_yaml("limits:\n  max_image_pixels: 1000\n  max_json_depth: 8\n", "l.yaml");
+  const auto config = Config::from_yaml(
+      "limits:\n  max_image_pixels: 1000\n  max_json_depth: 8\n  max_files_per_sample: 7\n"
+      "  max_loader_readahead_bytes: 65536\n  max_encoded_image_bytes: 4096\n",
+      "l.yaml");
   apply_input_limits(config);
   CHECK(input_limits().max_image_pixels == 1000);
+  CHECK(input_limits().max_files_per_sample == 7);
+  CHECK(input_limits().max_loader_readahead_bytes == 65536);
+  CHECK(input_limits().max_encoded_image_bytes == 4096);
   CHECK_THROWS_WITH(parse_json("[[[[[[[[[[]]]]]]]]]]", "x.json"), Contains("8 levels"));
   set_input_limits(saved);
   CHECK_THROWS_WITH(apply_input_limits(Config::from_yaml("limits:\n  max_json_depth: 0\n", "z.yaml")),

@@ -187,7 +187,8 @@ TEST_CASE("hostile tar: over-long member names and keys shared by too many membe
   mt::ScratchDir dir;
   const auto shard = (dir.path() / "names.tar").string();
   mt::TarEntries entries{{std::string(kMaxTarMemberNameBytes + 10, 'a') + ".jpg", "x"}};
-  for (size_t k = 0; k < kMaxFilesPerSample + 5; ++k) entries.push_back({"000000002.e" + std::to_string(k), ""});
+  const auto max_files = static_cast<size_t>(minigpt4::input_limits().max_files_per_sample);
+  for (size_t k = 0; k < max_files + 5; ++k) entries.push_back({"000000002.e" + std::to_string(k), ""});
   entries.push_back({"000000003.png", mt::encoded_image(".png", 8, 8, 3)});
   entries.push_back({"000000003.txt", "after"});
   mt::write_tar(shard, entries);
@@ -200,13 +201,32 @@ TEST_CASE("hostile tar: over-long member names and keys shared by too many membe
   auto crowded = reader.next();
   REQUIRE(crowded);
   CHECK(crowded->key == "000000002");
-  CHECK(crowded->files.size() == kMaxFilesPerSample);
+  CHECK(crowded->files.size() == max_files);
   REQUIRE_FALSE(crowded->refused.empty());
   CHECK_THAT(crowded->refused[0], Catch::Contains("more than 1000 members"));
   auto after = reader.next();
   REQUIRE(after);
   CHECK(after->key == "000000003");
   CHECK(after->refused.empty());
+}
+
+TEST_CASE("hostile tar: limits.max_files_per_sample sets how many members a sample may have", "[data][hostile]") {
+  LimitsScope scope;
+  scope.limits.max_files_per_sample = 3;
+  scope.apply();
+  mt::ScratchDir dir;
+  const auto shard = (dir.path() / "few.tar").string();
+  mt::write_tar(shard, {{"000000001.jpg", "a"}, {"000000001.txt", "b"}, {"000000001.json", "{}"},
+                        {"000000001.cls", "4"}, {"000000002.txt", "next"}});
+  TarShardReader reader(shard);
+  auto first = reader.next();
+  REQUIRE(first);
+  CHECK(first->files.size() == 3);
+  REQUIRE_FALSE(first->refused.empty());
+  CHECK_THAT(first->refused[0], Catch::Contains("more than 3 members") && Catch::Contains("limits.max_files_per_sample"));
+  auto second = reader.next();
+  REQUIRE(second);
+  CHECK(second->key == "000000002");
 }
 
 TEST_CASE("hostile tar: a sample json nested too deep (or not JSON) falls back to the txt caption",

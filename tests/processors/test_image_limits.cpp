@@ -185,15 +185,26 @@ TEST_CASE("formats we do not read are refused by name; truncated headers say so"
              Catch::Contains("too many digits"));
 }
 
-TEST_CASE("an image file larger than kMaxEncodedImageBytes is refused before it is read", "[processors][hostile]") {
+TEST_CASE("an image file larger than limits.max_encoded_image_bytes is refused before it is read", "[processors][hostile]") {
   const mt::TempDir tmp;
   const auto path = tmp.path() / "sparse.png";
   {
     std::ofstream out(path, std::ios::binary);
     out << "\x89PNG\r\n\x1a\n";
-    out.seekp(minigpt4::kMaxEncodedImageBytes + 10);  // a sparse file: no disk is used
+    out.seekp(minigpt4::input_limits().max_encoded_image_bytes + 10);  // a sparse file: no disk is used
     out << 'x';
   }
   const std::string message = error_of([&] { decode_image_rgb(path.string()); });
-  CHECK_THAT(message, Catch::Contains("sparse.png") && Catch::Contains("bytes"));
+  CHECK_THAT(message, Catch::Contains("sparse.png") && Catch::Contains("limits.max_encoded_image_bytes"));
+  // The key sets it: a 4 KB cap refuses a small PNG, from a file and from memory.
+  LimitsScope scope;
+  auto limits = scope.saved;
+  limits.max_encoded_image_bytes = 4096;
+  minigpt4::set_input_limits(limits);
+  const std::string png = encode(picture(64, 64), ".png");  // random pixels: ~12 KB
+  REQUIRE(png.size() > 4096);
+  const auto small = tmp.path() / "small.png";
+  std::ofstream(small, std::ios::binary) << png;
+  CHECK_THAT(error_of([&] { decode_image_rgb(small.string()); }), Catch::Contains("more than the 4096"));
+  CHECK_THAT(error_of([&] { decode_image_rgb_bytes(png, "mem.png"); }), Catch::Contains("more than the 4096"));
 }

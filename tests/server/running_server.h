@@ -43,11 +43,18 @@ struct RunningServer {
   std::thread thread;
 };
 
-// One TCP connection to 127.0.0.1:port that sends exactly the bytes it is given.
+// One TCP connection to 127.0.0.1:port that sends exactly the bytes it is given, from
+// `source` if given (another loopback address, e.g. "127.0.0.2", plays another client).
 class RawConnection {
  public:
-  explicit RawConnection(int port) {
+  explicit RawConnection(int port, const char* source = nullptr) {
     fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (source && fd_ >= 0) {
+      sockaddr_in from{};
+      from.sin_family = AF_INET;
+      ::inet_pton(AF_INET, source, &from.sin_addr);
+      if (::bind(fd_, reinterpret_cast<sockaddr*>(&from), sizeof(from)) != 0) return;
+    }
     sockaddr_in addr{};
     addr.sin_family = AF_INET;
     addr.sin_port = htons(static_cast<uint16_t>(port));

@@ -195,6 +195,40 @@ TEST_CASE("abuse: more idle connections than the limit cannot take the server of
   CHECK(models->status == 200);
 }
 
+TEST_CASE("abuse: one client address cannot push the others out", "[server][abuse]") {
+  server::ServerOptions options;
+  options.max_connections = 24;
+  options.max_connections_per_ip = 16;
+  Running s(options);
+  const auto open_idle = [&](const char* source, int count) {
+    std::vector<std::unique_ptr<RawConnection>> conns;
+    for (int i = 0; i < count; ++i) {
+      conns.push_back(std::make_unique<RawConnection>(s.port, source));
+      REQUIRE(conns.back()->connected());
+    }
+    return conns;
+  };
+  // At the address limit a newcomer from it closes that address's own oldest connection
+  // (B's are older, and stay).
+  auto b = open_idle("127.0.0.3", 6);
+  auto a = open_idle("127.0.0.2", 16);
+  auto a_more = open_idle("127.0.0.2", 4);
+  for (int i = 0; i < 4; ++i) CHECK(a[i]->closed_within(milliseconds(5000)));
+  for (auto& conn : b) CHECK_FALSE(conn->closed_within(milliseconds(200)));
+  CHECK_FALSE(a[4]->closed_within(milliseconds(200)));
+  // At the server's limit (22 open, 24 allowed) the room comes from the busiest address,
+  // not simply the oldest connections (B's): a third client's four close two of A's.
+  auto c = open_idle("127.0.0.4", 4);
+  CHECK(a[4]->closed_within(milliseconds(5000)));
+  CHECK(a[5]->closed_within(milliseconds(5000)));
+  for (auto& conn : b) CHECK_FALSE(conn->closed_within(milliseconds(200)));
+  for (auto& conn : c) CHECK_FALSE(conn->closed_within(milliseconds(200)));
+  const auto health = s.health_json();
+  INFO(health.dump());
+  CHECK(health["connections"]["open"].get<int>() <= 24);
+  CHECK(health["connections"]["evicted"].get<int>() >= 6);
+}
+
 TEST_CASE("abuse: header lines are limited in number and size", "[server][abuse]") {
   server::ServerOptions options;
   options.max_header_bytes = 16 * 1024;
