@@ -6,6 +6,7 @@
 #include "minigpt4/train/metrics.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/processes.h"
+#include "tests/support/skip.h"
 
 #include <catch2/catch.hpp>
 #include <opencv2/imgcodecs.hpp>
@@ -130,16 +131,21 @@ TEST_CASE("distributed: 2 ranks with batch B train exactly as 1 rank with batch 
     CHECK(output.find("[rank 1][info]") == std::string::npos);  // only rank 0 logs
     check_same_training(tmp.path() / "one", tmp.path() / "two");
   }
-  SECTION("through torchrun --no-python") {
-    const std::string torchrun = std::string(MINIGPT4_VENV_BIN) + "/torchrun";
-    if (access(torchrun.c_str(), X_OK) != 0) {
-      WARN("skipped: no torchrun at " << torchrun);
-      return;
-    }
-    run_ok(with_launcher({torchrun, "--nproc-per-node", "2", "--master-port", free_port(), "--no-python", MINIGPT4_BINARY},
-                         train_args(data, tmp.path() / "torchrun", 2, 2)));
-    check_same_training(tmp.path() / "one", tmp.path() / "torchrun");
+}
+
+TEST_CASE("distributed: 2 ranks through torchrun --no-python train exactly as 1 rank with batch 2B",
+          "[distributed][conditional][needs_torchrun]") {
+  const std::string torchrun = std::string(MINIGPT4_VENV_BIN) + "/torchrun";
+  if (access(torchrun.c_str(), X_OK) != 0) {
+    test::skip_test("no torchrun at " + torchrun);
+    return;
   }
+  Scratch tmp("dist_torchrun");
+  const auto data = make_dataset(tmp.path() / "data");
+  run_ok(with_launcher({MINIGPT4_BINARY}, train_args(data, tmp.path() / "one", 4, 2)));
+  run_ok(with_launcher({torchrun, "--nproc-per-node", "2", "--master-port", free_port(), "--no-python", MINIGPT4_BINARY},
+                       train_args(data, tmp.path() / "torchrun", 2, 2)));
+  check_same_training(tmp.path() / "one", tmp.path() / "torchrun");
 }
 
 TEST_CASE("distributed: two machines (two launchers, --nnodes 2) train as one rank with batch 2B", "[distributed]") {

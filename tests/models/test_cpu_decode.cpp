@@ -9,6 +9,7 @@
 #include "minigpt4/models/llama.h"
 #include "minigpt4/models/lora.h"
 #include "minigpt4/models/weights.h"
+#include "tests/support/skip.h"
 
 #include <catch2/catch.hpp>
 #include <torch/torch.h>
@@ -88,13 +89,16 @@ std::vector<cpu_gemv::Choice> kernel_choices() {
     c.f32 = cpu_gemv::Kernels::aten;
     out.push_back(c);
   }
-  if (out.empty()) std::cout << "note: this CPU runs none of cpu_gemv's kernels; the fused step never applies\n";
   return out;
 }
 
 }  // namespace
 
-TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_decode]") {
+TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_decode][conditional][needs_cpu_kernels]") {
+  if (kernel_choices().empty()) {
+    test::skip_test("this CPU runs none of cpu_gemv's kernels; the fused step never applies");
+    return;
+  }
   torch::NoGradGuard no_grad;
   Restore restore;
   struct Case {
@@ -152,11 +156,11 @@ TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_de
   }
 }
 
-TEST_CASE("the fused decode step hands back what it does not handle", "[cpu_decode]") {
+TEST_CASE("the fused decode step hands back what it does not handle", "[cpu_decode][conditional][needs_cpu_kernels]") {
   torch::NoGradGuard no_grad;
   Restore restore;
   if (!fused_runs(torch::kFloat32)) {
-    std::cout << "skipped: this CPU does not run cpu_gemv's kernels\n";
+    test::skip_test("this CPU does not run cpu_gemv's kernels");
     return;
   }
   const auto model = make_model(torch::kFloat32, WeightFormat::Dense);
@@ -194,10 +198,11 @@ TEST_CASE("the fused decode step hands back what it does not handle", "[cpu_deco
   }
 }
 
-TEST_CASE("greedy generation picks the same tokens with and without the fused step", "[cpu_decode]") {
+TEST_CASE("greedy generation picks the same tokens with and without the fused step",
+          "[cpu_decode][conditional][needs_cpu_kernels]") {
   Restore restore;
   if (!fused_runs(torch::kFloat32)) {
-    std::cout << "skipped: this CPU does not run cpu_gemv's kernels\n";
+    test::skip_test("this CPU does not run cpu_gemv's kernels");
     return;
   }
   const auto model = make_model(torch::kFloat32, WeightFormat::Dense);

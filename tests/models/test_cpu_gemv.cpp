@@ -4,6 +4,7 @@
 #include "minigpt4/models/cpu_gemv.h"
 #include "minigpt4/models/layers.h"
 #include "minigpt4/models/quantize.h"
+#include "tests/support/skip.h"
 
 #include <ATen/Parallel.h>
 #include <catch2/catch.hpp>
@@ -41,13 +42,23 @@ std::vector<cpu_gemv::Kernels> ours(torch::Dtype weight_dtype) {
   std::vector<cpu_gemv::Kernels> out;
   for (const auto k : cpu_gemv::runnable(weight_dtype))
     if (k != cpu_gemv::Kernels::aten) out.push_back(k);
-  if (out.empty()) std::cout << "note: this CPU runs none of cpu_gemv's kernels for " << weight_dtype << "\n";
   return out;
+}
+
+// For the tests of our kernels: true (and the test is reported skipped) where this CPU runs
+// none of them for any of `dtypes`.
+bool none_of_ours(std::initializer_list<torch::Dtype> dtypes) {
+  for (const auto dtype : dtypes)
+    if (!ours(dtype).empty()) return false;
+  test::skip_test("this CPU runs none of cpu_gemv's kernels for these weights (" + cpu_gemv::describe() + ")");
+  return true;
 }
 
 }  // namespace
 
-TEST_CASE("bf16 and float32 GEMVs equal the float32 product of the same values, on every kernel family", "[cpu_gemv]") {
+TEST_CASE("bf16 and float32 GEMVs equal the float32 product of the same values, on every kernel family",
+          "[cpu_gemv][conditional][needs_cpu_kernels]") {
+  if (none_of_ours({torch::kBFloat16, torch::kFloat})) return;
   ForcedKernels restore;
   torch::manual_seed(0);
   for (const auto dtype : {torch::kBFloat16, torch::kFloat}) {
@@ -80,7 +91,9 @@ TEST_CASE("bf16 and float32 GEMVs equal the float32 product of the same values, 
   }
 }
 
-TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every kernel family", "[cpu_gemv]") {
+TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every kernel family",
+          "[cpu_gemv][conditional][needs_cpu_kernels]") {
+  if (none_of_ours({torch::kChar})) return;
   ForcedKernels restore;
   torch::manual_seed(1);
   for (const auto family : ours(torch::kChar)) {
@@ -105,7 +118,9 @@ TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every ke
   }
 }
 
-TEST_CASE("linear_row, the fused decode step's entry, equals the tensor product on every family", "[cpu_gemv]") {
+TEST_CASE("linear_row, the fused decode step's entry, equals the tensor product on every family",
+          "[cpu_gemv][conditional][needs_cpu_kernels]") {
+  if (none_of_ours({torch::kFloat, torch::kBFloat16, torch::kChar})) return;
   ForcedKernels restore;
   torch::manual_seed(2);
   for (const auto dtype : {torch::kFloat, torch::kBFloat16, torch::kChar}) {
@@ -186,9 +201,10 @@ TEST_CASE("MINIGPT4_CPU_KERNELS=aten: every product is handed back to ATen", "[c
   CHECK_FALSE(cpu_gemv::row_available(torch::kBFloat16));
 }
 
-TEST_CASE("the automatic choice is the widest family this CPU runs (float32: MKL on Intel)", "[cpu_gemv]") {
+TEST_CASE("the automatic choice is the widest family this CPU runs (float32: MKL on Intel)",
+          "[cpu_gemv][conditional][needs_automatic_kernel_choice]") {
   if (std::getenv("MINIGPT4_CPU_KERNELS") != nullptr || std::getenv("MINIGPT4_CPU_GEMV") != nullptr) {
-    std::cout << "skipped: MINIGPT4_CPU_KERNELS / MINIGPT4_CPU_GEMV force the choice in this run\n";
+    test::skip_test("MINIGPT4_CPU_KERNELS / MINIGPT4_CPU_GEMV force the choice in this run");
     return;
   }
   ForcedKernels restore;
@@ -248,10 +264,11 @@ TEST_CASE("Linear keeps autograd: a bf16 input that needs a gradient takes ATen'
 // at::parallel_for is inlined from LibTorch's headers and splits work only in translation
 // units compiled with OpenMP (CMakeLists.txt links OpenMP::OpenMP_CXX to everything); without
 // it the kernels above silently ran on one thread at half the speed.
-TEST_CASE("at::parallel_for runs on more than one thread where LibTorch has several", "[cpu_gemv]") {
+TEST_CASE("at::parallel_for runs on more than one thread where LibTorch has several",
+          "[cpu_gemv][conditional][needs_threads]") {
   const int threads = at::get_num_threads();
   if (threads < 2) {
-    std::cout << "skipped: LibTorch has " << threads << " intra-op thread here\n";
+    test::skip_test("LibTorch has " + std::to_string(threads) + " intra-op thread here");
     return;
   }
   std::vector<std::atomic<int>> used(static_cast<size_t>(threads));

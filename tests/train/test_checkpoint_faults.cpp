@@ -10,6 +10,7 @@
 #include "minigpt4/train/checkpoint.h"
 #include "minigpt4/train/grad_scaler.h"
 #include "minigpt4/train/optimizer.h"
+#include "tests/support/skip.h"
 #include "tests/train/train_test_util.h"
 
 #include <signal.h>
@@ -142,15 +143,14 @@ TEST_CASE("a full disk while saving (file size limit): named error, no temporary
 }
 
 TEST_CASE("a full disk while saving (a small tmpfs): named error, no temporary, previous checkpoint kept",
-          "[train][faults]") {
+          "[train][faults][conditional][needs_tmpfs_mount]") {
   ScratchDir dir("tmpfs");
   const std::string mount_point = dir.file("disk");
   fs::create_directories(mount_point);
   if (::mount("tmpfs", mount_point.c_str(), "tmpfs", MS_NOSUID | MS_NODEV, "size=256k,mode=0700") != 0) {
     const std::string why = std::strerror(errno);
-    WARN("SKIPPED: cannot mount a 256 KiB tmpfs here (" << why
-                                                         << "; needs root with CAP_SYS_ADMIN); the RLIMIT_FSIZE case "
-                                                            "covers a failing write without privilege");
+    test::skip_test("cannot mount a 256 KiB tmpfs here (" + why +
+                    "; needs root with CAP_SYS_ADMIN); the RLIMIT_FSIZE case covers a failing write without privilege");
     return;
   }
   struct Unmount {
