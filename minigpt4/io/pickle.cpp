@@ -713,7 +713,6 @@ void Writer::int_tuple(const std::vector<int64_t>& v) {
 
 void Writer::empty_dict() { op(EMPTY_DICT); }
 void Writer::setitems() { op(SETITEMS); }
-void Writer::setitem() { op(SETITEM); }
 void Writer::reduce() { op(REDUCE); }
 void Writer::persistent_id() { op(BINPERSID); }
 

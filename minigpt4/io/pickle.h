@@ -89,7 +89,6 @@ class Writer {
   void int_tuple(const std::vector<int64_t>& v);
   void empty_dict();
   void setitems();                           // SETITEMS from the last mark
-  void setitem();
   void reduce();                             // callable, args -> callable(*args)
   void persistent_id();                      // BINPERSID
   std::string finish();                      // emits STOP, returns the program

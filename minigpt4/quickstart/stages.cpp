@@ -42,14 +42,6 @@ std::vector<std::string> scaled_iteration_overrides(const fs::path& config_path,
           "run.warmup_steps=" + std::to_string(std::min<int64_t>(warm, scaled))};
 }
 
-int64_t stage_steps(const fs::path& config_path, const std::vector<std::string>& overrides,
-                    const StageSettings& settings) {
-  const auto config = Config::load(config_path.string(),
-                                    with(with(overrides, scaled_iteration_overrides(config_path, overrides, settings)),
-                                         settings.options));
-  return config.get_int("run.max_epoch", 1) * config.get_int("run.iters_per_epoch", 0);
-}
-
 StageOutcome run_stage(const std::string& name, const fs::path& config_path, std::vector<std::string> overrides,
                        const StageSettings& settings) {
   overrides = with(overrides, scaled_iteration_overrides(config_path, overrides, settings));

@@ -43,9 +43,6 @@ struct StageSettings {
 std::vector<std::string> scaled_iteration_overrides(const std::filesystem::path& config_path,
                                                     const std::vector<std::string>& overrides,
                                                     const StageSettings& settings);
-// Optimizer steps the stage will run (max_epoch x scaled iters_per_epoch).
-int64_t stage_steps(const std::filesystem::path& config_path, const std::vector<std::string>& overrides,
-                    const StageSettings& settings);
 
 struct StageOutcome {
   train::TrainResult result;
