@@ -2,6 +2,8 @@
 // MiniGPT-4's conversation templates (minigpt4/conversation/conversation.py) and the parts
 // of its `Chat` class that only edit the conversation: upload_img, ask, and answer's
 // open/close of the assistant turn. get_prompt() reproduces the Python strings byte for byte.
+#include "minigpt4/common/instruction.h"
+
 #include <optional>
 #include <string>
 #include <utility>
@@ -21,10 +23,8 @@ enum class RoleFormat {
   Verbatim,  // Sep 2023: roles carry their own punctuation: "Human: " -> "Human: msg"
 };
 
-// The text upload_img() puts in the human turn; get_context_emb splits the prompt on
-// kImagePlaceholder and puts the image embeddings in between.
-inline constexpr const char* kImageMessage = "<Img><ImageHere></Img>";
-inline constexpr const char* kImagePlaceholder = "<ImageHere>";
+// upload_img() puts kImageMessage (common/instruction.h) in the human turn; get_context_emb
+// splits the prompt on kImagePlaceholder and puts the image embeddings in between.
 
 struct Message {
   std::string role;

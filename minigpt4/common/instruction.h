@@ -8,6 +8,11 @@
 
 namespace minigpt4 {
 
+// Where a prompt puts the image: the model splits the text there and the image embeddings go
+// in between (MiniGPT-4's `<Img><ImageHere></Img>` in the conversation template).
+inline constexpr const char* kImagePlaceholder = "<ImageHere>";
+inline constexpr const char* kImageMessage = "<Img><ImageHere></Img>";
+
 struct Instruction {
   // questions[i] is turn i's question, answers[i] its answer (the same count). For an
   // image sample the first question holds the image slot `<Img><ImageHere></Img>`.

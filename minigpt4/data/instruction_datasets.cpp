@@ -1,6 +1,7 @@
 #include "minigpt4/data/instruction_datasets.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/instruction.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/common/untrusted.h"
 #include "minigpt4/io/pickle.h"
@@ -82,7 +83,7 @@ std::string format_slot(const std::string& tmpl, const std::string& value) {
 }
 
 // "<Img><ImageHere></Img> {} ".format(instruction): the image slot every image task uses.
-std::string with_image(const std::string& instruction) { return "<Img><ImageHere></Img> " + instruction + " "; }
+std::string with_image(const std::string& instruction) { return std::string(kImageMessage) + " " + instruction + " "; }
 
 const std::string& choose(const std::vector<std::string>& pool, std::mt19937_64& rng) {
   return pool[static_cast<size_t>(uniform_index(rng, pool.size()))];

@@ -16,8 +16,6 @@ namespace minigpt4 {
 
 namespace {
 
-constexpr const char* kImagePlaceholder = "<ImageHere>";
-
 torch::Tensor ids_tensor(const std::vector<int64_t>& ids, torch::Device device) {
   return torch::tensor(ids, torch::TensorOptions().dtype(torch::kLong)).to(device).unsqueeze(0);
 }

@@ -38,10 +38,10 @@ std::vector<std::string> load_prompts(const MiniGPT4Config& c) {
   if (!in) fail("model.prompt_path: cannot read '{}'", c.prompt_path);
   std::vector<std::string> prompts;
   for (std::string line; std::getline(in, line);) {
-    if (line.find("<ImageHere>") == std::string::npos) continue;
+    if (line.find(kImagePlaceholder) == std::string::npos) continue;
     prompts.push_back(c.apply_prompt_template(line));
   }
-  if (prompts.empty()) fail("model.prompt_path '{}' holds no line with <ImageHere>", c.prompt_path);
+  if (prompts.empty()) fail("model.prompt_path '{}' holds no line with {}", c.prompt_path, kImagePlaceholder);
   log::info("{} training prompts from {}", prompts.size(), c.prompt_path);
   return prompts;
 }
