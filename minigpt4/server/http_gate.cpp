@@ -669,31 +669,37 @@ struct GatedServer::Gate {
       close_conn(*victim);
       return true;
     }
-    std::unordered_map<std::string, size_t> held_by;
     {
-      std::lock_guard<std::mutex> lock(ip_mutex);
-      held_by = per_ip;
+      std::lock_guard<std::mutex> lock(ip_mutex);  // the counts are read, not copied
+      const auto held_by = [&](const Conn& c) {
+        const auto it = per_ip.find(c.ip);
+        return it == per_ip.end() ? size_t{0} : it->second;
+      };
+      const auto rank = [&](const Conn& c) {
+        return std::make_tuple(-static_cast<int64_t>(held_by(c)), c.phase == Phase::Body ? 2 : c.any_byte ? 1 : 0,
+                               c.turn_start);
+      };
+      for (auto& c : conns) {
+        if (!c || !eligible(*c)) continue;
+        if (!victim || rank(*c) < rank(*victim)) victim = c.get();
+      }
     }
-    const auto rank = [&](const Conn& c) {
-      return std::make_tuple(-static_cast<int64_t>(held_by[c.ip]), c.phase == Phase::Body ? 2 : c.any_byte ? 1 : 0,
-                             c.turn_start);
-    };
-    for (auto& c : conns) {
-      if (!c || !eligible(*c)) continue;
-      if (!victim || rank(*c) < rank(*victim)) victim = c.get();
-    }
+    const std::string limit_name = only_ip ? "its address's connection limit (--max-connections-per-ip)"
+                                           : "the server's connection limit (--max-connections)";
     if (victim) {
       ++evicted;
       if (victim->any_byte)
-        send_now(victim->fd, error_response(503, "the server is at its connection limit and closed this connection, the one "
-                                                  "that had waited longest for its request; retry",
+        send_now(victim->fd, error_response(503, "a new connection reached " + limit_name +
+                                                      " and this one, which had waited longest for its request, was closed; retry",
                                              "too_many_connections"));
       close_conn(*victim);
       return true;
     }
     if (auto queued = main.take_oldest(only_ip)) {
       ++evicted;
-      send_now(queued->fd, error_response(503, "the server is at its connection limit; retry later", "too_many_connections"));
+      send_now(queued->fd, error_response(503, "a new connection reached " + limit_name +
+                                                   " and this request, which had waited longest for a worker, was dropped; retry later",
+                                          "too_many_connections"));
       close_conn(*queued);
       return true;
     }

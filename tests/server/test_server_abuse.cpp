@@ -229,6 +229,44 @@ TEST_CASE("abuse: one client address cannot push the others out", "[server][abus
   CHECK(health["connections"]["evicted"].get<int>() >= 6);
 }
 
+TEST_CASE("abuse: an address whose connections are all being answered gets 429", "[server][abuse]") {
+  server::ServerOptions options;
+  options.max_connections_per_ip = 2;
+  options.limits.max_tokens = 1000;
+  options.max_generation_seconds = 20;  // bounds the test if a client-gone check were missed
+  Running s(options);
+  json request = {{"messages", {{{"role", "user"}, {"content", "describe"}}}},
+                  {"max_tokens", 1000}, {"temperature", 0}, {"repetition_penalty", 0.5}};
+  const auto body = request.dump();
+  const auto busy_request = post_head("/v1/chat/completions", fmt::format("Content-Length: {}\r\n", body.size())) + body;
+  // Two long answers from one address: one runs on the model, one waits for it; both are
+  // with workers, so neither is idle and neither can be closed for a newcomer.
+  RawConnection first(s.port, "127.0.0.5"), second(s.port, "127.0.0.5");
+  REQUIRE(first.send(busy_request));
+  REQUIRE(second.send(busy_request));
+  for (int i = 0; i < 100; ++i) {
+    const auto queue = s.health_json()["queue"];
+    if (queue["running"].get<int>() + queue["waiting"].get<int>() == 2) break;
+    std::this_thread::sleep_for(milliseconds(50));
+  }
+  const auto queue = s.health_json()["queue"];
+  INFO(queue.dump());
+  REQUIRE(queue["running"].get<int>() + queue["waiting"].get<int>() == 2);
+
+  RawConnection third(s.port, "127.0.0.5");
+  REQUIRE(third.connected());
+  const auto answer = third.receive(milliseconds(5000));
+  CHECK(http_status(answer) == 429);
+  CHECK(error_of(answer)["code"] == "too_many_connections");
+  CHECK_THAT(error_of(answer)["message"].get<std::string>(), Contains("--max-connections-per-ip"));
+  // Another address is not affected, and the two answers go on.
+  RawConnection other(s.port, "127.0.0.6");
+  REQUIRE(other.send("GET /health HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"));
+  CHECK(http_status(other.receive(milliseconds(5000))) == 200);
+  CHECK_FALSE(first.closed_within(milliseconds(100)));
+  CHECK(s.health_json()["connections"]["refused"].get<int>() >= 1);
+}
+
 TEST_CASE("abuse: header lines are limited in number and size", "[server][abuse]") {
   server::ServerOptions options;
   options.max_header_bytes = 16 * 1024;
