@@ -3,6 +3,8 @@
 // questions from stdin (`/image PATH` gives a picture mid-chat, `/reset` starts over,
 // `/lora NAME` switches the LoRA task adapter, as ConLoRA's demo chooses one before the image
 // is encoded: the conversation restarts and the current image is encoded again).
+// `--explain OUT.png` draws what each answer looked at over the image (`--explain-words DIR`:
+// one picture per word), see docs/explain.md.
 #include "apps/commands.h"
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/chat/grounding.h"
@@ -11,9 +13,11 @@
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/processors/image_decode.h"
 #include "minigpt4/server/image_input.h"
 
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <random>
@@ -30,7 +34,58 @@ struct ChatArgs {
   AnswerOptions answer;
   bool random_seed = true;
   bool no_cache = false;
+  std::string explain_png, explain_words_dir;  // empty: no explanations
 };
+
+// Where explanations go (chat --explain / --explain-words); off when both are empty.
+struct ExplainTo {
+  std::string png, words_dir;
+  bool on() const { return !png.empty() || !words_dir.empty(); }
+};
+
+// The image's embeddings, with what the explanations need when they are asked for.
+void upload(ChatSession& session, const ChatModel& model, const std::string& path, const ExplainTo& explain) {
+  at::Tensor vision_tokens;
+  const auto embeds = model.encode_image_file(path, explain.on() ? &vision_tokens : nullptr);
+  session.upload_image(embeds, vision_tokens);
+}
+
+void write_file(const std::filesystem::path& path, const std::string& bytes) {
+  std::ofstream out(path, std::ios::binary);
+  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  if (!out) fail("cannot write {}", path.string());
+}
+
+// A word as a file name: letters and digits, the rest dropped.
+std::string file_word(const std::string& word) {
+  std::string out;
+  for (const char c : word)
+    if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return out.empty() ? "punct" : out.substr(0, 40);
+}
+
+void write_explanation(ChatSession& session, const std::string& image_path, const ExplainTo& to) {
+  if (!to.on()) return;
+  if (image_path.empty()) {
+    std::fprintf(stderr, "(no image to explain the answer over)\n");
+    return;
+  }
+  try {
+    const auto e = session.explain(/*per_word=*/!to.words_dir.empty());
+    const auto rgb = decode_image_rgb(image_path);
+    if (!to.png.empty()) write_file(to.png, explanation_png(rgb, e.answer_map));
+    if (!to.words_dir.empty()) {
+      std::filesystem::create_directories(to.words_dir);
+      for (size_t i = 0; i < e.words.size(); ++i)
+        write_file(std::filesystem::path(to.words_dir) / fmt::format("{:02d}_{}.png", i, file_word(e.words[i].word)),
+                   explanation_png(rgb, e.words[i].map));
+    }
+    std::fprintf(stderr, "(explanation: %s%s%s)\n", to.png.c_str(), !to.png.empty() && !to.words_dir.empty() ? ", " : "",
+                 to.words_dir.empty() ? "" : fmt::format("{} word pictures in {}", e.words.size(), to.words_dir).c_str());
+  } catch (const Error& e) {
+    std::fprintf(stderr, "cannot explain that answer: %s\n", e.what());
+  }
+}
 
 std::string trim(const std::string& s) {
   const auto begin = s.find_first_not_of(" \t\r\n");
@@ -85,7 +140,8 @@ void answer_to_terminal(ChatSession& session, const AnswerOptions& options, cons
 
 // `/lora` lists the adapters; `/lora NAME` switches, restarts the conversation and encodes
 // the current image again under the new adapter.
-void switch_adapter(ChatSession& session, const ChatModel& model, const std::string& name, const CurrentImage& image) {
+void switch_adapter(ChatSession& session, const ChatModel& model, const std::string& name, const CurrentImage& image,
+                    const ExplainTo& explain) {
   if (name.empty()) {
     std::fprintf(stderr, "LoRA adapters: %s (in use: %s)\n", fmt::format("{}", fmt::join(model.adapter_choices(), ", ")).c_str(),
                  model.active_adapter().c_str());
@@ -98,12 +154,13 @@ void switch_adapter(ChatSession& session, const ChatModel& model, const std::str
     return;
   }
   session.reset();
-  if (!image.path.empty()) session.upload_image(model.encode_image_file(image.path));
+  if (!image.path.empty()) upload(session, model, image.path, explain);
   std::fprintf(stderr, "(adapter %s; conversation cleared%s)\n", name.c_str(),
                image.path.empty() ? "" : ", the image encoded again");
 }
 
-void interactive(ChatSession& session, const ChatModel& model, AnswerOptions options, CurrentImage image) {
+void interactive(ChatSession& session, const ChatModel& model, AnswerOptions options, CurrentImage image,
+                 const ExplainTo& explain) {
   const bool adapters = model.adapter_choices().size() > 1;
   std::fprintf(stderr, "Chat with %s. /image PATH gives a picture, /reset starts over,%s /quit (or Ctrl-D) ends.\n",
                model.name.c_str(), adapters ? " /lora NAME switches the task adapter (/lora lists them)," : "");
@@ -114,7 +171,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
     if (line.empty()) continue;
     if (line == "/quit" || line == "/exit") break;
     if (line == "/lora" || line.rfind("/lora ", 0) == 0) {
-      switch_adapter(session, model, trim(line.substr(5)), image);
+      switch_adapter(session, model, trim(line.substr(5)), image, explain);
       continue;
     }
     if (line == "/reset") {
@@ -126,7 +183,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
     if (line.rfind("/image", 0) == 0) {
       const auto path = trim(line.substr(6));
       try {
-        session.upload_image(model.encode_image_file(path));
+        upload(session, model, path, explain);
         image = image_for(path);
         std::fprintf(stderr, "(image received: %s)\n", path.c_str());
       } catch (const Error& e) {
@@ -136,6 +193,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
     }
     session.ask(line);
     answer_to_terminal(session, options, image);
+    write_explanation(session, image.path, explain);  // each answer replaces the last one's pictures
     ++options.seed;  // a fresh draw each round
   }
 }
@@ -166,6 +224,10 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option_function<uint64_t>("--seed", [args](uint64_t seed) { args->answer.seed = seed, args->random_seed = false; },
                                      "sampling seed (default: random)");
   cmd->add_flag("--no-cache", args->no_cache, "recompute the whole conversation each round, as the original");
+  cmd->add_option("--explain", args->explain_png,
+                  "write what the answer looked at as a heat map over the image (PNG; interactive: after each answer)");
+  cmd->add_option("--explain-words", args->explain_words_dir,
+                  "write one such picture per word of the answer into this folder (NN_word.png)");
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
     apply_input_limits(config);  // limits.*: what input files may make us allocate
@@ -179,17 +241,19 @@ void add_chat_command(CLI::App& app) {
     if (args->random_seed) options.seed = std::random_device{}();
     options.reuse_cache = !args->no_cache;
     ChatSession session(model);
+    const ExplainTo explain{args->explain_png, args->explain_words_dir};
     CurrentImage image;
     if (!args->image.empty()) {
-      session.upload_image(model->encode_image_file(args->image));
+      upload(session, *model, args->image, explain);
       image = image_for(args->image);
     }
     if (!args->prompt.empty()) {
       session.ask(args->prompt);
       answer_to_terminal(session, options, image);
+      write_explanation(session, image.path, explain);
       return;
     }
-    interactive(session, *model, options, image);
+    interactive(session, *model, options, image, explain);
   });
 }
 

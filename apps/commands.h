@@ -13,6 +13,7 @@ void add_train_command(CLI::App& app);
 void add_synth_command(CLI::App& app);
 void add_quickstart_command(CLI::App& app);
 void add_chat_command(CLI::App& app);
+void add_explain_check_command(CLI::App& app);
 void add_serve_command(CLI::App& app);
 void add_score_command(CLI::App& app);
 void add_evaluate_command(CLI::App& app);

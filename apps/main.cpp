@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   minigpt4::apps::add_synth_command(app);
   minigpt4::apps::add_quickstart_command(app);
   minigpt4::apps::add_chat_command(app);
+  minigpt4::apps::add_explain_check_command(app);
   minigpt4::apps::add_serve_command(app);
   minigpt4::apps::add_score_command(app);
   minigpt4::apps::add_evaluate_command(app);

@@ -128,15 +128,21 @@ std::vector<std::vector<int64_t>> ChatModel::stop_sequences() const {
   return stops;
 }
 
-at::Tensor ChatModel::encode_image_bytes(const std::string& bytes, const std::string& name_for_errors) const {
+at::Tensor ChatModel::encode_image_rgb(const at::Tensor& rgb_uint8_hwc, at::Tensor* vision_tokens) const {
   torch::NoGradGuard no_grad;
-  const auto pixels = (*processor)(decode_image_rgb_bytes(bytes, name_for_errors)).unsqueeze(0).to(device);
-  return model->encode_img(pixels);
+  const auto pixels = (*processor)(rgb_uint8_hwc).unsqueeze(0).to(device);
+  if (!vision_tokens) return model->encode_img(pixels);
+  *vision_tokens = model->encode_vision(pixels);
+  return model->project(model->image_queries(*vision_tokens));
 }
 
-at::Tensor ChatModel::encode_image_file(const std::string& path) const {
-  torch::NoGradGuard no_grad;
-  return model->encode_img(processor->from_file(path).unsqueeze(0).to(device));
+at::Tensor ChatModel::encode_image_bytes(const std::string& bytes, const std::string& name_for_errors,
+                                         at::Tensor* vision_tokens) const {
+  return encode_image_rgb(decode_image_rgb_bytes(bytes, name_for_errors), vision_tokens);
+}
+
+at::Tensor ChatModel::encode_image_file(const std::string& path, at::Tensor* vision_tokens) const {
+  return encode_image_rgb(decode_image_rgb(path), vision_tokens);
 }
 
 std::vector<std::string> ChatModel::adapter_choices() const {
@@ -178,16 +184,20 @@ GenerationConfig generation_config(const ChatModel& model, const AnswerOptions& 
 ChatSession::ChatSession(std::shared_ptr<const ChatModel> model)
     : model_(std::move(model)), conversation_(model_->new_conversation()) {}
 
-void ChatSession::upload_image(const at::Tensor& image_embeds) {
+void ChatSession::upload_image(const at::Tensor& image_embeds, const at::Tensor& vision_tokens) {
   if (!image_embeds.defined() || image_embeds.dim() != 3 || image_embeds.size(0) != 1)
     fail("upload_image: expected image embeddings [1, NQ, H]");
+  if (vision_tokens.defined() && (vision_tokens.dim() != 3 || vision_tokens.size(0) != 1))
+    fail("upload_image: vision_tokens must be the ViT output [1, tokens, width]");
   conversation_.upload_image();
   images_.push_back(image_embeds);
+  vision_tokens_.push_back(vision_tokens);
 }
 
 void ChatSession::ask(const std::string& text) { conversation_.ask(text); }
 
 void ChatSession::add_answer(const std::string& text) {
+  last_answer_.reset();
   conversation_.start_answer();
   conversation_.set_answer(text);
 }
@@ -195,8 +205,10 @@ void ChatSession::add_answer(const std::string& text) {
 void ChatSession::reset() {
   conversation_ = model_->new_conversation();
   images_.clear();
+  vision_tokens_.clear();
   cache_.clear();
   cached_keys_.clear();
+  last_answer_.reset();
 }
 
 ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text) {
@@ -227,6 +239,7 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
 
   // Chat.answer: cut the prompt from the left to leave room for the answer.
   const int64_t overflow = embeds.size(1) + options.max_new_tokens - options.max_length;
+  last_answer_.reset();
   if (overflow > 0) {
     if (overflow >= embeds.size(1)) fail("chat: max_new_tokens {} leaves no room in max_length {}", options.max_new_tokens, options.max_length);
     embeds = embeds.slice(1, overflow);
@@ -299,7 +312,69 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
     on_text(reply.text.substr(sent.size()));
   conversation_.start_answer();
   conversation_.set_answer(reply.text);
+  last_answer_ = LastAnswer{prompt, std::max<int64_t>(overflow, 0), keys, out.tokens};
   return reply;
+}
+
+Explanation ChatSession::explain(bool per_word) {
+  if (!last_answer_) fail("explain: there is no generated answer to explain yet");
+  const auto& last = *last_answer_;
+  const auto& keys = last.prompt_keys;
+  const auto& model = *model_->model;
+  const auto& llm = *model.llama_model;
+  const auto& tokenizer = *model_->tokenizer;
+  const auto words = answer_words(last.tokens, tokenizer, model_->stop_token_ids);
+  if (words.empty()) fail("explain: the answer has no words to explain");
+
+  // The latest image whose every position survived the left cut: image i sits at the keys
+  // -1 - k for k in [first_i, first_i + NQ_i).
+  std::optional<size_t> image;
+  int64_t first = 0;
+  for (size_t i = 0; i < images_.size(); ++i) {
+    const int64_t nq = images_[i].size(1);
+    const auto at = std::find(keys.begin(), keys.end(), -1 - first);
+    if (at != keys.end() && keys.end() - at >= nq && *(at + nq - 1) == -1 - (first + nq - 1)) image = i;
+    first += nq;
+  }
+  if (!image) fail("explain: no image is wholly in the last answer's prompt (none uploaded, or cut to fit max_length)");
+  if (!vision_tokens_[*image].defined())
+    fail("explain: image {} was uploaded without its vision_tokens (encode it with them to explain answers)", *image + 1);
+
+  // The prompt and the answer once more with autograd on, from the ViT's output of the
+  // image: its tokens are the only thing that requires a gradient (the model is frozen).
+  torch::AutoGradMode grad_mode(true);
+  const auto vision = vision_tokens_[*image].detach().clone().set_requires_grad(true);
+  auto images = images_;
+  images[*image] = model.project(model.image_queries(vision));
+  auto inputs = model.context_embedding(last.prompt, images, tokenizer).slice(1, last.cut);
+  if (inputs.size(1) != static_cast<int64_t>(keys.size())) fail("explain: the prompt no longer has {} positions", keys.size());
+  const int64_t answer_tokens = static_cast<int64_t>(last.tokens.size());
+  if (answer_tokens > 1) {
+    const std::vector<int64_t> fed(last.tokens.begin(), last.tokens.end() - 1);
+    const auto ids = torch::tensor(fed, torch::kLong).view({1, -1}).to(model_->device);
+    inputs = torch::cat({inputs, llm.embed(ids).to(inputs.scalar_type())}, 1);
+  }
+  CausalLMOptions options;
+  options.logits_to_keep = answer_tokens;  // the rows that predicted the answer's tokens
+  const auto logits = llm.forward(inputs, options).logits[0];
+  const auto targets = torch::tensor(last.tokens, torch::kLong).to(logits.device()).unsqueeze(1);
+  const auto log_probs = torch::log_softmax(logits, -1).gather(1, targets).squeeze(1);  // [answer tokens]
+
+  const int64_t grid = model.config.vision.grid();
+  const auto saliency = [&](const std::vector<int64_t>& token_indices, bool keep_graph) {
+    const auto rows = torch::tensor(token_indices, torch::kLong).to(log_probs.device());
+    const auto grad = torch::autograd::grad({log_probs.index_select(0, rows).sum()}, {vision}, {}, keep_graph)[0];
+    return patch_saliency(grad[0], grid);
+  };
+  Explanation e;
+  e.image_index = *image;
+  e.grid = grid;
+  std::vector<int64_t> all;
+  for (const auto& w : words) all.insert(all.end(), w.token_indices.begin(), w.token_indices.end());
+  e.answer_map = saliency(all, per_word);
+  if (per_word)
+    for (size_t i = 0; i < words.size(); ++i) e.words.push_back({words[i].text, saliency(words[i].token_indices, i + 1 < words.size())});
+  return e;
 }
 
 }  // namespace minigpt4

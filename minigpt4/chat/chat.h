@@ -6,6 +6,7 @@
 // recomputes only the positions that changed since the last round (llama.cpp's prompt
 // cache); `AnswerOptions::reuse_cache = false` gives the original's behaviour.
 #include "minigpt4/chat/conversation.h"
+#include "minigpt4/chat/explain.h"
 #include "minigpt4/generate/generate.h"
 #include "minigpt4/models/llama.h"
 
@@ -74,9 +75,14 @@ struct ChatModel {
   // for Vicuna; eos alone for LLaMA-2; then each of stop_token_ids.
   std::vector<std::vector<int64_t>> stop_sequences() const;
   // [1, NQ, H] image embeddings of an image file / encoded image bytes; throws
-  // minigpt4::Error naming the image when it cannot be decoded.
-  at::Tensor encode_image_file(const std::string& path) const;
-  at::Tensor encode_image_bytes(const std::string& bytes, const std::string& name_for_errors) const;
+  // minigpt4::Error naming the image when it cannot be decoded. `vision_tokens`, when
+  // given, receives the ViT's output the embeddings were made from ([1, 1 + P, W] after
+  // ln_vision), which ChatSession::explain differentiates against.
+  at::Tensor encode_image_file(const std::string& path, at::Tensor* vision_tokens = nullptr) const;
+  at::Tensor encode_image_bytes(const std::string& bytes, const std::string& name_for_errors,
+                                at::Tensor* vision_tokens = nullptr) const;
+  // The same from uint8 [H, W, 3] RGB already decoded.
+  at::Tensor encode_image_rgb(const at::Tensor& rgb_uint8_hwc, at::Tensor* vision_tokens = nullptr) const;
 
   // LoRA adapters (docs/lora.md; ConLoRA's task adapters): "original" (none) first, then
   // every adapter the model holds (model.lora_path), sorted. Just {"original"} without any.
@@ -97,7 +103,8 @@ class ChatSession {
 
   // Chat.upload_img: the image (already encoded, [1, NQ, H]) enters the conversation as a
   // human turn holding `<Img><ImageHere></Img>`. May come at the start or mid-chat.
-  void upload_image(const at::Tensor& image_embeds);
+  // `vision_tokens` (from encode_image_*) makes answers about it explainable.
+  void upload_image(const at::Tensor& image_embeds, const at::Tensor& vision_tokens = {});
   // Chat.ask.
   void ask(const std::string& text);
   // Chat.answer: generates the assistant turn and records it in the conversation. on_text
@@ -107,6 +114,12 @@ class ChatSession {
   // token, with "" while nothing new shows, so that returning false cancels promptly
   // (finish_reason "cancelled", the partial answer is recorded).
   ChatReply answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text = {});
+  // What the last answer looked at in the latest image wholly in its prompt (explain.h):
+  // one forward of the prompt and answer with autograd on, one backward for the whole
+  // answer, and with `per_word` one more per word. The KV cache is left as it was. Throws
+  // minigpt4::Error when there is no answer yet, no image in its prompt, or the image was
+  // uploaded without vision_tokens.
+  Explanation explain(bool per_word = false);
   // An assistant turn given rather than generated: a conversation replayed from an API
   // request's earlier messages.
   void add_answer(const std::string& text);
@@ -121,6 +134,15 @@ class ChatSession {
   std::shared_ptr<const ChatModel> model_;
   Conversation conversation_;
   std::vector<at::Tensor> images_;
+  std::vector<at::Tensor> vision_tokens_;  // per image: the ViT output for explanations, or undefined
+  // The last answer, for explain(): its prompt (before the left cut), the cut, what sits at
+  // each prompt position after it (as cached_keys_; images as -(1 + k)), and the generated tokens.
+  struct LastAnswer {
+    std::string prompt;
+    int64_t cut = 0;
+    std::vector<int64_t> prompt_keys, tokens;
+  };
+  std::optional<LastAnswer> last_answer_;
   // The KV cache and, per cached position, what sits there: a token id, or -(1 + k) for the
   // k-th position of an image (k counts image positions from the start of the conversation).
   KVCache cache_;

@@ -471,7 +471,14 @@ SynthSummary write_synthetic_world(const SynthOptions& opt) {
     const RenderedScene img = render_scene(scene, S, rng3);
     const std::string name = fmt::format("image/{:05d}.jpg", i);
     write_atomic(root / "heldout" / name, encode_rgb_jpeg(img.rgb), sum.files_written);
+    // Each object's box [x0, y0, x1, y1) in pixels: where an answer about it should look
+    // (explanations are checked against them).
+    nlohmann::json boxes = nlohmann::json::array();
+    for (const auto& o : img.objects)
+      boxes.push_back({std::max(o.x - o.half, 0), std::max(o.y - o.half, 0), std::min(o.x + o.half + 1, S),
+                       std::min(o.y + o.half + 1, S)});
     held.push_back({{"image", name},
+                    {"boxes", std::move(boxes)},
                     {"shape", scene.shape},
                     {"colour", scene.colour},
                     {"count", scene.count},

@@ -109,7 +109,8 @@ struct SynthSummary {
 // Writes the world under options.out_dir:
 //   stage1/NNNNN.tar (+ NNNNN_stats.json)   webdataset shards: KEY.jpg, KEY.json, KEY.txt
 //   cc_sbu_align/filter_cap.json, image/<id>.jpg
-//   heldout/annotations.json, image/<id>.jpg (a separate RNG stream from training)
+//   heldout/annotations.json (attributes, caption and each object's pixel box), image/<id>.jpg
+//     (a separate RNG stream from training)
 //   heldout/captions.json (COCO captions layout: 5 references per picture),
 //   heldout/vqa_questions.json + vqa_annotations.json (VQAv2 layout: one question per picture
 //   about its colour, count, shape or position in turn, 10 answers), both over the first

@@ -111,7 +111,10 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::
   auto out_shape = x.sizes().vec();
   out_shape.back() = values.size(0);
   at::Tensor y;
-  if (x.is_cpu()) {
+  // Our CPU kernel has no backward; explanations (chat/explain.h) differentiate through the
+  // frozen layers to their inputs, so they take the dequantised product.
+  const bool needs_grad = at::GradMode::is_enabled() && x.requires_grad();
+  if (x.is_cpu() && !needs_grad) {
     y = cpu_int8_mm(x.reshape({-1, K}), values, scales).view(out_shape);
   } else {
     // CUDA (and anything else): dequantise to the activations' dtype, then the ordinary

@@ -42,9 +42,12 @@ std::vector<HeldoutItem> read_heldout(const std::string& root) {
       item.truth.colour = a.at("colour").get<std::string>();
       item.truth.count = a.at("count").get<int>();
       item.truth.position = a.at("position").get<std::string>();
+      if (a.contains("boxes"))
+        for (const auto& box : a.at("boxes")) item.boxes.push_back(box.get<std::array<int, 4>>());
       items.push_back(std::move(item));
     } catch (const nlohmann::json::exception& e) {
-      fail("held-out set: {} entry {} needs image, shape, colour, count and position: {}", file, i, e.what());
+      fail("held-out set: {} entry {} needs image, shape, colour, count and position (boxes, if any, as [x0, y0, x1, y1]): {}",
+           file, i, e.what());
     }
   }
   return items;

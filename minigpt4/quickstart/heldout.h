@@ -8,6 +8,7 @@
 
 #include <nlohmann/json_fwd.hpp>
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -23,6 +24,7 @@ namespace minigpt4::quickstart {
 struct HeldoutItem {
   std::string image_path;
   data::SceneAttributes truth;
+  std::vector<std::array<int, 4>> boxes;  // each object's [x0, y0, x1, y1) in pixels (worlds written before 2026-12 have none)
 };
 
 // <root>/annotations.json as `minigpt4 synth` writes it; errors name the file and entry.
