@@ -323,8 +323,6 @@ Explanation ChatSession::explain(bool per_word) {
   const auto& model = *model_->model;
   const auto& llm = *model.llama_model;
   const auto& tokenizer = *model_->tokenizer;
-  const auto words = answer_words(last.tokens, tokenizer, model_->stop_token_ids);
-  if (words.empty()) fail("explain: the answer has no words to explain");
 
   // The latest image whose every position survived the left cut: image i sits at the keys
   // -1 - k for k in [first_i, first_i + NQ_i).
@@ -339,6 +337,9 @@ Explanation ChatSession::explain(bool per_word) {
   if (!image) fail("explain: no image is wholly in the last answer's prompt (none uploaded, or cut to fit max_length)");
   if (!vision_tokens_[*image].defined())
     fail("explain: image {} was uploaded without its vision_tokens (encode it with them to explain answers)", *image + 1);
+
+  const auto words = answer_words(last.tokens, tokenizer, model_->stop_token_ids);
+  if (words.empty()) fail("explain: the answer has no words to explain");
 
   // The prompt and the answer once more with autograd on, from the ViT's output of the
   // image: its tokens are the only thing that requires a gradient (the model is frozen).

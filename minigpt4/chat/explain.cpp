@@ -47,18 +47,27 @@ at::Tensor patch_saliency(const at::Tensor& vision_token_grad, int64_t grid) {
 
 std::vector<AnswerWord> answer_words(const std::vector<int64_t>& tokens, const Tokenizer& tokenizer,
                                      const std::vector<int64_t>& stop_ids) {
+  // The visible answer: up to eos or a stop id, and before a '###' stop string (whose
+  // first '#' tokens would otherwise pass for words).
+  std::vector<int64_t> answer;
+  for (const int64_t t : tokens) {
+    if (t == tokenizer.eos_id() || std::count(stop_ids.begin(), stop_ids.end(), t)) break;
+    answer.push_back(t);
+  }
+  const auto full = tokenizer.decode(answer);
+  const size_t visible = std::min(full.find("###"), full.size());
+
   std::vector<AnswerWord> words;
   std::string previous;
   std::vector<int64_t> prefix;
-  for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] == tokenizer.eos_id() || std::count(stop_ids.begin(), stop_ids.end(), tokens[i])) break;
-    prefix.push_back(tokens[i]);
+  for (size_t i = 0; i < answer.size(); ++i) {
+    prefix.push_back(answer[i]);
     const auto text = tokenizer.decode(prefix);
-    if (text.find("###") != std::string::npos) break;  // the stop string of the Vicuna templates
     size_t common = 0;
     while (common < previous.size() && common < text.size() && previous[common] == text[common]) ++common;
-    const auto piece = text.substr(common);
     previous = text;
+    if (common >= visible) break;
+    const auto piece = text.substr(common, visible - std::min(common, visible));
     const auto shown = trimmed(piece);
     if (shown.empty()) {  // white space, or a character still incomplete: part of the open word
       if (!words.empty()) words.back().token_indices.push_back(static_cast<int64_t>(i));
@@ -74,7 +83,6 @@ std::vector<AnswerWord> answer_words(const std::vector<int64_t>& tokens, const T
     words.back().token_indices.push_back(static_cast<int64_t>(i));
   }
   for (auto& w : words) w.text = trimmed(w.text);
-  words.erase(std::remove_if(words.begin(), words.end(), [](const AnswerWord& w) { return w.text.empty(); }), words.end());
   return words;
 }
 

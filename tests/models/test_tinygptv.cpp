@@ -4,6 +4,7 @@
 // do not fit, its configs, and the stage-4 chat template. The model is tiny_vicuna0's
 // vision side with a small random Phi (split layout, as microsoft/phi-2 today) whose
 // directory borrows tiny_vicuna0's sentencepiece tokenizer.
+#include "minigpt4/chat/chat.h"
 #include "minigpt4/chat/conversation.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
@@ -553,4 +554,25 @@ TEST_CASE("TinyGPT-V: stage 4 chats with MiniGPT-v2's [INST] template", "[models
   CHECK(v0.get_prompt() ==
         "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to "
         "you. Please answer my questions.###Human: <Img><ImageHere></Img> Describe it.###Assistant: ");
+}
+
+TEST_CASE("TinyGPT-V: answers are explained over the ViT's patches like MiniGPT-4's", "[models][tinygptv][explain]") {
+  const auto config = Config::from_yaml(test::parity_case_yaml(tiny(), manifest()), "tinygptv_test.yaml", tinygptv_options());
+  const auto model = ChatModel::load(config, torch::kCPU);
+  at::Tensor vision_tokens;
+  const auto image = model->encode_image_file(
+      (tiny() / "image_processor/arc_colors_rgba_357x200.png").string(), &vision_tokens);
+  ChatSession session(model);
+  session.upload_image(image, vision_tokens);
+  session.ask("What is in this image?");
+  AnswerOptions greedy;
+  greedy.temperature = 0;
+  greedy.max_new_tokens = 8;
+  const auto reply = session.answer(greedy);
+  const auto e = session.explain(/*per_word=*/true);
+  const int64_t grid = model->model->config.vision.grid();
+  REQUIRE(e.answer_map.sizes() == at::IntArrayRef({grid, grid}));
+  CHECK(e.answer_map.sum().item<double>() == Approx(1.0).margin(1e-5));
+  CHECK(e.answer_map.max().item<float>() > e.answer_map.min().item<float>());
+  CHECK(e.words.size() == answer_words(reply.tokens, *model->tokenizer, model->stop_token_ids).size());
 }
