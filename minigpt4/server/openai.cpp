@@ -99,6 +99,8 @@ const std::set<std::string>& known_fields() {
       "top_k", "num_beams", "repetition_penalty", "length_penalty",
       // extension: the LoRA task adapter (resolve_adapter)
       "lora",
+      // extension: what the answer looked at (docs/explain.md)
+      "explain",
       // accepted at their neutral value only (check_neutral)
       "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "tools", "functions", "tool_choice",
       "function_call", "logit_bias", "response_format", "modalities",
@@ -308,6 +310,15 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     }
   }
   if (const auto* v = field(body, "stream")) request.stream = as_bool(*v, "stream");
+  if (const auto* v = field(body, "explain")) {
+    if (v->is_boolean()) {
+      request.explain = v->get<bool>() ? ChatRequest::Explain::Answer : ChatRequest::Explain::No;
+    } else if (v->is_string() && v->get_ref<const std::string&>() == "words") {
+      request.explain = ChatRequest::Explain::Words;
+    } else {
+      reject("explain", "'explain' must be true, false or \"words\", got {}", describe_json(*v));
+    }
+  }
   if (const auto* v = field(body, "stream_options")) {
     if (!request.stream) reject("stream_options", "'stream_options' is only allowed with 'stream': true");
     if (!v->is_object()) reject("stream_options", "'stream_options' must be an object, got {}", type_name(*v));

@@ -81,6 +81,9 @@ struct ChatRequest {
   // Extension: the LoRA task adapter to answer with (a name GET /v1/models lists, or
   // "original"); absent: the server's default (see resolve_adapter).
   std::optional<std::string> lora;
+  // Extension: "explain": true (what the answer looked at, over the latest image: a PNG and
+  // the patch grid) or "words" (also one grid per word; one more backward pass per word).
+  enum class Explain { No, Answer, Words } explain = Explain::No;
 };
 
 // Parses and validates a /v1/chat/completions body. User messages map onto Chat's

@@ -56,6 +56,9 @@ PageAsk parse_page_ask(const std::string& body, const RequestLimits& limits) {
       ask.options.temperature = sampling_temperature(v.get<double>());
     } else if (key == "max_new_tokens") {
       ask.options.max_new_tokens = int_in(v, key, 1, limits.max_tokens);
+    } else if (key == "explain") {
+      if (!v.is_boolean()) reject(key, "'explain' must be a boolean, got {}", describe_json(v));
+      ask.explain = v.get<bool>();
     } else {
       reject(excerpt(key), "unknown field '{}'", excerpt(key));
     }

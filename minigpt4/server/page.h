@@ -20,6 +20,7 @@ const std::string& page_html();
 struct PageAsk {
   std::string text;
   AnswerOptions options;
+  bool explain = false;  // "explain": true -> the done event carries the answer's and each word's patch grid
 };
 PageAsk parse_page_ask(const std::string& body, const RequestLimits& limits);
 

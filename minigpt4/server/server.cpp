@@ -6,6 +6,8 @@
 #include "minigpt4/models/llama.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/phi.h"
+#include "minigpt4/processors/image_decode.h"
+#include "minigpt4/server/base64.h"
 #include "minigpt4/server/http_gate.h"
 #include "minigpt4/server/page.h"
 #include "minigpt4/server/sessions.h"
@@ -126,10 +128,12 @@ struct PageSession {
   int64_t width = 0, height = 0;
 };
 
-// What an answer's end event needs from the model thread: the adapter and the image size.
+// What an answer's end event needs from the model thread: the adapter, the image size and,
+// when asked for, the explanation (or {"error": why not}).
 struct AnswerContext {
   std::string adapter;
   int64_t width = 0, height = 0;
+  nlohmann::json explanation;  // null: not asked for
 };
 
 // The context a prompt may fill: Chat.answer's max_length (2000), or the LLM's positions
@@ -253,10 +257,14 @@ struct Server::Impl {
   void session_lora(const httplib::Request& req, httplib::Response& res);
   std::shared_ptr<PageSession> session(const httplib::Request& req);
   void check_prompt_tokens(int64_t tokens, const std::string& param) const;
-  at::Tensor encode_image(const std::string& bytes, const std::string& name) const;
+  at::Tensor encode_image(const std::string& bytes, const std::string& name, at::Tensor* vision_tokens = nullptr) const;
   std::shared_ptr<ReplyChannel> queue_answer(std::function<void(ReplyChannel&)> work);
+  // `before_finish` runs on the model thread after the answer, before its end is sent.
   void answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
-              ReplyChannel& channel, const char* label);
+              ReplyChannel& channel, const char* label, const std::function<void(const ChatReply&)>& before_finish = {});
+  // The explanation of a session's last answer as JSON, with the overlay over `image_bytes`
+  // (the explained image's) as a base64 PNG when given; {"error": ...} when it cannot be made.
+  nlohmann::json explanation(ChatSession& session, bool per_word, const std::vector<const std::string*>& image_bytes) const;
   void run_and_wait(std::function<void()> work);
 };
 
@@ -344,7 +352,8 @@ void Server::Impl::routes() {
 // client's stop strings and ended by the time limit, a cancel from the client's side or the
 // server stopping.
 void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
-                          ReplyChannel& channel, const char* label) {
+                          ReplyChannel& channel, const char* label,
+                          const std::function<void(const ChatReply&)>& before_finish) {
   StopStrings stops(stop);
   const auto deadline = Clock::now() + std::chrono::duration<double>(options.max_generation_seconds);
   bool timed_out = false;
@@ -364,7 +373,30 @@ void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_opti
   log::info("{}: {} prompt positions ({} cached), {} tokens in {:.2f} s, {}{}", label, reply.prompt_tokens,
             reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds + reply.decode_seconds, reply.finish_reason,
             timed_out ? " (time limit)" : client_gone ? " (client gone)" : "");
+  if (before_finish && !client_gone) before_finish(reply);
   channel.finish(std::move(reply));
+}
+
+nlohmann::json Server::Impl::explanation(ChatSession& session, bool per_word,
+                                         const std::vector<const std::string*>& image_bytes) const {
+  try {
+    const auto start = Clock::now();
+    const auto e = session.explain(per_word);
+    auto j = explanation_json(e);
+    if (e.image_index < image_bytes.size() && image_bytes[e.image_index]) {
+      const auto& bytes = *image_bytes[e.image_index];
+      const auto info = image_header_info(bytes);
+      const auto& budget = options.limits.image.decode_budget;
+      const auto lease = budget->acquire(info ? info->width * info->height : 1, options.limits.image.decode_wait);
+      if (!lease) throw Error("the server is busy decoding other images");
+      j["image_png"] = base64_encode(explanation_png(decode_image_rgb_bytes(bytes, "the explained image"), e.answer_map));
+    }
+    log::info("explain: the answer{}, {:.2f} s", per_word ? fmt::format(" and {} words", e.words.size()) : "",
+              std::chrono::duration<double>(Clock::now() - start).count());
+    return j;
+  } catch (const Error& e) {
+    return {{"error", e.what()}};
+  }
 }
 
 std::shared_ptr<ReplyChannel> Server::Impl::queue_answer(std::function<void(ReplyChannel&)> work) {
@@ -420,35 +452,48 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     if (step.kind == ChatStep::Kind::Image)
       if (const auto info = image_header_info(step.image)) width = info->width, height = info->height;
   const CompletionMeta meta{new_completion_id(), unix_time(), model->name, has_adapters() ? adapter : ""};
-  auto channel = queue_answer([this, request, adapter](ReplyChannel& out) {
+  auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
+  auto channel = queue_answer([this, request, adapter, context](ReplyChannel& out) {
     model->use_adapter(adapter);  // on the model thread, before any of this request's model work
+    const bool explain = request->explain != ChatRequest::Explain::No;
     ChatSession session(model);
+    std::vector<const std::string*> images;
     for (const auto& step : request->steps) {
-      if (step.kind == ChatStep::Kind::Image) session.upload_image(encode_image(step.image, step.param));
+      if (step.kind == ChatStep::Kind::Image) {
+        at::Tensor vision_tokens;
+        const auto embeds = encode_image(step.image, step.param, explain ? &vision_tokens : nullptr);
+        session.upload_image(embeds, vision_tokens);
+        images.push_back(&step.image);
+      }
       if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
       if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
     }
-    answer(session, request->options, request->stop, out, "api");
+    answer(session, request->options, request->stop, out, "api", [&](const ChatReply&) {
+      if (explain) context->explanation = explanation(session, request->explain == ChatRequest::Explain::Words, images);
+    });
   });
 
   if (!request->stream) {
     const auto end = wait_for_end(*channel);
     if (end.error) throw *end.error;
     const auto& reply = *end.reply;
-    send_json(res, 200, completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
-                                        static_cast<int64_t>(reply.tokens.size()), boxes_json(reply.text, width, height)));
+    auto body = completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
+                                static_cast<int64_t>(reply.tokens.size()), boxes_json(reply.text, width, height));
+    if (!context->explanation.is_null()) body["choices"][0]["message"]["explanation"] = context->explanation;
+    send_json(res, 200, body);
     return;
   }
   const bool include_usage = request->include_usage;
   stream_events(
       res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})), options.heartbeat,
       [meta](const std::string& piece) { return sse_event(chunk_json(meta, {{"content", piece}})); },
-      [meta, include_usage, width, height](const ReplyChannel::Batch& end) {
+      [meta, include_usage, width, height, context](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error)) + "data: [DONE]\n\n";
         const auto& reply = *end.reply;
-        // The last chunk's delta carries the answer's boxes, if any.
+        // The last chunk's delta carries the answer's boxes, if any, and its explanation.
         json delta = json::object();
         if (auto boxes = boxes_json(reply.text, width, height); !boxes.empty()) delta["boxes"] = std::move(boxes);
+        if (!context->explanation.is_null()) delta["explanation"] = context->explanation;
         std::string events = sse_event(chunk_json(meta, delta, openai_finish_reason(reply.finish_reason)));
         if (include_usage)
           events += sse_event(usage_chunk_json(meta, reply.prompt_tokens, static_cast<int64_t>(reply.tokens.size())));
@@ -469,13 +514,13 @@ void Server::Impl::check_prompt_tokens(int64_t tokens, const std::string& param)
 // On the model thread: the image's embeddings. Its decode takes its pixels from the same
 // budget as the requests' check decodes, so the server never holds more decoded pixels at
 // once than --max-decode-pixels, wherever the decoding happens.
-at::Tensor Server::Impl::encode_image(const std::string& bytes, const std::string& name) const {
+at::Tensor Server::Impl::encode_image(const std::string& bytes, const std::string& name, at::Tensor* vision_tokens) const {
   const auto info = image_header_info(bytes);
   const auto& budget = options.limits.image.decode_budget;
   const auto lease = budget->acquire(info ? info->width * info->height : 1, options.limits.image.decode_wait);
   if (!lease)
     throw ApiError(503, fmt::format("{}: the server is busy decoding other images; retry later", name), name, "server_busy");
-  return model->encode_image_bytes(bytes, name);
+  return model->encode_image_bytes(bytes, name, vision_tokens);
 }
 
 std::shared_ptr<PageSession> Server::Impl::session(const httplib::Request& req) {
@@ -493,7 +538,10 @@ void Server::Impl::session_image(const httplib::Request& req, httplib::Response&
   size_t images = 0;
   run_and_wait([&] {
     model->use_adapter(page->adapter);
-    page->chat.upload_image(encode_image(bytes, "the uploaded image"));
+    // The page may ask for explanations later: its images keep the ViT's output (memory only).
+    at::Tensor vision_tokens;
+    const auto embeds = encode_image(bytes, "the uploaded image", &vision_tokens);
+    page->chat.upload_image(embeds, vision_tokens);
     page->image = bytes;
     page->width = info ? info->width : 0;
     page->height = info ? info->height : 0;
@@ -512,7 +560,11 @@ void Server::Impl::session_lora(const httplib::Request& req, httplib::Response& 
     model->use_adapter(adapter);
     page->adapter = adapter;
     page->chat.reset();
-    if (!page->image.empty()) page->chat.upload_image(encode_image(page->image, "the session's image"));
+    if (!page->image.empty()) {
+      at::Tensor vision_tokens;
+      const auto embeds = encode_image(page->image, "the session's image", &vision_tokens);
+      page->chat.upload_image(embeds, vision_tokens);
+    }
     images = page->chat.image_count();
   });
   send_json(res, 200, {{"lora", adapter}, {"images", images}});
@@ -526,9 +578,12 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
   auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
   auto channel = queue_answer([this, page, ask, context](ReplyChannel& out) {
     model->use_adapter(page->adapter);
-    *context = {page->adapter, page->width, page->height};
+    *context = {page->adapter, page->width, page->height, nullptr};
     page->chat.ask(ask.text);
-    answer(page->chat, ask.options, {}, out, "page");
+    answer(page->chat, ask.options, {}, out, "page", [&](const ChatReply&) {
+      // Grids only: the page draws them over its own preview.
+      if (ask.explain) context->explanation = explanation(page->chat, /*per_word=*/true, {});
+    });
   });
   const bool adapters_held = has_adapters();
   stream_events(
@@ -545,6 +600,7 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
         if (adapters_held) done["lora"] = context->adapter;
         // Boxes in the answer, in pixels of the session's latest image (the page draws them).
         if (auto boxes = boxes_json(reply.text, context->width, context->height); !boxes.empty()) done["boxes"] = std::move(boxes);
+        if (!context->explanation.is_null()) done["explanation"] = context->explanation;
         return sse_event(done);
       });
 }

@@ -2,7 +2,7 @@
 """The web demo in a real browser: `minigpt4 serve` on the tiny fixture model, Debian's
 chromium driven by Playwright for Python. Loads the page, uploads an image, asks, and
 watches the answer arrive piece by piece; then a second image mid-chat, a second round,
-and Restart. Then a second server holding two LoRA task adapters (written here as PEFT
+an explained answer (heat map, clickable words), and Restart. Then a second server holding two LoRA task adapters (written here as PEFT
 folders): the Task selector, a switch mid-conversation, and boxes drawn over the image.
 Exits 77 (CTest: skipped) with the reason when playwright or chromium is missing; nothing
 is ever downloaded (no `playwright install`)."""
@@ -241,6 +241,22 @@ def main():
             second = page.evaluate(ANSWERS_JS)[1]
             print(f"round 2 (2 beams): {second}")
             assert second["done"] in ("stop", "length") and second["text"].strip(), second
+
+            # Explanations: the toggle asks for them; the heat map shows over the image, and a
+            # click on a word of the answer shows that word's map.
+            page.check("#explain")
+            page.eval_on_selector("#beams", "e => { e.value = '1'; e.dispatchEvent(new Event('input')); }")
+            page.fill("#question", "Where is it?")
+            page.click("#send")
+            page.wait_for_selector(".msg.assistant[data-explained] >> nth=0", timeout=120_000)
+            assert page.is_visible("#heat"), "no heat map over the image after an explained answer"
+            words = page.query_selector_all(".msg.assistant[data-explained] .word")
+            assert words, "the explained answer has no clickable words"
+            words[-1].click()
+            assert "shown" in (words[-1].get_attribute("class") or ""), "the clicked word is not marked"
+            assert page.is_visible("#heat")
+            print(f"explained: {len(words)} clickable words")
+            page.uncheck("#explain")
 
             page.click("#restart")
             page.wait_for_selector("#chat .msg", state="detached")

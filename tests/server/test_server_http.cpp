@@ -3,6 +3,7 @@
 // openai package would speak to it.
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/models/minigpt4.h"
 #include "minigpt4/server/base64.h"
 #include "minigpt4/server/server.h"
 #include "tests/server/running_server.h"
@@ -376,4 +377,78 @@ TEST_CASE("an answer that runs past the time limit ends with finish_reason lengt
   CHECK(reply["choices"][0]["finish_reason"] == "length");
   CHECK(reply["usage"]["completion_tokens"].get<int64_t>() < 12);
   CHECK(json::parse(s.client().Get("/health")->body)["answers"]["time_limit"] == 1);
+}
+
+TEST_CASE("explain: the API adds what the answer looked at, as a PNG and the patch grid", "[server][explain]") {
+  Running s;
+  auto client = s.client();
+  const int64_t grid = tiny_model()->model->config.vision.grid();
+  auto request = greedy_request(8);
+  request["explain"] = true;
+  auto res = client.Post("/v1/chat/completions", request.dump(), "application/json");
+  REQUIRE(res);
+  INFO(res->body.substr(0, 500));
+  REQUIRE(res->status == 200);
+  auto reply = json::parse(res->body);
+  CHECK(reply["choices"][0]["message"]["content"] == direct_answer(8));  // explaining changes no answer
+  const auto e = reply["choices"][0]["message"]["explanation"];
+  CHECK(e["grid"] == json::array({grid, grid}));
+  REQUIRE(e["patches"].size() == static_cast<size_t>(grid));
+  double total = 0;
+  for (const auto& row : e["patches"]) {
+    REQUIRE(row.size() == static_cast<size_t>(grid));
+    for (const auto& v : row) total += v.get<double>();
+  }
+  CHECK(total == Approx(1.0).margin(1e-3));
+  CHECK(e["words"].empty());  // per-word grids only with "words"
+  const auto png = server::base64_decode(e["image_png"].get<std::string>());
+  CHECK(png.rfind("\x89PNG\r\n\x1a\n", 0) == 0);
+
+  request["explain"] = "words";
+  request["stream"] = true;
+  const auto stream = post_stream(client, "/v1/chat/completions", request.dump());
+  INFO(stream.body.substr(0, 500));
+  REQUIRE(stream.data.size() >= 3);
+  const auto last = json::parse(stream.data[stream.data.size() - 2]);  // before [DONE]
+  const auto streamed = last["choices"][0]["delta"]["explanation"];
+  CHECK(streamed["words"].size() >= 1);
+  for (const auto& w : streamed["words"]) {
+    CHECK(w["word"].is_string());
+    CHECK(w["patches"].size() == static_cast<size_t>(grid));
+  }
+
+  // Nothing to explain: said in the explanation, the answer still comes.
+  json text_only = {{"messages", {{{"role", "user"}, {"content", "Hello?"}}}}, {"max_tokens", 4}, {"explain", true}};
+  res = client.Post("/v1/chat/completions", text_only.dump(), "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  CHECK_THAT(json::parse(res->body)["choices"][0]["message"]["explanation"]["error"].get<std::string>(), Contains("no image"));
+  // A wrong value is a 400 naming the field.
+  request = greedy_request(4);
+  request["explain"] = 5;
+  res = client.Post("/v1/chat/completions", request.dump(), "application/json");
+  CHECK(error_of(res)["param"] == "explain");
+}
+
+TEST_CASE("explain: the page's answers carry a grid for the answer and each word when asked", "[server][explain]") {
+  Running s;
+  auto client = s.client();
+  const auto created = client.Post("/api/sessions", "", "application/json");
+  REQUIRE(created);
+  const std::string base = "/api/sessions/" + json::parse(created->body)["session_id"].get<std::string>();
+  REQUIRE(client.Post(base + "/image", json{{"image", png_uri()}}.dump(), "application/json")->status == 200);
+  for (const bool explain : {false, true}) {
+    const auto stream = post_stream(client, base + "/ask",
+                                    json{{"text", "What is in this image?"}, {"temperature", 0.1}, {"max_new_tokens", 6},
+                                         {"explain", explain}}.dump());
+    INFO(stream.body.substr(0, 500));
+    REQUIRE(!stream.data.empty());
+    const auto done = json::parse(stream.data.back());
+    CHECK(done["done"] == true);
+    CHECK(done.contains("explanation") == explain);
+    if (explain) {
+      CHECK(done["explanation"]["patches"].size() == static_cast<size_t>(tiny_model()->model->config.vision.grid()));
+      CHECK(done["explanation"]["words"].size() >= 1);
+    }
+  }
 }
