@@ -2,9 +2,11 @@
 // the whole pipeline at a tiny fraction of its iterations.
 #include <catch2/catch.hpp>
 
+#include "minigpt4/chat/chat.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/data/synth.h"
 #include "minigpt4/models/minigpt4.h"
+#include "minigpt4/quickstart/explain_check.h"
 #include "minigpt4/quickstart/heldout.h"
 #include "minigpt4/quickstart/pipeline.h"
 #include "tests/support/fixtures.h"
@@ -13,6 +15,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <fstream>
 
 using namespace minigpt4;
 using namespace minigpt4::quickstart;
@@ -104,5 +107,31 @@ TEST_CASE("the quickstart pipeline runs end to end and leaves a usable eval conf
   // The tower trained in stage 1 is what the eval config loads, ln_vision included (it comes
   // from model/stage1/blip2.safetensors, not LayerNorm's defaults).
   CHECK_FALSE(torch::equal(model->ln_vision->weight, torch::ones_like(model->ln_vision->weight)));
+
+  // Explanations checked against the held-out objects' boxes, which the world records.
+  const auto chat = ChatModel::load(eval, torch::kCPU), control = ChatModel::load(eval, torch::kCPU);
+  ExplainCheckOptions check;
+  check.heldout_root = (out / "world" / "heldout").string();
+  check.limit = 3;
+  check.max_new_tokens = 12;
+  check.pictures_dir = (out / "explain").string();
+  check.pictures = 1;
+  const auto result = check_explanations(*chat, *control, check);
+  CHECK(result.trained.pictures <= 3);
+  CHECK(result.trained.words >= result.trained.pictures);
+  if (result.trained.words > 0) {
+    CHECK(result.trained.area_share > 0);
+    CHECK(result.trained.area_share < 1);
+    CHECK(result.trained.mass_in_boxes >= 0);
+    CHECK(result.trained.mass_in_boxes <= 1);
+  }
+  CHECK(result.explain_seconds > 0);
+  CHECK(fs::is_regular_file(out / "explain" / "00_answer.png"));
+  CHECK(result.to_json().contains("shuffled_projector"));
+  // A world without boxes (written before they were recorded) is refused by name.
+  auto annotations = test::read_json(out / "world" / "heldout" / "annotations.json");
+  for (auto& a : annotations) a.erase("boxes");
+  std::ofstream(out / "world" / "heldout" / "annotations.json") << annotations.dump();
+  CHECK_THROWS_WITH(check_explanations(*chat, *control, check), Catch::Contains("no object boxes"));
   fs::remove_all(out);
 }
