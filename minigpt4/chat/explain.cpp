@@ -1,7 +1,6 @@
 #include "minigpt4/chat/explain.h"
 
 #include "minigpt4/common/error.h"
-#include "minigpt4/models/layers.h"
 #include "minigpt4/tokenizer/tokenizer.h"
 
 #include <nlohmann/json.hpp>
