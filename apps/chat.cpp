@@ -13,6 +13,7 @@
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/io/file_util.h"
 #include "minigpt4/processors/image_decode.h"
 #include "minigpt4/server/image_input.h"
 
@@ -51,9 +52,9 @@ void upload(ChatSession& session, const ChatModel& model, const std::string& pat
 }
 
 void write_file(const std::filesystem::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (!out) fail("cannot write {}", path.string());
+  io::AtomicWriter out(path.string());
+  out.write(bytes.data(), bytes.size());
+  out.commit();
 }
 
 // A word as a file name: letters and digits, the rest dropped.

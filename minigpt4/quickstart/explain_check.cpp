@@ -4,6 +4,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
 #include "minigpt4/data/synth.h"
+#include "minigpt4/io/file_util.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/processors/image_decode.h"
 #include "minigpt4/quickstart/heldout.h"
@@ -16,7 +17,6 @@
 #include <cctype>
 #include <chrono>
 #include <filesystem>
-#include <fstream>
 #include <numeric>
 #include <random>
 
@@ -66,9 +66,9 @@ BoxCover cover(const std::vector<std::array<int, 4>>& boxes, int64_t width, int6
 }
 
 void write_bytes(const fs::path& path, const std::string& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  if (!out) fail("explain check: cannot write {}", path.string());
+  io::AtomicWriter out(path.string());
+  out.write(bytes.data(), bytes.size());
+  out.commit();
 }
 
 // Four times larger, nearest neighbour: a 64 px picture is too small to look at.

@@ -75,6 +75,14 @@ std::string direct_answer(int max_tokens) {
   return session.answer(options).text;
 }
 
+// A new page session: its path, /api/sessions/{id}.
+std::string new_page_session(httplib::Client& client) {
+  const auto created = client.Post("/api/sessions", "", "application/json");
+  REQUIRE(created);
+  REQUIRE(created->status == 200);
+  return "/api/sessions/" + json::parse(created->body)["session_id"].get<std::string>();
+}
+
 struct Stream {
   int status = 0;
   std::string content_type, body;
@@ -273,11 +281,7 @@ TEST_CASE("bad requests get 4xx with OpenAI-shaped JSON errors", "[server]") {
 TEST_CASE("the page's session keeps the conversation and its KV cache across rounds", "[server]") {
   Running s;
   auto client = s.client();
-  const auto created = client.Post("/api/sessions", "", "application/json");
-  REQUIRE(created);
-  REQUIRE(created->status == 200);
-  const auto id = json::parse(created->body)["session_id"].get<std::string>();
-  const std::string base = "/api/sessions/" + id;
+  const std::string base = new_page_session(client);
 
   const auto image = client.Post(base + "/image", json{{"image", png_uri()}}.dump(), "application/json");
   REQUIRE(image);
@@ -433,9 +437,7 @@ TEST_CASE("explain: the API adds what the answer looked at, as a PNG and the pat
 TEST_CASE("explain: the page's answers carry a grid for the answer and each word when asked", "[server][explain]") {
   Running s;
   auto client = s.client();
-  const auto created = client.Post("/api/sessions", "", "application/json");
-  REQUIRE(created);
-  const std::string base = "/api/sessions/" + json::parse(created->body)["session_id"].get<std::string>();
+  const std::string base = new_page_session(client);
   REQUIRE(client.Post(base + "/image", json{{"image", png_uri()}}.dump(), "application/json")->status == 200);
   for (const bool explain : {false, true}) {
     const auto stream = post_stream(client, base + "/ask",
