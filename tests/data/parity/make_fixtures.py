@@ -33,6 +33,15 @@ $REFENV/tf428_pypi and $REFENV/hub0134:
     python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
         $REFENV/wheels/huggingface_hub-0.13.4-py3-none-any.whl $REFENV/hub0134
 
+Case B runs transformers from the 4.31.0 wheel (PINS["tf431_pypi"]; the first release with
+LLaMA grouped-query attention) instead of a checkout of commit 07360b6c9, with the
+huggingface_hub v0.14.1 source checkout (PINS["hub"], `git archive v0.14.1 src/huggingface_hub`
+into $REFENV/hub0141); the photos are reused from parity/tiny_vicuna0/image_processor:
+
+    pip download --no-deps --only-binary=:all: transformers==4.31.0 -d $REFENV/wheels
+    python3 -c "import zipfile,sys; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" \
+        $REFENV/wheels/transformers-4.31.0-py3-none-any.whl $REFENV/tf431_pypi
+
 Use Debian's interpreter (/usr/bin/python3) with python3-torch 1.13.1 etc.
 """
 import argparse
@@ -113,6 +122,17 @@ PINS = {
                 "LLaMA grouped-query attention (num_key_value_heads) that v4.31.0 shipped as a "
                 "cherry-pick; one day after the v4.31 release-branch cut (49eb357)",
     },
+    "tf431_pypi": {
+        "repo": "huggingface/transformers",
+        "pypi": "transformers==4.31.0",
+        "wheel": "transformers-4.31.0-py3-none-any.whl",
+        "wheel_sha256": "8487aab0195ce1c2a5ae189305118b9720daddbc7b688edb09ccd79e3b149f6b",
+        "version": "4.31.0",
+        "dir": "tf431_pypi",
+        "note": "the first release with LLaMA grouped-query attention (num_key_value_heads), "
+                "shipped from commit 07360b6c9 ('[Llama2] Add support for Llama 2', see "
+                "PINS['tf431']); used for case B in place of that commit's source checkout",
+    },
     "tf437": {
         "repo": "huggingface/transformers",
         "commit": "db9a7e9d3dbd1b595f004597a0502cce0a96135a",
@@ -177,7 +197,7 @@ CASES = {
         # (grouped-query attention). Copy and change sizes, seed and texts to make more.
         "name": "tiny_llama2_example",
         "outdir": "parity/tiny_llama2_example",
-        "tf": "tf431",
+        "tf": "tf431_pypi",  # transformers 4.31.0 wheel (GQA), see PINS
         "llm_impl": "transformers",
         "seed": 424242,
         "image_size": 70,
@@ -547,7 +567,8 @@ def cmd_setup(args):
         os.makedirs(os.path.dirname(p), exist_ok=True)
         with open(p, "w") as f:
             f.write(text.lstrip("\n"))
-    missing = [k for k in ("minigpt4", "minigpt4_llama2", "tf428", "tf431", "hub", "tf428_pypi", "hub0134")
+    missing = [k for k in ("minigpt4", "minigpt4_llama2", "tf428", "tf431_pypi", "hub", "tf428_pypi",
+                             "hub0134")
                if not os.path.isdir(os.path.join(args.refenv, PINS[k]["dir"]))]
     if missing:
         print("WARNING: missing reference checkouts:", missing, "(see README.md)")
@@ -627,7 +648,7 @@ def versions_block(tfkey, hubkey="hub", mgkey="minigpt4"):
             pass
     return {
         "script": "tests/data/parity/make_fixtures.py (a copy of shared/fixtures/make_fixtures.py "
-                  "with case D added)" if mgkey != "minigpt4" else "shared/fixtures/make_fixtures.py",
+                  "with case D added)" if mgkey != "minigpt4" else "tests/data/parity/make_fixtures.py",
         "python": sys.version.split()[0],
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
@@ -3053,7 +3074,7 @@ def run_phi_case(args):
         "format": "minigpt4-parity-fixture", "format_version": 1, "case": case["name"],
         "description": "Tiny Phi-2 style causal LM (TinyGPT-V's LLM family) with seeded random float32 "
                        "weights, run by transformers' PhiForCausalLM.",
-        "generator": {"script": "shared/fixtures/make_fixtures.py",
+        "generator": {"script": "tests/data/parity/make_fixtures.py",
                       "python": sys.version.split()[0], "torch": torch.__version__,
                       "transformers": pin(case["tf"], version_string=transformers.__version__),
                       "huggingface_hub": pin(case["hub"])},
