@@ -51,7 +51,8 @@ void run_info(const InfoArgs& args) {
   for (const auto& source : report.sources) {
     fmt::print("loaded {}: {} tensors", source.source, source.loaded.size());
     if (!source.ignored.empty()) fmt::print(", {} ignored (not used by MiniGPT-4)", source.ignored.size());
-    if (!source.unexpected.empty()) fmt::print(", {} unexpected: {}", source.unexpected.size(), summarize_names(source.unexpected));
+    if (!source.unexpected.empty())
+      fmt::print(", {} unexpected: {}", source.unexpected.size(), summarize_names(source.unexpected));
     fmt::print("\n");
   }
   if (!report.initialised.empty())
@@ -72,7 +73,9 @@ void run_info(const InfoArgs& args) {
     std::sort(dtypes.begin(), dtypes.end());
     const auto dtype = fmt::format("{}", fmt::join(dtypes, "/"));
     fmt::print("{:<16} {:>16} {:>9} {:>10}\n", child.key(), with_commas(count), dtype,
-               grad == count ? "yes" : grad == 0 ? "no" : "partly");
+               grad == count ? "yes"
+               : grad == 0   ? "no"
+                             : "partly");
     total += count, trainable += grad;
   }
   for (const auto& item : model->named_parameters(/*recurse=*/false)) {

@@ -40,9 +40,10 @@ double median_ms(int64_t copies, int passes, F&& f) {
 void measure_kernels(int64_t N, int64_t K) {
   constexpr int64_t kStreamBytes = int64_t{384} << 20;  // well above any L3 on a 2-32 core guest
   const auto saved = cpu_gemv::chosen();
-  fmt::print("\nmeasured: linear {} -> {}, {} threads, weights streamed from memory; ms per product, median "
-             "(GB/s of weight read)\n",
-             K, N, at::get_num_threads());
+  fmt::print(
+      "\nmeasured: linear {} -> {}, {} threads, weights streamed from memory; ms per product, median "
+      "(GB/s of weight read)\n",
+      K, N, at::get_num_threads());
   fmt::print("{:<6} {:>4} {:>16} {:>16} {:>16} {:>16}\n", "dtype", "rows", "read (at::sum)", "aten", "avx2", "avx512");
   struct Row {
     const char* name;
@@ -70,8 +71,11 @@ void measure_kernels(int64_t N, int64_t K) {
     for (const int64_t rows : {int64_t{1}, int64_t{4}}) {
       torch::NoGradGuard no_grad;
       const auto x = torch::randn({rows, K}).to(r.activation);
-      const auto cell = [&](double ms) { return fmt::format("{:.3f} ({:.1f})", ms, static_cast<double>(bytes) / ms / 1e6); };
-      const double read = median_ms(copies, 8, [&](int64_t c) { (void)plain[static_cast<size_t>(c)].sum().item<float>(); });
+      const auto cell = [&](double ms) {
+        return fmt::format("{:.3f} ({:.1f})", ms, static_cast<double>(bytes) / ms / 1e6);
+      };
+      const double read =
+          median_ms(copies, 8, [&](int64_t c) { (void)plain[static_cast<size_t>(c)].sum().item<float>(); });
       std::string cells[3] = {"-", "-", "-"};
       for (const Kernels k : runnable) {
         auto choice = saved;
@@ -81,7 +85,8 @@ void measure_kernels(int64_t N, int64_t K) {
         const Kernels chosen = r.weight == at::kFloat ? saved.f32 : r.weight == at::kBFloat16 ? saved.bf16 : saved.int8;
         cells[static_cast<int>(k)] = cell(ms) + (k == chosen ? "*" : " ");
       }
-      fmt::print("{:<6} {:>4} {:>16} {:>16} {:>16} {:>16}\n", r.name, rows, cell(read) + " ", cells[0], cells[1], cells[2]);
+      fmt::print("{:<6} {:>4} {:>16} {:>16} {:>16} {:>16}\n", r.name, rows, cell(read) + " ", cells[0], cells[1],
+                 cells[2]);
     }
   }
   cpu_gemv::set_choice(saved);

@@ -20,12 +20,14 @@ void add_quickstart_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("quickstart", "Train a tiny MiniGPT-4 end to end on a synthetic world (CPU, minutes)");
   cmd->add_option("--out", opt->out_dir, "output directory (replaced parts: world/, model/, warmup/, stage1/, stage2/)")
       ->capture_default_str();
-  cmd->add_option("--config-dir", opt->config_dir, "where quickstart_{warmup,stage1,stage2}.yaml are")->capture_default_str();
+  cmd->add_option("--config-dir", opt->config_dir, "where quickstart_{warmup,stage1,stage2}.yaml are")
+      ->capture_default_str();
   cmd->add_option("--prompt-path", opt->prompt_path, "stage-2 prompts")->capture_default_str();
   cmd->add_option("--seed", opt->seed, "seed of the world and the fresh model")->capture_default_str();
   cmd->add_option("--stage1-samples", opt->stage1_samples, "stage-1 image-caption pairs")->capture_default_str();
   cmd->add_option("--heldout-samples", opt->heldout_samples, "held-out pictures")->capture_default_str();
-  cmd->add_option("--iterations-scale", opt->iterations_scale, "multiply every stage's iters_per_epoch (a smoke run: 0.05)")
+  cmd->add_option("--iterations-scale", opt->iterations_scale,
+                  "multiply every stage's iters_per_epoch (a smoke run: 0.05)")
       ->capture_default_str();
   cmd->add_option("--eval-limit", opt->eval_limit, "evaluate only the first N held-out pictures (-1: all)")
       ->capture_default_str();
@@ -43,19 +45,23 @@ void add_quickstart_command(CLI::App& app) {
                 "then run the VPGTrans transfer experiment on the result (`minigpt4 vpgtrans-demo --from OUT`)");
   cmd->callback([opt, vpgtrans, min_gain] {
     const auto summary = quickstart::run_quickstart(*opt);
-    const double seeing = 100 * summary["accuracy"].get<double>(), blind = 100 * summary["blind_accuracy"].get<double>();
-    fmt::print("\nquickstart done in {:.0f} s: held-out attributes right {:.1f} % with the image, {:.1f} % blind "
-               "(n = {}, +{:.1f} points)\n",
-               summary["wall_seconds"].get<double>(), seeing, blind, summary["n_heldout"].get<int64_t>(), seeing - blind);
+    const double seeing = 100 * summary["accuracy"].get<double>(),
+                 blind = 100 * summary["blind_accuracy"].get<double>();
+    fmt::print(
+        "\nquickstart done in {:.0f} s: held-out attributes right {:.1f} % with the image, {:.1f} % blind "
+        "(n = {}, +{:.1f} points)\n",
+        summary["wall_seconds"].get<double>(), seeing, blind, summary["n_heldout"].get<int64_t>(), seeing - blind);
     if (const auto& b = summary["benchmarks"]; b.contains("caption_CIDEr"))
-      fmt::print("benchmark path ({} held-out pictures): captions CIDEr {:.3f}, BLEU-4 {:.3f}; VQA accuracy {:.1f} % "
-                 "({})\n",
-                 b["items"].get<int64_t>(), b["caption_CIDEr"].get<double>(), b["caption_Bleu_4"].get<double>(),
-                 b["vqa_accuracy"].get<double>(), b["metrics"].get<std::string>());
+      fmt::print(
+          "benchmark path ({} held-out pictures): captions CIDEr {:.3f}, BLEU-4 {:.3f}; VQA accuracy {:.1f} % "
+          "({})\n",
+          b["items"].get<int64_t>(), b["caption_CIDEr"].get<double>(), b["caption_Bleu_4"].get<double>(),
+          b["vqa_accuracy"].get<double>(), b["metrics"].get<std::string>());
     fmt::print("summary: {}/quickstart_summary.json\n", opt->out_dir);
-    fmt::print("chat with it:  ./build/minigpt4 chat --cfg-path {} --image {}/world/heldout/image/00000.jpg "
-               "--prompt \"Describe this image in detail.\"\n",
-               summary["eval_config"].get<std::string>(), opt->out_dir);
+    fmt::print(
+        "chat with it:  ./build/minigpt4 chat --cfg-path {} --image {}/world/heldout/image/00000.jpg "
+        "--prompt \"Describe this image in detail.\"\n",
+        summary["eval_config"].get<std::string>(), opt->out_dir);
     fmt::print("serve it:      ./build/minigpt4 serve --cfg-path {}\n", summary["eval_config"].get<std::string>());
     if (*vpgtrans) {
       quickstart::VpgtransExperimentOptions experiment;
@@ -73,9 +79,10 @@ void add_quickstart_command(CLI::App& app) {
     }
     // Checked last, so that --vpgtrans still runs on a model that fell short.
     if (opt->iterations_scale >= 1 && seeing - blind < *min_gain)
-      fail("the quickstart model did not learn to see well enough: held-out accuracy {:.1f} % against {:.1f} % "
-           "blind is +{:.1f} points, under the --min-gain of {:.1f} (summary: {}/quickstart_summary.json)",
-           seeing, blind, seeing - blind, *min_gain, opt->out_dir);
+      fail(
+          "the quickstart model did not learn to see well enough: held-out accuracy {:.1f} % against {:.1f} % "
+          "blind is +{:.1f} points, under the --min-gain of {:.1f} (summary: {}/quickstart_summary.json)",
+          seeing, blind, seeing - blind, *min_gain, opt->out_dir);
   });
 }
 

@@ -22,13 +22,17 @@ void add_vpgtrans_convert_command(CLI::App& app) {
   auto* cmd = app.add_subcommand("vpgtrans-convert",
                                  "VPGTrans: word converter between two LLMs, merged with a trained projector");
   cmd->add_option("--source-llm", args->source_llm, "Hugging Face directory of the LLM the projector was trained for")
-      ->required()->check(CLI::ExistingDirectory);
+      ->required()
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--target-llm", args->target_llm, "Hugging Face directory of the new LLM")
-      ->required()->check(CLI::ExistingDirectory);
+      ->required()
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--source-ckpt", args->source_ckpt, "checkpoint holding llama_proj.{weight,bias} for the source LLM")
-      ->required()->check(CLI::ExistingFile);
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--captions", args->captions, "caption files (text lines, filter_cap.json or COCO JSON)")
-      ->required()->check(CLI::ExistingFile);
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--out", args->out, "where to write the target's initial projector (.pth)")->required();
   cmd->add_option("--epochs", args->options.epochs, "passes over the token pairs")->capture_default_str();
   cmd->add_option("--lr", args->options.lr, "SGD learning rate")->capture_default_str();

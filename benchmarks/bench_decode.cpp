@@ -99,7 +99,7 @@ LLMConfig shape_config(const std::string& name) {
 }
 
 struct Bandwidth {
-  double read_gbs = 0;  // the best of sum and mv: what a stream of weight reads achieves
+  double read_gbs = 0;                           // the best of sum and mv: what a stream of weight reads achieves
   double sum_gbs = 0, mv_gbs = 0, copy_gbs = 0;  // copy counts the bytes read plus the bytes written
   void merge(const Bandwidth& o) {
     read_gbs = std::max(read_gbs, o.read_gbs), sum_gbs = std::max(sum_gbs, o.sum_gbs);
@@ -233,18 +233,21 @@ double gemv_ms(const CausalLM& llm, torch::Dtype dtype, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Batch-1 greedy decoding (TTFT, decode tok/s) of a random LLaMA or Phi-2 in fp32 / bf16 / int8 on the CPU"};
+  CLI::App app{
+      "Batch-1 greedy decoding (TTFT, decode tok/s) of a random LLaMA or Phi-2 in fp32 / bf16 / int8 on the CPU"};
   std::string shape = "tiny", dir, json_path, precisions_arg = "fp32,bf16,int8";
   int64_t prompt_len = 64, new_tokens = 0;
   int repeats = 0, warmup = 1, threads = 0;
   double bandwidth_gib = 1.0;
   bool skip_save = false;
-  app.add_option("--shape", shape, "tiny (bench_shapes' tiny LLM), quickstart (the quickstart's LLM), 1b "
-                                   "(TinyLlama-1.1B shape), phi2 (Phi-2 shape) or phi2-8l (Phi-2 with 8 layers)")
+  app.add_option("--shape", shape,
+                 "tiny (bench_shapes' tiny LLM), quickstart (the quickstart's LLM), 1b "
+                 "(TinyLlama-1.1B shape), phi2 (Phi-2 shape) or phi2-8l (Phi-2 with 8 layers)")
       ->check(CLI::IsMember({"tiny", "quickstart", "1b", "phi2", "phi2-8l"}));
   app.add_option("--dir", dir, "where the Hugging Face directory (config.json + model.safetensors) goes")->required();
   app.add_option("--prompt", prompt_len, "prompt length in tokens")->capture_default_str();
-  app.add_option("--new-tokens", new_tokens, "tokens generated per run (0: tiny/quickstart 128, 1b/phi2-8l 32, phi2 16)");
+  app.add_option("--new-tokens", new_tokens,
+                 "tokens generated per run (0: tiny/quickstart 128, 1b/phi2-8l 32, phi2 16)");
   app.add_option("--repeats", repeats, "timed generations per precision (0: tiny/quickstart 5, 1b/phi2-8l 3, phi2 2)");
   app.add_option("--warmup", warmup, "untimed generations of min(8, new tokens) tokens first")->capture_default_str();
   app.add_option("--precisions", precisions_arg, "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32")
@@ -274,13 +277,15 @@ int main(int argc, char** argv) {
     const auto config = shape_config(shape);
     const auto sizes = sizes_of(config);
     const auto family = std::holds_alternative<PhiConfig>(config) ? "phi" : "llama";
-    fmt::print("LibTorch {}, {} intra-op threads; shape {} ({}): hidden {}, {} layers, {} heads ({} KV), FFN {}, vocab {}\n",
-               TORCH_VERSION, at::get_num_threads(), shape, family, sizes.hidden, sizes.layers, sizes.heads,
-               sizes.kv_heads, sizes.intermediate, sizes.vocab);
+    fmt::print(
+        "LibTorch {}, {} intra-op threads; shape {} ({}): hidden {}, {} layers, {} heads ({} KV), FFN {}, vocab {}\n",
+        TORCH_VERSION, at::get_num_threads(), shape, family, sizes.hidden, sizes.layers, sizes.heads, sizes.kv_heads,
+        sizes.intermediate, sizes.vocab);
     const int64_t bw_bytes = static_cast<int64_t>(bandwidth_gib * (1 << 30));
     auto report_bandwidth = [&](const char* when, const Bandwidth& b) {
-      fmt::print("memory bandwidth {} ({} threads, {:.2f} GiB float32): sum {:.1f} GB/s, mv {:.1f} GB/s, copy {:.1f} GB/s\n",
-                 when, at::get_num_threads(), bandwidth_gib, b.sum_gbs, b.mv_gbs, b.copy_gbs);
+      fmt::print(
+          "memory bandwidth {} ({} threads, {:.2f} GiB float32): sum {:.1f} GB/s, mv {:.1f} GB/s, copy {:.1f} GB/s\n",
+          when, at::get_num_threads(), bandwidth_gib, b.sum_gbs, b.mv_gbs, b.copy_gbs);
       std::fflush(stdout);
     };
     // Measured before and after the runs; the best read figure sets the roofline (a busy
@@ -366,8 +371,9 @@ int main(int argc, char** argv) {
         fmt::print("  profiler trace: {}\n", trace);
       }
       const double step = median(intervals);
-      fmt::print("  ttft median {:.2f} ms; decode {:.2f} tok/s (median step {:.3f} ms; linear layers alone {:.3f} ms)\n",
-                 median(ttfts), 1000.0 / step, step, gemv);
+      fmt::print(
+          "  ttft median {:.2f} ms; decode {:.2f} tok/s (median step {:.3f} ms; linear layers alone {:.3f} ms)\n",
+          median(ttfts), 1000.0 / step, step, gemv);
       results[p.name] = {{"ttft_ms", ttfts},
                          {"ttft_ms_median", median(ttfts)},
                          {"decode_step_ms", intervals},
@@ -382,23 +388,23 @@ int main(int argc, char** argv) {
     const auto bw_after = measure_bandwidth(bw_bytes, 8);
     report_bandwidth("after", bw_after);
     bw.merge(bw_after);
-    json["bandwidth_gbs"] = {{"read", bw.read_gbs}, {"sum", bw.sum_gbs}, {"mv", bw.mv_gbs}, {"copy", bw.copy_gbs},
-                             {"bytes", bw_bytes}};
+    json["bandwidth_gbs"] = {
+        {"read", bw.read_gbs}, {"sum", bw.sum_gbs}, {"mv", bw.mv_gbs}, {"copy", bw.copy_gbs}, {"bytes", bw_bytes}};
     for (auto& [name, r] : results.items())
       if (r.contains("weight_bytes_per_token"))
         r["roofline_tok_s"] = bw.read_gbs * 1e9 / r["weight_bytes_per_token"].get<double>();
     fmt::print("\n{} (prompt {}, {} new tokens, {} runs each; read bandwidth {:.1f} GB/s)\n", shape, prompt_len,
                new_tokens, repeats, bw.read_gbs);
-    fmt::print("{:<10} {:>10} {:>12} {:>12} {:>10} {:>10}\n", "precision", "ttft ms", "decode tok/s", "roofline", "MB/token",
-               "gemv ms");
+    fmt::print("{:<10} {:>10} {:>12} {:>12} {:>10} {:>10}\n", "precision", "ttft ms", "decode tok/s", "roofline",
+               "MB/token", "gemv ms");
     for (const auto& p : precisions) {
       const auto& r = results[p.name];
       if (r.contains("skipped")) {
         fmt::print("{:<10} skipped: {}\n", p.name, r["skipped"].get<std::string>());
         continue;
       }
-      fmt::print("{:<10} {:>10.2f} {:>12.2f} {:>12.2f} {:>10.1f} {:>10.3f}\n", p.name, r["ttft_ms_median"].get<double>(),
-                 r["decode_tok_s"].get<double>(), r["roofline_tok_s"].get<double>(),
+      fmt::print("{:<10} {:>10.2f} {:>12.2f} {:>12.2f} {:>10.1f} {:>10.3f}\n", p.name,
+                 r["ttft_ms_median"].get<double>(), r["decode_tok_s"].get<double>(), r["roofline_tok_s"].get<double>(),
                  r["weight_bytes_per_token"].get<double>() / 1e6, r["gemv_ms"].get<double>());
     }
     if (!json_path.empty()) {

@@ -90,10 +90,11 @@ void bench_load(const std::string& dir, const std::string& precision, bool int8)
   const auto bytes = tensor_bytes(model);
   std::vector<std::string> parts;
   for (const auto& [dtype, n] : bytes.by_dtype) parts.push_back(fmt::format("{} {}", dtype, format_bytes(n)));
-  fmt::print("{} {}{}: loaded in {:.1f} s; parameters + buffers {} ({}); resident set {} (before building {}, "
-             "peak {})\n",
-             dir, precision, int8 ? " + int8" : "", seconds, format_bytes(bytes.total), fmt::join(parts, ", "),
-             format_bytes(resident_set_bytes()), format_bytes(rss_before), format_bytes(peak_resident_set_bytes()));
+  fmt::print(
+      "{} {}{}: loaded in {:.1f} s; parameters + buffers {} ({}); resident set {} (before building {}, "
+      "peak {})\n",
+      dir, precision, int8 ? " + int8" : "", seconds, format_bytes(bytes.total), fmt::join(parts, ", "),
+      format_bytes(resident_set_bytes()), format_bytes(rss_before), format_bytes(peak_resident_set_bytes()));
 }
 
 }  // namespace
@@ -112,8 +113,10 @@ int main(int argc, char** argv) {
   matmul->add_option("--rows", rows, "activation rows (tokens)")->delimiter(',');
   matmul->add_option("--repeats", repeats)->capture_default_str();
   int copies = 1;
-  matmul->add_option("--copies", copies, "copies of the layer run in turn (enough to exceed the caches: weights "
-                                         "then come from memory, as in a decode step)")
+  matmul
+      ->add_option("--copies", copies,
+                   "copies of the layer run in turn (enough to exceed the caches: weights "
+                   "then come from memory, as in a decode step)")
       ->capture_default_str();
   auto* load = app.add_subcommand("load", "load a Hugging Face LLaMA directory and report its memory");
   load->add_option("--llm", llm, "Hugging Face LLaMA directory")->required();

@@ -87,10 +87,11 @@ int main(int argc, char** argv) {
   int64_t adapter_params = 0;
   for (const auto& [name, w] : lora::adapter_weights(llm, "task_a")) adapter_params += w.numel();
 
-  fmt::print("mid LLM ({} layers, hidden {}), {}, {} threads; adapters on {} layers (q_proj, v_proj), r {}, "
-             "{} parameters each\n",
-             shape.llama.num_hidden_layers, shape.llama.hidden_size, dtype_name, at::get_num_threads(), layers.size(),
-             rank, adapter_params);
+  fmt::print(
+      "mid LLM ({} layers, hidden {}), {}, {} threads; adapters on {} layers (q_proj, v_proj), r {}, "
+      "{} parameters each\n",
+      shape.llama.num_hidden_layers, shape.llama.hidden_size, dtype_name, at::get_num_threads(), layers.size(), rank,
+      adapter_params);
 
   const char* names[] = {"task_a", "task_b"};
   const auto unmerged = time_calls([&](int i) { lora::set_active_adapter(llm, names[(i + 2) % 2]); }, switches);
@@ -120,20 +121,13 @@ int main(int argc, char** argv) {
   for (const auto& [label, name, merge] : std::vector<std::tuple<std::string, std::string, bool>>{
            {"none", "original", false}, {"unmerged", "task_a", false}, {"merged", "task_a", true}}) {
     lora::set_active_adapter(llm, name, merge);
-    const auto prefill = time_calls(
-        [&](int) {
-          (void)llm.forward(prompt).logits[0][0][0].item<float>();
-        },
-        repeats);
+    const auto prefill = time_calls([&](int) { (void)llm.forward(prompt).logits[0][0][0].item<float>(); }, repeats);
     KVCache cache;
     CausalLMOptions options;
     options.cache = &cache;
     llm.forward(prompt, options);
-    const auto decode = time_calls(
-        [&](int) {
-          (void)llm.forward(token, options).logits[0][0][0].item<float>();
-        },
-        decode_repeats);
+    const auto decode =
+        time_calls([&](int) { (void)llm.forward(token, options).logits[0][0][0].item<float>(); }, decode_repeats);
     fmt::print("{:>10} {:>14.1f} ({:.1f}) {:>14.1f} ({:.1f})\n", label, prefill.median_ms, prefill.min_ms,
                decode.median_ms, decode.min_ms);
     forwards[label] = {{"prefill", to_json(prefill)}, {"decode_step", to_json(decode)}};

@@ -143,11 +143,13 @@ Results bench_shape(const Shape& s, int warmup, int repeats) {
 }
 
 void print_table(const Shape& s, const Results& results) {
-  fmt::print("\n{} shape: batch {}, ViT {}x{} blocks image {}, Q-Former {}x{} layers {} queries, LLaMA {}x{} layers, "
-             "{} LLM tokens\n",
-             s.name, s.batch, s.vit.width, s.vit.depth, s.vit.image_size, s.qformer.hidden_size, s.qformer.num_layers,
-             s.qformer.num_query_tokens, s.llama.hidden_size, s.llama.num_hidden_layers, s.llm_tokens());
-  fmt::print("{:<12} {:>10} {:>12} {:>12} {:>12} {:>6}\n", "module", "params(M)", "median ms", "min ms", "max ms", "runs");
+  fmt::print(
+      "\n{} shape: batch {}, ViT {}x{} blocks image {}, Q-Former {}x{} layers {} queries, LLaMA {}x{} layers, "
+      "{} LLM tokens\n",
+      s.name, s.batch, s.vit.width, s.vit.depth, s.vit.image_size, s.qformer.hidden_size, s.qformer.num_layers,
+      s.qformer.num_query_tokens, s.llama.hidden_size, s.llama.num_hidden_layers, s.llm_tokens());
+  fmt::print("{:<12} {:>10} {:>12} {:>12} {:>12} {:>6}\n", "module", "params(M)", "median ms", "min ms", "max ms",
+             "runs");
   for (const auto& [module, t] : results) {
     const auto [lo, hi] = std::minmax_element(t.runs_ms.begin(), t.runs_ms.end());
     fmt::print("{:<12} {:>10.2f} {:>12.3f} {:>12.3f} {:>12.3f} {:>6}\n", module, t.params / 1e6, t.median_ms,

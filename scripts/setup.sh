@@ -17,6 +17,7 @@ DEB_PACKAGES=(
   libarchive-dev libcpp-httplib-dev catch2
   libgloo-dev   # headers of the Gloo that LibTorch has built in (ProcessGroupGloo needs them)
   chromium   # the web demo's browser test (tests/server/browser_test.py) drives it
+  clang-format   # the code's style (.clang-format; scripts/format.sh --check in scripts/test.sh)
 )
 missing=()
 for p in "${DEB_PACKAGES[@]}"; do

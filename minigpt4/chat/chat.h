@@ -44,11 +44,11 @@ struct AnswerOptions {
 };
 
 struct ChatReply {
-  std::string text;                // the answer as Chat.answer returns it
-  std::vector<int64_t> tokens;     // generated ids (stop/eos included)
-  std::string finish_reason;       // "stop" (stop sequence or eos), "length", "cancelled"
-  int64_t prompt_tokens = 0;       // positions of the prompt (text tokens + image embeddings)
-  int64_t reused_tokens = 0;       // prompt positions taken from the KV cache
+  std::string text;             // the answer as Chat.answer returns it
+  std::vector<int64_t> tokens;  // generated ids (stop/eos included)
+  std::string finish_reason;    // "stop" (stop sequence or eos), "length", "cancelled"
+  int64_t prompt_tokens = 0;    // positions of the prompt (text tokens + image embeddings)
+  int64_t reused_tokens = 0;    // prompt positions taken from the KV cache
   double prefill_seconds = 0, decode_seconds = 0;
 };
 
@@ -67,7 +67,7 @@ struct ChatModel {
   double repetition_penalty = 1.0;
   // model.stop_token_ids: ids that end an answer on their own, besides the template's stops.
   std::vector<int64_t> stop_token_ids;
-  std::string name;                   // model id shown by the API (the eval config's file stem)
+  std::string name;  // model id shown by the API (the eval config's file stem)
   c10::Device device = c10::kCPU;
 
   Conversation new_conversation() const { return conversation_template(template_name); }

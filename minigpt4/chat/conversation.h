@@ -33,8 +33,8 @@ struct Message {
 
 class Conversation {
  public:
-  Conversation(std::string system, std::vector<std::string> roles, SeparatorStyle sep_style,
-               std::string sep, std::optional<std::string> sep2, RoleFormat role_format);
+  Conversation(std::string system, std::vector<std::string> roles, SeparatorStyle sep_style, std::string sep,
+               std::optional<std::string> sep2, RoleFormat role_format);
 
   std::string get_prompt() const;
   void append_message(const std::string& role, std::optional<std::string> text);

@@ -28,7 +28,8 @@ std::string trimmed(const std::string& s) {
 }
 
 bool is_punctuation(const std::string& s) {
-  return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return std::ispunct(static_cast<unsigned char>(c)) != 0; });
+  return !s.empty() &&
+         std::all_of(s.begin(), s.end(), [](char c) { return std::ispunct(static_cast<unsigned char>(c)) != 0; });
 }
 
 }  // namespace
@@ -37,7 +38,8 @@ at::Tensor patch_saliency(const at::Tensor& vision_token_grad, int64_t grid) {
   const auto g = vision_token_grad.to(torch::kCPU, torch::kFloat32);
   const int64_t patches = grid * grid;
   if (g.dim() != 2 || (g.size(0) != patches + 1 && g.size(0) != patches))
-    fail("explain: a gradient over {} vision tokens does not fit a {}x{} patch grid", g.dim() ? g.size(0) : 0, grid, grid);
+    fail("explain: a gradient over {} vision tokens does not fit a {}x{} patch grid", g.dim() ? g.size(0) : 0, grid,
+         grid);
   const auto norms = g.slice(0, g.size(0) - patches).norm(2, -1);  // without the cls token: it is no place
   const double total = norms.sum().item<double>();
   const auto map = total > 0 ? norms / total : torch::full({patches}, 1.0 / static_cast<double>(patches));
@@ -72,8 +74,8 @@ std::vector<AnswerWord> answer_words(const std::vector<int64_t>& tokens, const T
       if (!words.empty()) words.back().token_indices.push_back(static_cast<int64_t>(i));
       continue;
     }
-    const bool new_word = words.empty() || is_space(piece.front()) || is_punctuation(shown) ||
-                          is_punctuation(words.back().text);
+    const bool new_word =
+        words.empty() || is_space(piece.front()) || is_punctuation(shown) || is_punctuation(words.back().text);
     if (new_word) {
       words.push_back({shown, {}});
     } else {

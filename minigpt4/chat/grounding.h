@@ -36,13 +36,13 @@ struct GroundingOptions {
 };
 
 struct GroundingBox {
-  std::array<int64_t, 4> bins{};  // x0 y0 x1 y1 as written in the answer
-  std::string format;             // "conlora" (<bin_N>) or "minigptv2" (<N>)
-  int64_t grid = 0;               // the grid the bins are on (224, 100)
-  bool clamped = false;           // a bin lay outside the grid
-  std::string label;              // the <p>phrase</p> it belongs to; "" when none
-  size_t begin = 0, end = 0;      // byte range of the box in the answer
-  bool has_pixels = false;        // the image size was known
+  std::array<int64_t, 4> bins{};           // x0 y0 x1 y1 as written in the answer
+  std::string format;                      // "conlora" (<bin_N>) or "minigptv2" (<N>)
+  int64_t grid = 0;                        // the grid the bins are on (224, 100)
+  bool clamped = false;                    // a bin lay outside the grid
+  std::string label;                       // the <p>phrase</p> it belongs to; "" when none
+  size_t begin = 0, end = 0;               // byte range of the box in the answer
+  bool has_pixels = false;                 // the image size was known
   int64_t x0 = 0, y0 = 0, x1 = 0, y1 = 0;  // pixels of the image, when has_pixels
 };
 

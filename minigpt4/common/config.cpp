@@ -149,9 +149,10 @@ struct ExpansionBudget {
   void spend(size_t bytes, const std::string& source) {
     used += static_cast<int64_t>(bytes) + 16;
     if (used > input_limits().max_config_bytes)
-      fail("{}: the config expands to more than {} bytes (limits.max_config_bytes); YAML aliases that repeat "
-           "large values?",
-           source, input_limits().max_config_bytes);
+      fail(
+          "{}: the config expands to more than {} bytes (limits.max_config_bytes); YAML aliases that repeat "
+          "large values?",
+          source, input_limits().max_config_bytes);
   }
 };
 
@@ -195,8 +196,8 @@ nlohmann::json convert(const YAML::Node& node, std::vector<std::string>& path, c
       }
       return map;
     }
-    if (!node.IsScalar()) fail("{}: '{}' must be {}, got a {}", source, dotted, value_type_name(key->type),
-                               node.IsMap() ? "map" : "list");
+    if (!node.IsScalar())
+      fail("{}: '{}' must be {}, got a {}", source, dotted, value_type_name(key->type), node.IsMap() ? "map" : "list");
     return typed_scalar(node, *key, dotted, source);
   }
   if (!path.empty() && !is_section(path))
@@ -242,9 +243,10 @@ std::string default_model_file(const std::string& arch, const std::string& model
   if (model_type == "pretrain_vicuna" || model_type == "pretrain_vicuna0") return "minigpt4_vicuna0.yaml";
   if (model_type == "pretrain_llama2") return "minigpt4_llama2.yaml";
   if (model_type == "quickstart") return "minigpt4_quickstart.yaml";
-  fail("{}: unknown model.model_type '{}' for arch {} (known: pretrain_vicuna0, pretrain_vicuna, pretrain_llama2, "
-       "quickstart)",
-       source, model_type, arch);
+  fail(
+      "{}: unknown model.model_type '{}' for arch {} (known: pretrain_vicuna0, pretrain_vicuna, pretrain_llama2, "
+      "quickstart)",
+      source, model_type, arch);
 }
 
 }  // namespace
@@ -290,8 +292,7 @@ Config Config::from_yaml(const std::string& yaml, const std::string& name, const
 
   for (const auto& option : options) {
     const auto eq = option.find('=');
-    if (eq == std::string::npos || eq == 0)
-      fail("--options: '{}' is not of the form key=value", excerpt(option, 200));
+    if (eq == std::string::npos || eq == 0) fail("--options: '{}' is not of the form key=value", excerpt(option, 200));
     auto key_path = split_key(option.substr(0, eq));
     // "key=" sets an empty string (e.g. model.ckpt= to start without a checkpoint).
     const std::string text = option.substr(eq + 1);

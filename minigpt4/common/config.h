@@ -17,7 +17,8 @@ class Config {
   // ("a.b=value", value parsed as YAML).
   static Config load(const std::string& path, const std::vector<std::string>& options = {});
   // The same from YAML text; `name` stands for the file in messages.
-  static Config from_yaml(const std::string& yaml, const std::string& name, const std::vector<std::string>& options = {});
+  static Config from_yaml(const std::string& yaml, const std::string& name,
+                          const std::vector<std::string>& options = {});
 
   bool has(const std::string& key) const;  // present and not null
   std::string get_string(const std::string& key, const std::string& fallback = "") const;

@@ -59,8 +59,8 @@ std::string read_text_file(const std::filesystem::path& path, const std::string&
   const int64_t limit = input_limits().max_text_file_bytes;
   if (size < 0) fail("{}: cannot read {}", what, path.string());
   if (size > limit)
-    fail("{}: {} is {} bytes, more than the {} a text file may have (limits.max_text_file_bytes)", what,
-         path.string(), size, limit);
+    fail("{}: {} is {} bytes, more than the {} a text file may have (limits.max_text_file_bytes)", what, path.string(),
+         size, limit);
   std::string text(static_cast<size_t>(size), '\0');
   in.seekg(0);
   if (!in.read(text.data(), size)) fail("{}: cannot read {}", what, path.string());
@@ -71,8 +71,7 @@ nlohmann::json read_json_file(const std::filesystem::path& path, const std::stri
   return parse_json(read_text_file(path, what), what == path.string() ? what : what + ": " + path.string());
 }
 
-std::filesystem::path confined_path(const std::filesystem::path& root, std::string_view name,
-                                    const std::string& what) {
+std::filesystem::path confined_path(const std::filesystem::path& root, std::string_view name, const std::string& what) {
   if (name.empty()) fail("{}: empty file name", what);
   if (name.find('\0') != std::string_view::npos) fail("{}: file name '{}' holds a NUL byte", what, excerpt(name));
   const std::filesystem::path relative{std::string(name)};

@@ -30,8 +30,7 @@ nlohmann::json read_json_file(const std::filesystem::path& path, const std::stri
 // `name`, a relative path taken from a data or model file, resolved under `root`. Refused
 // with an Error naming `what`: empty names, NUL bytes, absolute paths, and any '..'
 // component (a name may not climb out of its folder, even to come back).
-std::filesystem::path confined_path(const std::filesystem::path& root, std::string_view name,
-                                    const std::string& what);
+std::filesystem::path confined_path(const std::filesystem::path& root, std::string_view name, const std::string& what);
 
 // Decimal integers in text we were given (config values, headers, ids), without std::stoll's
 // bare "stoll" message: false when `text` is not an integer that fits.

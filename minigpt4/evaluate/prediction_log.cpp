@@ -44,7 +44,8 @@ std::map<std::string, std::string> read_prediction_logs(const std::string& dir) 
   static const std::regex kName(R"(predictions_rank\d+\.jsonl)");
   std::vector<fs::path> files;
   for (const auto& entry : fs::directory_iterator(dir))
-    if (entry.is_regular_file() && std::regex_match(entry.path().filename().string(), kName)) files.push_back(entry.path());
+    if (entry.is_regular_file() && std::regex_match(entry.path().filename().string(), kName))
+      files.push_back(entry.path());
   std::sort(files.begin(), files.end());
   for (const auto& file : files) {
     const auto text = read_whole(file.string());
@@ -57,8 +58,8 @@ std::map<std::string, std::string> read_prediction_logs(const std::string& dir) 
         const auto j = nlohmann::json::parse(line);
         predictions.emplace(j.at("id").get<std::string>(), j.at("prediction").get<std::string>());
       } catch (const nlohmann::json::exception& e) {
-        fail("predictions {} line {}: expected {{\"id\": \"...\", \"prediction\": \"...\"}} ({})", file.string(), number,
-             e.what());
+        fail("predictions {} line {}: expected {{\"id\": \"...\", \"prediction\": \"...\"}} ({})", file.string(),
+             number, e.what());
       }
     }
   }
@@ -84,7 +85,7 @@ void PredictionLog::append(const std::vector<Prediction>& predictions) {
   // U+FFFD in its place rather than failing the run.
   for (const auto& p : predictions)
     lines += nlohmann::json{{"id", p.id}, {"prediction", p.text}}.dump(-1, ' ', false,
-                                                                          nlohmann::json::error_handler_t::replace) +
+                                                                       nlohmann::json::error_handler_t::replace) +
              "\n";
   if (std::fwrite(lines.data(), 1, lines.size(), file_) != lines.size() || std::fflush(file_) != 0)
     fail("cannot write the predictions {}: {}", path_, std::strerror(errno));

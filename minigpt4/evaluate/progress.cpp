@@ -13,7 +13,8 @@ namespace {
 std::string clock_text(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "--:--";
   const auto s = static_cast<int64_t>(std::llround(seconds));
-  return s >= 3600 ? fmt::format("{}:{:02d}:{:02d}", s / 3600, s / 60 % 60, s % 60) : fmt::format("{:02d}:{:02d}", s / 60, s % 60);
+  return s >= 3600 ? fmt::format("{}:{:02d}:{:02d}", s / 3600, s / 60 % 60, s % 60)
+                   : fmt::format("{:02d}:{:02d}", s / 60, s % 60);
 }
 
 }  // namespace
@@ -22,7 +23,8 @@ Progress::Progress(int64_t total, std::FILE* out)
     : total_(total), out_(out), tty_(isatty(fileno(out)) != 0), start_(Clock::now()), last_line_(start_) {}
 
 std::string Progress::format(int64_t done, int64_t total, double items_per_second, int bar_width) {
-  const double fraction = total > 0 ? std::clamp(static_cast<double>(done) / static_cast<double>(total), 0.0, 1.0) : 1.0;
+  const double fraction =
+      total > 0 ? std::clamp(static_cast<double>(done) / static_cast<double>(total), 0.0, 1.0) : 1.0;
   const int filled = static_cast<int>(fraction * bar_width);
   const double eta = items_per_second > 0 ? static_cast<double>(total - done) / items_per_second : -1;
   return fmt::format("evaluate [{}{}] {}/{} {:.2f} items/s ETA {}", std::string(static_cast<size_t>(filled), '#'),

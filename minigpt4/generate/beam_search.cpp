@@ -69,8 +69,8 @@ class BeamHypotheses {
 
 }  // namespace
 
-GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_embeds,
-                             const GenerationConfig& c, const std::function<void(int64_t)>& on_token) {
+GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_embeds, const GenerationConfig& c,
+                             const std::function<void(int64_t)>& on_token) {
   torch::NoGradGuard no_grad;
   const int64_t beams = c.num_beams;
   const auto device = inputs_embeds.device();
@@ -79,9 +79,11 @@ GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_em
 
   // _expand_inputs_for_generation: every beam gets the prompt.
   const auto expanded = inputs_embeds.expand({beams, inputs_embeds.size(1), inputs_embeds.size(2)}).contiguous();
-  Decoder decoder(llm, torch::ones({beams, inputs_embeds.size(1)}, torch::TensorOptions().dtype(torch::kLong).device(device)));
+  Decoder decoder(
+      llm, torch::ones({beams, inputs_embeds.size(1)}, torch::TensorOptions().dtype(torch::kLong).device(device)));
 
-  std::vector<std::vector<int64_t>> running(beams, prefix ? std::vector<int64_t>{c.bos_token_id} : std::vector<int64_t>{});
+  std::vector<std::vector<int64_t>> running(beams,
+                                            prefix ? std::vector<int64_t>{c.bos_token_id} : std::vector<int64_t>{});
   // beam_search starts with only beam 0 alive (the others at -1e9); beam_sample with all at 0.
   std::vector<float> beam_scores(beams, 0.0f);
   if (!c.do_sample)

@@ -29,9 +29,9 @@ class Decoder {
  private:
   const CausalLM& llm_;
   KVCache own_cache_;
-  KVCache* cache_;  // own_cache_ or the caller's
-  torch::Tensor mask_;  // [N, T_past], int64; kept up to date only when padded_
-  bool padded_;         // whether the mask has a zero anywhere
+  KVCache* cache_;                      // own_cache_ or the caller's
+  torch::Tensor mask_;                  // [N, T_past], int64; kept up to date only when padded_
+  bool padded_;                         // whether the mask has a zero anywhere
   torch::Device device_ = torch::kCPU;  // the prompt's
 };
 
@@ -46,7 +46,7 @@ at::Generator sampling_generator(uint64_t seed);
 
 void check_config(const GenerationConfig& config, int64_t vocab_size);
 
-GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_embeds,
-                             const GenerationConfig& config, const std::function<void(int64_t)>& on_token);
+GenerationOutput beam_search(const CausalLM& llm, const torch::Tensor& inputs_embeds, const GenerationConfig& config,
+                             const std::function<void(int64_t)>& on_token);
 
 }  // namespace minigpt4::detail

@@ -17,7 +17,9 @@ namespace minigpt4 {
 namespace detail {
 
 Decoder::Decoder(const CausalLM& llm, const torch::Tensor& attention_mask, KVCache* cache, int64_t new_tokens)
-    : llm_(llm), cache_(cache ? cache : &own_cache_), mask_(attention_mask.to(torch::kLong)),
+    : llm_(llm),
+      cache_(cache ? cache : &own_cache_),
+      mask_(attention_mask.to(torch::kLong)),
       padded_(!(mask_ == 1).all().item<bool>()) {
   cache_->reserve = mask_.size(1) + new_tokens;
 }
@@ -86,7 +88,8 @@ void check_config(const GenerationConfig& c, int64_t vocab_size) {
   if (c.do_sample && !(c.temperature > 0.0)) fail("generate: temperature must be > 0, got {}", c.temperature);
   if (!(c.repetition_penalty > 0.0)) fail("generate: repetition_penalty must be > 0, got {}", c.repetition_penalty);
   for (const auto& [name, id] : {std::pair<const char*, int64_t>{"bos_token_id", c.bos_token_id},
-                                 {"eos_token_id", c.eos_token_id}, {"pad_token_id", c.pad_token_id}})
+                                 {"eos_token_id", c.eos_token_id},
+                                 {"pad_token_id", c.pad_token_id}})
     if (id >= vocab_size) fail("generate: {} {} is outside the vocabulary of {} ids", name, id, vocab_size);
   for (const auto& stop : c.stop_token_sequences)
     if (stop.empty()) fail("generate: an empty stop sequence would stop at once");
@@ -101,7 +104,8 @@ std::vector<int64_t> GenerationOutput::hf_output() const {
   return out;
 }
 
-torch::Tensor process_logits(const torch::Tensor& scores_in, const torch::Tensor& input_ids, const GenerationConfig& c) {
+torch::Tensor process_logits(const torch::Tensor& scores_in, const torch::Tensor& input_ids,
+                             const GenerationConfig& c) {
   auto scores = scores_in.clone();
   const int64_t cur_len = input_ids.defined() ? input_ids.size(-1) : 0;
   if (c.repetition_penalty != 1.0 && cur_len > 0) {
@@ -224,7 +228,8 @@ GenerationOutput generate(const CausalLM& llm, const torch::Tensor& inputs_embed
     fail("generate: inputs_embeds must be [1, T, H], got [{}]", fmt::join(inputs_embeds.sizes(), ", "));
   detail::check_config(config, llm.vocab_size());
   if (config.num_beams > 1) return detail::beam_search(llm, inputs_embeds, config, on_token);
-  const auto mask = torch::ones({1, inputs_embeds.size(1)}, torch::TensorOptions().dtype(torch::kLong).device(inputs_embeds.device()));
+  const auto mask = torch::ones({1, inputs_embeds.size(1)},
+                                torch::TensorOptions().dtype(torch::kLong).device(inputs_embeds.device()));
   std::function<bool(int64_t)> callback;
   if (on_token) callback = [&on_token](int64_t token) { return on_token(token), true; };
   return decode_rows(llm, inputs_embeds, mask, config, callback).front();
@@ -267,8 +272,7 @@ namespace {
 // Python's str.isspace for one code point.
 bool is_python_space(uint32_t cp) {
   return (cp >= 0x09 && cp <= 0x0D) || (cp >= 0x1C && cp <= 0x20) || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
-         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
-         cp == 0x3000;
+         (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000;
 }
 
 // Length of the UTF-8 sequence starting with `lead` (0 for a continuation or invalid byte).

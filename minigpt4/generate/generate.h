@@ -41,8 +41,8 @@ struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.
   double temperature = 1.0, top_p = 1.0;
   int64_t top_k = 0;  // 0 = off (HF's own default is 50: MiniGPT-4's demo samples with top_k 50)
   double repetition_penalty = 1.0;
-  int64_t bos_token_id = 1;  // seeded into input_ids (generation_config.json); < 0: none
-  int64_t eos_token_id = 2;  // < 0: none
+  int64_t bos_token_id = 1;   // seeded into input_ids (generation_config.json); < 0: none
+  int64_t eos_token_id = 2;   // < 0: none
   int64_t pad_token_id = -1;  // fed to finished rows of a batch; < 0: eos
   // Generation stops when [bos] + generated ends with one of these (MiniGPT-4's
   // StoppingCriteriaSub); the matched tokens stay in the output.

@@ -121,9 +121,10 @@ StateDict load_hf_dir(const fs::path& dir) {
   if (path_exists(dir / "model.safetensors")) return load_file((dir / "model.safetensors").string());
   if (path_exists(dir / "pytorch_model.bin.index.json")) return load_sharded(dir, "pytorch_model.bin.index.json");
   if (path_exists(dir / "pytorch_model.bin")) return load_file((dir / "pytorch_model.bin").string());
-  fail("{} has no model weights: looked for model.safetensors.index.json, model.safetensors, "
-       "pytorch_model.bin.index.json and pytorch_model.bin",
-       dir.string());
+  fail(
+      "{} has no model weights: looked for model.safetensors.index.json, model.safetensors, "
+      "pytorch_model.bin.index.json and pytorch_model.bin",
+      dir.string());
 }
 
 // Python's json module writes Infinity, -Infinity and NaN, which are not JSON and which
@@ -139,8 +140,10 @@ std::string quote_non_finite(const std::string& text) {
     const char c = text[i];
     if (in_string) {
       out += c;
-      if (c == '\\' && i + 1 < text.size()) out += text[++i];
-      else if (c == '"') in_string = false;
+      if (c == '\\' && i + 1 < text.size())
+        out += text[++i];
+      else if (c == '"')
+        in_string = false;
       continue;
     }
     if (c == '"') in_string = true;

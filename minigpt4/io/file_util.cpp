@@ -58,8 +58,8 @@ at::Tensor MappedFile::bytes(size_t offset, size_t nbytes) {
   // the file mapped; nothing is freed through the pointer itself.
   auto keep_alive = shared_from_this();
   uint8_t* p = data_ == nullptr ? nullptr : data_ + offset;
-  return torch::from_blob(p, {static_cast<int64_t>(nbytes)}, [keep_alive](void*) {},
-                          torch::TensorOptions().dtype(torch::kUInt8));
+  return torch::from_blob(
+      p, {static_cast<int64_t>(nbytes)}, [keep_alive](void*) {}, torch::TensorOptions().dtype(torch::kUInt8));
 }
 
 AtomicWriter::AtomicWriter(std::string path)
@@ -103,7 +103,8 @@ void sync_parent_folder(const std::string& path) {
   std::string dir = std::filesystem::path(path).parent_path().string();
   if (dir.empty()) dir = ".";
   const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd < 0) fail("saved {}, but cannot open its folder {} to make the rename durable: {}", path, dir, std::strerror(errno));
+  if (dfd < 0)
+    fail("saved {}, but cannot open its folder {} to make the rename durable: {}", path, dir, std::strerror(errno));
   const int synced = ::fsync(dfd);
   const int err = errno;
   ::close(dfd);

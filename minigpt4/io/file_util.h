@@ -32,8 +32,7 @@ class MappedFile : public std::enable_shared_from_this<MappedFile> {
   at::Tensor bytes(size_t offset, size_t nbytes);
 
  private:
-  MappedFile(std::string path, uint8_t* data, size_t size)
-      : path_(std::move(path)), data_(data), size_(size) {}
+  MappedFile(std::string path, uint8_t* data, size_t size) : path_(std::move(path)), data_(data), size_(size) {}
   std::string path_;
   uint8_t* data_ = nullptr;
   size_t size_ = 0;

@@ -58,9 +58,9 @@ bool one_of(std::string_view s, std::initializer_list<std::string_view> names) {
 
 // torch.<X>Storage, torch.cuda.<X>Storage (old files), torch.<X>Tensor and its cuda/sparse
 // variants: the element types PyTorch ever had.
-constexpr std::string_view kElementTypes[] = {
-    "Float", "Double", "Half", "BFloat16", "Long", "Int", "Short", "Char", "Byte", "Bool",
-    "ComplexFloat", "ComplexDouble", "QUInt8", "QInt8", "QInt32", "QUInt4x2", "QUInt2x4"};
+constexpr std::string_view kElementTypes[] = {"Float",  "Double", "Half",   "BFloat16", "Long",         "Int",
+                                              "Short",  "Char",   "Byte",   "Bool",     "ComplexFloat", "ComplexDouble",
+                                              "QUInt8", "QInt8",  "QInt32", "QUInt4x2", "QUInt2x4"};
 
 bool typed_class(std::string_view name, std::string_view suffix) {
   if (name.size() <= suffix.size() || name.substr(name.size() - suffix.size()) != suffix) return false;
@@ -73,11 +73,47 @@ bool typed_class(std::string_view name, std::string_view suffix) {
 // str(dtype) without "torch." for every dtype torch has had (torch/_weights_only_unpickler.py
 // allows all of them), plus their Python aliases.
 bool torch_dtype(std::string_view name) {
-  if (one_of(name, {"float32", "float", "float64", "double", "float16", "half", "bfloat16", "complex32", "chalf",
-                    "complex64", "cfloat", "complex128", "cdouble", "uint8", "int8", "int16", "short", "int32", "int",
-                    "int64", "long", "bool", "qint8", "quint8", "qint32", "quint4x2", "quint2x4", "float8_e4m3fn",
-                    "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz", "float8_e8m0fnu", "float4_e2m1fn_x2",
-                    "uint16", "uint32", "uint64", "bits8", "bits16", "bits1x8", "bits2x4", "bits4x2"}))
+  if (one_of(name, {"float32",
+                    "float",
+                    "float64",
+                    "double",
+                    "float16",
+                    "half",
+                    "bfloat16",
+                    "complex32",
+                    "chalf",
+                    "complex64",
+                    "cfloat",
+                    "complex128",
+                    "cdouble",
+                    "uint8",
+                    "int8",
+                    "int16",
+                    "short",
+                    "int32",
+                    "int",
+                    "int64",
+                    "long",
+                    "bool",
+                    "qint8",
+                    "quint8",
+                    "qint32",
+                    "quint4x2",
+                    "quint2x4",
+                    "float8_e4m3fn",
+                    "float8_e5m2",
+                    "float8_e4m3fnuz",
+                    "float8_e5m2fnuz",
+                    "float8_e8m0fnu",
+                    "float4_e2m1fn_x2",
+                    "uint16",
+                    "uint32",
+                    "uint64",
+                    "bits8",
+                    "bits16",
+                    "bits1x8",
+                    "bits2x4",
+                    "bits4x2"}))
     return true;
   // uint1..uint7, int1..int7
   for (std::string_view prefix : {"uint", "int"})
@@ -93,8 +129,7 @@ bool allowed_global(const std::string& module_in, const std::string& name) {
   std::string_view module = module_in;
   if (module == "__builtin__" || module == "exceptions") module = "builtins";  // Python 2 (torch's IMPORT_MAPPING)
   if (module == "copy_reg") module = "copyreg";
-  if (module == "builtins")
-    return one_of(name, {"set", "frozenset", "bytearray", "bytes", "complex", "slice"});
+  if (module == "builtins") return one_of(name, {"set", "frozenset", "bytearray", "bytes", "complex", "slice"});
   if (module == "collections") return one_of(name, {"OrderedDict", "Counter"});
   if (module == "_codecs") return name == "encode";  // how protocol 2 spells a bytes object
   if (module == "torch._utils")
@@ -130,18 +165,73 @@ using K = Value::Kind;
 
 // The opcodes of pickle protocols 0-5 (Lib/pickletools.py documents each).
 enum Op : uint8_t {
-  MARK = '(', STOP = '.', POP = '0', POP_MARK = '1', DUP = '2', FLOAT = 'F', INT = 'I',
-  BININT = 'J', BININT1 = 'K', LONG = 'L', BININT2 = 'M', NONE = 'N', PERSID = 'P',
-  BINPERSID = 'Q', REDUCE = 'R', STRING = 'S', BINSTRING = 'T', SHORT_BINSTRING = 'U',
-  UNICODE = 'V', BINUNICODE = 'X', APPEND = 'a', BUILD = 'b', GLOBAL = 'c', DICT = 'd',
-  EMPTY_DICT = '}', APPENDS = 'e', GET = 'g', BINGET = 'h', INST = 'i', LONG_BINGET = 'j',
-  LIST = 'l', EMPTY_LIST = ']', OBJ = 'o', PUT = 'p', BINPUT = 'q', LONG_BINPUT = 'r',
-  SETITEM = 's', TUPLE = 't', EMPTY_TUPLE = ')', SETITEMS = 'u', BINFLOAT = 'G',
-  PROTO = 0x80, NEWOBJ = 0x81, EXT1 = 0x82, EXT2 = 0x83, EXT4 = 0x84, TUPLE1 = 0x85,
-  TUPLE2 = 0x86, TUPLE3 = 0x87, NEWTRUE = 0x88, NEWFALSE = 0x89, LONG1 = 0x8a, LONG4 = 0x8b,
-  BINBYTES = 'B', SHORT_BINBYTES = 'C', SHORT_BINUNICODE = 0x8c, BINUNICODE8 = 0x8d,
-  BINBYTES8 = 0x8e, EMPTY_SET = 0x8f, ADDITEMS = 0x90, FROZENSET = 0x91, NEWOBJ_EX = 0x92,
-  STACK_GLOBAL = 0x93, MEMOIZE = 0x94, FRAME = 0x95, BYTEARRAY8 = 0x96, NEXT_BUFFER = 0x97,
+  MARK = '(',
+  STOP = '.',
+  POP = '0',
+  POP_MARK = '1',
+  DUP = '2',
+  FLOAT = 'F',
+  INT = 'I',
+  BININT = 'J',
+  BININT1 = 'K',
+  LONG = 'L',
+  BININT2 = 'M',
+  NONE = 'N',
+  PERSID = 'P',
+  BINPERSID = 'Q',
+  REDUCE = 'R',
+  STRING = 'S',
+  BINSTRING = 'T',
+  SHORT_BINSTRING = 'U',
+  UNICODE = 'V',
+  BINUNICODE = 'X',
+  APPEND = 'a',
+  BUILD = 'b',
+  GLOBAL = 'c',
+  DICT = 'd',
+  EMPTY_DICT = '}',
+  APPENDS = 'e',
+  GET = 'g',
+  BINGET = 'h',
+  INST = 'i',
+  LONG_BINGET = 'j',
+  LIST = 'l',
+  EMPTY_LIST = ']',
+  OBJ = 'o',
+  PUT = 'p',
+  BINPUT = 'q',
+  LONG_BINPUT = 'r',
+  SETITEM = 's',
+  TUPLE = 't',
+  EMPTY_TUPLE = ')',
+  SETITEMS = 'u',
+  BINFLOAT = 'G',
+  PROTO = 0x80,
+  NEWOBJ = 0x81,
+  EXT1 = 0x82,
+  EXT2 = 0x83,
+  EXT4 = 0x84,
+  TUPLE1 = 0x85,
+  TUPLE2 = 0x86,
+  TUPLE3 = 0x87,
+  NEWTRUE = 0x88,
+  NEWFALSE = 0x89,
+  LONG1 = 0x8a,
+  LONG4 = 0x8b,
+  BINBYTES = 'B',
+  SHORT_BINBYTES = 'C',
+  SHORT_BINUNICODE = 0x8c,
+  BINUNICODE8 = 0x8d,
+  BINBYTES8 = 0x8e,
+  EMPTY_SET = 0x8f,
+  ADDITEMS = 0x90,
+  FROZENSET = 0x91,
+  NEWOBJ_EX = 0x92,
+  STACK_GLOBAL = 0x93,
+  MEMOIZE = 0x94,
+  FRAME = 0x95,
+  BYTEARRAY8 = 0x96,
+  NEXT_BUFFER = 0x97,
   READONLY_BUFFER = 0x98,
 };
 
@@ -160,8 +250,12 @@ void for_each_child(const Value& v, F&& f) {
 class Machine {
  public:
   Machine(const uint8_t* data, size_t size, const Hooks& hooks, const std::string& source)
-      : data_(data), size_(size), hooks_(hooks), source_(source),
-        max_items_(input_limits().max_pickle_items), max_depth_(input_limits().max_pickle_depth) {}
+      : data_(data),
+        size_(size),
+        hooks_(hooks),
+        source_(source),
+        max_items_(input_limits().max_pickle_items),
+        max_depth_(input_limits().max_pickle_depth) {}
 
   ~Machine() {
     // On the way out with an error, what the program built may hold cycles (a list that
@@ -189,8 +283,8 @@ class Machine {
         step(op);
       }
     } catch (const std::bad_alloc&) {
-      fail("{}: ran out of memory at byte {} of the pickle, after {} values (limits.max_pickle_items is {})",
-           source_, op_pos_, items_, max_items_);
+      fail("{}: ran out of memory at byte {} of the pickle, after {} values (limits.max_pickle_items is {})", source_,
+           op_pos_, items_, max_items_);
     }
     check_shape(result);
     succeeded_ = true;
@@ -277,8 +371,7 @@ class Machine {
     if (marks_.empty()) error("no MARK on the stack");
     const size_t m = marks_.back();
     marks_.pop_back();
-    std::vector<ValuePtr> items(std::make_move_iterator(stack_.begin() + m),
-                                std::make_move_iterator(stack_.end()));
+    std::vector<ValuePtr> items(std::make_move_iterator(stack_.begin() + m), std::make_move_iterator(stack_.end()));
     stack_.resize(m);
     return items;
   }
@@ -311,7 +404,8 @@ class Machine {
   ValuePtr call(const ValuePtr& callable, const ValuePtr& args, const char* opcode) {
     // Only a GLOBAL (already checked against the allowlist) may be called: calling what
     // another call returned is how pickle exploits chain getattr(...)(...).
-    if (!callable->is(K::Global)) error("{} calls a {} value, not an allowed global", opcode, kind_name(callable->kind));
+    if (!callable->is(K::Global))
+      error("{} calls a {} value, not an allowed global", opcode, kind_name(callable->kind));
     if (hooks_.reduce)
       if (ValuePtr v = hooks_.reduce(callable->text, args)) {
         if (v->is_container() && v != args) {
@@ -351,9 +445,10 @@ class Machine {
   }
   ValuePtr global(const std::string& module, const std::string& name) {
     if (!allowed_global(module, name))
-      error("refuses global {}.{} (not a tensor or plain data type; torch.load(weights_only=True) refuses it too, "
-            "and nothing in a weight file needs it)",
-            excerpt(module, 80), excerpt(name, 80));
+      error(
+          "refuses global {}.{} (not a tensor or plain data type; torch.load(weights_only=True) refuses it too, "
+          "and nothing in a weight file needs it)",
+          excerpt(module, 80), excerpt(name, 80));
     return make_string(module + "." + name, K::Global);
   }
   ValuePtr memo_get(uint64_t key) {
@@ -366,7 +461,7 @@ class Machine {
     if (!parse_int64(s, key) || key < 0) error("bad memo key '{}'", excerpt(s));
     return static_cast<uint64_t>(key);
   }
-  ValuePtr long_from_bytes(const std::string& b) {  // little-endian two's complement
+  ValuePtr long_from_bytes(const std::string& b) {           // little-endian two's complement
     if (b.size() > 8) return make_string("int", K::Object);  // beyond int64: unused by torch
     uint64_t u = 0;
     for (size_t i = 0; i < b.size(); ++i) u |= uint64_t(uint8_t(b[i])) << (8 * i);
@@ -502,7 +597,7 @@ void Machine::step(uint8_t op) {
     case FLOAT: push(float_from_text(line())); break;
     case BINFLOAT: {  // the only big-endian field in pickle
       uint64_t bits = 0;
-      for (const uint8_t* p = take(8), *e = p + 8; p != e; ++p) bits = bits << 8 | *p;
+      for (const uint8_t *p = take(8), *e = p + 8; p != e; ++p) bits = bits << 8 | *p;
       double d;
       std::memcpy(&d, &bits, sizeof d);
       push(float_value(d));

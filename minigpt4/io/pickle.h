@@ -31,13 +31,13 @@ struct Value {
   bool boolean = false;
   int64_t integer = 0;  // Int (ints beyond 64 bits become an Object "int")
   double real = 0;
-  std::string text;  // String, Bytes, Global ("module.name"), Object (its class, if known)
-  std::vector<ValuePtr> items;                         // Tuple, List
+  std::string text;             // String, Bytes, Global ("module.name"), Object (its class, if known)
+  std::vector<ValuePtr> items;  // Tuple, List
   std::vector<std::pair<ValuePtr, ValuePtr>> entries;  // Dict, in insertion order
   ValuePtr args;                                       // Object: its argument tuple (shared, not copied)
   ValuePtr state;                                      // Object: what BUILD gave it
-  at::Tensor tensor;  // Tensor; Storage: the storage's bytes as a 1-D uint8 tensor
-  at::ScalarType dtype = at::kByte;  // Storage: its element type
+  at::Tensor tensor;                                   // Tensor; Storage: the storage's bytes as a 1-D uint8 tensor
+  at::ScalarType dtype = at::kByte;                    // Storage: its element type
   uint32_t height = 0;  // containers: nesting below, as far as the machine saw it while building
 
   explicit Value(Kind k) : kind(k) {}
@@ -78,20 +78,20 @@ ValuePtr unpickle(const uint8_t* data, size_t size, const Hooks& hooks, const st
 // Builds a protocol-2 pickle program; only what torch.save-compatible files need.
 class Writer {
  public:
-  Writer();                                  // emits PROTO 2
+  Writer();  // emits PROTO 2
   void none();
   void boolean(bool v);
   void integer(int64_t v);
-  void string(const std::string& s);         // BINUNICODE
+  void string(const std::string& s);  // BINUNICODE
   void global(const std::string& module, const std::string& name);
   void mark();
-  void tuple();                              // TUPLE from the last mark
+  void tuple();  // TUPLE from the last mark
   void int_tuple(const std::vector<int64_t>& v);
   void empty_dict();
-  void setitems();                           // SETITEMS from the last mark
-  void reduce();                             // callable, args -> callable(*args)
-  void persistent_id();                      // BINPERSID
-  std::string finish();                      // emits STOP, returns the program
+  void setitems();       // SETITEMS from the last mark
+  void reduce();         // callable, args -> callable(*args)
+  void persistent_id();  // BINPERSID
+  std::string finish();  // emits STOP, returns the program
 
  private:
   void op(uint8_t code) { out_.push_back(static_cast<char>(code)); }

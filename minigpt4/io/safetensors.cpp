@@ -30,11 +30,21 @@ struct Dtype {
 };
 
 constexpr Dtype kDtypes[] = {
-    {"F64", at::kDouble},   {"F32", at::kFloat},         {"F16", at::kHalf},
-    {"BF16", at::kBFloat16}, {"I64", at::kLong},          {"I32", at::kInt},
-    {"I16", at::kShort},    {"I8", at::kChar},           {"U8", at::kByte},
-    {"BOOL", at::kBool},    {"U16", at::kUInt16},        {"U32", at::kUInt32},
-    {"U64", at::kUInt64},   {"F8_E4M3", at::kFloat8_e4m3fn}, {"F8_E5M2", at::kFloat8_e5m2},
+    {"F64", at::kDouble},
+    {"F32", at::kFloat},
+    {"F16", at::kHalf},
+    {"BF16", at::kBFloat16},
+    {"I64", at::kLong},
+    {"I32", at::kInt},
+    {"I16", at::kShort},
+    {"I8", at::kChar},
+    {"U8", at::kByte},
+    {"BOOL", at::kBool},
+    {"U16", at::kUInt16},
+    {"U32", at::kUInt32},
+    {"U64", at::kUInt64},
+    {"F8_E4M3", at::kFloat8_e4m3fn},
+    {"F8_E5M2", at::kFloat8_e5m2},
 };
 
 // PyTorch's own limit on dimensions; a header naming more is not a tensor we could make.
@@ -74,14 +84,14 @@ uint64_t read_le64(const void* p) {
 // limits.max_safetensors_header_bytes (the format's own cap is 100 MB).
 uint64_t header_length(const std::string& path, const void* prefix, uint64_t file_size) {
   if (file_size < 8)
-    fail("{}: {} bytes is too short to be a safetensors file (no 8-byte header length)", path,
-         file_size);
+    fail("{}: {} bytes is too short to be a safetensors file (no 8-byte header length)", path, file_size);
   const uint64_t n = read_le64(prefix);
   const auto limit = static_cast<uint64_t>(input_limits().max_safetensors_header_bytes);
   if (n > file_size - 8)
-    fail("{}: safetensors header length {} exceeds the file size ({} bytes): truncated or not a "
-         "safetensors file",
-         path, n, file_size);
+    fail(
+        "{}: safetensors header length {} exceeds the file size ({} bytes): truncated or not a "
+        "safetensors file",
+        path, n, file_size);
   if (n > limit)
     fail("{}: safetensors header length {} is larger than the {}-byte limit (limits.max_safetensors_header_bytes)",
          path, n, limit);
@@ -127,7 +137,8 @@ class HeaderReader final : public json::json_sax_t {
     }
     if (where_ == Where::Entry && field_ == Field::Dtype) {
       entry().dtype = dtype_named(v);
-      if (entry().dtype == nullptr) fail("{}: tensor '{}': unknown dtype \"{}\"", path_, excerpt(entry().name), excerpt(v));
+      if (entry().dtype == nullptr)
+        fail("{}: tensor '{}': unknown dtype \"{}\"", path_, excerpt(entry().name), excerpt(v));
       return true;
     }
     return scalar("\"" + excerpt(v) + "\"");
@@ -212,7 +223,10 @@ class HeaderReader final : public json::json_sax_t {
     }
     if (where_ == Where::Entry) {
       const unsigned bit = k == "dtype" ? kDtype : k == "shape" ? kShape : k == "data_offsets" ? kOffsets : 0;
-      field_ = bit == kDtype ? Field::Dtype : bit == kShape ? Field::Shape : bit == kOffsets ? Field::Offsets : Field::Other;
+      field_ = bit == kDtype     ? Field::Dtype
+               : bit == kShape   ? Field::Shape
+               : bit == kOffsets ? Field::Offsets
+                                 : Field::Other;
       if (bit && (fields_ & bit))
         fail("{}: tensor '{}': header entry gives \"{}\" twice", path_, excerpt(entry().name), excerpt(k));
       fields_ |= bit;
@@ -240,8 +254,7 @@ class HeaderReader final : public json::json_sax_t {
       case Where::Root:
         if (key_ == "__metadata__") fail("{}: __metadata__ is not a JSON object", path_);
         fail("{}: tensor '{}': header entry is not a JSON object", path_, excerpt(entry().name));
-      case Where::Metadata:
-        fail("{}: __metadata__ value of '{}' is not a string: {}", path_, excerpt(key_), text);
+      case Where::Metadata: fail("{}: __metadata__ value of '{}' is not a string: {}", path_, excerpt(key_), text);
       case Where::Entry:
         if (field_ == Field::Dtype) fail("{}: tensor '{}': unknown dtype {}", path_, excerpt(entry().name), text);
         if (field_ == Field::Shape) fail("{}: tensor '{}': shape is not an array", path_, excerpt(entry().name));
@@ -264,8 +277,7 @@ class HeaderReader final : public json::json_sax_t {
       case Where::Root:
         if (key_ == "__metadata__") fail("{}: __metadata__ is not a JSON object", path_);
         fail("{}: tensor '{}': header entry is not a JSON object", path_, excerpt(entry().name));
-      case Where::Metadata:
-        fail("{}: __metadata__ value of '{}' is not a string: {}", path_, excerpt(key_), what);
+      case Where::Metadata: fail("{}: __metadata__ value of '{}' is not a string: {}", path_, excerpt(key_), what);
       case Where::Entry:
         if (field_ == Field::Dtype) fail("{}: tensor '{}': unknown dtype {}", path_, excerpt(entry().name), what);
         if (field_ == Field::Shape) fail("{}: tensor '{}': shape is not an array", path_, excerpt(entry().name));
@@ -322,9 +334,10 @@ void check_entry(const std::string& path, const Entry& e, uint64_t data_size) {
   if (__builtin_mul_overflow(numel, c10::elementSize(e.dtype->type), &nbytes))
     fail("{}: tensor '{}': shape [{}] overflows", path, name, fmt::join(e.shape, ", "));
   if (e.begin > e.end || e.end > data_size)
-    fail("{}: tensor '{}': data_offsets [{}, {}] lie outside the {}-byte data section (file "
-         "truncated or header corrupt)",
-         path, name, e.begin, e.end, data_size);
+    fail(
+        "{}: tensor '{}': data_offsets [{}, {}] lie outside the {}-byte data section (file "
+        "truncated or header corrupt)",
+        path, name, e.begin, e.end, data_size);
   if (e.end - e.begin != nbytes)
     fail("{}: tensor '{}': data_offsets [{}, {}] hold {} bytes but {} [{}] needs {}", path, name, e.begin, e.end,
          e.end - e.begin, e.dtype->name, fmt::join(e.shape, ", "), nbytes);
@@ -412,9 +425,8 @@ void save_safetensors(const std::string& path, const StateDict& tensors,
   uint64_t offset = 0;
   for (const Item& it : items) {
     const uint64_t nbytes = it.tensor->nbytes();
-    header[*it.name] = {{"dtype", it.dtype->name},
-                        {"shape", it.tensor->sizes().vec()},
-                        {"data_offsets", {offset, offset + nbytes}}};
+    header[*it.name] = {
+        {"dtype", it.dtype->name}, {"shape", it.tensor->sizes().vec()}, {"data_offsets", {offset, offset + nbytes}}};
     offset += nbytes;
   }
   std::string text = header.dump();

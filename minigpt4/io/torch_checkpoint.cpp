@@ -46,10 +46,10 @@ struct StorageType {
 };
 
 constexpr StorageType kStorageTypes[] = {
-    {"FloatStorage", at::kFloat}, {"DoubleStorage", at::kDouble}, {"HalfStorage", at::kHalf},
-    {"BFloat16Storage", at::kBFloat16}, {"LongStorage", at::kLong}, {"IntStorage", at::kInt},
-    {"ShortStorage", at::kShort}, {"CharStorage", at::kChar}, {"ByteStorage", at::kByte},
-    {"BoolStorage", at::kBool}, {"UntypedStorage", at::kByte},
+    {"FloatStorage", at::kFloat},       {"DoubleStorage", at::kDouble}, {"HalfStorage", at::kHalf},
+    {"BFloat16Storage", at::kBFloat16}, {"LongStorage", at::kLong},     {"IntStorage", at::kInt},
+    {"ShortStorage", at::kShort},       {"CharStorage", at::kChar},     {"ByteStorage", at::kByte},
+    {"BoolStorage", at::kBool},         {"UntypedStorage", at::kByte},
 };
 
 std::optional<at::ScalarType> storage_dtype(std::string global) {
@@ -87,11 +87,11 @@ void check_is_zip(const std::string& path) {
   const bool legacy_pickle = !head.empty() && static_cast<uint8_t>(head[0]) == 0x80;
   const bool legacy_tar = head.size() >= 262 && head.compare(257, 5, "ustar") == 0;
   if (legacy_pickle || legacy_tar)
-    fail("{} is a legacy (pre-1.6, non-zip) torch.save file, which is not supported; re-save it "
-         "with torch>=1.6 in Python: torch.save(torch.load(p, map_location='cpu'), p)",
-         path);
-  fail("{} is not a PyTorch checkpoint: torch.save files are zip archives and this is not one",
-       path);
+    fail(
+        "{} is a legacy (pre-1.6, non-zip) torch.save file, which is not supported; re-save it "
+        "with torch>=1.6 in Python: torch.save(torch.load(p, map_location='cpu'), p)",
+        path);
+  fail("{} is not a PyTorch checkpoint: torch.save files are zip archives and this is not one", path);
 }
 
 std::string join(const std::string& prefix, const std::string& name) {
@@ -112,8 +112,7 @@ class Loader {
   explicit Loader(const std::string& path)
       : path_(path),
         file_(MappedFile::open(path)),
-        index_(file_->data(), file_->size(), path,
-               static_cast<uint64_t>(input_limits().max_tensors_per_file) + 16) {
+        index_(file_->data(), file_->size(), path, static_cast<uint64_t>(input_limits().max_tensors_per_file) + 16) {
     // PyTorchStreamReader's rule: every record lives in one folder, named by the first.
     const std::string& first = index_.entries().front().name;
     const size_t slash = first.find('/');
@@ -137,7 +136,7 @@ class Loader {
   std::string path_;
   std::shared_ptr<MappedFile> file_;
   ZipIndex index_;
-  std::string prefix_;  // "<archive>/"
+  std::string prefix_;                                              // "<archive>/"
   std::unique_ptr<caffe2::serialize::PyTorchStreamReader> reader_;  // only for deflated records
   uint64_t inflated_bytes_ = 0;
   std::map<std::string, ValuePtr> storages_;  // by key: views of one storage share it
@@ -146,9 +145,10 @@ class Loader {
 StateDict Loader::load() {
   const ZipEntry* pkl = record("data.pkl");
   if (pkl == nullptr)
-    fail("{} has no data.pkl: not a torch.save checkpoint (TorchScript archives from "
-         "torch.jit.save are not supported)",
-         path_);
+    fail(
+        "{} has no data.pkl: not a torch.save checkpoint (TorchScript archives from "
+        "torch.jit.save are not supported)",
+        path_);
   if (const ZipEntry* order = record("byteorder")) {
     if (order->uncompressed_size > 16)
       fail("{}: the byteorder record has {} bytes; it should say 'little'", path_, order->uncompressed_size);
@@ -191,9 +191,10 @@ at::Tensor Loader::record_bytes(const ZipEntry& entry, const std::string& name) 
   const int64_t limit = input_limits().max_decompressed_bytes;
   if (entry.uncompressed_size > static_cast<uint64_t>(limit) ||
       inflated_bytes_ + entry.uncompressed_size > static_cast<uint64_t>(limit))
-    fail("{}: compressed record {} would inflate to {} bytes, beyond the {} this file's compressed records may "
-         "inflate to in all (limits.max_decompressed_bytes)",
-         path_, name, entry.uncompressed_size, limit);
+    fail(
+        "{}: compressed record {} would inflate to {} bytes, beyond the {} this file's compressed records may "
+        "inflate to in all (limits.max_decompressed_bytes)",
+        path_, name, entry.uncompressed_size, limit);
   // Deflate cannot do better than about 1032:1; a record claiming more lies about its size.
   if (entry.uncompressed_size / 1032 > entry.compressed_size + 1)
     fail("{}: compressed record {} claims {} bytes from {} compressed bytes, more than deflate can produce", path_,
@@ -215,7 +216,8 @@ at::Tensor Loader::record_bytes(const ZipEntry& entry, const std::string& name) 
 
 // ('storage', torch.FloatStorage, key, location, numel) -> the bytes of record data/<key>.
 ValuePtr Loader::load_storage(const ValuePtr& pid) {
-  if (!pid->is(K::Tuple) || pid->items.size() < 5) fail("{}: data.pkl has a persistent id that is not a torch storage", path_);
+  if (!pid->is(K::Tuple) || pid->items.size() < 5)
+    fail("{}: data.pkl has a persistent id that is not a torch storage", path_);
   const auto& it = pid->items;
   if (!it[0]->is(K::String) || it[0]->text != "storage" || !it[1]->is(K::Global) || !it[4]->is(K::Int) ||
       !(it[2]->is(K::Int) || it[2]->is(K::String)))
@@ -239,7 +241,8 @@ ValuePtr Loader::load_storage(const ValuePtr& pid) {
   const auto needed = static_cast<unsigned __int128>(static_cast<uint64_t>(numel)) * element;
   if (numel < 0 || entry->uncompressed_size < needed || entry->uncompressed_size - needed >= element)
     fail("{}: storage record {} has {} bytes, but {} {} elements take {}", path_, excerpt(name),
-         entry->uncompressed_size, numel, c10::toString(*dtype), static_cast<uint64_t>(std::min<unsigned __int128>(needed, UINT64_MAX)));
+         entry->uncompressed_size, numel, c10::toString(*dtype),
+         static_cast<uint64_t>(std::min<unsigned __int128>(needed, UINT64_MAX)));
   at::Tensor bytes = record_bytes(*entry, name);
   // torch.save aligns records to 64 bytes; another writer might not: copy then.
   if (reinterpret_cast<uintptr_t>(bytes.data_ptr()) % element != 0) bytes = bytes.clone();
@@ -258,7 +261,8 @@ std::vector<int64_t> int_tuple(const std::string& path, const ValuePtr& v, const
          kMaxTensorDims);
   std::vector<int64_t> out;
   for (const auto& x : v->items) {
-    if (!x->is(K::Int) || x->integer < 0) fail("{}: data.pkl: tensor {} holds a non-integer or negative value", path, what);
+    if (!x->is(K::Int) || x->integer < 0)
+      fail("{}: data.pkl: tensor {} holds a non-integer or negative value", path, what);
     out.push_back(x->integer);
   }
   return out;
@@ -295,9 +299,10 @@ ValuePtr Loader::rebuild_tensor(const std::string& name, const ValuePtr& args) {
     past_end = last >= capacity;  // stops before `last` could overflow
   }
   if (!empty && (past_end || last >= capacity))
-    fail("{}: data.pkl: a tensor view (offset {}, size {}, stride {}) reaches past the end of its "
-         "{}-element storage",
-         path_, offset, size, stride, static_cast<uint64_t>(capacity));
+    fail(
+        "{}: data.pkl: a tensor view (offset {}, size {}, stride {}) reaches past the end of its "
+        "{}-element storage",
+        path_, offset, size, stride, static_cast<uint64_t>(capacity));
   if (!empty && numel_overflows)
     fail("{}: data.pkl: a tensor view of size {} has more elements than fit in 64 bits", path_, size);
 
@@ -337,8 +342,7 @@ StateDict Loader::flatten(const ValuePtr& root) {
       fail("{}: data.pkl names a tensor with a {}-byte path '{}'", path_, name.size(), excerpt(name));
     if (out.size() >= max_names)
       fail("{}: data.pkl holds more than {} tensors (limits.max_tensors_per_file)", path_, max_names);
-    if (!out.emplace(name, t).second)
-      fail("{}: two tensors flatten to the same name '{}'", path_, excerpt(name, 200));
+    if (!out.emplace(name, t).second) fail("{}: two tensors flatten to the same name '{}'", path_, excerpt(name, 200));
   };
 
   // How many places refer to each container (so we know which to remember).
@@ -364,7 +368,7 @@ StateDict Loader::flatten(const ValuePtr& root) {
 
   using Named = std::vector<std::pair<std::string, at::Tensor>>;
   std::unordered_map<const Value*, Named> shared;  // tensors under a shared container, names relative to it
-  Named log;  // every tensor emitted so far, full names, in order
+  Named log;                                       // every tensor emitted so far, full names, in order
   struct Frame {
     const Value* v;
     std::string prefix;

@@ -24,7 +24,6 @@ StateDict load_torch_checkpoint(const std::string& path);
 // {wrap_key: OrderedDict(tensors)}, or the bare OrderedDict when wrap_key is empty.
 // Tensors sharing a storage are written once and stay views of it. Written as
 // `path.tmp.<pid>` and renamed into place.
-void save_torch_checkpoint(const std::string& path, const StateDict& tensors,
-                           const std::string& wrap_key = "model");
+void save_torch_checkpoint(const std::string& path, const StateDict& tensors, const std::string& wrap_key = "model");
 
 }  // namespace minigpt4::io

@@ -216,18 +216,20 @@ class DurableFile {
     if (error_ != 0) {
       ::unlink(tmp_.c_str());
       committed_ = true;  // nothing left to remove
-      fail("cannot save {}: {} the temporary file {} failed after {} bytes: {}. The temporary was removed; "
-           "an earlier {} (if any) is unchanged",
-           path_, failed_at_, tmp_, written_, std::strerror(error_), path_);
+      fail(
+          "cannot save {}: {} the temporary file {} failed after {} bytes: {}. The temporary was removed; "
+          "an earlier {} (if any) is unchanged",
+          path_, failed_at_, tmp_, written_, std::strerror(error_), path_);
     }
     pause();
     if (::rename(tmp_.c_str(), path_.c_str()) != 0) {
       const int err = errno;
       ::unlink(tmp_.c_str());
       committed_ = true;
-      fail("cannot save {}: renaming {} into place failed: {}. The temporary was removed; an earlier {} (if any) "
-           "is unchanged",
-           path_, tmp_, std::strerror(err), path_);
+      fail(
+          "cannot save {}: renaming {} into place failed: {}. The temporary was removed; an earlier {} (if any) "
+          "is unchanged",
+          path_, tmp_, std::strerror(err), path_);
     }
     committed_ = true;
     sync_parent_folder(path_);  // the rename itself must reach the disk

@@ -15,8 +15,8 @@ namespace {
 
 // Record layouts from PKWARE's APPNOTE.TXT (4.3.7 local header, 4.3.12 central directory
 // header, 4.3.14-16 zip64 end records and the end of central directory record).
-constexpr uint32_t kLocalSig = 0x04034b50, kCentralSig = 0x02014b50, kEndSig = 0x06054b50,
-                   kEnd64Sig = 0x06064b50, kLocator64Sig = 0x07064b50;
+constexpr uint32_t kLocalSig = 0x04034b50, kCentralSig = 0x02014b50, kEndSig = 0x06054b50, kEnd64Sig = 0x06064b50,
+                   kLocator64Sig = 0x07064b50;
 constexpr uint64_t kLocalSize = 30, kCentralSize = 46, kEndSize = 22, kEnd64Size = 56, kLocator64Size = 20;
 
 template <typename T>
@@ -44,8 +44,7 @@ ZipIndex::ZipIndex(const uint8_t* data, uint64_t size, const std::string& source
     --end;
   }
   const uint8_t* e = data + end;
-  if (le<uint16_t>(e + 4) != 0 || le<uint16_t>(e + 6) != 0)
-    bad("multi-disk (spanned) archives are not supported");
+  if (le<uint16_t>(e + 4) != 0 || le<uint16_t>(e + 6) != 0) bad("multi-disk (spanned) archives are not supported");
   uint64_t count = le<uint16_t>(e + 10), cd_size = le<uint32_t>(e + 12), cd_offset = le<uint32_t>(e + 16);
   uint64_t cd_limit = end;  // the central directory ends before the end records
   // Zip64: a locator right before the end record points at the zip64 end record.
@@ -64,7 +63,8 @@ ZipIndex::ZipIndex(const uint8_t* data, uint64_t size, const std::string& source
     bad("the end record defers to a zip64 end record that is not there");
   }
   if (!inside(cd_offset, cd_size, cd_limit))
-    bad(fmt::format("the central directory (offset {}, {} bytes) lies outside the file's {} bytes before its end "
+    bad(
+        fmt::format("the central directory (offset {}, {} bytes) lies outside the file's {} bytes before its end "
                     "records",
                     cd_offset, cd_size, cd_limit));
   if (count > cd_size / kCentralSize)
@@ -86,7 +86,8 @@ ZipIndex::ZipIndex(const uint8_t* data, uint64_t size, const std::string& source
     z.method = le<uint16_t>(c + 10);
     z.compressed_size = le<uint32_t>(c + 20);
     z.uncompressed_size = le<uint32_t>(c + 24);
-    const uint64_t name_len = le<uint16_t>(c + 28), extra_len = le<uint16_t>(c + 30), comment_len = le<uint16_t>(c + 32);
+    const uint64_t name_len = le<uint16_t>(c + 28), extra_len = le<uint16_t>(c + 30),
+                   comment_len = le<uint16_t>(c + 32);
     const uint16_t disk = le<uint16_t>(c + 34);
     z.header_offset = le<uint32_t>(c + 42);
     if (!inside(at + kCentralSize, name_len + extra_len + comment_len, cd_end))
@@ -125,7 +126,8 @@ ZipIndex::ZipIndex(const uint8_t* data, uint64_t size, const std::string& source
 
     // The local header it points at: same name and method, and its data before the directory.
     if (!inside(z.header_offset, kLocalSize, cd_offset) || le<uint32_t>(data + z.header_offset) != kLocalSig)
-      bad(fmt::format("record '{}' points at offset {}, where there is no local file header before the central "
+      bad(
+          fmt::format("record '{}' points at offset {}, where there is no local file header before the central "
                       "directory",
                       quoted, z.header_offset));
     const uint8_t* l = data + z.header_offset;
@@ -157,9 +159,10 @@ ZipIndex::ZipIndex(const uint8_t* data, uint64_t size, const std::string& source
     const ZipEntry& b = *by_offset[i + 1];
     const uint64_t a_end = a.data_offset + a.compressed_size;
     if (a_end > b.header_offset)
-      fail("{}: zip records '{}' (bytes {}-{}) and '{}' (from byte {}) overlap; a stranger's archive may not reuse "
-           "bytes",
-           source, excerpt(a.name, 100), a.header_offset, a_end, excerpt(b.name, 100), b.header_offset);
+      fail(
+          "{}: zip records '{}' (bytes {}-{}) and '{}' (from byte {}) overlap; a stranger's archive may not reuse "
+          "bytes",
+          source, excerpt(a.name, 100), a.header_offset, a_end, excerpt(b.name, 100), b.header_offset);
   }
 }
 

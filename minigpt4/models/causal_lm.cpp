@@ -66,8 +66,8 @@ torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& l
   const int64_t V = logits.size(-1);
   const auto shift_logits = logits.slice(1, 0, -1).reshape({-1, V}).to(torch::kFloat32);
   const auto shift_labels = labels.slice(1, 1).reshape({-1}).to(logits.device());
-  return torch::nn::functional::cross_entropy(
-      shift_logits, shift_labels, torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
+  return torch::nn::functional::cross_entropy(shift_logits, shift_labels,
+                                              torch::nn::functional::CrossEntropyFuncOptions().ignore_index(-100));
 }
 
 torch::Tensor position_ids_from_mask(const torch::Tensor& attention_mask) {

@@ -16,7 +16,7 @@ namespace minigpt4 {
 // (a `cat` per step made decoding quadratic in the length). Not copyable: two copies would
 // write into the same buffers.
 struct KVCache {
-  std::vector<torch::Tensor> keys, values;  // the valid positions: prefixes of the buffers below
+  std::vector<torch::Tensor> keys, values;                // the valid positions: prefixes of the buffers below
   std::vector<torch::Tensor> key_buffers, value_buffers;  // [B, kv_heads, capacity, D]
   int64_t reserve = 0;  // positions a new buffer makes room for (generation: prompt + new tokens)
 

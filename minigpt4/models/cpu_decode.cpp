@@ -41,8 +41,10 @@ struct FloatView {
   const float* f32 = nullptr;
   const c10::BFloat16* b16 = nullptr;
   explicit FloatView(const at::Tensor& t) {
-    if (t.scalar_type() == at::kBFloat16) b16 = t.data_ptr<c10::BFloat16>();
-    else f32 = t.data_ptr<float>();
+    if (t.scalar_type() == at::kBFloat16)
+      b16 = t.data_ptr<c10::BFloat16>();
+    else
+      f32 = t.data_ptr<float>();
   }
   float operator[](int64_t i) const { return f32 ? f32[i] : static_cast<float>(b16[i]); }
 };
@@ -68,10 +70,12 @@ const LlamaDecoderLayer& layer_at(const LlamaForCausalLM& m, size_t i) {
 bool applies(const LlamaForCausalLM& m, const at::Tensor& x, const KVCache& cache) {
   const auto dtype = m.dtype();
   if (!switch_state().load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return false;
-  if (!x.is_cpu() || x.dim() != 3 || x.size(0) != 1 || x.size(1) != 1 || x.size(2) != m.config.hidden_size) return false;
+  if (!x.is_cpu() || x.dim() != 3 || x.size(0) != 1 || x.size(1) != 1 || x.size(2) != m.config.hidden_size)
+    return false;
   if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
   if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
-  if (!float_tensor(m.norm->weight, dtype) || !linear_applies(*m.lm_head, dtype) || !float_tensor(m.inv_freq, at::kFloat))
+  if (!float_tensor(m.norm->weight, dtype) || !linear_applies(*m.lm_head, dtype) ||
+      !float_tensor(m.inv_freq, at::kFloat))
     return false;
   const int64_t past = cache.length();
   for (size_t i = 0; i < m.layers->size(); ++i) {
@@ -80,7 +84,8 @@ bool applies(const LlamaForCausalLM& m, const at::Tensor& x, const KVCache& cach
     const auto& mlp = *layer.mlp;
     for (const auto* l : {&a.q_proj, &a.k_proj, &a.v_proj, &a.o_proj, &mlp.gate_proj, &mlp.up_proj, &mlp.down_proj})
       if (!linear_applies(**l, dtype)) return false;
-    if (!float_tensor(layer.input_layernorm->weight, dtype) || !float_tensor(layer.post_attention_layernorm->weight, dtype))
+    if (!float_tensor(layer.input_layernorm->weight, dtype) ||
+        !float_tensor(layer.post_attention_layernorm->weight, dtype))
       return false;
     // The cache must hold this one sequence, `past` positions in every layer.
     const bool cached = i < cache.keys.size() && cache.keys[i].defined();
@@ -188,7 +193,8 @@ void attend_typed(const float* q, const T* keys, const T* values, int64_t capaci
                   int64_t D, int64_t T_len, float scale, float* out, const Rounding& round) {
   const int64_t group = heads / kv_heads;
   at::parallel_for(0, kv_heads, 1, [&](int64_t g0, int64_t g1) {
-    std::vector<float> p(static_cast<size_t>(group * T_len)), acc(static_cast<size_t>(group * D)), row(static_cast<size_t>(D));
+    std::vector<float> p(static_cast<size_t>(group * T_len)), acc(static_cast<size_t>(group * D)),
+        row(static_cast<size_t>(D));
     for (int64_t g = g0; g < g1; ++g) {
       const T* kg = keys + g * capacity * D;
       const T* vg = values + g * capacity * D;
@@ -289,7 +295,8 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
     const auto& mlp = *layer.mlp;
     rms_norm(x.data(), *layer.post_attention_layernorm, H, xn.data(), round);
     linears({{mlp.gate_proj.get(), gate.data()}, {mlp.up_proj.get(), up.data()}}, xn.data(), round);
-    for (int64_t j = 0; j < F; ++j) gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);  // silu(g) * u
+    for (int64_t j = 0; j < F; ++j)
+      gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);  // silu(g) * u
     linear(*mlp.down_proj, gate.data(), o.data(), round);
     for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
   }

@@ -61,8 +61,8 @@ const Cpu& cpu() {
     __builtin_cpu_init();
     c.intel = __builtin_cpu_is("intel");
     c.avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    c.avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-               __builtin_cpu_supports("avx512vl");
+    c.avx512 =
+        __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
     c.avx512_bf16 = c.avx512 && __builtin_cpu_supports("avx512bf16");
 #endif
     return c;
@@ -94,11 +94,11 @@ std::optional<std::string> cannot_run(Kernels k, at::ScalarType dtype) {
 // ------------------------------------------------------------------ the rules
 // Fixed rules from the CPU's features, backed by measurements on an Intel Xeon (AVX-512,
 // AVX512-BF16) and an AMD EPYC Zen 3 (AVX2 only) in benchmarks/README.md; a Zen 4 EPYC
-// (AVX-512 with BF16) is not measured yet (`minigpt4 info --kernels --measure` there). The widest instruction set wins for int8 and bf16: ours read those
-// weights at one row 1.6-4.6x faster than ATen on both CPUs measured. float32 weights go to
-// MKL on Intel, where its GEMV streams them as fast as ours, and to ours elsewhere, where
-// MKL's read them at 54-88 % of ours (Zen 3). A bf16 prompt goes through float32 blocks
-// unless the CPU has AMX (cpu_gemv.h, float32_blocks_mm).
+// (AVX-512 with BF16) is not measured yet (`minigpt4 info --kernels --measure` there). The widest instruction set wins
+// for int8 and bf16: ours read those weights at one row 1.6-4.6x faster than ATen on both CPUs measured. float32
+// weights go to MKL on Intel, where its GEMV streams them as fast as ours, and to ours elsewhere, where MKL's read them
+// at 54-88 % of ours (Zen 3). A bf16 prompt goes through float32 blocks unless the CPU has AMX (cpu_gemv.h,
+// float32_blocks_mm).
 
 struct Rule {
   Kernels kernels;
@@ -176,8 +176,8 @@ Decision decide() {
       }
       const int slot = dtype == "f32" ? 0 : dtype == "bf16" ? 1 : dtype == "int8" ? 2 : -1;
       if (slot < 0)
-        throw std::runtime_error(fmt::format("MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8 or bf16_prompt)",
-                                             setting, dtype));
+        throw std::runtime_error(fmt::format(
+            "MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8 or bf16_prompt)", setting, dtype));
       if (family != "auto") forced[slot] = parse_family(family, setting);
     }
   }
@@ -250,7 +250,8 @@ void product(const kernels::Table& t, const at::Tensor& weight, const at::Tensor
     case at::kChar: {
       const int8_t* q = weight.data_ptr<int8_t>();
       const float* s = scales.data_ptr<float>();
-      at::parallel_for(0, N, grain_rows(K, 1), [&](int64_t n0, int64_t n1) { t.int8(x32, M, K, q, s, y32, N, n0, n1); });
+      at::parallel_for(0, N, grain_rows(K, 1),
+                       [&](int64_t n0, int64_t n1) { t.int8(x32, M, K, q, s, y32, N, n0, n1); });
       return;
     }
     default: throw std::logic_error("cpu_gemv: no kernel for this weight dtype");
@@ -274,8 +275,10 @@ at::Tensor tensor_product(Kernels k, const at::Tensor& x, int64_t M, const at::T
   const int64_t N = weight.size(0), K = weight.size(1);
   const auto x2 = x.reshape({M, K}).contiguous();
   at::Tensor x32, x16;
-  if (weight.scalar_type() == at::kBFloat16 && t.bf16_reads_bits) x16 = x2.to(at::kBFloat16);
-  else x32 = x2.to(at::kFloat);
+  if (weight.scalar_type() == at::kBFloat16 && t.bf16_reads_bits)
+    x16 = x2.to(at::kBFloat16);
+  else
+    x32 = x2.to(at::kFloat);
   auto y32 = at::empty({M, N}, x.options().dtype(at::kFloat));
   product(t, weight, scales, x32.defined() ? x32.data_ptr<float>() : nullptr,
           x16.defined() ? reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>()) : nullptr, M,
@@ -307,8 +310,8 @@ void set_choice(const Choice& choice) {
       {choice.f32, at::kFloat}, {choice.bf16, at::kBFloat16}, {choice.int8, at::kChar}};
   for (const auto& [k, dtype] : parts)
     if (const auto problem = cannot_run(k, dtype))
-      throw std::invalid_argument(fmt::format("cpu_gemv::set_choice: {} kernels for {} weights: {}", name(k),
-                                              dtype_name(dtype), *problem));
+      throw std::invalid_argument(
+          fmt::format("cpu_gemv::set_choice: {} kernels for {} weights: {}", name(k), dtype_name(dtype), *problem));
   g_override.store(pack(choice), std::memory_order_relaxed);
 }
 

@@ -64,7 +64,8 @@ torch::Tensor EvaVit::embed(const torch::Tensor& images) const {
   const auto x = images.to(patch_weight.scalar_type());
   const int64_t B = x.size(0);
   if (x.size(2) != config.image_size || x.size(3) != config.image_size)
-    fail("vision encoder: expected {}x{} images, got {}x{}", config.image_size, config.image_size, x.size(2), x.size(3));
+    fail("vision encoder: expected {}x{} images, got {}x{}", config.image_size, config.image_size, x.size(2),
+         x.size(3));
   auto patches = torch::conv2d(x, patch_weight, patch_bias, {config.patch_size, config.patch_size});
   patches = patches.flatten(2).transpose(1, 2);  // [B, P, W]
   return torch::cat({cls_token.expand({B, -1, -1}), patches}, 1) + pos_embed;
@@ -89,11 +90,11 @@ torch::Tensor interpolate_pos_embed(const torch::Tensor& pos_embed, int64_t new_
   const auto cls = pos_embed.slice(1, 0, 1);
   auto grid = pos_embed.slice(1, 1).reshape({-1, old_grid, old_grid, width}).permute({0, 3, 1, 2});
   const auto dtype = grid.scalar_type();
-  grid = torch::nn::functional::interpolate(
-      grid.to(torch::kFloat32), torch::nn::functional::InterpolateFuncOptions()
-                                    .size(std::vector<int64_t>{new_grid, new_grid})
-                                    .mode(torch::kBicubic)
-                                    .align_corners(false));
+  grid =
+      torch::nn::functional::interpolate(grid.to(torch::kFloat32), torch::nn::functional::InterpolateFuncOptions()
+                                                                       .size(std::vector<int64_t>{new_grid, new_grid})
+                                                                       .mode(torch::kBicubic)
+                                                                       .align_corners(false));
   grid = grid.to(dtype).permute({0, 2, 3, 1}).flatten(1, 2);
   return torch::cat({cls, grid}, 1);
 }

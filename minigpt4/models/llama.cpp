@@ -55,8 +55,7 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
         fail("{}: {}.{} must be a string, got {}", source, key, type_key, describe_json(rope[type_key]));
       type = rope[type_key].get<std::string>();
     }
-    if (type != "default")
-      fail("{}: {} of type \"{}\" is not supported (plain RoPE only)", source, key, excerpt(type));
+    if (type != "default") fail("{}: {} of type \"{}\" is not supported (plain RoPE only)", source, key, excerpt(type));
     if (rope.contains("rope_theta")) {
       if (!rope["rope_theta"].is_number())
         fail("{}: {}.rope_theta must be a number, got {}", source, key, describe_json(rope["rope_theta"]));
@@ -70,17 +69,21 @@ LlamaConfig LlamaConfig::from_json(const nlohmann::json& j, const std::string& s
     fail("{}: hidden_act {} is not supported (LLaMA uses silu)", source, describe_json(j["hidden_act"]));
   // Sizes a stranger's config.json could get wrong in ways that would divide by zero or
   // overflow later: each model size is a positive int32, as in transformers' configs.
-  for (const auto& [key, value] :
-       {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-        {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
-        {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads},
-        {"max_position_embeddings", c.max_position_embeddings}})
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+                                   {"hidden_size", c.hidden_size},
+                                   {"intermediate_size", c.intermediate_size},
+                                   {"num_hidden_layers", c.num_hidden_layers},
+                                   {"num_attention_heads", c.num_attention_heads},
+                                   {"num_key_value_heads", c.num_key_value_heads},
+                                   {"max_position_embeddings", c.max_position_embeddings}})
     if (value < 1 || value > INT32_MAX) fail("{}: '{}' must be from 1 to {}, got {}", source, key, INT32_MAX, value);
-  if (c.head_dim < 0 || c.head_dim > INT32_MAX) fail("{}: 'head_dim' must be from 0 to {}, got {}", source, INT32_MAX, c.head_dim);
+  if (c.head_dim < 0 || c.head_dim > INT32_MAX)
+    fail("{}: 'head_dim' must be from 0 to {}, got {}", source, INT32_MAX, c.head_dim);
   if (c.dim_per_head() < 1 || (c.head_dim == 0 && c.hidden_size % c.num_attention_heads != 0))
     fail("{}: hidden_size {} is not a multiple of the {} attention heads (and no head_dim is given)", source,
          c.hidden_size, c.num_attention_heads);
-  if (c.dim_per_head() % 2 != 0) fail("{}: a head of {} channels cannot be rotated by RoPE (it needs an even number)", source, c.dim_per_head());
+  if (c.dim_per_head() % 2 != 0)
+    fail("{}: a head of {} channels cannot be rotated by RoPE (it needs an even number)", source, c.dim_per_head());
   if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps))
     fail("{}: 'rms_norm_eps' must be a positive number, got {}", source, c.rms_norm_eps);
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))
@@ -132,7 +135,8 @@ torch::Tensor LlamaMlp::forward(const torch::Tensor& x) const {
 LlamaDecoderLayer::LlamaDecoderLayer(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format) {
   self_attn = register_module("self_attn", std::make_shared<LlamaAttention>(c, options, format));
   mlp = register_module("mlp", std::make_shared<LlamaMlp>(c, options, format));
-  input_layernorm = register_module("input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
+  input_layernorm =
+      register_module("input_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
   post_attention_layernorm =
       register_module("post_attention_layernorm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
 }
@@ -146,7 +150,8 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, const decoder::
 LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format)
     : config(c) {
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
-  embed_tokens = model->register_module("embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, options));
+  embed_tokens =
+      model->register_module("embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, options));
   layers = model->register_module("layers", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     layers->push_back(std::make_shared<LlamaDecoderLayer>(c, options, format));

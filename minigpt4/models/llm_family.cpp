@@ -34,8 +34,8 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::Te
                                          WeightFormat linear_format) {
   const auto config_path = (std::filesystem::path(dir) / "config.json").string();
   const auto weights = io::load_state_dict(dir);
-  auto model = make_causal_lm(llm_config_from_hf(io::read_json_file(config_path), config_path, weights), options,
-                              linear_format);
+  auto model =
+      make_causal_lm(llm_config_from_hf(io::read_json_file(config_path), config_path, weights), options, linear_format);
   LoadSpec spec;
   spec.source = dir;
   spec.is_ignorable = [](const std::string& key) { return key.find("rotary_emb.inv_freq") != std::string::npos; };

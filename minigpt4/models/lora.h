@@ -133,7 +133,7 @@ struct Target {
   std::string name;
   std::shared_ptr<Linear> linear;
   torch::nn::Module* parent = nullptr;  // for parts: where the placeholder goes
-  std::string part;                           // "" for the whole layer
+  std::string part;                     // "" for the whole layer
   int64_t row_begin = 0, rows = 0;
 };
 std::vector<Target> linear_targets(torch::nn::Module& root);

@@ -101,8 +101,8 @@ struct MiniGPT4 : torch::nn::Module {
   // `MiniGPT4.forward`: loss of `text + end_sym` after [bos] + wrapped image; targets -100
   // on bos, prompt, image and padding (pad_id) positions. Undefined `images` (with an
   // empty prompt) is a text-only batch: the loss of [bos] + text + end_sym.
-  TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts,
-                          const std::string& prompt, const Tokenizer& tokenizer) const;
+  TrainingForward forward(const torch::Tensor& images, const std::vector<std::string>& texts, const std::string& prompt,
+                          const Tokenizer& tokenizer) const;
 
   // `MiniGPTBase.forward` (MiniGPT-v2, TinyGPT-V stage 4) for instruction batches: per
   // sample [bos] + the first question (in prompt_template when it is a conversation or
@@ -111,7 +111,8 @@ struct MiniGPT4 : torch::nn::Module {
   // (masked) + answer + end_sym, all cut to max_txt_len. Only answer tokens are targets
   // (single-turn answers also lose their pad-id tokens, as the original masks them); rows
   // are right-padded with pad_id's embedding. With one instruction per sample already in its
-  // template this is also the LLaMA-2 variant's forward with `instruction_input`. Undefined `images`: text-only instructions (no `<ImageHere>`).
+  // template this is also the LLaMA-2 variant's forward with `instruction_input`. Undefined `images`: text-only
+  // instructions (no `<ImageHere>`).
   TrainingForward forward_instructions(const torch::Tensor& images, const std::vector<Instruction>& samples,
                                        const Tokenizer& tokenizer) const;
 
@@ -131,13 +132,14 @@ struct MiniGPT4 : torch::nn::Module {
   std::shared_ptr<QFormer> Qformer;  // null without a Q-Former
   torch::Tensor query_tokens;
   std::shared_ptr<Linear> llama_proj;
-  std::shared_ptr<Linear> llama_proj2;  // null unless config.proj_hidden > 0
+  std::shared_ptr<Linear> llama_proj2;    // null unless config.proj_hidden > 0
   std::shared_ptr<CausalLM> llama_model;  // the LLM, of any family, under MiniGPT-4's module name
 };
 
 // Builds the model the config describes on `device`, loads every weight it names and checks
 // that no frozen parameter was left unloaded. Throws minigpt4::Error naming the file and key.
-std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report = nullptr);
+std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device,
+                                        LoadReport* report = nullptr);
 
 // The dtype a configured precision runs in on `device`: fp16 is computed in fp32 on the CPU
 // (CPU half-precision GEMMs are slow and lose accuracy); bf16 and fp32 run as configured.

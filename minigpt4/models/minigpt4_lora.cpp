@@ -84,9 +84,10 @@ std::string component_for_folder(MiniGPT4& model, const std::string& dir) {
     if (std::all_of(modules.begin(), modules.end(), [&](const auto& m) { return names.count(m) > 0; }))
       return component;
   }
-  fail("{}: the adapter's weights name '{}', which is a linear layer of none of the LLM, the ViT or the Q-Former "
-       "(names are relative to the component, e.g. model.layers.0.self_attn.q_proj)",
-       dir, modules.front());
+  fail(
+      "{}: the adapter's weights name '{}', which is a linear layer of none of the LLM, the ViT or the Q-Former "
+      "(names are relative to the component, e.g. model.layers.0.self_attn.q_proj)",
+      dir, modules.front());
 }
 
 // Whether `entry` is a run of whole dotted segments of `name` ("llama_proj" of
@@ -130,7 +131,8 @@ void read_lora_settings(const Config& cfg, MiniGPT4Config& c) {
     llm.lora_alpha = cfg.get_float("model.lora_alpha", 16.0);
     llm.lora_dropout = cfg.get_float("model.lora_dropout", 0.05);
     llm.target_modules = cfg.get_string_list("model.lora_target_modules");
-    if (llm.target_modules.empty()) llm.target_modules = tinygptv ? tinygptv::lora_targets() : defaults_for("llm").targets;
+    if (llm.target_modules.empty())
+      llm.target_modules = tinygptv ? tinygptv::lora_targets() : defaults_for("llm").targets;
     llm.task_type = "CAUSAL_LM";
     llm.validate(fmt::format("{}: model.lora_r", cfg.source_of("model.lora_r")));
     c.lora["llm"] = llm;
@@ -185,9 +187,10 @@ void load_adapter_folder(MiniGPT4& model, const std::string& name, const std::st
     found = true;
   }
   if (!found)
-    fail("model.lora_path.{}: '{}' holds neither {} nor the per-component adapter folders llm/, ve/ (or vit/), "
-         "qformer/",
-         name, dir, lora::kPeftConfigFile);
+    fail(
+        "model.lora_path.{}: '{}' holds neither {} nor the per-component adapter folders llm/, ve/ (or vit/), "
+        "qformer/",
+        name, dir, lora::kPeftConfigFile);
 }
 
 void load_configured_adapters(MiniGPT4& model) {

@@ -51,9 +51,9 @@ struct PhiConfig {
   int64_t max_position_embeddings = 2048;
   int64_t bos_token_id = 50256, eos_token_id = 50256, pad_token_id = -1;
   bool tie_word_embeddings = false;
-  bool fused_qkv = false;       // query_key_value instead of q_proj/k_proj/v_proj
-  bool qk_layernorm = false;    // TinyGPT-V (and HF's config key)
-  bool post_layernorm = false;  // TinyGPT-V
+  bool fused_qkv = false;                      // query_key_value instead of q_proj/k_proj/v_proj
+  bool qk_layernorm = false;                   // TinyGPT-V (and HF's config key)
+  bool post_layernorm = false;                 // TinyGPT-V
   double resid_pdrop = 0.0, embd_pdrop = 0.0;  // in training mode only (Phi-2: 0.1 and 0.0)
   // TinyGPT-V: every norm's weights in float32 (where they train) inside an fp16/bf16 model;
   // a norm then computes in float32 and hands back the activations' dtype.

@@ -46,15 +46,16 @@ torch::Tensor BertAttentionBlock::forward(const torch::Tensor& hidden, const tor
 }
 
 QFormerLayer::QFormerLayer(const QFormerConfig& c, bool has_cross_attention, const torch::TensorOptions& options) {
-  attention = register_module("attention", std::make_shared<BertAttentionBlock>(c.hidden_size, c.hidden_size, c, options));
+  attention =
+      register_module("attention", std::make_shared<BertAttentionBlock>(c.hidden_size, c.hidden_size, c, options));
   if (has_cross_attention)
-    crossattention = register_module(
-        "crossattention", std::make_shared<BertAttentionBlock>(c.hidden_size, c.encoder_width, c, options));
+    crossattention = register_module("crossattention",
+                                     std::make_shared<BertAttentionBlock>(c.hidden_size, c.encoder_width, c, options));
   auto intermediate = register_module("intermediate_query", std::make_shared<torch::nn::Module>());
-  intermediate_dense =
-      intermediate->register_module("dense", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, true, options));
-  output_query = register_module(
-      "output_query", std::make_shared<BertResidualOutput>(c.intermediate_size, c.hidden_size, c.layer_norm_eps, options));
+  intermediate_dense = intermediate->register_module(
+      "dense", std::make_shared<Linear>(c.hidden_size, c.intermediate_size, true, options));
+  output_query = register_module("output_query", std::make_shared<BertResidualOutput>(
+                                                     c.intermediate_size, c.hidden_size, c.layer_norm_eps, options));
 }
 
 torch::Tensor QFormerLayer::forward(const torch::Tensor& queries, const torch::Tensor& image_embeds) const {
@@ -69,7 +70,8 @@ QFormer::QFormer(const QFormerConfig& c, const torch::TensorOptions& options) : 
   if (c.cross_attention_freq < 1) fail("Q-Former: cross_attention_freq must be >= 1, got {}", c.cross_attention_freq);
   auto bert = register_module("bert", std::make_shared<torch::nn::Module>());
   auto embeddings = bert->register_module("embeddings", std::make_shared<torch::nn::Module>());
-  embeddings_norm = embeddings->register_module("LayerNorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, options));
+  embeddings_norm =
+      embeddings->register_module("LayerNorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, options));
   auto encoder = bert->register_module("encoder", std::make_shared<torch::nn::Module>());
   layers = encoder->register_module("layer", torch::nn::ModuleList());
   for (int64_t i = 0; i < c.num_layers; ++i)

@@ -37,7 +37,8 @@ struct BertResidualOutput : torch::nn::Module {
 
 // `attention` / `crossattention` in the checkpoint: `self` (the core) + `output`.
 struct BertAttentionBlock : torch::nn::Module {
-  BertAttentionBlock(int64_t hidden, int64_t context_width, const QFormerConfig& c, const torch::TensorOptions& options);
+  BertAttentionBlock(int64_t hidden, int64_t context_width, const QFormerConfig& c,
+                     const torch::TensorOptions& options);
   torch::Tensor forward(const torch::Tensor& hidden, const torch::Tensor& context) const;
   std::shared_ptr<BertAttentionCore> self;
   std::shared_ptr<BertResidualOutput> output;

@@ -18,7 +18,6 @@ namespace {
 // that way peaked up to 0.9 GiB above its weights and mapped file, block by block 0.35.
 constexpr int64_t kQuantizeBlockElements = int64_t{1} << 20;
 
-
 // Up to this many activation rows, bf16/fp16 on the CPU use ATen's fused int8 kernel.
 constexpr int64_t kCpuFusedMaxRows = 32;
 

@@ -31,7 +31,6 @@ at::Tensor dequantize_int8(const at::Tensor& values, const at::Tensor& scales, c
 // fused int8-weight kernel for bf16/fp16 with up to 32 rows (decoding), else the weight
 // converted block by block in cache; CUDA: the weight dequantised to x's dtype, then the
 // ordinary GEMM. Measurements and reasons in quantize.cpp.
-at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales,
-                       const at::Tensor& bias);
+at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales, const at::Tensor& bias);
 
 }  // namespace minigpt4

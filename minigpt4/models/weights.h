@@ -22,14 +22,15 @@ struct LoadResult {
 };
 
 struct LoadSpec {
-  std::string source;          // for messages
-  std::string add_prefix;      // prepended to every file key ("llama_model." for an HF dir)
+  std::string source;      // for messages
+  std::string add_prefix;  // prepended to every file key ("llama_model." for an HF dir)
   // File keys (after add_prefix) that are known not to belong to the model; they are
   // listed as ignored, never as unexpected.
   std::function<bool(const std::string&)> is_ignorable;
   // Called for a key whose shape differs: may return a converted tensor (e.g. an
   // interpolated pos_embed) or an undefined tensor to report the mismatch.
-  std::function<torch::Tensor(const std::string& name, const torch::Tensor& value, const torch::Tensor& target)> reshape;
+  std::function<torch::Tensor(const std::string& name, const torch::Tensor& value, const torch::Tensor& target)>
+      reshape;
 };
 
 // Copies every tensor of `state` whose name is a parameter or buffer of `module` and records

@@ -94,8 +94,8 @@ char32_t to_lower(char32_t c) {
   if (c >= 0x531 && c <= 0x556) return c + 48;  // Armenian
   // Latin Extended Additional.
   if (pair_even_upper(0x1E00, 0x1E95) || pair_even_upper(0x1EA0, 0x1EFF)) return c + 1;
-  if (c == 0x1E9E) return 0xDF;                       // capital sharp s
-  if (c >= 0xFF21 && c <= 0xFF3A) return c + 32;      // fullwidth A-Z
+  if (c == 0x1E9E) return 0xDF;                   // capital sharp s
+  if (c >= 0xFF21 && c <= 0xFF3A) return c + 32;  // fullwidth A-Z
   return c;
 }
 
@@ -129,8 +129,7 @@ Text python_lower(const Text& in) {
 // Python's str.isspace(), which is what `\s` matches in a str pattern.
 bool is_python_space(char32_t c) {
   return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
-         c == 0x3000;
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
 bool is_removed_punctuation(char32_t c) {

@@ -39,7 +39,7 @@ bool jpeg_has_eoi(const std::string& data) {
     while (i < n && d[i] == 0xFF) ++i;  // fill bytes before a marker
     if (i >= n) return false;
     const unsigned marker = d[i++];
-    if (marker == 0xD9) return true;  // EOI
+    if (marker == 0xD9) return true;                                                       // EOI
     if (marker == 0x00 || marker == 0x01 || (marker >= 0xD0 && marker <= 0xD8)) continue;  // no length
     if (i + 2 > n) return false;
     const size_t length = (size_t(d[i]) << 8) | d[i + 1];  // includes its own two bytes
@@ -71,9 +71,10 @@ bool jpeg_has_eoi(const std::string& data) {
 cv::Mat to_8bit_like_pil(const cv::Mat& image, const std::string& name) {
   if (image.depth() == CV_8U) return image;
   if (image.depth() != CV_16U)
-    fail("cannot decode image {}: unsupported sample type (OpenCV depth {}); only 8- and 16-bit "
-         "integer images are supported",
-         name, image.depth());
+    fail(
+        "cannot decode image {}: unsupported sample type (OpenCV depth {}); only 8- and 16-bit "
+        "integer images are supported",
+        name, image.depth());
   cv::Mat out;
   if (image.channels() == 1) {
     image.convertTo(out, CV_8U);  // saturating: min(v, 255), PIL's "I" -> "RGB" clip
@@ -141,29 +142,33 @@ at::Tensor decode_image_rgb_bytes(const std::string& bytes, const std::string& n
   if (bytes.empty()) fail("cannot decode image {}: the file is empty", name);
   const int64_t max_bytes = input_limits().max_encoded_image_bytes;
   if (static_cast<uint64_t>(bytes.size()) > static_cast<uint64_t>(max_bytes))
-    fail("cannot decode image {}: {} bytes of encoded data, more than the {} an image file may have "
-         "(limits.max_encoded_image_bytes)", name, bytes.size(), max_bytes);
+    fail(
+        "cannot decode image {}: {} bytes of encoded data, more than the {} an image file may have "
+        "(limits.max_encoded_image_bytes)",
+        name, bytes.size(), max_bytes);
   // The header first: the size the decoder would allocate for is checked before decoding.
   const ImageHeader header = read_image_header(bytes, name);
   const std::string& format = header.format;
   const int64_t max_pixels = input_limits().max_image_pixels;
   if (header.width > max_pixels / header.height)  // width * height > max_pixels, without overflow
-    throw ImageTooLarge(fmt::format("cannot decode image {}: its {} header says {}x{} ({} pixels), more than the {} "
-                                    "an image may have (limits.max_image_pixels)", name, format, header.width,
-                                    header.height, header.width > std::numeric_limits<int64_t>::max() / header.height
-                                        ? std::numeric_limits<int64_t>::max()
-                                        : header.width * header.height,
-                                    max_pixels));
+    throw ImageTooLarge(fmt::format(
+        "cannot decode image {}: its {} header says {}x{} ({} pixels), more than the {} "
+        "an image may have (limits.max_image_pixels)",
+        name, format, header.width, header.height,
+        header.width > std::numeric_limits<int64_t>::max() / header.height ? std::numeric_limits<int64_t>::max()
+                                                                           : header.width * header.height,
+        max_pixels));
   if (header.buffer_pixels > max_pixels)
-    throw ImageTooLarge(fmt::format("cannot decode image {}: its {} header declares tiles or strips of {} pixels, more "
-                                    "than the {} an image may have (limits.max_image_pixels)", name, format,
-                                    header.buffer_pixels, max_pixels));
+    throw ImageTooLarge(
+        fmt::format("cannot decode image {}: its {} header declares tiles or strips of {} pixels, more "
+                    "than the {} an image may have (limits.max_image_pixels)",
+                    name, format, header.buffer_pixels, max_pixels));
   if (format == "JPEG" && !jpeg_has_eoi(bytes))
-    fail("cannot decode image {}: truncated JPEG data (ends before the end-of-image marker, {} bytes)",
-         name, bytes.size());
+    fail("cannot decode image {}: truncated JPEG data (ends before the end-of-image marker, {} bytes)", name,
+         bytes.size());
 
   cv::Mat rgb = format == "JPEG" && header.jpeg_components == 4 ? decode_cmyk_jpeg_like_pil(bytes, name)
-                                                                  : decode_with_opencv(bytes, header, name);
+                                                                : decode_with_opencv(bytes, header, name);
   if (rgb.rows != header.height || rgb.cols != header.width)
     fail("cannot decode image {}: the {} header says {}x{} but the data decodes to {}x{}", name, format, header.width,
          header.height, rgb.cols, rgb.rows);
@@ -185,8 +190,10 @@ at::Tensor decode_image_rgb(const std::string& path) {
   const auto size = static_cast<int64_t>(in.tellg());
   if (size < 0) fail("cannot read image file {}: cannot tell its size", name);
   if (size > input_limits().max_encoded_image_bytes)
-    fail("cannot decode image {}: the file is {} bytes, more than the {} an image file may have "
-         "(limits.max_encoded_image_bytes)", name, size, input_limits().max_encoded_image_bytes);
+    fail(
+        "cannot decode image {}: the file is {} bytes, more than the {} an image file may have "
+        "(limits.max_encoded_image_bytes)",
+        name, size, input_limits().max_encoded_image_bytes);
   std::string contents(static_cast<size_t>(size), '\0');
   in.seekg(0);
   if (!in.read(contents.data(), size)) fail("cannot read image file {}: read error", name);

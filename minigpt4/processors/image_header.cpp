@@ -173,12 +173,20 @@ ImageHeader tiff_header(const Bytes& b, const Reader& r) {
     const size_t value_at = at + (big ? 12 : 8);
     if (n != 1) continue;
     int64_t value = -1;
-    if (type == 3) value = u16(value_at);                // SHORT
-    else if (type == 4) value = u32(value_at);           // LONG
-    else if (type == 16 && big) value = static_cast<int64_t>(std::min<uint64_t>(u64(value_at), uint64_t(1) << 33));  // LONG8
-    else continue;
-    int64_t* field = tag == 256 ? &width : tag == 257 ? &height : tag == 278 ? &rows_per_strip
-                   : tag == 322 ? &tile_width : tag == 323 ? &tile_height : nullptr;
+    if (type == 3)
+      value = u16(value_at);  // SHORT
+    else if (type == 4)
+      value = u32(value_at);  // LONG
+    else if (type == 16 && big)
+      value = static_cast<int64_t>(std::min<uint64_t>(u64(value_at), uint64_t(1) << 33));  // LONG8
+    else
+      continue;
+    int64_t* field = tag == 256   ? &width
+                     : tag == 257 ? &height
+                     : tag == 278 ? &rows_per_strip
+                     : tag == 322 ? &tile_width
+                     : tag == 323 ? &tile_height
+                                  : nullptr;
     if (field && *field < 0) *field = value;  // libtiff keeps the first of duplicate tags
   }
   if (width < 0 || height < 0) r.corrupt("the first image directory gives no ImageWidth and ImageLength");
@@ -252,16 +260,23 @@ ImageHeader read_image_header(const std::string& bytes, const std::string& name)
   const char* refused = nullptr;
   if (starts_with(bytes, "\0\0\0\x0CjP  \r\n\x87\n", 12) || starts_with(bytes, "\xFF\x4F\xFF\x51", 4))
     refused = "JPEG 2000";
-  else if (starts_with(bytes, "\x76\x2F\x31\x01", 4)) refused = "OpenEXR";
-  else if (starts_with(bytes, "#?RADIANCE", 10) || starts_with(bytes, "#?RGBE", 6)) refused = "Radiance HDR";
-  else if (starts_with(bytes, "\x59\xA6\x6A\x95", 4)) refused = "Sun raster";
-  else if (starts_with(bytes, "P7", 2)) refused = "PAM (P7)";
-  else if (starts_with(bytes, "PF", 2) || starts_with(bytes, "Pf", 2)) refused = "PFM";
+  else if (starts_with(bytes, "\x76\x2F\x31\x01", 4))
+    refused = "OpenEXR";
+  else if (starts_with(bytes, "#?RADIANCE", 10) || starts_with(bytes, "#?RGBE", 6))
+    refused = "Radiance HDR";
+  else if (starts_with(bytes, "\x59\xA6\x6A\x95", 4))
+    refused = "Sun raster";
+  else if (starts_with(bytes, "P7", 2))
+    refused = "PAM (P7)";
+  else if (starts_with(bytes, "PF", 2) || starts_with(bytes, "Pf", 2))
+    refused = "PFM";
   if (refused)
     fail("cannot decode image {}: {} images are not accepted; use JPEG, PNG, BMP, WebP, TIFF or PPM/PGM/PBM", name,
          refused);
-  fail("cannot decode image {}: not an image in a format this build reads (JPEG, PNG, BMP, WebP, TIFF, PPM/PGM/PBM; "
-       "{} bytes, unrecognised header)", name, bytes.size());
+  fail(
+      "cannot decode image {}: not an image in a format this build reads (JPEG, PNG, BMP, WebP, TIFF, PPM/PGM/PBM; "
+      "{} bytes, unrecognised header)",
+      name, bytes.size());
 }
 
 }  // namespace minigpt4

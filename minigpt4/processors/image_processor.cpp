@@ -6,12 +6,12 @@
 
 namespace minigpt4 {
 
-ImageEvalProcessor::ImageEvalProcessor(int image_size, std::array<double, 3> mean,
-                                       std::array<double, 3> std_dev)
+ImageEvalProcessor::ImageEvalProcessor(int image_size, std::array<double, 3> mean, std::array<double, 3> std_dev)
     : image_size_(image_size), mean_(mean), std_(std_dev) {
   if (image_size <= 0) fail("ImageEvalProcessor: image_size must be positive, got {}", image_size);
   for (double s : std_dev)
-    if (s == 0.0) fail("ImageEvalProcessor: std must be non-zero, got ({}, {}, {})", std_dev[0], std_dev[1], std_dev[2]);
+    if (s == 0.0)
+      fail("ImageEvalProcessor: std must be non-zero, got ({}, {}, {})", std_dev[0], std_dev[1], std_dev[2]);
 }
 
 at::Tensor ImageEvalProcessor::operator()(const at::Tensor& rgb) const {
@@ -30,8 +30,6 @@ at::Tensor ImageEvalProcessor::operator()(const at::Tensor& rgb) const {
   return x.sub_(mean).div_(std);
 }
 
-at::Tensor ImageEvalProcessor::from_file(const std::string& path) const {
-  return (*this)(decode_image_rgb(path));
-}
+at::Tensor ImageEvalProcessor::from_file(const std::string& path) const { return (*this)(decode_image_rgb(path)); }
 
 }  // namespace minigpt4

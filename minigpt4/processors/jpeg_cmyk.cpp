@@ -37,8 +37,7 @@ void on_message(j_common_ptr) {}
 // The samples exactly as libjpeg returns them with out_color_space = JCS_CMYK (YCCK is
 // converted to CMYK by libjpeg, as for PIL). Returns a malloc'ed width*height*4 buffer, or
 // nullptr with `message` filled.
-unsigned char* decode_raw_cmyk(const unsigned char* data, unsigned long size, int* width, int* height,
-                               char* message) {
+unsigned char* decode_raw_cmyk(const unsigned char* data, unsigned long size, int* width, int* height, char* message) {
   jpeg_decompress_struct cinfo;
   ErrorManager errors;
   unsigned char* volatile pixels = nullptr;

@@ -92,8 +92,7 @@ inline uint8_t clip8(int64_t acc) {
 constexpr int64_t kRoundingBias = int64_t{1} << (kPrecisionBits - 1);
 
 // Filters along the width: [h, in_w, ch] -> [h, out_w, ch].
-void resample_horizontal(const uint8_t* in, int h, int in_w, int ch, uint8_t* out, int out_w,
-                         const AxisCoeffs& c) {
+void resample_horizontal(const uint8_t* in, int h, int in_w, int ch, uint8_t* out, int out_w, const AxisCoeffs& c) {
   std::vector<int64_t> acc(ch);
   for (int y = 0; y < h; ++y) {
     const uint8_t* row = in + static_cast<size_t>(y) * in_w * ch;

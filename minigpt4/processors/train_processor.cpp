@@ -22,8 +22,8 @@ uint64_t uniform_index(std::mt19937_64& rng, uint64_t n) {
   return x % n;
 }
 
-ImageTrainProcessor::ImageTrainProcessor(int image_size, double min_scale, double max_scale,
-                                         std::array<double, 3> mean, std::array<double, 3> std_dev)
+ImageTrainProcessor::ImageTrainProcessor(int image_size, double min_scale, double max_scale, std::array<double, 3> mean,
+                                         std::array<double, 3> std_dev)
     : resize_normalise_(image_size, mean, std_dev), min_scale_(min_scale), max_scale_(max_scale) {
   if (!(min_scale > 0.0 && min_scale <= max_scale && max_scale <= 1.0))
     fail("ImageTrainProcessor: need 0 < min_scale <= max_scale <= 1, got min_scale {} max_scale {}", min_scale,
@@ -63,7 +63,8 @@ CropBox ImageTrainProcessor::sample_crop(int height, int width, std::mt19937_64&
 
 at::Tensor ImageTrainProcessor::apply(const at::Tensor& rgb, const CropBox& box) const {
   if (!rgb.defined() || rgb.dim() != 3 || rgb.size(2) != 3)
-    fail("ImageTrainProcessor: expected a uint8 [H,W,3] RGB image, got {}", rgb.defined() ? c10::str(rgb.sizes()) : "undefined");
+    fail("ImageTrainProcessor: expected a uint8 [H,W,3] RGB image, got {}",
+         rgb.defined() ? c10::str(rgb.sizes()) : "undefined");
   if (box.top < 0 || box.left < 0 || box.height <= 0 || box.width <= 0 || box.top + box.height > rgb.size(0) ||
       box.left + box.width > rgb.size(1))
     fail("ImageTrainProcessor: crop box (top {}, left {}, {}x{}) is outside the {}x{} image", box.top, box.left,
@@ -76,7 +77,8 @@ at::Tensor ImageTrainProcessor::apply(const at::Tensor& rgb, const CropBox& box)
 
 at::Tensor ImageTrainProcessor::operator()(const at::Tensor& rgb, std::mt19937_64& rng) const {
   if (!rgb.defined() || rgb.dim() != 3)
-    fail("ImageTrainProcessor: expected a uint8 [H,W,3] RGB image, got {}", rgb.defined() ? c10::str(rgb.sizes()) : "undefined");
+    fail("ImageTrainProcessor: expected a uint8 [H,W,3] RGB image, got {}",
+         rgb.defined() ? c10::str(rgb.sizes()) : "undefined");
   return apply(rgb, sample_crop(static_cast<int>(rgb.size(0)), static_cast<int>(rgb.size(1)), rng));
 }
 

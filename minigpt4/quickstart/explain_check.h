@@ -21,18 +21,18 @@ struct ExplainCheckOptions {
   std::string heldout_root;  // <world>/heldout, with boxes in annotations.json
   std::string question = "Describe this image in detail.";
   int64_t max_new_tokens = 40;
-  int64_t limit = 100;        // first N pictures
-  std::string pictures_dir;   // optional: overlays of the first `pictures` items
+  int64_t limit = 100;       // first N pictures
+  std::string pictures_dir;  // optional: overlays of the first `pictures` items
   int64_t pictures = 4;
   uint64_t shuffle_seed = 0;  // the control's permutation
 };
 
 struct ExplainScore {
-  int64_t pictures = 0;         // with at least one colour or shape word in the answer
-  int64_t words = 0;            // colour and shape words scored
-  double mass_in_boxes = 0;     // mean over words of the map's mass inside the boxes
-  double area_share = 0;        // mean over those words' pictures of the boxes' area share
-  double mean_ratio = 0;        // mean over words of mass / area share (uniform map: 1)
+  int64_t pictures = 0;      // with at least one colour or shape word in the answer
+  int64_t words = 0;         // colour and shape words scored
+  double mass_in_boxes = 0;  // mean over words of the map's mass inside the boxes
+  double area_share = 0;     // mean over those words' pictures of the boxes' area share
+  double mean_ratio = 0;     // mean over words of mass / area share (uniform map: 1)
   nlohmann::json to_json() const;
 };
 

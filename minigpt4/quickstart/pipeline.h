@@ -23,7 +23,7 @@ namespace minigpt4::quickstart {
 
 struct QuickstartOptions {
   std::string out_dir = "runs/quickstart";
-  std::string config_dir = "train_configs";          // quickstart_{warmup,stage1,stage2}.yaml
+  std::string config_dir = "train_configs";  // quickstart_{warmup,stage1,stage2}.yaml
   // Stage-2 prompts (and the warm-up's chat questions); stage 1's image_only.txt is beside it.
   std::string prompt_path = "prompts/alignment.txt";
   uint64_t seed = 0;
@@ -36,7 +36,7 @@ struct QuickstartOptions {
   int64_t llm_hidden = 128, llm_layers = 4, llm_heads = 4, llm_intermediate = 344;
   // Multiplies every stage's iters_per_epoch (tests run the pipeline at a small fraction).
   double iterations_scale = 1.0;
-  int64_t eval_limit = -1;  // held-out items evaluated; -1: all
+  int64_t eval_limit = -1;           // held-out items evaluated; -1: all
   std::vector<std::string> options;  // extra key=value overrides for every stage
 };
 

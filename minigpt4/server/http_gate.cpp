@@ -120,8 +120,9 @@ const char* reason(int status) {
 // A complete answer that closes the connection, its body OpenAI's error JSON.
 std::string error_response(int status, const std::string& message, const std::string& code) {
   const std::string body = dump_json(error_json(ApiError(status, message, "", code)));
-  return fmt::format("HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}",
-                     status, reason(status), body.size(), status == 503 ? "Retry-After: 5\r\n" : "", body);
+  return fmt::format(
+      "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n{}", status,
+      reason(status), body.size(), status == 503 ? "Retry-After: 5\r\n" : "", body);
 }
 
 struct Refusal {
@@ -143,9 +144,7 @@ std::string_view trim(std::string_view s) {
   return s;
 }
 
-bool is_tchar(unsigned char c) {
-  return std::isalnum(c) || (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr);
-}
+bool is_tchar(unsigned char c) { return std::isalnum(c) || (c != 0 && std::strchr("!#$%&'*+-.^_`|~", c) != nullptr); }
 
 enum class BodyMode { None, Length, Chunked };
 
@@ -173,12 +172,15 @@ std::optional<Refusal> parse_head(std::string_view text, const HttpLimits& limit
     return bad(fmt::format("malformed request method '{}'", excerpt(method)));
   if (version != "HTTP/1.1" && version != "HTTP/1.0") {
     if (version.substr(0, 5) == "HTTP/")
-      return Refusal{505, fmt::format("HTTP version '{}' is not supported (HTTP/1.1 and 1.0 are)", excerpt(version)), "bad_request"};
+      return Refusal{505, fmt::format("HTTP version '{}' is not supported (HTTP/1.1 and 1.0 are)", excerpt(version)),
+                     "bad_request"};
     return bad(fmt::format("malformed request line '{}' (expected METHOD TARGET HTTP/1.1)", excerpt(line)));
   }
   if (target.size() > kMaxTargetBytes)
-    return Refusal{414, fmt::format("the request target is {} bytes; this server takes at most {}", target.size(), kMaxTargetBytes),
-                   "uri_too_long"};
+    return Refusal{
+        414,
+        fmt::format("the request target is {} bytes; this server takes at most {}", target.size(), kMaxTargetBytes),
+        "uri_too_long"};
   if (target.empty() || std::any_of(target.begin(), target.end(), [](char c) {
         const auto u = static_cast<unsigned char>(c);
         return u < 0x21 || u == 0x7f;
@@ -196,9 +198,12 @@ std::optional<Refusal> parse_head(std::string_view text, const HttpLimits& limit
     at = end + 2;
     if (field.empty()) break;  // the blank line
     if (++count > limits.max_header_count)
-      return Refusal{431, fmt::format("more than {} header lines (--max-headers)", limits.max_header_count), "headers_too_large"};
+      return Refusal{431, fmt::format("more than {} header lines (--max-headers)", limits.max_header_count),
+                     "headers_too_large"};
     if (field.size() > kMaxHeaderLineBytes)
-      return Refusal{431, fmt::format("a header line is {} bytes; this server takes at most {} per line", field.size(), kMaxHeaderLineBytes),
+      return Refusal{431,
+                     fmt::format("a header line is {} bytes; this server takes at most {} per line", field.size(),
+                                 kMaxHeaderLineBytes),
                      "headers_too_large"};
     if (field.front() == ' ' || field.front() == '\t') return bad("folded header lines (obs-fold) are not accepted");
     const size_t colon = field.find(':');
@@ -225,15 +230,17 @@ std::optional<Refusal> parse_head(std::string_view text, const HttpLimits& limit
     }
     if (iequals(name, "Content-Encoding")) {
       if (!iequals(value, "identity"))
-        return Refusal{415,
-                       fmt::format("request bodies with Content-Encoding '{}' are not accepted; send the body uncompressed",
-                                   excerpt(value)),
-                       "unsupported_content_encoding"};
+        return Refusal{
+            415,
+            fmt::format("request bodies with Content-Encoding '{}' are not accepted; send the body uncompressed",
+                        excerpt(value)),
+            "unsupported_content_encoding"};
       continue;
     }
     if (iequals(name, "Expect")) {
       if (!iequals(value, "100-continue"))
-        return Refusal{417, fmt::format("Expect '{}' is not supported (only 100-continue)", excerpt(value)), "bad_request"};
+        return Refusal{417, fmt::format("Expect '{}' is not supported (only 100-continue)", excerpt(value)),
+                       "bad_request"};
       head.expect_continue = true;
       continue;
     }
@@ -248,7 +255,8 @@ std::optional<Refusal> parse_head(std::string_view text, const HttpLimits& limit
   if (transfer_encoding) {
     if (content_length) return bad("a request with both Transfer-Encoding and Content-Length is ambiguous; send one");
     if (!iequals(*transfer_encoding, "chunked"))
-      return Refusal{501, fmt::format("Transfer-Encoding '{}' is not supported (only chunked)", excerpt(*transfer_encoding)),
+      return Refusal{501,
+                     fmt::format("Transfer-Encoding '{}' is not supported (only chunked)", excerpt(*transfer_encoding)),
                      "bad_request"};
     if (version == "HTTP/1.0") return bad("chunked transfer coding is not allowed in HTTP/1.0");
     head.mode = BodyMode::Chunked;
@@ -259,7 +267,8 @@ std::optional<Refusal> parse_head(std::string_view text, const HttpLimits& limit
       return bad(fmt::format("Content-Length '{}' is not a number of bytes", excerpt(digits)));
     const auto significant = digits.substr(std::min(digits.find_first_not_of('0'), digits.size()));
     uint64_t length = 0;
-    if (significant.size() > 19 || (length = std::stoull(std::string(significant.empty() ? "0" : significant))) > limits.max_body_bytes)
+    if (significant.size() > 19 ||
+        (length = std::stoull(std::string(significant.empty() ? "0" : significant))) > limits.max_body_bytes)
       return Refusal{413,
                      fmt::format("the request body is larger than this server's limit of {} bytes (--max-upload-mb)",
                                  limits.max_body_bytes),
@@ -267,8 +276,7 @@ std::optional<Refusal> parse_head(std::string_view text, const HttpLimits& limit
     head.length = length;
     head.mode = length > 0 ? BodyMode::Length : BodyMode::None;
   }
-  if (!takes_body && head.mode != BodyMode::None)
-    return bad(fmt::format("a {} request has no body", excerpt(method)));
+  if (!takes_body && head.mode != BodyMode::None) return bad(fmt::format("a {} request has no body", excerpt(method)));
   if (head.mode == BodyMode::None) head.expect_continue = false;
   head.takes_body = takes_body;
   head.forwarded = std::move(forwarded);
@@ -519,8 +527,10 @@ struct GatedServer::Gate {
         conn = nullptr;
       }
     }
-    if (conn) close_conn(*conn);
-    else poke();
+    if (conn)
+      close_conn(*conn);
+    else
+      poke();
   }
 
   // ---------------------------------------------------------------- accounting
@@ -587,8 +597,7 @@ struct GatedServer::Gate {
       if (ready <= 0) continue;
       if (fds[0].revents) {
         char buffer[256];
-        while (::read(wake[0], buffer, sizeof(buffer)) > 0) {
-        }
+        while (::read(wake[0], buffer, sizeof(buffer)) > 0) {}
       }
       for (size_t i = 1; i < fds.size(); ++i)
         if (fds[i].revents && polled[i]->fd >= 0) readable(*polled[i]);
@@ -601,8 +610,9 @@ struct GatedServer::Gate {
 
   // Drops closed connections and those handed to a worker from the gate's list.
   void compact() {
-    conns.erase(std::remove_if(conns.begin(), conns.end(), [](const std::unique_ptr<Conn>& c) { return !c || c->fd < 0; }),
-                conns.end());
+    conns.erase(
+        std::remove_if(conns.begin(), conns.end(), [](const std::unique_ptr<Conn>& c) { return !c || c->fd < 0; }),
+        conns.end());
   }
 
   void admit(int fd) {
@@ -613,18 +623,22 @@ struct GatedServer::Gate {
     address_of(fd, /*peer=*/true, ip, port);
     if (limits.max_connections_per_ip && connections_from(ip) >= limits.max_connections_per_ip && !make_room(&ip)) {
       ++refused;
-      send_now(fd, error_response(429, fmt::format("this client address has {} connections open, the limit per address "
-                                                   "(--max-connections-per-ip), and all of them are being answered; retry later",
-                                                   limits.max_connections_per_ip),
-                                  "too_many_connections"));
+      send_now(fd,
+               error_response(429,
+                              fmt::format("this client address has {} connections open, the limit per address "
+                                          "(--max-connections-per-ip), and all of them are being answered; retry later",
+                                          limits.max_connections_per_ip),
+                              "too_many_connections"));
       ::close(fd);
       return;
     }
     if (open >= limits.max_connections && !make_room(nullptr)) {
       ++refused;
-      send_now(fd, error_response(503, fmt::format("the server is at its limit of {} connections (--max-connections); retry later",
-                                                   limits.max_connections),
-                                  "too_many_connections"));
+      send_now(fd, error_response(
+                       503,
+                       fmt::format("the server is at its limit of {} connections (--max-connections); retry later",
+                                   limits.max_connections),
+                       "too_many_connections"));
       ::close(fd);
       return;
     }
@@ -664,7 +678,8 @@ struct GatedServer::Gate {
     const auto eligible = [&](const Conn& c) { return c.fd >= 0 && (!only_ip || c.ip == *only_ip); };
     Conn* victim = nullptr;
     for (auto& c : conns)
-      if (c && eligible(*c) && c->phase == Phase::Closing && (!victim || c->deadline < victim->deadline)) victim = c.get();
+      if (c && eligible(*c) && c->phase == Phase::Closing && (!victim || c->deadline < victim->deadline))
+        victim = c.get();
     if (victim) {
       close_conn(*victim);
       return true;
@@ -676,7 +691,10 @@ struct GatedServer::Gate {
         return it == per_ip.end() ? size_t{0} : it->second;
       };
       const auto rank = [&](const Conn& c) {
-        return std::make_tuple(-static_cast<int64_t>(held_by(c)), c.phase == Phase::Body ? 2 : c.any_byte ? 1 : 0,
+        return std::make_tuple(-static_cast<int64_t>(held_by(c)),
+                               c.phase == Phase::Body ? 2
+                               : c.any_byte           ? 1
+                                                      : 0,
                                c.turn_start);
       };
       for (auto& c : conns) {
@@ -689,17 +707,21 @@ struct GatedServer::Gate {
     if (victim) {
       ++evicted;
       if (victim->any_byte)
-        send_now(victim->fd, error_response(503, "a new connection reached " + limit_name +
-                                                      " and this one, which had waited longest for its request, was closed; retry",
-                                             "too_many_connections"));
+        send_now(victim->fd,
+                 error_response(503,
+                                "a new connection reached " + limit_name +
+                                    " and this one, which had waited longest for its request, was closed; retry",
+                                "too_many_connections"));
       close_conn(*victim);
       return true;
     }
     if (auto queued = main.take_oldest(only_ip)) {
       ++evicted;
-      send_now(queued->fd, error_response(503, "a new connection reached " + limit_name +
-                                                   " and this request, which had waited longest for a worker, was dropped; retry later",
-                                          "too_many_connections"));
+      send_now(queued->fd,
+               error_response(503,
+                              "a new connection reached " + limit_name +
+                                  " and this request, which had waited longest for a worker, was dropped; retry later",
+                              "too_many_connections"));
       close_conn(*queued);
       return true;
     }
@@ -799,11 +821,12 @@ struct GatedServer::Gate {
   bool over_budget() const { return held > static_cast<int64_t>(limits.max_buffered_bytes); }
   Refusal busy() {
     ++refused;
-    return Refusal{503,
-                   fmt::format("the server holds {} KiB of requests still arriving or being answered (--max-buffered-mb); "
-                               "retry later",
-                               limits.max_buffered_bytes >> 10),
-                   "server_busy"};
+    return Refusal{
+        503,
+        fmt::format("the server holds {} KiB of requests still arriving or being answered (--max-buffered-mb); "
+                    "retry later",
+                    limits.max_buffered_bytes >> 10),
+        "server_busy"};
   }
 
   // Moves a connection's request forward with the bytes it has.
@@ -824,12 +847,14 @@ struct GatedServer::Gate {
       if (blank == std::string::npos) {
         // Count lines as they come: a head of countless tiny lines is cut before its end.
         if (std::count(c.in.begin(), c.in.end(), '\n') > static_cast<std::ptrdiff_t>(limits.max_header_count + 1))
-          return refuse(c, Refusal{431, fmt::format("more than {} header lines (--max-headers)", limits.max_header_count),
-                                   "headers_too_large"});
+          return refuse(c,
+                        Refusal{431, fmt::format("more than {} header lines (--max-headers)", limits.max_header_count),
+                                "headers_too_large"});
         c.scanned = c.in.size();
         return;
       }
-      if (auto refusal = parse_head(std::string_view(c.in).substr(0, head_bytes), limits, c.head)) return refuse(c, *refusal);
+      if (auto refusal = parse_head(std::string_view(c.in).substr(0, head_bytes), limits, c.head))
+        return refuse(c, *refusal);
       c.in.erase(0, head_bytes);
       if (c.head.mode == BodyMode::None) return dispatch(c);
       c.phase = Phase::Body;
@@ -886,8 +911,9 @@ struct GatedServer::Gate {
         if (c.chunk == ChunkStep::Size && c.in.size() - at > kMaxChunkLineBytes)
           result = Refusal{400, "malformed chunked body: a chunk-size line is too long", "bad_request"};
         if (c.chunk == ChunkStep::Trailer && c.trailer_bytes + (c.in.size() - at) > limits.max_header_bytes)
-          result = Refusal{431, fmt::format("the trailers exceed {} bytes (--max-header-bytes)", limits.max_header_bytes),
-                           "headers_too_large"};
+          result =
+              Refusal{431, fmt::format("the trailers exceed {} bytes (--max-header-bytes)", limits.max_header_bytes),
+                      "headers_too_large"};
         break;
       }
       const std::string_view line(c.in.data() + at, eol - at);
@@ -895,8 +921,9 @@ struct GatedServer::Gate {
       if (c.chunk == ChunkStep::Trailer) {
         c.trailer_bytes += line.size() + 2;
         if (c.trailer_bytes > limits.max_header_bytes) {
-          result = Refusal{431, fmt::format("the trailers exceed {} bytes (--max-header-bytes)", limits.max_header_bytes),
-                           "headers_too_large"};
+          result =
+              Refusal{431, fmt::format("the trailers exceed {} bytes (--max-header-bytes)", limits.max_header_bytes),
+                      "headers_too_large"};
         } else if (line.empty()) {
           done = true;
         }
@@ -905,7 +932,8 @@ struct GatedServer::Gate {
       // chunk-size [; extensions]
       const auto size_text = trim(line.substr(0, line.find(';')));
       if (line.size() > kMaxChunkLineBytes || size_text.empty() ||
-          !std::all_of(size_text.begin(), size_text.end(), [](char ch) { return std::isxdigit(static_cast<unsigned char>(ch)); })) {
+          !std::all_of(size_text.begin(), size_text.end(),
+                       [](char ch) { return std::isxdigit(static_cast<unsigned char>(ch)); })) {
         result = Refusal{400, fmt::format("malformed chunked body: chunk size '{}'", excerpt(line)), "bad_request"};
         break;
       }
@@ -928,8 +956,10 @@ struct GatedServer::Gate {
     }
     c.in.erase(0, at);
     account(c);
-    if (!result && done) dispatch(c);
-    else if (!result && over_budget()) result = busy();
+    if (!result && done)
+      dispatch(c);
+    else if (!result && over_budget())
+      result = busy();
     return result;
   }
 

@@ -41,29 +41,29 @@
 namespace minigpt4::server {
 
 struct HttpLimits {
-  size_t max_connections = 128;            // open at once, idle ones included
-  size_t max_connections_per_ip = 64;      // of them from one client address; 0: no limit
-  size_t max_header_bytes = 32 * 1024;     // request line + header lines
-  size_t max_header_count = 100;           // header lines
-  size_t max_body_bytes = 20u << 20;       // after chunked decoding
-  size_t max_buffered_bytes = 256u << 20;  // request bytes held by all connections together
+  size_t max_connections = 128;                       // open at once, idle ones included
+  size_t max_connections_per_ip = 64;                 // of them from one client address; 0: no limit
+  size_t max_header_bytes = 32 * 1024;                // request line + header lines
+  size_t max_header_count = 100;                      // header lines
+  size_t max_body_bytes = 20u << 20;                  // after chunked decoding
+  size_t max_buffered_bytes = 256u << 20;             // request bytes held by all connections together
   std::chrono::milliseconds header_timeout{10'000};   // request line + headers, from the turn's start
   std::chrono::milliseconds request_timeout{60'000};  // the whole request, from the turn's start
   std::chrono::milliseconds keep_alive{5'000};        // a kept-alive connection's wait for its next request
   std::chrono::milliseconds write_timeout{30'000};    // one write of the answer
   size_t max_requests_per_connection = 100;
-  size_t threads = 16;       // workers for every request but the fast ones
-  size_t fast_threads = 2;   // workers for GET/HEAD of fast_paths
+  size_t threads = 16;      // workers for every request but the fast ones
+  size_t fast_threads = 2;  // workers for GET/HEAD of fast_paths
   std::vector<std::string> fast_paths = {"/health"};
 };
 
 struct HttpStats {
-  size_t open = 0;           // connections now
-  uint64_t accepted = 0;     // since the start
-  uint64_t evicted = 0;      // closed to make room for a new one (connection limit)
-  uint64_t refused = 0;      // turned away with 503 at the connection or buffer limit, or 429 per address
-  uint64_t timed_out = 0;    // cut by header_timeout / request_timeout
-  uint64_t rejected = 0;     // answered by the gate with a 4xx/5xx (framing, limits)
+  size_t open = 0;         // connections now
+  uint64_t accepted = 0;   // since the start
+  uint64_t evicted = 0;    // closed to make room for a new one (connection limit)
+  uint64_t refused = 0;    // turned away with 503 at the connection or buffer limit, or 429 per address
+  uint64_t timed_out = 0;  // cut by header_timeout / request_timeout
+  uint64_t rejected = 0;   // answered by the gate with a 4xx/5xx (framing, limits)
 };
 
 class GatedServer : public httplib::Server {

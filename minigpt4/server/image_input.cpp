@@ -29,11 +29,13 @@ bool starts_with_ci(const std::string& s, const char* prefix) {
 
 DataUri parse_data_uri(const std::string& url) {
   if (starts_with_ci(url, "http://") || starts_with_ci(url, "https://"))
-    fail("image URLs are not fetched by this server; send the image inline as a data URI "
-         "(data:image/png;base64,...)");
+    fail(
+        "image URLs are not fetched by this server; send the image inline as a data URI "
+        "(data:image/png;base64,...)");
   if (starts_with_ci(url, "file:"))
-    fail("file:// URLs are refused (the server reads no files for clients); send the image inline as a "
-         "data URI (data:image/png;base64,...)");
+    fail(
+        "file:// URLs are refused (the server reads no files for clients); send the image inline as a "
+        "data URI (data:image/png;base64,...)");
   if (!starts_with_ci(url, "data:"))
     fail("unsupported image URL '{}': expected a data URI (data:image/png;base64,...)", excerpt(url, 32));
   const size_t comma = url.find(',');
@@ -106,8 +108,8 @@ void check_image_decodes(const std::string& bytes, const ImageInfo& info, const 
                                  limits.decode_budget->capacity()));
   const auto rgb = decode_image_rgb_bytes(bytes, name);  // throws for corrupt data
   if (rgb.size(0) != info.height || rgb.size(1) != info.width)
-    fail("{}: the {} header says {}x{} but the image decodes to {}x{}", name, info.format, info.width,
-         info.height, rgb.size(1), rgb.size(0));
+    fail("{}: the {} header says {}x{} but the image decodes to {}x{}", name, info.format, info.width, info.height,
+         rgb.size(1), rgb.size(0));
 }
 
 ImageInfo check_image(const std::string& bytes, const ImageLimits& limits, const std::string& name) {

@@ -91,21 +91,21 @@ void check_neutral(const json& body) {
 }
 
 const std::set<std::string>& known_fields() {
-  static const std::set<std::string> fields = {
-      // used
-      "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop",
-      "stream", "stream_options",
-      // extensions: Hugging Face generate() knobs of Chat.answer
-      "top_k", "num_beams", "repetition_penalty", "length_penalty",
-      // extension: the LoRA task adapter (resolve_adapter)
-      "lora",
-      // extension: what the answer looked at (docs/explain.md)
-      "explain",
-      // accepted at their neutral value only (check_neutral)
-      "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "tools", "functions", "tool_choice",
-      "function_call", "logit_bias", "response_format", "modalities",
-      // no effect here
-      "user", "store", "metadata", "service_tier", "parallel_tool_calls"};
+  static const std::set<std::string> fields = {// used
+                                               "model", "messages", "max_tokens", "max_completion_tokens",
+                                               "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
+                                               // extensions: Hugging Face generate() knobs of Chat.answer
+                                               "top_k", "num_beams", "repetition_penalty", "length_penalty",
+                                               // extension: the LoRA task adapter (resolve_adapter)
+                                               "lora",
+                                               // extension: what the answer looked at (docs/explain.md)
+                                               "explain",
+                                               // accepted at their neutral value only (check_neutral)
+                                               "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
+                                               "tools", "functions", "tool_choice", "function_call", "logit_bias",
+                                               "response_format", "modalities",
+                                               // no effect here
+                                               "user", "store", "metadata", "service_tier", "parallel_tool_calls"};
   return fields;
 }
 
@@ -134,15 +134,18 @@ struct Tally {
   void add_pixels(const ImageInfo& info, const std::string& param) {
     pixels += info.width * info.height;
     if (pixels > limits.max_request_pixels)
-      reject(param, "'{}': the request's images hold {} pixels with this one ({}x{}); this server takes at most {} "
-             "in one request (--max-request-pixels)", param, pixels, info.width, info.height, limits.max_request_pixels);
+      reject(param,
+             "'{}': the request's images hold {} pixels with this one ({}x{}); this server takes at most {} "
+             "in one request (--max-request-pixels)",
+             param, pixels, info.width, info.height, limits.max_request_pixels);
   }
 };
 
 // A message's text: a string, or text parts (assistant and system messages hold no images).
 std::string text_only(const json& content, const std::string& param) {
   if (content.is_string()) return content.get<std::string>();
-  if (!content.is_array()) reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
+  if (!content.is_array())
+    reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
   std::string text;
   for (size_t i = 0; i < content.size(); ++i) {
     const auto p = fmt::format("{}[{}]", param, i);
@@ -168,7 +171,8 @@ void add_user_message(const json& content, const std::string& param, Tally& tall
     steps.push_back({ChatStep::Kind::Ask, text, "", param});
     return;
   }
-  if (!content.is_array()) reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
+  if (!content.is_array())
+    reject(param, "'{}' must be a string or an array of content parts, got {}", param, type_name(content));
   if (content.empty()) reject(param, "'{}' has no content parts", param);
   std::string text;
   for (size_t i = 0; i < content.size(); ++i) {
@@ -237,7 +241,8 @@ void parse_messages(const json& messages, Tally& tally, ChatRequest& request, st
     if (!content) reject(p + ".content", "'{}.content' is missing", p);
     if (role == "system" || role == "developer") {
       if (conversation_started)
-        reject(p + ".role", "'{}': system messages must come before the conversation (the template has one system text)", p);
+        reject(p + ".role",
+               "'{}': system messages must come before the conversation (the template has one system text)", p);
       text_only(*content, p + ".content");
       request.system_given = true;
     } else if (role == "user") {
@@ -280,7 +285,8 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     o.top_k = as_int(*v, "top_k");
     if (o.top_k < 0) reject("top_k", "'top_k' must be >= 0 (0: off), got {}", o.top_k);
   }
-  if (const auto* v = field(body, "n"); v && as_int(*v, "n") != 1) reject("n", "'n' must be 1 (one answer per request)");
+  if (const auto* v = field(body, "n"); v && as_int(*v, "n") != 1)
+    reject("n", "'n' must be 1 (one answer per request)");
   if (const auto* v = field(body, "num_beams")) {
     const int64_t beams = as_int(*v, "num_beams");
     if (beams < 1 || beams > 10) reject("num_beams", "'num_beams' must be in 1..10, got {}", beams);
@@ -290,7 +296,8 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     // Hugging Face takes any positive value; beyond these the penalised logits overflow.
     o.repetition_penalty = in_range(as_number(*v, "repetition_penalty"), 0.01, 100, "repetition_penalty");
   }
-  if (const auto* v = field(body, "length_penalty")) o.length_penalty = in_range(as_number(*v, "length_penalty"), -10, 10, "length_penalty");
+  if (const auto* v = field(body, "length_penalty"))
+    o.length_penalty = in_range(as_number(*v, "length_penalty"), -10, 10, "length_penalty");
   if (const auto* v = field(body, "seed")) {
     o.seed = static_cast<uint64_t>(as_int(*v, "seed"));
     request.seeded = true;
@@ -306,7 +313,8 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     }
     for (const auto& s : request.stop) {
       if (s.empty()) reject("stop", "'stop' strings must not be empty");
-      if (s.size() > kMaxStopBytes) reject("stop", "'stop' strings may be at most {} bytes, got {}", kMaxStopBytes, s.size());
+      if (s.size() > kMaxStopBytes)
+        reject("stop", "'stop' strings may be at most {} bytes, got {}", kMaxStopBytes, s.size());
     }
   }
   if (const auto* v = field(body, "stream")) request.stream = as_bool(*v, "stream");
@@ -364,7 +372,8 @@ json parse_request_json(const std::string& body) {
       case json::parse_event_t::object_start:
       case json::parse_event_t::array_start:
         if (depth >= max_depth)
-          throw ApiError(400, fmt::format("the request body nests deeper than {} levels (limits.max_json_depth)", max_depth),
+          throw ApiError(400,
+                         fmt::format("the request body nests deeper than {} levels (limits.max_json_depth)", max_depth),
                          excerpt(where(), 80), "invalid_json");
         path.push_back({event == json::parse_event_t::array_start, "", 0});
         break;
@@ -376,16 +385,15 @@ json parse_request_json(const std::string& body) {
         if (!path.empty()) path.pop_back();
         item_done();
         break;
-      case json::parse_event_t::value:
-        item_done();
-        break;
+      case json::parse_event_t::value: item_done(); break;
     }
     return true;
   };
   try {
     return json::parse(body.begin(), body.end(), track);
   } catch (const json::parse_error& e) {
-    throw ApiError(400, fmt::format("the request body is not valid JSON at byte {}: {}", e.byte, excerpt(e.what(), 200)),
+    throw ApiError(400,
+                   fmt::format("the request body is not valid JSON at byte {}: {}", e.byte, excerpt(e.what(), 200)),
                    excerpt(where(), 80), "invalid_json");
   } catch (const json::out_of_range& e) {
     // 406: a number beyond double's range (1e309, or an integer of hundreds of digits).
@@ -440,11 +448,14 @@ ChatRequest parse_chat_request(const std::string& body, const RequestLimits& lim
 
 std::string resolve_adapter(const ChatRequest& request, const std::vector<std::string>& choices,
                             const std::string& fallback) {
-  const auto held = [&](const std::string& name) { return std::find(choices.begin(), choices.end(), name) != choices.end(); };
+  const auto held = [&](const std::string& name) {
+    return std::find(choices.begin(), choices.end(), name) != choices.end();
+  };
   if (request.lora) {
     if (held(*request.lora)) return *request.lora;
     throw ApiError(400,
-                   fmt::format("unknown LoRA adapter '{}'; this server holds: {}", excerpt(*request.lora), fmt::join(choices, ", ")),
+                   fmt::format("unknown LoRA adapter '{}'; this server holds: {}", excerpt(*request.lora),
+                               fmt::join(choices, ", ")),
                    "lora", "unknown_adapter");
   }
   if (!request.model.empty() && request.model != "original" && held(request.model)) return request.model;
@@ -490,43 +501,43 @@ json completion_json(const CompletionMeta& meta, const std::string& text, const 
                      int64_t prompt_tokens, int64_t completion_tokens, const json& boxes) {
   json message = {{"role", "assistant"}, {"content", text}};
   if (!boxes.empty()) message["boxes"] = boxes;
-  return with_lora({{"id", meta.id},
-          {"object", "chat.completion"},
-          {"created", meta.created},
-          {"model", meta.model},
-          {"choices", json::array({{{"index", 0},
-                                    {"message", message},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", finish_reason}}})},
-          {"usage",
-           {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}}}},
-                   meta);
+  return with_lora(
+      {{"id", meta.id},
+       {"object", "chat.completion"},
+       {"created", meta.created},
+       {"model", meta.model},
+       {"choices",
+        json::array({{{"index", 0}, {"message", message}, {"logprobs", nullptr}, {"finish_reason", finish_reason}}})},
+       {"usage",
+        {{"prompt_tokens", prompt_tokens},
+         {"completion_tokens", completion_tokens},
+         {"total_tokens", prompt_tokens + completion_tokens}}}},
+      meta);
 }
 
 json chunk_json(const CompletionMeta& meta, const json& delta, const std::optional<std::string>& finish_reason) {
-  return with_lora({{"id", meta.id},
-          {"object", "chat.completion.chunk"},
-          {"created", meta.created},
-          {"model", meta.model},
-          {"choices", json::array({{{"index", 0},
-                                    {"delta", delta},
-                                    {"logprobs", nullptr},
-                                    {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}}})}},
-                   meta);
+  return with_lora(
+      {{"id", meta.id},
+       {"object", "chat.completion.chunk"},
+       {"created", meta.created},
+       {"model", meta.model},
+       {"choices", json::array({{{"index", 0},
+                                 {"delta", delta},
+                                 {"logprobs", nullptr},
+                                 {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}}})}},
+      meta);
 }
 
 json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens) {
   return with_lora({{"id", meta.id},
-          {"object", "chat.completion.chunk"},
-          {"created", meta.created},
-          {"model", meta.model},
-          {"choices", json::array()},
-          {"usage",
-           {{"prompt_tokens", prompt_tokens},
-            {"completion_tokens", completion_tokens},
-            {"total_tokens", prompt_tokens + completion_tokens}}}},
+                    {"object", "chat.completion.chunk"},
+                    {"created", meta.created},
+                    {"model", meta.model},
+                    {"choices", json::array()},
+                    {"usage",
+                     {{"prompt_tokens", prompt_tokens},
+                      {"completion_tokens", completion_tokens},
+                      {"total_tokens", prompt_tokens + completion_tokens}}}},
                    meta);
 }
 

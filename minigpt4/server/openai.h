@@ -33,10 +33,10 @@ template <typename... Args>
 }
 
 struct RequestLimits {
-  int64_t max_tokens = 1024;          // the most a request may ask for
-  int64_t default_max_tokens = 300;   // Chat.answer's max_new_tokens
-  ImageLimits image;                  // each image
-  int64_t max_images = 4;             // images in one request
+  int64_t max_tokens = 1024;                // the most a request may ask for
+  int64_t default_max_tokens = 300;         // Chat.answer's max_new_tokens
+  ImageLimits image;                        // each image
+  int64_t max_images = 4;                   // images in one request
   int64_t max_request_pixels = 80'000'000;  // their pixels together, from their headers
   // Tokens of the prompt's text (the server counts them with the model's tokenizer before
   // any model work; images add their embedding positions on top). The parsers refuse text

@@ -20,8 +20,9 @@ json parse_object(const std::string& body) {
 // An integer in [low, high], or a 400 naming `key` (no get<> before the type is known: an
 // unsigned above int64's range, a float or a string are all refused the same way).
 int64_t int_in(const json& v, const std::string& key, int64_t low, int64_t high) {
-  const bool fits = v.is_number_integer() &&
-                    (!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
+  const bool fits =
+      v.is_number_integer() &&
+      (!v.is_number_unsigned() || v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()));
   if (!fits || v.get<int64_t>() < low || v.get<int64_t>() > high)
     reject(key, "'{}' must be an integer in {}..{}, got {}", key, low, high, describe_json(v));
   return v.get<int64_t>();
@@ -42,11 +43,12 @@ PageAsk parse_page_ask(const std::string& body, const RequestLimits& limits) {
       const auto& text = v.get_ref<const std::string&>();
       if (limits.max_prompt_tokens > 0 && limits.max_prompt_tokens <= (int64_t(1) << 40) &&
           static_cast<int64_t>(text.size()) > limits.max_prompt_tokens * kPromptBytesPerToken)
-        throw ApiError(400,
-                       fmt::format("'text' is {} bytes; this server takes at most {} prompt tokens (--max-prompt-tokens), "
-                                   "and no more than {} bytes of text",
-                                   text.size(), limits.max_prompt_tokens, limits.max_prompt_tokens * kPromptBytesPerToken),
-                       "text", "context_length_exceeded");
+        throw ApiError(
+            400,
+            fmt::format("'text' is {} bytes; this server takes at most {} prompt tokens (--max-prompt-tokens), "
+                        "and no more than {} bytes of text",
+                        text.size(), limits.max_prompt_tokens, limits.max_prompt_tokens * kPromptBytesPerToken),
+            "text", "context_length_exceeded");
       ask.text = text;
     } else if (key == "num_beams") {
       ask.options.num_beams = static_cast<int>(int_in(v, key, 1, 10));
@@ -94,7 +96,8 @@ std::optional<std::string> parse_page_lora(const std::string& body, bool require
   if (!required && body.find_first_not_of(" \t\r\n") == std::string::npos) return std::nullopt;
   const json j = parse_object(body);
   for (const auto& item : j.items())
-    if (item.key() != "lora") reject(excerpt(item.key()), "unknown field '{}' (only 'lora' is expected)", excerpt(item.key()));
+    if (item.key() != "lora")
+      reject(excerpt(item.key()), "unknown field '{}' (only 'lora' is expected)", excerpt(item.key()));
   const auto it = j.find("lora");
   if (it == j.end() || it->is_null()) {
     if (required) reject("lora", "'lora' is required: an adapter name, or \"original\"");

@@ -121,7 +121,8 @@ ReplyChannel::Batch wait_for_end(ReplyChannel& channel) {
 // selector), and its latest image, kept to encode it again when the adapter changes and for
 // the size the answer's boxes are drawn on. Touched only by model jobs once created.
 struct PageSession {
-  PageSession(std::shared_ptr<const ChatModel> model, std::string lora) : chat(std::move(model)), adapter(std::move(lora)) {}
+  PageSession(std::shared_ptr<const ChatModel> model, std::string lora)
+      : chat(std::move(model)), adapter(std::move(lora)) {}
   ChatSession chat;
   std::string adapter;
   std::string image;  // the latest image's bytes
@@ -237,15 +238,18 @@ struct Server::Impl {
   bool has_adapters() const { return adapters.size() > 1; }
   json connections_json() const {
     const auto st = http.stats();
-    return {{"open", st.open},          {"max", http.limits().max_connections}, {"accepted", st.accepted},
-            {"evicted", st.evicted},    {"refused", st.refused},                {"timed_out", st.timed_out},
+    return {{"open", st.open},         {"max", http.limits().max_connections},
+            {"accepted", st.accepted}, {"evicted", st.evicted},
+            {"refused", st.refused},   {"timed_out", st.timed_out},
             {"rejected", st.rejected}};
   }
   // A page request's adapter: known, or a 400 listing them.
   std::string checked_adapter(const std::string& name) const {
     if (!held(name))
-      throw ApiError(400, fmt::format("unknown LoRA adapter '{}'; this server holds: {}", excerpt(name), fmt::join(adapters, ", ")),
-                     "lora", "unknown_adapter");
+      throw ApiError(
+          400,
+          fmt::format("unknown LoRA adapter '{}'; this server holds: {}", excerpt(name), fmt::join(adapters, ", ")),
+          "lora", "unknown_adapter");
     return name;
   }
 
@@ -261,10 +265,12 @@ struct Server::Impl {
   std::shared_ptr<ReplyChannel> queue_answer(std::function<void(ReplyChannel&)> work);
   // `before_finish` runs on the model thread after the answer, before its end is sent.
   void answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
-              ReplyChannel& channel, const char* label, const std::function<void(const ChatReply&)>& before_finish = {});
+              ReplyChannel& channel, const char* label,
+              const std::function<void(const ChatReply&)>& before_finish = {});
   // The explanation of a session's last answer as JSON, with the overlay over `image_bytes`
   // (the explained image's) as a base64 PNG when given; {"error": ...} when it cannot be made.
-  nlohmann::json explanation(ChatSession& session, bool per_word, const std::vector<const std::string*>& image_bytes) const;
+  nlohmann::json explanation(ChatSession& session, bool per_word,
+                             const std::vector<const std::string*>& image_bytes) const;
   void run_and_wait(std::function<void()> work);
 };
 
@@ -309,39 +315,40 @@ void Server::Impl::routes() {
     res.set_content(page_html(), "text/html; charset=utf-8");
   });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    send_json(res, 200,
-              {{"status", stopping ? "stopping" : "ok"},
-               {"model", model->name},
-               {"device", model->device.str()},
-               {"queue", {{"running", worker.busy()}, {"waiting", worker.waiting()}, {"max_waiting", options.max_waiting}}},
-               {"answers", {{"total", answers.load()}, {"client_gone", answers_cancelled.load()}, {"time_limit", answers_timed_out.load()}}},
-               {"sessions", sessions.size()},
-               {"connections", connections_json()}});
+    send_json(
+        res, 200,
+        {{"status", stopping ? "stopping" : "ok"},
+         {"model", model->name},
+         {"device", model->device.str()},
+         {"queue", {{"running", worker.busy()}, {"waiting", worker.waiting()}, {"max_waiting", options.max_waiting}}},
+         {"answers",
+          {{"total", answers.load()},
+           {"client_gone", answers_cancelled.load()},
+           {"time_limit", answers_timed_out.load()}}},
+         {"sessions", sessions.size()},
+         {"connections", connections_json()}});
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, models_json(model->name, created, adapters, default_adapter));
   });
-  http.Post("/v1/chat/completions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-              chat_completions(req, res);
-            }));
+  http.Post("/v1/chat/completions",
+            guarded([this](const httplib::Request& req, httplib::Response& res) { chat_completions(req, res); }));
   // A new page conversation, optionally with its task adapter ({"lora": name}); the reply
   // lists the adapters for the page's task selector (just ["original"] without any).
-  http.Post("/api/sessions", guarded([this](const httplib::Request& req, httplib::Response& res) {
-              const auto lora = parse_page_lora(req.body, /*required=*/false);
-              const auto adapter = lora ? checked_adapter(*lora) : default_adapter;
-              const auto id = sessions.add(std::make_shared<PageSession>(model, adapter));
-              send_json(res, 200, {{"session_id", id}, {"model", model->name}, {"adapters", adapters}, {"lora", adapter}});
-            }));
+  http.Post(
+      "/api/sessions", guarded([this](const httplib::Request& req, httplib::Response& res) {
+        const auto lora = parse_page_lora(req.body, /*required=*/false);
+        const auto adapter = lora ? checked_adapter(*lora) : default_adapter;
+        const auto id = sessions.add(std::make_shared<PageSession>(model, adapter));
+        send_json(res, 200, {{"session_id", id}, {"model", model->name}, {"adapters", adapters}, {"lora", adapter}});
+      }));
   const std::string session_path = R"(/api/sessions/([0-9a-f]{32}))";
-  http.Post(session_path + "/image", guarded([this](const httplib::Request& req, httplib::Response& res) {
-              session_image(req, res);
-            }));
-  http.Post(session_path + "/ask", guarded([this](const httplib::Request& req, httplib::Response& res) {
-              session_ask(req, res);
-            }));
-  http.Post(session_path + "/lora", guarded([this](const httplib::Request& req, httplib::Response& res) {
-              session_lora(req, res);
-            }));
+  http.Post(session_path + "/image",
+            guarded([this](const httplib::Request& req, httplib::Response& res) { session_image(req, res); }));
+  http.Post(session_path + "/ask",
+            guarded([this](const httplib::Request& req, httplib::Response& res) { session_ask(req, res); }));
+  http.Post(session_path + "/lora",
+            guarded([this](const httplib::Request& req, httplib::Response& res) { session_lora(req, res); }));
   // The page's Restart (and leaving the page): the conversation, its images and cache go.
   http.Post(session_path + "/close", guarded([this](const httplib::Request& req, httplib::Response& res) {
               send_json(res, 200, {{"closed", sessions.erase(req.matches[1].str())}});
@@ -351,8 +358,8 @@ void Server::Impl::routes() {
 // On the model thread: one answer, its text into `channel` piece by piece, cut at the
 // client's stop strings and ended by the time limit, a cancel from the client's side or the
 // server stopping.
-void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
-                          ReplyChannel& channel, const char* label,
+void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_options,
+                          const std::vector<std::string>& stop, ReplyChannel& channel, const char* label,
                           const std::function<void(const ChatReply&)>& before_finish) {
   StopStrings stops(stop);
   const auto deadline = Clock::now() + std::chrono::duration<double>(options.max_generation_seconds);
@@ -372,7 +379,9 @@ void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_opti
   if (client_gone) ++answers_cancelled;
   log::info("{}: {} prompt positions ({} cached), {} tokens in {:.2f} s, {}{}", label, reply.prompt_tokens,
             reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds + reply.decode_seconds, reply.finish_reason,
-            timed_out ? " (time limit)" : client_gone ? " (client gone)" : "");
+            timed_out     ? " (time limit)"
+            : client_gone ? " (client gone)"
+                          : "");
   if (before_finish && !client_gone) before_finish(reply);
   channel.finish(std::move(reply));
 }
@@ -389,7 +398,8 @@ nlohmann::json Server::Impl::explanation(ChatSession& session, bool per_word,
       const auto& budget = options.limits.image.decode_budget;
       const auto lease = budget->acquire(info ? info->width * info->height : 1, options.limits.image.decode_wait);
       if (!lease) throw Error("the server is busy decoding other images");
-      j["image_png"] = base64_encode(explanation_png(decode_image_rgb_bytes(bytes, "the explained image"), e.answer_map));
+      j["image_png"] =
+          base64_encode(explanation_png(decode_image_rgb_bytes(bytes, "the explained image"), e.answer_map));
     }
     log::info("explain: the answer{}, {:.2f} s", per_word ? fmt::format(" and {} words", e.words.size()) : "",
               std::chrono::duration<double>(Clock::now() - start).count());
@@ -415,7 +425,8 @@ std::shared_ptr<ReplyChannel> Server::Impl::queue_answer(std::function<void(Repl
     }
   });
   if (!queued)
-    throw ApiError(503, fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
+    throw ApiError(503,
+                   fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
                    "", "server_busy");
   return channel;
 }
@@ -433,7 +444,8 @@ void Server::Impl::run_and_wait(std::function<void()> work) {
     }
   });
   if (!queued)
-    throw ApiError(503, fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
+    throw ApiError(503,
+                   fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
                    "", "server_busy");
   finished.get();
 }
@@ -486,7 +498,9 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
   const bool include_usage = request->include_usage;
   stream_events(
       res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})), options.heartbeat,
-      [meta](const std::string& piece) { return sse_event(chunk_json(meta, {{"content", piece}})); },
+      [meta](const std::string& piece) {
+        return sse_event(chunk_json(meta, {{"content", piece}}));
+      },
       [meta, include_usage, width, height, context](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error)) + "data: [DONE]\n\n";
         const auto& reply = *end.reply;
@@ -514,12 +528,14 @@ void Server::Impl::check_prompt_tokens(int64_t tokens, const std::string& param)
 // On the model thread: the image's embeddings. Its decode takes its pixels from the same
 // budget as the requests' check decodes, so the server never holds more decoded pixels at
 // once than --max-decode-pixels, wherever the decoding happens.
-at::Tensor Server::Impl::encode_image(const std::string& bytes, const std::string& name, at::Tensor* vision_tokens) const {
+at::Tensor Server::Impl::encode_image(const std::string& bytes, const std::string& name,
+                                      at::Tensor* vision_tokens) const {
   const auto info = image_header_info(bytes);
   const auto& budget = options.limits.image.decode_budget;
   const auto lease = budget->acquire(info ? info->width * info->height : 1, options.limits.image.decode_wait);
   if (!lease)
-    throw ApiError(503, fmt::format("{}: the server is busy decoding other images; retry later", name), name, "server_busy");
+    throw ApiError(503, fmt::format("{}: the server is busy decoding other images; retry later", name), name,
+                   "server_busy");
   return model->encode_image_bytes(bytes, name, vision_tokens);
 }
 
@@ -572,7 +588,8 @@ void Server::Impl::session_lora(const httplib::Request& req, httplib::Response& 
 
 void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& res) {
   auto ask = parse_page_ask(req.body, options.limits);
-  check_prompt_tokens(static_cast<int64_t>(model->tokenizer->encode(ask.text, /*add_special_tokens=*/false).size()), "text");
+  check_prompt_tokens(static_cast<int64_t>(model->tokenizer->encode(ask.text, /*add_special_tokens=*/false).size()),
+                      "text");
   ask.options.seed = random_seed();
   const auto page = session(req);
   auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
@@ -587,7 +604,10 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
   });
   const bool adapters_held = has_adapters();
   stream_events(
-      res, channel, "", options.heartbeat, [](const std::string& piece) { return sse_event({{"text", piece}}); },
+      res, channel, "", options.heartbeat,
+      [](const std::string& piece) {
+        return sse_event({{"text", piece}});
+      },
       [context, adapters_held](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error));
         const auto& reply = *end.reply;
@@ -599,7 +619,8 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
                      {"seconds", reply.prefill_seconds + reply.decode_seconds}};
         if (adapters_held) done["lora"] = context->adapter;
         // Boxes in the answer, in pixels of the session's latest image (the page draws them).
-        if (auto boxes = boxes_json(reply.text, context->width, context->height); !boxes.empty()) done["boxes"] = std::move(boxes);
+        if (auto boxes = boxes_json(reply.text, context->width, context->height); !boxes.empty())
+          done["boxes"] = std::move(boxes);
         if (!context->explanation.is_null()) done["explanation"] = context->explanation;
         return sse_event(done);
       });
@@ -612,9 +633,10 @@ Server::~Server() { stop(); }
 
 int Server::bind() {
   const auto& o = impl_->options;
-  const int port = o.port == 0 ? impl_->http.bind_to_any_port(o.host)
-                               : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
-  if (port <= 0) fail("cannot listen on {}:{}: the port is in use, or the host is not an address of this machine", o.host, o.port);
+  const int port =
+      o.port == 0 ? impl_->http.bind_to_any_port(o.host) : (impl_->http.bind_to_port(o.host, o.port) ? o.port : -1);
+  if (port <= 0)
+    fail("cannot listen on {}:{}: the port is in use, or the host is not an address of this machine", o.host, o.port);
   impl_->http.widen_backlog();
   return port;
 }

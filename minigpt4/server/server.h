@@ -20,8 +20,8 @@
 namespace minigpt4::server {
 
 struct ServerOptions {
-  std::string host = "127.0.0.1";  // loopback only, unless the user says otherwise
-  int port = 7860;                 // gradio's port; 0: any free port (bind() says which)
+  std::string host = "127.0.0.1";     // loopback only, unless the user says otherwise
+  int port = 7860;                    // gradio's port; 0: any free port (bind() says which)
   size_t max_body_bytes = 20u << 20;  // after chunked decoding; compressed bodies are refused (415)
   // Per request: text, images, pixels, prompt tokens (limits.max_prompt_tokens 0: the
   // model's context length, see Server's constructor), numbers.
@@ -30,9 +30,9 @@ struct ServerOptions {
   // check on its connection's thread, and again on the model thread to encode it): bounds
   // the memory of parallel large images. At least limits.image.max_pixels.
   int64_t max_decode_pixels = 40'000'000;
-  size_t max_waiting = 8;                // model jobs waiting behind the running one
+  size_t max_waiting = 8;               // model jobs waiting behind the running one
   double max_generation_seconds = 300;  // per answer; then it ends with finish_reason "length"
-  size_t max_sessions = 8;               // page conversations kept (each holds a KV cache)
+  size_t max_sessions = 8;              // page conversations kept (each holds a KV cache)
   std::chrono::seconds session_idle{1800};
   int io_timeout_seconds = 30;  // one write of an answer to a client that does not read
   // Connections (http_gate.h): open at once (at the limit the one waiting longest for its

@@ -21,9 +21,8 @@ namespace {
 
 // Python's str.isspace(): HF strips with str.lstrip()/rstrip(), which know Unicode spaces.
 bool is_py_space(uint32_t c) {
-  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 ||
-         c == 0x1680 || (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 ||
-         c == 0x202f || c == 0x205f || c == 0x3000;
+  return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
 }
 
 // The code point starting at s[i] and its byte length (malformed bytes count as one
@@ -51,8 +50,7 @@ std::string rstrip(const std::string& s) {
   size_t end = s.size();
   while (end > 0) {
     size_t start = end - 1;  // back up to the first byte of the last code point
-    while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xc0) == 0x80 && end - start < 4)
-      --start;
+    while (start > 0 && (static_cast<unsigned char>(s[start]) & 0xc0) == 0x80 && end - start < 4) --start;
     auto [c, len] = code_point_at(s, start);
     if (start + len != end || !is_py_space(c)) break;
     end = start;
@@ -117,9 +115,8 @@ bool get_bool(const json& config, const char* key, bool fallback) {
 
 }  // namespace
 
-LlamaTokenizer::LlamaTokenizer(const fs::path& model_path, bool add_bos, bool add_eos,
-                               std::vector<NoSplitToken> tokens, const std::string& bos,
-                               const std::string& eos, const std::string& unk)
+LlamaTokenizer::LlamaTokenizer(const fs::path& model_path, bool add_bos, bool add_eos, std::vector<NoSplitToken> tokens,
+                               const std::string& bos, const std::string& eos, const std::string& unk)
     : model_path_(model_path), add_bos_(add_bos), add_eos_(add_eos) {
   std::error_code ec;
   if (!fs::is_regular_file(model_path, ec))
@@ -127,9 +124,10 @@ LlamaTokenizer::LlamaTokenizer(const fs::path& model_path, bool add_bos, bool ad
   // sentencepiece reads the whole file into memory: a real model is under a few MB.
   const auto size = fs::file_size(model_path, ec);
   if (!ec && size > static_cast<uintmax_t>(input_limits().max_text_file_bytes))
-    fail("LlamaTokenizer: sentencepiece model {} is {} bytes, more than the {} a tokenizer file may have "
-         "(limits.max_text_file_bytes)",
-         model_path.string(), size, input_limits().max_text_file_bytes);
+    fail(
+        "LlamaTokenizer: sentencepiece model {} is {} bytes, more than the {} a tokenizer file may have "
+        "(limits.max_text_file_bytes)",
+        model_path.string(), size, input_limits().max_text_file_bytes);
   auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
   if (const auto status = sp->Load(model_path.string()); !status.ok())
     fail("LlamaTokenizer: cannot load sentencepiece model {}: {}", model_path.string(),
@@ -169,18 +167,17 @@ LlamaTokenizer LlamaTokenizer::from_model_file(const fs::path& model_path) {
 
 LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
   std::error_code ec;
-  if (!fs::is_directory(hf_dir, ec))
-    fail("LlamaTokenizer: tokenizer directory {} does not exist", hf_dir.string());
+  if (!fs::is_directory(hf_dir, ec)) fail("LlamaTokenizer: tokenizer directory {} does not exist", hf_dir.string());
   const fs::path model = hf_dir / "tokenizer.model";
   if (!fs::is_regular_file(model, ec))
-    fail("LlamaTokenizer: {} not found (the slow LLaMA tokenizer needs the sentencepiece model)",
-         model.string());
+    fail("LlamaTokenizer: {} not found (the slow LLaMA tokenizer needs the sentencepiece model)", model.string());
 
   // The same order as transformers 4.28: __init__ kwargs from tokenizer_config.json, then
   // special_tokens_map.json overrides, then added_tokens.json.
   const fs::path config_path = hf_dir / "tokenizer_config.json";
   const json config = read_json_if_exists(config_path).value_or(json::object());
-  if (!config.is_object()) fail("LlamaTokenizer: {} must be a JSON object, not {}", config_path.string(), describe_json(config));
+  if (!config.is_object())
+    fail("LlamaTokenizer: {} must be a JSON object, not {}", config_path.string(), describe_json(config));
   Token bos{"<s>", -1, true, false, false, false};
   Token eos{"</s>", -1, true, false, false, false};
   Token unk{"<unk>", -1, true, false, false, false};
@@ -204,7 +201,8 @@ LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
   apply(config, false, config_path);
   const fs::path map_path = hf_dir / "special_tokens_map.json";
   if (auto map = read_json_if_exists(map_path)) {
-    if (!map->is_object()) fail("LlamaTokenizer: {} must be a JSON object, not {}", map_path.string(), describe_json(*map));
+    if (!map->is_object())
+      fail("LlamaTokenizer: {} must be a JSON object, not {}", map_path.string(), describe_json(*map));
     apply(*map, true, map_path);
   }
 
@@ -233,9 +231,8 @@ LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
       tokens.push_back(Token{content, id, false, false, true, true});
     }
   }
-  return LlamaTokenizer(model, get_bool(config, "add_bos_token", true),
-                        get_bool(config, "add_eos_token", false), tokens, bos.content, eos.content,
-                        unk.content);
+  return LlamaTokenizer(model, get_bool(config, "add_bos_token", true), get_bool(config, "add_eos_token", false),
+                        tokens, bos.content, eos.content, unk.content);
 }
 
 const LlamaTokenizer::NoSplitToken* LlamaTokenizer::find_no_split(const std::string& content) const {
@@ -253,15 +250,13 @@ bool LlamaTokenizer::is_special_id(int64_t id) const {
                      [&](const NoSplitToken& t) { return t.special && t.id == id; });
 }
 
-std::vector<LlamaTokenizer::Chunk> LlamaTokenizer::split_on_no_split_tokens(
-    const std::string& text) const {
+std::vector<LlamaTokenizer::Chunk> LlamaTokenizer::split_on_no_split_tokens(const std::string& text) const {
   std::vector<Chunk> chunks;
   size_t start = 0;
   for (size_t i = 0; i < text.size();) {
     const NoSplitToken* best = nullptr;
     for (const auto& t : no_split_)
-      if (text.compare(i, t.content.size(), t.content) == 0 &&
-          (!best || t.content.size() > best->content.size()))
+      if (text.compare(i, t.content.size(), t.content) == 0 && (!best || t.content.size() > best->content.size()))
         best = &t;
     if (!best) {
       ++i;
@@ -278,8 +273,7 @@ std::vector<LlamaTokenizer::Chunk> LlamaTokenizer::split_on_no_split_tokens(
   for (size_t i = 0; i < chunks.size(); ++i) {
     const NoSplitToken* t = chunks[i].token;
     if (!t) continue;
-    if (t->rstrip && i + 1 < chunks.size() && !chunks[i + 1].token)
-      chunks[i + 1].text = lstrip(chunks[i + 1].text);
+    if (t->rstrip && i + 1 < chunks.size() && !chunks[i + 1].token) chunks[i + 1].text = lstrip(chunks[i + 1].text);
     if (t->lstrip && i > 0 && !chunks[i - 1].token) chunks[i - 1].text = rstrip(chunks[i - 1].text);
   }
   return chunks;
@@ -363,8 +357,8 @@ std::string LlamaTokenizer::decode(const std::vector<int64_t>& ids, bool skip_sp
 std::string LlamaTokenizer::id_to_piece(int64_t id) const {
   if (id >= 0 && id < vocab_size()) return sp_->IdToPiece(static_cast<int>(id));
   if (const NoSplitToken* added = find_added_id(id)) return added->content;
-  fail("LlamaTokenizer: token id {} is outside the vocabulary of {} ({} pieces)", id,
-       model_path_.string(), vocab_size());
+  fail("LlamaTokenizer: token id {} is outside the vocabulary of {} ({} pieces)", id, model_path_.string(),
+       vocab_size());
 }
 
 int64_t LlamaTokenizer::piece_to_id(const std::string& piece) const {

@@ -65,9 +65,8 @@ class LlamaTokenizer final : public Tokenizer {
  private:
   // `tokens` lists every no-split token in HF's precedence (specials first); ids < 0 are
   // resolved against the vocabulary, as `sanitize_special_tokens` would.
-  LlamaTokenizer(const std::filesystem::path& model_path, bool add_bos, bool add_eos,
-                 std::vector<NoSplitToken> tokens, const std::string& bos, const std::string& eos,
-                 const std::string& unk);
+  LlamaTokenizer(const std::filesystem::path& model_path, bool add_bos, bool add_eos, std::vector<NoSplitToken> tokens,
+                 const std::string& bos, const std::string& eos, const std::string& unk);
   const NoSplitToken* find_no_split(const std::string& content) const;
   const NoSplitToken* find_added_id(int64_t id) const;
   bool is_special_id(int64_t id) const;

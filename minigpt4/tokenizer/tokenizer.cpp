@@ -10,9 +10,8 @@ namespace minigpt4 {
 
 namespace fs = std::filesystem;
 
-BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts,
-                                           bool add_special_tokens, int max_length,
-                                           int64_t pad_id) const {
+BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts, bool add_special_tokens, int max_length,
+                                      int64_t pad_id) const {
   BatchEncoding out;
   const size_t n_special = add_special_tokens ? size_t(add_bos_token()) + size_t(add_eos_token()) : 0;
   size_t longest = 0;
@@ -50,9 +49,10 @@ std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& hf_dir) {
   if ((fs::is_regular_file(hf_dir / "vocab.json", ec) && fs::is_regular_file(hf_dir / "merges.txt", ec)) ||
       fs::is_regular_file(hf_dir / "tokenizer.json", ec))
     return std::make_shared<BpeTokenizer>(BpeTokenizer::from_pretrained(hf_dir));
-  fail("{} holds no tokenizer this build reads: expected tokenizer.model (sentencepiece, LLaMA), "
-       "vocab.json + merges.txt or a BPE tokenizer.json (GPT-2 byte-level BPE: CodeGen, Phi-2)",
-       hf_dir.string());
+  fail(
+      "{} holds no tokenizer this build reads: expected tokenizer.model (sentencepiece, LLaMA), "
+      "vocab.json + merges.txt or a BPE tokenizer.json (GPT-2 byte-level BPE: CodeGen, Phi-2)",
+      hf_dir.string());
 }
 
 }  // namespace minigpt4

@@ -49,10 +49,14 @@ void train_llama_tokenizer(const TokenizerTrainOptions& opt) {
   fs::remove(prefix.string() + ".vocab");
 
   // What a LLaMA Hugging Face directory holds next to tokenizer.model.
-  const nlohmann::json config = {{"tokenizer_class", "LlamaTokenizer"}, {"add_bos_token", true},
-                                 {"add_eos_token", false},             {"bos_token", "<s>"},
-                                 {"eos_token", "</s>"},                {"unk_token", "<unk>"},
-                                 {"pad_token", nullptr},               {"model_max_length", 2048},
+  const nlohmann::json config = {{"tokenizer_class", "LlamaTokenizer"},
+                                 {"add_bos_token", true},
+                                 {"add_eos_token", false},
+                                 {"bos_token", "<s>"},
+                                 {"eos_token", "</s>"},
+                                 {"unk_token", "<unk>"},
+                                 {"pad_token", nullptr},
+                                 {"model_max_length", 2048},
                                  {"clean_up_tokenization_spaces", false}};
   write_text(fs::path(opt.out_dir) / "tokenizer_config.json", config.dump(2) + "\n");
   const nlohmann::json specials = {{"bos_token", "<s>"}, {"eos_token", "</s>"}, {"unk_token", "<unk>"}};

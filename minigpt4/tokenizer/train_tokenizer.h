@@ -2,7 +2,8 @@
 // Training a LLaMA-style sentencepiece tokenizer on a text corpus, for models built from
 // scratch (the quickstart's tiny LLM). Same settings as LLaMA's: BPE, byte fallback (no
 // <unk> in practice), split digits, a dummy-prefix space, no normalisation, unk=0 bos=1
-// eos=2, no pad. BPE training on the whole corpus is deterministic. The result is a Hugging Face tokenizer directory LlamaTokenizer reads.
+// eos=2, no pad. BPE training on the whole corpus is deterministic. The result is a Hugging Face tokenizer directory
+// LlamaTokenizer reads.
 #include <cstdint>
 #include <string>
 

@@ -120,9 +120,10 @@ bool all_digits(const std::string& s, size_t begin, size_t end) {
 nlohmann::json parse_meta(const StateDict& all, const std::string& path) {
   auto it = all.find("meta/json");
   if (it == all.end())
-    fail("{} is not a training checkpoint written by this program (it has no meta/json); to start from its "
-         "weights, name it in model.ckpt instead of run.resume_ckpt_path",
-         path);
+    fail(
+        "{} is not a training checkpoint written by this program (it has no meta/json); to start from its "
+        "weights, name it in model.ckpt instead of run.resume_ckpt_path",
+        path);
   return parse_json(tensor_text(it->second), path + ": meta/json");  // depth-limited, errors named
 }
 
@@ -158,9 +159,10 @@ void check_digest(const StateDict& all, const std::string& path) {
          path, kDigestName);
   const std::string actual = content_digest(all);
   if (actual != recorded.at("value").get<std::string>())
-    fail("{} is damaged: its contents do not match the digest recorded when it was written ({} now, {} then); "
-         "a disk error or an incomplete copy?",
-         path, actual, recorded.at("value").get<std::string>());
+    fail(
+        "{} is damaged: its contents do not match the digest recorded when it was written ({} now, {} then); "
+        "a disk error or an incomplete copy?",
+        path, actual, recorded.at("value").get<std::string>());
 }
 
 std::vector<std::pair<std::string, at::Tensor>> trainable(const torch::nn::Module& model) {
@@ -252,11 +254,14 @@ void save_training_checkpoint(const std::string& path, const torch::nn::Module& 
   StateDict contents;
   collect_tensors(root, "", contents);
   const nlohmann::json meta = {
-      {"format", kFormat},        {"version", kVersion},
-      {"epoch", progress.epoch},  {"iter", progress.iter},
+      {"format", kFormat},
+      {"version", kVersion},
+      {"epoch", progress.epoch},
+      {"iter", progress.iter},
       {"global_step", progress.global_step},
       {"data_position", progress.data_position},
-      {"trainable", names},       {"config", progress.config_text},
+      {"trainable", names},
+      {"config", progress.config_text},
       {"digest", {{"algorithm", kDigestName}, {"value", content_digest(contents)}}},
   };
   PyValue meta_dict = PyValue::dict();
@@ -297,9 +302,10 @@ TrainingProgress load_training_checkpoint(const std::string& path, torch::nn::Mo
   for (const auto& [name, t] : weights)
     if (!known.count(name)) unexpected.push_back(name);
   if (!missing.empty() || !unexpected.empty())
-    fail("{}: the checkpoint's weights do not match the model's trainable parameters (missing: [{}]; not "
-         "trainable here: [{}]); were the freeze settings changed?",
-         path, fmt::join(missing, ", "), fmt::join(unexpected, ", "));
+    fail(
+        "{}: the checkpoint's weights do not match the model's trainable parameters (missing: [{}]; not "
+        "trainable here: [{}]); were the freeze settings changed?",
+        path, fmt::join(missing, ", "), fmt::join(unexpected, ", "));
   for (const auto& [name, p] : params)
     if (weights.at(name).sizes() != p.sizes())
       fail("{}: weight '{}' has shape {}, the model's parameter has {}", path, name, weights.at(name).sizes().vec(),
@@ -400,9 +406,10 @@ std::optional<std::string> find_resumable_checkpoint(const std::string& dir) {
     }
   }
   if (!faults.empty())
-    fail("run.resume_ckpt_path=latest: none of the {} checkpoint(s) in {} can be resumed from: {}. Move them "
-         "away to start afresh, or name one in run.resume_ckpt_path",
-         faults.size(), dir, fmt::join(faults, "; "));
+    fail(
+        "run.resume_ckpt_path=latest: none of the {} checkpoint(s) in {} can be resumed from: {}. Move them "
+        "away to start afresh, or name one in run.resume_ckpt_path",
+        faults.size(), dir, fmt::join(faults, "; "));
   return std::nullopt;
 }
 

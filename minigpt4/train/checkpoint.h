@@ -40,9 +40,9 @@ class Optimizer;
 class GradScaler;
 
 struct TrainingProgress {
-  int64_t epoch = 0;        // epoch being trained, 0-based
-  int64_t iter = 0;         // iterations of that epoch completed (iters_per_epoch at an epoch end)
-  int64_t global_step = 0;  // iterations completed since training started
+  int64_t epoch = 0;                       // epoch being trained, 0-based
+  int64_t iter = 0;                        // iterations of that epoch completed (iters_per_epoch at an epoch end)
+  int64_t global_step = 0;                 // iterations completed since training started
   nlohmann::json data_position = nullptr;  // the data loader's position, opaque here
   std::string config_text;                 // the run config (JSON or YAML text)
 };
@@ -61,8 +61,7 @@ bool is_checkpoint_name(const std::string& filename);
 // `scaler` may be null (no AMP). `with_gradients`: also store the trainable parameters'
 // current gradients (a checkpoint inside a gradient accumulation window).
 void save_training_checkpoint(const std::string& path, const torch::nn::Module& model, const Optimizer& optimizer,
-                              const GradScaler* scaler, const TrainingProgress& progress,
-                              bool with_gradients = false);
+                              const GradScaler* scaler, const TrainingProgress& progress, bool with_gradients = false);
 
 // Restores the trainable parameters by name (a trainable parameter missing from the file,
 // or a file entry that is not a trainable parameter of `model`, is an error naming them),

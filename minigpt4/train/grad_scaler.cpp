@@ -27,8 +27,7 @@ at::Tensor GradScaler::scale(const at::Tensor& loss) {
 }
 
 void GradScaler::require_scale(const char* what) const {
-  if (!scale_.defined())
-    fail("GradScaler::{}: no scale yet; call scale(loss) earlier in the iteration", what);
+  if (!scale_.defined()) fail("GradScaler::{}: no scale yet; call scale(loss) earlier in the iteration", what);
 }
 
 void GradScaler::unscale_(torch::optim::Optimizer& optimizer) {

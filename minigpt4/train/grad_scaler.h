@@ -53,7 +53,7 @@ class GradScaler {
   // growth_interval consecutive clean iterations.
   void update();
 
-  double get_scale() const;       // the current scale (1.0 when disabled)
+  double get_scale() const;        // the current scale (1.0 when disabled)
   int64_t growth_tracker() const;  // clean iterations since the last change
 
   // {"scale": float32 scalar, "_growth_tracker": int32 scalar}; empty when disabled (as

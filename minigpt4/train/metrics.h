@@ -23,7 +23,7 @@ struct StepRecord {
   double loss = std::numeric_limits<double>::quiet_NaN();
   double lr = 0;
   double samples_per_sec = 0;
-  double elapsed = 0;  // seconds since training (this process) started
+  double elapsed = 0;                                // seconds since training (this process) started
   nlohmann::json extras = nlohmann::json::object();  // anything else, merged into the line
 
   // {"step", "epoch", "iter", "loss", "lr", "samples_per_sec", "elapsed", ...extras};
@@ -67,8 +67,8 @@ class ProgressBar {
   // "epoch 1/4 [#####.....] 120/500 loss 2.314 lr 9.8e-05 42.1 samples/s ETA 03:12":
   // epoch 1-based, iterations of this epoch done, ETA to the end of the epoch (update()
   // measures the rate from its first call on); eta_seconds < 0 shows "ETA --:--".
-  static std::string format(const StepRecord& record, int64_t max_epoch, int64_t iters_per_epoch,
-                            double eta_seconds, int bar_width = 10);
+  static std::string format(const StepRecord& record, int64_t max_epoch, int64_t iters_per_epoch, double eta_seconds,
+                            int bar_width = 10);
 
  private:
   using Clock = std::chrono::steady_clock;

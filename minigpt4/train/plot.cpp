@@ -33,7 +33,7 @@ Range finite_range(const std::vector<double>& v) {
   for (double x : v)
     if (std::isfinite(x)) lo = std::min(lo, x), hi = std::max(hi, x);
   if (!std::isfinite(lo)) return {0, 1};  // nothing to show
-  if (hi == lo) {  // a flat curve still needs a visible range
+  if (hi == lo) {                         // a flat curve still needs a visible range
     const double pad = lo != 0 ? std::abs(lo) * 0.1 : 1.0;
     return {lo - pad, hi + pad};
   }

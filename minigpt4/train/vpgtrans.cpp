@@ -30,14 +30,16 @@ TokenPairs token_pairs_from_captions(const std::vector<std::string>& captions, c
 WordConverter train_word_converter(const at::Tensor& source_embeddings, const at::Tensor& target_embeddings,
                                    const TokenPairs& pairs, const WordConverterOptions& options,
                                    const std::function<void(int64_t, double)>& on_epoch) {
-  if (pairs.source.empty()) fail("word converter: no token pairs (no caption tokenises to equal lengths under both tokenizers)");
+  if (pairs.source.empty())
+    fail("word converter: no token pairs (no caption tokenises to equal lengths under both tokenizers)");
   if (pairs.source.size() != pairs.target.size()) fail("word converter: unequal pair lists");
   const auto src_vocab = source_embeddings.size(0), tgt_vocab = target_embeddings.size(0);
   for (size_t i = 0; i < pairs.source.size(); ++i)
     if (pairs.source[i] < 0 || pairs.source[i] >= src_vocab || pairs.target[i] < 0 || pairs.target[i] >= tgt_vocab)
-      fail("word converter: token pair ({}, {}) is outside the vocabularies ({}, {}): do the tokenizers belong to "
-           "these LLMs?",
-           pairs.source[i], pairs.target[i], src_vocab, tgt_vocab);
+      fail(
+          "word converter: token pair ({}, {}) is outside the vocabularies ({}, {}): do the tokenizers belong to "
+          "these LLMs?",
+          pairs.source[i], pairs.target[i], src_vocab, tgt_vocab);
 
   torch::manual_seed(options.seed);
   const auto src = source_embeddings.detach().to(torch::kFloat32);
@@ -88,9 +90,10 @@ std::pair<at::Tensor, at::Tensor> merge_projector(const WordConverter& converter
   const auto wc = converter.weight.to(torch::kFloat32), bc = converter.bias.to(torch::kFloat32);
   const auto wp = projector_weight.to(torch::kFloat32), bp = projector_bias.to(torch::kFloat32);
   if (wc.size(1) != wp.size(0))
-    fail("VPGTrans: the source projector outputs {} features but the converter expects the source LLM's {}: is the "
-         "checkpoint from the source LLM's model?",
-         wp.size(0), wc.size(1));
+    fail(
+        "VPGTrans: the source projector outputs {} features but the converter expects the source LLM's {}: is the "
+        "checkpoint from the source LLM's model?",
+        wp.size(0), wc.size(1));
   return {wc.matmul(wp), wc.matmul(bp) + bc};
 }
 
@@ -105,7 +108,8 @@ at::Tensor input_embeddings(const std::string& llm_dir) {
 
 at::Tensor required(const StateDict& weights, const std::string& name, const std::string& path) {
   const auto it = weights.find(name);
-  if (it == weights.end()) fail("{}: no '{}' (a MiniGPT-4 checkpoint with the trained projector is expected)", path, name);
+  if (it == weights.end())
+    fail("{}: no '{}' (a MiniGPT-4 checkpoint with the trained projector is expected)", path, name);
   return it->second;
 }
 
@@ -117,8 +121,8 @@ ProjectorTransfer transfer_projector(const std::string& source_llm, const std::s
                                      const std::function<void(int64_t, double)>& on_epoch) {
   ProjectorTransfer out;
   out.pairs = token_pairs_from_captions(captions, *load_tokenizer(source_llm), *load_tokenizer(target_llm));
-  out.converter = train_word_converter(input_embeddings(source_llm), input_embeddings(target_llm), out.pairs, options,
-                                       on_epoch);
+  out.converter =
+      train_word_converter(input_embeddings(source_llm), input_embeddings(target_llm), out.pairs, options, on_epoch);
   const auto n = static_cast<int64_t>(out.pairs.source.size());
   out.sgd_steps = options.epochs * ((n + options.batch_size - 1) / options.batch_size);
   const auto checkpoint = io::load_state_dict(source_checkpoint);
@@ -131,7 +135,8 @@ ProjectorTransfer transfer_projector(const std::string& source_llm, const std::s
 std::vector<std::string> read_captions(const std::string& path) {
   std::vector<std::string> captions;
   auto add = [&](const nlohmann::json& caption) {
-    if (caption.is_string()) captions.push_back(caption.get<std::string>());
+    if (caption.is_string())
+      captions.push_back(caption.get<std::string>());
     else if (caption.is_array())
       for (const auto& c : caption)
         if (c.is_string()) captions.push_back(c.get<std::string>());

@@ -22,7 +22,7 @@ class Tokenizer;
 namespace minigpt4::train {
 
 struct TokenPairs {
-  std::vector<int64_t> source, target;  // source[i] pairs with target[i]
+  std::vector<int64_t> source, target;              // source[i] pairs with target[i]
   int64_t captions_used = 0, captions_skipped = 0;  // skipped: different token counts
 };
 
@@ -31,10 +31,10 @@ TokenPairs token_pairs_from_captions(const std::vector<std::string>& captions, c
                                      const Tokenizer& target);
 
 struct WordConverterOptions {
-  double lr = 5.0;          // plain SGD, as the original
+  double lr = 5.0;  // plain SGD, as the original
   int64_t batch_size = 4096;
   int64_t epochs = 8;
-  uint64_t seed = 42;       // pair shuffling and the converter's initialisation
+  uint64_t seed = 42;  // pair shuffling and the converter's initialisation
   // Not in the original: keep the converter only on the span of the paired source
   // embeddings (Wc <- Wc P). Outside it the pairs never constrain Wc, which keeps its random
   // initialisation there; with a small vocabulary (a synthetic world's) that span is a
@@ -43,9 +43,9 @@ struct WordConverterOptions {
 };
 
 struct WordConverter {
-  at::Tensor weight;  // [target_dim, source_dim]
-  at::Tensor bias;    // [target_dim]
-  double final_loss = 0;  // mean 1 - cos over the pairs after training
+  at::Tensor weight;        // [target_dim, source_dim]
+  at::Tensor bias;          // [target_dim]
+  double final_loss = 0;    // mean 1 - cos over the pairs after training
   int64_t source_span = 0;  // rank of the paired source embeddings
 };
 
@@ -67,7 +67,7 @@ struct ProjectorTransfer {
   at::Tensor weight, bias;  // the target's initial llama_proj
   TokenPairs pairs;
   WordConverter converter;
-  int64_t sgd_steps = 0;    // the converter's optimizer steps (epochs x batches)
+  int64_t sgd_steps = 0;  // the converter's optimizer steps (epochs x batches)
 };
 ProjectorTransfer transfer_projector(const std::string& source_llm, const std::string& target_llm,
                                      const std::string& source_checkpoint, const std::vector<std::string>& captions,

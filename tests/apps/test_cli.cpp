@@ -20,8 +20,8 @@ struct Run {
 
 // `environment`: assignments put before the command, e.g. "MINIGPT4_CPU_KERNELS=aten".
 Run run(const std::string& args, bool with_stderr = true, const std::string& environment = "") {
-  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && " + environment + " '" MINIGPT4_BINARY
-                              "' " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
+  const std::string command = "cd '" + minigpt4::test::source_dir().string() + "' && " + environment +
+                              " '" MINIGPT4_BINARY "' " + args + (with_stderr ? " 2>&1" : " 2>/dev/null");
   Run result{-1, ""};
   FILE* pipe = popen(command.c_str(), "r");
   REQUIRE(pipe);
@@ -69,8 +69,8 @@ TEST_CASE("minigpt4 info --kernels names the CPU and the kernels of each weight 
   auto r = run("info --kernels");
   INFO(r.output);
   CHECK(r.exit_code == 0);
-  CHECK_THAT(r.output, Contains("cpu: ") && Contains("f32   weights") && Contains("bf16  weights") &&
-                           Contains("int8  weights"));
+  CHECK_THAT(r.output,
+             Contains("cpu: ") && Contains("f32   weights") && Contains("bf16  weights") && Contains("int8  weights"));
   // Forced by the environment: named in the report, or refused naming what is wrong.
   const auto forced = [](const std::string& value) {
     return run("info --kernels", true, "MINIGPT4_CPU_KERNELS='" + value + "'");
@@ -142,7 +142,8 @@ TEST_CASE("minigpt4 chat --lora chooses a task adapter; /lora switches it", "[ap
   // The greedy answers in-process, the adapter switched directly.
   auto options = test::tiny_weight_options();
   options.push_back(adapters.lora_path_option());
-  const auto model = ChatModel::load(Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), options), torch::kCPU);
+  const auto model =
+      ChatModel::load(Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), options), torch::kCPU);
   const auto direct = [&](const std::string& adapter) {
     model->use_adapter(adapter);
     ChatSession session(model);
@@ -187,7 +188,8 @@ TEST_CASE("minigpt4 chat --lora chooses a task adapter; /lora switches it", "[ap
   const std::string interactive = base + "--image " + image + " --temperature 0 --max-new-tokens 6 < " + input.string();
   r = run(interactive);
   CHECK(r.exit_code == 0);
-  CHECK_THAT(r.output, Contains("/lora NAME switches") && Contains("LoRA adapters: original, lora_a, lora_b (in use: original)") &&
+  CHECK_THAT(r.output, Contains("/lora NAME switches") &&
+                           Contains("LoRA adapters: original, lora_a, lora_b (in use: original)") &&
                            Contains("unknown LoRA adapter 'nope'") &&
                            Contains("(adapter lora_b; conversation cleared, the image encoded again)"));
   r = run(interactive, false);

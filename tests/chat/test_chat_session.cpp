@@ -20,8 +20,8 @@ std::string template_name(const std::string& fixture_template) {
 }
 
 std::shared_ptr<ChatModel> chat_model(const test::GenerationFixture& fx) {
-  const auto yaml = test::parity_case_yaml(fx.dir, fx.manifest) + "  conv_template: " +
-                    template_name(fx.generation().value("template", "CONV_VISION")) + "\n";
+  const auto yaml = test::parity_case_yaml(fx.dir, fx.manifest) +
+                    "  conv_template: " + template_name(fx.generation().value("template", "CONV_VISION")) + "\n";
   return ChatModel::load(Config::from_yaml(yaml, (fx.dir / "manifest.json").string()), torch::kCPU);
 }
 

@@ -27,8 +27,7 @@ TEST_CASE("CONV_VISION: upload, ask, answer", "[chat]") {
   conv.ask("More?");  // the last human turn is no image: a new turn
   REQUIRE(conv.messages().size() == 3);
   CHECK(conv.messages()[2].text == "More?");
-  CHECK(conv.get_prompt() ==
-        kSystem + "###Human: <Img><ImageHere></Img> Hi?###Assistant: Yes.###Human: More?###");
+  CHECK(conv.get_prompt() == kSystem + "###Human: <Img><ImageHere></Img> Hi?###Assistant: Yes.###Human: More?###");
 }
 
 TEST_CASE("ask joins only a human turn that ends with an image", "[chat]") {
@@ -59,9 +58,7 @@ TEST_CASE("separator style TWO alternates sep and sep2", "[chat]") {
   conv.append_message("USER", "bye");
   conv.append_message("ASSISTANT", std::nullopt);
   CHECK(conv.get_prompt() == "SYS USER: hi ASSISTANT: hello</s>USER: bye ASSISTANT:");
-  CHECK_THROWS_AS(Conversation("S", {"a", "b"}, SeparatorStyle::Two, " ", std::nullopt,
-                               RoleFormat::Colon),
-                  Error);
+  CHECK_THROWS_AS(Conversation("S", {"a", "b"}, SeparatorStyle::Two, " ", std::nullopt, RoleFormat::Colon), Error);
 }
 
 TEST_CASE("LLaMA-2 template: the literal <s> in the roles becomes bos", "[chat]") {

@@ -42,8 +42,8 @@ void replay(Conversation& conv, const json& target) {
   size_t i = 0;
   for (; i < conv.messages().size(); ++i) {
     const Message& have = conv.messages()[i];
-    const bool open_answer = i + 1 == conv.messages().size() && !have.text &&
-                             have.role == conv.roles()[1] && text_of(target.at(i));
+    const bool open_answer =
+        i + 1 == conv.messages().size() && !have.text && have.role == conv.roles()[1] && text_of(target.at(i));
     if (open_answer) conv.set_answer(*text_of(target.at(i)));
   }
   const std::string image = kImageMessage;
@@ -76,10 +76,8 @@ int check_template_cases(const fs::path& dir) {
     CHECK(conv.system() == c.at("system").get<std::string>());
     CHECK(conv.roles() == c.at("roles").get<std::vector<std::string>>());
     CHECK(conv.sep() == c.at("sep").get<std::string>());
-    CHECK(conv.sep2() == (c.at("sep2").is_null() ? std::nullopt
-                                                 : std::optional<std::string>(c.at("sep2"))));
-    CHECK((conv.sep_style() == SeparatorStyle::Single ? "SINGLE" : "TWO") ==
-          c.at("sep_style").get<std::string>());
+    CHECK(conv.sep2() == (c.at("sep2").is_null() ? std::nullopt : std::optional<std::string>(c.at("sep2"))));
+    CHECK((conv.sep_style() == SeparatorStyle::Single ? "SINGLE" : "TWO") == c.at("sep_style").get<std::string>());
     checks += 5;
     for (const auto& step : c.at("steps")) {
       INFO("after " << step.value("after", ""));
@@ -103,8 +101,7 @@ int check_generation_prompt(const fs::path& dir) {
   CHECK(conv.get_prompt() == gen.at("prompt").get<std::string>());
   int checks = 1;
 
-  if (!fs::exists(dir / "io.safetensors") || !fs::exists(dir / "vicuna" / "tokenizer.model"))
-    return checks;
+  if (!fs::exists(dir / "io.safetensors") || !fs::exists(dir / "vicuna" / "tokenizer.model")) return checks;
   const mt::I64Safetensors io(dir / "io.safetensors");
   const auto tok = LlamaTokenizer::from_pretrained(dir / "vicuna");
   const auto segments = split_image_placeholder(conv.get_prompt());

@@ -56,7 +56,8 @@ TEST_CASE("explain: an answer's words are its tokens grouped at spaces, punctuat
   const auto words = answer_words(tokens, tokenizer, {});
   std::vector<std::string> texts;
   for (const auto& w : words) texts.push_back(w.text);
-  CHECK(texts == std::vector<std::string>{"The", "image", "shows", "two", "red", "circles", ",", "on", "the", "left", "."});
+  CHECK(texts ==
+        std::vector<std::string>{"The", "image", "shows", "two", "red", "circles", ",", "on", "the", "left", "."});
   // Every token of the visible answer belongs to one word, in order; the stop's do not.
   std::vector<int64_t> covered;
   for (const auto& w : words) covered.insert(covered.end(), w.token_indices.begin(), w.token_indices.end());

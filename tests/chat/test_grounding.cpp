@@ -38,7 +38,8 @@ TEST_CASE("grounding: ConLoRA's <bin_N> boxes map to pixels by bin * size / 223"
   CHECK(half[0].x0 == 1);  // 1 * 1 / 2 = 0.5 -> 1
 
   // Inside a sentence, in braces, after a stop-string-free answer; two boxes in a row.
-  const auto two = find_boxes("The dog is at {<bin_0> <bin_10> <bin_20> <bin_30>} and <bin_1><bin_2><bin_3><bin_4>.", 223, 223);
+  const auto two =
+      find_boxes("The dog is at {<bin_0> <bin_10> <bin_20> <bin_30>} and <bin_1><bin_2><bin_3><bin_4>.", 223, 223);
   REQUIRE(two.size() == 2);
   CHECK(pixels(two[0]) == std::array<int64_t, 4>{0, 10, 20, 30});
   CHECK(pixels(two[1]) == std::array<int64_t, 4>{1, 2, 3, 4});

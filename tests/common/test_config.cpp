@@ -48,8 +48,9 @@ TEST_CASE("the original MiniGPT-4 configs parse as they are", "[config]") {
 
 TEST_CASE("--options override dotted keys with typed values", "[config]") {
   const auto root = test::source_dir();
-  const auto cfg = Config::load((root / "train_configs/minigpt4_stage1_pretrain.yaml").string(),
-                                {"run.init_lr=1e-5", "model.ckpt=/tmp/x.pth", "run.train_splits=[a, b]", "model.freeze_qformer=False"});
+  const auto cfg = Config::load(
+      (root / "train_configs/minigpt4_stage1_pretrain.yaml").string(),
+      {"run.init_lr=1e-5", "model.ckpt=/tmp/x.pth", "run.train_splits=[a, b]", "model.freeze_qformer=False"});
   CHECK(cfg.get_float("run.init_lr", 0) == Approx(1e-5));
   CHECK(cfg.get_string("model.ckpt") == "/tmp/x.pth");
   CHECK(cfg.get_string_list("run.train_splits") == std::vector<std::string>{"a", "b"});
@@ -66,7 +67,8 @@ TEST_CASE("bad configs are errors naming the key and the file", "[config]") {
                     Contains("my.yaml") && Contains("model.vit_widht") && Contains("vit_width"));
   CHECK_THROWS_WITH(Config::from_yaml("run:\n  max_epoch: four\n", "my.yaml"),
                     Contains("my.yaml") && Contains("run.max_epoch") && Contains("integer"));
-  CHECK_THROWS_WITH(Config::from_yaml("run:\n  amp: maybe\n", "my.yaml"), Contains("run.amp") && Contains("true or false"));
+  CHECK_THROWS_WITH(Config::from_yaml("run:\n  amp: maybe\n", "my.yaml"),
+                    Contains("run.amp") && Contains("true or false"));
   CHECK_THROWS_WITH(Config::from_yaml("run:\n  init_lr: [1]\n", "my.yaml"), Contains("run.init_lr"));
   CHECK_THROWS_WITH(Config::from_yaml("datasets:\n  laoin:\n    batch_size: 4\n", "my.yaml"),
                     Contains("my.yaml") && Contains("laoin"));
@@ -111,8 +113,9 @@ TEST_CASE("TinyGPT-V's configs parse with the original's values", "[config]") {
   CHECK(stage4.keys_under("datasets").size() == 20);
   CHECK(stage4.get_int("datasets.refcoco.vis_processor.train.image_size", 0) == 448);
   CHECK(stage4.get_int("run.iters_per_epoch", 0) * stage4.get_int("run.max_epoch", 0) == 50000);
-  CHECK(Config::load((root / "eval_configs/tinygptv_stage1_2_3_eval.yaml").string()).get_string("model.conv_template") ==
-        "vicuna0");
+  CHECK(
+      Config::load((root / "eval_configs/tinygptv_stage1_2_3_eval.yaml").string()).get_string("model.conv_template") ==
+      "vicuna0");
   CHECK(Config::load((root / "eval_configs/tinygptv_stage4_eval.yaml").string()).get_string("model.conv_template") ==
         "minigptv2");
   // The original eval configs' unused bos_token_id is accepted.

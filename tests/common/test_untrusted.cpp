@@ -68,7 +68,8 @@ TEST_CASE("parse_int64 accepts integers that fit and nothing else", "[untrusted]
 
 TEST_CASE("hostile configs end in named errors", "[config][untrusted]") {
   // Aliases that repeat a 4 KB string 20000 times: 80 MB once expanded ("billion laughs").
-  std::string bomb = "model:\n  arch: minigpt4\n  prompt: &p \"" + std::string(4096, 'x') + "\"\nrun:\n  train_splits: [";
+  std::string bomb =
+      "model:\n  arch: minigpt4\n  prompt: &p \"" + std::string(4096, 'x') + "\"\nrun:\n  train_splits: [";
   for (int i = 0; i < 20000; ++i) bomb += i ? ",*p" : "*p";
   bomb += "]\n";
   CHECK_THROWS_WITH(Config::from_yaml(bomb, "bomb.yaml"), Contains("bomb.yaml") && Contains("limits.max_config_bytes"));

@@ -55,19 +55,34 @@ fs::path make_dataset(const fs::path& root) {
 
 std::vector<std::string> train_args(const fs::path& data, const fs::path& output, int batch, int epochs,
                                     std::vector<std::string> extra = {}) {
-  std::vector<std::string> args = {
-      "train", "--cfg-path", (test::source_dir() / "configs/tiny_vicuna0.yaml").string(), "--options",
-      "model.vit_model=" + (tiny() / "eva_vit_g.pth").string(),
-      "model.q_former_model=" + (tiny() / "blip2_pretrained.pth").string(),
-      "model.llama_model=" + (tiny() / "vicuna").string(), "model.ckpt=", "model.max_txt_len=32",
-      "model.prompt_path=" + (data / "prompts.txt").string(),
-      "datasets.cc_sbu_align.build_info.storage=" + data.string(),
-      "datasets.cc_sbu_align.vis_processor.train.name=blip2_image_eval",
-      "datasets.cc_sbu_align.vis_processor.train.image_size=56", "run.lr_sched=linear_warmup_cosine_lr",
-      "run.init_lr=1e-3", "run.min_lr=1e-4", "run.warmup_lr=1e-4", "run.warmup_steps=2", "run.weight_decay=0.05",
-      "run.max_epoch=" + std::to_string(epochs), "run.iters_per_epoch=4",
-      "run.batch_size_train=" + std::to_string(batch), "run.num_workers=1", "run.seed=7", "run.log_freq=1",
-      "run.device=cpu", "run.distributed=True", "run.output_dir=" + output.string()};
+  std::vector<std::string> args = {"train",
+                                   "--cfg-path",
+                                   (test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
+                                   "--options",
+                                   "model.vit_model=" + (tiny() / "eva_vit_g.pth").string(),
+                                   "model.q_former_model=" + (tiny() / "blip2_pretrained.pth").string(),
+                                   "model.llama_model=" + (tiny() / "vicuna").string(),
+                                   "model.ckpt=",
+                                   "model.max_txt_len=32",
+                                   "model.prompt_path=" + (data / "prompts.txt").string(),
+                                   "datasets.cc_sbu_align.build_info.storage=" + data.string(),
+                                   "datasets.cc_sbu_align.vis_processor.train.name=blip2_image_eval",
+                                   "datasets.cc_sbu_align.vis_processor.train.image_size=56",
+                                   "run.lr_sched=linear_warmup_cosine_lr",
+                                   "run.init_lr=1e-3",
+                                   "run.min_lr=1e-4",
+                                   "run.warmup_lr=1e-4",
+                                   "run.warmup_steps=2",
+                                   "run.weight_decay=0.05",
+                                   "run.max_epoch=" + std::to_string(epochs),
+                                   "run.iters_per_epoch=4",
+                                   "run.batch_size_train=" + std::to_string(batch),
+                                   "run.num_workers=1",
+                                   "run.seed=7",
+                                   "run.log_freq=1",
+                                   "run.device=cpu",
+                                   "run.distributed=True",
+                                   "run.output_dir=" + output.string()};
   args.insert(args.end(), extra.begin(), extra.end());
   return args;
 }
@@ -78,8 +93,15 @@ std::vector<std::string> with_launcher(std::vector<std::string> launcher, const 
 }
 
 std::vector<std::string> launch(int nproc) {
-  return {MINIGPT4_BINARY, "launch", "--nproc-per-node", std::to_string(nproc), "--master-port", free_port(),
-          "--stop-grace", "3", "--"};
+  return {MINIGPT4_BINARY,
+          "launch",
+          "--nproc-per-node",
+          std::to_string(nproc),
+          "--master-port",
+          free_port(),
+          "--stop-grace",
+          "3",
+          "--"};
 }
 
 std::vector<double> losses(const fs::path& output) {
@@ -89,7 +111,8 @@ std::vector<double> losses(const fs::path& output) {
 }
 
 torch::Tensor projector(const fs::path& output, int epoch) {
-  return io::load_state_dict((output / ("checkpoint_" + std::to_string(epoch) + ".pth")).string()).at("llama_proj.weight");
+  return io::load_state_dict((output / ("checkpoint_" + std::to_string(epoch) + ".pth")).string())
+      .at("llama_proj.weight");
 }
 
 // Runs to the end; returns the output, failing the test on a non-zero exit.
@@ -143,8 +166,9 @@ TEST_CASE("distributed: 2 ranks through torchrun --no-python train exactly as 1 
   Scratch tmp("dist_torchrun");
   const auto data = make_dataset(tmp.path() / "data");
   run_ok(with_launcher({MINIGPT4_BINARY}, train_args(data, tmp.path() / "one", 4, 2)));
-  run_ok(with_launcher({torchrun, "--nproc-per-node", "2", "--master-port", free_port(), "--no-python", MINIGPT4_BINARY},
-                       train_args(data, tmp.path() / "torchrun", 2, 2)));
+  run_ok(
+      with_launcher({torchrun, "--nproc-per-node", "2", "--master-port", free_port(), "--no-python", MINIGPT4_BINARY},
+                    train_args(data, tmp.path() / "torchrun", 2, 2)));
   check_same_training(tmp.path() / "one", tmp.path() / "torchrun");
 }
 
@@ -176,8 +200,8 @@ TEST_CASE("distributed: resume continues a 2-rank run exactly", "[distributed]")
   run_ok(with_launcher(launch(2), train_args(data, tmp.path() / "resumed", 2, 2, {"run.resume_ckpt_path=" + epoch0})));
   CHECK(torch::equal(projector(tmp.path() / "straight", 1), projector(tmp.path() / "resumed", 1)));
   // One rank cannot continue two ranks' data streams: it says so and goes on.
-  const auto output = run_ok(with_launcher({MINIGPT4_BINARY},
-                                           train_args(data, tmp.path() / "one_rank", 4, 2, {"run.resume_ckpt_path=" + epoch0})));
+  const auto output = run_ok(with_launcher(
+      {MINIGPT4_BINARY}, train_args(data, tmp.path() / "one_rank", 4, 2, {"run.resume_ckpt_path=" + epoch0})));
   CHECK(output.find("the checkpoint was written by 2 rank(s) and this run has 1") != std::string::npos);
 }
 

@@ -16,11 +16,11 @@ namespace minigpt4::test {
 
 struct BenchmarkFiles {
   fs::path root;
-  fs::path images;                  // COCO_val2014_<12 digits>.jpg, image ids 1..n
-  fs::path captions;                // official COCO layout, images[].file_name
-  fs::path karpathy;                // Karpathy list, "image": "images/COCO_val2014_....jpg" (relative to root)
+  fs::path images;    // COCO_val2014_<12 digits>.jpg, image ids 1..n
+  fs::path captions;  // official COCO layout, images[].file_name
+  fs::path karpathy;  // Karpathy list, "image": "images/COCO_val2014_....jpg" (relative to root)
   fs::path vqa_questions, vqa_annotations;
-  fs::path gqa;                     // testdev_balanced_questions.json layout
+  fs::path gqa;  // testdev_balanced_questions.json layout
   int n = 0;
 };
 
@@ -34,7 +34,8 @@ inline BenchmarkFiles make_benchmark(const fs::path& root, int n) {
   b.images = root / "images";
   b.n = n;
   fs::create_directories(b.images);
-  nlohmann::json images = nlohmann::json::array(), captions = nlohmann::json::array(), karpathy = nlohmann::json::array();
+  nlohmann::json images = nlohmann::json::array(), captions = nlohmann::json::array(),
+                 karpathy = nlohmann::json::array();
   nlohmann::json questions = nlohmann::json::array(), answers = nlohmann::json::array(), gqa = nlohmann::json::object();
   const char* colours[] = {"red", "green", "blue", "yellow"};
   for (int id = 1; id <= n; ++id) {
@@ -53,9 +54,11 @@ inline BenchmarkFiles make_benchmark(const fs::path& root, int n) {
     questions.push_back({{"image_id", id}, {"question", question}, {"question_id", question_id}});
     nlohmann::json records = nlohmann::json::array();
     for (int k = 1; k <= 10; ++k) records.push_back({{"answer", k <= 7 ? "yes" : "no"}, {"answer_id", k}});
-    answers.push_back({{"question_id", question_id}, {"answer_type", "yes/no"}, {"question_type", "is the"},
-                       {"answers", records}});
-    gqa[std::to_string(question_id)] = {{"imageId", std::to_string(id)}, {"question", question}, {"answer", "yes"},
+    answers.push_back(
+        {{"question_id", question_id}, {"answer_type", "yes/no"}, {"question_type", "is the"}, {"answers", records}});
+    gqa[std::to_string(question_id)] = {{"imageId", std::to_string(id)},
+                                        {"question", question},
+                                        {"answer", "yes"},
                                         {"types", {{"structural", "verify"}, {"semantic", "attr"}}}};
   }
   auto write = [](const fs::path& path, const nlohmann::json& value) { std::ofstream(path) << value.dump(1); };
@@ -77,11 +80,11 @@ inline std::string evaluation_yaml(const BenchmarkFiles& b, const std::string& t
   auto quoted = [](const fs::path& p) { return "'" + p.string() + "'"; };
   const auto tokens = "\n  max_new_tokens: " + std::to_string(max_new_tokens) + "\n";
   if (task == "coco_caption")
-    return "evaluation:\n  task: coco_caption\n  annotations: " + quoted(b.captions) + "\n  image_root: " +
-           quoted(b.images) + tokens;
+    return "evaluation:\n  task: coco_caption\n  annotations: " + quoted(b.captions) +
+           "\n  image_root: " + quoted(b.images) + tokens;
   if (task == "vqav2")
-    return "evaluation:\n  task: vqav2\n  annotations: " + quoted(b.vqa_annotations) + "\n  questions: " +
-           quoted(b.vqa_questions) + "\n  image_root: " + quoted(b.images) +
+    return "evaluation:\n  task: vqav2\n  annotations: " + quoted(b.vqa_annotations) +
+           "\n  questions: " + quoted(b.vqa_questions) + "\n  image_root: " + quoted(b.images) +
            "\n  image_file: 'COCO_val2014_{image_id:012d}.jpg'" + tokens;
   return "evaluation:\n  task: gqa\n  annotations: " + quoted(b.gqa) + "\n  image_root: " + quoted(b.images) +
          "\n  image_file: 'COCO_val2014_{image_id:012d}.jpg'" + tokens;
@@ -93,8 +96,8 @@ inline fs::path write_tiny_eval_config(const fs::path& path, const std::string& 
                                        const fs::path& output_dir) {
   const auto tiny = data_dir() / "parity/tiny_vicuna0";
   std::ofstream(path) << parity_case_yaml(tiny, read_json(tiny / "manifest.json")) << "\n"
-                      << evaluation << "\nrun:\n  device: cpu\n  batch_size_eval: " << batch_size
-                      << "\n  output_dir: '" << output_dir.string() << "'\n";
+                      << evaluation << "\nrun:\n  device: cpu\n  batch_size_eval: " << batch_size << "\n  output_dir: '"
+                      << output_dir.string() << "'\n";
   return path;
 }
 

@@ -36,15 +36,16 @@ TEST_CASE("evaluate (process): killed mid-run, the rerun ends as an uninterrupte
   // Long answers, one item at a time in the run that is killed: it lasts long enough to be
   // caught mid-way. (Batches give the same answers.)
   const auto evaluation = test::evaluation_yaml(b, "vqav2", 30);
-  run_ok(evaluate_args(test::write_tiny_eval_config(tmp.path() / "straight.yaml", evaluation, 8, tmp.path() / "straight")));
+  run_ok(evaluate_args(
+      test::write_tiny_eval_config(tmp.path() / "straight.yaml", evaluation, 8, tmp.path() / "straight")));
 
   const auto out = tmp.path() / "killed";
   const auto config = test::write_tiny_eval_config(tmp.path() / "killed.yaml", evaluation, 1, out);
   {
     test::Child child(evaluate_args(config));
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
-    while (std::chrono::steady_clock::now() < deadline && !(fs::exists(out / "predictions_rank0.jsonl") &&
-                                                            lines_in(out / "predictions_rank0.jsonl") >= 2))
+    while (std::chrono::steady_clock::now() < deadline &&
+           !(fs::exists(out / "predictions_rank0.jsonl") && lines_in(out / "predictions_rank0.jsonl") >= 2))
       std::this_thread::sleep_for(std::chrono::milliseconds(5));
     kill(child.pid(), SIGKILL);
     INFO(child.output());

@@ -24,7 +24,8 @@ std::string run_ok(const std::vector<std::string>& argv) {
 std::vector<std::string> ids_in(const fs::path& jsonl) {
   std::vector<std::string> ids;
   std::istringstream lines(test::read_text(jsonl));
-  for (std::string line; std::getline(lines, line);) ids.push_back(nlohmann::json::parse(line).at("id").get<std::string>());
+  for (std::string line; std::getline(lines, line);)
+    ids.push_back(nlohmann::json::parse(line).at("id").get<std::string>());
   return ids;
 }
 
@@ -39,16 +40,17 @@ TEST_CASE("distributed: `minigpt4 evaluate` over 2 Gloo ranks equals 1 rank", "[
     const auto one = tmp.path() / (task + "_one"), two = tmp.path() / (task + "_two");
     run_ok({MINIGPT4_BINARY, "evaluate", "--cfg-path",
             test::write_tiny_eval_config(tmp.path() / (task + "_one.yaml"), evaluation, 2, one).string()});
-    const auto output = run_ok({MINIGPT4_BINARY, "launch", "--nproc-per-node", "2", "--master-port", test::free_port(),
-                                "--", "evaluate", "--cfg-path",
-                                test::write_tiny_eval_config(tmp.path() / (task + "_two.yaml"), evaluation, 2, two).string()});
+    const auto output = run_ok(
+        {MINIGPT4_BINARY, "launch", "--nproc-per-node", "2", "--master-port", test::free_port(), "--", "evaluate",
+         "--cfg-path", test::write_tiny_eval_config(tmp.path() / (task + "_two.yaml"), evaluation, 2, two).string()});
     CHECK_THAT(output, Catch::Contains("9 to do over 2 ranks"));
 
     // Item i went to rank i % 2.
     std::vector<std::string> expected[2];
     const auto results = test::read_json(one / "results.json");
     for (size_t i = 0; i < results.size(); ++i)
-      expected[i % 2].push_back((results[i].contains("question_id") ? results[i]["question_id"] : results[i]["image_id"]).dump());
+      expected[i % 2].push_back(
+          (results[i].contains("question_id") ? results[i]["question_id"] : results[i]["image_id"]).dump());
     CHECK(ids_in(two / "predictions_rank0.jsonl") == expected[0]);
     CHECK(ids_in(two / "predictions_rank1.jsonl") == expected[1]);
 

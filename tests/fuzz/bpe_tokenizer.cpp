@@ -51,7 +51,6 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         break;
       }
     }
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

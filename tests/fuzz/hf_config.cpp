@@ -23,20 +23,16 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string source = path.string();
   try {
     minigpt4::LlamaConfig::from_json(j, source);
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     const auto c = minigpt4::PhiConfig::from_json(j, source);
     (void)c.rotary_ndims();
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     minigpt4::llm_config_from_hf(j, source, {});
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     minigpt4::lora::lora_config_from_peft_json(j, source);
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

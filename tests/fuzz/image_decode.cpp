@@ -22,12 +22,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   try {
     (void)minigpt4::read_image_header(bytes, "fuzz input");
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     const auto rgb = minigpt4::decode_image_rgb_bytes(bytes, "fuzz input");
     if (rgb.dim() != 3 || rgb.size(2) != 3) __builtin_trap();  // the decoder's promise
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

@@ -16,7 +16,7 @@ namespace {
 const minigpt4::server::RequestLimits& limits() {
   static const auto l = [] {
     minigpt4::server::RequestLimits r;
-    r.max_prompt_tokens = 2000;  // the server's default for a 2048-position LLaMA
+    r.max_prompt_tokens = 2000;      // the server's default for a 2048-position LLaMA
     r.image.max_pixels = 4'000'000;  // the rules of the 40 M default, with cheap decodes
     r.max_request_pixels = 8'000'000;
     r.image.decode_budget = std::make_shared<minigpt4::server::PixelBudget>(8'000'000);
@@ -32,22 +32,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const auto request = minigpt4::server::parse_chat_request(body, limits());
     // What the parser promises the server.
-    if (request.steps.empty() || request.steps.back().kind == minigpt4::server::ChatStep::Kind::Answer) __builtin_trap();
+    if (request.steps.empty() || request.steps.back().kind == minigpt4::server::ChatStep::Kind::Answer)
+      __builtin_trap();
     if (request.options.max_new_tokens < 1 || request.options.max_new_tokens > limits().max_tokens) __builtin_trap();
     if (!(request.options.temperature >= 0 && request.options.temperature <= 2)) __builtin_trap();
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     (void)minigpt4::server::parse_page_ask(body, limits());
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     (void)minigpt4::server::parse_page_image(body, limits());
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     (void)minigpt4::server::parse_page_lora(body, false);
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

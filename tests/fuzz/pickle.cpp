@@ -10,14 +10,12 @@ namespace pickle = minigpt4::io::pickle;
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     pickle::unpickle(data, size, {}, "fuzz.pkl");
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   pickle::Hooks hooks;
   hooks.persistent_load = [](const pickle::ValuePtr&) { return pickle::make(pickle::Value::Kind::Storage); };
   hooks.reduce = [](const std::string&, const pickle::ValuePtr&) -> pickle::ValuePtr { return nullptr; };
   try {
     pickle::unpickle(data, size, hooks, "fuzz.pkl");
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

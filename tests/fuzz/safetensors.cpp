@@ -11,11 +11,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   try {
     const auto tensors = minigpt4::io::load_safetensors(path.string());
     for (const auto& [name, t] : tensors) (void)t.sum();  // touch every byte a tensor claims
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   try {
     minigpt4::io::load_safetensors_metadata(path.string());
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

@@ -13,8 +13,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     // Touch the last byte of every storage (a view may legally repeat one element 2^60
     // times with stride 0, so summing the views themselves is no measure).
     for (const auto& [name, t] : tensors)
-      if (t.storage().nbytes() > 0) (void)static_cast<const volatile uint8_t*>(t.storage().data())[t.storage().nbytes() - 1];
-  } catch (const minigpt4::Error&) {
-  }
+      if (t.storage().nbytes() > 0)
+        (void)static_cast<const volatile uint8_t*>(t.storage().data())[t.storage().nbytes() - 1];
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

@@ -9,7 +9,6 @@
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "tests/support/fixtures.h"
 
-
 #include <memory>
 #include <string>
 
@@ -20,7 +19,8 @@ struct GenerationFixture {
       : dir(case_dir),
         manifest(read_json(dir / "manifest.json")),
         io(io::load_safetensors((dir / "io.safetensors").string())),
-        model(load_minigpt4(MiniGPT4Config::from_config(Config::from_yaml(parity_case_yaml(dir, manifest), (dir / "manifest.json").string())),
+        model(load_minigpt4(MiniGPT4Config::from_config(
+                                Config::from_yaml(parity_case_yaml(dir, manifest), (dir / "manifest.json").string())),
                             torch::kCPU)),
         tokenizer(LlamaTokenizer::from_pretrained(dir / "vicuna")) {
     // HF's generate takes bos/eos/pad from generation_config.json (else config.json).

@@ -27,7 +27,9 @@ GenerationConfig greedy_config() {
   return c;
 }
 
-std::vector<int64_t> prefix(const std::vector<int64_t>& v, size_t n) { return {v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n)}; }
+std::vector<int64_t> prefix(const std::vector<int64_t>& v, size_t n) {
+  return {v.begin(), v.begin() + static_cast<std::ptrdiff_t>(n)};
+}
 
 // Index (into the generated ids) of the token that completes `stop` first, over [bos] + ids.
 size_t first_stop_end(int64_t bos, const std::vector<int64_t>& ids, const std::vector<int64_t>& stop) {
@@ -104,7 +106,8 @@ TEST_CASE("generation: eos ends generation; min_length holds it back") {
   out = generate(fixture().llm(), prompt(), config);
   REQUIRE(out.tokens.size() > first);
   CHECK(prefix(out.tokens, first) == prefix(full, first));
-  for (size_t i = 0; i < out.tokens.size() && static_cast<int64_t>(i) + 1 < config.min_length; ++i) CHECK(out.tokens[i] != config.eos_token_id);
+  for (size_t i = 0; i < out.tokens.size() && static_cast<int64_t>(i) + 1 < config.min_length; ++i)
+    CHECK(out.tokens[i] != config.eos_token_id);
 }
 
 TEST_CASE("generation: batched left-padded greedy equals one-by-one greedy") {
@@ -210,7 +213,8 @@ TEST_CASE("generation: bad settings are refused") {
   config.num_beams = 2;
   CHECK_THROWS_AS(generate_batch(fixture().llm(), embs, torch::ones({1, embs.size(1)}, torch::kLong), config), Error);
   config = greedy_config();
-  CHECK_THROWS_AS(generate_batch(fixture().llm(), embs, torch::ones({1, embs.size(1) + 1}, torch::kLong), config), Error);
+  CHECK_THROWS_AS(generate_batch(fixture().llm(), embs, torch::ones({1, embs.size(1) + 1}, torch::kLong), config),
+                  Error);
   CHECK_THROWS_AS(generate(fixture().llm(), embs.repeat({2, 1, 1}), config), Error);
   config.eos_token_id = fixture().llm().vocab_size();
   CHECK_THROWS_AS(generate(fixture().llm(), embs, config), Error);
@@ -227,12 +231,14 @@ TEST_CASE("logits processors and warpers follow Hugging Face") {
 
   // Repetition penalty: every id of input_ids once, negative scores multiplied.
   c.repetition_penalty = 2.0;
-  auto scores = process_logits(torch::tensor({{1.0f, -2.0f, 3.0f, 0.5f}}), torch::tensor({{int64_t{1}, int64_t{2}, int64_t{2}}}), c);
+  auto scores = process_logits(torch::tensor({{1.0f, -2.0f, 3.0f, 0.5f}}),
+                               torch::tensor({{int64_t{1}, int64_t{2}, int64_t{2}}}), c);
   CHECK(torch::equal(scores, torch::tensor({{1.0f, -4.0f, 1.5f, 0.5f}})));
   // min_length: eos is -inf while input_ids is shorter.
   c.repetition_penalty = 1.0;
   c.min_length = 4;
-  scores = process_logits(torch::tensor({{1.0f, 2.0f, 3.0f, 4.0f}}), torch::tensor({{int64_t{1}, int64_t{2}, int64_t{2}}}), c);
+  scores = process_logits(torch::tensor({{1.0f, 2.0f, 3.0f, 4.0f}}),
+                          torch::tensor({{int64_t{1}, int64_t{2}, int64_t{2}}}), c);
   CHECK(torch::equal(scores, torch::tensor({{1.0f, 2.0f, 3.0f, -inf}})));
   scores = process_logits(torch::tensor({{1.0f, 2.0f, 3.0f, 4.0f}}), torch::ones({1, 4}, torch::kLong), c);
   CHECK(torch::equal(scores, torch::tensor({{1.0f, 2.0f, 3.0f, 4.0f}})));
@@ -256,7 +262,8 @@ TEST_CASE("logits processors and warpers follow Hugging Face") {
   c.temperature = 0.7;
   c.repetition_penalty = 1.1;
   CHECK(logits_pipeline(c) == std::vector<std::string>{"RepetitionPenaltyLogitsProcessor", "MinLengthLogitsProcessor",
-                                                       "TemperatureLogitsWarper", "TopKLogitsWarper", "TopPLogitsWarper"});
+                                                       "TemperatureLogitsWarper", "TopKLogitsWarper",
+                                                       "TopPLogitsWarper"});
 }
 
 TEST_CASE("postprocess_answer does what Chat.answer does") {

@@ -27,7 +27,8 @@ struct Checker {
     REQUIRE(expected.count(name));
     const auto result = test::compare(name, actual, expected.at(name), test::tolerance_for(manifest, name));
     if (!result.ok) failures.push_back(result.message);
-    if (std::getenv("MINIGPT4_PARITY_VERBOSE")) std::cout << "  " << name << ": max |diff| " << result.max_abs_diff << "\n";
+    if (std::getenv("MINIGPT4_PARITY_VERBOSE"))
+      std::cout << "  " << name << ": max |diff| " << result.max_abs_diff << "\n";
     CHECK(result.ok);
     ++checked;
   }
@@ -103,7 +104,8 @@ TEST_CASE("generation matches the original on every fixture case", "[parity]") {
       std::string plain;
       for (const auto& [name, result] : gen.at("results").items()) {
         const auto& kw = result.at("generate_kwargs_from_chat");
-        if (plain.empty() && kw.at("num_beams").get<int>() == 1 && kw.at("repetition_penalty").get<double>() == 1.0) plain = name;
+        if (plain.empty() && kw.at("num_beams").get<int>() == 1 && kw.at("repetition_penalty").get<double>() == 1.0)
+          plain = name;
       }
       REQUIRE(!plain.empty());
       const auto demo = fx.result_config(plain, /*apply_overrides=*/false);

@@ -97,8 +97,7 @@ class TempDir {
  public:
   TempDir() {
     std::random_device rd;
-    path_ = fs::temp_directory_path() /
-            ("minigpt4_io_test_" + std::to_string(::getpid()) + "_" + std::to_string(rd()));
+    path_ = fs::temp_directory_path() / ("minigpt4_io_test_" + std::to_string(::getpid()) + "_" + std::to_string(rd()));
     fs::create_directories(path_);
   }
   ~TempDir() {
@@ -121,8 +120,14 @@ struct Pickle {
   Pickle& long_get(uint32_t k) { return op('j').raw(&k, 4); }
   Pickle& long_put(uint32_t k) { return op('r').raw(&k, 4); }
   std::string s;
-  Pickle& op(uint8_t c) { s.push_back(static_cast<char>(c)); return *this; }
-  Pickle& raw(const void* p, size_t n) { s.append(static_cast<const char*>(p), n); return *this; }
+  Pickle& op(uint8_t c) {
+    s.push_back(static_cast<char>(c));
+    return *this;
+  }
+  Pickle& raw(const void* p, size_t n) {
+    s.append(static_cast<const char*>(p), n);
+    return *this;
+  }
   Pickle& str(const std::string& t) {  // BINUNICODE
     const auto n = static_cast<uint32_t>(t.size());
     return op('X').raw(&n, 4).raw(t.data(), t.size());
@@ -141,7 +146,8 @@ struct Pickle {
     return *this;
   }
   Pickle& ordered_dict() { return global("collections", "OrderedDict").op(')').op('R'); }
-  // torch._utils._rebuild_tensor_v2(('storage', torch.<type>, key, 'cpu', numel), offset, size, stride, False, OrderedDict())
+  // torch._utils._rebuild_tensor_v2(('storage', torch.<type>, key, 'cpu', numel), offset, size, stride, False,
+  // OrderedDict())
   Pickle& tensor(const std::string& type, const std::string& key, int32_t numel, int32_t offset,
                  const std::vector<int32_t>& size, const std::vector<int32_t>& stride) {
     global("torch._utils", "_rebuild_tensor_v2").op('(');

@@ -29,7 +29,8 @@ TEST_CASE("load_state_dict reads every fixture format", "[io]") {
     const auto full = io::load_safetensors(str(dir / "minigpt4_full.safetensors"));
     CHECK(io::load_state_dict(str(dir / "minigpt4_full.safetensors")).size() == full.size());
 
-    if (fs::exists(dir / "eva_vit_g.pth")) check_part_of(io::load_state_dict(str(dir / "eva_vit_g.pth")), full, "visual_encoder.");
+    if (fs::exists(dir / "eva_vit_g.pth"))
+      check_part_of(io::load_state_dict(str(dir / "eva_vit_g.pth")), full, "visual_encoder.");
     if (fs::exists(dir / "eva_vit_g.safetensors"))
       check_part_of(io::load_state_dict(str(dir / "eva_vit_g.safetensors")), full, "visual_encoder.");
 
@@ -57,9 +58,11 @@ TEST_CASE("load_state_dict reads every fixture format", "[io]") {
     }
 
     // HF directories: safetensors shards omit the rotary buffers, the .bin layouts keep them.
-    if (fs::exists(dir / "vicuna")) check_part_of(io::load_state_dict(str(dir / "vicuna")), full, "llama_model.", is_inv_freq);
+    if (fs::exists(dir / "vicuna"))
+      check_part_of(io::load_state_dict(str(dir / "vicuna")), full, "llama_model.", is_inv_freq);
     if (fs::exists(dir / "vicuna_bin_sharded/pytorch_model.bin.index.json"))  // the index stands for its shards
-      check_part_of(io::load_state_dict(str(dir / "vicuna_bin_sharded/pytorch_model.bin.index.json")), full, "llama_model.");
+      check_part_of(io::load_state_dict(str(dir / "vicuna_bin_sharded/pytorch_model.bin.index.json")), full,
+                    "llama_model.");
     for (const char* sub : {"vicuna_bin", "vicuna_bin_sharded"}) {
       if (!fs::exists(dir / sub)) continue;
       INFO(sub);
@@ -113,9 +116,7 @@ TEST_CASE("broken weight paths raise errors naming what is wrong", "[io]") {
   TempDir tmp;
   const auto vicuna = data_dir() / "parity" / "tiny_vicuna0" / "vicuna";
 
-  SECTION("path does not exist") {
-    REQUIRE_THROWS_WITH(io::load_state_dict(tmp.file("nowhere")), Contains("nowhere"));
-  }
+  SECTION("path does not exist") { REQUIRE_THROWS_WITH(io::load_state_dict(tmp.file("nowhere")), Contains("nowhere")); }
   SECTION("empty directory") {
     fs::create_directories(tmp.path() / "empty_model");
     REQUIRE_THROWS_WITH(io::load_state_dict(tmp.file("empty_model")),
@@ -158,7 +159,8 @@ TEST_CASE("broken weight paths raise errors naming what is wrong", "[io]") {
     const auto dir = tmp.path() / "nomap";
     fs::create_directories(dir);
     write_bytes(dir / "model.safetensors.index.json", "{\"metadata\": {}}");
-    REQUIRE_THROWS_WITH(io::load_state_dict(dir.string()), Contains("model.safetensors.index.json") && Contains("weight_map"));
+    REQUIRE_THROWS_WITH(io::load_state_dict(dir.string()),
+                        Contains("model.safetensors.index.json") && Contains("weight_map"));
   }
   SECTION("a shard that is itself broken") {
     const auto dir = tmp.path() / "broken_shard";

@@ -287,7 +287,7 @@ TEST_CASE("torch checkpoint: zip records that overlap each other or the director
     const auto& second = central_entry(dup_entries, "data/1");
     const uint32_t local = peek<uint32_t>(bytes, second.at + kCentralLocalOffset);
     bytes[second.at + 46 + second.name.size() - 1] = '0';  // ".../data/1" -> ".../data/0", in the directory
-    bytes[local + 30 + second.name.size() - 1] = '0';       // and in its local header
+    bytes[local + 30 + second.name.size() - 1] = '0';      // and in its local header
     write_bytes(dup_path, bytes);
     CHECK_THAT(error_of([&] { io::load_torch_checkpoint(dup_path); }), Contains("dup.pth") && Contains("twice"));
   }
@@ -378,7 +378,8 @@ TEST_CASE("safetensors: hostile headers are refused by name, with bounded messag
     CHECK_THAT(load("{\"w\":{\"x\":" + std::string(1'000'000, '[') + "}}"), Contains("limits.max_json_depth"));
   }
   SECTION("a megabyte tensor name") {
-    const auto message = load("{\"" + std::string(1'000'000, 'n') + "\":{\"dtype\":\"Q9\",\"shape\":[],\"data_offsets\":[0,0]}}");
+    const auto message =
+        load("{\"" + std::string(1'000'000, 'n') + "\":{\"dtype\":\"Q9\",\"shape\":[],\"data_offsets\":[0,0]}}");
     CHECK_THAT(message, Contains("(1000000 bytes)") && Contains("Q9"));
     CHECK(message.size() < 500);
   }
@@ -398,7 +399,8 @@ TEST_CASE("safetensors: hostile headers are refused by name, with bounded messag
     limits.set([](InputLimits& l) { l.max_tensors_per_file = 100; });
     std::string header = "{";
     for (int i = 0; i <= 100; ++i)
-      header += (i ? "," : "") + std::string("\"t") + std::to_string(i) + R"(":{"dtype":"U8","shape":[0],"data_offsets":[0,0]})";
+      header += (i ? "," : "") + std::string("\"t") + std::to_string(i) +
+                R"(":{"dtype":"U8","shape":[0],"data_offsets":[0,0]})";
     CHECK_THAT(load(header + "}", ""), Contains("limits.max_tensors_per_file"));
   }
   SECTION("a header longer than limits.max_safetensors_header_bytes") {
@@ -416,16 +418,14 @@ TEST_CASE("safetensors: hostile headers are refused by name, with bounded messag
     CHECK_THAT(load("{\"w\":[1,2]}"), Contains("'w'") && Contains("not a JSON object"));
     CHECK_THAT(load("{\"w\":{\"dtype\":\"F32\",\"shape\":[4.5],\"data_offsets\":[0,16]}}"),
                Contains("non-negative integers") && Contains("4.5"));
-    CHECK_THAT(load("{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16,32]}}"),
-               Contains("[begin, end]"));
+    CHECK_THAT(load("{\"w\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16,32]}}"), Contains("[begin, end]"));
     CHECK_THAT(load("{\"__metadata__\":{\"a\":{\"b\":1}}}", ""), Contains("__metadata__") && Contains("'a'"));
   }
 }
 
 // ---------------------------------------------------------------- HF directories and JSON
 
-TEST_CASE("a sharded index naming files outside its folder is refused before anything is opened",
-          "[io][hostile]") {
+TEST_CASE("a sharded index naming files outside its folder is refused before anything is opened", "[io][hostile]") {
   TempDir tmp;
   const auto dir = tmp.path() / "model";
   fs::create_directories(dir);

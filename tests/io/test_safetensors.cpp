@@ -100,7 +100,7 @@ TEST_CASE("safetensors tensors are mapped copy-on-write and outlive the state di
   {
     auto sd = io::load_safetensors(path);
     w = sd.at("w");
-  }  // the state dict is gone; `w` still owns the mapping
+  }            // the state dict is gone; `w` still owns the mapping
   w.mul_(10);  // private copy-on-write page: no crash, the file is untouched
   CHECK(at::equal(w, torch::arange(6, torch::kFloat) * 10));
   CHECK(read_bytes(path) == before);
@@ -124,8 +124,8 @@ TEST_CASE("safetensors misaligned tensors are copied, not rejected", "[io]") {
 
 TEST_CASE("broken safetensors files raise errors naming the file and tensor", "[io]") {
   TempDir tmp;
-  const std::string good = make_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})",
-                                     std::string(16, '\0'));
+  const std::string good =
+      make_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})", std::string(16, '\0'));
   auto write = [&](const std::string& name, const std::string& bytes) {
     write_bytes(tmp.path() / name, bytes);
     return tmp.file(name);
@@ -160,22 +160,20 @@ TEST_CASE("broken safetensors files raise errors naming the file and tensor", "[
     REQUIRE_THROWS_WITH(io::load_safetensors(p), Contains("array.safetensors"));
   }
   SECTION("offsets out of bounds") {
-    const auto p = write("oob.safetensors",
-                         make_file(R"({"w":{"dtype":"F32","shape":[250],"data_offsets":[0,1000]}})",
-                                   std::string(16, '\0')));
+    const auto p = write("oob.safetensors", make_file(R"({"w":{"dtype":"F32","shape":[250],"data_offsets":[0,1000]}})",
+                                                      std::string(16, '\0')));
     REQUIRE_THROWS_WITH(io::load_safetensors(p), Contains("oob.safetensors") && Contains("'w'") && Contains("outside"));
   }
   SECTION("offsets reversed") {
     const auto p = write("reversed.safetensors",
-                         make_file(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})",
-                                   std::string(16, '\0')));
+                         make_file(R"({"w":{"dtype":"F32","shape":[0],"data_offsets":[8,0]}})", std::string(16, '\0')));
     REQUIRE_THROWS_WITH(io::load_safetensors(p), Contains("reversed.safetensors") && Contains("'w'"));
   }
   SECTION("byte count disagrees with shape and dtype") {
-    const auto p = write("size.safetensors",
-                         make_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})",
-                                   std::string(16, '\0')));
-    REQUIRE_THROWS_WITH(io::load_safetensors(p), Contains("size.safetensors") && Contains("'w'") && Contains("needs 16"));
+    const auto p = write("size.safetensors", make_file(R"({"w":{"dtype":"F32","shape":[2,2],"data_offsets":[0,12]}})",
+                                                       std::string(16, '\0')));
+    REQUIRE_THROWS_WITH(io::load_safetensors(p),
+                        Contains("size.safetensors") && Contains("'w'") && Contains("needs 16"));
   }
   SECTION("unknown dtype") {
     const auto p = write("dtype.safetensors",

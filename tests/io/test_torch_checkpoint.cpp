@@ -15,9 +15,7 @@ using Catch::Contains;
 
 namespace {
 
-StateDict full_model(const fs::path& dir) {
-  return io::load_safetensors((dir / "minigpt4_full.safetensors").string());
-}
+StateDict full_model(const fs::path& dir) { return io::load_safetensors((dir / "minigpt4_full.safetensors").string()); }
 
 }  // namespace
 
@@ -53,8 +51,10 @@ TEST_CASE("blip2_pretrained.pth holds the Q-Former MiniGPT-4 keeps plus what it 
     for (const auto& [name, t] : blip2) {
       REQUIRE(name.rfind("model/", 0) == 0);
       const std::string key = name.substr(6);
-      if (full.count(key)) check_same(key, t, full.at(key));
-      else unused.insert(key);
+      if (full.count(key))
+        check_same(key, t, full.at(key));
+      else
+        unused.insert(key);
     }
     for (const auto& [key, t] : full)
       if (key.rfind("Qformer.", 0) == 0 || key.rfind("ln_vision.", 0) == 0 || key == "query_tokens")
@@ -175,8 +175,8 @@ TEST_CASE("non-tensor content of a checkpoint is parsed and left out", "[io]") {
   const auto sd = io::load_torch_checkpoint(path);
   std::set<std::string> names;
   for (const auto& [name, t] : sd) names.insert(name);
-  CHECK(names == std::set<std::string>{"model/w", "model/p", "optimizer/state/0/exp_avg", "args/scale",
-                                       "again/w", "again/p"});
+  CHECK(names ==
+        std::set<std::string>{"model/w", "model/p", "optimizer/state/0/exp_avg", "args/scale", "again/w", "again/p"});
   CHECK(at::equal(sd.at("model/w"), torch::arange(6, torch::kFloat).reshape({2, 3})));
   CHECK(at::equal(sd.at("model/p"), torch::tensor({1.0f, 4.0f})));
   CHECK(sd.at("model/p").storage().data() == sd.at("model/w").storage().data());

@@ -84,7 +84,8 @@ std::vector<cpu_gemv::Choice> kernel_choices() {
   for (const auto family : cpu_gemv::runnable(torch::kChar)) {
     if (family == cpu_gemv::Kernels::aten) continue;
     const auto bf16 = cpu_gemv::runnable(torch::kBFloat16);
-    cpu_gemv::Choice c{family, std::find(bf16.begin(), bf16.end(), family) != bf16.end() ? family : bf16.back(), family};
+    cpu_gemv::Choice c{family, std::find(bf16.begin(), bf16.end(), family) != bf16.end() ? family : bf16.back(),
+                       family};
     out.push_back(c);
     c.f32 = cpu_gemv::Kernels::aten;
     out.push_back(c);
@@ -94,7 +95,8 @@ std::vector<cpu_gemv::Choice> kernel_choices() {
 
 }  // namespace
 
-TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_decode][conditional][needs_cpu_kernels]") {
+TEST_CASE("the fused decode step equals the ATen path step after step",
+          "[cpu_decode][conditional][needs_cpu_kernels]") {
   if (kernel_choices().empty()) {
     test::skip_test("this CPU runs none of cpu_gemv's kernels; the fused step never applies");
     return;
@@ -113,46 +115,46 @@ TEST_CASE("the fused decode step equals the ATen path step after step", "[cpu_de
                         Case{"int8, fp32 activations", torch::kFloat32, WeightFormat::Int8, 1e-5}}) {
     INFO(c.name);
     for (const auto& choice : kernel_choices())
-    for (const auto& config : {small_config(), wide_config()}) {
-      cpu_gemv::set_choice(choice);
-      INFO("kernels f32 " << cpu_gemv::name(choice.f32) << ", bf16 " << cpu_gemv::name(choice.bf16) << ", int8 "
-                          << cpu_gemv::name(choice.int8));
-      REQUIRE(fused_runs(c.dtype));
-      INFO("hidden " << config.hidden_size);
-      const auto model = make_model(c.dtype, c.format, config);
-      torch::manual_seed(1);
-      const auto ids = torch::randint(0, config.vocab_size, {1, 14});
-      const auto embeds = model->embed(ids);
-      KVCache fused, aten;
-      CausalLMOptions with_fused, with_aten;
-      with_fused.cache = &fused;
-      with_aten.cache = &aten;
-      // A prompt of 5 through the ATen path fills both caches, then one token at a time.
-      cpu_decode::set_enabled(false);
-      model->forward(embeds.narrow(1, 0, 5), with_fused);
-      model->forward(embeds.narrow(1, 0, 5), with_aten);
-      for (int64_t t = 5; t < 14; ++t) {
-        INFO("position " << t);
-        const auto token = embeds.narrow(1, t, 1);
-        cpu_decode::set_enabled(true);
-        const auto got = cpu_decode::llama_step(*model, token, fused);
-        REQUIRE(got.defined());
+      for (const auto& config : {small_config(), wide_config()}) {
+        cpu_gemv::set_choice(choice);
+        INFO("kernels f32 " << cpu_gemv::name(choice.f32) << ", bf16 " << cpu_gemv::name(choice.bf16) << ", int8 "
+                            << cpu_gemv::name(choice.int8));
+        REQUIRE(fused_runs(c.dtype));
+        INFO("hidden " << config.hidden_size);
+        const auto model = make_model(c.dtype, c.format, config);
+        torch::manual_seed(1);
+        const auto ids = torch::randint(0, config.vocab_size, {1, 14});
+        const auto embeds = model->embed(ids);
+        KVCache fused, aten;
+        CausalLMOptions with_fused, with_aten;
+        with_fused.cache = &fused;
+        with_aten.cache = &aten;
+        // A prompt of 5 through the ATen path fills both caches, then one token at a time.
         cpu_decode::set_enabled(false);
-        const auto want = model->forward(token, with_aten).logits;
-        REQUIRE(got.sizes() == want.sizes());
-        CHECK(relative_error(got, want) < c.tolerance);
-        CHECK(got.argmax(-1).item<int64_t>() == want.argmax(-1).item<int64_t>());
-        REQUIRE(fused.length() == t + 1);
-        for (size_t layer = 0; layer < aten.keys.size(); ++layer) {
-          CHECK(relative_error(fused.keys[layer], aten.keys[layer]) < c.tolerance);
-          CHECK(relative_error(fused.values[layer], aten.values[layer]) < c.tolerance);
+        model->forward(embeds.narrow(1, 0, 5), with_fused);
+        model->forward(embeds.narrow(1, 0, 5), with_aten);
+        for (int64_t t = 5; t < 14; ++t) {
+          INFO("position " << t);
+          const auto token = embeds.narrow(1, t, 1);
+          cpu_decode::set_enabled(true);
+          const auto got = cpu_decode::llama_step(*model, token, fused);
+          REQUIRE(got.defined());
+          cpu_decode::set_enabled(false);
+          const auto want = model->forward(token, with_aten).logits;
+          REQUIRE(got.sizes() == want.sizes());
+          CHECK(relative_error(got, want) < c.tolerance);
+          CHECK(got.argmax(-1).item<int64_t>() == want.argmax(-1).item<int64_t>());
+          REQUIRE(fused.length() == t + 1);
+          for (size_t layer = 0; layer < aten.keys.size(); ++layer) {
+            CHECK(relative_error(fused.keys[layer], aten.keys[layer]) < c.tolerance);
+            CHECK(relative_error(fused.values[layer], aten.values[layer]) < c.tolerance);
+          }
         }
+        // The fused cache continues on the ATen path too (a prompt after a decoded answer).
+        const auto more = model->forward(embeds.narrow(1, 0, 3), with_fused).logits;
+        const auto more_aten = model->forward(embeds.narrow(1, 0, 3), with_aten).logits;
+        CHECK(relative_error(more, more_aten) < c.tolerance);
       }
-      // The fused cache continues on the ATen path too (a prompt after a decoded answer).
-      const auto more = model->forward(embeds.narrow(1, 0, 3), with_fused).logits;
-      const auto more_aten = model->forward(embeds.narrow(1, 0, 3), with_aten).logits;
-      CHECK(relative_error(more, more_aten) < c.tolerance);
-    }
   }
 }
 

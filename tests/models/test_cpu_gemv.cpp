@@ -194,7 +194,9 @@ TEST_CASE("MINIGPT4_CPU_KERNELS=aten: every product is handed back to ATen", "[c
   ForcedKernels restore;
   cpu_gemv::set_choice({cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten});
   const auto q = quantize_int8(torch::randn({8, 32}));
-  CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({1, 32}).to(torch::kBFloat16), torch::randn({8, 32}).to(torch::kBFloat16), {}).defined());
+  CHECK_FALSE(
+      cpu_gemv::linear_bf16(torch::randn({1, 32}).to(torch::kBFloat16), torch::randn({8, 32}).to(torch::kBFloat16), {})
+          .defined());
   CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({1, 32}), torch::randn({8, 32}), {}).defined());
   CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({1, 32}), q.values, q.scales).defined());
   CHECK_FALSE(cpu_gemv::row_available(torch::kFloat));

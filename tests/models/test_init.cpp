@@ -55,7 +55,8 @@ TEST_CASE("fresh weights: norms 1, biases 0, matrices N(0, 0.02) truncated, fixe
   }
   MiniGPT4 c(tiny_config(), tiny_llama(), torch::kCPU);
   init_fresh_weights(c, 6);
-  CHECK_FALSE(torch::equal(c.llama_model->as<LlamaForCausalLM>()->lm_head->weight, a.llama_model->as<LlamaForCausalLM>()->lm_head->weight));
+  CHECK_FALSE(torch::equal(c.llama_model->as<LlamaForCausalLM>()->lm_head->weight,
+                           a.llama_model->as<LlamaForCausalLM>()->lm_head->weight));
 }
 
 TEST_CASE("a fresh model saved in the real layout loads back equal, and trains on text alone", "[models]") {

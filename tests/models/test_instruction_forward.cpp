@@ -73,7 +73,8 @@ TEST_CASE("instruction forward: only answers are targets, every turn of a conver
   CHECK(row(out.targets, 0) == expected);
   CHECK(row(out.targets, 1) == expected1);
   // Real tokens attend, padding does not; the image embeddings sit at <ImageHere>.
-  CHECK(out.attention_mask[0].sum().item<int64_t>() == 1 + cond0 + static_cast<int64_t>(enc("{<1><2><30><40>}###").size()));
+  CHECK(out.attention_mask[0].sum().item<int64_t>() ==
+        1 + cond0 + static_cast<int64_t>(enc("{<1><2><30><40>}###").size()));
   CHECK(out.attention_mask[1].sum().item<int64_t>() == T);
   const auto img = model->encode_img(images);
   const int64_t at = 1 + static_cast<int64_t>(before.size());
@@ -97,7 +98,8 @@ TEST_CASE("instruction forward: chat_template, truncation, text-only batches and
   const auto tok = load_tokenizer(config.llama_model);
   auto enc = [&](const std::string& s) { return tok->encode(s, false); };
   const auto images = torch::randn({1, 3, 56, 56});
-  Instruction single{{"<Img><ImageHere></Img> [vqa] what color is the long sentence here? "}, {"a very long answer indeed"}, false};
+  Instruction single{
+      {"<Img><ImageHere></Img> [vqa] what color is the long sentence here? "}, {"a very long answer indeed"}, false};
   const auto out = model->forward_instructions(images, {single}, *tok);
   // The prompt with its image embeddings is cut to max_context_len, the answer to max_txt_len.
   CHECK(out.targets.size(1) == 1 + 6 + 3);
@@ -120,7 +122,8 @@ TEST_CASE("instruction forward: chat_template, truncation, text-only batches and
   CHECK_THROWS_WITH(text_model->forward_instructions(images, {text}, *tok),
                     Catch::Contains("0 <ImageHere> in its first question"));
   Instruction unequal{{"<Img><ImageHere></Img> q "}, {}, false};
-  CHECK_THROWS_WITH(text_model->forward_instructions(images, {unequal}, *tok), Catch::Contains("1 questions and 0 answers"));
+  CHECK_THROWS_WITH(text_model->forward_instructions(images, {unequal}, *tok),
+                    Catch::Contains("1 questions and 0 answers"));
 }
 
 TEST_CASE("model.prompt_template: its '{}' takes the text, and a template without one is refused at load", "[models]") {
@@ -128,8 +131,8 @@ TEST_CASE("model.prompt_template: its '{}' takes the text, and a template withou
   CHECK(c.apply_prompt_template("<Img><ImageHere></Img> hi") == "<Img><ImageHere></Img> hi");
   c.prompt_template = "###Human: {} ###Assistant: ";
   CHECK(c.apply_prompt_template("hi") == "###Human: hi ###Assistant: ");
-  const auto config = Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
-                                   {"model.prompt_template=no slot here"});
+  const auto config =
+      Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), {"model.prompt_template=no slot here"});
   CHECK_THROWS_WITH(MiniGPT4Config::from_config(config),
                     Catch::Contains("model.prompt_template 'no slot here' has no '{}'"));
 }

@@ -53,7 +53,8 @@ TEST_CASE("LLaMA configs this code cannot run are refused by name", "[models]") 
   auto base = io::read_json_file((test::data_dir() / "hf_llama_gqa/config.json").string());
   auto scaled = base;
   scaled["rope_parameters"] = {{"rope_type", "llama3"}, {"rope_theta", 500000.0}, {"factor", 8.0}};
-  CHECK_THROWS_WITH(LlamaConfig::from_json(scaled, "cfg.json"), Catch::Contains("cfg.json") && Catch::Contains("rope_parameters"));
+  CHECK_THROWS_WITH(LlamaConfig::from_json(scaled, "cfg.json"),
+                    Catch::Contains("cfg.json") && Catch::Contains("rope_parameters"));
   auto biased = base;
   biased["attention_bias"] = true;
   CHECK_THROWS_WITH(LlamaConfig::from_json(biased, "cfg.json"), Catch::Contains("attention_bias"));

@@ -24,11 +24,10 @@ fs::path tiny() { return test::data_dir() / "parity/tiny_vicuna0"; }
 
 // The shipped tiny config with paths made absolute and extra overrides.
 MiniGPT4Config tiny_config(std::vector<std::string> options = {}) {
-  std::vector<std::string> all = {
-      "model.vit_model=" + (tiny() / "eva_vit_g.pth").string(),
-      "model.q_former_model=" + (tiny() / "blip2_pretrained.pth").string(),
-      "model.llama_model=" + (tiny() / "vicuna").string(),
-      "model.ckpt=" + (tiny() / "pretrained_minigpt4.pth").string()};
+  std::vector<std::string> all = {"model.vit_model=" + (tiny() / "eva_vit_g.pth").string(),
+                                  "model.q_former_model=" + (tiny() / "blip2_pretrained.pth").string(),
+                                  "model.llama_model=" + (tiny() / "vicuna").string(),
+                                  "model.ckpt=" + (tiny() / "pretrained_minigpt4.pth").string()};
   all.insert(all.end(), options.begin(), options.end());
   return MiniGPT4Config::from_config(Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), all));
 }
@@ -51,13 +50,13 @@ bool same_weights(const MiniGPT4& a, const MiniGPT4& b) {
 TEST_CASE("every weight layout of the fixture loads to the same model", "[models]") {
   torch::NoGradGuard no_grad;
   const auto reference = load_minigpt4(tiny_config(), torch::kCPU);
-  for (const auto& options : std::vector<std::vector<std::string>>{
-           {"model.vit_model=" + (tiny() / "eva_vit_g.safetensors").string()},
-           {"model.ckpt=" + (tiny() / "pretrained_minigpt4.safetensors").string()},
-           {"model.llama_model=" + (tiny() / "vicuna_bin").string()},
-           {"model.llama_model=" + (tiny() / "vicuna_bin_sharded").string()},
-           // the assembled state dict as the only checkpoint over the split files
-           {"model.ckpt=" + (tiny() / "minigpt4_full.safetensors").string()}}) {
+  for (const auto& options :
+       std::vector<std::vector<std::string>>{{"model.vit_model=" + (tiny() / "eva_vit_g.safetensors").string()},
+                                             {"model.ckpt=" + (tiny() / "pretrained_minigpt4.safetensors").string()},
+                                             {"model.llama_model=" + (tiny() / "vicuna_bin").string()},
+                                             {"model.llama_model=" + (tiny() / "vicuna_bin_sharded").string()},
+                                             // the assembled state dict as the only checkpoint over the split files
+                                             {"model.ckpt=" + (tiny() / "minigpt4_full.safetensors").string()}}) {
     INFO(options[0]);
     const auto model = load_minigpt4(tiny_config(options), torch::kCPU);
     CHECK(same_weights(*model, *reference));
@@ -86,15 +85,17 @@ TEST_CASE("a checkpoint with a missing key, a wrong shape or a bad file fails by
   auto missing = eva;
   missing.erase("blocks.1.attn.proj.weight");
   io::save_safetensors((dir / "eva_missing.safetensors").string(), missing);
-  CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.vit_model=" + (dir / "eva_missing.safetensors").string()}), torch::kCPU),
-                    Contains("visual_encoder.blocks.1.attn.proj.weight") && Contains("not found"));
+  CHECK_THROWS_WITH(
+      load_minigpt4(tiny_config({"model.vit_model=" + (dir / "eva_missing.safetensors").string()}), torch::kCPU),
+      Contains("visual_encoder.blocks.1.attn.proj.weight") && Contains("not found"));
 
   auto wrong = eva;
   wrong["blocks.0.mlp.fc1.weight"] = torch::zeros({7, 64});
   io::save_safetensors((dir / "eva_wrong.safetensors").string(), wrong);
-  CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.vit_model=" + (dir / "eva_wrong.safetensors").string()}), torch::kCPU),
-                    Contains("eva_wrong.safetensors") && Contains("blocks.0.mlp.fc1.weight") && Contains("[7, 64]") &&
-                        Contains("[279, 64]"));
+  CHECK_THROWS_WITH(
+      load_minigpt4(tiny_config({"model.vit_model=" + (dir / "eva_wrong.safetensors").string()}), torch::kCPU),
+      Contains("eva_wrong.safetensors") && Contains("blocks.0.mlp.fc1.weight") && Contains("[7, 64]") &&
+          Contains("[279, 64]"));
 
   // A config whose sizes disagree with the files: the first mismatching key is named.
   CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.vit_width=32"}), torch::kCPU), Contains("shape"));
@@ -105,8 +106,9 @@ TEST_CASE("a checkpoint with a missing key, a wrong shape or a bad file fails by
     std::ofstream out(dir / "blip2_truncated.pth", std::ios::binary);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size() / 2));
   }
-  CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.q_former_model=" + (dir / "blip2_truncated.pth").string()}), torch::kCPU),
-                    Contains("blip2_truncated.pth"));
+  CHECK_THROWS_WITH(
+      load_minigpt4(tiny_config({"model.q_former_model=" + (dir / "blip2_truncated.pth").string()}), torch::kCPU),
+      Contains("blip2_truncated.pth"));
   CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.llama_model=" + (dir / "nowhere").string()}), torch::kCPU),
                     Contains("nowhere") && Contains("llama_model"));
   CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.vit_model=eva_clip_g"}), torch::kCPU), Contains("eva_vit_g.pth"));
@@ -147,9 +149,10 @@ TEST_CASE("the LLaMA-2 variant projects 4 concatenated patch tokens, without a Q
   // Q-Former) is read.
   const auto own = fs::temp_directory_path() / ("minigpt4_ln_vision_" + std::to_string(::getpid()) + ".safetensors");
   const int64_t width = model->ln_vision->weight.size(0);
-  io::save_safetensors(own.string(), {{"ln_vision.weight", torch::full({width}, 2.0)}, {"ln_vision.bias", torch::full({width}, 0.5)}});
-  const auto trained = load_minigpt4(tiny_config({"model.has_qformer=False", "model.ckpt=", "model.q_former_model=" + own.string()}),
-                                     torch::kCPU);
+  io::save_safetensors(
+      own.string(), {{"ln_vision.weight", torch::full({width}, 2.0)}, {"ln_vision.bias", torch::full({width}, 0.5)}});
+  const auto trained = load_minigpt4(
+      tiny_config({"model.has_qformer=False", "model.ckpt=", "model.q_former_model=" + own.string()}), torch::kCPU);
   CHECK(torch::equal(trained->ln_vision->weight, torch::full({width}, 2.0)));
   CHECK(torch::equal(trained->ln_vision->bias, torch::full({width}, 0.5)));
   fs::remove(own);
@@ -209,7 +212,8 @@ TEST_CASE("LLaMA: KV cache, left padding and grouped-query attention", "[models]
 
 TEST_CASE("configured precisions: fp16 runs as fp32 on the CPU, bf16 as bf16", "[models]") {
   LoadReport report;
-  const auto model = load_minigpt4(tiny_config({"model.vit_precision=fp16", "model.llm_precision=bf16"}), torch::kCPU, &report);
+  const auto model =
+      load_minigpt4(tiny_config({"model.vit_precision=fp16", "model.llm_precision=bf16"}), torch::kCPU, &report);
   CHECK(model->visual_encoder->pos_embed.scalar_type() == torch::kFloat32);
   CHECK(model->llama_model->dtype() == torch::kBFloat16);
   CHECK(!report.notes.empty());

@@ -147,7 +147,7 @@ TEST_CASE("LoRA: targets are chosen by PEFT's name rules", "[models][lora]") {
   CHECK_FALSE(c.matches("model.layers.1.self_attn.q_proj"));
   CHECK_FALSE(c.matches("model.layers.0.self_attn.k_proj"));
   CHECK_FALSE(c.matches("model.layers.0.self_attn.xq_proj"));  // whole name segments only
-  CHECK(c.matches("model.layers.2.experts.5.q_proj"));        // the FIRST index is the layer
+  CHECK(c.matches("model.layers.2.experts.5.q_proj"));         // the FIRST index is the layer
   c.target_modules.push_back("model.layers.1.mlp.up_proj");
   CHECK(c.matches("model.layers.1.mlp.up_proj"));  // a full name ignores the layer list
 
@@ -485,10 +485,10 @@ TEST_CASE("LoRA on the query/value parts of EVA's fused qkv equals LoRA on split
 }
 
 TEST_CASE("LoRA in MiniGPT-4: ConLoRA's placement from the config; only adapters train", "[models][lora]") {
-  auto config = tiny_config({"model.lora.llm.r=8", "model.lora.llm.lora_alpha=32", "model.lora.llm.lora_dropout=0.05",
-                             "model.lora.llm.layers=0", "model.lora.vit.r=16", "model.lora.vit.lora_alpha=16",
-                             "model.lora.vit.layers=1-2", "model.lora.qformer.r=16",
-                             "model.lora.qformer.lora_alpha=16"});
+  auto config =
+      tiny_config({"model.lora.llm.r=8", "model.lora.llm.lora_alpha=32", "model.lora.llm.lora_dropout=0.05",
+                   "model.lora.llm.layers=0", "model.lora.vit.r=16", "model.lora.vit.lora_alpha=16",
+                   "model.lora.vit.layers=1-2", "model.lora.qformer.r=16", "model.lora.qformer.lora_alpha=16"});
   CHECK(config.lora.at("llm").target_modules == std::vector<std::string>{"q_proj", "v_proj"});
   CHECK(config.lora.at("vit").layers_to_transform == std::vector<int64_t>{1, 2});
   CHECK(config.lora.at("vit").layers_pattern == std::vector<std::string>{"blocks"});
@@ -586,12 +586,11 @@ TEST_CASE("LoRA in MiniGPT-4: adapter folders per component load by name and swi
   // A task folder, and the LLM's PEFT folder on its own (found to be the LLM's by its names).
   const auto plain = load_minigpt4(tiny_config(), torch::kCPU);
   const auto plain_outputs = tiny_outputs(*plain);
-  const auto model = load_minigpt4(
-      tiny_config({"model.lora_path={detection: " + (dir / "lora_0").string() + ", llm_only: " +
-                   (dir / "lora_0/llm").string() + "}"}),
-      torch::kCPU);
+  const auto model = load_minigpt4(tiny_config({"model.lora_path={detection: " + (dir / "lora_0").string() +
+                                                ", llm_only: " + (dir / "lora_0/llm").string() + "}"}),
+                                   torch::kCPU);
   CHECK(adapter_names(*model) == std::vector<std::string>{"detection", "llm_only"});
-  CHECK(active_adapter(*model) == "original");  // two loaded, none named active
+  CHECK(active_adapter(*model) == "original");        // two loaded, none named active
   for (const auto& item : model->named_parameters())  // loaded adapters are for use, not training
     if (lora::is_adapter_parameter(item.key())) CHECK_FALSE(item.value().requires_grad());
   auto outputs = tiny_outputs(*model);
@@ -610,8 +609,8 @@ TEST_CASE("LoRA in MiniGPT-4: adapter folders per component load by name and swi
   outputs = tiny_outputs(*model);
   CHECK(max_diff(outputs.second, plain_outputs.second) < 1e-5);
 
-  const auto chosen = load_minigpt4(
-      tiny_config({"model.lora_path={detection: " + (dir / "lora_0").string() + "}"}), torch::kCPU);
+  const auto chosen =
+      load_minigpt4(tiny_config({"model.lora_path={detection: " + (dir / "lora_0").string() + "}"}), torch::kCPU);
   CHECK(active_adapter(*chosen) == "detection");  // the only one loaded
   CHECK_THROWS_WITH(load_minigpt4(tiny_config({"model.lora_path={x: " + dir.string() + "}"}), torch::kCPU),
                     Contains("model.lora_path.x") && Contains("llm/"));

@@ -56,8 +56,9 @@ StateDict fused_state(const StateDict& split, int64_t layers, int64_t heads) {
   for (int64_t i = 0; i < layers; ++i) {
     const auto prefix = "model.layers." + std::to_string(i) + ".self_attn.";
     for (const std::string kind : {"weight", "bias"}) {
-      out[prefix + "query_key_value." + kind] = fuse(split.at(prefix + "q_proj." + kind), split.at(prefix + "k_proj." + kind),
-                                                     split.at(prefix + "v_proj." + kind), heads);
+      out[prefix + "query_key_value." + kind] =
+          fuse(split.at(prefix + "q_proj." + kind), split.at(prefix + "k_proj." + kind),
+               split.at(prefix + "v_proj." + kind), heads);
       for (const char* proj : {"q_proj.", "k_proj.", "v_proj."}) out.erase(prefix + proj + kind);
     }
   }
@@ -77,7 +78,9 @@ std::shared_ptr<PhiForCausalLM> load_phi(PhiConfig config, const StateDict& stat
   return model;
 }
 
-bool close(const torch::Tensor& a, const torch::Tensor& b, double tol = 1e-5) { return torch::allclose(a, b, tol, tol); }
+bool close(const torch::Tensor& a, const torch::Tensor& b, double tol = 1e-5) {
+  return torch::allclose(a, b, tol, tol);
+}
 
 }  // namespace
 
@@ -233,9 +236,16 @@ TEST_CASE("Phi: config.json variants and refused layouts", "[models]") {
       llm_config_from_hf(io::read_json_file((test::data_dir() / "hf_llama_gqa/config.json").string()), "llama.json")));
 
   // The early phi-msft remote-code keys.
-  const nlohmann::json msft = {{"model_type", "phi-msft"}, {"vocab_size", 512}, {"n_embd", 64}, {"n_layer", 2},
-                               {"n_head", 4}, {"n_inner", nullptr}, {"rotary_dim", 6}, {"n_positions", 2048},
-                               {"layer_norm_epsilon", 1e-5}, {"activation_function", "gelu_new"}};
+  const nlohmann::json msft = {{"model_type", "phi-msft"},
+                               {"vocab_size", 512},
+                               {"n_embd", 64},
+                               {"n_layer", 2},
+                               {"n_head", 4},
+                               {"n_inner", nullptr},
+                               {"rotary_dim", 6},
+                               {"n_positions", 2048},
+                               {"layer_norm_epsilon", 1e-5},
+                               {"activation_function", "gelu_new"}};
   const auto early = std::get<PhiConfig>(llm_config_from_hf(msft, "msft.json"));
   CHECK(early.hidden_size == 64);
   CHECK(early.intermediate_size == 256);
@@ -277,8 +287,7 @@ TEST_CASE("a MiniGPT-4 config naming a Phi directory builds a Phi LLM", "[models
   const auto tiny = test::data_dir() / "parity/tiny_vicuna0";
   const auto manifest = test::read_json(tiny / "manifest.json");
   for (const bool low_resource : {false, true}) {
-    auto config = MiniGPT4Config::from_config(
-        Config::from_yaml(test::parity_case_yaml(tiny, manifest), "phi.yaml"));
+    auto config = MiniGPT4Config::from_config(Config::from_yaml(test::parity_case_yaml(tiny, manifest), "phi.yaml"));
     config.llama_model = phi_dir().string();
     config.ckpt.clear();
     config.low_resource = low_resource;
@@ -324,8 +333,9 @@ TEST_CASE("Phi's resid and embd dropout apply in training mode only", "[phi]") {
   CHECK_FALSE(torch::allclose(first, other));
   CHECK_FALSE(torch::allclose(first, plain.forward(embeds).logits));
 
-  nlohmann::json j = {{"model_type", "phi"}, {"vocab_size", 40}, {"hidden_size", 32}, {"intermediate_size", 48},
-                      {"num_hidden_layers", 2}, {"num_attention_heads", 4}, {"resid_pdrop", 0.1}, {"embd_pdrop", 0.0}};
+  nlohmann::json j = {{"model_type", "phi"},     {"vocab_size", 40},       {"hidden_size", 32},
+                      {"intermediate_size", 48}, {"num_hidden_layers", 2}, {"num_attention_heads", 4},
+                      {"resid_pdrop", 0.1},      {"embd_pdrop", 0.0}};
   CHECK(PhiConfig::from_json(j, "config.json").resid_pdrop == 0.1);
   j["resid_pdrop"] = 1.5;
   CHECK_THROWS_WITH(PhiConfig::from_json(j, "config.json"), Contains("dropout probability"));
@@ -352,7 +362,7 @@ TEST_CASE("norms_fp32 keeps the norm weights in float32 inside a bf16 Phi", "[ph
   REQUIRE(got.sizes() == want.sizes());
   const double scale = want.abs().max().item<double>();
   CHECK((got - want).abs().max().item<double>() < 0.05 * scale);  // bf16 activations
-  KVCache cache;  // the decode path keeps the activations in bf16 too
+  KVCache cache;                                                  // the decode path keeps the activations in bf16 too
   CausalLMOptions cached;
   cached.cache = &cache;
   half.forward(half.embed(ids), cached);

@@ -27,7 +27,8 @@ TEST_CASE("blip_caption follows Python's lower/re.sub/strip/split semantics", "[
   CHECK(blip_caption("a \t\r\n b") == "a b");
   // Unicode whitespace counts for \s (NBSP + space, ideographic space pair).
   CHECK(blip_caption("a\xC2\xA0 b") == "a b");
-  CHECK(blip_caption("a\xE3\x80\x80\xE3\x80\x80" "b") == "a b");
+  CHECK(blip_caption("a\xE3\x80\x80\xE3\x80\x80"
+                     "b") == "a b");
   // Only trailing newlines are stripped, and only spaces at the start ("\n " is a run
   // of two whitespace characters, so it has become one space by then).
   CHECK(blip_caption("\nabc\n") == "\nabc");
@@ -49,5 +50,8 @@ TEST_CASE("blip_caption follows Python's lower/re.sub/strip/split semantics", "[
   CHECK(blip_caption("İ") == "i\xCC\x87");
   CHECK(blip_caption("ΣΑ") == "σα");
   // Invalid UTF-8 bytes pass through unchanged.
-  CHECK(blip_caption("A\xFF" "B") == "a\xFF" "b");
+  CHECK(blip_caption("A\xFF"
+                     "B") ==
+        "a\xFF"
+        "b");
 }

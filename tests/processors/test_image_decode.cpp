@@ -40,11 +40,13 @@ std::string error_of(Fn&& fn) {
 
 // An APP1 Exif segment holding only Orientation = `value` (little-endian TIFF).
 std::string exif_orientation_segment(uint8_t value) {
-  const std::string tiff("II*\0\x08\0\0\0"               // header, IFD at offset 8
-                         "\x01\0"                          // one entry
-                         "\x12\x01\x03\0\x01\0\0\0", 18);  // tag 0x0112, SHORT, count 1
-  const std::string body = std::string("Exif\0\0", 6) + tiff + char(value) +
-                           std::string(7, '\0');  // value padded to 4 bytes, next IFD = 0
+  const std::string tiff(
+      "II*\0\x08\0\0\0"  // header, IFD at offset 8
+      "\x01\0"           // one entry
+      "\x12\x01\x03\0\x01\0\0\0",
+      18);  // tag 0x0112, SHORT, count 1
+  const std::string body =
+      std::string("Exif\0\0", 6) + tiff + char(value) + std::string(7, '\0');  // value padded to 4 bytes, next IFD = 0
   const size_t len = body.size() + 2;
   return std::string("\xFF\xE1", 2) + char(len >> 8) + char(len & 0xFF) + body;
 }

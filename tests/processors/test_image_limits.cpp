@@ -42,7 +42,8 @@ std::string jpeg_with_size(std::string jpeg, uint16_t width, uint16_t height) {
   size_t i = 2;
   while (i + 4 < jpeg.size()) {
     const auto marker = static_cast<unsigned char>(jpeg[i + 1]);
-    const size_t length = (size_t(static_cast<unsigned char>(jpeg[i + 2])) << 8) | static_cast<unsigned char>(jpeg[i + 3]);
+    const size_t length =
+        (size_t(static_cast<unsigned char>(jpeg[i + 2])) << 8) | static_cast<unsigned char>(jpeg[i + 3]);
     if (marker >= 0xC0 && marker <= 0xCF && marker != 0xC4 && marker != 0xC8 && marker != 0xCC) {
       jpeg[i + 5] = char(height >> 8), jpeg[i + 6] = char(height & 0xFF);
       jpeg[i + 7] = char(width >> 8), jpeg[i + 8] = char(width & 0xFF);
@@ -141,8 +142,9 @@ TEST_CASE("an image over limits.max_image_pixels is refused from its header, nam
   std::string bmp = encode(picture(2, 2), ".bmp");
   for (int k = 0; k < 4; ++k) bmp[18 + k] = char((100000 >> (8 * k)) & 0xFF), bmp[22 + k] = bmp[18 + k];
   CHECK_THAT(too_large_message([&] { decode_image_rgb_bytes(bmp, "b.bmp"); }), Catch::Contains("100000x100000"));
-  CHECK_THAT(too_large_message([&] { decode_image_rgb_bytes("P6\n100000 100000\n255\n" + std::string(12, 'x'), "p.ppm"); }),
-             Catch::Contains("100000x100000"));
+  CHECK_THAT(
+      too_large_message([&] { decode_image_rgb_bytes("P6\n100000 100000\n255\n" + std::string(12, 'x'), "p.ppm"); }),
+      Catch::Contains("100000x100000"));
   const std::string vp8x = std::string("RIFF\x16\0\0\0WEBPVP8X\x0a\0\0\0\0\0\0\0\xff\xff\xff\xff\xff\xff", 30);
   CHECK_THAT(too_large_message([&] { decode_image_rgb_bytes(vp8x, "w.webp"); }), Catch::Contains("16777216x16777216"));
 }
@@ -179,13 +181,16 @@ TEST_CASE("formats we do not read are refused by name; truncated headers say so"
   CHECK_THAT(error_of([] { decode_image_rgb_bytes("BM\0\0", "a.bmp"); }), Catch::Contains("truncated BMP"));
   CHECK_THAT(error_of([] { decode_image_rgb_bytes(std::string("II*\0\xf0\xff\xff\xff", 8), "a.tif"); }),
              Catch::Contains("truncated TIFF"));
-  CHECK_THAT(error_of([] { decode_image_rgb_bytes(std::string("\xff\xd8\xff\xda\0\x08", 6) + std::string(6, '\0'), "a.jpg"); }),
+  CHECK_THAT(error_of([] {
+               decode_image_rgb_bytes(std::string("\xff\xd8\xff\xda\0\x08", 6) + std::string(6, '\0'), "a.jpg");
+             }),
              Catch::Contains("corrupt JPEG header"));
   CHECK_THAT(error_of([] { decode_image_rgb_bytes("P6\n" + std::string(5000, '9') + " 1\n255\n", "a.ppm"); }),
              Catch::Contains("too many digits"));
 }
 
-TEST_CASE("an image file larger than limits.max_encoded_image_bytes is refused before it is read", "[processors][hostile]") {
+TEST_CASE("an image file larger than limits.max_encoded_image_bytes is refused before it is read",
+          "[processors][hostile]") {
   const mt::TempDir tmp;
   const auto path = tmp.path() / "sparse.png";
   {

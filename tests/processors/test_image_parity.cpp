@@ -81,8 +81,8 @@ TEST_CASE("decode_image_rgb matches PIL's open().convert('RGB') on the fixture i
       const auto decoded = minigpt4::decode_image_rgb(ic.file.string());
       REQUIRE(decoded.sizes() == ic.decoded.sizes());
       const Diff d = diff_of(decoded, ic.decoded);
-      std::cout << fmt::format("[decode] {:<28} max|diff| {} mean {:.6f} ({} of {} values differ)\n", ic.stem,
-                               d.max, d.mean, d.count, decoded.numel());
+      std::cout << fmt::format("[decode] {:<28} max|diff| {} mean {:.6f} ({} of {} values differ)\n", ic.stem, d.max,
+                               d.mean, d.count, decoded.numel());
       // PNG must be exact; JPEG decoders may legitimately differ by a level or two
       // (the manifest's tolerance), but ours uses libjpeg-turbo like Pillow's and should
       // be exact too -- a difference here is reported above and fails only beyond 2.
@@ -98,11 +98,11 @@ TEST_CASE("resize_bicubic_like_pil reproduces PIL's BICUBIC resize of the fixtur
       const auto resized = minigpt4::resize_bicubic_like_pil(ic.decoded, fx.image_size, fx.image_size);
       REQUIRE(resized.sizes() == ic.resized.sizes());
       const Diff d = diff_of(resized, ic.resized);
-      std::cout << fmt::format("[resize] {:<28} {}x{} -> {}x{}: max|diff| {} mean {:.6f} ({} values differ)\n",
-                               ic.stem, ic.decoded.size(1), ic.decoded.size(0), fx.image_size, fx.image_size,
-                               d.max, d.mean, d.count);
-      CHECK(d.max <= 1);     // the contract
-      CHECK(d.count == 0);   // what a faithful port achieves: bit-identical
+      std::cout << fmt::format("[resize] {:<28} {}x{} -> {}x{}: max|diff| {} mean {:.6f} ({} values differ)\n", ic.stem,
+                               ic.decoded.size(1), ic.decoded.size(0), fx.image_size, fx.image_size, d.max, d.mean,
+                               d.count);
+      CHECK(d.max <= 1);    // the contract
+      CHECK(d.count == 0);  // what a faithful port achieves: bit-identical
     }
 }
 

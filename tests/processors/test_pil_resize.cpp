@@ -70,9 +70,9 @@ TEST_CASE("a 2x downscale of a step averages across it with the stretched kernel
 
 TEST_CASE("fixed-point resize agrees with a double-precision version of Pillow's filter", "[processors]") {
   using Case = std::tuple<int, int, int, int>;  // in_h, in_w, out_h, out_w
-  for (auto [ih, iw, oh, ow] : {Case{73, 97, 224, 224}, Case{400, 640, 224, 224}, Case{50, 80, 120, 33},
-                                Case{33, 120, 80, 50}, Case{224, 224, 97, 300}, Case{5, 9, 2, 1},
-                                Case{1, 1, 4, 6}, Case{60, 40, 60, 13}}) {
+  for (auto [ih, iw, oh, ow] :
+       {Case{73, 97, 224, 224}, Case{400, 640, 224, 224}, Case{50, 80, 120, 33}, Case{33, 120, 80, 50},
+        Case{224, 224, 97, 300}, Case{5, 9, 2, 1}, Case{1, 1, 4, 6}, Case{60, 40, 60, 13}}) {
     INFO(ih << "x" << iw << " -> " << oh << "x" << ow);
     // Noise, not a smooth image: where an output centre falls exactly between two input
     // pixels (e.g. 120 -> 50) a locally linear image gives exact .5 ties, which the

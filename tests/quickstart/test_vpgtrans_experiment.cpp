@@ -67,8 +67,8 @@ TEST_CASE("the VPGTrans experiment runs on a small quickstart; after the warm-up
   opt.prompt_dir = (test::source_dir() / "prompts").string();
   opt.target = {440, 48, 1, 2, 96};  // another width and another vocabulary
   opt.iterations_scale = qs.iterations_scale;
-  opt.scratch_eval_every = 800;      // x 0.02: every 16 of the 32 steps
-  opt.transfer_eval_every = 100;     // x 0.02: every 2 steps
+  opt.scratch_eval_every = 800;   // x 0.02: every 16 of the 32 steps
+  opt.transfer_eval_every = 100;  // x 0.02: every 2 steps
   opt.eval_limit = -1;
   opt.converter.epochs = 20;
   opt.options = qs.options;

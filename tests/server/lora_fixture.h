@@ -24,8 +24,7 @@ inline std::vector<std::string> tiny_weight_options() {
   const auto dir = data_dir() / "parity/tiny_vicuna0";
   return {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
           "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
-          "model.llama_model=" + (dir / "vicuna").string(),
-          "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()};
+          "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()};
 }
 
 class TinyAdapters {
@@ -50,7 +49,8 @@ class TinyAdapters {
     std::filesystem::remove_all(dir_);
     auto options = tiny_weight_options();
     // ConLoRA's components at toy ranks: an adapter named "default" on each.
-    for (const char* o : {"model.lora.llm.r=4", "model.lora.llm.lora_alpha=8", "model.lora.vit.r=2", "model.lora.qformer.r=2"})
+    for (const char* o :
+         {"model.lora.llm.r=4", "model.lora.llm.lora_alpha=8", "model.lora.vit.r=2", "model.lora.qformer.r=2"})
       options.push_back(o);
     const auto config = Config::load((source_dir() / "configs/tiny_vicuna0.yaml").string(), options);
     const auto model = load_minigpt4(MiniGPT4Config::from_config(config), torch::kCPU);

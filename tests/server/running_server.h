@@ -87,7 +87,8 @@ class RawConnection {
     bool eof = false;
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!eof && out.size() < enough) {
-      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      const auto left =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
       pollfd p{fd_, POLLIN, 0};
       if (::poll(&p, 1, static_cast<int>(std::max<int64_t>(left.count(), 0))) <= 0) break;
       char buffer[65536];

@@ -12,9 +12,13 @@ using namespace minigpt4::server;
 using Catch::Contains;
 
 TEST_CASE("base64 decodes RFC 4648's test vectors, with and without padding", "[server]") {
-  const std::vector<std::pair<std::string, std::string>> vectors = {
-      {"", ""},           {"f", "Zg=="},         {"fo", "Zm8="},         {"foo", "Zm9v"},
-      {"foob", "Zm9vYg=="}, {"fooba", "Zm9vYmE="}, {"foobar", "Zm9vYmFy"}};
+  const std::vector<std::pair<std::string, std::string>> vectors = {{"", ""},
+                                                                    {"f", "Zg=="},
+                                                                    {"fo", "Zm8="},
+                                                                    {"foo", "Zm9v"},
+                                                                    {"foob", "Zm9vYg=="},
+                                                                    {"fooba", "Zm9vYmE="},
+                                                                    {"foobar", "Zm9vYmFy"}};
   for (const auto& [plain, encoded] : vectors) {
     CHECK(base64_encode(plain) == encoded);
     CHECK(base64_decode(encoded) == plain);

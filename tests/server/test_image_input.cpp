@@ -67,7 +67,8 @@ TEST_CASE("image sizes come from the headers of every accepted format", "[server
   }
   // Lossless WebP has its own header layout.
   std::vector<uchar> lossless;
-  REQUIRE(cv::imencode(".webp", cv::Mat(9, 13, CV_8UC3, cv::Scalar(1, 2, 3)), lossless, {cv::IMWRITE_WEBP_QUALITY, 101}));
+  REQUIRE(
+      cv::imencode(".webp", cv::Mat(9, 13, CV_8UC3, cv::Scalar(1, 2, 3)), lossless, {cv::IMWRITE_WEBP_QUALITY, 101}));
   const auto webp = image_header_info(std::string(lossless.begin(), lossless.end()));
   REQUIRE(webp);
   CHECK((webp->width == 13 && webp->height == 9));
@@ -104,9 +105,11 @@ TEST_CASE("check_image enforces the limits before decoding and refuses corrupt d
   CHECK_THROWS_WITH(check_image(bomb, ImageLimits{}, "img"), Contains("65536x30"));
 
   CHECK_THROWS_WITH(check_image(kGif, ImageLimits{}, "img"), Contains("GIF images are not supported"));
-  CHECK_THROWS_WITH(check_image("hello world", ImageLimits{}, "img"), Contains("not an image in a format this build reads"));
+  CHECK_THROWS_WITH(check_image("hello world", ImageLimits{}, "img"),
+                    Contains("not an image in a format this build reads"));
   const auto jpeg = encoded(".jpg", 40, 30);
-  CHECK_THROWS_WITH(check_image(jpeg.substr(0, jpeg.size() / 2), ImageLimits{}, "img"), Contains("img") && Contains("truncated"));
+  CHECK_THROWS_WITH(check_image(jpeg.substr(0, jpeg.size() / 2), ImageLimits{}, "img"),
+                    Contains("img") && Contains("truncated"));
 }
 
 TEST_CASE("the decode budget bounds the pixels decoded at once across threads", "[server]") {

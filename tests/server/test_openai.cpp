@@ -21,12 +21,15 @@ std::string png_uri(int width = 8, int height = 6) {
   return "data:image/png;base64," + base64_encode(std::string(bytes.begin(), bytes.end()));
 }
 
-ChatRequest parse(const json& body, const RequestLimits& limits = {}) { return parse_chat_request(body.dump(), limits); }
+ChatRequest parse(const json& body, const RequestLimits& limits = {}) {
+  return parse_chat_request(body.dump(), limits);
+}
 
 json user(const json& content) { return {{"role", "user"}, {"content", content}}; }
 
 // The 400 a body gets: its message contains `text` and it names `param`.
-void check_rejected(const json& body, const std::string& param, const std::string& text, const RequestLimits& limits = {}) {
+void check_rejected(const json& body, const std::string& param, const std::string& text,
+                    const RequestLimits& limits = {}) {
   INFO(body.dump().substr(0, 300));
   try {
     parse(body, limits);
@@ -42,23 +45,25 @@ void check_rejected(const json& body, const std::string& param, const std::strin
 }  // namespace
 
 TEST_CASE("a multi-round OpenAI conversation maps onto Chat's operations", "[server]") {
-  const json body = {
-      {"model", "anything"},
-      {"messages",
-       {{{"role", "system"}, {"content", "You are helpful."}},
-        user({{{"type", "text"}, {"text", "What is this?"}}, {{"type", "image_url"}, {"image_url", {{"url", png_uri()}, {"detail", "low"}}}}}),
-        {{"role", "assistant"}, {"content", "A green square."}},
-        user({{{"type", "image_url"}, {"image_url", png_uri(4, 4)}}, {{"type", "text"}, {"text", "And this?"}}, {{"type", "text"}, {"text", "Compare."}}})}},
-      {"max_tokens", 20},
-      {"temperature", 0},
-      {"top_p", 0.5},
-      {"top_k", 7},
-      {"num_beams", 2},
-      {"seed", 42},
-      {"stop", "END"},
-      {"n", 1},
-      {"frequency_penalty", 0},
-      {"user", "u1"}};
+  const json body = {{"model", "anything"},
+                     {"messages",
+                      {{{"role", "system"}, {"content", "You are helpful."}},
+                       user({{{"type", "text"}, {"text", "What is this?"}},
+                             {{"type", "image_url"}, {"image_url", {{"url", png_uri()}, {"detail", "low"}}}}}),
+                       {{"role", "assistant"}, {"content", "A green square."}},
+                       user({{{"type", "image_url"}, {"image_url", png_uri(4, 4)}},
+                             {{"type", "text"}, {"text", "And this?"}},
+                             {{"type", "text"}, {"text", "Compare."}}})}},
+                     {"max_tokens", 20},
+                     {"temperature", 0},
+                     {"top_p", 0.5},
+                     {"top_k", 7},
+                     {"num_beams", 2},
+                     {"seed", 42},
+                     {"stop", "END"},
+                     {"n", 1},
+                     {"frequency_penalty", 0},
+                     {"user", "u1"}};
   const auto r = parse(body);
   CHECK(r.model == "anything");
   CHECK(r.system_given);
@@ -84,7 +89,9 @@ TEST_CASE("a multi-round OpenAI conversation maps onto Chat's operations", "[ser
 TEST_CASE("request defaults are Chat.answer's, within the server's limits", "[server]") {
   RequestLimits limits;
   limits.max_tokens = 100;
-  const auto r = parse({{"messages", {user("Hi")}}, {"stream", true}, {"stream_options", {{"include_usage", true}}},
+  const auto r = parse({{"messages", {user("Hi")}},
+                        {"stream", true},
+                        {"stream_options", {{"include_usage", true}}},
                         {"max_completion_tokens", nullptr}},
                        limits);
   CHECK(r.options.max_new_tokens == 100);  // min(default 300, cap)
@@ -120,10 +127,12 @@ TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[ser
                  "'input_audio' is not supported");
   check_rejected({{"messages", {user("Hi"), {{"role", "assistant"}, {"content", "Hello"}}}}}, "messages",
                  "last message must be the user's");
-  check_rejected({{"messages", {user("Hi"), {{"role", "system"}, {"content", "late"}}, user("again")}}}, "messages[1].role",
-                 "system messages must come before");
-  check_rejected({{"messages", {{{"role", "assistant"}, {"content", {{{"type", "image_url"}, {"image_url", png_uri()}}}}}, user("x")}}},
-                 "messages[0].content[0].type", "images only come in user messages");
+  check_rejected({{"messages", {user("Hi"), {{"role", "system"}, {"content", "late"}}, user("again")}}},
+                 "messages[1].role", "system messages must come before");
+  check_rejected(
+      {{"messages",
+        {{{"role", "assistant"}, {"content", {{{"type", "image_url"}, {"image_url", png_uri()}}}}}, user("x")}}},
+      "messages[0].content[0].type", "images only come in user messages");
   check_rejected({{"messages", hi}, {"temperature", "hot"}}, "temperature", "must be a number");
   check_rejected({{"messages", hi}, {"temperature", 2.5}}, "temperature", "[0, 2]");
   check_rejected({{"messages", hi}, {"top_p", 0}}, "top_p", "(0, 1]");
@@ -135,23 +144,27 @@ TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[ser
   check_rejected({{"messages", hi}, {"stop", {"a", "b", "c", "d", "e"}}}, "stop", "at most 4");
   check_rejected({{"messages", hi}, {"stop", ""}}, "stop", "must not be empty");
   check_rejected({{"messages", hi}, {"stream", "yes"}}, "stream", "must be a boolean");
-  check_rejected({{"messages", hi}, {"stream_options", {{"include_usage", true}}}}, "stream_options", "only allowed with");
+  check_rejected({{"messages", hi}, {"stream_options", {{"include_usage", true}}}}, "stream_options",
+                 "only allowed with");
   check_rejected({{"messages", hi}, {"presence_penalty", 0.5}}, "presence_penalty", "not supported");
   check_rejected({{"messages", hi}, {"logprobs", true}}, "logprobs", "not supported");
   check_rejected({{"messages", hi}, {"tools", {{{"type", "function"}}}}}, "tools", "not supported");
-  check_rejected({{"messages", hi}, {"response_format", {{"type", "json_object"}}}}, "response_format", "only response_format");
+  check_rejected({{"messages", hi}, {"response_format", {{"type", "json_object"}}}}, "response_format",
+                 "only response_format");
   check_rejected({{"messages", hi}, {"temprature", 1}}, "temprature", "unrecognized request argument");
 }
 
 TEST_CASE("images must be inline data URIs within the limits", "[server]") {
   const auto with_image = [](const json& image_url) {
-    return json{{"messages", {user({{{"type", "image_url"}, {"image_url", image_url}}, {{"type", "text"}, {"text", "?"}}})}}};
+    return json{
+        {"messages", {user({{{"type", "image_url"}, {"image_url", image_url}}, {{"type", "text"}, {"text", "?"}}})}}};
   };
   const std::string param = "messages[0].content[0].image_url.url";
   check_rejected(with_image({{"url", "https://example.com/cat.png"}}), param, "not fetched");
   check_rejected(with_image({{"url", "file:///etc/passwd"}}), param, "file://");
   check_rejected(with_image({{"url", "data:image/png;base64,@@@@"}}), param, "invalid base64");
-  check_rejected(with_image({{"url", "data:image/png;base64,aGVsbG8="}}), param, "not an image in a format this build reads");
+  check_rejected(with_image({{"url", "data:image/png;base64,aGVsbG8="}}), param,
+                 "not an image in a format this build reads");
   check_rejected(with_image({{"detail", "high"}}), param, "missing");
   check_rejected(with_image(7), "messages[0].content[0].image_url", "must be a string");
   RequestLimits small;
@@ -159,7 +172,8 @@ TEST_CASE("images must be inline data URIs within the limits", "[server]") {
   check_rejected(with_image({{"url", png_uri(8, 6)}}), param, "8x6", small);
 }
 
-TEST_CASE("hostile bodies: overflowing numbers, wrong types, deep nesting and huge strings are 400s naming the field", "[server]") {
+TEST_CASE("hostile bodies: overflowing numbers, wrong types, deep nesting and huge strings are 400s naming the field",
+          "[server]") {
   const std::string hi = R"("messages": [{"role": "user", "content": "Hi"}])";
   const auto rejected = [](const std::string& body, const std::string& param, const std::string& text) {
     INFO(body.substr(0, 200));
@@ -177,8 +191,8 @@ TEST_CASE("hostile bodies: overflowing numbers, wrong types, deep nesting and hu
   rejected("{" + hi + R"(, "max_tokens": )" + std::string(100'000, '9') + "}", "max_tokens", "too large");
   rejected("{" + hi + R"(, "temperature": 1e309})", "temperature", "too large");
   rejected("{" + hi + R"(, "length_penalty": -1e309})", "length_penalty", "too large");
-  rejected(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, 1e999]}]})", "messages[0].content[1]",
-           "too large");
+  rejected(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, 1e999]}]})",
+           "messages[0].content[1]", "too large");
   rejected("{" + hi + R"(, "response_format": {"type": 5}})", "response_format", "only response_format");
   rejected("{" + hi + R"(, "response_format": "text"})", "response_format", "must be an object");
   rejected("{" + hi + R"(, "max_tokens": 18446744073709551615})", "max_tokens", "does not fit");
@@ -193,7 +207,8 @@ TEST_CASE("hostile bodies: overflowing numbers, wrong types, deep nesting and hu
                     Contains("deeper than"));
   rejected("{\"" + std::string(1'000'000, 'k') + "\": 1}", std::string(60, 'k') + "... (1000000 bytes)",
            "unrecognized request argument");
-  rejected(R"({"messages": [{"role": ")" + std::string(100'000, 'r') + R"(", "content": "x"}]})", "messages[0].role", "unknown role");
+  rejected(R"({"messages": [{"role": ")" + std::string(100'000, 'r') + R"(", "content": "x"}]})", "messages[0].role",
+           "unknown role");
   rejected(R"({"messages": [{"role": "user", "content": [{"type": ")" + std::string(100'000, 't') + R"("}]}]})",
            "messages[0].content[0].type", "is not supported");
   rejected(R"({"messages": [{"role": "user", "content": "x"}], "lora": 7})", "lora", "must be a string");
@@ -212,7 +227,10 @@ TEST_CASE("a request's images are counted and budgeted from their headers, and i
   check_rejected({{"messages", {user({image(8, 6), image(8, 6), image(8, 6)})}}}, "messages[0].content[2]",
                  "more than 2 images in one request (--max-images-per-request)", limits);
   // Counted over the whole conversation, not per message.
-  check_rejected({{"messages", {user({image(8, 6), image(8, 6)}), {{"role", "assistant"}, {"content", "ok"}}, user(json::array({image(8, 6)}))}}},
+  check_rejected({{"messages",
+                   {user({image(8, 6), image(8, 6)}),
+                    {{"role", "assistant"}, {"content", "ok"}},
+                    user(json::array({image(8, 6)}))}}},
                  "messages[2].content[0]", "--max-images-per-request", limits);
   CHECK(parse({{"messages", {user({image(8, 6), image(8, 6)})}}}, limits).steps.size() == 2);
 
@@ -225,8 +243,9 @@ TEST_CASE("a request's images are counted and budgeted from their headers, and i
   REQUIRE(cv::imencode(".png", cv::Mat(6, 8, CV_8UC3), png));
   std::string bomb(png.begin(), png.end());
   bomb[16] = '\x7f', bomb[17] = bomb[18] = bomb[19] = '\xff';  // width 2^31-1
-  check_rejected({{"messages", {user({{{"type", "image_url"}, {"image_url", "data:image/png;base64," + base64_encode(bomb)}}})}}},
-                 "messages[0].content[0].image_url", "2147483647x6", RequestLimits{});
+  check_rejected(
+      {{"messages", {user({{{"type", "image_url"}, {"image_url", "data:image/png;base64," + base64_encode(bomb)}}})}}},
+      "messages[0].content[0].image_url", "2147483647x6", RequestLimits{});
 
   limits = RequestLimits{};
   limits.max_prompt_tokens = 10;  // 320 bytes of text
@@ -246,9 +265,11 @@ TEST_CASE("a request's images are counted and budgeted from their headers, and i
 
   RequestLimits page;
   page.max_prompt_tokens = 10;
-  CHECK_THROWS_WITH(parse_page_ask(json{{"text", std::string(400, 'a')}}.dump(), page), Contains("--max-prompt-tokens"));
+  CHECK_THROWS_WITH(parse_page_ask(json{{"text", std::string(400, 'a')}}.dump(), page),
+                    Contains("--max-prompt-tokens"));
   CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "num_beams": 1e400})", page), Contains("too large"));
-  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "max_new_tokens": 18446744073709551615})", page), Contains("1..1024"));
+  CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "max_new_tokens": 18446744073709551615})", page),
+                    Contains("1..1024"));
   CHECK_THROWS_WITH(parse_page_ask(R"({"text": "x", "num_beams": 2.5})", page), Contains("1..10"));
   CHECK(parse_page_ask(R"({"text": "x", "temperature": 1e-200})", page).options.temperature == 0);
   page.max_request_pixels = 40;
@@ -276,7 +297,9 @@ TEST_CASE("replies, chunks, models and errors have OpenAI's shapes", "[server]")
 
   CHECK(models_json("tiny", 1)["data"][0]["id"] == "tiny");
   const auto error = error_json(ApiError(400, "bad", "messages", "x"));
-  CHECK(error == json({{"error", {{"message", "bad"}, {"type", "invalid_request_error"}, {"param", "messages"}, {"code", "x"}}}}));
+  CHECK(
+      error ==
+      json({{"error", {{"message", "bad"}, {"type", "invalid_request_error"}, {"param", "messages"}, {"code", "x"}}}}));
   CHECK(error_json(ApiError(503, "busy"))["error"]["type"] == "server_error");
   CHECK(error_json(ApiError(503, "busy"))["error"]["param"].is_null());
 
@@ -284,7 +307,8 @@ TEST_CASE("replies, chunks, models and errors have OpenAI's shapes", "[server]")
   CHECK(openai_finish_reason("length") == "length");
   CHECK(openai_finish_reason("cancelled") == "length");
   CHECK(sse_event({{"a", 1}}) == "data: {\"a\":1}\n\n");
-  CHECK(sse_event({{"text", "\xff"}}) == "data: {\"text\":\"\xEF\xBF\xBD\"}\n\n");  // invalid UTF-8 replaced, not thrown
+  CHECK(sse_event({{"text", "\xff"}}) ==
+        "data: {\"text\":\"\xEF\xBF\xBD\"}\n\n");  // invalid UTF-8 replaced, not thrown
   CHECK(new_completion_id().rfind("chatcmpl-", 0) == 0);
   CHECK(new_completion_id() != new_completion_id());
 }
@@ -317,8 +341,9 @@ TEST_CASE("LoRA adapters: the request's `lora`, its resolution and /v1/models", 
 
   const std::vector<std::string> choices = {"original", "det", "ocr"};
   CHECK(resolve_adapter(parse(body), choices, "original") == "det");
-  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}}), choices, "ocr") == "ocr");                      // default
-  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "ocr"}}), choices, "original") == "ocr");  // as a model
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}}), choices, "ocr") == "ocr");  // default
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "ocr"}}), choices, "original") ==
+        "ocr");  // as a model
   CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "gpt-4o"}}), choices, "det") == "det");
   CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"model", "ocr"}, {"lora", "original"}}), choices, "det") ==
         "original");  // lora wins
@@ -332,15 +357,20 @@ TEST_CASE("LoRA adapters: the request's `lora`, its resolution and /v1/models", 
     CHECK_THAT(e.what(), Contains("'grounding'") && Contains("original, det, ocr"));
   }
   // A model without adapters: only "original".
-  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"lora", "original"}}), {"original"}, "original") == "original");
+  CHECK(resolve_adapter(parse({{"messages", {user("hi")}}, {"lora", "original"}}), {"original"}, "original") ==
+        "original");
   CHECK_THROWS_AS(resolve_adapter(parse(body), {"original"}, "original"), ApiError);
 
   const auto models = models_json("tiny", 1, choices, "det");
   REQUIRE(models["data"].size() == 3);
   CHECK(models["data"][0]["adapters"] == json(choices));
   CHECK(models["data"][0]["default_adapter"] == "det");
-  CHECK(models["data"][1] == json({{"id", "det"}, {"object", "model"}, {"created", 1}, {"owned_by", "minigpt4-cpp"},
-                                   {"parent", "tiny"}, {"lora", "det"}}));
+  CHECK(models["data"][1] == json({{"id", "det"},
+                                   {"object", "model"},
+                                   {"created", 1},
+                                   {"owned_by", "minigpt4-cpp"},
+                                   {"parent", "tiny"},
+                                   {"lora", "det"}}));
   CHECK(models_json("tiny", 1, {"original"}, "original")["data"].size() == 1);
   CHECK_FALSE(models_json("tiny", 1, {"original"}, "original")["data"][0].contains("adapters"));
 
@@ -355,8 +385,16 @@ TEST_CASE("LoRA adapters: the request's `lora`, its resolution and /v1/models", 
 TEST_CASE("boxes of an answer go into the reply and the last chunk", "[server][lora]") {
   const auto boxes = boxes_json("It is at <bin_0> <bin_0> <bin_223> <bin_111>.", 446, 100);
   REQUIRE(boxes.size() == 1);
-  CHECK(boxes[0] == json({{"x0", 0}, {"y0", 0}, {"x1", 446}, {"y1", 50}, {"bins", {0, 0, 223, 111}}, {"grid", 224},
-                          {"format", "conlora"}, {"label", nullptr}, {"clamped", false}, {"image_size", {446, 100}},
+  CHECK(boxes[0] == json({{"x0", 0},
+                          {"y0", 0},
+                          {"x1", 446},
+                          {"y1", 50},
+                          {"bins", {0, 0, 223, 111}},
+                          {"grid", 224},
+                          {"format", "conlora"},
+                          {"label", nullptr},
+                          {"clamped", false},
+                          {"image_size", {446, 100}},
                           {"text", "<bin_0> <bin_0> <bin_223> <bin_111>"}}));
   const auto labelled = boxes_json("<p>cat</p> {<10><20><30><40>}", 0, 0);  // no image: bins only
   REQUIRE(labelled.size() == 1);

@@ -22,19 +22,19 @@ using namespace minigpt4;
 using json = nlohmann::json;
 using Catch::Contains;
 using std::chrono::milliseconds;
-using test::RawConnection;
 using test::http_status;
+using test::RawConnection;
 
 namespace {
 
 std::shared_ptr<const ChatModel> tiny_model() {
   static const auto model = [] {
     const auto dir = test::data_dir() / "parity/tiny_vicuna0";
-    const auto config = Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
-                                     {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
-                                      "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
-                                      "model.llama_model=" + (dir / "vicuna").string(),
-                                      "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
+    const auto config = Config::load(
+        (test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
+        {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
+         "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
+         "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
     return ChatModel::load(config, torch::kCPU);
   }();
   return model;
@@ -42,7 +42,8 @@ std::shared_ptr<const ChatModel> tiny_model() {
 
 const std::string& png_bytes() {
   static const auto bytes = [] {
-    std::ifstream in(test::data_dir() / "parity/tiny_vicuna0/image_processor/arc_colors_rgba_357x200.png", std::ios::binary);
+    std::ifstream in(test::data_dir() / "parity/tiny_vicuna0/image_processor/arc_colors_rgba_357x200.png",
+                     std::ios::binary);
     std::ostringstream s;
     s << in.rdbuf();
     return s.str();
@@ -106,17 +107,18 @@ httplib::Result post(const Running& s, const std::string& path, const json& body
 // gzip of 1 MiB of spaces: 1052 bytes (the trailer says 1048576).
 std::string gzip_bomb() {
   std::string gz(1052, '\0');
-  const std::pair<int, int> bytes[] = {{0, 31},    {1, 139},   {2, 8},     {8, 2},     {9, 3},     {10, 237},  {11, 193},
-                                       {12, 49},   {13, 1},    {17, 194},  {18, 160},  {19, 42},   {20, 235},  {21, 159},
-                                       {22, 210},  {23, 16},   {24, 190},  {25, 64},   {26, 1},    {1042, 124}, {1043, 6},
-                                       {1044, 167}, {1045, 2}, {1046, 3},  {1047, 241}, {1050, 16}};
+  const std::pair<int, int> bytes[] = {
+      {0, 31},   {1, 139},    {2, 8},    {8, 2},      {9, 3},    {10, 237}, {11, 193},   {12, 49},  {13, 1},
+      {17, 194}, {18, 160},   {19, 42},  {20, 235},   {21, 159}, {22, 210}, {23, 16},    {24, 190}, {25, 64},
+      {26, 1},   {1042, 124}, {1043, 6}, {1044, 167}, {1045, 2}, {1046, 3}, {1047, 241}, {1050, 16}};
   for (const auto& [at, value] : bytes) gz[static_cast<size_t>(at)] = static_cast<char>(value);
   return gz;
 }
 
 }  // namespace
 
-TEST_CASE("abuse: headers trickled a byte at a time are cut at the header deadline while /health answers", "[server][abuse]") {
+TEST_CASE("abuse: headers trickled a byte at a time are cut at the header deadline while /health answers",
+          "[server][abuse]") {
   server::ServerOptions options;
   options.header_timeout = milliseconds(1000);
   Running s(options);
@@ -236,9 +238,12 @@ TEST_CASE("abuse: an address whose connections are all being answered gets 429",
   options.max_generation_seconds = 20;  // bounds the test if a client-gone check were missed
   Running s(options);
   json request = {{"messages", {{{"role", "user"}, {"content", "describe"}}}},
-                  {"max_tokens", 1000}, {"temperature", 0}, {"repetition_penalty", 0.5}};
+                  {"max_tokens", 1000},
+                  {"temperature", 0},
+                  {"repetition_penalty", 0.5}};
   const auto body = request.dump();
-  const auto busy_request = post_head("/v1/chat/completions", fmt::format("Content-Length: {}\r\n", body.size())) + body;
+  const auto busy_request =
+      post_head("/v1/chat/completions", fmt::format("Content-Length: {}\r\n", body.size())) + body;
   // Two long answers from one address: one runs on the model, one waits for it; both are
   // with workers, so neither is idle and neither can be closed for a newcomer.
   RawConnection first(s.port, "127.0.0.5"), second(s.port, "127.0.0.5");
@@ -294,7 +299,8 @@ TEST_CASE("abuse: header lines are limited in number and size", "[server][abuse]
   answer = raw_exchange(s.port, "GET /health HTTP/2.0\r\n\r\n");
   CHECK(http_status(answer) == 505);
   // Long paths reach httplib's routing (std::regex) without harm.
-  answer = raw_exchange(s.port, "POST /api/sessions/" + std::string(8000, 'a') + "/ask HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}");
+  answer = raw_exchange(s.port, "POST /api/sessions/" + std::string(8000, 'a') +
+                                    "/ask HTTP/1.1\r\nConnection: close\r\nContent-Length: 2\r\n\r\n{}");
   CHECK(http_status(answer) == 404);
   CHECK(s.health());
 }
@@ -306,15 +312,18 @@ TEST_CASE("abuse: compressed request bodies are refused before anything is infla
   const auto bomb = gzip_bomb();
   for (const char* encoding : {"gzip", "deflate", "br", "GZIP"}) {
     const auto answer = raw_exchange(
-        s.port, post_head("/v1/chat/completions", fmt::format("Content-Encoding: {}\r\nContent-Length: {}\r\n", encoding, bomb.size())) + bomb);
+        s.port, post_head("/v1/chat/completions",
+                          fmt::format("Content-Encoding: {}\r\nContent-Length: {}\r\n", encoding, bomb.size())) +
+                    bomb);
     INFO(encoding);
     CHECK(http_status(answer) == 415);
     CHECK(error_of(answer)["code"] == "unsupported_content_encoding");
   }
   // identity is no encoding at all.
   const std::string body = "{}";
-  const auto answer =
-      raw_exchange(s.port, post_head("/api/sessions", "Content-Encoding: identity\r\nContent-Length: 2\r\nConnection: close\r\n") + body);
+  const auto answer = raw_exchange(
+      s.port,
+      post_head("/api/sessions", "Content-Encoding: identity\r\nContent-Length: 2\r\nConnection: close\r\n") + body);
   CHECK(http_status(answer) == 200);
 }
 
@@ -337,18 +346,21 @@ TEST_CASE("abuse: chunked bodies are held to the body limit and decoded for the 
   CHECK(error_of(answer)["code"] == "request_too_large");
 
   // A chunk that claims more than the limit is refused from its size line.
-  answer = raw_exchange(s.port, post_head("/v1/chat/completions", "Transfer-Encoding: chunked\r\n") + "ffffffffffff\r\nabc");
+  answer =
+      raw_exchange(s.port, post_head("/v1/chat/completions", "Transfer-Encoding: chunked\r\n") + "ffffffffffff\r\nabc");
   CHECK(http_status(answer) == 413);
   answer = raw_exchange(s.port, post_head("/v1/chat/completions", "Transfer-Encoding: chunked\r\n") + "zz\r\n");
   CHECK(http_status(answer) == 400);
   answer = raw_exchange(s.port, post_head("/v1/chat/completions", "Transfer-Encoding: gzip, chunked\r\n"));
   CHECK(http_status(answer) == 501);
-  answer = raw_exchange(s.port, post_head("/v1/chat/completions", "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n") + "0\r\n\r\n");
+  answer = raw_exchange(
+      s.port, post_head("/v1/chat/completions", "Transfer-Encoding: chunked\r\nContent-Length: 5\r\n") + "0\r\n\r\n");
   CHECK(http_status(answer) == 400);
 
   // Within the limit the handler gets the decoded body: a page session from {"lora": "original"}.
   answer = raw_exchange(s.port, post_head("/api/sessions", "Transfer-Encoding: chunked\r\nConnection: close\r\n") +
-                                    "5;ext=1\r\n{\"lor\r\n" + "e\r\na\": \"original\"\r\n" + "1\r\n}\r\n" + "0\r\nX-Trailer: 1\r\n\r\n");
+                                    "5;ext=1\r\n{\"lor\r\n" + "e\r\na\": \"original\"\r\n" + "1\r\n}\r\n" +
+                                    "0\r\nX-Trailer: 1\r\n\r\n");
   INFO(answer);
   CHECK(http_status(answer) == 200);
   CHECK_THAT(answer, Contains("\"lora\":\"original\""));
@@ -386,7 +398,8 @@ TEST_CASE("abuse: a bad or huge Content-Length is answered at once, without wait
   const auto tib = with_length("1099511627776");  // 1 TiB, and no body at all
   CHECK(http_status(tib) == 413);
   CHECK_THAT(error_of(tib)["message"].get<std::string>(), Contains("--max-upload-mb"));
-  CHECK(http_status(raw_exchange(s.port, post_head("/v1/chat/completions", "Content-Length: 5\r\nContent-Length: 6\r\n"))) == 400);
+  CHECK(http_status(raw_exchange(
+            s.port, post_head("/v1/chat/completions", "Content-Length: 5\r\nContent-Length: 6\r\n"))) == 400);
   CHECK(http_status(raw_exchange(s.port, "GET /health HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello")) == 400);
 }
 
@@ -396,7 +409,8 @@ TEST_CASE("abuse: keep-alive, pipelining and Expect: 100-continue still work beh
   // Two requests in one write: both answered, in order, on the same connection.
   REQUIRE(c.send("GET /health HTTP/1.1\r\nHost: t\r\n\r\nGET /v1/models HTTP/1.1\r\nHost: t\r\n\r\n"));
   std::string both;
-  for (int i = 0; i < 50 && both.find("\"object\":\"list\"") == std::string::npos; ++i) both += c.receive(milliseconds(100));
+  for (int i = 0; i < 50 && both.find("\"object\":\"list\"") == std::string::npos; ++i)
+    both += c.receive(milliseconds(100));
   CHECK_THAT(both, Contains("\"status\":\"ok\""));
   CHECK_THAT(both, Contains("\"object\":\"list\""));
   CHECK(both.find("\"status\":\"ok\"") < both.find("\"object\":\"list\""));
@@ -432,7 +446,8 @@ TEST_CASE("abuse: numbers out of range and wrong types are 400s naming the field
            {"{\"messages\": " + messages + ", \"stream\": 1}", "stream"},
            {"{\"messages\": \"hi\"}", "messages"},
            {"{\"messages\": [{\"role\": 5, \"content\": \"hi\"}]}", "messages[0].role"},
-           {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": 5}]}]}", "messages[0].content[0].text"},
+           {"{\"messages\": [{\"role\": \"user\", \"content\": [{\"type\": \"text\", \"text\": 5}]}]}",
+            "messages[0].content[0].text"},
        }) {
     INFO(body.substr(0, 200));
     const auto res = send(body);
@@ -468,8 +483,9 @@ TEST_CASE("abuse: numbers out of range and wrong types are 400s naming the field
 
 TEST_CASE("abuse: images are counted and their pixels budgeted per request", "[server][abuse]") {
   const json image = {{"type", "image_url"}, {"image_url", {{"url", png_uri()}}}};
-  json request = {{"messages", {{{"role", "user"}, {"content", {image, image, image, {{"type", "text"}, {"text", "?"}}}}}}},
-                  {"max_tokens", 2}};
+  json request = {
+      {"messages", {{{"role", "user"}, {"content", {image, image, image, {{"type", "text"}, {"text", "?"}}}}}}},
+      {"max_tokens", 2}};
   server::ServerOptions options;
   options.limits.max_images = 2;
   {
@@ -520,7 +536,8 @@ TEST_CASE("abuse: a prompt over --max-prompt-tokens is refused before any model 
   res = ask("cat cat");
   REQUIRE(res);
   CHECK(res->status == 200);
-  CHECK(json::parse(s.client().Get("/health")->body)["answers"]["total"] == 1);  // the refused ones never reached the model
+  CHECK(json::parse(s.client().Get("/health")->body)["answers"]["total"] ==
+        1);  // the refused ones never reached the model
 
   // The page's questions too.
   const auto created = post(s, "/api/sessions", json::object());
@@ -539,7 +556,8 @@ TEST_CASE("abuse: a prompt over --max-prompt-tokens is refused before any model 
 TEST_CASE("abuse: the default prompt limit comes from the model's context", "[server][abuse]") {
   Running s;
   // 2000 tokens (Chat.answer's max_length; the tiny LLaMA has 2048 positions): 64,000 bytes.
-  const auto res = post(s, "/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", std::string(70'000, 'a')}}}}});
+  const auto res =
+      post(s, "/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", std::string(70'000, 'a')}}}}});
   REQUIRE(res);
   CHECK(res->status == 400);
   CHECK_THAT(error_of(res)["message"].get<std::string>(), Contains("at most 2000 prompt tokens"));

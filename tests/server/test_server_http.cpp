@@ -26,11 +26,11 @@ namespace {
 std::shared_ptr<const ChatModel> tiny_model() {
   static const auto model = [] {
     const auto dir = test::data_dir() / "parity/tiny_vicuna0";
-    const auto config = Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
-                                     {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
-                                      "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
-                                      "model.llama_model=" + (dir / "vicuna").string(),
-                                      "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
+    const auto config = Config::load(
+        (test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
+        {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
+         "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
+         "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
     return ChatModel::load(config, torch::kCPU);
   }();
   return model;
@@ -44,7 +44,8 @@ std::string read_file(const std::filesystem::path& path) {
 }
 
 const std::string& png_bytes() {
-  static const auto bytes = read_file(test::data_dir() / "parity/tiny_vicuna0/image_processor/arc_colors_rgba_357x200.png");
+  static const auto bytes =
+      read_file(test::data_dir() / "parity/tiny_vicuna0/image_processor/arc_colors_rgba_357x200.png");
   return bytes;
 }
 
@@ -57,11 +58,15 @@ struct Running : test::RunningServer {
 
 json image_question(const std::string& question) {
   return {{"role", "user"},
-          {"content", {{{"type", "image_url"}, {"image_url", {{"url", png_uri()}}}}, {{"type", "text"}, {"text", question}}}}};
+          {"content",
+           {{{"type", "image_url"}, {"image_url", {{"url", png_uri()}}}}, {{"type", "text"}, {"text", question}}}}};
 }
 
 json greedy_request(int max_tokens) {
-  return {{"model", "tiny_vicuna0"}, {"messages", {image_question("What is in this image?")}}, {"max_tokens", max_tokens}, {"temperature", 0}};
+  return {{"model", "tiny_vicuna0"},
+          {"messages", {image_question("What is in this image?")}},
+          {"max_tokens", max_tokens},
+          {"temperature", 0}};
 }
 
 // The greedy answer ChatSession gives in-process for greedy_request.
@@ -256,7 +261,8 @@ TEST_CASE("bad requests get 4xx with OpenAI-shaped JSON errors", "[server]") {
   CHECK_THAT(error_of(res)["message"].get<std::string>(), Contains("not fetched"));
   CHECK(error_of(res)["param"] == "messages[0].content[0].image_url.url");
 
-  res = client.Post("/v1/chat/completions", json{{"messages", {{{"role", "robot"}, {"content", "hi"}}}}}.dump(), "application/json");
+  res = client.Post("/v1/chat/completions", json{{"messages", {{{"role", "robot"}, {"content", "hi"}}}}}.dump(),
+                    "application/json");
   REQUIRE(res);
   CHECK(res->status == 400);
   CHECK(error_of(res)["param"] == "messages[0].role");
@@ -291,8 +297,9 @@ TEST_CASE("the page's session keeps the conversation and its KV cache across rou
 
   json done;
   for (const auto* question : {"What is in this image?", "Tell me more."}) {
-    const auto stream = post_stream(client, base + "/ask",
-                                    json{{"text", question}, {"num_beams", 1}, {"temperature", 0.1}, {"max_new_tokens", 8}}.dump());
+    const auto stream =
+        post_stream(client, base + "/ask",
+                    json{{"text", question}, {"num_beams", 1}, {"temperature", 0.1}, {"max_new_tokens", 8}}.dump());
     INFO(stream.body);
     CHECK(stream.status == 200);
     REQUIRE(!stream.data.empty());
@@ -426,7 +433,8 @@ TEST_CASE("explain: the API adds what the answer looked at, as a PNG and the pat
   res = client.Post("/v1/chat/completions", text_only.dump(), "application/json");
   REQUIRE(res);
   REQUIRE(res->status == 200);
-  CHECK_THAT(json::parse(res->body)["choices"][0]["message"]["explanation"]["error"].get<std::string>(), Contains("no image"));
+  CHECK_THAT(json::parse(res->body)["choices"][0]["message"]["explanation"]["error"].get<std::string>(),
+             Contains("no image"));
   // A wrong value is a 400 naming the field.
   request = greedy_request(4);
   request["explain"] = 5;
@@ -440,9 +448,10 @@ TEST_CASE("explain: the page's answers carry a grid for the answer and each word
   const std::string base = new_page_session(client);
   REQUIRE(client.Post(base + "/image", json{{"image", png_uri()}}.dump(), "application/json")->status == 200);
   for (const bool explain : {false, true}) {
-    const auto stream = post_stream(client, base + "/ask",
-                                    json{{"text", "What is in this image?"}, {"temperature", 0.1}, {"max_new_tokens", 6},
-                                         {"explain", explain}}.dump());
+    const auto stream = post_stream(
+        client, base + "/ask",
+        json{{"text", "What is in this image?"}, {"temperature", 0.1}, {"max_new_tokens", 6}, {"explain", explain}}
+            .dump());
     INFO(stream.body.substr(0, 500));
     REQUIRE(!stream.data.empty());
     const auto done = json::parse(stream.data.back());

@@ -31,14 +31,16 @@ std::shared_ptr<const ChatModel> adapted_model() {
   static const auto model = [] {
     auto options = test::tiny_weight_options();
     options.push_back(test::TinyAdapters::get().lora_path_option());
-    return ChatModel::load(Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), options), torch::kCPU);
+    return ChatModel::load(Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), options),
+                           torch::kCPU);
   }();
   return model;
 }
 
 const std::string& png_bytes() {
   static const auto bytes = [] {
-    std::ifstream in(test::data_dir() / "parity/tiny_vicuna0/image_processor/arc_colors_rgba_357x200.png", std::ios::binary);
+    std::ifstream in(test::data_dir() / "parity/tiny_vicuna0/image_processor/arc_colors_rgba_357x200.png",
+                     std::ios::binary);
     std::ostringstream s;
     s << in.rdbuf();
     return s.str();
@@ -91,7 +93,9 @@ struct Running : test::RunningServer {
 json request_for(const std::optional<std::string>& lora) {
   json body = {{"messages",
                 {{{"role", "user"},
-                  {"content", {{{"type", "image_url"}, {"image_url", {{"url", png_uri()}}}}, {{"type", "text"}, {"text", kQuestions[0]}}}}}}},
+                  {"content",
+                   {{{"type", "image_url"}, {"image_url", {{"url", png_uri()}}}},
+                    {{"type", "text"}, {"text", kQuestions[0]}}}}}}},
                {"max_tokens", kTokens},
                {"temperature", 0}};
   if (lora) body["lora"] = *lora;
@@ -124,8 +128,8 @@ std::pair<std::string, json> streamed(const Running& s, json body) {
   auto client = s.client();
   const auto res = client.send(req);
   if (!res || res->status != 200)
-    throw std::runtime_error("streamed request failed: " + (res ? std::to_string(res->status) + " " + res->body
-                                                                 : std::string("no response")));
+    throw std::runtime_error("streamed request failed: " +
+                             (res ? std::to_string(res->status) + " " + res->body : std::string("no response")));
   std::string text;
   json last;
   std::istringstream lines(raw);
@@ -143,8 +147,8 @@ std::pair<std::string, json> streamed(const Running& s, json body) {
 // A page session's streamed answer: its `done` event.
 json page_ask(const Running& s, const std::string& session, const std::string& question) {
   const auto res = s.client().Post("/api/sessions/" + session + "/ask",
-                                    json{{"text", question}, {"temperature", 0}, {"max_new_tokens", kTokens}}.dump(),
-                                    "application/json");
+                                   json{{"text", question}, {"temperature", 0}, {"max_new_tokens", kTokens}}.dump(),
+                                   "application/json");
   REQUIRE(res);
   INFO(res->body);
   REQUIRE(res->status == 200);
@@ -171,7 +175,8 @@ TEST_CASE("the two test adapters change the answers (so the tests below can tell
   REQUIRE(e.at("original")[0] != e.at("lora_b")[0]);
   REQUIRE(e.at("lora_a")[0] != e.at("lora_b")[0]);
   CHECK(adapted_model()->adapter_choices() == std::vector<std::string>{"original", "lora_a", "lora_b"});
-  CHECK_THROWS_WITH(adapted_model()->use_adapter("lora_c"), Contains("'lora_c'") && Contains("original, lora_a, lora_b"));
+  CHECK_THROWS_WITH(adapted_model()->use_adapter("lora_c"),
+                    Contains("'lora_c'") && Contains("original, lora_a, lora_b"));
 }
 
 TEST_CASE("API: `lora` chooses the adapter; absent = the server's default; /v1/models lists them", "[server][lora]") {
@@ -228,7 +233,8 @@ TEST_CASE("serve's default adapter (--lora) answers requests that name none", "[
 
   server::ServerOptions wrong;
   wrong.lora = "lora_z";
-  CHECK_THROWS_WITH(server::Server(adapted_model(), wrong), Contains("'lora_z'") && Contains("original, lora_a, lora_b"));
+  CHECK_THROWS_WITH(server::Server(adapted_model(), wrong),
+                    Contains("'lora_z'") && Contains("original, lora_a, lora_b"));
 }
 
 TEST_CASE("interleaved requests with different adapters each get their own", "[server][lora]") {
@@ -262,7 +268,8 @@ TEST_CASE("interleaved requests with different adapters each get their own", "[s
   }
 
   // The model was last left on lora_b: the session's round must switch back to its own.
-  CHECK(post_json(s, "/v1/chat/completions", request_for("lora_b"))["choices"][0]["message"]["content"] == e.at("lora_b")[0]);
+  CHECK(post_json(s, "/v1/chat/completions", request_for("lora_b"))["choices"][0]["message"]["content"] ==
+        e.at("lora_b")[0]);
   const auto second = page_ask(s, id, kQuestions[1]);
   CHECK(second["text"] == e.at("lora_a")[1]);
   CHECK(second["reused_tokens"].get<int64_t>() > 8);  // its own cache, still valid for its adapter

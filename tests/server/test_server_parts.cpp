@@ -106,7 +106,9 @@ TEST_CASE("the model worker runs jobs one at a time, in order, with a bounded qu
   std::promise<void> release2;
   auto gate2 = release2.get_future().share();
   std::atomic<int> dropped{0};
-  REQUIRE(worker.submit([&](bool run) { if (run) gate2.wait(); }));
+  REQUIRE(worker.submit([&](bool run) {
+    if (run) gate2.wait();
+  }));
   while (!worker.busy()) std::this_thread::yield();
   REQUIRE(worker.submit([&](bool run) { dropped += run ? 0 : 1; }));
   std::thread stopper([&] { worker.stop(); });

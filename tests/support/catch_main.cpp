@@ -11,8 +11,8 @@
 namespace {
 
 struct Tally {
-  std::string current;                        // the test case running now
-  size_t cases = 0;                           // test cases run
+  std::string current;                         // the test case running now
+  size_t cases = 0;                            // test cases run
   std::map<std::string, std::string> skipped;  // test case -> why
 };
 

@@ -45,11 +45,14 @@ std::string parity_case_yaml(const fs::path& dir, const nlohmann::json& manifest
     return yaml + "  model_type: pretrain_llama2\n  has_qformer: False\n";
   const auto& q = c["qformer"];
   return yaml + fmt::format(
-      "  model_type: pretrain_vicuna0\n  num_query_token: {}\n  qformer_hidden_size: {}\n  qformer_num_layers: {}\n"
-      "  qformer_num_heads: {}\n  qformer_intermediate_size: {}\n  cross_attention_freq: {}\n  q_former_model: '{}'\n",
-      q["num_query_token"].get<int64_t>(), q["hidden_size"].get<int64_t>(), q["num_hidden_layers"].get<int64_t>(),
-      q["num_attention_heads"].get<int64_t>(), q["intermediate_size"].get<int64_t>(),
-      q["cross_attention_freq"].get<int64_t>(), (dir / "blip2_pretrained.pth").string());
+                    "  model_type: pretrain_vicuna0\n  num_query_token: {}\n  qformer_hidden_size: {}\n  "
+                    "qformer_num_layers: {}\n"
+                    "  qformer_num_heads: {}\n  qformer_intermediate_size: {}\n  cross_attention_freq: {}\n  "
+                    "q_former_model: '{}'\n",
+                    q["num_query_token"].get<int64_t>(), q["hidden_size"].get<int64_t>(),
+                    q["num_hidden_layers"].get<int64_t>(), q["num_attention_heads"].get<int64_t>(),
+                    q["intermediate_size"].get<int64_t>(), q["cross_attention_freq"].get<int64_t>(),
+                    (dir / "blip2_pretrained.pth").string());
 }
 
 static bool is_case_dir(const fs::path& dir) {
@@ -155,9 +158,9 @@ Comparison compare(const std::string& name, const at::Tensor& actual_in, const a
     result.ok = count == 0;
     if (!result.ok) {
       const int64_t first = mismatch.flatten().nonzero()[0].item<int64_t>();
-      result.message = fmt::format("{}: {} of {} elements differ; first at flat index {}: {} != expected {}",
-                                   name, count, e.numel(), first, a.flatten()[first].item<int64_t>(),
-                                   e.flatten()[first].item<int64_t>());
+      result.message =
+          fmt::format("{}: {} of {} elements differ; first at flat index {}: {} != expected {}", name, count, e.numel(),
+                      first, a.flatten()[first].item<int64_t>(), e.flatten()[first].item<int64_t>());
     }
     return result;
   }
@@ -171,10 +174,11 @@ Comparison compare(const std::string& name, const at::Tensor& actual_in, const a
   const int64_t worst = e.numel() ? excess.flatten().argmax().item<int64_t>() : 0;
   result.ok = e.numel() == 0 || excess.flatten()[worst].item<double>() <= 0;
   if (!result.ok) {
-    result.message = fmt::format("{}: max |diff| {:.3g}; worst at flat index {}: {:.8g} vs expected {:.8g} "
-                                 "(atol {}, rtol {})",
-                                 name, result.max_abs_diff, worst, a.flatten()[worst].item<double>(),
-                                 e.flatten()[worst].item<double>(), tol.atol, tol.rtol);
+    result.message = fmt::format(
+        "{}: max |diff| {:.3g}; worst at flat index {}: {:.8g} vs expected {:.8g} "
+        "(atol {}, rtol {})",
+        name, result.max_abs_diff, worst, a.flatten()[worst].item<double>(), e.flatten()[worst].item<double>(),
+        tol.atol, tol.rtol);
   }
   return result;
 }

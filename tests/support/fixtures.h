@@ -51,7 +51,6 @@ struct Comparison {
 
 // |actual - expected| <= atol + rtol * |expected| everywhere, shapes equal; integer
 // tensors (or tol.exact) must be equal. Compares in float64 on the CPU.
-Comparison compare(const std::string& name, const at::Tensor& actual, const at::Tensor& expected,
-                   const Tolerance& tol);
+Comparison compare(const std::string& name, const at::Tensor& actual, const at::Tensor& expected, const Tolerance& tol);
 
 }  // namespace minigpt4::test

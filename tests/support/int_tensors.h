@@ -36,7 +36,8 @@ class I64Safetensors {
     const auto& t = tensors_.at(name);
     if (t.scalar_type() != torch::kLong) fail("{} in {} is not I64", name, path_.string());
     const auto flat = t.contiguous().view(-1);
-    return I64Tensor{t.sizes().vec(), std::vector<int64_t>(flat.data_ptr<int64_t>(), flat.data_ptr<int64_t>() + flat.numel())};
+    return I64Tensor{t.sizes().vec(),
+                     std::vector<int64_t>(flat.data_ptr<int64_t>(), flat.data_ptr<int64_t>() + flat.numel())};
   }
 
  private:

@@ -87,8 +87,10 @@ void check_variant(const BpeTokenizer& tok, const json& v, const std::string& la
     CHECK(tok.id_to_piece(std::stoll(id)) == content.get<std::string>());
     CHECK(tok.piece_to_id(content.get<std::string>()) == std::stoll(id));
   }
-  for (const auto& p : v.at("pieces")) CHECK(tok.id_to_piece(p.at("id").get<int64_t>()) == p.at("piece").get<std::string>());
-  for (const auto& p : v.at("piece_ids")) CHECK(tok.piece_to_id(p.at("piece").get<std::string>()) == p.at("id").get<int64_t>());
+  for (const auto& p : v.at("pieces"))
+    CHECK(tok.id_to_piece(p.at("id").get<int64_t>()) == p.at("piece").get<std::string>());
+  for (const auto& p : v.at("piece_ids"))
+    CHECK(tok.piece_to_id(p.at("piece").get<std::string>()) == p.at("id").get<int64_t>());
 
   for (const auto& c : v.at("cases")) {
     const std::string text = c.at("text").get<std::string>();
@@ -238,7 +240,11 @@ TEST_CASE("BpeTokenizer decodes what it encodes and survives invalid UTF-8", "[t
   // Added tokens (the space runs) decode with a space on each side, as in HF.
   CHECK(tok.decode(tok.encode("a  b")) == "a    b");
   // Invalid input bytes are read as U+FFFD, as Python's errors="replace" would decode them.
-  CHECK(tok.encode("a\xff" "b\xe4\xb8", false) == tok.encode("a\xef\xbf\xbd" "b\xef\xbf\xbd", false));
+  CHECK(tok.encode("a\xff"
+                   "b\xe4\xb8",
+                   false) == tok.encode("a\xef\xbf\xbd"
+                                        "b\xef\xbf\xbd",
+                                        false));
   CHECK(tok.decode(tok.encode("\xc3", false)) == "\xef\xbf\xbd");
   CHECK_THROWS_AS(tok.decode({100000}), minigpt4::Error);
   CHECK_THROWS_AS(tok.id_to_piece(-1), minigpt4::Error);
@@ -282,7 +288,8 @@ TEST_CASE("load_tokenizer picks the tokenizer from the directory's files", "[tok
   CHECK(dynamic_cast<const minigpt4::LlamaTokenizer*>(minigpt4::load_tokenizer(both.path).get()) != nullptr);
 
   Scratch empty("empty");
-  CHECK_THROWS_WITH(minigpt4::load_tokenizer(empty.path), Contains(empty.path.string()) && Contains("vocab.json + merges.txt"));
+  CHECK_THROWS_WITH(minigpt4::load_tokenizer(empty.path),
+                    Contains(empty.path.string()) && Contains("vocab.json + merges.txt"));
   Scratch wordpiece("wordpiece");
   wordpiece.write("tokenizer.json", R"({"model": {"type": "WordPiece", "vocab": {"a": 0}}})");
   CHECK_THROWS_WITH(minigpt4::load_tokenizer(wordpiece.path), Contains("tokenizer.json") && Contains("WordPiece"));
@@ -294,7 +301,8 @@ TEST_CASE("missing or malformed BPE files raise minigpt4::Error naming file and 
 
   SECTION("no files") {
     Scratch s("none");
-    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("neither vocab.json + merges.txt nor tokenizer.json"));
+    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
+                      Contains("neither vocab.json + merges.txt nor tokenizer.json"));
   }
   SECTION("vocab.json without merges.txt") {
     Scratch s("no_merges");
@@ -309,7 +317,8 @@ TEST_CASE("missing or malformed BPE files raise minigpt4::Error naming file and 
     s.write("vocab.json", "[1, 2]");
     CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("vocab.json") && Contains("JSON object"));
     s.write("vocab.json", R"({"a": "zero"})");
-    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("vocab.json") && Contains("non-negative integer"));
+    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
+                      Contains("vocab.json") && Contains("non-negative integer"));
   }
   SECTION("merges referencing unknown pieces") {
     Scratch s("bad_merges");
@@ -318,7 +327,8 @@ TEST_CASE("missing or malformed BPE files raise minigpt4::Error naming file and 
     CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
                       Contains("merges.txt line 3") && Contains("\"zzz\"") && Contains("not in the vocabulary"));
     s.write("merges.txt", "#version: 0.2\nh e x\n");
-    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("merges.txt line 2") && Contains("not two pieces"));
+    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
+                      Contains("merges.txt line 2") && Contains("not two pieces"));
   }
   SECTION("malformed tokenizer.json") {
     Scratch s("bad_json");
@@ -330,8 +340,9 @@ TEST_CASE("missing or malformed BPE files raise minigpt4::Error naming file and 
     json doc = json::parse(good);
     doc["model"]["merges"].push_back("\xc4\xa0 qqq");
     s.write("tokenizer.json", doc.dump());
-    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
-                      Contains("tokenizer.json model.merges[") && Contains("\"qqq\"") && Contains("not in the vocabulary"));
+    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("tokenizer.json model.merges[") &&
+                                                                 Contains("\"qqq\"") &&
+                                                                 Contains("not in the vocabulary"));
     doc = json::parse(good);
     doc["model"]["merges"][0] = json::array({"h"});
     s.write("tokenizer.json", doc.dump());
@@ -353,9 +364,11 @@ TEST_CASE("missing or malformed BPE files raise minigpt4::Error naming file and 
     Scratch s("bad_config");
     s.copy_from(codegen);
     s.write("tokenizer_config.json", "{oops");
-    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("tokenizer_config.json") && Contains("not valid JSON"));
+    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
+                      Contains("tokenizer_config.json") && Contains("not valid JSON"));
     s.write("tokenizer_config.json", R"({"bos_token": 5})");
-    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("tokenizer_config.json") && Contains("bos_token"));
+    CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path),
+                      Contains("tokenizer_config.json") && Contains("bos_token"));
     s.write("tokenizer_config.json", R"({})");
     s.write("added_tokens.json", R"(["  "])");
     CHECK_THROWS_WITH(BpeTokenizer::from_pretrained(s.path), Contains("added_tokens.json"));
@@ -375,7 +388,9 @@ TEST_CASE("BpeTokenizer follows the slow tokenizer's reading of merges.txt and c
     CHECK_FALSE(tok.add_bos_token());
     CHECK(tok.size() == tok.vocab_size());
     // Without the added space runs, two spaces are byte-level pieces.
-    CHECK(tok.tokenize("a  b") == std::vector<std::string>{"a", "\xc4\xa0", "\xc4\xa0" "b"});
+    CHECK(tok.tokenize("a  b") == std::vector<std::string>{"a", "\xc4\xa0",
+                                                           "\xc4\xa0"
+                                                           "b"});
     CHECK(ref.tokenize("a  b") == std::vector<std::string>{"a", "  ", "b"});
   }
   SECTION("add_bos_token and add_prefix_space from tokenizer_config.json") {
@@ -396,7 +411,8 @@ TEST_CASE("BpeTokenizer follows the slow tokenizer's reading of merges.txt and c
     std::string merges = read_file(codegen / "merges.txt");
     REQUIRE(merges.substr(0, 14) == "#version: 0.2\n");
     s.write("merges.txt", "# any header\n" + merges.substr(14) + "\n\n");
-    CHECK(BpeTokenizer::from_pretrained(s.path).encode("Hello world image", false) == ref.encode("Hello world image", false));
+    CHECK(BpeTokenizer::from_pretrained(s.path).encode("Hello world image", false) ==
+          ref.encode("Hello world image", false));
     // "h e" moved to the end: kept after a final newline, lost without one (GPT2Tokenizer
     // drops whatever follows the last "\n").
     const size_t at = merges.find("\nh e\n");
@@ -437,8 +453,7 @@ std::vector<std::string> slow_bpe(std::vector<std::string> symbols, const minigp
 
 }  // namespace
 
-TEST_CASE("BPE merges: the heap gives the slow tokenizer's pieces, also for merge lists out of order",
-          "[tokenizer]") {
+TEST_CASE("BPE merges: the heap gives the slow tokenizer's pieces, also for merge lists out of order", "[tokenizer]") {
   std::mt19937 rng(7);
   for (int trial = 0; trial < 300; ++trial) {
     // Merges over a 3-letter alphabet: pairs of existing pieces, in a random rank order (so

@@ -28,9 +28,7 @@ struct ScratchDir {
     fs::create_directories(path);
     fs::copy_file(case_dir() / "tokenizer.model", path / "tokenizer.model");
   }
-  void write(const std::string& file, const std::string& text) const {
-    std::ofstream(path / file) << text;
-  }
+  void write(const std::string& file, const std::string& text) const { std::ofstream(path / file) << text; }
   ~ScratchDir() { fs::remove_all(path); }
 };
 
@@ -77,9 +75,8 @@ TEST_CASE("characters outside the vocabulary fall back to bytes", "[tokenizer]")
 
 TEST_CASE("encode/decode round trips", "[tokenizer]") {
   const auto tok = LlamaTokenizer::from_pretrained(case_dir() / "vicuna");
-  for (const std::string text :
-       {"Hello world", " leading space", "trailing  ", "line\nbreak\ttab", "###Assistant:",
-        "na\xC3\xAFve caf\xC3\xA9", "2023-08-15 12:00", "\n", ""}) {
+  for (const std::string text : {"Hello world", " leading space", "trailing  ", "line\nbreak\ttab",
+                                 "###Assistant:", "na\xC3\xAFve caf\xC3\xA9", "2023-08-15 12:00", "\n", ""}) {
     INFO("'" << text << "'");
     CHECK(tok.decode(tok.encode(text, false)) == text);
     CHECK(tok.decode(tok.encode(text, true), true) == text);
@@ -111,8 +108,7 @@ TEST_CASE("plain-string special tokens strip the whitespace around them", "[toke
   dir.write("tokenizer_config.json", R"({"add_bos_token": false, "add_eos_token": true})");
   const auto tok = LlamaTokenizer::from_pretrained(dir.path);
   const auto ref = LlamaTokenizer::from_model_file(case_dir() / "tokenizer.model");
-  CHECK(tok.encode("a  </s>\n b", false) ==
-        concat(concat(ref.encode("a", false), {2}), ref.encode("b", false)));
+  CHECK(tok.encode("a  </s>\n b", false) == concat(concat(ref.encode("a", false), {2}), ref.encode("b", false)));
   CHECK(tok.encode("x", true) == concat(ref.encode("x", false), {2}));  // eos, no bos
 }
 
@@ -174,12 +170,10 @@ TEST_CASE("missing or broken tokenizer files raise minigpt4::Error naming the pa
 
   ScratchDir dir("broken");
   fs::remove(dir.path / "tokenizer.model");
-  CHECK_THROWS_WITH(LlamaTokenizer::from_pretrained(dir.path),
-                    Contains((dir.path / "tokenizer.model").string()));
+  CHECK_THROWS_WITH(LlamaTokenizer::from_pretrained(dir.path), Contains((dir.path / "tokenizer.model").string()));
   dir.write("tokenizer.model", "not a sentencepiece model");
   CHECK_THROWS_AS(LlamaTokenizer::from_pretrained(dir.path), minigpt4::Error);
-  fs::copy_file(case_dir() / "tokenizer.model", dir.path / "tokenizer.model",
-                fs::copy_options::overwrite_existing);
+  fs::copy_file(case_dir() / "tokenizer.model", dir.path / "tokenizer.model", fs::copy_options::overwrite_existing);
   dir.write("tokenizer_config.json", "{ broken");
   CHECK_THROWS_WITH(LlamaTokenizer::from_pretrained(dir.path), Contains("tokenizer_config.json"));
 }

@@ -15,9 +15,9 @@
 
 using namespace minigpt4;
 using namespace minigpt4::train;
+using Catch::Contains;
 using minigpt4::test::ScratchDir;
 using minigpt4::test::TinyNet;
-using Catch::Contains;
 
 namespace {
 

@@ -26,9 +26,9 @@
 
 using namespace minigpt4;
 using namespace minigpt4::train;
+using Catch::Contains;
 using minigpt4::test::ScratchDir;
 using minigpt4::test::TinyNet;
-using Catch::Contains;
 namespace fs = std::filesystem;
 
 namespace {
@@ -54,7 +54,8 @@ std::string read_bytes(const std::string& path) {
 }
 
 void write_bytes(const std::string& path, const std::string& bytes) {
-  std::ofstream(path, std::ios::binary | std::ios::trunc).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  std::ofstream(path, std::ios::binary | std::ios::trunc)
+      .write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
 }
 
 std::vector<std::string> names_in(const std::string& dir) {
@@ -168,8 +169,7 @@ TEST_CASE("a full disk while saving (a small tmpfs): named error, no temporary, 
     std::FILE* f = std::fopen(filler.c_str(), "wb");
     REQUIRE(f != nullptr);
     const std::string block(4096, 'x');
-    while (std::fwrite(block.data(), 1, block.size(), f) == block.size() && std::fflush(f) == 0) {
-    }
+    while (std::fwrite(block.data(), 1, block.size(), f) == block.size() && std::fflush(f) == 0) {}
     std::fclose(f);
   }
   check_failed_save(t, mount_point, path, std::strerror(ENOSPC));
@@ -230,8 +230,7 @@ TEST_CASE("temporaries of a killed run: never resumed from, removed, a running w
   CHECK(fs::exists(other));
 }
 
-TEST_CASE("damaged checkpoints: named on load, passed over by resume, an error when none is whole",
-          "[train][faults]") {
+TEST_CASE("damaged checkpoints: named on load, passed over by resume, an error when none is whole", "[train][faults]") {
   ScratchDir dir("damaged");
   torch::manual_seed(5);
   Trained t;

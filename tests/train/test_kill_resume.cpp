@@ -58,8 +58,8 @@ fs::path config_path() { return test::source_dir() / "configs/tiny_vicuna0.yaml"
 fs::path make_dataset(const fs::path& root) {
   fs::create_directories(root / "image");
   const std::vector<std::pair<std::string, cv::Scalar>> colours = {
-      {"red", {0, 0, 255}},        {"green", {0, 255, 0}},       {"blue", {255, 0, 0}},
-      {"yellow", {0, 255, 255}},   {"white", {255, 255, 255}},   {"black", {0, 0, 0}}};
+      {"red", {0, 0, 255}},      {"green", {0, 255, 0}},     {"blue", {255, 0, 0}},
+      {"yellow", {0, 255, 255}}, {"white", {255, 255, 255}}, {"black", {0, 0, 0}}};
   nlohmann::json annotations = nlohmann::json::array();
   for (size_t i = 0; i < colours.size(); ++i) {
     cv::Mat image(80, 96, CV_8UC3, cv::Scalar(128, 128, 128));

@@ -11,8 +11,8 @@
 
 using namespace minigpt4;
 using namespace minigpt4::train;
-using minigpt4::test::ScratchDir;
 using Catch::Contains;
+using minigpt4::test::ScratchDir;
 
 namespace {
 

@@ -25,7 +25,7 @@ fs::path tiny() { return test::data_dir() / "parity/tiny_vicuna0"; }
 fs::path make_dataset(const fs::path& root) {
   fs::create_directories(root / "image");
   const std::vector<std::pair<std::string, cv::Scalar>> colours = {
-      {"red", {0, 0, 255}}, {"green", {0, 255, 0}}, {"blue", {255, 0, 0}},
+      {"red", {0, 0, 255}},      {"green", {0, 255, 0}},     {"blue", {255, 0, 0}},
       {"yellow", {0, 255, 255}}, {"white", {255, 255, 255}}, {"black", {0, 0, 0}}};
   nlohmann::json annotations = nlohmann::json::array();
   for (size_t i = 0; i < colours.size(); ++i) {
@@ -40,21 +40,29 @@ fs::path make_dataset(const fs::path& root) {
 }
 
 Config run_config(const fs::path& data, const fs::path& output, std::vector<std::string> extra = {}) {
-  std::vector<std::string> options = {
-      "model.vit_model=" + (tiny() / "eva_vit_g.pth").string(),
-      "model.q_former_model=" + (tiny() / "blip2_pretrained.pth").string(),
-      "model.llama_model=" + (tiny() / "vicuna").string(),
-      "model.ckpt=",
-      "model.max_txt_len=32",
-      "model.prompt_path=" + (data / "prompts.txt").string(),
-      "datasets.cc_sbu_align.build_info.storage=" + data.string(),
-      "datasets.cc_sbu_align.vis_processor.train.name=blip2_image_train",
-      "datasets.cc_sbu_align.vis_processor.train.image_size=56",
-      "run.lr_sched=linear_warmup_cosine_lr",
-      "run.init_lr=1e-2", "run.min_lr=1e-3", "run.warmup_lr=1e-3", "run.warmup_steps=2",
-      "run.weight_decay=0.05", "run.max_epoch=2", "run.iters_per_epoch=4", "run.batch_size_train=2",
-      "run.num_workers=1", "run.seed=7", "run.log_freq=1", "run.device=cpu",
-      "run.output_dir=" + output.string()};
+  std::vector<std::string> options = {"model.vit_model=" + (tiny() / "eva_vit_g.pth").string(),
+                                      "model.q_former_model=" + (tiny() / "blip2_pretrained.pth").string(),
+                                      "model.llama_model=" + (tiny() / "vicuna").string(),
+                                      "model.ckpt=",
+                                      "model.max_txt_len=32",
+                                      "model.prompt_path=" + (data / "prompts.txt").string(),
+                                      "datasets.cc_sbu_align.build_info.storage=" + data.string(),
+                                      "datasets.cc_sbu_align.vis_processor.train.name=blip2_image_train",
+                                      "datasets.cc_sbu_align.vis_processor.train.image_size=56",
+                                      "run.lr_sched=linear_warmup_cosine_lr",
+                                      "run.init_lr=1e-2",
+                                      "run.min_lr=1e-3",
+                                      "run.warmup_lr=1e-3",
+                                      "run.warmup_steps=2",
+                                      "run.weight_decay=0.05",
+                                      "run.max_epoch=2",
+                                      "run.iters_per_epoch=4",
+                                      "run.batch_size_train=2",
+                                      "run.num_workers=1",
+                                      "run.seed=7",
+                                      "run.log_freq=1",
+                                      "run.device=cpu",
+                                      "run.output_dir=" + output.string()};
   options.insert(options.end(), extra.begin(), extra.end());
   return Config::load((test::source_dir() / "configs/tiny_vicuna0.yaml").string(), options);
 }
@@ -91,7 +99,8 @@ TEST_CASE("training: the loss falls, resume continues exactly, stage 1 feeds sta
   train::run_training(run_config(data, tmp / "resumed"), first_half);
   CHECK_FALSE(fs::exists(tmp / "resumed/checkpoint_1.pth"));
   const auto resumed = train::run_training(
-      run_config(data, tmp / "resumed", {"run.resume_ckpt_path=" + (tmp / "resumed/checkpoint_0.pth").string()}), options);
+      run_config(data, tmp / "resumed", {"run.resume_ckpt_path=" + (tmp / "resumed/checkpoint_0.pth").string()}),
+      options);
   CHECK(resumed.global_step == 8);
   CHECK(torch::allclose(trained_projector(tmp / "resumed/checkpoint_1.pth"),
                         trained_projector(tmp / "straight/checkpoint_1.pth"), 0, 1e-7));
@@ -129,9 +138,9 @@ TEST_CASE("training LoRA adapters: checkpoints hold only them, each epoch writes
   CHECK(b.abs().max().item<double>() > 0);
   CHECK(torch::equal(b, saved.at("llama_model.model.layers.1.self_attn.v_proj.lora_B.default.weight")));
   // The checkpoint restores the adapter as model.ckpt of a run that configures it.
-  const auto again_config = run_config(
-      data, tmp / "again",
-      {"model.lora.llm.r=4", "model.lora.vit.r=2", "model.ckpt=" + (tmp / "run/checkpoint_0.pth").string()});
+  const auto again_config =
+      run_config(data, tmp / "again",
+                 {"model.lora.llm.r=4", "model.lora.vit.r=2", "model.ckpt=" + (tmp / "run/checkpoint_0.pth").string()});
   const auto again = load_minigpt4(MiniGPT4Config::from_config(again_config), torch::kCPU);
   const auto restored = again->named_parameters()["llama_model.model.layers.1.self_attn.v_proj.lora_B.default.weight"];
   CHECK(torch::equal(restored, b));
