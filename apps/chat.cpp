@@ -13,6 +13,8 @@
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/run_settings.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/processors/image_decode.h"
 #include "minigpt4/server/image_input.h"
@@ -61,7 +63,8 @@ void write_file(const std::filesystem::path& path, const std::string& bytes) {
 std::string file_word(const std::string& word) {
   std::string out;
   for (const char c : word)
-    if (std::isalnum(static_cast<unsigned char>(c))) out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (std::isalnum(static_cast<unsigned char>(c)))
+      out += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
   return out.empty() ? "punct" : out.substr(0, 40);
 }
 
@@ -81,17 +84,12 @@ void write_explanation(ChatSession& session, const std::string& image_path, cons
         write_file(std::filesystem::path(to.words_dir) / fmt::format("{:02d}_{}.png", i, file_word(e.words[i].word)),
                    explanation_png(rgb, e.words[i].map));
     }
-    std::fprintf(stderr, "(explanation: %s%s%s)\n", to.png.c_str(), !to.png.empty() && !to.words_dir.empty() ? ", " : "",
-                 to.words_dir.empty() ? "" : fmt::format("{} word pictures in {}", e.words.size(), to.words_dir).c_str());
+    std::fprintf(
+        stderr, "(explanation: %s%s%s)\n", to.png.c_str(), !to.png.empty() && !to.words_dir.empty() ? ", " : "",
+        to.words_dir.empty() ? "" : fmt::format("{} word pictures in {}", e.words.size(), to.words_dir).c_str());
   } catch (const Error& e) {
     std::fprintf(stderr, "cannot explain that answer: %s\n", e.what());
   }
-}
-
-std::string trim(const std::string& s) {
-  const auto begin = s.find_first_not_of(" \t\r\n");
-  if (begin == std::string::npos) return "";
-  return s.substr(begin, s.find_last_not_of(" \t\r\n") - begin + 1);
 }
 
 // The image the conversation is about: its path and pixel size (for the boxes of an answer).
@@ -112,8 +110,8 @@ CurrentImage image_for(const std::string& path) {
 // Boxes in the answer (ConLoRA's detection adapter answers with one), in the image's pixels.
 void print_boxes(const std::string& answer, const CurrentImage& image) {
   for (const auto& box : find_boxes(answer, image.width, image.height)) {
-    const auto bins = fmt::format("bins {} {} {} {} on the {} grid{}", box.bins[0], box.bins[1], box.bins[2], box.bins[3],
-                                  box.grid, box.clamped ? ", clamped" : "");
+    const auto bins = fmt::format("bins {} {} {} {} on the {} grid{}", box.bins[0], box.bins[1], box.bins[2],
+                                  box.bins[3], box.grid, box.clamped ? ", clamped" : "");
     const auto label = box.label.empty() ? "" : " '" + box.label + "'";
     if (box.has_pixels)
       std::fprintf(stderr, "(box%s: x %lld-%lld, y %lld-%lld px of the %lldx%lld image; %s)\n", label.c_str(),
@@ -133,9 +131,12 @@ void answer_to_terminal(ChatSession& session, const AnswerOptions& options, cons
     return true;
   });
   std::fputc('\n', stdout);
-  const double tps = reply.decode_seconds > 0 ? static_cast<double>(reply.tokens.size()) / (reply.decode_seconds + reply.prefill_seconds) : 0;
+  const double tps = reply.decode_seconds > 0
+                         ? static_cast<double>(reply.tokens.size()) / (reply.decode_seconds + reply.prefill_seconds)
+                         : 0;
   log::debug("{} prompt positions ({} from the cache), {} tokens, first token {:.2f} s, {:.1f} tokens/s, {}",
-             reply.prompt_tokens, reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds, tps, reply.finish_reason);
+             reply.prompt_tokens, reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds, tps,
+             reply.finish_reason);
   print_boxes(reply.text, image);
 }
 
@@ -144,8 +145,8 @@ void answer_to_terminal(ChatSession& session, const AnswerOptions& options, cons
 void switch_adapter(ChatSession& session, const ChatModel& model, const std::string& name, const CurrentImage& image,
                     const ExplainTo& explain) {
   if (name.empty()) {
-    std::fprintf(stderr, "LoRA adapters: %s (in use: %s)\n", fmt::format("{}", fmt::join(model.adapter_choices(), ", ")).c_str(),
-                 model.active_adapter().c_str());
+    std::fprintf(stderr, "LoRA adapters: %s (in use: %s)\n",
+                 fmt::format("{}", fmt::join(model.adapter_choices(), ", ")).c_str(), model.active_adapter().c_str());
     return;
   }
   try {
@@ -168,11 +169,11 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
   for (std::string line;;) {
     std::fprintf(stderr, "> ");
     if (!std::getline(std::cin, line)) break;
-    line = trim(line);
+    line = strip(line);
     if (line.empty()) continue;
     if (line == "/quit" || line == "/exit") break;
     if (line == "/lora" || line.rfind("/lora ", 0) == 0) {
-      switch_adapter(session, model, trim(line.substr(5)), image, explain);
+      switch_adapter(session, model, strip(line.substr(5)), image, explain);
       continue;
     }
     if (line == "/reset") {
@@ -182,7 +183,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
       continue;
     }
     if (line.rfind("/image", 0) == 0) {
-      const auto path = trim(line.substr(6));
+      const auto path = strip(line.substr(6));
       try {
         upload(session, model, path, explain);
         image = image_for(path);
@@ -195,7 +196,7 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
     session.ask(line);
     answer_to_terminal(session, options, image);
     write_explanation(session, image.path, explain);  // each answer replaces the last one's pictures
-    ++options.seed;  // a fresh draw each round
+    ++options.seed;                                   // a fresh draw each round
   }
 }
 
@@ -204,7 +205,9 @@ void interactive(ChatSession& session, const ChatModel& model, AnswerOptions opt
 void add_chat_command(CLI::App& app) {
   auto args = std::make_shared<ChatArgs>();
   auto* cmd = app.add_subcommand("chat", "Talk with a model about an image (demo.py in the terminal)");
-  cmd->add_option("--cfg-path", args->cfg_path, "eval config (YAML), e.g. eval_configs/minigpt4_eval.yaml")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--cfg-path", args->cfg_path, "eval config (YAML), e.g. eval_configs/minigpt4_eval.yaml")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--options", args->options, "config overrides, key=value");
   cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index (run.device: cuda)")->capture_default_str();
   cmd->add_option("--image", args->image, "picture to talk about (JPEG, PNG, ...)")->check(CLI::ExistingFile);
@@ -219,11 +222,14 @@ void add_chat_command(CLI::App& app) {
   cmd->add_option("--temperature", a.temperature, "sampling temperature; 0: greedy")->capture_default_str();
   cmd->add_option("--top-p", a.top_p, "nucleus sampling")->capture_default_str();
   cmd->add_option("--top-k", a.top_k, "top-k sampling (0: off)")->capture_default_str();
-  cmd->add_option_function<double>("--repetition-penalty", [args](double p) { args->answer.repetition_penalty = p; },
-                                   "HF repetition penalty (default: the config's model.repetition_penalty, else 1.0)");
-  cmd->add_option("--max-length", a.max_length, "prompt + answer limit (the prompt is cut from the left)")->capture_default_str();
-  cmd->add_option_function<uint64_t>("--seed", [args](uint64_t seed) { args->answer.seed = seed, args->random_seed = false; },
-                                     "sampling seed (default: random)");
+  cmd->add_option_function<double>(
+      "--repetition-penalty", [args](double p) { args->answer.repetition_penalty = p; },
+      "HF repetition penalty (default: the config's model.repetition_penalty, else 1.0)");
+  cmd->add_option("--max-length", a.max_length, "prompt + answer limit (the prompt is cut from the left)")
+      ->capture_default_str();
+  cmd->add_option_function<uint64_t>(
+      "--seed", [args](uint64_t seed) { args->answer.seed = seed, args->random_seed = false; },
+      "sampling seed (default: random)");
   cmd->add_flag("--no-cache", args->no_cache, "recompute the whole conversation each round, as the original");
   cmd->add_option("--explain", args->explain_png,
                   "write what the answer looked at as a heat map over the image (PNG; interactive: after each answer)");
@@ -232,7 +238,7 @@ void add_chat_command(CLI::App& app) {
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
     apply_input_limits(config);  // limits.*: what input files may make us allocate
-    const auto device = select_device(config.get_string("run.device", "cuda"), args->gpu_id);
+    const auto device = select_device(RunSettings::from_config(config).device, args->gpu_id);
     log::info("device: {}", describe_device(device));
     const auto model = ChatModel::load(config, device);
     if (!args->lora.empty()) model->use_adapter(args->lora);  // before the image is encoded

@@ -9,11 +9,11 @@
 namespace minigpt4::apps {
 
 void add_config_keys_command(CLI::App& app) {
-  auto* cmd = app.add_subcommand("config-keys", "List every config key with its type and meaning (Markdown)");
+  auto* cmd = app.add_subcommand("config-keys", "List every config key with its type, default and meaning (Markdown)");
   cmd->callback([] {
-    fmt::print("| key | type | meaning |\n| --- | --- | --- |\n");
+    fmt::print("| key | type | default | meaning |\n| --- | --- | --- | --- |\n");
     for (const auto& key : config_schema())
-      fmt::print("| `{}` | {} | {} |\n", key.pattern, value_type_name(key.type), key.doc);
+      fmt::print("| `{}` | {} | {} | {} |\n", key.pattern, value_type_name(key.type), key.default_value, key.doc);
     fmt::print("\nDataset names (`datasets.<name>`): {}\n", fmt::join(known_datasets(), ", "));
   });
 }

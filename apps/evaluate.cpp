@@ -7,9 +7,10 @@
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
-#include "minigpt4/dist/environment.h"
-#include "minigpt4/dist/group.h"
-#include "minigpt4/dist/init.h"
+#include "minigpt4/common/run_settings.h"
+#include "minigpt4/distributed/environment.h"
+#include "minigpt4/distributed/group.h"
+#include "minigpt4/distributed/init.h"
 #include "minigpt4/evaluate/runner.h"
 
 #include <fmt/format.h>
@@ -24,8 +25,9 @@ void add_evaluate_command(CLI::App& app) {
     int64_t stop_after = -1;
   };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("evaluate", "Answer a benchmark's images/questions with a model and score them "
-                                             "(results.json, metrics.json); resumes where a killed run stopped");
+  auto* cmd = app.add_subcommand("evaluate",
+                                 "Answer a benchmark's images/questions with a model and score them "
+                                 "(results.json, metrics.json); resumes where a killed run stopped");
   cmd->add_option("--cfg-path", args->cfg_path, "eval config with an evaluation: section (eval_configs/*.yaml)")
       ->required()
       ->check(CLI::ExistingFile);
@@ -38,10 +40,11 @@ void add_evaluate_command(CLI::App& app) {
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
     apply_input_limits(config);  // limits.*: what input files may make us allocate
-    const auto launch = dist::launch_environment_from_env();
+    const auto launch = distributed::launch_environment_from_env();
+    const RunSettings run = RunSettings::from_config(config);
     evaluate::EvaluateOptions options;
-    options.device = select_device(config.get_string("run.device", "cuda"), dist::gpu_for_rank(launch, args->gpu_id));
-    options.group = dist::init_distributed(config, launch, options.device);
+    options.device = select_device(run.device, distributed::gpu_for_rank(launch, args->gpu_id));
+    options.group = distributed::init_distributed(run.distributed, launch, options.device);
     options.stop_after = args->stop_after;
     log::info("device: {}", describe_device(options.device));
     const auto result = evaluate::run_evaluation(config, options);

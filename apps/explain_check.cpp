@@ -9,6 +9,7 @@
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/limits.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/quickstart/explain_check.h"
 
 #include <fmt/format.h>
@@ -26,22 +27,28 @@ void add_explain_check_command(CLI::App& app) {
     quickstart::ExplainCheckOptions check;
   };
   auto args = std::make_shared<Args>();
-  auto* cmd = app.add_subcommand("explain-check", "Measure whether answers' explanations point at the objects their "
-                                                  "words name, on a synthetic world's held-out pictures (JSON)");
-  cmd->add_option("--cfg-path", args->cfg_path, "eval config of the model (the quickstart writes one)")->required()->check(CLI::ExistingFile);
+  auto* cmd = app.add_subcommand("explain-check",
+                                 "Measure whether answers' explanations point at the objects their "
+                                 "words name, on a synthetic world's held-out pictures (JSON)");
+  cmd->add_option("--cfg-path", args->cfg_path, "eval config of the model (the quickstart writes one)")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--options", args->options, "config overrides, key=value");
-  cmd->add_option("--heldout", args->check.heldout_root, "held-out folder of a `minigpt4 synth` world (annotations.json with boxes)")
-      ->required()->check(CLI::ExistingDirectory);
+  cmd->add_option("--heldout", args->check.heldout_root,
+                  "held-out folder of a `minigpt4 synth` world (annotations.json with boxes)")
+      ->required()
+      ->check(CLI::ExistingDirectory);
   cmd->add_option("--limit", args->check.limit, "first N pictures (-1: all)")->capture_default_str();
   cmd->add_option("--question", args->check.question, "what to ask about each picture")->capture_default_str();
   cmd->add_option("--max-new-tokens", args->check.max_new_tokens, "answer length limit")->capture_default_str();
-  cmd->add_option("--pictures", args->check.pictures_dir, "write overlays of the first pictures here (and of the control under shuffled/)");
+  cmd->add_option("--pictures", args->check.pictures_dir,
+                  "write overlays of the first pictures here (and of the control under shuffled/)");
   cmd->add_option("--picture-count", args->check.pictures, "how many pictures to draw")->capture_default_str();
   cmd->add_option("--out", args->out, "also write the JSON here");
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
     apply_input_limits(config);
-    const auto device = select_device(config.get_string("run.device", "cpu"), 0);
+    const auto device = select_device(RunSettings::from_config(config).device, 0);
     const auto model = ChatModel::load(config, device);
     const auto control = ChatModel::load(config, device);
     const auto result = quickstart::check_explanations(*model, *control, args->check).to_json();

@@ -2,7 +2,7 @@
 // benchmark's predictions (COCO / NoCaps captions, VQAv2, OK-VQA, GQA) and print the metrics
 // as JSON (docs/evaluation.md).
 #include "apps/commands.h"
-#include "minigpt4/eval/score.h"
+#include "minigpt4/metrics/score.h"
 
 #include <fmt/format.h>
 
@@ -13,12 +13,13 @@ namespace minigpt4::apps {
 void add_score_command(CLI::App& app) {
   struct ScoreArgs {
     std::string task;
-    eval::ScoreFiles files;
+    metrics::ScoreFiles files;
     std::string vqa_evaluator;
   };
   auto args = std::make_shared<ScoreArgs>();
-  auto* cmd = app.add_subcommand("score", "Score predictions against a benchmark's annotations and print the "
-                                          "metrics as JSON (captions: BLEU, ROUGE-L, CIDEr; VQA/GQA accuracy)");
+  auto* cmd = app.add_subcommand("score",
+                                 "Score predictions against a benchmark's annotations and print the "
+                                 "metrics as JSON (captions: BLEU, ROUGE-L, CIDEr; VQA/GQA accuracy)");
   cmd->add_option("--task", args->task, "coco_caption | nocaps | vqav2 | okvqa | gqa")->required();
   cmd->add_option("--annotations", args->files.annotations,
                   "captions (Karpathy list or COCO captions_*.json), VQA annotations, or GQA questions with answers")
@@ -34,9 +35,9 @@ void add_score_command(CLI::App& app) {
                   "normalises every prediction)")
       ->default_val("2021");
   cmd->callback([args] {
-    const auto task = eval::parse_task(args->task);
-    args->files.vqa_evaluator = eval::parse_vqa_evaluator(args->vqa_evaluator);
-    fmt::print("{}\n", eval::score(task, args->files).dump(2));
+    const auto task = metrics::parse_task(args->task);
+    args->files.vqa_evaluator = metrics::parse_vqa_evaluator(args->vqa_evaluator);
+    fmt::print("{}\n", metrics::score(task, args->files).dump(2));
   });
 }
 

@@ -6,6 +6,7 @@
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/server/server.h"
 
 #include <atomic>
@@ -36,7 +37,7 @@ void request_stop(int) { stop_requested = true; }
 void run_serve(ServeArgs& args) {
   const auto config = Config::load(args.cfg_path, args.options);
   apply_input_limits(config);  // limits.*: what input files may make us allocate
-  const auto device = select_device(config.get_string("run.device", "cuda"), args.gpu_id);
+  const auto device = select_device(RunSettings::from_config(config).device, args.gpu_id);
   log::info("device: {}", describe_device(device));
   const auto model = ChatModel::load(config, device);
 
@@ -53,8 +54,8 @@ void run_serve(ServeArgs& args) {
     log::info("LoRA adapters: {}; requests without 'lora' use {}", fmt::join(model->adapter_choices(), ", "),
               options.lora.empty() ? model->active_adapter() : options.lora);
   const int port = server.bind();
-  log::info("serving {} on http://{}:{}/ (OpenAI API at /v1/chat/completions); Ctrl-C stops", model->name,
-            options.host, port);
+  log::info("serving {} on http://{}:{}/ (OpenAI API at /v1/chat/completions); Ctrl-C stops", model->name, options.host,
+            port);
   if (options.host != "127.0.0.1" && options.host != "localhost" && options.host != "::1")
     log::warn("listening on {}: anyone who can reach this address can use the model (there is no authentication)",
               options.host);
@@ -86,56 +87,97 @@ void add_serve_command(CLI::App& app) {
   auto args = std::make_shared<ServeArgs>();
   auto& s = args->server;
   auto* cmd = app.add_subcommand("serve", "Web demo and OpenAI-compatible API (demo.py as a server)");
-  cmd->add_option("--cfg-path", args->cfg_path, "eval config (YAML), e.g. eval_configs/minigpt4_eval.yaml")->required()->check(CLI::ExistingFile);
+  cmd->add_option("--cfg-path", args->cfg_path, "eval config (YAML), e.g. eval_configs/minigpt4_eval.yaml")
+      ->required()
+      ->check(CLI::ExistingFile);
   cmd->add_option("--options", args->options, "config overrides, key=value");
   cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index (run.device: cuda)")->capture_default_str();
-  cmd->add_option("--host", s.host, "address to listen on (0.0.0.0: every interface; no authentication!)")->capture_default_str();
+  cmd->add_option("--host", s.host, "address to listen on (0.0.0.0: every interface; no authentication!)")
+      ->capture_default_str();
   cmd->add_option("--port", s.port, "TCP port (0: any free port)")->capture_default_str()->check(CLI::Range(0, 65535));
   cmd->add_option("--max-upload-mb", args->max_upload_mb, "largest request body (images come base64-encoded inside)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-image-pixels", s.limits.image.max_pixels, "largest image, width x height")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-image-side", s.limits.image.max_side, "longest image side in pixels")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-tokens", s.limits.max_tokens, "most new tokens one request may ask for")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--default-max-tokens", s.limits.default_max_tokens, "new tokens when a request does not say")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-queue", s.max_waiting, "requests that may wait for the model (more get 503)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-generation-seconds", s.max_generation_seconds, "time limit of one answer")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-sessions", s.max_sessions, "web-page conversations kept (each holds a KV cache)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--session-idle-minutes", args->session_idle_minutes, "a page conversation unused this long is dropped")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--io-timeout", s.io_timeout_seconds, "seconds one write of an answer may wait for a client that does not read")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-image-pixels", s.limits.image.max_pixels, "largest image, width x height")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-image-side", s.limits.image.max_side, "longest image side in pixels")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-tokens", s.limits.max_tokens, "most new tokens one request may ask for")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--default-max-tokens", s.limits.default_max_tokens, "new tokens when a request does not say")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-queue", s.max_waiting, "requests that may wait for the model (more get 503)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-generation-seconds", s.max_generation_seconds, "time limit of one answer")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-sessions", s.max_sessions, "web-page conversations kept (each holds a KV cache)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--session-idle-minutes", args->session_idle_minutes,
+                  "a page conversation unused this long is dropped")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--io-timeout", s.io_timeout_seconds,
+                  "seconds one write of an answer may wait for a client that does not read")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   // Abuse limits (docs/serving.md, "Limits and safety").
   cmd->add_option("--max-prompt-tokens", s.limits.max_prompt_tokens,
                   "most text tokens in a request's prompt (0: the model's context length); longer text is refused "
                   "before it is tokenized")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--max-images-per-request", s.limits.max_images, "images one request may carry")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-request-pixels", s.limits.max_request_pixels, "pixels of one request's images together (from their headers)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-images-per-request", s.limits.max_images, "images one request may carry")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-request-pixels", s.limits.max_request_pixels,
+                  "pixels of one request's images together (from their headers)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--max-decode-pixels", s.max_decode_pixels, "pixels being decoded at once by all requests together")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--max-connections", s.max_connections,
                   "open connections (at the limit the one waiting longest for its request is closed for a newcomer)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--max-connections-per-ip", s.max_connections_per_ip,
                   "open connections from one client address (at the limit its own longest-waiting one is closed; "
                   "429 when all are being answered); 0: no limit, e.g. behind a reverse proxy")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
-  cmd->add_option("--max-header-bytes", s.max_header_bytes, "request line and headers, in bytes (more: 431)")->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--max-headers", s.max_header_count, "header lines of a request (more: 431)")->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--max-header-bytes", s.max_header_bytes, "request line and headers, in bytes (more: 431)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--max-headers", s.max_header_count, "header lines of a request (more: 431)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--header-timeout", args->header_timeout,
-                  "seconds for the request line and headers to arrive, from the connection's start or its previous answer (then 408)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+                  "seconds for the request line and headers to arrive, from the connection's start or its previous "
+                  "answer (then 408)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--request-timeout", args->request_timeout,
                   "seconds for the whole request, body included, to arrive, however slowly it trickles (then 408)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--keep-alive-timeout", args->keep_alive, "seconds an idle kept-alive connection stays open")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--max-buffered-mb", args->max_buffered_mb,
                   "request bytes held at once by requests still arriving or being answered (more: 503)")
-      ->capture_default_str()->check(CLI::PositiveNumber);
-  cmd->add_option("--http-threads", s.http_threads, "threads answering requests (0: --max-queue + 8); /health has its own")
-      ->capture_default_str()->check(CLI::NonNegativeNumber);
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--http-threads", s.http_threads,
+                  "threads answering requests (0: --max-queue + 8); /health has its own")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--lora", s.lora,
                   "LoRA task adapter of requests that name none (a name of model.lora_path, or original); default: "
                   "model.lora_active. Requests choose their own with \"lora\" (API) or the page's task selector");

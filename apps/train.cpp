@@ -5,9 +5,10 @@
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
-#include "minigpt4/dist/environment.h"
-#include "minigpt4/dist/group.h"
-#include "minigpt4/dist/init.h"
+#include "minigpt4/common/run_settings.h"
+#include "minigpt4/distributed/environment.h"
+#include "minigpt4/distributed/group.h"
+#include "minigpt4/distributed/init.h"
 #include "minigpt4/train/trainer.h"
 
 namespace minigpt4::apps {
@@ -27,10 +28,11 @@ void add_train_command(CLI::App& app) {
   cmd->callback([args] {
     const auto config = Config::load(args->cfg_path, args->options);
     apply_input_limits(config);  // limits.*: what input files may make us allocate
-    const auto launch = dist::launch_environment_from_env();
+    const auto launch = distributed::launch_environment_from_env();
+    const RunSettings run = RunSettings::from_config(config);
     train::TrainOptions options;
-    options.device = select_device(config.get_string("run.device", "cuda"), dist::gpu_for_rank(launch, args->gpu_id));
-    options.group = dist::init_distributed(config, launch, options.device);
+    options.device = select_device(run.device, distributed::gpu_for_rank(launch, args->gpu_id));
+    options.group = distributed::init_distributed(run.distributed, launch, options.device);
     log::info("device: {}", describe_device(options.device));
     const auto result = train::run_training(config, options);
     log::info("done: {} steps, loss {:.4f} -> {:.4f}; last checkpoint {}", result.global_step, result.first_loss,

@@ -55,7 +55,8 @@ std::shared_ptr<const minigpt4::ChatModel> random_chat_model(const bench::Shape&
   chat->model = std::make_shared<minigpt4::MiniGPT4>(config, s.llama, torch::kCPU);
   bench::randomise(*chat->model);
   chat->model->eval();
-  chat->tokenizer = std::make_shared<minigpt4::LlamaTokenizer>(minigpt4::LlamaTokenizer::from_model_file(tokenizer_path));
+  chat->tokenizer =
+      std::make_shared<minigpt4::LlamaTokenizer>(minigpt4::LlamaTokenizer::from_model_file(tokenizer_path));
   const int64_t pieces = chat->tokenizer->vocab_size();
   if (s.llama.vocab_size > pieces) {
     auto llm = std::dynamic_pointer_cast<minigpt4::LlamaForCausalLM>(chat->model->llama_model);
@@ -90,13 +91,14 @@ struct LoopResult {
 
 LoopResult time_loop(const minigpt4::evaluate::Predictor& predictor, const std::vector<EvalItem>& items, size_t batch,
                      bool warm_up) {
-  if (warm_up) predictor.predict({items.begin(), items.begin() + static_cast<std::ptrdiff_t>(std::min(batch, items.size()))});
+  if (warm_up)
+    predictor.predict({items.begin(), items.begin() + static_cast<std::ptrdiff_t>(std::min(batch, items.size()))});
   LoopResult r;
   const auto start = Clock::now();
   for (size_t first = 0; first < items.size(); first += batch) {
     const auto last = std::min(items.size(), first + batch);
-    const auto answers = predictor.predict({items.begin() + static_cast<std::ptrdiff_t>(first),
-                                            items.begin() + static_cast<std::ptrdiff_t>(last)});
+    const auto answers = predictor.predict(
+        {items.begin() + static_cast<std::ptrdiff_t>(first), items.begin() + static_cast<std::ptrdiff_t>(last)});
     r.answers.insert(r.answers.end(), answers.begin(), answers.end());
   }
   r.items_per_second = static_cast<double>(items.size()) / std::chrono::duration<double>(Clock::now() - start).count();
@@ -139,7 +141,7 @@ int main(int argc, char** argv) {
     const auto model = random_chat_model(s, tokenizer_path);
     const auto items = make_items(scratch / s.name, n);
     minigpt4::evaluate::EvalSettings settings;
-    settings.task = minigpt4::eval::Task::vqav2;
+    settings.task = minigpt4::metrics::Task::vqav2;
     settings.prompt = minigpt4::evaluate::default_prompt(settings.task);
     settings.max_new_tokens = max_new_tokens;
     const minigpt4::evaluate::Predictor predictor(model, settings);

@@ -9,6 +9,7 @@
 // Nothing is asserted: benchmarks/bench_train_step_hf.py runs this binary next to the same
 // step in Python PyTorch and prints the ratio.
 #include "benchmarks/bench_shapes.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
@@ -63,7 +64,7 @@ nlohmann::json bench_shape(const Shape& s, const minigpt4::Tokenizer& tokenizer,
   model->apply_freezing();  // only llama_proj trains
 
   const auto run = minigpt4::Config::from_yaml("run:\n  init_lr: 1e-4\n  weight_decay: 0.05\n", "bench_train_step");
-  auto optimizer = minigpt4::train::make_optimizer(*model, run);
+  auto optimizer = minigpt4::train::make_optimizer(*model, minigpt4::RunSettings::from_config(run));
 
   const auto images = torch::randn({s.batch, 3, s.vit.image_size, s.vit.image_size});
   const std::vector<std::string> captions(static_cast<size_t>(s.batch), long_caption());
@@ -110,7 +111,8 @@ int main(int argc, char** argv) {
   app.add_option("--repeats", repeats, "timed steps (0: the shape's default)")->check(CLI::NonNegativeNumber);
   app.add_option("--warmup", warmup, "untimed steps first (-1: the shape's default)");
   app.add_option("--threads", threads, "at::set_num_threads (0: LibTorch's default)")->check(CLI::NonNegativeNumber);
-  app.add_option("--tokenizer", tokenizer_path, "sentencepiece model for the captions (ids must fit both vocabularies)");
+  app.add_option("--tokenizer", tokenizer_path,
+                 "sentencepiece model for the captions (ids must fit both vocabularies)");
   app.add_option("--json", json_path, "write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
   if (threads > 0) at::set_num_threads(threads);

@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 mapfile -t files < <(git ls-files -co --exclude-standard -- 'minigpt4/*.cpp' 'minigpt4/*.h' 'apps/*.cpp' 'apps/*.h' \
-  'tests/*.cpp' 'tests/*.h' 'benchmarks/*.cpp' 'benchmarks/*.h' 'examples/*.cpp' | grep -v '^tests/fuzz/corpus/')
+  'tests/*.cpp' 'tests/*.h' 'benchmarks/*.cpp' 'benchmarks/*.h' 'examples/*.cpp' | grep -v '^tests/fuzz/corpus/' |
+  while read -r f; do [ -f "$f" ] && echo "$f"; done)  # (files deleted but not yet committed are listed too)
 if [ "${1:-}" = --check ]; then
   if ! clang-format --dry-run -Werror "${files[@]}" 2> /tmp/minigpt4-format.$$; then
     grep 'code should be clang-formatted' /tmp/minigpt4-format.$$ | cut -d: -f1 | sort -u | sed 's/^/  not formatted: /'

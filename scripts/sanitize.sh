@@ -15,11 +15,11 @@ export ASAN_OPTIONS="detect_leaks=0:abort_on_error=1:detect_odr_violation=0"
 export UBSAN_OPTIONS="print_stacktrace=1:halt_on_error=1"
 export TSAN_OPTIONS="halt_on_error=1:second_deadlock_stack=1:suppressions=$ROOT/tests/tsan.supp"
 if [ "$SANITIZERS" = thread ]; then
-  targets=(test_data_pipeline test_server test_distributed)
-  tests='^(data_pipeline|server|distributed)$'
+  targets=(test_datasets test_server test_distributed)
+  tests='^(datasets|server|distributed)$'
 else
-  targets=(test_common test_io test_processors test_tokenizer test_data_pipeline test_server)
-  tests='^(common|io|processors|tokenizer|data_pipeline|server)$|^fuzz_'
+  targets=(test_common test_io test_processors test_tokenizer test_datasets test_server)
+  tests='^(common|io|processors|tokenizer|datasets|server)$|^fuzz_'
   mapfile -t fuzz < <(cmake --build "$BUILD" --target help | sed -n 's/^\(fuzz_[a-z_]*\):.*/\1/p')
   targets+=("${fuzz[@]}")
 fi

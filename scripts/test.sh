@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command: install everything (scripts/setup.sh), build, run every CTest test
-# (the fuzz corpora and crash reproducers included, label `fuzz`). Extra arguments go to
+# The test command: install everything (scripts/setup.sh), check the code's format, build
+# with warnings as errors, run every CTest test (the fuzz corpora and crash reproducers
+# included, label `fuzz`; the installed package building examples/, label `install`). Extra arguments go to
 # ctest (e.g. `-L parity`). Extra fixture cases: MINIGPT4_PARITY_DIRS.
 # Then, unless ctest arguments were given or MINIGPT4_SANITIZER_PASS=0, it builds the parsers
 # and the server again with ASan + UBSan and runs their unit tests and the fuzz replays
@@ -9,7 +10,9 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD="${MINIGPT4_BUILD_DIR:-$ROOT/build}"
 "$ROOT/scripts/setup.sh"
-cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release
+"$ROOT/scripts/format.sh" --check
+# Warnings are errors here (MINIGPT4_WERROR), so none creeps in.
+cmake -S "$ROOT" -B "$BUILD" -G Ninja -DCMAKE_BUILD_TYPE=Release -DMINIGPT4_WERROR=ON
 cmake --build "$BUILD" -j"$(nproc)"
 ctest --test-dir "$BUILD" --output-on-failure "$@"
 

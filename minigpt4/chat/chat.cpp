@@ -3,6 +3,7 @@
 
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/minigpt4_lora.h"
 #include "minigpt4/processors/image_processor.h"
@@ -84,8 +85,6 @@ Visible visible_answer(std::string text) {
   return v;
 }
 
-bool starts_with(const std::string& s, const std::string& prefix) { return s.compare(0, prefix.size(), prefix) == 0; }
-
 }  // namespace
 
 std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device device) {
@@ -103,7 +102,8 @@ std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device dev
   for (const auto& text : config.get_string_list("model.stop_token_ids")) {
     int64_t id = -1;
     const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), id);
-    if (error != std::errc() || end != text.data() + text.size() || id < 0 || id >= chat->model->llama_model->vocab_size())
+    if (error != std::errc() || end != text.data() + text.size() || id < 0 ||
+        id >= chat->model->llama_model->vocab_size())
       fail("model.stop_token_ids: '{}' is not a token id of this LLM (0..{}) ({})", text,
            chat->model->llama_model->vocab_size() - 1, config.source_of("model.stop_token_ids"));
     chat->stop_token_ids.push_back(id);
@@ -156,7 +156,8 @@ std::string ChatModel::active_adapter() const { return minigpt4::active_adapter(
 void ChatModel::use_adapter(const std::string& name) const {
   const auto choices = adapter_choices();
   if (std::find(choices.begin(), choices.end(), name) == choices.end())
-    fail("unknown LoRA adapter '{}'; this model holds: {} (model.lora_path names them)", name, fmt::join(choices, ", "));
+    fail("unknown LoRA adapter '{}'; this model holds: {} (model.lora_path names them)", name,
+         fmt::join(choices, ", "));
   if (choices.size() == 1) return;  // no adapters: always the base model
   if (minigpt4::active_adapter(*model) != name) set_active_adapter(*model, name, /*merge=*/false);
 }
@@ -241,7 +242,8 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
   const int64_t overflow = embeds.size(1) + options.max_new_tokens - options.max_length;
   last_answer_.reset();
   if (overflow > 0) {
-    if (overflow >= embeds.size(1)) fail("chat: max_new_tokens {} leaves no room in max_length {}", options.max_new_tokens, options.max_length);
+    if (overflow >= embeds.size(1))
+      fail("chat: max_new_tokens {} leaves no room in max_length {}", options.max_new_tokens, options.max_length);
     embeds = embeds.slice(1, overflow);
     keys.erase(keys.begin(), keys.begin() + overflow);
   }
@@ -336,7 +338,8 @@ Explanation ChatSession::explain(bool per_word) {
   }
   if (!image) fail("explain: no image is wholly in the last answer's prompt (none uploaded, or cut to fit max_length)");
   if (!vision_tokens_[*image].defined())
-    fail("explain: image {} was uploaded without its vision_tokens (encode it with them to explain answers)", *image + 1);
+    fail("explain: image {} was uploaded without its vision_tokens (encode it with them to explain answers)",
+         *image + 1);
 
   const auto words = answer_words(last.tokens, tokenizer, model_->stop_token_ids);
   if (words.empty()) fail("explain: the answer has no words to explain");
@@ -348,7 +351,8 @@ Explanation ChatSession::explain(bool per_word) {
   auto images = images_;
   images[*image] = model.project(model.image_queries(vision));
   auto inputs = model.context_embedding(last.prompt, images, tokenizer).slice(1, last.cut);
-  if (inputs.size(1) != static_cast<int64_t>(keys.size())) fail("explain: the prompt no longer has {} positions", keys.size());
+  if (inputs.size(1) != static_cast<int64_t>(keys.size()))
+    fail("explain: the prompt no longer has {} positions", keys.size());
   const int64_t answer_tokens = static_cast<int64_t>(last.tokens.size());
   if (answer_tokens > 1) {
     const std::vector<int64_t> fed(last.tokens.begin(), last.tokens.end() - 1);
@@ -374,7 +378,8 @@ Explanation ChatSession::explain(bool per_word) {
   for (const auto& w : words) all.insert(all.end(), w.token_indices.begin(), w.token_indices.end());
   e.answer_map = saliency(all, per_word);
   if (per_word)
-    for (size_t i = 0; i < words.size(); ++i) e.words.push_back({words[i].text, saliency(words[i].token_indices, i + 1 < words.size())});
+    for (size_t i = 0; i < words.size(); ++i)
+      e.words.push_back({words[i].text, saliency(words[i].token_indices, i + 1 < words.size())});
   return e;
 }
 

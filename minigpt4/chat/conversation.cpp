@@ -1,6 +1,7 @@
 #include "minigpt4/chat/conversation.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 
 namespace minigpt4 {
 
@@ -10,15 +11,10 @@ const char* kVisionSystem =
     "Give the following image: <Img>ImageContent</Img>. You will be able to see the image "
     "once I provide it to you. Please answer my questions.";
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 }  // namespace
 
-Conversation::Conversation(std::string system, std::vector<std::string> roles,
-                           SeparatorStyle sep_style, std::string sep,
-                           std::optional<std::string> sep2, RoleFormat role_format)
+Conversation::Conversation(std::string system, std::vector<std::string> roles, SeparatorStyle sep_style,
+                           std::string sep, std::optional<std::string> sep2, RoleFormat role_format)
     : system_(std::move(system)),
       roles_(std::move(roles)),
       sep_style_(sep_style),
@@ -26,8 +22,7 @@ Conversation::Conversation(std::string system, std::vector<std::string> roles,
       sep2_(std::move(sep2)),
       role_format_(role_format) {
   if (roles_.size() != 2) fail("Conversation: expected 2 roles, got {}", roles_.size());
-  if (sep_style_ == SeparatorStyle::Two && !sep2_)
-    fail("Conversation: separator style TWO needs sep2");
+  if (sep_style_ == SeparatorStyle::Two && !sep2_) fail("Conversation: separator style TWO needs sep2");
 }
 
 std::string Conversation::get_prompt() const {
@@ -70,19 +65,19 @@ void Conversation::set_answer(const std::string& text) {
 }
 
 Conversation conv_vision_v0() {
-  return Conversation(kVisionSystem, {"Human", "Assistant"}, SeparatorStyle::Single, "###",
-                      std::nullopt, RoleFormat::Colon);
+  return Conversation(kVisionSystem, {"Human", "Assistant"}, SeparatorStyle::Single, "###", std::nullopt,
+                      RoleFormat::Colon);
 }
 
 Conversation conv_vision_vicuna0() {
-  return Conversation(kVisionSystem, {"Human: ", "Assistant: "}, SeparatorStyle::Single, "###",
-                      std::nullopt, RoleFormat::Verbatim);
+  return Conversation(kVisionSystem, {"Human: ", "Assistant: "}, SeparatorStyle::Single, "###", std::nullopt,
+                      RoleFormat::Verbatim);
 }
 
 Conversation conv_vision_llama2() {
   // The literal "<s>" in the role is turned into the bos id by the tokenizer.
-  return Conversation(kVisionSystem, {"<s>[INST] ", " [/INST] "}, SeparatorStyle::Single, "",
-                      std::nullopt, RoleFormat::Verbatim);
+  return Conversation(kVisionSystem, {"<s>[INST] ", " [/INST] "}, SeparatorStyle::Single, "", std::nullopt,
+                      RoleFormat::Verbatim);
 }
 
 Conversation conv_vision_minigptv2() {
@@ -94,19 +89,12 @@ Conversation conversation_template(const std::string& name) {
   if (name == "CONV_VISION_Vicuna0" || name == "vicuna0") return conv_vision_vicuna0();
   if (name == "CONV_VISION_LLama2" || name == "llama2") return conv_vision_llama2();
   if (name == "CONV_VISION_minigptv2" || name == "minigptv2") return conv_vision_minigptv2();
-  fail("unknown conversation template '{}' (expected CONV_VISION, CONV_VISION_Vicuna0, CONV_VISION_LLama2 or "
-       "CONV_VISION_minigptv2)",
-       name);
+  fail(
+      "unknown conversation template '{}' (expected CONV_VISION, CONV_VISION_Vicuna0, CONV_VISION_LLama2 or "
+      "CONV_VISION_minigptv2)",
+      name);
 }
 
-std::vector<std::string> split_image_placeholder(const std::string& prompt) {
-  const std::string marker = kImagePlaceholder;
-  std::vector<std::string> segments;
-  size_t start = 0;
-  for (size_t at; (at = prompt.find(marker, start)) != std::string::npos; start = at + marker.size())
-    segments.push_back(prompt.substr(start, at - start));
-  segments.push_back(prompt.substr(start));
-  return segments;
-}
+std::vector<std::string> split_image_placeholder(const std::string& prompt) { return split(prompt, kImagePlaceholder); }
 
 }  // namespace minigpt4

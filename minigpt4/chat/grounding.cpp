@@ -1,6 +1,7 @@
 // Boxes in an answer: ConLoRA's `<bin_N>` quadruples and MiniGPT-v2's `{<N><N><N><N>}`
 // (grounding.h describes both conventions and the rounding).
 #include "minigpt4/chat/grounding.h"
+#include "minigpt4/common/strings.h"
 
 #include <algorithm>
 #include <optional>
@@ -101,13 +102,6 @@ std::optional<GroundingBox> box_at(const std::string& s, size_t at, int64_t widt
   return box;
 }
 
-std::string trim(const std::string& s) {
-  size_t begin = 0, end = s.size();
-  while (begin < end && is_space(s[begin])) ++begin;
-  while (end > begin && is_space(s[end - 1])) --end;
-  return s.substr(begin, end - begin);
-}
-
 }  // namespace
 
 std::vector<GroundingBox> find_boxes(const std::string& answer, int64_t width, int64_t height,
@@ -121,7 +115,7 @@ std::vector<GroundingBox> find_boxes(const std::string& answer, int64_t width, i
   while (i < answer.size()) {
     if (starts_with_at(answer, i, "<p>")) {
       if (const auto close = answer.find("</p>", i + 3); close != std::string::npos) {
-        label = trim(answer.substr(i + 3, close - i - 3));
+        label = strip(answer.substr(i + 3, close - i - 3));
         label_open = true;
         i = close + 4;
         continue;

@@ -12,6 +12,8 @@ struct ConfigKey {
   std::string pattern;  // dotted path; `*` matches one name (a dataset, a split)
   ValueType type;
   std::string doc;
+  // Shown by `minigpt4 config-keys`; "" when the key has none (absent means off or unused).
+  std::string default_value = "";
 };
 
 const std::vector<ConfigKey>& config_schema();
@@ -25,7 +27,7 @@ struct DatasetName {
   std::string why_not;
 };
 const std::vector<DatasetName>& dataset_catalog();
-const std::vector<std::string>& known_datasets();     // the catalog's names
+const std::vector<std::string>& known_datasets();               // the catalog's names
 const DatasetName* find_dataset_name(const std::string& name);  // nullptr: unknown
 std::string value_type_name(ValueType type);
 

@@ -25,30 +25,36 @@ void set_input_limits(const InputLimits& limits) {
   current() = limits;
 }
 
+const std::vector<std::pair<const char*, int64_t InputLimits::*>>& input_limit_fields() {
+  static const std::vector<std::pair<const char*, int64_t InputLimits::*>> fields = {
+      {"max_image_pixels", &InputLimits::max_image_pixels},
+      {"max_json_depth", &InputLimits::max_json_depth},
+      {"max_pickle_depth", &InputLimits::max_pickle_depth},
+      {"max_pickle_items", &InputLimits::max_pickle_items},
+      {"max_safetensors_header_bytes", &InputLimits::max_safetensors_header_bytes},
+      {"max_tensors_per_file", &InputLimits::max_tensors_per_file},
+      {"max_decompressed_bytes", &InputLimits::max_decompressed_bytes},
+      {"max_tar_member_bytes", &InputLimits::max_tar_member_bytes},
+      {"max_files_per_sample", &InputLimits::max_files_per_sample},
+      {"max_loader_readahead_bytes", &InputLimits::max_loader_readahead_bytes},
+      {"max_encoded_image_bytes", &InputLimits::max_encoded_image_bytes},
+      {"max_text_file_bytes", &InputLimits::max_text_file_bytes},
+      {"max_config_bytes", &InputLimits::max_config_bytes},
+      {"max_brace_names", &InputLimits::max_brace_names},
+      {"max_brace_bytes", &InputLimits::max_brace_bytes},
+  };
+  return fields;
+}
+
 void apply_input_limits(const Config& config) {
   InputLimits l = input_limits();
-  auto read = [&](const char* name, int64_t& field) {
+  for (const auto& [name, field] : input_limit_fields()) {
     const std::string key = std::string("limits.") + name;
-    if (!config.has(key)) return;
-    const int64_t v = config.get_int(key, field);
+    if (!config.has(key)) continue;
+    const int64_t v = config.get_int(key, l.*field);
     if (v <= 0) fail("{}: '{}' must be a positive integer, got {}", config.source_of(key), key, v);
-    field = v;
-  };
-  read("max_image_pixels", l.max_image_pixels);
-  read("max_json_depth", l.max_json_depth);
-  read("max_pickle_depth", l.max_pickle_depth);
-  read("max_pickle_items", l.max_pickle_items);
-  read("max_safetensors_header_bytes", l.max_safetensors_header_bytes);
-  read("max_tensors_per_file", l.max_tensors_per_file);
-  read("max_decompressed_bytes", l.max_decompressed_bytes);
-  read("max_tar_member_bytes", l.max_tar_member_bytes);
-  read("max_files_per_sample", l.max_files_per_sample);
-  read("max_loader_readahead_bytes", l.max_loader_readahead_bytes);
-  read("max_encoded_image_bytes", l.max_encoded_image_bytes);
-  read("max_text_file_bytes", l.max_text_file_bytes);
-  read("max_config_bytes", l.max_config_bytes);
-  read("max_brace_names", l.max_brace_names);
-  read("max_brace_bytes", l.max_brace_bytes);
+    l.*field = v;
+  }
   set_input_limits(l);
 }
 

@@ -5,6 +5,8 @@
 // flags) set it. The defaults pass every real MiniGPT-4 / Vicuna-13B / LAION file we know of
 // with a wide margin; docs/security.md lists each limit and why its default is what it is.
 #include <cstdint>
+#include <utility>
+#include <vector>
 #include <string>
 
 namespace minigpt4 {
@@ -49,5 +51,8 @@ const InputLimits& input_limits();
 void set_input_limits(const InputLimits& limits);
 // Reads the `limits.*` keys a config sets over the defaults and makes them current.
 void apply_input_limits(const Config& config);
+// Each limits.<name> key with its InputLimits field: the one list apply_input_limits and the
+// config schema's defaults read.
+const std::vector<std::pair<const char*, int64_t InputLimits::*>>& input_limit_fields();
 
 }  // namespace minigpt4

@@ -2,7 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/untrusted.h"
-#include "minigpt4/eval/formats.h"
+#include "minigpt4/metrics/formats.h"
 
 #include <fmt/format.h>
 #include <fmt/ranges.h>
@@ -36,12 +36,14 @@ std::string item_name(const char* kind, const std::string& id) { return fmt::for
 
 std::vector<EvalItem> caption_items(const EvalSettings& s) {
   std::vector<EvalItem> items;
-  for (const auto& image : eval::read_caption_annotations(s.annotations)) {
+  for (const auto& image : metrics::read_caption_annotations(s.annotations)) {
     std::string file = image.file_name;
     if (file.empty() && !s.image_file.empty()) file = image_file_name(s.image_file, image.image_id);
     if (file.empty())
-      fail("caption annotations {}: image {} has no file name (the official layout names it in images[].file_name); "
-           "set evaluation.image_file to derive it from the image id", s.annotations, excerpt(image.image_id, 100));
+      fail(
+          "caption annotations {}: image {} has no file name (the official layout names it in images[].file_name); "
+          "set evaluation.image_file to derive it from the image id",
+          s.annotations, excerpt(image.image_id, 100));
     items.push_back({image.image_id, under_root(s, file, item_name("image", image.image_id)), ""});
   }
   return items;
@@ -49,10 +51,10 @@ std::vector<EvalItem> caption_items(const EvalSettings& s) {
 
 // VQAv2 / OK-VQA: the annotated questions, their text and image from the questions file.
 std::vector<EvalItem> vqa_items(const EvalSettings& s) {
-  std::map<std::string, eval::VqaQuestionText> asked;
-  for (auto& q : eval::read_vqa_questions(s.questions)) asked.emplace(q.question_id, std::move(q));
+  std::map<std::string, metrics::VqaQuestionText> asked;
+  for (auto& q : metrics::read_vqa_questions(s.questions)) asked.emplace(q.question_id, std::move(q));
   std::vector<EvalItem> items;
-  for (const auto& annotated : eval::read_vqa_annotations(s.annotations)) {
+  for (const auto& annotated : metrics::read_vqa_annotations(s.annotations)) {
     const auto it = asked.find(annotated.question_id);
     if (it == asked.end())
       fail("VQA questions {}: question {} of the annotations {} is not in it; are the two files of the same split?",
@@ -67,7 +69,7 @@ std::vector<EvalItem> vqa_items(const EvalSettings& s) {
 
 std::vector<EvalItem> gqa_items(const EvalSettings& s) {
   std::vector<EvalItem> items;
-  for (const auto& q : eval::read_gqa_questions(s.annotations)) {
+  for (const auto& q : metrics::read_gqa_questions(s.annotations)) {
     if (q.image_id.empty() || q.question.empty())
       fail("GQA questions {}: question {} needs 'imageId' and 'question' to be asked", s.annotations,
            excerpt(q.question_id, 100));
@@ -104,19 +106,21 @@ std::string image_file_name(std::string_view pattern, const std::string& image_i
       return fmt::format(fmt::runtime(pattern), fmt::arg("image_id", number));
     return fmt::format(fmt::runtime(pattern), fmt::arg("image_id", image_id));
   } catch (const fmt::format_error& e) {
-    fail("evaluation.image_file '{}' cannot name image {}: {} (write it as a format with {{image_id}}, e.g. "
-         "COCO_val2014_{{image_id:012d}}.jpg)", pattern, excerpt(image_id, 100), e.what());
+    fail(
+        "evaluation.image_file '{}' cannot name image {}: {} (write it as a format with {{image_id}}, e.g. "
+        "COCO_val2014_{{image_id:012d}}.jpg)",
+        pattern, excerpt(image_id, 100), e.what());
   }
 }
 
 std::vector<EvalItem> load_items(const EvalSettings& settings) {
   std::vector<EvalItem> items;
   switch (settings.task) {
-    case eval::Task::coco_caption:
-    case eval::Task::nocaps: items = caption_items(settings); break;
-    case eval::Task::vqav2:
-    case eval::Task::okvqa: items = vqa_items(settings); break;
-    case eval::Task::gqa: items = gqa_items(settings); break;
+    case metrics::Task::coco_caption:
+    case metrics::Task::nocaps: items = caption_items(settings); break;
+    case metrics::Task::vqav2:
+    case metrics::Task::okvqa: items = vqa_items(settings); break;
+    case metrics::Task::gqa: items = gqa_items(settings); break;
   }
   check_images_exist(items, settings);
   return items;

@@ -2,6 +2,7 @@
 
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/processors/image_processor.h"
 #include "minigpt4/tokenizer/tokenizer.h"
@@ -19,14 +20,6 @@ std::string replace_all(std::string text, const std::string& from, const std::st
   for (size_t at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
     text.replace(at, from.size(), to);
   return text;
-}
-
-std::string strip(const std::string& text) {
-  const auto space = [](char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; };
-  size_t begin = 0, end = text.size();
-  while (begin < end && space(text[begin])) ++begin;
-  while (end > begin && space(text[end - 1])) --end;
-  return text.substr(begin, end - begin);
 }
 
 // [B, T, H] embeddings of prompts of different lengths, each padded on the left with zeros
@@ -83,8 +76,8 @@ std::vector<std::string> Predictor::predict(const std::vector<EvalItem>& batch) 
   const auto images = chat.model->encode_img(torch::stack(pixels).to(chat.device));
   std::vector<at::Tensor> prompts;
   for (size_t i = 0; i < batch.size(); ++i)
-    prompts.push_back(chat.model->context_embedding(prompt_for(batch[i]), {images.narrow(0, static_cast<int64_t>(i), 1)},
-                                                    *chat.tokenizer));
+    prompts.push_back(chat.model->context_embedding(prompt_for(batch[i]),
+                                                    {images.narrow(0, static_cast<int64_t>(i), 1)}, *chat.tokenizer));
 
   const auto& llm = *chat.model->llama_model;
   std::vector<GenerationOutput> outputs;

@@ -4,7 +4,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
-#include "minigpt4/dist/group.h"
+#include "minigpt4/distributed/group.h"
 #include "minigpt4/evaluate/items.h"
 #include "minigpt4/evaluate/prediction_log.h"
 #include "minigpt4/evaluate/predictor.h"
@@ -55,10 +55,10 @@ void check_earlier_settings(const EvalSettings& s, const json& fingerprint, bool
 
 // Ids as the benchmark's submission files write them: integers for COCO, NoCaps, VQAv2 and
 // OK-VQA; GQA's question ids are the text keys of its question file.
-nlohmann::ordered_json submission_id(const std::string& id, eval::Task task) {
+nlohmann::ordered_json submission_id(const std::string& id, metrics::Task task) {
   const bool number = !id.empty() && id.size() <= 18 && id.find_first_not_of("0123456789") == std::string::npos &&
                       (id == "0" || id[0] != '0');
-  if (task == eval::Task::gqa || !number) return id;
+  if (task == metrics::Task::gqa || !number) return id;
   return std::stoll(id);
 }
 
@@ -82,15 +82,17 @@ void merge_and_score(const EvalSettings& s, const std::vector<EvalItem>& items, 
   }
   if (missing > 0) {
     if (!may_stop_early)
-      fail("{}: {} of the {} items have no prediction after every rank finished; is run.output_dir on a file system "
-           "every rank shares?", s.output_dir, missing, items.size());
+      fail(
+          "{}: {} of the {} items have no prediction after every rank finished; is run.output_dir on a file system "
+          "every rank shares?",
+          s.output_dir, missing, items.size());
     log::info("stopped early (--stop-after): {} of {} items predicted; run the same command again to continue",
               items.size() - missing, items.size());
     return;
   }
   result.results_path = (fs::path(s.output_dir) / "results.json").string();
   write_json(result.results_path, submission);
-  result.metrics = eval::score(s.task, {s.annotations, s.questions, result.results_path, s.vqa_evaluator});
+  result.metrics = metrics::score(s.task, {s.annotations, s.questions, result.results_path, s.vqa_evaluator});
   result.metrics_path = (fs::path(s.output_dir) / "metrics.json").string();
   write_json(result.metrics_path, result.metrics);
   result.complete = true;
@@ -106,8 +108,9 @@ void answer_items(const Config& config, const EvalSettings& s, const std::vector
   const auto start = std::chrono::steady_clock::now();
   const auto batch_size = static_cast<size_t>(s.batch_size);
   for (size_t first = 0; first < mine.size(); first += batch_size) {
-    const std::vector<EvalItem> batch(mine.begin() + static_cast<std::ptrdiff_t>(first),
-                                      mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), first + batch_size)));
+    const std::vector<EvalItem> batch(
+        mine.begin() + static_cast<std::ptrdiff_t>(first),
+        mine.begin() + static_cast<std::ptrdiff_t>(std::min(mine.size(), first + batch_size)));
     const auto answers = predictor.predict(batch);
     std::vector<Prediction> lines;
     for (size_t i = 0; i < batch.size(); ++i) lines.push_back({batch[i].id, answers[i]});
@@ -149,7 +152,7 @@ EvaluateResult run_evaluation(const Config& config, const EvaluateOptions& optio
   result.resumed = result.items - pending;
   if (options.stop_after >= 0 && options.stop_after < static_cast<int64_t>(mine.size()))
     mine.resize(static_cast<size_t>(options.stop_after));
-  log::info("{}: {} items in {}, {} predicted earlier, {} to do{}", eval::task_name(settings.task), items.size(),
+  log::info("{}: {} items in {}, {} predicted earlier, {} to do{}", metrics::task_name(settings.task), items.size(),
             settings.annotations, result.resumed, pending, world > 1 ? fmt::format(" over {} ranks", world) : "");
 
   if (!mine.empty()) answer_items(config, settings, mine, options, rank, world, result);

@@ -19,7 +19,7 @@
 namespace minigpt4 {
 class Config;
 }
-namespace minigpt4::dist {
+namespace minigpt4::distributed {
 class Group;
 }
 
@@ -27,7 +27,7 @@ namespace minigpt4::evaluate {
 
 struct EvaluateOptions {
   c10::Device device = c10::kCPU;
-  std::shared_ptr<dist::Group> group;  // null: a single process
+  std::shared_ptr<distributed::Group> group;  // null: a single process
   // Answer at most this many items in this run (per rank), then stop without scoring; the
   // next run goes on from there (e.g. jobs with a time limit). -1: all.
   int64_t stop_after = -1;

@@ -2,6 +2,7 @@
 
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/run_settings.h"
 
 #include <filesystem>
 
@@ -19,29 +20,31 @@ std::string required(const Config& config, const std::string& key, const std::st
 
 }  // namespace
 
-std::string default_prompt(eval::Task task) {
+std::string default_prompt(metrics::Task task) {
   switch (task) {
-    case eval::Task::coco_caption:
-    case eval::Task::nocaps: return "Briefly describe this image.";
+    case metrics::Task::coco_caption:
+    case metrics::Task::nocaps: return "Briefly describe this image.";
     default: return std::string("Based on the image, respond to this question with a short answer: ") + kQuestionField;
   }
 }
 
-bool EvalSettings::short_answers() const { return task != eval::Task::coco_caption && task != eval::Task::nocaps; }
+bool EvalSettings::short_answers() const {
+  return task != metrics::Task::coco_caption && task != metrics::Task::nocaps;
+}
 
 EvalSettings EvalSettings::from_config(const Config& config) {
   EvalSettings s;
-  s.task = eval::parse_task(required(config, "evaluation.task", "coco_caption, nocaps, vqav2, okvqa or gqa"));
+  s.task = metrics::parse_task(required(config, "evaluation.task", "coco_caption, nocaps, vqav2, okvqa or gqa"));
   s.annotations = required(config, "evaluation.annotations", "the benchmark's annotation file");
   s.image_root = required(config, "evaluation.image_root", "the folder of the benchmark's images");
-  const bool vqa = s.task == eval::Task::vqav2 || s.task == eval::Task::okvqa;
-  if (vqa) s.questions = required(config, "evaluation.questions", "the VQA questions file: question text and image ids");
+  const bool vqa = s.task == metrics::Task::vqav2 || s.task == metrics::Task::okvqa;
+  if (vqa)
+    s.questions = required(config, "evaluation.questions", "the VQA questions file: question text and image ids");
   else if (config.has("evaluation.questions"))
     fail("{}: evaluation.questions is read only for vqav2 and okvqa ({} takes everything from evaluation.annotations)",
-         config.source_of("evaluation.questions"), eval::task_name(s.task));
-  if (vqa)
-    try {
-      s.vqa_evaluator = eval::parse_vqa_evaluator(config.get_string("evaluation.vqa_evaluator", "2021"));
+         config.source_of("evaluation.questions"), metrics::task_name(s.task));
+  if (vqa) try {
+      s.vqa_evaluator = metrics::parse_vqa_evaluator(config.get_string("evaluation.vqa_evaluator", "2021"));
     } catch (const Error& e) {
       fail("{}: evaluation.vqa_evaluator: {}", config.source_of("evaluation.vqa_evaluator"), e.what());
     }
@@ -63,29 +66,25 @@ EvalSettings EvalSettings::from_config(const Config& config) {
          config.source_of("evaluation.prompt"), s.prompt, kQuestionField);
 
   s.max_new_tokens = config.get_int("evaluation.max_new_tokens", s.short_answers() ? 10 : 30);
-  s.num_beams = static_cast<int>(config.get_int("evaluation.num_beams", 1));
-  s.length_penalty = config.get_float("evaluation.length_penalty", 1.0);
-  s.batch_size = config.get_int("run.batch_size_eval", 8);
+  s.num_beams = static_cast<int>(config.get_int("evaluation.num_beams", s.num_beams));
+  s.length_penalty = config.get_float("evaluation.length_penalty", s.length_penalty);
   if (s.max_new_tokens < 1) fail("evaluation.max_new_tokens must be >= 1, got {}", s.max_new_tokens);
   if (s.num_beams < 1 || s.num_beams > 10) fail("evaluation.num_beams must be in 1..10, got {}", s.num_beams);
-  if (s.batch_size < 1) fail("run.batch_size_eval must be >= 1, got {}", s.batch_size);
 
-  const auto stem = config.path().empty() ? eval::task_name(s.task) : std::filesystem::path(config.path()).stem().string();
-  s.output_dir = config.get_string("run.output_dir", "runs/evaluate/" + stem);
+  const EvaluationRunSettings run = RunSettings::from_config(config).evaluation;
+  s.batch_size = run.batch_size_eval;
+  const auto stem =
+      config.path().empty() ? metrics::task_name(s.task) : std::filesystem::path(config.path()).stem().string();
+  s.output_dir = run.output_dir.value_or("runs/evaluate/" + stem);
   return s;
 }
 
 nlohmann::json EvalSettings::fingerprint(const Config& config) const {
-  return {{"task", eval::task_name(task)},
-          {"annotations", annotations},
-          {"questions", questions},
-          {"image_root", image_root},
-          {"image_file", image_file},
-          {"prompt", prompt},
-          {"max_new_tokens", max_new_tokens},
-          {"num_beams", num_beams},
-          {"length_penalty", length_penalty},
-          {"model", config.tree().value("model", nlohmann::json::object())}};
+  return {{"task", metrics::task_name(task)}, {"annotations", annotations},
+          {"questions", questions},           {"image_root", image_root},
+          {"image_file", image_file},         {"prompt", prompt},
+          {"max_new_tokens", max_new_tokens}, {"num_beams", num_beams},
+          {"length_penalty", length_penalty}, {"model", config.tree().value("model", nlohmann::json::object())}};
 }
 
 }  // namespace minigpt4::evaluate

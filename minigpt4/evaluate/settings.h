@@ -14,7 +14,7 @@
 //   evaluation.max_new_tokens, evaluation.num_beams, evaluation.length_penalty
 //   run.batch_size_eval        items per generation batch (greedy: one left-padded batch)
 //   run.output_dir             predictions_rank*.jsonl, results.json, metrics.json
-#include "minigpt4/eval/score.h"
+#include "minigpt4/metrics/score.h"
 
 #include <nlohmann/json.hpp>
 
@@ -28,10 +28,10 @@ class Config;
 namespace minigpt4::evaluate {
 
 struct EvalSettings {
-  eval::Task task = eval::Task::coco_caption;
+  metrics::Task task = metrics::Task::coco_caption;
   std::string annotations, questions, image_root, image_file;
   std::string prompt;
-  eval::VqaEvaluator vqa_evaluator = eval::VqaEvaluator::official_2021;
+  metrics::VqaEvaluator vqa_evaluator = metrics::VqaEvaluator::official_2021;
   int64_t max_new_tokens = 0;
   int num_beams = 1;
   double length_penalty = 1.0;
@@ -48,6 +48,6 @@ struct EvalSettings {
 };
 
 // The instruction used when the config gives none.
-std::string default_prompt(eval::Task task);
+std::string default_prompt(metrics::Task task);
 
 }  // namespace minigpt4::evaluate

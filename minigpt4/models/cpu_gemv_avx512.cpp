@@ -7,6 +7,11 @@
 #include <algorithm>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+// GCC 12's own AVX-512 intrinsics start from _mm512_undefined_*(), which its
+// -Wmaybe-uninitialized reports once inlined (GCC bug 105593); nothing here is uninitialised.
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 #include <immintrin.h>
 
 namespace minigpt4::cpu_gemv::kernels {
@@ -46,7 +51,9 @@ MINIGPT4_AVX512_BF16 void bf16_rows(const uint16_t* x, int64_t M, int64_t K, con
   }
 }
 
-MINIGPT4_AVX512 inline __m512 widen_int8(const int8_t* p) { return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p))); }
+MINIGPT4_AVX512 inline __m512 widen_int8(const int8_t* p) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i*)p)));
+}
 
 MINIGPT4_AVX512 void int8_rows(const float* x, int64_t M, int64_t K, const int8_t* q, const float* scales, float* y,
                                int64_t N, int64_t n0, int64_t n1) {
@@ -66,7 +73,8 @@ MINIGPT4_AVX512 void int8_rows(const float* x, int64_t M, int64_t K, const int8_
       const int64_t left = std::min<int64_t>(16, K - k);
       const __mmask16 mask = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
       const __m512 wv = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, qr + k)));
-      for (int64_t m = 0; m < M; ++m) acc0[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + m * K + k), wv, acc0[m]);
+      for (int64_t m = 0; m < M; ++m)
+        acc0[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + m * K + k), wv, acc0[m]);
     }
     for (int64_t m = 0; m < M; ++m) y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) * scales[n];
   }
@@ -90,7 +98,8 @@ MINIGPT4_AVX512 void f32_rows(const float* x, int64_t M, int64_t K, const float*
       const int64_t left = std::min<int64_t>(16, K - k);
       const __mmask16 mask = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
       const __m512 wv = _mm512_maskz_loadu_ps(mask, wr + k);
-      for (int64_t m = 0; m < M; ++m) acc0[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + m * K + k), wv, acc0[m]);
+      for (int64_t m = 0; m < M; ++m)
+        acc0[m] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, x + m * K + k), wv, acc0[m]);
     }
     for (int64_t m = 0; m < M; ++m) y[m * N + n] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m]));
   }
@@ -108,8 +117,8 @@ MINIGPT4_AVX512 inline void prefetch_next_block(const T* row, int64_t K, int64_t
   _mm_prefetch(reinterpret_cast<const char*>(row + 4 * K + k), _MM_HINT_T0);
 }
 
-MINIGPT4_AVX512_BF16 void bf16_one_row(const uint16_t* x, int64_t K, const uint16_t* w, float* y, int64_t N,
-                                       int64_t n0, int64_t n1) {
+MINIGPT4_AVX512_BF16 void bf16_one_row(const uint16_t* x, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n0,
+                                       int64_t n1) {
   int64_t n = n0;
   for (; n + 4 <= n1; n += 4) {
     const uint16_t* r[4] = {w + n * K, w + (n + 1) * K, w + (n + 2) * K, w + (n + 3) * K};
@@ -125,7 +134,8 @@ MINIGPT4_AVX512_BF16 void bf16_one_row(const uint16_t* x, int64_t K, const uint1
     if (k < K) {
       const __mmask32 mask = (__mmask32{1} << (K - k)) - 1;
       const __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(mask, x + k);
-      for (int i = 0; i < 4; ++i) acc[i] = _mm512_dpbf16_ps(acc[i], xv, (__m512bh)_mm512_maskz_loadu_epi16(mask, r[i] + k));
+      for (int i = 0; i < 4; ++i)
+        acc[i] = _mm512_dpbf16_ps(acc[i], xv, (__m512bh)_mm512_maskz_loadu_epi16(mask, r[i] + k));
     }
     for (int i = 0; i < 4; ++i) y[n + i] = _mm512_reduce_add_ps(acc[i]);
   }
@@ -151,7 +161,8 @@ MINIGPT4_AVX512 void int8_one_row(const float* x, int64_t K, const int8_t* q, co
       const __mmask16 mask = left == 16 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x + k);
       for (int i = 0; i < 4; ++i)
-        acc[i] = _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, r[i] + k))), acc[i]);
+        acc[i] =
+            _mm512_fmadd_ps(xv, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, r[i] + k))), acc[i]);
     }
     for (int i = 0; i < 4; ++i) y[n + i] = _mm512_reduce_add_ps(acc[i]) * scales[n + i];
   }
@@ -185,20 +196,26 @@ MINIGPT4_AVX512 void f32_one_row(const float* x, int64_t K, const float* w, floa
 // ---------------------------------------------------------------- the table's entries
 
 void f32(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, int64_t n0, int64_t n1) {
-  if (M == 1) f32_one_row(x, K, w, y, N, n0, n1);
-  else f32_rows(x, M, K, w, y, N, n0, n1);
+  if (M == 1)
+    f32_one_row(x, K, w, y, N, n0, n1);
+  else
+    f32_rows(x, M, K, w, y, N, n0, n1);
 }
 
 void bf16(const float*, const uint16_t* x16, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N, int64_t n0,
           int64_t n1) {
-  if (M == 1) bf16_one_row(x16, K, w, y, N, n0, n1);
-  else bf16_rows(x16, M, K, w, y, N, n0, n1);
+  if (M == 1)
+    bf16_one_row(x16, K, w, y, N, n0, n1);
+  else
+    bf16_rows(x16, M, K, w, y, N, n0, n1);
 }
 
 void int8(const float* x, int64_t M, int64_t K, const int8_t* q, const float* scales, float* y, int64_t N, int64_t n0,
           int64_t n1) {
-  if (M == 1) int8_one_row(x, K, q, scales, y, N, n0, n1);
-  else int8_rows(x, M, K, q, scales, y, N, n0, n1);
+  if (M == 1)
+    int8_one_row(x, K, q, scales, y, N, n0, n1);
+  else
+    int8_rows(x, M, K, q, scales, y, N, n0, n1);
 }
 
 const Table kTable{"avx512", f32, bf16, /*bf16_reads_bits=*/true, int8};

@@ -1,6 +1,7 @@
 #include "minigpt4/models/init.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/io/safetensors.h"
 
 #include <ATen/CPUGeneratorImpl.h>
@@ -20,10 +21,6 @@ uint64_t fnv1a(const std::string& s) {
   uint64_t h = 1469598103934665603ULL;
   for (unsigned char c : s) h = (h ^ c) * 1099511628211ULL;
   return h;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 StateDict parameters_under(const torch::nn::Module& module, const std::string& prefix, bool strip) {

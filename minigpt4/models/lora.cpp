@@ -1,6 +1,7 @@
 #include "minigpt4/models/lora.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/common/untrusted.h"
 
 #include <algorithm>
@@ -16,10 +17,6 @@
 namespace minigpt4::lora {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 std::string parent_name(const std::string& name) {
   const auto dot = name.rfind('.');
@@ -42,9 +39,10 @@ const RE2& compile(const std::string& pattern, const std::string& what) {
   options.set_log_errors(false);
   auto re = std::make_unique<RE2>(pattern, options);
   if (!re->ok())
-    fail("LoRA {}: '{}' is not a regular expression this reader accepts ({}; RE2 syntax: no backreferences or "
-         "lookaround)",
-         what, excerpt(pattern, 200), re->error());
+    fail(
+        "LoRA {}: '{}' is not a regular expression this reader accepts ({}; RE2 syntax: no backreferences or "
+        "lookaround)",
+        what, excerpt(pattern, 200), re->error());
   return *cache.emplace(pattern, std::move(re)).first->second;
 }
 
@@ -296,8 +294,8 @@ std::vector<NamedLoraLayer> lora_layers(torch::nn::Module& root) {
     const auto* linear = dynamic_cast<const Linear*>(item.value().get());
     if (!linear) continue;
     for (const auto& layer : linear->lora)
-      layers.push_back({layer->part().empty() ? item.key() : join_name(parent_name(item.key()), layer->part()),
-                        layer.get()});
+      layers.push_back(
+          {layer->part().empty() ? item.key() : join_name(parent_name(item.key()), layer->part()), layer.get()});
   }
   return layers;
 }
@@ -384,9 +382,10 @@ void merge_active_adapter(torch::nn::Module& root) {
   const auto layers = lora_layers(root);
   for (const auto& l : layers)  // refuse before anything changes
     if (!l.layer->active().empty() && l.layer->base().is_int8())
-      fail("LoRA: '{}' has an int8 (low_resource) weight, which an adapter cannot be merged into; use the adapter "
-           "unmerged",
-           l.name);
+      fail(
+          "LoRA: '{}' has an int8 (low_resource) weight, which an adapter cannot be merged into; use the adapter "
+          "unmerged",
+          l.name);
   for (const auto& l : layers) l.layer->merge();
 }
 

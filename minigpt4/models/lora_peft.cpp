@@ -1,6 +1,7 @@
 #include "minigpt4/models/lora_peft.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/common/untrusted.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/file_util.h"
@@ -17,10 +18,6 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Where the weights are: the safetensors file, else the torch.save file older PEFT wrote.
 std::string weights_path(const std::string& dir) {
@@ -50,7 +47,8 @@ std::map<std::string, ModuleWeights> weights_by_module(const StateDict& state, c
       fail("{}: '{}' is not a LoRA weight (expected base_model.model.<module>.lora_A.weight or .lora_B.weight)", source,
            excerpt(key, 120));
     const auto module = name.substr(0, name.size() - std::string(".lora_A.weight").size());
-    if (tensor.dim() != 2) fail("{}: '{}' has {} dimensions, a LoRA factor has 2", source, excerpt(key, 120), tensor.dim());
+    if (tensor.dim() != 2)
+      fail("{}: '{}' has {} dimensions, a LoRA factor has 2", source, excerpt(key, 120), tensor.dim());
     (is_a ? modules[module].A : modules[module].B) = tensor;
   }
   for (const auto& [module, w] : modules)
@@ -95,7 +93,7 @@ json peft_config_json(const LoraConfig& c) {
   j["lora_dropout"] = c.lora_dropout;
   j["target_modules"] = c.target_regex.empty() ? json(c.target_modules) : json(c.target_regex);
   j["layers_to_transform"] = c.layers_to_transform.empty() ? json(nullptr) : json(c.layers_to_transform);
-  j["layers_pattern"] = c.layers_pattern.empty()        ? json(nullptr)
+  j["layers_pattern"] = c.layers_pattern.empty()       ? json(nullptr)
                         : c.layers_pattern.size() == 1 ? json(c.layers_pattern[0])
                                                        : json(c.layers_pattern);
   j["rank_pattern"] = json(c.rank_pattern);
@@ -166,7 +164,8 @@ LoraConfig lora_config_from_peft_json(const json& j, const std::string& source) 
     if (!j.contains(key) || j[key].is_null()) continue;
     if (!j[key].is_object()) fail("{}: '{}' must be an object, got {}", source, key, describe_json(j[key]));
     for (const auto& [pattern, value] : j[key].items()) {
-      if (!value.is_number()) fail("{}: {}['{}'] must be a number, got {}", source, key, excerpt(pattern), describe_json(value));
+      if (!value.is_number())
+        fail("{}: {}['{}'] must be a number, got {}", source, key, excerpt(pattern), describe_json(value));
       if (std::string(key) == "rank_pattern" && !value.is_number_integer())
         fail("{}: rank_pattern['{}'] must be an integer rank, got {}", source, excerpt(pattern), describe_json(value));
       if (std::string(key) == "rank_pattern")

@@ -1,16 +1,9 @@
 #include "minigpt4/models/minigpt4.h"
 
 #include "minigpt4/common/error.h"
-#include "minigpt4/io/checkpoint.h"
-#include "minigpt4/models/memory.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/models/minigpt4_lora.h"
-#include "minigpt4/models/tinygptv.h"
 #include "minigpt4/tokenizer/tokenizer.h"
-
-#include "minigpt4/common/log.h"
-
-#include <filesystem>
-#include <regex>
 
 namespace minigpt4 {
 
@@ -18,17 +11,6 @@ namespace {
 
 torch::Tensor ids_tensor(const std::vector<int64_t>& ids, torch::Device device) {
   return torch::tensor(ids, torch::TensorOptions().dtype(torch::kLong)).to(device).unsqueeze(0);
-}
-
-std::vector<std::string> split_on(const std::string& text, const std::string& sep) {
-  std::vector<std::string> parts;
-  size_t start = 0, pos;
-  while ((pos = text.find(sep, start)) != std::string::npos) {
-    parts.push_back(text.substr(start, pos - start));
-    start = pos + sep.size();
-  }
-  parts.push_back(text.substr(start));
-  return parts;
 }
 
 }  // namespace
@@ -51,7 +33,8 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LLMConfig& llm_config, torch::
     auto qformer_config = c.qformer;
     qformer_config.encoder_width = c.vision.width;
     Qformer = register_module("Qformer", std::make_shared<QFormer>(qformer_config, fp32));
-    query_tokens = register_parameter("query_tokens", torch::empty({1, c.qformer.num_query_tokens, c.qformer.hidden_size}, fp32));
+    query_tokens =
+        register_parameter("query_tokens", torch::empty({1, c.qformer.num_query_tokens, c.qformer.hidden_size}, fp32));
     projector_in = c.qformer.hidden_size;
   }
   // low_resource: the decoder's projections are built int8 and quantised while loading.
@@ -59,7 +42,8 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LLMConfig& llm_config, torch::
   auto llm = make_causal_lm(llm_config, llm_options, llm_format);
   if (c.proj_hidden > 0) {  // TinyGPT-V: two projections in a row
     llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, c.proj_hidden, true, fp32));
-    llama_proj2 = register_module("llama_proj2", std::make_shared<Linear>(c.proj_hidden, llm->hidden_size(), true, fp32));
+    llama_proj2 =
+        register_module("llama_proj2", std::make_shared<Linear>(c.proj_hidden, llm->hidden_size(), true, fp32));
   } else {
     llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, llm->hidden_size(), true, fp32));
   }
@@ -97,7 +81,7 @@ torch::Tensor MiniGPT4::encode_img(const torch::Tensor& images) const {
 torch::Tensor MiniGPT4::prompt_wrap(const torch::Tensor& img_embeds, const std::string& prompt,
                                     const Tokenizer& tokenizer) const {
   if (prompt.empty()) return img_embeds;
-  const auto parts = split_on(prompt, kImagePlaceholder);
+  const auto parts = split(prompt, kImagePlaceholder);
   if (parts.size() != 2) fail("training prompt must contain exactly one {}: '{}'", kImagePlaceholder, prompt);
   const int64_t B = img_embeds.size(0);
   const auto device = img_embeds.device();
@@ -162,11 +146,14 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
                                                const Tokenizer& tokenizer) const {
   const int64_t B = static_cast<int64_t>(samples.size());
   if (B == 0) fail("an instruction batch needs at least one sample");
-  if (images.defined() && images.size(0) != B) fail("instruction batch has {} images but {} samples", images.size(0), B);
+  if (images.defined() && images.size(0) != B)
+    fail("instruction batch has {} images but {} samples", images.size(0), B);
   const auto device = llama_proj->weight.device();
   const int64_t pad = pad_id(tokenizer);
   const auto img_embeds = images.defined() ? encode_img(images) : torch::Tensor();
-  auto embed_ids = [&](const std::vector<int64_t>& ids) { return llama_model->embed(ids_tensor(ids, device)).squeeze(0); };
+  auto embed_ids = [&](const std::vector<int64_t>& ids) {
+    return llama_model->embed(ids_tensor(ids, device)).squeeze(0);
+  };
 
   // Per row: the condition's embeddings (prompt + image), then the regressed tokens and
   // their targets, as MiniGPTBase.prompt_wrap / tokenize_conversation build them.
@@ -182,7 +169,7 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
     auto question = [&](size_t turn) {
       return wrapped ? config.apply_prompt_template(s.questions[turn]) : s.questions[turn];
     };
-    const auto segments = split_on(question(0), kImagePlaceholder);
+    const auto segments = split(question(0), kImagePlaceholder);
     const size_t slots = images.defined() ? 1 : 0;
     if (segments.size() != slots + 1)
       fail("instruction sample {} has {} {} in its first question, its batch {} image per sample: '{}'", b,
@@ -248,13 +235,15 @@ TrainingForward MiniGPT4::forward_instructions(const torch::Tensor& images, cons
 
 torch::Tensor MiniGPT4::context_embedding(const std::string& prompt, const std::vector<torch::Tensor>& images,
                                           const Tokenizer& tokenizer) const {
-  const auto segments = split_on(prompt, kImagePlaceholder);
+  const auto segments = split(prompt, kImagePlaceholder);
   if (segments.size() != images.size() + 1)
-    fail("the prompt has {} {} placeholders but {} images were given", segments.size() - 1, kImagePlaceholder, images.size());
+    fail("the prompt has {} {} placeholders but {} images were given", segments.size() - 1, kImagePlaceholder,
+         images.size());
   const auto device = llama_proj->weight.device();
   std::vector<torch::Tensor> parts;
   for (size_t i = 0; i < segments.size(); ++i) {
-    parts.push_back(llama_model->embed(ids_tensor(tokenizer.encode(segments[i], /*add_special_tokens=*/i == 0), device)));
+    parts.push_back(
+        llama_model->embed(ids_tensor(tokenizer.encode(segments[i], /*add_special_tokens=*/i == 0), device)));
     if (i < images.size()) parts.push_back(images[i].to(parts.back().scalar_type()));
   }
   return torch::cat(parts, 1);
@@ -281,302 +270,5 @@ void MiniGPT4::apply_freezing() {
 
 // ---------------------------------------------------------------------------------------
 // Loading: the real layout is four sources, each named by a config key.
-
-namespace {
-
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-
-// BLIP-2 checkpoints carry the Q-Former's text branch and BLIP-2's own heads; MiniGPT-4
-// deletes those modules and loads with strict=False.
-bool blip2_unused(const std::string& key) {
-  static const std::regex pattern(
-      R"(^(Qformer\.cls\..*|Qformer\.bert\.embeddings\.(word_embeddings|position_embeddings)\..*|)"
-      R"(Qformer\.bert\.embeddings\.position_ids|Qformer\.bert\.encoder\.layer\.\d+\.(intermediate|output)\..*|)"
-      R"((vision_proj|text_proj|itm_head)\..*|temp)$)");
-  return std::regex_match(key, pattern);
-}
-
-bool rotary_buffer(const std::string& key) {
-  static const std::string suffix = "rotary_emb.inv_freq";
-  return key.size() >= suffix.size() && key.compare(key.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
-// Where users who ran the original code have the LAVIS downloads.
-std::string resolve_weight_path(const std::string& value, const std::string& key) {
-  if (value.rfind("http://", 0) == 0 || value.rfind("https://", 0) == 0) {
-    const auto name = value.substr(value.find_last_of('/') + 1);
-    std::vector<std::filesystem::path> candidates;
-    if (const char* torch_home = std::getenv("TORCH_HOME")) candidates.emplace_back(std::filesystem::path(torch_home) / "hub/checkpoints" / name);
-    if (const char* home = std::getenv("HOME")) candidates.emplace_back(std::filesystem::path(home) / ".cache/torch/hub/checkpoints" / name);
-    for (const auto& c : candidates)
-      if (std::filesystem::exists(c)) return c.string();
-    fail("model.{} is the URL {}; nothing is downloaded at run time. Download it yourself and set model.{} to its "
-         "path (looked for a LAVIS cache copy at ~/.cache/torch/hub/checkpoints/{})",
-         key, value, key, name);
-  }
-  if (value == "eva_clip_g")
-    fail("model.vit_model is 'eva_clip_g' (the original's name, which LAVIS downloads); set it to the path of "
-         "eva_vit_g.pth");
-  if (!std::filesystem::exists(value)) fail("model.{}: '{}' does not exist", key, value);
-  return value;
-}
-
-// model.llm_variant: tinygptv. TinyGPT-V's modeling_phi.py always has the fused
-// query_key_value, the q/k LayerNorm and the post-attention RMSNorm; today's Phi-2 files
-// have split q/k/v (fused here, an exact rearrangement) and none of the norms (they start
-// at their defaults, as in TinyGPT-V's stage 1).
-void use_tinygptv_phi(LLMConfig& llm, StateDict& weights, const std::string& dir, LoadReport& report) {
-  auto* phi = std::get_if<PhiConfig>(&llm);
-  if (!phi)
-    fail("model.llm_variant: {} builds TinyGPT-V's Phi, but {} is not a Phi model (its config.json's model_type is not "
-         "phi)",
-         tinygptv::kLlmVariant, dir);
-  if (phi->num_key_value_heads != phi->num_attention_heads)
-    fail("model.llm_variant: {}: {} has grouped key/value heads ({} for {} query heads), which a fused "
-         "query_key_value cannot hold",
-         tinygptv::kLlmVariant, dir, phi->num_key_value_heads, phi->num_attention_heads);
-  static const std::regex split_query(R"(.*\bself_attn\.q_proj\.weight$)");
-  const bool split = std::any_of(weights.begin(), weights.end(),
-                                 [](const auto& item) { return std::regex_match(item.first, split_query); });
-  if (split) {
-    weights = fuse_phi_qkv(weights, phi->num_attention_heads, dir);
-    report.notes.push_back("llm_variant tinygptv: the split q_proj/k_proj/v_proj of " + dir +
-                           " were fused into query_key_value (TinyGPT-V's layout)");
-  }
-  phi->fused_qkv = phi->qk_layernorm = phi->post_layernorm = phi->norms_fp32 = true;
-  report.notes.push_back("llm_variant tinygptv: Phi as TinyGPT-V's modeling_phi.py builds it (fused query_key_value, "
-                         "q/k LayerNorm, post-attention RMSNorm, norm weights in float32)");
-}
-
-bool names_some_parameter(const torch::nn::Module& module, const std::string& entry) {
-  for (const auto& item : module.named_parameters())
-    if (("." + item.key() + ".").find("." + entry + ".") != std::string::npos) return true;
-  return false;
-}
-
-// A TinyGPT-V checkpoint (tinygptv.h) holds the LLM's LoRA under PEFT's adapter name
-// "default". Without model.lora.llm the adapter is created as TinyGPT-V creates it (its
-// class defaults: every stage has it), so the checkpoint has somewhere to go.
-void prepare_for_tinygptv_checkpoint(MiniGPT4& model, const StateDict& state, const std::string& path,
-                                     LoadReport& report) {
-  const int64_t rank = tinygptv::lora_rank(state, kTrainedAdapter, path);
-  if (rank == 0) return;
-  auto& c = model.config;
-  if (c.lora.count("llm")) {
-    if (c.lora.at("llm").r != rank)
-      fail("{}: its LoRA adapters have rank {} but model.lora.llm.r is {} (TinyGPT-V uses 64)", path, rank,
-           c.lora.at("llm").r);
-    return;
-  }
-  auto settings = tinygptv::lora_config(rank);
-  settings.validate("TinyGPT-V's LoRA");
-  c.lora["llm"] = settings;
-  if (c.lora_trainable.empty())
-    for (const auto& entry : tinygptv::trainable())
-      if (names_some_parameter(model, entry)) c.lora_trainable.push_back(entry);
-  report.notes.push_back(fmt::format(
-      "{} holds TinyGPT-V's LoRA (rank {}) and model.lora.llm is not set: the adapter '{}' is created with TinyGPT-V's "
-      "settings (alpha 16, dropout 0.05, on query_key_value and dense)",
-      path, rank, kTrainedAdapter));
-}
-
-// Why keys of a TinyGPT-V checkpoint found no parameter: the switches a TinyGPT-V model needs.
-std::string tinygptv_hints(const std::vector<std::string>& unexpected, const MiniGPT4& model) {
-  auto any = [&](auto pred) { return std::any_of(unexpected.begin(), unexpected.end(), pred); };
-  std::vector<std::string> hints;
-  if (any([](const std::string& k) {
-        return k.find("_layernorm.") != std::string::npos && k.find("input_layernorm.") == std::string::npos &&
-               k.find("final_layernorm.") == std::string::npos;
-      }) ||
-      any([](const std::string& k) { return k.find(".query_key_value.") != std::string::npos; })) {
-    if (model.config.llm_variant != tinygptv::kLlmVariant)
-      hints.push_back(fmt::format("set model.llm_variant: {} (TinyGPT-V's Phi: fused query_key_value, q/k LayerNorm, "
-                                  "post-attention RMSNorm)",
-                                  tinygptv::kLlmVariant));
-  }
-  if (!model.llama_proj2 && any([](const std::string& k) { return starts_with(k, "llama_proj2."); }))
-    hints.push_back(fmt::format("set model.proj_hidden: {} (TinyGPT-V's second projection, llama_proj2)",
-                                tinygptv::kProjHidden));
-  if (any([](const std::string& k) { return lora::is_adapter_parameter(k); }))
-    hints.push_back("LoRA weights need the adapter 'default' on the layers they name: model.lora.llm with "
-                    "target_modules [query_key_value, dense] as TinyGPT-V, or no model.lora.llm (then it is created "
-                    "from the checkpoint)");
-  std::string out;
-  for (const auto& h : hints) out += "; " + h;
-  return out;
-}
-
-}  // namespace
-
-std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report_out) {
-  LoadReport report;
-  if (config.llama_model.empty()) fail("model.llama_model is not set: it must name a Hugging Face LLM directory");
-  const auto llama_dir = resolve_weight_path(config.llama_model, "llama_model");
-  const auto llama_json = std::filesystem::path(llama_dir) / "config.json";
-  // Read before the model is built: the LLM's weight names settle its layout (Phi's fused or
-  // split q/k/v). Safetensors are memory-mapped, so this costs no copy.
-  StateDict llm_weights = io::load_state_dict(llama_dir);
-  auto llm_config = llm_config_from_hf(io::read_json_file(llama_json.string()), llama_json.string(), llm_weights);
-  if (config.llm_variant == tinygptv::kLlmVariant) use_tinygptv_phi(llm_config, llm_weights, llama_dir, report);
-  if (config.low_resource && !config.freeze_llm)
-    fail("model.low_resource: True stores the LLM's linear layers in int8, which cannot be trained; set "
-         "model.freeze_llm: True or model.low_resource: False");
-
-  auto model = std::make_shared<MiniGPT4>(config, llm_config, device);
-  if (device.is_cpu() && parse_dtype(config.vit_precision) == torch::kFloat16)
-    report.notes.push_back("vit_precision fp16: weights are upcast to fp32 on the CPU (no fast fp16 GEMM there)");
-  if (device.is_cpu() && parse_dtype(config.llm_precision) == torch::kFloat16)
-    report.notes.push_back("llm_precision fp16: weights are upcast to fp32 on the CPU");
-  if (config.low_resource) {
-    const auto dtype = dtype_name(model->llama_model->dtype());
-    report.notes.push_back("low_resource: the LLM decoder layers' linear weights are int8 with one scale per "
-                           "output channel, quantised while loading; embeddings, norms and lm_head stay " + dtype +
-                           ", activations are " + dtype);
-  }
-
-  std::set<std::string> filled;
-  auto load_state = [&](const std::string& path, const StateDict& state, LoadSpec spec) {
-    spec.source = path;
-    auto result = load_into(*model, state, spec, filled);
-    if (!result.unexpected.empty())
-      log::warn("{}: {} keys the model does not use: {}", path, result.unexpected.size(), summarize_names(result.unexpected));
-    report.sources.push_back(std::move(result));
-  };
-  auto load = [&](const std::string& key, const std::string& value, const LoadSpec& spec) {
-    if (value.empty()) return;
-    const auto path = resolve_weight_path(value, key);
-    load_state(path, io::load_state_dict(path), spec);
-  };
-
-  LoadSpec vit;
-  vit.add_prefix = "visual_encoder.";
-  const int64_t depth = config.vision.depth, grid = config.vision.grid();
-  vit.is_ignorable = [depth](const std::string& key) {
-    static const std::regex block(R"(^visual_encoder\.blocks\.(\d+)\..*)");
-    std::smatch m;
-    return std::regex_match(key, m, block) && std::stoll(m[1]) >= depth;  // EVA-CLIP's 40th block
-  };
-  vit.reshape = [grid](const std::string& name, const torch::Tensor& value, const torch::Tensor& target) {
-    if (name != "visual_encoder.pos_embed" || value.dim() != 3 || value.size(2) != target.size(2)) return torch::Tensor();
-    return interpolate_pos_embed(value, grid);
-  };
-  load("vit_model", config.vit_model, vit);
-
-  LoadSpec qformer;
-  qformer.is_ignorable = blip2_unused;
-  if (config.has_qformer) {
-    load("q_former_model", config.q_former_model, qformer);
-  } else if (!config.q_former_model.empty() && config.q_former_model.find("://") == std::string::npos) {
-    // The LLaMA-2 variant's code reads no BLIP-2 checkpoint (its ln_vision keeps LayerNorm's
-    // defaults unless model.ckpt holds one), so one named here is skipped. A file without a
-    // Q-Former, holding ln_vision alone, is read: that is how save_model_parts releases a
-    // tower trained with this variant (the quickstart's).
-    const auto path = resolve_weight_path(config.q_former_model, "q_former_model");
-    const StateDict state = io::load_state_dict(path);
-    const bool blip2 = std::any_of(state.begin(), state.end(), [](const auto& item) {
-      return starts_with(item.first, "Qformer.") || item.first == "query_tokens";
-    });
-    if (blip2) {
-      report.notes.push_back("q_former_model " + path +
-                             " is a BLIP-2 checkpoint and is not read: the LLaMA-2 variant (has_qformer: False) "
-                             "takes ln_vision from no BLIP-2 file, as the original");
-    } else {
-      qformer.is_ignorable = [](const std::string& key) { return !starts_with(key, "ln_vision."); };
-      load_state(path, state, qformer);
-    }
-  }
-
-  LoadSpec llm;
-  llm.add_prefix = "llama_model.";
-  llm.is_ignorable = rotary_buffer;
-  load_state(llama_dir, llm_weights, llm);
-  llm_weights.clear();
-
-  // model.ckpt: read now, loaded once the adapters it may hold weights for exist. A
-  // TinyGPT-V checkpoint (PEFT-wrapped LLM names) maps onto our names, may imply the
-  // adapter, and every key of it must find its parameter.
-  std::string ckpt_path;
-  StateDict ckpt_state;
-  if (!config.ckpt.empty()) {
-    ckpt_path = resolve_weight_path(config.ckpt, "ckpt");
-    ckpt_state = io::load_state_dict(ckpt_path);
-  }
-  const bool tinygptv_ckpt = tinygptv::is_peft_wrapped(ckpt_state);
-  if (tinygptv_ckpt) {
-    ckpt_state = tinygptv::unwrap_peft_names(ckpt_state, ckpt_path);
-    prepare_for_tinygptv_checkpoint(*model, ckpt_state, ckpt_path, report);
-    report.notes.push_back(ckpt_path + " is a TinyGPT-V checkpoint: its llama_model.base_model.model.* keys (PEFT's "
-                           "wrapper) are read as llama_model.*");
-  }
-  attach_configured_adapters(*model);  // before the checkpoint, which may hold their trained weights
-  LoadSpec ckpt;
-  ckpt.source = ckpt_path;
-  ckpt.is_ignorable = [](const std::string& key) { return rotary_buffer(key) || blip2_unused(key); };
-  ckpt.reshape = vit.reshape;
-  if (tinygptv_ckpt) {  // every key must fit: unknown ones first (they explain most shape errors too)
-    const auto params = model->named_parameters(), buffers = model->named_buffers();
-    std::vector<std::string> unknown;
-    for (const auto& item : ckpt_state)
-      if (!params.contains(item.first) && !buffers.contains(item.first) && !ckpt.is_ignorable(item.first))
-        unknown.push_back(item.first);
-    if (!unknown.empty())
-      fail("{}: {} keys of this TinyGPT-V checkpoint have no place in the model (names shown without PEFT's "
-           "base_model.model.): {}{}",
-           ckpt_path, unknown.size(), summarize_names(unknown), tinygptv_hints(unknown, *model));
-  }
-  if (!ckpt_path.empty()) {
-    LoadResult result;
-    try {
-      result = load_into(*model, ckpt_state, ckpt, filled);
-    } catch (const Error& e) {
-      if (!tinygptv_ckpt) throw;
-      throw Error(std::string(e.what()) + " (a TinyGPT-V checkpoint: names shown without PEFT's base_model.model.)");
-    }
-    if (!result.unexpected.empty())
-      log::warn("{}: {} keys the model does not use: {}", ckpt_path, result.unexpected.size(),
-                summarize_names(result.unexpected));
-    report.sources.push_back(std::move(result));
-  }
-  ckpt_state.clear();
-  if (config.low_resource) release_free_heap();  // the quantiser's float32 blocks (memory.h)
-
-  // The projector is new in MiniGPT-4 (stage 1 starts it from scratch); without a Q-Former
-  // nothing provides ln_vision either, and the original leaves it at LayerNorm's default.
-  // Everything else must have come from a file.
-  auto missing = unfilled_parameters(*model, filled);
-  auto fresh = [&](const std::string& prefix, auto reset) {
-    if (std::none_of(missing.begin(), missing.end(), [&](const auto& n) { return starts_with(n, prefix); })) return;
-    reset();
-    for (const auto& n : missing)
-      if (starts_with(n, prefix)) report.initialised.push_back(n);
-    missing.erase(std::remove_if(missing.begin(), missing.end(), [&](const auto& n) { return starts_with(n, prefix); }),
-                  missing.end());
-  };
-  fresh("llama_proj.", [&] { model->llama_proj->reset_parameters(); });
-  if (model->llama_proj2) fresh("llama_proj2.", [&] { model->llama_proj2->reset_parameters(); });
-  // Norms a relative adds to its LLM (TinyGPT-V's) keep the defaults they were built with;
-  // adapters created by model.lora start as LoRA does (B zero) unless model.ckpt held them.
-  const std::string llm_prefix = "llama_model.";
-  for (auto it = missing.begin(); it != missing.end();) {
-    if (lora::is_adapter_parameter(*it) ||
-        (starts_with(*it, llm_prefix) && model->llama_model->starts_at_default(it->substr(llm_prefix.size())))) {
-      report.initialised.push_back(*it);
-      it = missing.erase(it);
-    } else {
-      ++it;
-    }
-  }
-  if (!config.has_qformer) fresh("ln_vision.", [&] { model->ln_vision->reset_parameters(); });
-  if (!missing.empty()) {
-    fail("{} model weights were not found in any configured file (vit_model='{}', q_former_model='{}', "
-         "llama_model='{}', ckpt='{}'): {}",
-         missing.size(), config.vit_model, config.q_former_model, config.llama_model, config.ckpt,
-         summarize_names(missing));
-  }
-  load_configured_adapters(*model);
-  model->apply_freezing();
-  if (report_out) *report_out = std::move(report);
-  return model;
-}
 
 }  // namespace minigpt4

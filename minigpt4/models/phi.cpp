@@ -1,6 +1,7 @@
 #include "minigpt4/models/phi.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/common/untrusted.h"
 
 #include <nlohmann/json.hpp>
@@ -10,10 +11,6 @@
 namespace minigpt4 {
 
 namespace {
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
 
 // Typed reads of config.json keys; a null value counts as absent (HF writes e.g.
 // "num_key_value_heads": null).
@@ -117,11 +114,13 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
     fail("{}: activation {} is not supported (Phi uses gelu_new)", source, excerpt(activation));
   // Sizes a stranger's config.json could get wrong in ways that would divide by zero or
   // overflow later: each model size is a positive int32, as in transformers' configs.
-  for (const auto& [key, value] :
-       {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size},
-        {"intermediate_size", c.intermediate_size}, {"num_hidden_layers", c.num_hidden_layers},
-        {"num_attention_heads", c.num_attention_heads}, {"num_key_value_heads", c.num_key_value_heads},
-        {"max_position_embeddings", c.max_position_embeddings}})
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+                                   {"hidden_size", c.hidden_size},
+                                   {"intermediate_size", c.intermediate_size},
+                                   {"num_hidden_layers", c.num_hidden_layers},
+                                   {"num_attention_heads", c.num_attention_heads},
+                                   {"num_key_value_heads", c.num_key_value_heads},
+                                   {"max_position_embeddings", c.max_position_embeddings}})
     if (value < 1 || value > INT32_MAX) fail("{}: '{}' must be from 1 to {}, got {}", source, key, INT32_MAX, value);
   if (c.rotary_dim < 0 || c.rotary_dim > INT32_MAX)
     fail("{}: 'rotary_dim' must be from 0 to {}, got {}", source, INT32_MAX, c.rotary_dim);
@@ -132,7 +131,8 @@ PhiConfig PhiConfig::from_json(const nlohmann::json& j, const std::string& sourc
   if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta))
     fail("{}: 'rope_theta' must be a positive number, got {}", source, c.rope_theta);
   if (c.hidden_size % c.num_attention_heads != 0)
-    fail("{}: hidden size {} is not a multiple of the {} attention heads", source, c.hidden_size, c.num_attention_heads);
+    fail("{}: hidden size {} is not a multiple of the {} attention heads", source, c.hidden_size,
+         c.num_attention_heads);
   if (c.num_attention_heads % c.num_key_value_heads != 0)
     fail("{}: num_attention_heads {} is not a multiple of num_key_value_heads {}", source, c.num_attention_heads,
          c.num_key_value_heads);
@@ -149,9 +149,10 @@ void PhiConfig::detect_layout(const StateDict& weights, const std::string& sourc
   for (const auto& item : weights) {
     const auto& name = item.first;
     if (name.find("mixer.Wqkv.") != std::string::npos)
-      fail("{}: '{}' is the phi-msft remote-code layout, which this code does not read; convert the checkpoint to "
-           "Hugging Face's Phi names (transformers' convert_phi_weights_to_hf.py)",
-           source, name);
+      fail(
+          "{}: '{}' is the phi-msft remote-code layout, which this code does not read; convert the checkpoint to "
+          "Hugging Face's Phi names (transformers' convert_phi_weights_to_hf.py)",
+          source, name);
     fused = fused || ends_with(name, "self_attn.query_key_value.weight");
     split = split || ends_with(name, "self_attn.q_proj.weight");
     qk_layernorm = qk_layernorm || ends_with(name, "self_attn.q_layernorm.weight");
@@ -177,8 +178,10 @@ PhiAttention::PhiAttention(const PhiConfig& c, const torch::TensorOptions& optio
   }
   dense = register_module("dense", linear(num_heads * head_dim, c.hidden_size));
   if (c.qk_layernorm) {
-    q_layernorm = register_module("q_layernorm", std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, c.norm_options(options)));
-    k_layernorm = register_module("k_layernorm", std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, c.norm_options(options)));
+    q_layernorm = register_module("q_layernorm",
+                                  std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, c.norm_options(options)));
+    k_layernorm = register_module("k_layernorm",
+                                  std::make_shared<LayerNorm>(head_dim, c.layer_norm_eps, c.norm_options(options)));
     q_layernorm->reset_parameters();
     k_layernorm->reset_parameters();
   }
@@ -208,9 +211,9 @@ torch::Tensor PhiAttention::forward(const torch::Tensor& x, const decoder::Rotar
   // In float32 whatever the weights: Phi-2's q.k products overflow fp16 (transformers
   // upcasts them too).
   const auto f32 = torch::kFloat32;
-  const auto out = attention(q.to(f32), k.to(f32), v.to(f32), additive_mask,
-                             1.0 / std::sqrt(static_cast<double>(head_dim)))
-                       .to(x.scalar_type());
+  const auto out =
+      attention(q.to(f32), k.to(f32), v.to(f32), additive_mask, 1.0 / std::sqrt(static_cast<double>(head_dim)))
+          .to(x.scalar_type());
   return dense->forward(out.transpose(1, 2).reshape({B, T, num_heads * head_dim}));
 }
 
@@ -227,11 +230,12 @@ PhiDecoderLayer::PhiDecoderLayer(const PhiConfig& c, const torch::TensorOptions&
   self_attn = register_module("self_attn", std::make_shared<PhiAttention>(c, options, format));
   mlp = register_module("mlp", std::make_shared<PhiMlp>(c, options, format));
   resid_pdrop = c.resid_pdrop;
-  input_layernorm = register_module("input_layernorm",
-                                    std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
+  input_layernorm = register_module(
+      "input_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
   if (c.post_layernorm) {
     post_layernorm = register_module(
-        "post_layernorm", std::make_shared<RMSNorm>(c.hidden_size, PhiConfig::kPostLayerNormEps, c.norm_options(options)));
+        "post_layernorm",
+        std::make_shared<RMSNorm>(c.hidden_size, PhiConfig::kPostLayerNormEps, c.norm_options(options)));
     torch::NoGradGuard no_grad;
     post_layernorm->weight.fill_(1.0);
   }
@@ -254,11 +258,13 @@ torch::Tensor PhiDecoderLayer::forward(const torch::Tensor& x, const decoder::Ro
 PhiForCausalLM::PhiForCausalLM(const PhiConfig& c, const torch::TensorOptions& options, WeightFormat format)
     : config(c) {
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
-  embed_tokens = model->register_module("embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, options));
+  embed_tokens =
+      model->register_module("embed_tokens", std::make_shared<Embedding>(c.vocab_size, c.hidden_size, options));
   layers = model->register_module("layers", torch::nn::ModuleList());
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) layers->push_back(std::make_shared<PhiDecoderLayer>(c, options, format));
-  final_layernorm =
-      model->register_module("final_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i)
+    layers->push_back(std::make_shared<PhiDecoderLayer>(c, options, format));
+  final_layernorm = model->register_module(
+      "final_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
   lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, true, options));
   if (c.tie_word_embeddings) lm_head->weight = embed_tokens->weight;
   inv_freq = register_buffer("inv_freq", decoder::rope_inv_freq(c.rotary_ndims(), c.rope_theta, options.device()));
@@ -307,10 +313,11 @@ StateDict fuse_phi_qkv(const StateDict& weights, int64_t num_heads, const std::s
         fail("{}: '{}' has no matching {}k_proj.{} and {}v_proj.{} to fuse into query_key_value", source, name, stem,
              kind, stem, kind);
       if (k->second.sizes() != q.sizes() || v->second.sizes() != q.sizes())
-        fail("{}: {}q_proj/k_proj/v_proj.{} have different shapes ([{}], [{}], [{}]); a fused query_key_value needs "
-             "as many key/value heads as query heads",
-             source, stem, kind, fmt::join(q.sizes(), ", "), fmt::join(k->second.sizes(), ", "),
-             fmt::join(v->second.sizes(), ", "));
+        fail(
+            "{}: {}q_proj/k_proj/v_proj.{} have different shapes ([{}], [{}], [{}]); a fused query_key_value needs "
+            "as many key/value heads as query heads",
+            source, stem, kind, fmt::join(q.sizes(), ", "), fmt::join(k->second.sizes(), ", "),
+            fmt::join(v->second.sizes(), ", "));
       if (q.size(0) % num_heads != 0)
         fail("{}: '{}' has {} rows, not a multiple of the {} heads", source, name, q.size(0), num_heads);
       auto per_head = [num_heads](const at::Tensor& t) { return t.reshape({num_heads, t.size(0) / num_heads, -1}); };

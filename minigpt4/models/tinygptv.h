@@ -24,6 +24,7 @@
 // (only the norms' weights trained: their biases come from Phi-2 or keep their defaults).
 // Our parameter names are these without PEFT's wrapper.
 #include "minigpt4/common/state_dict.h"
+#include "minigpt4/models/llm_family.h"
 #include "minigpt4/models/lora.h"
 
 #include <string>
@@ -58,5 +59,23 @@ const std::vector<std::string>& lora_targets();
 // What TinyGPT-V trains besides its adapter, as model.lora_trainable entries: both
 // projections and the weights (not the biases) of Phi's norms.
 const std::vector<std::string>& trainable();
+
+// ---- Loading a TinyGPT-V model (load_minigpt4 calls these)
+
+}  // namespace minigpt4::tinygptv
+namespace minigpt4 {
+struct LoadReport;
+struct MiniGPT4;
+}  // namespace minigpt4
+namespace minigpt4::tinygptv {
+
+// model.llm_variant: tinygptv: the Phi LLM as TinyGPT-V's modeling_phi.py builds it; split
+// q/k/v weight files are fused into query_key_value. `dir` names the LLM in messages.
+void use_tinygptv_phi(LLMConfig& llm, StateDict& weights, const std::string& dir, LoadReport& report);
+// Creates the LLM adapter a TinyGPT-V checkpoint's LoRA weights load into, when model.lora.llm
+// does not (with TinyGPT-V's settings); checks its rank when it does.
+void prepare_for_checkpoint(MiniGPT4& model, const StateDict& state, const std::string& path, LoadReport& report);
+// For checkpoint keys that found no parameter: the settings a TinyGPT-V model needs ("" if none).
+std::string missing_switches(const std::vector<std::string>& unexpected, const MiniGPT4& model);
 
 }  // namespace minigpt4::tinygptv

@@ -3,7 +3,7 @@
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
-#include "minigpt4/data/synth.h"
+#include "minigpt4/quickstart/synth.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/processors/image_decode.h"
@@ -33,11 +33,12 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 bool is_attribute_word(const std::string& word) {
   std::string w;
   for (const char c : word)
-    if (std::isalpha(static_cast<unsigned char>(c))) w += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  for (const auto& colour : data::synth_colours())
+    if (std::isalpha(static_cast<unsigned char>(c)))
+      w += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  for (const auto& colour : synth_colours())
     if (w == colour) return true;
-  for (const auto& shape : data::synth_shapes())
-    if (w == shape || w == data::shape_noun(shape, 2)) return true;
+  for (const auto& shape : synth_shapes())
+    if (w == shape || w == shape_noun(shape, 2)) return true;
   return false;
 }
 
@@ -59,7 +60,8 @@ BoxCover cover(const std::vector<std::array<int, 4>>& boxes, int64_t width, int6
   c.cell_inside = torch::zeros({grid, grid}, torch::kFloat32);
   for (int64_t r = 0; r < grid; ++r)
     for (int64_t col = 0; col < grid; ++col) {
-      const auto cell = mask.slice(0, r * height / grid, (r + 1) * height / grid).slice(1, col * width / grid, (col + 1) * width / grid);
+      const auto cell = mask.slice(0, r * height / grid, (r + 1) * height / grid)
+                            .slice(1, col * width / grid, (col + 1) * width / grid);
       c.cell_inside[r][col] = cell.numel() ? cell.mean().item<float>() : 0.0f;
     }
   return c;
@@ -72,7 +74,9 @@ void write_bytes(const fs::path& path, const std::string& bytes) {
 }
 
 // Four times larger, nearest neighbour: a 64 px picture is too small to look at.
-torch::Tensor enlarged(const torch::Tensor& rgb) { return rgb.repeat_interleave(4, 0).repeat_interleave(4, 1).contiguous(); }
+torch::Tensor enlarged(const torch::Tensor& rgb) {
+  return rgb.repeat_interleave(4, 0).repeat_interleave(4, 1).contiguous();
+}
 
 struct Accumulator {
   ExplainScore score;
@@ -107,7 +111,8 @@ double answer_forward_seconds(const ChatModel& model, const torch::Tensor& image
   auto span = embeds.slice(1, prompt - 1);
   if (answer.size() > 1) {
     const std::vector<int64_t> fed(answer.begin(), answer.end() - 1);
-    span = torch::cat({span, llm.embed(torch::tensor(fed, torch::kLong).view({1, -1}).to(model.device)).to(span.scalar_type())}, 1);
+    span = torch::cat(
+        {span, llm.embed(torch::tensor(fed, torch::kLong).view({1, -1}).to(model.device)).to(span.scalar_type())}, 1);
   }
   const auto start = Clock::now();
   llm.forward(span, o);
@@ -128,7 +133,8 @@ ExplainScore score(const ChatModel& model, const std::vector<HeldoutItem>& items
   for (size_t i = 0; i < items.size(); ++i) {
     const auto& item = items[i];
     if (item.boxes.empty())
-      fail("explain check: {} has no object boxes (a world written by an older `minigpt4 synth`; write it again)", item.image_path);
+      fail("explain check: {} has no object boxes (a world written by an older `minigpt4 synth`; write it again)",
+           item.image_path);
     const auto rgb = decode_image_rgb(item.image_path);
     ChatSession session(std::shared_ptr<const ChatModel>(&model, [](const ChatModel*) {}));
     at::Tensor vision_tokens;
@@ -167,7 +173,8 @@ ExplainScore score(const ChatModel& model, const std::vector<HeldoutItem>& items
       if (first_map.defined()) {
         std::string name;
         for (const char c : first_word)
-          if (std::isalpha(static_cast<unsigned char>(c))) name += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+          if (std::isalpha(static_cast<unsigned char>(c)))
+            name += static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
         write_bytes(fs::path(pictures_dir) / fmt::format("{:02d}_{}.png", i, name), explanation_png(big, first_map));
       }
       log::info("explain check: picture {} ({}): \"{}\"", i, item.image_path, reply.text);
@@ -194,13 +201,15 @@ nlohmann::json ExplainCheckResult::to_json() const {
             {"explain_with_words", explain_seconds},
             {"answer_forward", answer_forward_seconds},
             {"answer", answer_seconds}}},
-          {"answer_map_over_answer_forward", answer_forward_seconds > 0 ? explain_answer_map_seconds / answer_forward_seconds : 0.0},
+          {"answer_map_over_answer_forward",
+           answer_forward_seconds > 0 ? explain_answer_map_seconds / answer_forward_seconds : 0.0},
           {"answer_map_over_answer", answer_seconds > 0 ? explain_answer_map_seconds / answer_seconds : 0.0}};
 }
 
 ExplainCheckResult check_explanations(const ChatModel& model, ChatModel& control, const ExplainCheckOptions& options) {
   auto items = read_heldout(options.heldout_root);
-  if (options.limit >= 0 && static_cast<int64_t>(items.size()) > options.limit) items.resize(static_cast<size_t>(options.limit));
+  if (options.limit >= 0 && static_cast<int64_t>(items.size()) > options.limit)
+    items.resize(static_cast<size_t>(options.limit));
   if (items.empty()) fail("explain check: no held-out pictures in {}", options.heldout_root);
 
   ExplainCheckResult result;
@@ -223,7 +232,8 @@ ExplainCheckResult check_explanations(const ChatModel& model, ChatModel& control
       t->copy_(flat.view(t->sizes()));
     }
   }
-  result.shuffled = score(control, items, options, options.pictures_dir.empty() ? "" : options.pictures_dir + "/shuffled", nullptr);
+  result.shuffled =
+      score(control, items, options, options.pictures_dir.empty() ? "" : options.pictures_dir + "/shuffled", nullptr);
   return result;
 }
 

@@ -46,8 +46,10 @@ std::vector<HeldoutItem> read_heldout(const std::string& root) {
         for (const auto& box : a.at("boxes")) item.boxes.push_back(box.get<std::array<int, 4>>());
       items.push_back(std::move(item));
     } catch (const nlohmann::json::exception& e) {
-      fail("held-out set: {} entry {} needs image, shape, colour, count and position (boxes, if any, as [x0, y0, x1, y1]): {}",
-           file, i, e.what());
+      fail(
+          "held-out set: {} entry {} needs image, shape, colour, count and position (boxes, if any, as [x0, y0, x1, "
+          "y1]): {}",
+          file, i, e.what());
     }
   }
   return items;
@@ -69,14 +71,16 @@ std::vector<std::string> words_of(const std::string& text) {
   return words;
 }
 
-bool contains(const std::vector<std::string>& v, const std::string& s) { return std::find(v.begin(), v.end(), s) != v.end(); }
+bool contains(const std::vector<std::string>& v, const std::string& s) {
+  return std::find(v.begin(), v.end(), s) != v.end();
+}
 
 }  // namespace
 
 StatedAttributes parse_scene_answer(const std::string& answer) {
   const auto words = words_of(answer);
-  const auto& shapes = data::synth_shapes();
-  const auto& colours = data::synth_colours();
+  const auto& shapes = synth_shapes();
+  const auto& colours = synth_colours();
   StatedAttributes out;
   for (size_t i = 0; i < words.size(); ++i) {
     const std::string& w = words[i];
@@ -85,7 +89,7 @@ StatedAttributes parse_scene_answer(const std::string& answer) {
       if (!out.shape && (w == s || w == s + "s")) out.shape = s;
     if (!out.count) {
       for (int n = 1; n <= 5; ++n)
-        if (w == data::count_word(n) || w == std::to_string(n)) out.count = n;
+        if (w == count_word(n) || w == std::to_string(n)) out.count = n;
       const bool before_object =
           i + 1 < words.size() && (contains(colours, words[i + 1]) || contains(shapes, words[i + 1]));
       if (!out.count && (w == "a" || w == "an") && before_object) out.count = 1;
@@ -98,7 +102,7 @@ StatedAttributes parse_scene_answer(const std::string& answer) {
   return out;
 }
 
-void AttributeTally::add(const StatedAttributes& s, const data::SceneAttributes& t) {
+void AttributeTally::add(const StatedAttributes& s, const SceneAttributes& t) {
   ++items;
   shape += s.shape && *s.shape == t.shape;
   colour += s.colour && *s.colour == t.colour;
@@ -120,8 +124,8 @@ nlohmann::json AttributeTally::to_json() const {
           {"position", static_cast<double>(position) / n}};
 }
 
-HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer,
-                               const std::vector<HeldoutItem>& items, const HeldoutOptions& options) {
+HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer, const std::vector<HeldoutItem>& items,
+                               const HeldoutOptions& options) {
   torch::NoGradGuard no_grad;
   const auto start = std::chrono::steady_clock::now();
   const ImageEvalProcessor processor(static_cast<int>(model.config.vision.image_size));
@@ -157,10 +161,12 @@ HeldoutResult evaluate_heldout(const MiniGPT4& model, const Tokenizer& tokenizer
     const auto& item = items[i];
     const auto image = processor.from_file(item.image_path).unsqueeze(0);
     const auto img_embeds = model.encode_img(image);
-    const auto seeing = generate(*model.llama_model, model.context_embedding(seeing_prompt, {img_embeds}, tokenizer), gen);
+    const auto seeing =
+        generate(*model.llama_model, model.context_embedding(seeing_prompt, {img_embeds}, tokenizer), gen);
     const std::string seeing_text = postprocess_answer(seeing.hf_output(), tokenizer);
     result.seeing.add(parse_scene_answer(seeing_text), item.truth);
-    nlohmann::json record = {{"image", item.image_path}, {"truth", data::canonical_caption(item.truth)}, {"answer", seeing_text}};
+    nlohmann::json record = {
+        {"image", item.image_path}, {"truth", canonical_caption(item.truth)}, {"answer", seeing_text}};
     if (options.blind) {
       const auto blind = generate(*model.llama_model, model.context_embedding(blind_prompt, {}, tokenizer), gen);
       const std::string blind_text = postprocess_answer(blind.hf_output(), tokenizer);

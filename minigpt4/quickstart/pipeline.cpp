@@ -4,8 +4,8 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
-#include "minigpt4/data/stream.h"
-#include "minigpt4/data/synth.h"
+#include "minigpt4/datasets/stream.h"
+#include "minigpt4/quickstart/synth.h"
 #include "minigpt4/evaluate/runner.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/models/minigpt4.h"
@@ -38,7 +38,8 @@ std::vector<std::string> read_prompts(const std::string& path) {
 }
 
 std::string replace_all(std::string s, const std::string& from, const std::string& to) {
-  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) s.replace(at, from.size(), to);
+  for (size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size()))
+    s.replace(at, from.size(), to);
   return s;
 }
 
@@ -49,7 +50,7 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 // and </Img>, where the image embeddings will later go, followed by a caption or by a chat
 // answer in the template `minigpt4 chat` uses and in the stage-2 training template. The
 // text never shows a picture: learning to see stays the job of stages 1 and 2.
-size_t write_warmup_corpus(const data::SynthSummary& world, const std::vector<std::string>& prompts, uint64_t seed,
+size_t write_warmup_corpus(const SynthSummary& world, const std::vector<std::string>& prompts, uint64_t seed,
                            int context_lines, const fs::path& out) {
   std::ifstream corpus(world.corpus_path);
   if (!corpus) fail("quickstart: cannot read {}", world.corpus_path);
@@ -57,29 +58,32 @@ size_t write_warmup_corpus(const data::SynthSummary& world, const std::vector<st
   size_t lines = 0;
   for (std::string line; std::getline(corpus, line); ++lines) text += line + "\n";
 
-  std::mt19937_64 rng(data::mix_seed(seed, 0x77A4D5ULL));
+  std::mt19937_64 rng(datasets::mix_seed(seed, 0x77A4D5ULL));
   for (int i = 0; i < context_lines; ++i, ++lines) {
-    const auto scene = data::random_scene(rng);
-    const std::string described = "<Img>" + data::canonical_caption(scene) + "</Img>";
-    const std::string question = replace_all(prompts[rng() % prompts.size()], std::string("<Img>") + kImagePlaceholder + "</Img>", described);
+    const auto scene = random_scene(rng);
+    const std::string described = "<Img>" + canonical_caption(scene) + "</Img>";
+    const std::string question =
+        replace_all(prompts[rng() % prompts.size()], std::string("<Img>") + kImagePlaceholder + "</Img>", described);
     switch (i % 3) {
       case 0: {
         Conversation conv = conversation_template(kChatTemplate);
         conv.append_message(conv.roles()[0], question);
         conv.start_answer();
-        conv.set_answer(data::scene_answer(scene, rng));
+        conv.set_answer(scene_answer(scene, rng));
         text += conv.get_prompt() + "\n";
         break;
       }
-      case 1: text += "###Human: " + question + " ###Assistant: " + data::scene_answer(scene, rng) + "###\n"; break;
-      default: text += described + " " + data::scene_caption(scene, rng) + "\n";
+      case 1: text += "###Human: " + question + " ###Assistant: " + scene_answer(scene, rng) + "###\n"; break;
+      default: text += described + " " + scene_caption(scene, rng) + "\n";
     }
   }
   write_file(out, text);
   return lines;
 }
 
-std::string yaml_quote(const std::string& s) { return "\"" + replace_all(replace_all(s, "\\", "\\\\"), "\"", "\\\"") + "\""; }
+std::string yaml_quote(const std::string& s) {
+  return "\"" + replace_all(replace_all(s, "\\", "\\\\"), "\"", "\\\"") + "\"";
+}
 
 struct BenchmarkOutcome {
   nlohmann::json headline = nlohmann::json::object();  // CIDEr, BLEU-4, VQA accuracy
@@ -89,24 +93,36 @@ struct BenchmarkOutcome {
 // `minigpt4 evaluate` on the world's captioning and VQA sets: each gets its eval config
 // (quickstart_{caption,vqa}_eval.yaml, the model of `model_yaml`), its outputs under
 // evaluate/<set>/, and its metrics in quickstart_eval_metrics.json.
-BenchmarkOutcome evaluate_benchmarks(const data::SynthSummary& world, const std::string& model_yaml, const fs::path& out,
+BenchmarkOutcome evaluate_benchmarks(const SynthSummary& world, const std::string& model_yaml, const fs::path& out,
                                      const QuickstartOptions& opt) {
   BenchmarkOutcome outcome;
   if (world.eval_samples == 0) return outcome;
   const auto start = Clock::now();
   const std::vector<std::pair<std::string, std::string>> sets = {
-      {"caption", "  task: coco_caption\n"
-                  "  annotations: " + yaml_quote(world.eval_captions) + "\n"
-                  "  image_root: " + yaml_quote(world.eval_image_root) + "\n"
-                  "  prompt: \"Describe this image in detail.\"\n"
-                  "  max_new_tokens: 40\n"},
-      {"vqa", "  task: vqav2\n"
-              "  annotations: " + yaml_quote(world.eval_vqa_annotations) + "\n"
-              "  questions: " + yaml_quote(world.eval_vqa_questions) + "\n"
-              "  image_root: " + yaml_quote(world.eval_image_root) + "\n"
-              "  image_file: \"{image_id:05d}.jpg\"\n"
-              "  prompt: \"Based on the image, respond to this question with a short answer: {question}\"\n"
-              "  max_new_tokens: 10\n"}};
+      {"caption",
+       "  task: coco_caption\n"
+       "  annotations: " +
+           yaml_quote(world.eval_captions) +
+           "\n"
+           "  image_root: " +
+           yaml_quote(world.eval_image_root) +
+           "\n"
+           "  prompt: \"Describe this image in detail.\"\n"
+           "  max_new_tokens: 40\n"},
+      {"vqa",
+       "  task: vqav2\n"
+       "  annotations: " +
+           yaml_quote(world.eval_vqa_annotations) +
+           "\n"
+           "  questions: " +
+           yaml_quote(world.eval_vqa_questions) +
+           "\n"
+           "  image_root: " +
+           yaml_quote(world.eval_image_root) +
+           "\n"
+           "  image_file: \"{image_id:05d}.jpg\"\n"
+           "  prompt: \"Based on the image, respond to this question with a short answer: {question}\"\n"
+           "  max_new_tokens: 10\n"}};
   nlohmann::json metrics;
   for (const auto& [name, evaluation] : sets) {
     const fs::path yaml = out / ("quickstart_" + name + "_eval.yaml");
@@ -147,7 +163,7 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
 
   // 1. The world.
   auto t = Clock::now();
-  data::SynthOptions synth;
+  SynthOptions synth;
   synth.out_dir = (out / "world").string();
   synth.seed = opt.seed;
   synth.stage1_samples = opt.stage1_samples;
@@ -156,7 +172,7 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   synth.image_size = 64;
   synth.shard_size = 500;
   synth.force = true;
-  const auto world = data::write_synthetic_world(synth);
+  const auto world = write_synthetic_world(synth);
   const fs::path warmup_txt = out / "world" / "warmup.txt";
   const size_t warmup_lines = write_warmup_corpus(world, prompts, opt.seed, opt.warmup_context_lines, warmup_txt);
   log::info("world: {} stage-1 samples in {} shards, {} stage-2 pairs, {} held out, {} warm-up lines ({:.1f} s)",
@@ -190,56 +206,65 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   const std::vector<std::string> stage1_paths = {"model.vit_model=" + (init_dir / "eva_vit.safetensors").string(),
                                                  "model.q_former_model=" + (init_dir / "blip2.safetensors").string(),
                                                  "model.llama_model=" + (warm_dir / "llm").string()};
-  const auto stage1 = run_stage("stage 1", stage1_cfg,
-                                with(stage1_paths, {"datasets.cc_sbu.build_info.storage=" + world.stage1_spec,
-                                                    "model.prompt_path=" +
-                                                        (fs::path(opt.prompt_path).parent_path() / "image_only.txt").string(),
-                                                    "run.output_dir=" + (out / "stage1").string()}),
-                                settings);
+  const auto stage1 = run_stage(
+      "stage 1", stage1_cfg,
+      with(stage1_paths, {"datasets.cc_sbu.build_info.storage=" + world.stage1_spec,
+                          "model.prompt_path=" + (fs::path(opt.prompt_path).parent_path() / "image_only.txt").string(),
+                          "run.output_dir=" + (out / "stage1").string()}),
+      settings);
   const fs::path stage1_dir = out / "model" / "stage1";
   release_model(*load_release(stage1_cfg, with(stage1_paths, {"model.ckpt=" + stage1.result.last_checkpoint})),
                 init_dir / "llm", stage1_dir);
 
   // 5. Stage 2 from the stage-1 checkpoint.
-  const auto stage2 = run_stage("stage 2", stage2_cfg,
-                                with(release_paths(stage1_dir), {"model.ckpt=" + stage1.result.last_checkpoint,
-                                                                 "model.prompt_path=" + opt.prompt_path,
-                                                                 "datasets.cc_sbu_align.build_info.storage=" + world.align_root,
-                                                                 "run.output_dir=" + (out / "stage2").string()}),
-                                settings);
+  const auto stage2 =
+      run_stage("stage 2", stage2_cfg,
+                with(release_paths(stage1_dir),
+                     {"model.ckpt=" + stage1.result.last_checkpoint, "model.prompt_path=" + opt.prompt_path,
+                      "datasets.cc_sbu_align.build_info.storage=" + world.align_root,
+                      "run.output_dir=" + (out / "stage2").string()}),
+                settings);
 
   // 6. The eval config a user chats with, and the held-out answers.
   const fs::path eval_yaml = out / "minigpt4_quickstart_eval.yaml";
   const std::string model_yaml =
-             "model:\n"
-             "  arch: minigpt4\n"
-             "  model_type: quickstart\n"
-             "  vit_model: " + yaml_quote((stage1_dir / "eva_vit.safetensors").string()) + "\n"
-             "  q_former_model: " + yaml_quote((stage1_dir / "blip2.safetensors").string()) + "\n"
-             "  llama_model: " + yaml_quote((stage1_dir / "llm").string()) + "\n"
-             "  ckpt: " + yaml_quote(stage2.result.last_checkpoint) + "\n"
-             "  max_txt_len: 160\n"
-             "  end_sym: \"###\"\n"
-             "  low_resource: False\n"
-             "  prompt_template: '###Human: {} ###Assistant: '\n"
-             "\n"
-             "datasets:\n"
-             "  cc_sbu_align:\n"
-             "    vis_processor:\n"
-             "      train:\n"
-             "        name: \"blip2_image_eval\"\n"
-             "        image_size: 64\n"
-             "    text_processor:\n"
-             "      train:\n"
-             "        name: \"blip_caption\"\n";
+      "model:\n"
+      "  arch: minigpt4\n"
+      "  model_type: quickstart\n"
+      "  vit_model: " +
+      yaml_quote((stage1_dir / "eva_vit.safetensors").string()) +
+      "\n"
+      "  q_former_model: " +
+      yaml_quote((stage1_dir / "blip2.safetensors").string()) +
+      "\n"
+      "  llama_model: " +
+      yaml_quote((stage1_dir / "llm").string()) +
+      "\n"
+      "  ckpt: " +
+      yaml_quote(stage2.result.last_checkpoint) +
+      "\n"
+      "  max_txt_len: 160\n"
+      "  end_sym: \"###\"\n"
+      "  low_resource: False\n"
+      "  prompt_template: '###Human: {} ###Assistant: '\n"
+      "\n"
+      "datasets:\n"
+      "  cc_sbu_align:\n"
+      "    vis_processor:\n"
+      "      train:\n"
+      "        name: \"blip2_image_eval\"\n"
+      "        image_size: 64\n"
+      "    text_processor:\n"
+      "      train:\n"
+      "        name: \"blip_caption\"\n";
   write_file(eval_yaml,
              "# The quickstart's trained tiny MiniGPT-4 (written by `minigpt4 quickstart`).\n"
-             "#   minigpt4 chat --cfg-path " + eval_yaml.string() + " --image IMAGE --prompt \"Describe this image in detail.\"\n" +
-             model_yaml +
-             "\n"
-             "run:\n"
-             "  task: image_text_pretrain\n"
-             "  device: \"cpu\"\n");
+             "#   minigpt4 chat --cfg-path " +
+                 eval_yaml.string() + " --image IMAGE --prompt \"Describe this image in detail.\"\n" + model_yaml +
+                 "\n"
+                 "run:\n"
+                 "  task: image_text_pretrain\n"
+                 "  device: \"cpu\"\n");
 
   t = Clock::now();
   const auto eval_config = Config::load(eval_yaml.string(), opt.options);
@@ -264,13 +289,15 @@ nlohmann::json run_quickstart(const QuickstartOptions& opt) {
   summary["warmup_loss"] = warm.result.last_loss;
   summary["stage1_loss"] = stage1.result.last_loss;
   summary["stage2_loss"] = stage2.result.last_loss;
-  summary["steps"] = {{"warmup", warm.result.global_step}, {"stage1", stage1.result.global_step},
+  summary["steps"] = {{"warmup", warm.result.global_step},
+                      {"stage1", stage1.result.global_step},
                       {"stage2", stage2.result.global_step}};
   summary["seconds"]["warmup"] = warm.seconds;
   summary["seconds"]["stage1"] = stage1.seconds;
   summary["seconds"]["stage2"] = stage2.seconds;
   summary["seconds"]["heldout"] = heldout.seconds;
-  summary["checkpoints"] = {{"warmup", warm.result.last_checkpoint}, {"stage1", stage1.result.last_checkpoint},
+  summary["checkpoints"] = {{"warmup", warm.result.last_checkpoint},
+                            {"stage1", stage1.result.last_checkpoint},
                             {"stage2", stage2.result.last_checkpoint}};
   summary["benchmarks"] = benchmarks.headline;
   summary["seconds"]["benchmarks"] = benchmarks.seconds;

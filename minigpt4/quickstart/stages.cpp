@@ -3,6 +3,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/io/file_util.h"
 #include "minigpt4/models/init.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
@@ -30,14 +31,15 @@ std::vector<std::string> with(std::vector<std::string> base, const std::vector<s
   return base;
 }
 
-std::vector<std::string> scaled_iteration_overrides(const fs::path& config_path, const std::vector<std::string>& overrides,
+std::vector<std::string> scaled_iteration_overrides(const fs::path& config_path,
+                                                    const std::vector<std::string>& overrides,
                                                     const StageSettings& settings) {
   if (settings.iterations_scale == 1.0) return {};
   // iters_per_epoch scaled (tests), read from the file first.
-  const auto base = Config::load(config_path.string(), overrides);
-  const auto iters = base.get_int("run.iters_per_epoch", 0);
+  const auto base = RunSettings::from_config(Config::load(config_path.string(), overrides)).schedule;
+  const auto iters = base.iters_per_epoch.value_or(0);
   const auto scaled = std::max<int64_t>(2, std::llround(static_cast<double>(iters) * settings.iterations_scale));
-  const auto warm = base.get_int("run.warmup_steps", 0);
+  const auto warm = base.warmup_steps;
   return {"run.iters_per_epoch=" + std::to_string(scaled),
           "run.warmup_steps=" + std::to_string(std::min<int64_t>(warm, scaled))};
 }
@@ -110,7 +112,9 @@ nlohmann::json write_fresh_model(const fs::path& model_config_path, const fs::pa
   for (const auto& p : fresh.parameters()) params += p.numel();
   log::info("fresh model: {:.2f} M parameters, LLM vocabulary {} ({})", static_cast<double>(params) / 1e6,
             llm.vocab_size, init_dir.string());
-  return {{"parameters", params}, {"llm_vocab_size", llm.vocab_size}, {"llm_hidden", llm.hidden_size},
+  return {{"parameters", params},
+          {"llm_vocab_size", llm.vocab_size},
+          {"llm_hidden", llm.hidden_size},
           {"llm_layers", llm.num_hidden_layers}};
 }
 
@@ -119,9 +123,9 @@ StageOutcome warm_up_llm(const fs::path& warmup_config, const fs::path& init_dir
   const auto overrides = with(release_paths(init_dir), {"datasets.text_corpus.build_info.storage=" + corpus.string(),
                                                         "run.output_dir=" + run_dir.string()});
   auto warm = run_stage("language warm-up", warmup_config, overrides, settings);
-  const auto c = MiniGPT4Config::from_config(
-      Config::load(warmup_config.string(),
-                   with(with(release_paths(init_dir), {"model.ckpt=" + warm.result.last_checkpoint}), settings.options)));
+  const auto c = MiniGPT4Config::from_config(Config::load(
+      warmup_config.string(),
+      with(with(release_paths(init_dir), {"model.ckpt=" + warm.result.last_checkpoint}), settings.options)));
   release_model(*load_minigpt4(c, torch::kCPU), init_dir / "llm", warm_dir);
   return warm;
 }

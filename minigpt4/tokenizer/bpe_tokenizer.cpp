@@ -24,7 +24,7 @@ using nlohmann::json;
 namespace {
 
 constexpr const char* kEndOfText = "<|endoftext|>";  // GPT2Tokenizer's default bos/eos/unk
-const std::string kReplacement = "\xef\xbf\xbd";       // U+FFFD
+const std::string kReplacement = "\xef\xbf\xbd";     // U+FFFD
 
 // ---------------------------------------------------------------- UTF-8
 
@@ -116,8 +116,7 @@ void code_points(const std::string& s, std::vector<uint32_t>& cps, std::vector<s
 // Python's str.isspace(), which str.lstrip()/rstrip() use.
 bool is_py_space(uint32_t c) {
   return (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c == 0x85 || c == 0xa0 || c == 0x1680 ||
-         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f ||
-         c == 0x3000;
+         (c >= 0x2000 && c <= 0x200a) || c == 0x2028 || c == 0x2029 || c == 0x202f || c == 0x205f || c == 0x3000;
 }
 
 std::string py_lstrip(const std::string& s) {
@@ -206,7 +205,8 @@ std::string quote_piece(const std::string& text) { return "\"" + excerpt(text) +
 // A string field of a JSON object, or `fallback` when absent; another type is an error.
 std::string text_field(const json& v, const char* key, const std::string& fallback, const std::string& where) {
   if (!v.is_object() || !v.contains(key) || v.at(key).is_null()) return fallback;
-  if (!v.at(key).is_string()) fail("BpeTokenizer: {}: \"{}\" must be a string, not {}", where, key, describe_json(v.at(key)));
+  if (!v.at(key).is_string())
+    fail("BpeTokenizer: {}: \"{}\" must be a string, not {}", where, key, describe_json(v.at(key)));
   return v.at(key).get<std::string>();
 }
 
@@ -216,7 +216,8 @@ std::unordered_map<std::string, int64_t> parse_vocab(const json& v, const std::s
   std::unordered_map<std::string, int64_t> vocab;
   for (const auto& [piece, id] : v.items()) {
     if (!id.is_number_integer() || id.get<int64_t>() < 0)
-      fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", where, quote_piece(piece), describe_json(id));
+      fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", where, quote_piece(piece),
+           describe_json(id));
     vocab[piece] = id.get<int64_t>();
   }
   return vocab;
@@ -272,13 +273,220 @@ bool check_byte_level(const json& doc, const fs::path& path) {
     pre = json(pre.at("pretokenizers").at(0));
   if (!pre.is_object() || text_field(pre, "type", "", where + " pre_tokenizer") != "ByteLevel" ||
       !get_bool(pre, "use_regex", true))
-    fail("BpeTokenizer: {}: the pre_tokenizer is {}, not GPT-2's ByteLevel with its regex; only GPT-2 style "
-         "byte-level BPE is supported",
-         where,
-         pre.is_null() ? std::string("missing")
-                       : pre.is_object() ? fmt::format("of type \"{}\"", excerpt(text_field(pre, "type", "?", where)))
-                                         : describe_json(pre));
+    fail(
+        "BpeTokenizer: {}: the pre_tokenizer is {}, not GPT-2's ByteLevel with its regex; only GPT-2 style "
+        "byte-level BPE is supported",
+        where,
+        pre.is_null()     ? std::string("missing")
+        : pre.is_object() ? fmt::format("of type \"{}\"", excerpt(text_field(pre, "type", "?", where)))
+                          : describe_json(pre));
   return get_bool(pre, "add_prefix_space", false);
+}
+
+// vocab.json + merges.txt (the slow tokenizer's files, preferred as transformers' slow
+// class reads them) or tokenizer.json's BPE model.
+struct BpeModelFiles {
+  std::unordered_map<std::string, int64_t> vocab;
+  BpeMergeRanks ranks;
+  std::optional<json> tokenizer_json;  // read when it was the source
+  bool slow_files = false;
+  bool json_prefix_space = false;  // tokenizer.json's ByteLevel add_prefix_space
+};
+
+BpeModelFiles read_model_files(const fs::path& hf_dir) {
+  std::error_code ec;
+  const fs::path vocab_path = hf_dir / "vocab.json", merges_path = hf_dir / "merges.txt",
+                 json_path = hf_dir / "tokenizer.json";
+  BpeModelFiles m;
+  m.slow_files = fs::is_regular_file(vocab_path, ec) && fs::is_regular_file(merges_path, ec);
+
+  // Each merge: both halves and their concatenation must be pieces (as `tokenizers` checks);
+  // a later duplicate takes the later rank (as the slow tokenizer's dict does).
+  auto add_merge = [&](const std::string& a, const std::string& b, int64_t rank, const std::string& where) {
+    for (const std::string& piece : {a, b, a + b})
+      if (!m.vocab.count(piece))
+        fail("BpeTokenizer: {}: the merge \"{} {}\" uses {}, which is not in the vocabulary", where, excerpt(a),
+             excerpt(b), quote_piece(piece));
+    m.ranks[{a, b}] = rank;
+  };
+
+  if (m.slow_files) {
+    m.vocab = parse_vocab(read_json(vocab_path), vocab_path.string());
+    // GPT2Tokenizer: read().split("\n")[1:-1]: the first line (#version) and whatever follows
+    // the last newline are dropped; each line is split on whitespace.
+    const std::string text = read_text(merges_path);
+    std::vector<std::string> lines;
+    size_t start = 0;
+    for (size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1)
+      lines.push_back(text.substr(start, nl - start));
+    for (size_t i = 1; i < lines.size(); ++i) {
+      const std::vector<std::string> parts = py_split(lines[i]);
+      if (parts.empty()) continue;
+      const std::string where = fmt::format("{} line {}", merges_path.string(), i + 1);
+      if (parts.size() != 2)
+        fail("BpeTokenizer: {} is {}, not two pieces separated by a space", where, quote_piece(lines[i]));
+      add_merge(parts[0], parts[1], static_cast<int64_t>(i - 1), where);
+    }
+  } else if (fs::is_regular_file(json_path, ec)) {
+    m.tokenizer_json = read_json(json_path);
+    const json& doc = *m.tokenizer_json;
+    if (!doc.is_object() || !doc.contains("model") || !doc.at("model").is_object())
+      fail("BpeTokenizer: {} has no \"model\" object", json_path.string());
+    const json& model = doc.at("model");
+    const std::string type = text_field(model, "type", "BPE", json_path.string() + " model");
+    if (type != "BPE")
+      fail("BpeTokenizer: {}: model.type is \"{}\"; only BPE (GPT-2 style byte-level) is supported", json_path.string(),
+           excerpt(type));
+    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
+      if (model.contains(key) && model.at(key).is_string() && !model.at(key).get<std::string>().empty())
+        fail("BpeTokenizer: {}: model.{} is set; GPT-2 style byte-level BPE has none", json_path.string(), key);
+    if (get_bool(model, "ignore_merges", false))
+      fail("BpeTokenizer: {}: model.ignore_merges is not supported", json_path.string());
+    m.json_prefix_space = check_byte_level(doc, json_path);
+    if (!model.contains("vocab")) fail("BpeTokenizer: {} has no model.vocab", json_path.string());
+    m.vocab = parse_vocab(model.at("vocab"), json_path.string() + " model.vocab");
+    if (!model.contains("merges") || !model.at("merges").is_array())
+      fail("BpeTokenizer: {}: model.merges must be a list", json_path.string());
+    const json& merges = model.at("merges");
+    for (size_t i = 0; i < merges.size(); ++i) {
+      const json& m = merges[i];
+      const std::string where = fmt::format("{} model.merges[{}]", json_path.string(), i);
+      if (m.is_string()) {
+        const std::string s = m.get<std::string>();
+        const size_t space = s.find(' ');
+        if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
+          fail("BpeTokenizer: {} is {}, not two pieces separated by one space", where, describe_json(m));
+        add_merge(s.substr(0, space), s.substr(space + 1), static_cast<int64_t>(i), where);
+      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
+        add_merge(m[0].get<std::string>(), m[1].get<std::string>(), static_cast<int64_t>(i), where);
+      } else {
+        fail("BpeTokenizer: {} is {}, neither \"a b\" nor [\"a\", \"b\"]", where, describe_json(m));
+      }
+    }
+  } else if (fs::exists(vocab_path, ec) || fs::exists(merges_path, ec)) {
+    fail("BpeTokenizer: {} not found (vocab.json and merges.txt go together) and there is no tokenizer.json",
+         (fs::exists(vocab_path, ec) ? merges_path : vocab_path).string());
+  } else {
+    fail("BpeTokenizer: {} holds neither vocab.json + merges.txt nor tokenizer.json", hf_dir.string());
+  }
+  return m;
+}
+
+// The special and added tokens as transformers 4.37's _from_pretrained + __init__ gather them:
+// tokenizer_config.json, then (in older directories) special_tokens_map.json,
+// added_tokens.json and tokenizer.json's added_tokens.
+struct SpecialTokenFiles {
+  json config;  // tokenizer_config.json ({} when absent)
+  fs::path config_path;
+  std::map<std::string, std::optional<Spec>> slots;                     // bos_token ... mask_token; nullopt: None
+  std::unordered_set<std::string> in_kwargs;                            // the slots a file set (__init__'s kwargs)
+  std::vector<Spec> additional;                                         // additional_special_tokens
+  std::map<int64_t, BpeTokenizer::AddedToken> decoder;                  // _added_tokens_decoder
+  std::unordered_map<std::string, BpeTokenizer::AddedToken> added_map;  // content -> AddedToken
+};
+
+SpecialTokenFiles read_special_tokens(const fs::path& hf_dir, std::optional<json>& tokenizer_json) {
+  std::error_code ec;
+  const fs::path json_path = hf_dir / "tokenizer.json";
+  SpecialTokenFiles t;
+  t.config_path = hf_dir / "tokenizer_config.json";
+  const fs::path& config_path = t.config_path;
+  t.config = read_json_if_exists(config_path).value_or(json::object());
+  const json& config = t.config;
+  if (!config.is_object()) fail("BpeTokenizer: {} must be a JSON object", config_path.string());
+
+  // The class's defaults, then the __init__ kwargs (`in_kwargs`): the config's values,
+  // overridden by special_tokens_map.json's in older directories.
+  for (const char* key : {"bos_token", "eos_token", "unk_token"}) t.slots[key] = Spec{kEndOfText, false, {}};
+  auto set_slot = [&](const std::string& key, const json& value, const fs::path& file, bool special_default) {
+    t.in_kwargs.insert(key);
+    if (value.is_null())
+      t.slots[key] = std::nullopt;
+    else
+      t.slots[key] = spec_from_json(value, key, file, special_default);
+  };
+  auto spec_list = [&](const json& value, const fs::path& file, bool special_default) {
+    if (!value.is_array()) fail("BpeTokenizer: additional_special_tokens in {} must be a list", file.string());
+    std::vector<Spec> out;
+    for (const auto& item : value)
+      out.push_back(spec_from_json(item, "additional_special_tokens", file, special_default));
+    return out;
+  };
+  for (const char* key : kSpecialKeys)
+    if (config.contains(key)) set_slot(key, config.at(key), config_path, false);
+  if (config.contains("additional_special_tokens") && !config.at("additional_special_tokens").is_null())
+    t.additional = spec_list(config.at("additional_special_tokens"), config_path, false);
+
+  if (config.contains("added_tokens_decoder")) {
+    // Saved by transformers >= 4.34 (Phi-2's files): the only source of added tokens.
+    const json& d = config.at("added_tokens_decoder");
+    if (!d.is_object()) fail("BpeTokenizer: added_tokens_decoder in {} must be an object", config_path.string());
+    for (const auto& [key, value] : d.items()) {
+      int64_t id = -1;
+      if (!parse_int64(key, id)) id = -1;
+      if (id < 0 || !value.is_object() || !value.contains("content") || !value.at("content").is_string())
+        fail("BpeTokenizer: added_tokens_decoder in {}: entry {} must map an id to an AddedToken object",
+             config_path.string(), quote_piece(key));
+      t.decoder[id] = token_from_json(value, false);
+      t.added_map[t.decoder[id].content] = t.decoder[id];
+    }
+  } else {
+    // Older directories: special_tokens_map.json overrides the config, then added_tokens.json,
+    // then tokenizer.json's added_tokens (with their flags).
+    const fs::path map_path = hf_dir / "special_tokens_map.json";
+    if (auto map = read_json_if_exists(map_path)) {
+      if (!map->is_object()) fail("BpeTokenizer: {} must be a JSON object", map_path.string());
+      for (const auto& [key, value] : map->items()) {
+        if (key == "additional_special_tokens" && value.is_array()) {
+          for (const Spec& s : spec_list(value, map_path, true)) {
+            const bool known = std::any_of(t.additional.begin(), t.additional.end(), [&](const Spec& a) {
+              return a.content == s.content && a.added_token == s.added_token;
+            });
+            if (!known) t.additional.push_back(s);
+          }
+        } else if (std::find(kSpecialKeys.begin(), kSpecialKeys.end(), key) != kSpecialKeys.end()) {
+          set_slot(key, value, map_path, true);
+        }
+      }
+    }
+    const fs::path added_path = hf_dir / "added_tokens.json";
+    if (auto added = read_json_if_exists(added_path)) {
+      if (!added->is_object()) fail("BpeTokenizer: {} must map strings to ids", added_path.string());
+      std::unordered_set<std::string> specials;
+      for (const auto& [key, slot] : t.slots)
+        if (slot && t.in_kwargs.count(key)) specials.insert(slot->content);
+      for (const Spec& s : t.additional) specials.insert(s.content);
+      for (const auto& [content, id] : added->items()) {
+        if (!id.is_number_integer() || id.get<int64_t>() < 0)
+          fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", added_path.string(),
+               quote_piece(content), describe_json(id));
+        BpeTokenizer::AddedToken token;
+        token.content = content;
+        token.special = specials.count(content) > 0;
+        t.decoder[id.get<int64_t>()] = token;
+        t.added_map[content] = token;
+      }
+    }
+    if (!tokenizer_json && fs::is_regular_file(json_path, ec)) tokenizer_json = read_json(json_path);
+    if (tokenizer_json && tokenizer_json->is_object() && tokenizer_json->contains("added_tokens")) {
+      const json& list = tokenizer_json->at("added_tokens");
+      if (!list.is_array()) fail("BpeTokenizer: added_tokens in {} must be a list", json_path.string());
+      for (const auto& item : list) {
+        if (!item.is_object() || !item.contains("id") || !item.at("id").is_number_integer() ||
+            !item.contains("content") || !item.at("content").is_string())
+          fail("BpeTokenizer: {}: added token {} needs an integer id and a string content", json_path.string(),
+               describe_json(item));
+        const BpeTokenizer::AddedToken token = token_from_json(item, false);
+        t.decoder[item.at("id").get<int64_t>()] = token;
+        t.added_map[token.content] = token;
+      }
+    }
+  }
+  // A special token given to __init__ gets the added token of that content (and its flags).
+  for (auto& [key, slot] : t.slots)
+    if (slot && t.in_kwargs.count(key) && !t.added_map.empty())
+      if (auto it = t.added_map.find(slot->content); it != t.added_map.end()) slot = Spec{it->first, true, it->second};
+  return t;
 }
 
 }  // namespace
@@ -293,13 +501,12 @@ struct BpeTokenizer::Regex {
     // GPT-2's pattern. Python's `regex` (which HF uses) and PCRE2 agree on \s except for
     // U+180E, which PCRE2 counts as space and `regex` does not: it is moved to the
     // "other" class by hand. \p{L} / \p{N} follow PCRE2's Unicode tables.
-    static const char* pattern =
-        R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?(?:[^\s\p{L}\p{N}]|\x{180E})+)"
-        R"(|[^\S\x{180E}]+(?!\S|\x{180E})|[^\S\x{180E}]+)";
+    static const char* pattern = R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?(?:[^\s\p{L}\p{N}]|\x{180E})+)"
+                                 R"(|[^\S\x{180E}]+(?!\S|\x{180E})|[^\S\x{180E}]+)";
     int error = 0;
     PCRE2_SIZE offset = 0;
-    code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP,
-                         &error, &offset, nullptr);
+    code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern), PCRE2_ZERO_TERMINATED, PCRE2_UTF | PCRE2_UCP, &error,
+                         &offset, nullptr);
     if (!code) {
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(error, message, sizeof(message));
@@ -344,192 +551,40 @@ struct BpeTokenizer::Cache {
 
 // ---------------------------------------------------------------- loading
 
+// The trie over every added token's content (split_on_added_tokens walks it).
+void BpeTokenizer::build_added_token_trie() {
+  trie_.emplace_back();
+  for (const auto& [id, t] : added_by_id_) {
+    if (t.content.empty()) continue;
+    std::vector<uint32_t> cps;
+    std::vector<size_t> at;
+    code_points(utf8_replace(t.content), cps, at);
+    int node = 0;
+    for (uint32_t c : cps) {
+      auto it = trie_[node].next.find(c);
+      if (it == trie_[node].next.end()) {
+        trie_.emplace_back();
+        it = trie_[node].next.emplace(c, static_cast<int>(trie_.size() - 1)).first;
+      }
+      node = it->second;
+    }
+    trie_[node].terminal = true;
+  }
+}
+
 BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
   std::error_code ec;  // a path the system refuses (too long, no permission) counts as absent
   if (!fs::is_directory(hf_dir, ec)) fail("BpeTokenizer: tokenizer directory {} does not exist", hf_dir.string());
-  const fs::path vocab_path = hf_dir / "vocab.json", merges_path = hf_dir / "merges.txt",
-                 json_path = hf_dir / "tokenizer.json";
   BpeTokenizer tok;
   tok.source_ = hf_dir;
-  std::optional<json> tokenizer_json;
-  bool json_prefix_space = false;
-  const bool slow_files = fs::is_regular_file(vocab_path, ec) && fs::is_regular_file(merges_path, ec);
-
-  // Each merge: both halves and their concatenation must be pieces (as `tokenizers` checks);
-  // a later duplicate takes the later rank (as the slow tokenizer's dict does).
-  auto add_merge = [&](const std::string& a, const std::string& b, int64_t rank, const std::string& where) {
-    for (const std::string& piece : {a, b, a + b})
-      if (!tok.vocab_.count(piece))
-        fail("BpeTokenizer: {}: the merge \"{} {}\" uses {}, which is not in the vocabulary", where, excerpt(a),
-             excerpt(b), quote_piece(piece));
-    tok.ranks_[{a, b}] = rank;
-  };
-
-  if (slow_files) {
-    tok.vocab_ = parse_vocab(read_json(vocab_path), vocab_path.string());
-    // GPT2Tokenizer: read().split("\n")[1:-1]: the first line (#version) and whatever follows
-    // the last newline are dropped; each line is split on whitespace.
-    const std::string text = read_text(merges_path);
-    std::vector<std::string> lines;
-    size_t start = 0;
-    for (size_t nl; (nl = text.find('\n', start)) != std::string::npos; start = nl + 1)
-      lines.push_back(text.substr(start, nl - start));
-    for (size_t i = 1; i < lines.size(); ++i) {
-      const std::vector<std::string> parts = py_split(lines[i]);
-      if (parts.empty()) continue;
-      const std::string where = fmt::format("{} line {}", merges_path.string(), i + 1);
-      if (parts.size() != 2)
-        fail("BpeTokenizer: {} is {}, not two pieces separated by a space", where, quote_piece(lines[i]));
-      add_merge(parts[0], parts[1], static_cast<int64_t>(i - 1), where);
-    }
-  } else if (fs::is_regular_file(json_path, ec)) {
-    tokenizer_json = read_json(json_path);
-    const json& doc = *tokenizer_json;
-    if (!doc.is_object() || !doc.contains("model") || !doc.at("model").is_object())
-      fail("BpeTokenizer: {} has no \"model\" object", json_path.string());
-    const json& model = doc.at("model");
-    const std::string type = text_field(model, "type", "BPE", json_path.string() + " model");
-    if (type != "BPE")
-      fail("BpeTokenizer: {}: model.type is \"{}\"; only BPE (GPT-2 style byte-level) is supported",
-           json_path.string(), excerpt(type));
-    for (const char* key : {"continuing_subword_prefix", "end_of_word_suffix"})
-      if (model.contains(key) && model.at(key).is_string() && !model.at(key).get<std::string>().empty())
-        fail("BpeTokenizer: {}: model.{} is set; GPT-2 style byte-level BPE has none", json_path.string(), key);
-    if (get_bool(model, "ignore_merges", false))
-      fail("BpeTokenizer: {}: model.ignore_merges is not supported", json_path.string());
-    json_prefix_space = check_byte_level(doc, json_path);
-    if (!model.contains("vocab")) fail("BpeTokenizer: {} has no model.vocab", json_path.string());
-    tok.vocab_ = parse_vocab(model.at("vocab"), json_path.string() + " model.vocab");
-    if (!model.contains("merges") || !model.at("merges").is_array())
-      fail("BpeTokenizer: {}: model.merges must be a list", json_path.string());
-    const json& merges = model.at("merges");
-    for (size_t i = 0; i < merges.size(); ++i) {
-      const json& m = merges[i];
-      const std::string where = fmt::format("{} model.merges[{}]", json_path.string(), i);
-      if (m.is_string()) {
-        const std::string s = m.get<std::string>();
-        const size_t space = s.find(' ');
-        if (space == std::string::npos || s.find(' ', space + 1) != std::string::npos)
-          fail("BpeTokenizer: {} is {}, not two pieces separated by one space", where, describe_json(m));
-        add_merge(s.substr(0, space), s.substr(space + 1), static_cast<int64_t>(i), where);
-      } else if (m.is_array() && m.size() == 2 && m[0].is_string() && m[1].is_string()) {
-        add_merge(m[0].get<std::string>(), m[1].get<std::string>(), static_cast<int64_t>(i), where);
-      } else {
-        fail("BpeTokenizer: {} is {}, neither \"a b\" nor [\"a\", \"b\"]", where, describe_json(m));
-      }
-    }
-  } else if (fs::exists(vocab_path, ec) || fs::exists(merges_path, ec)) {
-    fail("BpeTokenizer: {} not found (vocab.json and merges.txt go together) and there is no tokenizer.json",
-         (fs::exists(vocab_path, ec) ? merges_path : vocab_path).string());
-  } else {
-    fail("BpeTokenizer: {} holds neither vocab.json + merges.txt nor tokenizer.json", hf_dir.string());
-  }
+  BpeModelFiles model = read_model_files(hf_dir);
+  tok.vocab_ = std::move(model.vocab);
+  tok.ranks_ = std::move(model.ranks);
   for (const auto& [piece, id] : tok.vocab_) tok.id_to_token_[id] = piece;  // duplicates: any one
+  SpecialTokenFiles specials = read_special_tokens(hf_dir, model.tokenizer_json);
 
-  // ---- special and added tokens, as transformers 4.37's _from_pretrained + __init__ do.
-  const fs::path config_path = hf_dir / "tokenizer_config.json";
-  const json config = read_json_if_exists(config_path).value_or(json::object());
-  if (!config.is_object()) fail("BpeTokenizer: {} must be a JSON object", config_path.string());
-
-  // The class's defaults, then the __init__ kwargs (`in_kwargs`): the config's values,
-  // overridden by special_tokens_map.json's in older directories.
-  std::map<std::string, std::optional<Spec>> slots;  // nullopt: None
-  for (const char* key : {"bos_token", "eos_token", "unk_token"}) slots[key] = Spec{kEndOfText, false, {}};
-  std::unordered_set<std::string> in_kwargs;
-  std::vector<Spec> additional;
-  auto set_slot = [&](const std::string& key, const json& value, const fs::path& file, bool special_default) {
-    in_kwargs.insert(key);
-    if (value.is_null())
-      slots[key] = std::nullopt;
-    else
-      slots[key] = spec_from_json(value, key, file, special_default);
-  };
-  auto spec_list = [&](const json& value, const fs::path& file, bool special_default) {
-    if (!value.is_array()) fail("BpeTokenizer: additional_special_tokens in {} must be a list", file.string());
-    std::vector<Spec> out;
-    for (const auto& item : value)
-      out.push_back(spec_from_json(item, "additional_special_tokens", file, special_default));
-    return out;
-  };
-  for (const char* key : kSpecialKeys)
-    if (config.contains(key)) set_slot(key, config.at(key), config_path, false);
-  if (config.contains("additional_special_tokens") && !config.at("additional_special_tokens").is_null())
-    additional = spec_list(config.at("additional_special_tokens"), config_path, false);
-
-  std::map<int64_t, AddedToken> decoder;                    // _added_tokens_decoder
-  std::unordered_map<std::string, AddedToken> added_map;   // content -> AddedToken
-  if (config.contains("added_tokens_decoder")) {
-    // Saved by transformers >= 4.34 (Phi-2's files): the only source of added tokens.
-    const json& d = config.at("added_tokens_decoder");
-    if (!d.is_object()) fail("BpeTokenizer: added_tokens_decoder in {} must be an object", config_path.string());
-    for (const auto& [key, value] : d.items()) {
-      int64_t id = -1;
-      if (!parse_int64(key, id)) id = -1;
-      if (id < 0 || !value.is_object() || !value.contains("content") || !value.at("content").is_string())
-        fail("BpeTokenizer: added_tokens_decoder in {}: entry {} must map an id to an AddedToken object",
-             config_path.string(), quote_piece(key));
-      decoder[id] = token_from_json(value, false);
-      added_map[decoder[id].content] = decoder[id];
-    }
-  } else {
-    // Older directories: special_tokens_map.json overrides the config, then added_tokens.json,
-    // then tokenizer.json's added_tokens (with their flags).
-    const fs::path map_path = hf_dir / "special_tokens_map.json";
-    if (auto map = read_json_if_exists(map_path)) {
-      if (!map->is_object()) fail("BpeTokenizer: {} must be a JSON object", map_path.string());
-      for (const auto& [key, value] : map->items()) {
-        if (key == "additional_special_tokens" && value.is_array()) {
-          for (const Spec& s : spec_list(value, map_path, true)) {
-            const bool known = std::any_of(additional.begin(), additional.end(), [&](const Spec& a) {
-              return a.content == s.content && a.added_token == s.added_token;
-            });
-            if (!known) additional.push_back(s);
-          }
-        } else if (std::find(kSpecialKeys.begin(), kSpecialKeys.end(), key) != kSpecialKeys.end()) {
-          set_slot(key, value, map_path, true);
-        }
-      }
-    }
-    const fs::path added_path = hf_dir / "added_tokens.json";
-    if (auto added = read_json_if_exists(added_path)) {
-      if (!added->is_object()) fail("BpeTokenizer: {} must map strings to ids", added_path.string());
-      std::unordered_set<std::string> specials;
-      for (const auto& [key, slot] : slots)
-        if (slot && in_kwargs.count(key)) specials.insert(slot->content);
-      for (const Spec& s : additional) specials.insert(s.content);
-      for (const auto& [content, id] : added->items()) {
-        if (!id.is_number_integer() || id.get<int64_t>() < 0)
-          fail("BpeTokenizer: {}: the id of {} is {}, not a non-negative integer", added_path.string(),
-               quote_piece(content), describe_json(id));
-        AddedToken t;
-        t.content = content;
-        t.special = specials.count(content) > 0;
-        decoder[id.get<int64_t>()] = t;
-        added_map[content] = t;
-      }
-    }
-    if (!tokenizer_json && fs::is_regular_file(json_path, ec)) tokenizer_json = read_json(json_path);
-    if (tokenizer_json && tokenizer_json->is_object() && tokenizer_json->contains("added_tokens")) {
-      const json& list = tokenizer_json->at("added_tokens");
-      if (!list.is_array()) fail("BpeTokenizer: added_tokens in {} must be a list", json_path.string());
-      for (const auto& item : list) {
-        if (!item.is_object() || !item.contains("id") || !item.at("id").is_number_integer() ||
-            !item.contains("content") || !item.at("content").is_string())
-          fail("BpeTokenizer: {}: added token {} needs an integer id and a string content", json_path.string(),
-               describe_json(item));
-        const AddedToken t = token_from_json(item, false);
-        decoder[item.at("id").get<int64_t>()] = t;
-        added_map[t.content] = t;
-      }
-    }
-  }
-  // A special token given to __init__ gets the added token of that content (and its flags).
-  for (auto& [key, slot] : slots)
-    if (slot && in_kwargs.count(key) && !added_map.empty())
-      if (auto it = added_map.find(slot->content); it != added_map.end()) slot = Spec{it->first, true, it->second};
-
-  for (const auto& [id, t] : decoder) tok.added_ids_[t.content] = id;
-  tok.added_by_id_ = decoder;
+  for (const auto& [id, t] : specials.decoder) tok.added_ids_[t.content] = id;
+  tok.added_by_id_ = specials.decoder;
 
   // The class: CodeGenTokenizer / GPT2Tokenizer wrap a string bos/eos/unk/pad in an
   // AddedToken without stripping. Then every special token missing from the added tokens is
@@ -544,7 +599,7 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
     extended.push_back(std::move(s));
   };
   for (const char* key : kSpecialKeys) {
-    auto& slot = slots[key];
+    auto& slot = specials.slots[key];
     if (!slot) continue;
     Spec s = *slot;
     const std::string k = key;
@@ -552,7 +607,7 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
       s = Spec{s.content, true, AddedToken{s.content, true, false, false, false}};
     push(s);
   }
-  for (const Spec& s : additional) push(s);
+  for (const Spec& s : specials.additional) push(s);
 
   std::unordered_set<std::string> current;
   for (const auto& [piece, id] : tok.vocab_) current.insert(piece);
@@ -580,30 +635,13 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
   for (const auto& [content, id] : tok.added_ids_) current.insert(content);
   tok.size_ = static_cast<int64_t>(current.size());
 
-  // The trie over every added token.
-  tok.trie_.emplace_back();
-  for (const auto& [id, t] : tok.added_by_id_) {
-    if (t.content.empty()) continue;
-    std::vector<uint32_t> cps;
-    std::vector<size_t> at;
-    code_points(utf8_replace(t.content), cps, at);
-    int node = 0;
-    for (uint32_t c : cps) {
-      auto it = tok.trie_[node].next.find(c);
-      if (it == tok.trie_[node].next.end()) {
-        tok.trie_.emplace_back();
-        it = tok.trie_[node].next.emplace(c, static_cast<int>(tok.trie_.size() - 1)).first;
-      }
-      node = it->second;
-    }
-    tok.trie_[node].terminal = true;
-  }
+  tok.build_added_token_trie();
 
   auto special_id = [&](const char* key) -> int64_t {
-    const auto& slot = slots[key];
+    const auto& slot = specials.slots[key];
     return slot ? tok.piece_to_id(slot->content) : -1;
   };
-  tok.unk_token_ = slots["unk_token"] ? slots["unk_token"]->content : std::string();
+  tok.unk_token_ = specials.slots["unk_token"] ? specials.slots["unk_token"]->content : std::string();
   tok.bos_id_ = special_id("bos_token");
   tok.eos_id_ = special_id("eos_token");
   tok.unk_id_ = special_id("unk_token");
@@ -617,19 +655,20 @@ BpeTokenizer BpeTokenizer::from_pretrained(const fs::path& hf_dir) {
   const std::unordered_set<std::string> special_set(all_special.begin(), all_special.end());
   for (const auto& [content, id] : tok.added_ids_)
     if (!special_set.count(content)) tok.verbatim_.insert(content);
-  for (const Spec& s : additional)
+  for (const Spec& s : specials.additional)
     if (tok.piece_to_id(s.content) >= tok.vocab_size()) tok.verbatim_.insert(s.content);
 
-  tok.add_bos_ = get_bool(config, "add_bos_token", false);
-  tok.add_prefix_space_ = get_bool(config, "add_prefix_space", slow_files ? false : json_prefix_space);
-  tok.split_special_tokens_ = get_bool(config, "split_special_tokens", false);
+  tok.add_bos_ = get_bool(specials.config, "add_bos_token", false);
+  tok.add_prefix_space_ =
+      get_bool(specials.config, "add_prefix_space", model.slow_files ? false : model.json_prefix_space);
+  tok.split_special_tokens_ = get_bool(specials.config, "split_special_tokens", false);
   // PreTrainedTokenizerBase.__init__: kwargs.pop("clean_up_tokenization_spaces", True); a
   // null stays None, which decode treats as false.
-  if (config.contains("clean_up_tokenization_spaces")) {
-    const json& v = config.at("clean_up_tokenization_spaces");
+  if (specials.config.contains("clean_up_tokenization_spaces")) {
+    const json& v = specials.config.at("clean_up_tokenization_spaces");
     if (!v.is_boolean() && !v.is_null())
       fail("BpeTokenizer: clean_up_tokenization_spaces in {} must be true, false or null, not {}",
-           config_path.string(), describe_json(v));
+           specials.config_path.string(), describe_json(v));
     tok.clean_up_tokenization_spaces_ = v.is_boolean() && v.get<bool>();
   }
   tok.regex_ = std::make_shared<const Regex>();
@@ -793,7 +832,8 @@ std::vector<std::string> BpeTokenizer::bpe(const std::string& word) const {
 std::vector<std::string> BpeTokenizer::tokenize(const std::string& raw) const {
   std::string text = utf8_replace(raw);
   if (add_prefix_space_) text = " " + text;
-  std::vector<std::string> tokens = split_special_tokens_ ? std::vector<std::string>{text} : split_on_added_tokens(text);
+  std::vector<std::string> tokens =
+      split_special_tokens_ ? std::vector<std::string>{text} : split_on_added_tokens(text);
   auto no_split = [&](const std::string& s) { return !split_special_tokens_ && added_ids_.count(s) > 0; };
 
   // The added tokens' flags act on their neighbours (left/right as they were before).
@@ -880,8 +920,16 @@ std::string BpeTokenizer::tokens_to_string(const std::vector<std::string>& token
 
 std::string BpeTokenizer::clean_up_tokenization(std::string text) {
   static const std::array<std::pair<const char*, const char*>, 10> kReplacements = {{
-      {" .", "."}, {" ?", "?"}, {" !", "!"}, {" ,", ","}, {" ' ", "'"},
-      {" n't", "n't"}, {" 'm", "'m"}, {" 's", "'s"}, {" 've", "'ve"}, {" 're", "'re"},
+      {" .", "."},
+      {" ?", "?"},
+      {" !", "!"},
+      {" ,", ","},
+      {" ' ", "'"},
+      {" n't", "n't"},
+      {" 'm", "'m"},
+      {" 's", "'s"},
+      {" 've", "'ve"},
+      {" 're", "'re"},
   }};
   // Each as Python's str.replace: non-overlapping matches, left to right, in one pass. The
   // patterns are ASCII, so matching bytes of valid UTF-8 matches characters.

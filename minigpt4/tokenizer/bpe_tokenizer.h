@@ -59,7 +59,8 @@ class BpeTokenizer final : public Tokenizer {
   // HF slow decode with clean_up_tokenization_spaces=None: cleaned up when the config says so.
   std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens = false) const override;
   // HF slow decode with an explicit clean_up_tokenization_spaces.
-  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens, bool clean_up_tokenization_spaces) const;
+  std::string decode(const std::vector<int64_t>& ids, bool skip_special_tokens,
+                     bool clean_up_tokenization_spaces) const;
   // tokenizer_config.json's clean_up_tokenization_spaces (absent: true, as transformers 4.37's
   // PreTrainedTokenizerBase defaults it; null: false).
   bool clean_up_tokenization_spaces() const { return clean_up_tokenization_spaces_; }
@@ -68,7 +69,7 @@ class BpeTokenizer final : public Tokenizer {
   // other, each over the whole string) by the same text without the leading space (" ' " -> "'").
   static std::string clean_up_tokenization(std::string text);
 
-  std::string id_to_piece(int64_t id) const override;   // HF convert_ids_to_tokens
+  std::string id_to_piece(int64_t id) const override;            // HF convert_ids_to_tokens
   int64_t piece_to_id(const std::string& piece) const override;  // unknown pieces give unk
   int64_t vocab_size() const override { return static_cast<int64_t>(vocab_.size()); }
   int64_t bos_id() const override { return bos_id_; }
@@ -101,7 +102,7 @@ class BpeTokenizer final : public Tokenizer {
   std::vector<std::string> split_on_added_tokens(const std::string& text) const;
   std::vector<std::string> bpe(const std::string& word) const;
   std::string tokens_to_string(const std::vector<std::string>& tokens) const;
-
+  void build_added_token_trie();
 
   struct TrieNode {
     std::unordered_map<uint32_t, int> next;  // code point -> node index
@@ -110,13 +111,13 @@ class BpeTokenizer final : public Tokenizer {
   struct Regex;  // the compiled GPT-2 pre-tokenisation pattern (PCRE2)
   struct Cache;  // word -> BPE pieces, shared by copies
 
-  std::unordered_map<std::string, int64_t> vocab_;  // HF `encoder`
+  std::unordered_map<std::string, int64_t> vocab_;        // HF `encoder`
   std::unordered_map<int64_t, std::string> id_to_token_;  // HF `decoder`
   BpeMergeRanks ranks_;
-  std::map<int64_t, AddedToken> added_by_id_;        // HF `_added_tokens_decoder`
+  std::map<int64_t, AddedToken> added_by_id_;           // HF `_added_tokens_decoder`
   std::unordered_map<std::string, int64_t> added_ids_;  // HF `_added_tokens_encoder`
-  std::vector<TrieNode> trie_;                       // over every added token's content
-  std::unordered_set<std::string> verbatim_;         // decoded outside the byte map (HF "legacy" added tokens)
+  std::vector<TrieNode> trie_;                          // over every added token's content
+  std::unordered_set<std::string> verbatim_;            // decoded outside the byte map (HF "legacy" added tokens)
   std::unordered_set<int64_t> special_id_set_;
   std::vector<int64_t> special_ids_;
   std::shared_ptr<const Regex> regex_;

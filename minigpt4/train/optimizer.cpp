@@ -1,8 +1,9 @@
 #include "minigpt4/train/optimizer.h"
 
-#include "minigpt4/common/config.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/strings.h"
 
 #include <torch/torch.h>
 
@@ -13,8 +14,6 @@
 namespace minigpt4::train {
 
 namespace {
-
-bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
 int64_t total_numel(const std::vector<NamedParameter>& params) {
   int64_t n = 0;
@@ -51,12 +50,14 @@ ParamGroups split_parameters(const torch::nn::Module& model) {
   return groups;
 }
 
-AdamWSettings AdamWSettings::from_config(const Config& config) {
+AdamWSettings AdamWSettings::from_run(const RunSettings& run) {
+  const OptimizerSettings& in = run.optimizer;
+  for (const auto& [key, value] :
+       {std::pair{"run.init_lr", in.init_lr}, std::pair{"run.weight_decay", in.weight_decay}})
+    if (!value) fail("{}: {} is required to build the AdamW optimizer but is not set", run.config_path, key);
   AdamWSettings s;
-  for (const char* key : {"run.init_lr", "run.weight_decay"})
-    if (!config.has(key)) fail("{}: {} is required to build the AdamW optimizer but is not set", config.path(), key);
-  s.lr = config.get_float("run.init_lr", s.lr);
-  s.weight_decay = config.get_float("run.weight_decay", s.weight_decay);
+  s.lr = *in.init_lr;
+  s.weight_decay = *in.weight_decay;
   return s;
 }
 
@@ -139,11 +140,12 @@ void Optimizer::load_state_by_name(const StateDict& state, const std::string& so
   }
 }
 
-std::unique_ptr<Optimizer> make_optimizer(const torch::nn::Module& model, const Config& config) {
+std::unique_ptr<Optimizer> make_optimizer(const torch::nn::Module& model, const RunSettings& run) {
   ParamGroups groups = split_parameters(model);
   log::info("{}", groups.summary());
-  if (groups.numel() == 0) fail("{}: the model has no trainable parameters (check the freeze settings)", config.path());
-  return std::make_unique<Optimizer>(std::move(groups), AdamWSettings::from_config(config));
+  if (groups.numel() == 0)
+    fail("{}: the model has no trainable parameters (check the freeze settings)", run.config_path);
+  return std::make_unique<Optimizer>(std::move(groups), AdamWSettings::from_run(run));
 }
 
 }  // namespace minigpt4::train

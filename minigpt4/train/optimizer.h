@@ -26,7 +26,7 @@ class AdamW;
 }  // namespace torch::optim
 
 namespace minigpt4 {
-class Config;
+struct RunSettings;
 }
 
 namespace minigpt4::train {
@@ -55,7 +55,7 @@ struct AdamWSettings {
   double beta1 = 0.9, beta2 = 0.999;
   double eps = 1e-8;
   // run.init_lr and run.weight_decay, both required (the original fails without them too).
-  static AdamWSettings from_config(const Config& config);
+  static AdamWSettings from_run(const RunSettings& run);
 };
 
 // torch::optim::AdamW over the two groups (group 0: decay, group 1: no decay), knowing the
@@ -69,8 +69,8 @@ class Optimizer {
 
   torch::optim::Optimizer& torch_optimizer();
   const torch::optim::Optimizer& torch_optimizer() const;
-  void step();       // one AdamW step (prefer GradScaler::step under AMP)
-  void zero_grad();  // gradients set to None, as PyTorch 2's default
+  void step();             // one AdamW step (prefer GradScaler::step under AMP)
+  void zero_grad();        // gradients set to None, as PyTorch 2's default
   void set_lr(double lr);  // every group, as the LAVIS schedulers do
   double lr() const;       // group 0's
   const ParamGroups& groups() const { return groups_; }
@@ -88,8 +88,7 @@ class Optimizer {
   std::unique_ptr<torch::optim::AdamW> adamw_;
 };
 
-// From the config: the model's trainable parameters, AdamW settings, and the summary
-// printed at info level.
-std::unique_ptr<Optimizer> make_optimizer(const torch::nn::Module& model, const Config& config);
+// The model's trainable parameters under the run's AdamW settings; logs the summary.
+std::unique_ptr<Optimizer> make_optimizer(const torch::nn::Module& model, const RunSettings& run);
 
 }  // namespace minigpt4::train

@@ -1,6 +1,6 @@
 #include "minigpt4/train/schedule.h"
 
-#include "minigpt4/common/config.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
 
@@ -22,21 +22,10 @@ double warmup(const LrSchedule& s, int64_t step) {
   return std::min(s.init_lr, start + (s.init_lr - start) * static_cast<double>(step) / denom);
 }
 
-// Where a key came from, for messages: the file that set it, else the config's own file.
-std::string origin(const Config& config, const std::string& key) {
-  std::string from = config.source_of(key);
-  return from.empty() ? config.path() : from;
-}
-
-double required_float(const Config& config, const std::string& key, const std::string& sched) {
-  if (!config.has(key))
-    fail("{}: {} is required by run.lr_sched '{}' but is not set", config.path(), key, sched);
-  return config.get_float(key, 0);
-}
-
-int64_t positive_int(const Config& config, const std::string& key, int64_t value) {
-  if (value <= 0) fail("{}: {} must be positive, got {}", origin(config, key), key, value);
-  return value;
+double required(const std::optional<double>& value, const std::string& key, const RunSettings& run) {
+  if (!value)
+    fail("{}: {} is required by run.lr_sched '{}' but is not set", run.config_path, key, run.schedule.lr_sched);
+  return *value;
 }
 
 }  // namespace
@@ -56,36 +45,32 @@ double LrSchedule::lr_at(int64_t epoch, int64_t iter) const {
   return name == "constant_lr" ? constant_lr(*this, epoch, iter) : linear_warmup_cosine_lr(*this, epoch, iter);
 }
 
-LrSchedule LrSchedule::from_config(const Config& config, int64_t loader_length) {
+LrSchedule LrSchedule::from_run(const RunSettings& run, int64_t loader_length) {
+  const ScheduleSettings& in = run.schedule;
   LrSchedule s;
-  s.name = config.get_string("run.lr_sched", "");
-  if (s.name.empty()) fail("{}: run.lr_sched is not set (linear_warmup_cosine_lr or constant_lr)", config.path());
-  if (s.name != "linear_warmup_cosine_lr" && s.name != "constant_lr")
-    fail("{}: run.lr_sched '{}' is not a known schedule (known: linear_warmup_cosine_lr, constant_lr)",
-         origin(config, "run.lr_sched"), s.name);
-
-  s.init_lr = required_float(config, "run.init_lr", s.name);
+  s.name = in.lr_sched;
+  if (s.name.empty()) fail("{}: run.lr_sched is not set (linear_warmup_cosine_lr or constant_lr)", run.config_path);
+  s.init_lr = required(in.init_lr, "run.init_lr", run);
   // constant_lr never reads min_lr or max_epoch; the cosine needs both.
   const bool cosine = s.name == "linear_warmup_cosine_lr";
-  s.min_lr = cosine ? required_float(config, "run.min_lr", s.name) : config.get_float("run.min_lr", 0);
-  s.warmup_lr = config.get_float("run.warmup_lr", -1);
-  s.warmup_steps = config.get_int("run.warmup_steps", 0);
-  if (s.warmup_steps < 0)
-    fail("{}: run.warmup_steps must not be negative, got {}", origin(config, "run.warmup_steps"), s.warmup_steps);
-  if (cosine && !config.has("run.max_epoch"))
-    fail("{}: run.max_epoch is required by run.lr_sched '{}' but is not set", config.path(), s.name);
-  s.max_epoch = positive_int(config, "run.max_epoch", config.get_int("run.max_epoch", 1));
+  s.min_lr = cosine ? required(in.min_lr, "run.min_lr", run) : in.min_lr.value_or(0);
+  s.warmup_lr = in.warmup_lr;
+  s.warmup_steps = in.warmup_steps;
+  if (cosine && !in.max_epoch)
+    fail("{}: run.max_epoch is required by run.lr_sched '{}' but is not set", run.config_path, s.name);
+  s.max_epoch = in.max_epoch.value_or(1);
 
-  if (config.has("run.iters_per_epoch")) {
-    s.iters_per_epoch = positive_int(config, "run.iters_per_epoch", config.get_int("run.iters_per_epoch", 0));
+  if (in.iters_per_epoch) {
+    s.iters_per_epoch = *in.iters_per_epoch;
   } else if (loader_length > 0) {
     s.iters_per_epoch = loader_length;
   } else {
     // The original's fallback for loaders without a length (webdataset streams).
     s.iters_per_epoch = 10000;
-    log::warn("{}: run.iters_per_epoch is not set and the training data has no length; using 10000 as the "
-              "original runner does",
-              config.path());
+    log::warn(
+        "{}: run.iters_per_epoch is not set and the training data has no length; using 10000 as the "
+        "original runner does",
+        run.config_path);
   }
   return s;
 }

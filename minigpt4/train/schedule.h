@@ -6,7 +6,8 @@
 // (cur_epoch, cur_step = iteration inside the epoch):
 //   total = epoch * iters_per_epoch + iter
 //   total <  warmup_steps: lr = min(init_lr, warmup_lr + (init_lr - warmup_lr) * total / max(warmup_steps, 1))
-//   otherwise:             lr = (init_lr - min_lr) * 0.5 * (1 + cos(pi * total / (max_epoch * iters_per_epoch))) + min_lr
+//   otherwise:             lr = (init_lr - min_lr) * 0.5 * (1 + cos(pi * total / (max_epoch * iters_per_epoch))) +
+//   min_lr
 // Two differences from upstream LAVIS (lavis/common/optims.py), whose scheduler warms up
 // only in epoch 0 and then decays by whole epochs (cos(pi * epoch / max_epoch)):
 // - MiniGPT-4 decays per ITERATION over the whole run, not per epoch;
@@ -21,7 +22,7 @@
 #include <string>
 
 namespace minigpt4 {
-class Config;
+struct RunSettings;
 }
 
 namespace minigpt4::train {
@@ -39,12 +40,11 @@ struct LrSchedule {
   // (0-based), set before that iteration's forward pass as the original does.
   double lr_at(int64_t epoch, int64_t iter) const;
 
-  // From `run.lr_sched`, `run.init_lr`, `run.min_lr`, `run.warmup_lr`, `run.warmup_steps`,
-  // `run.max_epoch`, `run.iters_per_epoch`. Without `run.iters_per_epoch` the original
-  // uses the train loader's length (pass it as `loader_length`), or 10000 for unsized
-  // (webdataset) loaders. An unknown schedule name or a missing required key is an error
-  // naming the key and the config file.
-  static LrSchedule from_config(const Config& config, int64_t loader_length = 0);
+  // From the run's schedule settings (run.lr_sched, init_lr, min_lr, warmup_lr,
+  // warmup_steps, max_epoch, iters_per_epoch). Without iters_per_epoch the original uses
+  // the train loader's length (pass it as `loader_length`), or 10000 for unsized
+  // (webdataset) loaders. A missing required key is an error naming the key and the config.
+  static LrSchedule from_run(const RunSettings& run, int64_t loader_length = 0);
 };
 
 // The two formulas on their own (see above).

@@ -7,7 +7,7 @@
 //
 // Data-parallel when given a process group (torchrun / `minigpt4 launch`): every rank holds
 // the whole model and reads its own part of the data; gradients are averaged over the ranks
-// (dist::GradientSync) so the optimizer steps identically everywhere; rank 0 alone logs and
+// (distributed::GradientSync) so the optimizer steps identically everywhere; rank 0 alone logs and
 // writes checkpoints, which hold every rank's data position.
 #include <c10/core/Device.h>
 
@@ -18,7 +18,7 @@
 namespace minigpt4 {
 class Config;
 }
-namespace minigpt4::dist {
+namespace minigpt4::distributed {
 class Group;
 }
 
@@ -26,7 +26,7 @@ namespace minigpt4::train {
 
 struct TrainOptions {
   c10::Device device = c10::kCPU;
-  std::shared_ptr<dist::Group> group;  // null: one process
+  std::shared_ptr<distributed::Group> group;  // null: one process
   // Stop after this many epochs of this process (tests and staged runs); -1: run to max_epoch.
   int64_t stop_after_epochs = -1;
   bool interactive_progress = true;  // a '\r' progress bar when stderr is a terminal

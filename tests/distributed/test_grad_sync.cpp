@@ -6,8 +6,8 @@
 #include <torch/torch.h>
 
 #include "minigpt4/common/error.h"
-#include "minigpt4/dist/grad_sync.h"
-#include "minigpt4/dist/group.h"
+#include "minigpt4/distributed/grad_sync.h"
+#include "minigpt4/distributed/group.h"
 
 #include <functional>
 #include <thread>
@@ -18,7 +18,7 @@ namespace {
 
 // Runs fn(rank, group) on `world` threads, each a rank of one Gloo group; rethrows the
 // first rank's exception.
-void run_ranks(int world, const std::function<void(int, dist::Group&)>& fn,
+void run_ranks(int world, const std::function<void(int, distributed::Group&)>& fn,
                std::chrono::milliseconds timeout = std::chrono::seconds(60)) {
   auto store = c10::make_intrusive<c10d::HashStore>();
   std::vector<std::exception_ptr> errors(static_cast<size_t>(world));
@@ -26,7 +26,7 @@ void run_ranks(int world, const std::function<void(int, dist::Group&)>& fn,
   for (int r = 0; r < world; ++r)
     threads.emplace_back([&, r] {
       try {
-        auto group = dist::Group::over_store(store, r, world, torch::kCPU, {"gloo", timeout});
+        auto group = distributed::Group::over_store(store, r, world, torch::kCPU, {"gloo", timeout});
         fn(r, *group);
       } catch (...) {
         errors[static_cast<size_t>(r)] = std::current_exception();
@@ -72,13 +72,15 @@ std::vector<torch::Tensor> expected_grads(int world, int micro_batches, int unus
     const auto params = net.parameters();
     for (size_t k = 0; k < params.size(); ++k) {
       auto g = params[k].grad().defined() ? params[k].grad().clone() : torch::zeros_like(params[k]);
-      if (sum.size() <= k) sum.push_back(g); else sum[k] += g;
+      if (sum.size() <= k)
+        sum.push_back(g);
+      else
+        sum[k] += g;
     }
   }
   for (auto& g : sum) g /= world;
   return sum;
 }
-
 
 // Catch2's assertions are not thread-safe: ranks record, the test thread checks.
 struct RankResult {
@@ -95,10 +97,10 @@ std::vector<RankResult> train_ranks(int world, int micro_batches, size_t bucket_
     for (int m = 0; m < micro_batches; ++m) batches[static_cast<size_t>(r)].push_back(batch_for(r, m));
   }
   std::vector<RankResult> results(static_cast<size_t>(world));
-  run_ranks(world, [&](int rank, dist::Group& group) {
+  run_ranks(world, [&](int rank, distributed::Group& group) {
     auto& net = *nets[static_cast<size_t>(rank)];
-    dist::GradientSync sync(std::shared_ptr<dist::Group>(&group, [](dist::Group*) {}), net.named(), bucket_bytes,
-                            bucket_bytes);
+    distributed::GradientSync sync(std::shared_ptr<distributed::Group>(&group, [](distributed::Group*) {}), net.named(),
+                                   bucket_bytes, bucket_bytes);
     for (int m = 0; m < micro_batches; ++m) {
       sync.begin_backward(/*sync=*/m + 1 == micro_batches);  // accumulate, reduce on the last
       net.loss(batches[static_cast<size_t>(rank)][static_cast<size_t>(m)], rank == unused_on_rank).backward();
@@ -147,8 +149,9 @@ TEST_CASE("gradient sync: broadcast gives every rank rank 0's values", "[distrib
     torch::NoGradGuard no_grad;
     for (auto& p : nets.back()->parameters()) p.fill_(static_cast<float>(r + 1));
   }
-  run_ranks(3, [&](int rank, dist::Group& group) {
-    dist::GradientSync sync(std::shared_ptr<dist::Group>(&group, [](dist::Group*) {}), nets[rank]->named());
+  run_ranks(3, [&](int rank, distributed::Group& group) {
+    distributed::GradientSync sync(std::shared_ptr<distributed::Group>(&group, [](distributed::Group*) {}),
+                                   nets[rank]->named());
     sync.broadcast_parameters();
   });
   for (auto& net : nets)
@@ -158,7 +161,7 @@ TEST_CASE("gradient sync: broadcast gives every rank rank 0's values", "[distrib
 TEST_CASE("group: store exchange and the loss average", "[distributed]") {
   std::vector<std::vector<std::string>> gathered(2);
   std::vector<double> sums(2);
-  run_ranks(2, [&](int rank, dist::Group& group) {
+  run_ranks(2, [&](int rank, distributed::Group& group) {
     gathered[rank] = group.all_gather_strings("position/1", "rank" + std::to_string(rank));
     auto loss = torch::full({1}, rank == 0 ? 1.0 : 3.0, torch::kFloat64);
     group.all_reduce_sum(loss, "loss");
@@ -176,7 +179,7 @@ TEST_CASE("group: a rank that stops arriving fails the collective, named", "[dis
   try {
     run_ranks(
         2,
-        [&](int rank, dist::Group& group) {
+        [&](int rank, distributed::Group& group) {
           group.report_step(1);
           group.barrier("start");
           if (rank == 1) return;  // rank 1 stops taking part (as if it hung)

@@ -2,8 +2,8 @@
 // items in each format, image names, and the clean-up of answers.
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
-#include "minigpt4/data/synth.h"
-#include "minigpt4/eval/formats.h"
+#include "minigpt4/quickstart/synth.h"
+#include "minigpt4/metrics/formats.h"
 #include "minigpt4/evaluate/items.h"
 #include "minigpt4/evaluate/prediction_log.h"
 #include "minigpt4/evaluate/predictor.h"
@@ -112,8 +112,8 @@ TEST_CASE("evaluate: config keys are checked and named", "[evaluate]") {
              Catch::Contains("'evaluation.annotations' is required"));
   CHECK_THAT(error_of([&] { EvalSettings::from_config(Config::from_yaml("evaluation:\n  task: vqa\n", "t.yaml")); }),
              Catch::Contains("unknown task 'vqa'"));
-  CHECK(vqa.vqa_evaluator == minigpt4::eval::VqaEvaluator::official_2021);
-  CHECK(settings_for(b, "vqav2", "  vqa_evaluator: legacy\n").vqa_evaluator == minigpt4::eval::VqaEvaluator::legacy);
+  CHECK(vqa.vqa_evaluator == minigpt4::metrics::VqaEvaluator::official_2021);
+  CHECK(settings_for(b, "vqav2", "  vqa_evaluator: legacy\n").vqa_evaluator == minigpt4::metrics::VqaEvaluator::legacy);
   CHECK_THAT(error_of([&] { settings_for(b, "vqav2", "  vqa_evaluator: '2017'\n"); }),
              Catch::Contains("test.yaml") && Catch::Contains("evaluation.vqa_evaluator") && Catch::Contains("'2017'"));
   CHECK_THAT(error_of([&] { settings_for(b, "gqa", "  vqa_evaluator: legacy\n"); }),
@@ -171,17 +171,17 @@ TEST_CASE("evaluate: the shipped eval configs parse and name a benchmark", "[eva
     INFO(name);
     const auto config = Config::load((test::source_dir() / "eval_configs" / (std::string(name) + ".yaml")).string());
     const auto s = EvalSettings::from_config(config);
-    CHECK(eval::task_name(s.task) == name);
+    CHECK(metrics::task_name(s.task) == name);
     CHECK(s.output_dir == std::string("runs/evaluate/") + name);
   }
 }
 
 TEST_CASE("evaluate: synth writes a captioning and a VQA set of its held-out pictures", "[evaluate]") {
   test::Scratch tmp("evaluate_synth");
-  data::SynthOptions o;
+  quickstart::SynthOptions o;
   o.out_dir = (tmp.path() / "world").string();
   o.stage1_samples = 4, o.align_samples = 2, o.heldout_samples = 10, o.eval_samples = 8, o.image_size = 32;
-  const auto world = data::write_synthetic_world(o);
+  const auto world = quickstart::write_synthetic_world(o);
   REQUIRE(world.eval_samples == 8);
   const auto truth = test::read_json(fs::path(world.heldout_root) / "annotations.json");
 
@@ -189,7 +189,7 @@ TEST_CASE("evaluate: synth writes a captioning and a VQA set of its held-out pic
                             "\n  image_root: " + world.eval_image_root + "\n";
   const auto captions = load_items(EvalSettings::from_config(Config::from_yaml(caption_yaml, "c.yaml")));
   REQUIRE(captions.size() == 8);
-  const auto references = eval::read_caption_annotations(world.eval_captions);
+  const auto references = metrics::read_caption_annotations(world.eval_captions);
   for (size_t i = 0; i < captions.size(); ++i) {
     CHECK(fs::path(captions[i].image_path).filename() == fs::path(truth[i]["image"].get<std::string>()).filename());
     REQUIRE(references[i].references.size() == 5);
@@ -201,17 +201,18 @@ TEST_CASE("evaluate: synth writes a captioning and a VQA set of its held-out pic
                         "\n  image_file: '{image_id:05d}.jpg'\n";
   const auto questions = load_items(EvalSettings::from_config(Config::from_yaml(vqa_yaml, "v.yaml")));
   REQUIRE(questions.size() == 8);
-  const auto answers = eval::read_vqa_annotations(world.eval_vqa_annotations);
+  const auto answers = metrics::read_vqa_annotations(world.eval_vqa_annotations);
   // Colour, count, shape, position in turn; the plain answer scores 100 %.
   const char* asked[] = {"colour", "count", "shape", "position"};
   for (size_t i = 0; i < questions.size(); ++i) {
     INFO(questions[i].question);
     CHECK(fs::is_regular_file(questions[i].image_path));
     const auto& attribute = truth[i][asked[i % 4]];
-    const std::string expected = attribute.is_number() ? std::to_string(attribute.get<int>()) : attribute.get<std::string>();
+    const std::string expected =
+        attribute.is_number() ? std::to_string(attribute.get<int>()) : attribute.get<std::string>();
     REQUIRE(answers[i].answers.size() == 10);
-    for (const auto evaluator : {eval::VqaEvaluator::official_2021, eval::VqaEvaluator::legacy})
-      CHECK(eval::vqa_accuracy(expected, answers[i].answers, evaluator) == 1.0);
+    for (const auto evaluator : {metrics::VqaEvaluator::official_2021, metrics::VqaEvaluator::legacy})
+      CHECK(metrics::vqa_accuracy(expected, answers[i].answers, evaluator) == 1.0);
   }
 }
 
@@ -224,7 +225,8 @@ TEST_CASE("evaluate: image names from annotation files stay under evaluation.ima
   // A Karpathy list is a list of {"image", "caption"}: every hostile kind of name.
   // (Each ends in a COCO name, so that LAVIS's id rule finds an id and the path is what fails.)
   const std::string coco = test::coco_file_name(1);
-  for (const std::string name : {"../../" + coco, "/etc/" + coco, "images/../../" + coco, std::string("x\0/", 3) + coco}) {
+  for (const std::string& name :
+       {"../../" + coco, "/etc/" + coco, "images/../../" + coco, std::string("x\0/", 3) + coco}) {
     INFO(name);
     std::ofstream(karpathy.annotations) << nlohmann::json::array({{{"image", name}, {"caption", {"a"}}}}).dump();
     const auto message = error_of([&] { load_items(karpathy); });
@@ -234,7 +236,7 @@ TEST_CASE("evaluate: image names from annotation files stay under evaluation.ima
   // GQA ids go through evaluation.image_file: an id that climbs out is refused too.
   auto gqa = settings_for(b, "gqa");
   gqa.annotations = (tmp.path() / "hostile_gqa.json").string();
-  std::ofstream(gqa.annotations) << nlohmann::json{{"q1", {{"imageId", "../../../etc/passwd"}, {"question", "x?"},
-                                                          {"answer", "y"}}}}.dump();
+  std::ofstream(gqa.annotations)
+      << nlohmann::json{{"q1", {{"imageId", "../../../etc/passwd"}, {"question", "x?"}, {"answer", "y"}}}}.dump();
   CHECK_THAT(error_of([&] { load_items(gqa); }), Catch::Contains(".."));
 }

@@ -3,7 +3,7 @@
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
-#include "minigpt4/eval/score.h"
+#include "minigpt4/metrics/score.h"
 #include "minigpt4/evaluate/items.h"
 #include "minigpt4/evaluate/predictor.h"
 #include "minigpt4/evaluate/runner.h"
@@ -39,7 +39,8 @@ TEST_CASE("evaluate: results.json in the submission format, metrics.json as `min
   for (const std::string task : {"coco_caption", "vqav2", "gqa"}) {
     INFO(task);
     const auto out = tmp.path() / task;
-    const auto result = run(test::write_tiny_eval_config(tmp.path() / (task + ".yaml"), test::evaluation_yaml(b, task), 4, out));
+    const auto result =
+        run(test::write_tiny_eval_config(tmp.path() / (task + ".yaml"), test::evaluation_yaml(b, task), 4, out));
     REQUIRE(result.complete);
     CHECK(result.items == 6);
     CHECK(result.evaluated == 6);
@@ -55,9 +56,12 @@ TEST_CASE("evaluate: results.json in the submission format, metrics.json as `min
       const auto answer = results[0]["answer"].get<std::string>();
       for (char c : answer) CHECK_FALSE((c >= 'A' && c <= 'Z'));  // short answers are lowercased
     }
-    const auto scored = eval::score(eval::parse_task(task),
-                                    {(task == "coco_caption" ? b.captions : task == "vqav2" ? b.vqa_annotations : b.gqa).string(),
-                                     task == "vqav2" ? b.vqa_questions.string() : "", (out / "results.json").string()});
+    const auto scored = metrics::score(
+        metrics::parse_task(task), {(task == "coco_caption" ? b.captions
+                                     : task == "vqav2"      ? b.vqa_annotations
+                                                            : b.gqa)
+                                        .string(),
+                                    task == "vqav2" ? b.vqa_questions.string() : "", (out / "results.json").string()});
     CHECK(test::read_json(out / "metrics.json") == scored);
     CHECK(result.metrics == scored);
   }
@@ -66,8 +70,8 @@ TEST_CASE("evaluate: results.json in the submission format, metrics.json as `min
 TEST_CASE("evaluate: each answer is the chat's answer to the same question; batches change nothing", "[evaluate]") {
   test::Scratch tmp("evaluate_chat");
   const auto b = test::make_benchmark(tmp.path() / "set", 5);
-  const auto config_path = test::write_tiny_eval_config(tmp.path() / "vqa.yaml", test::evaluation_yaml(b, "vqav2"), 1,
-                                                        tmp.path() / "out");
+  const auto config_path =
+      test::write_tiny_eval_config(tmp.path() / "vqa.yaml", test::evaluation_yaml(b, "vqav2"), 1, tmp.path() / "out");
   const auto config = Config::load(config_path.string());
   const auto settings = EvalSettings::from_config(config);
   const auto items = load_items(settings);
@@ -94,10 +98,11 @@ TEST_CASE("evaluate: each answer is the chat's answer to the same question; batc
     }
   }
   const Predictor predictor(model, settings);
-  CHECK(predictor.prompt_for(items[0]) ==
-        "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to you. "
-        "Please answer my questions.###Human: <Img><ImageHere></Img> Based on the image, respond to this question with "
-        "a short answer: Is the circle number 1 green?###Assistant: ");
+  CHECK(
+      predictor.prompt_for(items[0]) ==
+      "Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide it to you. "
+      "Please answer my questions.###Human: <Img><ImageHere></Img> Based on the image, respond to this question with "
+      "a short answer: Is the circle number 1 green?###Assistant: ");
 }
 
 TEST_CASE("evaluate: a stopped run resumes where it stopped and ends as an uninterrupted one", "[evaluate]") {

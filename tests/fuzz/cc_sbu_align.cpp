@@ -3,7 +3,7 @@
 // stream run for a few records. minigpt4::Error is a clean refusal; anything else escaping
 // (or a crash) is a bug.
 #include "minigpt4/common/error.h"
-#include "minigpt4/data/cc_sbu_align.h"
+#include "minigpt4/datasets/cc_sbu_align.h"
 
 #include <unistd.h>
 
@@ -38,11 +38,10 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     out.write(reinterpret_cast<const char*>(data), static_cast<std::streamsize>(size));
   }
   try {
-    minigpt4::data::CcSbuAlignDataset dataset(temp_root().string());
+    minigpt4::datasets::CcSbuAlignDataset dataset(temp_root().string());
     for (size_t i = 0; i < dataset.size() && i < 16; ++i) (void)dataset.image_path(i);
-    minigpt4::data::CcSbuAlignStream stream(std::move(dataset), 42, 0, 1);
+    minigpt4::datasets::CcSbuAlignStream stream(std::move(dataset), 42, 0, 1);
     for (int i = 0; i < 16; ++i) (void)stream.next();
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

@@ -5,7 +5,7 @@
 // (or a crash, a hang, a blow-up) is a bug.
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/limits.h"
-#include "minigpt4/data/webdataset.h"
+#include "minigpt4/datasets/webdataset.h"
 
 #include <unistd.h>
 
@@ -34,7 +34,8 @@ const std::string& temp_shard() {
   // Never destroyed: the exit handler that removes the file still reads it.
   static const std::string* path = [] {
     auto* p = new std::string(
-        (std::filesystem::temp_directory_path() / ("minigpt4_fuzz_wds_" + std::to_string(::getpid()) + ".tar")).string());
+        (std::filesystem::temp_directory_path() / ("minigpt4_fuzz_wds_" + std::to_string(::getpid()) + ".tar"))
+            .string());
     std::atexit([] {
       std::error_code ec;
       std::filesystem::remove(temp_shard(), ec);
@@ -50,24 +51,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   set_fuzz_limits();
   const std::string bytes(reinterpret_cast<const char*>(data), size);
   try {
-    auto reader = minigpt4::data::TarShardReader::from_bytes(bytes, "fuzz.tar");
-    while (auto sample = reader->next()) (void)minigpt4::data::pick_image_and_caption(*sample);
-  } catch (const minigpt4::Error&) {
-  }
+    auto reader = minigpt4::datasets::TarShardReader::from_bytes(bytes, "fuzz.tar");
+    while (auto sample = reader->next()) (void)minigpt4::datasets::pick_image_and_caption(*sample);
+  } catch (const minigpt4::Error&) {}
   {
     std::ofstream out(temp_shard(), std::ios::binary | std::ios::trunc);
     out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
   try {
-    minigpt4::data::WebDatasetOptions opt;
+    minigpt4::datasets::WebDatasetOptions opt;
     opt.name = "fuzz";
     opt.shards = {temp_shard()};
     opt.shuffle_buffer = 8;
     opt.shuffle_buffer_bytes = 1 << 20;
-    minigpt4::data::WebDatasetStream stream(opt);
+    minigpt4::datasets::WebDatasetStream stream(opt);
     for (int i = 0; i < 64; ++i)
       if (stream.next().pass > 2) break;
-  } catch (const minigpt4::Error&) {
-  }
+  } catch (const minigpt4::Error&) {}
   return 0;
 }

@@ -30,7 +30,8 @@ struct Checker {
     REQUIRE(expected.count(name));
     const auto result = test::compare(name, actual, expected.at(name), test::tolerance_for(manifest, name));
     if (!result.ok) failures.push_back(result.message);
-    if (std::getenv("MINIGPT4_PARITY_VERBOSE")) std::cout << "  " << name << ": max |diff| " << result.max_abs_diff << "\n";
+    if (std::getenv("MINIGPT4_PARITY_VERBOSE"))
+      std::cout << "  " << name << ": max |diff| " << result.max_abs_diff << "\n";
     CHECK(result.ok);
     ++checked;
   }
@@ -46,7 +47,11 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
   REQUIRE(!cases.empty());
   for (const auto& dir : cases) {
     const auto manifest = test::read_json(dir / "manifest.json");
-    Checker check{manifest.value("case", dir.filename().string()), manifest, io::load_safetensors((dir / "io.safetensors").string())};
+    Checker check{manifest.value("case", dir.filename().string()),
+                  manifest,
+                  io::load_safetensors((dir / "io.safetensors").string()),
+                  0,
+                  {}};
     INFO("case directory " << dir);
 
     const auto config = Config::from_yaml(test::parity_case_yaml(dir, manifest), (dir / "manifest.json").string());
@@ -106,7 +111,8 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
       for (const auto& c : captions) texts.push_back(c + stage_config.end_sym);
       const auto batch = tokenizer.encode_batch(texts, false, stage_config.max_txt_len, model->pad_id(tokenizer));
       std::vector<torch::Tensor> ids, mask;
-      for (size_t b = 0; b < batch.ids.size(); ++b) ids.push_back(torch::tensor(batch.ids[b])), mask.push_back(torch::tensor(batch.attention_mask[b]));
+      for (size_t b = 0; b < batch.ids.size(); ++b)
+        ids.push_back(torch::tensor(batch.ids[b])), mask.push_back(torch::tensor(batch.attention_mask[b]));
       check(stage + "_to_regress_ids", torch::stack(ids));
       check(stage + "_to_regress_mask", torch::stack(mask));
 
@@ -151,7 +157,8 @@ TEST_CASE("MiniGPT-4 forward matches the original on every fixture case", "[pari
       for (const auto& c : captions) texts.push_back(c + instr_config.end_sym);
       const auto batch = tokenizer.encode_batch(texts, false, instr_config.max_txt_len, model->pad_id(tokenizer));
       std::vector<torch::Tensor> ids, mask;
-      for (size_t b = 0; b < batch.ids.size(); ++b) ids.push_back(torch::tensor(batch.ids[b])), mask.push_back(torch::tensor(batch.attention_mask[b]));
+      for (size_t b = 0; b < batch.ids.size(); ++b)
+        ids.push_back(torch::tensor(batch.ids[b])), mask.push_back(torch::tensor(batch.attention_mask[b]));
       check("instr_to_regress_ids", torch::stack(ids));
       check("instr_to_regress_mask", torch::stack(mask));
       check("pad_embed", model->llama_model->embed(torch::tensor({model->pad_id(tokenizer)})).squeeze(0));

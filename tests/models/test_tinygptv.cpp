@@ -4,10 +4,12 @@
 // do not fit, its configs, and the stage-4 chat template. The model is tiny_vicuna0's
 // vision side with a small random Phi (split layout, as microsoft/phi-2 today) whose
 // directory borrows tiny_vicuna0's sentencepiece tokenizer.
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/chat/conversation.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/safetensors.h"
 #include "minigpt4/io/torch_save.h"
@@ -37,11 +39,6 @@ namespace {
 
 fs::path tiny() { return test::data_dir() / "parity/tiny_vicuna0"; }
 
-bool starts_with(const std::string& s, const std::string& prefix) { return s.rfind(prefix, 0) == 0; }
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 PhiConfig small_phi() {
   PhiConfig c;
   c.vocab_size = 1000;  // tiny_vicuna0's tokenizer
@@ -50,7 +47,6 @@ PhiConfig small_phi() {
   c.bos_token_id = 1, c.eos_token_id = 2;
   return c;
 }
-
 
 void write_phi_dir(const fs::path& dir, const StateDict& weights) {
   fs::create_directories(dir);
@@ -219,14 +215,17 @@ TEST_CASE("TinyGPT-V: split Phi-2 files fuse into query_key_value with the same 
 }
 
 TEST_CASE("TinyGPT-V: its config keys are checked", "[models][tinygptv]") {
-  CHECK_THROWS_WITH(tinygptv_config({"model.llm_variant=tinygpt"}), Contains("model.llm_variant") && Contains("tinygpt'"));
+  CHECK_THROWS_WITH(tinygptv_config({"model.llm_variant=tinygpt"}),
+                    Contains("model.llm_variant") && Contains("tinygpt'"));
   CHECK_THROWS_WITH(tinygptv_config({"model.proj_hidden=-1"}), Contains("model.proj_hidden"));
   // An explicit model.lora.llm gets TinyGPT-V's targets unless it names its own.
   CHECK(tinygptv_config({"model.lora.llm.r=8"}).lora.at("llm").target_modules == tinygptv::lora_targets());
-  CHECK(tinygptv_config({"model.lora.llm.r=8", "model.lora.llm.target_modules=[dense]"}).lora.at("llm").target_modules ==
-        std::vector<std::string>{"dense"});
+  CHECK(
+      tinygptv_config({"model.lora.llm.r=8", "model.lora.llm.target_modules=[dense]"}).lora.at("llm").target_modules ==
+      std::vector<std::string>{"dense"});
   // MiniGPT-v2's keys without the variant keep training both projections.
-  CHECK(tinygptv_config({"model.llm_variant="}).lora_trainable == std::vector<std::string>{"llama_proj", "llama_proj2"});
+  CHECK(tinygptv_config({"model.llm_variant="}).lora_trainable ==
+        std::vector<std::string>{"llama_proj", "llama_proj2"});
 }
 
 TEST_CASE("TinyGPT-V: two projections, TinyGPT-V's Phi, and only what TinyGPT-V trains", "[models][tinygptv]") {
@@ -247,8 +246,9 @@ TEST_CASE("TinyGPT-V: two projections, TinyGPT-V's Phi, and only what TinyGPT-V 
   CHECK(phi.config.qk_layernorm);
   CHECK(phi.config.post_layernorm);
   CHECK(attention_of(*model, 0).query_key_value);
-  CHECK(std::count_if(report.notes.begin(), report.notes.end(),
-                      [](const std::string& n) { return n.find("fused into query_key_value") != std::string::npos; }) == 1);
+  CHECK(std::count_if(report.notes.begin(), report.notes.end(), [](const std::string& n) {
+          return n.find("fused into query_key_value") != std::string::npos;
+        }) == 1);
   for (const char* fresh : {"llama_proj.weight", "llama_proj.bias", "llama_proj2.weight", "llama_proj2.bias"})
     CHECK(std::count(report.initialised.begin(), report.initialised.end(), fresh) == 1);
 
@@ -315,9 +315,10 @@ TEST_CASE("TinyGPT-V: two projections, TinyGPT-V's Phi, and only what TinyGPT-V 
 
 TEST_CASE("TinyGPT-V: the fused-at-load model equals one built on fused files", "[models][tinygptv]") {
   const auto from_split = load_minigpt4(tinygptv_config(), torch::kCPU);
-  const auto from_fused = load_minigpt4(tinygptv_config({"model.llama_model=" + phi_dirs().fused.string()}), torch::kCPU);
-  const auto plain = load_minigpt4(tinygptv_config({"model.llm_variant=", "model.lora_r=0", "model.proj_hidden=0"}),
-                                   torch::kCPU);
+  const auto from_fused =
+      load_minigpt4(tinygptv_config({"model.llama_model=" + phi_dirs().fused.string()}), torch::kCPU);
+  const auto plain =
+      load_minigpt4(tinygptv_config({"model.llm_variant=", "model.lora_r=0", "model.proj_hidden=0"}), torch::kCPU);
   CHECK_FALSE(attention_of(*plain, 0).query_key_value);  // without the variant: the directory's layout
   CHECK_FALSE(attention_of(*plain, 0).q_layernorm);
   CHECK_FALSE(plain->llama_proj2);
@@ -389,9 +390,8 @@ TEST_CASE("TinyGPT-V: a checkpoint in its released key layout loads as setting t
     REQUIRE(layers.size() == 4);
     CHECK(layers[0].layer->adapter(kTrainedAdapter).scale == 16.0 / 4);
     CHECK(layers[0].layer->adapter(kTrainedAdapter).dropout == 0.05);
-    CHECK(std::count_if(implied_report.notes.begin(), implied_report.notes.end(), [](const std::string& n) {
-            return n.find("TinyGPT-V's settings") != std::string::npos;
-          }) == 1);
+    CHECK(std::count_if(implied_report.notes.begin(), implied_report.notes.end(),
+                        [](const std::string& n) { return n.find("TinyGPT-V's settings") != std::string::npos; }) == 1);
     CHECK(torch::equal(outputs(*implied).second, loaded_logits));
     for (const auto& item : implied->named_parameters()) {
       INFO(item.key());
@@ -400,10 +400,10 @@ TEST_CASE("TinyGPT-V: a checkpoint in its released key layout loads as setting t
   }
 
   SECTION("a training checkpoint of this program carries both projections and the norms to the next stage") {
-    auto config = Config::from_yaml(
-        test::parity_case_yaml(tiny(), manifest()) + "run:\n  init_lr: 1e-4\n  weight_decay: 0.05\n",
-        "stage.yaml", tinygptv_options());
-    const auto optimizer = train::make_optimizer(*direct, config);
+    auto config =
+        Config::from_yaml(test::parity_case_yaml(tiny(), manifest()) + "run:\n  init_lr: 1e-4\n  weight_decay: 0.05\n",
+                          "stage.yaml", tinygptv_options());
+    const auto optimizer = train::make_optimizer(*direct, RunSettings::from_config(config));
     const auto ours = scratch("ckpt") / "checkpoint_0.pth";
     train::save_training_checkpoint(ours.string(), *direct, *optimizer, nullptr, {});
     const auto next = load_minigpt4(tinygptv_config({"model.ckpt=" + ours.string()}), torch::kCPU);
@@ -436,8 +436,7 @@ TEST_CASE("TinyGPT-V: checkpoint keys that do not fit are errors naming them", "
                                                        Contains("[64, 95]") && Contains("[64, 96]"));
   }
   SECTION("a model without TinyGPT-V's switches is told which to set") {
-    CHECK_THROWS_WITH(load_with("no_variant", weights, {}, {"model.llm_variant="}),
-                      Contains("llm_variant: tinygptv"));
+    CHECK_THROWS_WITH(load_with("no_variant", weights, {}, {"model.llm_variant="}), Contains("llm_variant: tinygptv"));
     CHECK_THROWS_WITH(load_with("no_proj2", weights, {}, {"model.proj_hidden=0"}),
                       Contains("llama_proj2") && Contains("proj_hidden: 4096"));
   }
@@ -529,9 +528,10 @@ TEST_CASE("TinyGPT-V: every config builds a tiny model with its settings", "[mod
   }
   // Stage 4's multi-task datasets train once their files are named (build_info, as the
   // original configs); with the config's placeholders it says so before any weight loads.
-  CHECK_THROWS_WITH(train::run_training(Config::load((test::source_dir() / "train_configs/tinygptv_stage4.yaml").string()),
-                                        train::TrainOptions{}),
-                    Contains("datasets.") && Contains(".build_info") && Contains("do not exist"));
+  CHECK_THROWS_WITH(
+      train::run_training(Config::load((test::source_dir() / "train_configs/tinygptv_stage4.yaml").string()),
+                          train::TrainOptions{}),
+      Contains("datasets.") && Contains(".build_info") && Contains("do not exist"));
 }
 
 TEST_CASE("TinyGPT-V: stage 4 chats with MiniGPT-v2's [INST] template", "[models][tinygptv]") {
@@ -557,11 +557,12 @@ TEST_CASE("TinyGPT-V: stage 4 chats with MiniGPT-v2's [INST] template", "[models
 }
 
 TEST_CASE("TinyGPT-V: answers are explained over the ViT's patches like MiniGPT-4's", "[models][tinygptv][explain]") {
-  const auto config = Config::from_yaml(test::parity_case_yaml(tiny(), manifest()), "tinygptv_test.yaml", tinygptv_options());
+  const auto config =
+      Config::from_yaml(test::parity_case_yaml(tiny(), manifest()), "tinygptv_test.yaml", tinygptv_options());
   const auto model = ChatModel::load(config, torch::kCPU);
   at::Tensor vision_tokens;
-  const auto image = model->encode_image_file(
-      (tiny() / "image_processor/arc_colors_rgba_357x200.png").string(), &vision_tokens);
+  const auto image =
+      model->encode_image_file((tiny() / "image_processor/arc_colors_rgba_357x200.png").string(), &vision_tokens);
   ChatSession session(model);
   session.upload_image(image, vision_tokens);
   session.ask("What is in this image?");

@@ -4,7 +4,7 @@
 
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/config.h"
-#include "minigpt4/data/synth.h"
+#include "minigpt4/quickstart/synth.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/quickstart/explain_check.h"
 #include "minigpt4/quickstart/heldout.h"
@@ -24,8 +24,9 @@ namespace fs = std::filesystem;
 TEST_CASE("every synthetic phrasing states exactly its scene's attributes", "[quickstart]") {
   std::mt19937_64 rng(3);
   for (int i = 0; i < 400; ++i) {
-    const auto scene = data::random_scene(rng);
-    for (const auto& text : {data::scene_caption(scene, rng), data::scene_answer(scene, rng), data::canonical_caption(scene)}) {
+    const auto scene = quickstart::random_scene(rng);
+    for (const auto& text : {quickstart::scene_caption(scene, rng), quickstart::scene_answer(scene, rng),
+                             quickstart::canonical_caption(scene)}) {
       INFO(text);
       const auto stated = parse_scene_answer(text);
       REQUIRE(stated.shape);
@@ -56,9 +57,9 @@ TEST_CASE("answer parsing: synonyms, first mention wins, missing attributes stay
   CHECK_FALSE(s.count);
 
   AttributeTally tally;
-  data::SceneAttributes truth{"circle", "red", 2, "left"};
-  tally.add(parse_scene_answer("two red circles on the left."), truth);   // 4 right
-  tally.add(parse_scene_answer("one blue circle at the top."), truth);    // shape only
+  quickstart::SceneAttributes truth{"circle", "red", 2, "left"};
+  tally.add(parse_scene_answer("two red circles on the left."), truth);  // 4 right
+  tally.add(parse_scene_answer("one blue circle at the top."), truth);   // shape only
   CHECK(tally.items == 2);
   CHECK(tally.accuracy() == Approx(5.0 / 8.0));
   CHECK(tally.to_json()["shape"].get<double>() == Approx(1.0));

@@ -5,11 +5,13 @@
 
 #include <iostream>
 
+#include "minigpt4/common/strings.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "tests/support/fixtures.h"
 #include "tests/support/int_tensors.h"
 
 using minigpt4::LlamaTokenizer;
+using minigpt4::split;
 using nlohmann::json;
 namespace fs = std::filesystem;
 namespace mt = minigpt4::test;
@@ -18,23 +20,13 @@ namespace {
 
 // The tokenizer MiniGPT-4 used: the HF directory when the case has one.
 LlamaTokenizer load_case_tokenizer(const fs::path& dir, const json& cases) {
-  if (fs::exists(dir / "vicuna" / "tokenizer.model"))
-    return LlamaTokenizer::from_pretrained(dir / "vicuna");
+  if (fs::exists(dir / "vicuna" / "tokenizer.model")) return LlamaTokenizer::from_pretrained(dir / "vicuna");
   return LlamaTokenizer::from_model_file(dir / cases.at("tokenizer_model").get<std::string>());
 }
 
 std::vector<int64_t> ids_of(const json& j) { return j.get<std::vector<int64_t>>(); }
 
 // Python's str.split(sep) for one separator.
-std::vector<std::string> py_split(const std::string& s, const std::string& sep) {
-  std::vector<std::string> out;
-  size_t start = 0;
-  for (size_t at; (at = s.find(sep, start)) != std::string::npos; start = at + sep.size())
-    out.push_back(s.substr(start, at - start));
-  out.push_back(s.substr(start));
-  return out;
-}
-
 // The token-id tensors of io.safetensors that MiniGPT-4's tokenizer calls produced.
 int check_io_ids(const fs::path& dir, const LlamaTokenizer& tok) {
   if (!fs::exists(dir / "io.safetensors")) return 0;
@@ -60,9 +52,8 @@ int check_io_ids(const fs::path& dir, const LlamaTokenizer& tok) {
     const std::string end_sym = mg.at(stage).at("end_sym");
     std::vector<std::string> texts;
     for (const auto& c : mg.at("captions")) texts.push_back(c.get<std::string>() + end_sym);
-    const int max_len = mg.at(stage).contains("max_txt_len")
-                            ? mg.at(stage).at("max_txt_len").get<int>()
-                            : mg.at("from_config").at("max_txt_len").get<int>();
+    const int max_len = mg.at(stage).contains("max_txt_len") ? mg.at(stage).at("max_txt_len").get<int>()
+                                                             : mg.at("from_config").at("max_txt_len").get<int>();
     const auto batch = tok.encode_batch(texts, false, max_len, pad);
     REQUIRE(int64_t(batch.ids.size()) == ids->shape.at(0));
     for (size_t r = 0; r < batch.ids.size(); ++r) {
@@ -75,7 +66,7 @@ int check_io_ids(const fs::path& dir, const LlamaTokenizer& tok) {
 
   // prompt_wrap: the stage-2 prompt halves around <ImageHere>, no special tokens.
   if (mg.contains("stage2") && mg.at("stage2").at("prompt").is_string()) {
-    const auto halves = py_split(mg.at("stage2").at("prompt").get<std::string>(), "<ImageHere>");
+    const auto halves = split(mg.at("stage2").at("prompt").get<std::string>(), "<ImageHere>");
     const auto before = io.get("stage2_prompt_before_ids");
     const auto after = io.get("stage2_prompt_after_ids");
     if (before && after && halves.size() == 2) {
@@ -87,7 +78,7 @@ int check_io_ids(const fs::path& dir, const LlamaTokenizer& tok) {
 
   // Chat.get_context_emb: prompt segments, only the first with bos.
   if (manifest.contains("generation") && manifest.at("generation").contains("prompt")) {
-    const auto segs = py_split(manifest.at("generation").at("prompt").get<std::string>(), "<ImageHere>");
+    const auto segs = split(manifest.at("generation").at("prompt").get<std::string>(), "<ImageHere>");
     for (size_t i = 0; i < segs.size(); ++i) {
       const auto expected = io.get("chat_seg" + std::to_string(i) + "_ids");
       if (!expected) continue;
@@ -159,8 +150,7 @@ TEST_CASE("tokenizer matches HF slow LlamaTokenizer on every fixture case", "[pa
         ++checks;
       }
       if (c.contains("hf_decode_of_ids_with_special_skip_special")) {
-        CHECK(tok.decode(with, true) ==
-              c.at("hf_decode_of_ids_with_special_skip_special").get<std::string>());
+        CHECK(tok.decode(with, true) == c.at("hf_decode_of_ids_with_special_skip_special").get<std::string>());
         ++checks;
       }
       if (c.contains("hf_decode_of_ids_without_special")) {

@@ -1,4 +1,5 @@
 // AdamW parameter groups (LAVIS' weight-decay rule) and the update itself.
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/train/optimizer.h"
@@ -10,8 +11,8 @@
 
 using namespace minigpt4;
 using namespace minigpt4::train;
-using minigpt4::test::TinyNet;
 using Catch::Contains;
+using minigpt4::test::TinyNet;
 
 namespace {
 
@@ -27,11 +28,11 @@ TEST_CASE("the weight-decay rule: ndim < 2, or bias / ln / bn in the name", "[tr
   const auto w2 = torch::zeros({2, 2}), w1 = torch::zeros({2});
   CHECK(uses_weight_decay("llama_proj.weight", w2));
   CHECK_FALSE(uses_weight_decay("llama_proj.bias", w1));
-  CHECK_FALSE(uses_weight_decay("some.weight", w1));                 // 1-D
-  CHECK_FALSE(uses_weight_decay("ln_vision.weight", w2));            // "ln"
-  CHECK_FALSE(uses_weight_decay("blocks.0.attn.q_bias", w2));        // "bias"
-  CHECK_FALSE(uses_weight_decay("features.bn1.weight", w2));         // "bn"
-  CHECK_FALSE(uses_weight_decay("kiln.weight", w2));                 // plain substring test, as in Python
+  CHECK_FALSE(uses_weight_decay("some.weight", w1));           // 1-D
+  CHECK_FALSE(uses_weight_decay("ln_vision.weight", w2));      // "ln"
+  CHECK_FALSE(uses_weight_decay("blocks.0.attn.q_bias", w2));  // "bias"
+  CHECK_FALSE(uses_weight_decay("features.bn1.weight", w2));   // "bn"
+  CHECK_FALSE(uses_weight_decay("kiln.weight", w2));           // plain substring test, as in Python
   CHECK(uses_weight_decay("query_tokens", torch::zeros({1, 32, 768})));
 }
 
@@ -46,7 +47,7 @@ TEST_CASE("parameter groups on a small module: only requires_grad, in order", "[
   CHECK(groups.summary() == "trainable parameters: 45 (decay: 2 tensors / 21 params, no decay: 7 / 24)");
 
   const auto config = Config::from_yaml("run:\n  init_lr: 1e-3\n  weight_decay: 0.05\n", "opt.yaml");
-  auto optimizer = make_optimizer(net, config);
+  auto optimizer = make_optimizer(net, RunSettings::from_config(config));
   auto& groups_t = optimizer->torch_optimizer().param_groups();
   REQUIRE(groups_t.size() == 2);
   const auto& decay = static_cast<const torch::optim::AdamWOptions&>(groups_t[0].options());
@@ -63,8 +64,9 @@ TEST_CASE("parameter groups on a small module: only requires_grad, in order", "[
   CHECK(no_decay.lr() == Approx(3e-5));
   CHECK(optimizer->lr() == Approx(3e-5));
 
-  CHECK_THROWS_WITH(make_optimizer(net, Config::from_yaml("run:\n  init_lr: 1e-3\n", "opt.yaml")),
-                    Contains("run.weight_decay") && Contains("opt.yaml"));
+  CHECK_THROWS_WITH(
+      make_optimizer(net, RunSettings::from_config(Config::from_yaml("run:\n  init_lr: 1e-3\n", "opt.yaml"))),
+      Contains("run.weight_decay") && Contains("opt.yaml"));
 }
 
 TEST_CASE("an AdamW step equals the hand-computed update", "[train]") {

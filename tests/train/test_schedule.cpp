@@ -1,6 +1,7 @@
 // Learning-rate schedules against the formulas of MiniGPT-4's optims.py.
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/train/schedule.h"
 
 #include <catch2/catch.hpp>
@@ -12,6 +13,11 @@ using namespace minigpt4::train;
 using Catch::Contains;
 
 namespace {
+
+// The schedule a config's run: section gives, as the trainer builds it.
+train::LrSchedule schedule_of(const Config& config, int64_t loader_length = 0) {
+  return train::LrSchedule::from_run(RunSettings::from_config(config), loader_length);
+}
 
 const double kPi = std::acos(-1.0);
 
@@ -34,7 +40,7 @@ double cosine(double total, double all_steps, double init, double min) {
 }  // namespace
 
 TEST_CASE("linear_warmup_cosine_lr matches the formula at chosen steps", "[train]") {
-  const auto s = LrSchedule::from_config(Config::from_yaml(kStage1, "stage1.yaml"));
+  const auto s = schedule_of(Config::from_yaml(kStage1, "stage1.yaml"));
   CHECK(s.name == "linear_warmup_cosine_lr");
   CHECK(s.init_lr == Approx(1e-4));
   CHECK(s.warmup_steps == 5000);
@@ -71,17 +77,16 @@ TEST_CASE("linear_warmup_cosine_lr: warm-up longer than an epoch, defaults", "[t
 
   // No warm-up keys: warmup_lr = init_lr and no warm-up steps -> the cosine from step 0.
   const auto d =
-      LrSchedule::from_config(Config::from_yaml("run:\n  lr_sched: linear_warmup_cosine_lr\n  init_lr: 1.0\n  min_lr: "
-                                                "0.0\n  max_epoch: 2\n  iters_per_epoch: 10\n",
-                                                "d.yaml"));
+      schedule_of(Config::from_yaml("run:\n  lr_sched: linear_warmup_cosine_lr\n  init_lr: 1.0\n  min_lr: "
+                                    "0.0\n  max_epoch: 2\n  iters_per_epoch: 10\n",
+                                    "d.yaml"));
   CHECK(d.lr_at(0, 0) == Approx(1.0));
   CHECK(d.lr_at(1, 0) == Approx(0.5));
   CHECK(d.lr_at(1, 9) == Approx(cosine(19, 20, 1.0, 0.0)));
 }
 
 TEST_CASE("constant_lr", "[train]") {
-  const auto s =
-      LrSchedule::from_config(Config::from_yaml("run:\n  lr_sched: constant_lr\n  init_lr: 2e-4\n", "c.yaml"), 100);
+  const auto s = schedule_of(Config::from_yaml("run:\n  lr_sched: constant_lr\n  init_lr: 2e-4\n", "c.yaml"), 100);
   for (int e = 0; e < 3; ++e)
     for (int i : {0, 1, 50, 99}) CHECK(s.lr_at(e, i) == Approx(2e-4).epsilon(1e-12));
   CHECK(s.iters_per_epoch == 100);  // from the loader when the config has none
@@ -98,14 +103,14 @@ TEST_CASE("constant_lr", "[train]") {
 
 TEST_CASE("schedule config errors name the key and the file", "[train]") {
   CHECK_THROWS_WITH(
-      LrSchedule::from_config(Config::from_yaml("run:\n  lr_sched: cosine\n  init_lr: 1e-4\n", "my.yaml")),
+      schedule_of(Config::from_yaml("run:\n  lr_sched: cosine\n  init_lr: 1e-4\n", "my.yaml")),
       Contains("run.lr_sched") && Contains("my.yaml") && Contains("cosine") && Contains("linear_warmup_cosine_lr"));
-  CHECK_THROWS_WITH(LrSchedule::from_config(Config::from_yaml(
+  CHECK_THROWS_WITH(schedule_of(Config::from_yaml(
                         "run:\n  lr_sched: linear_warmup_cosine_lr\n  init_lr: 1e-4\n  max_epoch: 1\n", "my.yaml")),
                     Contains("run.min_lr") && Contains("my.yaml"));
   CHECK_THROWS_WITH(
-      LrSchedule::from_config(Config::from_yaml(
+      schedule_of(Config::from_yaml(
           "run:\n  lr_sched: linear_warmup_cosine_lr\n  init_lr: 1e-4\n  min_lr: 0.0\n  max_epoch: 0\n", "my.yaml")),
       Contains("run.max_epoch") && Contains("positive"));
-  CHECK_THROWS_AS(LrSchedule::from_config(Config::from_yaml("run:\n  init_lr: 1e-4\n", "my.yaml")), Error);
+  CHECK_THROWS_AS(schedule_of(Config::from_yaml("run:\n  init_lr: 1e-4\n", "my.yaml")), Error);
 }

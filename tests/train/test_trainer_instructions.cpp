@@ -2,9 +2,10 @@
 // and conversations, RefCOCO, COCO VQA, unnatural instructions) on the tiny fixture model:
 // a few CPU steps run and the loss is finite; a missing build_info key is named; a text-only
 // batch with nothing trainable in its graph is a clear error.
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
-#include "minigpt4/data/loader.h"
+#include "minigpt4/datasets/loader.h"
 #include "minigpt4/train/trainer.h"
 #include "tests/support/fixtures.h"
 
@@ -66,7 +67,8 @@ void make_data(const fs::path& root) {
                                                 {"from": "human", "value": "Shape?"}, {"from": "gpt", "value": "Round."}]},
       {"id": "000000000001", "conversations": [{"from": "human", "value": "<image>\nWhat?"}, {"from": "gpt", "value": "A circle."}]}])");
   write(root / "refer/refcoco/refs(unc).p", refs_pickle());
-  write(root / "refer/refcoco/instances.json", R"({"images": [], "annotations": [{"id": 10, "bbox": [18, 18, 24, 24]}]})");
+  write(root / "refer/refcoco/instances.json",
+        R"({"images": [], "annotations": [{"id": 10, "bbox": [18, 18, 24, 24]}]})");
   write(root / "vqa/train.json", R"([
       {"question_id": 1, "question": "What colour is the circle?", "answer": ["red", "red", "crimson"], "image": "train2014/COCO_train2014_000000000001.jpg"},
       {"question_id": 2, "question": "Is there a circle?", "answer": ["yes"], "image": "train2014/COCO_train2014_000000000002.jpg"}])");
@@ -166,11 +168,12 @@ TEST_CASE("training on MiniGPT-v2's multi-task mix: a few steps, finite loss", "
   const auto config = Config::from_yaml(stage4_yaml(tmp / "data", tmp / "out"), (tmp / "stage4.yaml").string());
 
   // Every dataset is read in its own layout; the mix draws from several of them.
-  data::LoaderOptions opt = data::loader_options_from_config(config, 0, 1);
+  datasets::LoaderOptions opt =
+      datasets::loader_options_from_config(config, RunSettings::from_config(config).trainer, 0, 1);
   REQUIRE(opt.datasets.size() == 5);
   std::set<std::string> drawn;
   {
-    data::DataLoader loader(opt);
+    datasets::DataLoader loader(opt);
     for (int i = 0; i < 12; ++i) {
       const auto batch = loader.next();
       drawn.insert(batch.dataset);
@@ -189,7 +192,8 @@ TEST_CASE("training on MiniGPT-v2's multi-task mix: a few steps, finite loss", "
   CHECK(fs::exists(tmp / "out/checkpoint_0.pth"));
 
   // Without an adapter only the projector trains, which a text-only batch never reaches.
-  const auto no_lora = Config::from_yaml(stage4_yaml(tmp / "data", tmp / "out2", false), (tmp / "stage4.yaml").string());
+  const auto no_lora =
+      Config::from_yaml(stage4_yaml(tmp / "data", tmp / "out2", false), (tmp / "stage4.yaml").string());
   CHECK_THROWS_WITH(train::run_training(no_lora, options),
                     Catch::Contains("unnatural_instruction") && Catch::Contains("nothing that trains"));
   fs::remove_all(tmp);
@@ -198,9 +202,9 @@ TEST_CASE("training on MiniGPT-v2's multi-task mix: a few steps, finite loss", "
 TEST_CASE("MiniGPT-v2 datasets: a missing build_info key is named", "[train]") {
   const auto yaml = "datasets:\n  refcoco:\n    batch_size: 2\n    build_info: {image_path: /data/coco}\n";
   const auto config = Config::from_yaml(yaml, "stage4.yaml");
-  CHECK_THROWS_WITH(data::loader_options_from_config(config, 0, 1),
+  CHECK_THROWS_WITH(datasets::loader_options_from_config(config, RunSettings::from_config(config).trainer, 0, 1),
                     Catch::Contains("datasets.refcoco.build_info.ann_path is not set"));
   const auto vqa = Config::from_yaml("datasets:\n  gqa:\n    batch_size: 2\n", "stage4.yaml");
-  CHECK_THROWS_WITH(data::loader_options_from_config(vqa, 0, 1),
+  CHECK_THROWS_WITH(datasets::loader_options_from_config(vqa, RunSettings::from_config(vqa).trainer, 0, 1),
                     Catch::Contains("datasets.gqa.build_info.annotations.train.storage is not set"));
 }

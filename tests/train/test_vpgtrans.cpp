@@ -2,6 +2,7 @@
 // the merged projector is Wc Wp / Wc bp + bc, and the two stage configs parse and freeze
 // what the original freezes.
 #include "minigpt4/common/config.h"
+#include "minigpt4/common/run_settings.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 #include "minigpt4/train/schedule.h"
@@ -12,6 +13,14 @@
 #include <torch/torch.h>
 
 using namespace minigpt4;
+
+namespace {
+
+// The schedule a config's run: section gives, as the trainer builds it.
+train::LrSchedule schedule_of(const Config& config, int64_t loader_length = 0) {
+  return train::LrSchedule::from_run(RunSettings::from_config(config), loader_length);
+}
+}  // namespace
 
 TEST_CASE("vpgtrans: the word converter recovers a known linear map", "[vpgtrans]") {
   torch::manual_seed(3);
@@ -65,22 +74,22 @@ TEST_CASE("vpgtrans: token pairs come from captions of equal token counts", "[vp
 TEST_CASE("vpgtrans: the stage configs parse and train what the original trains", "[vpgtrans]") {
   const auto root = test::source_dir();
   const auto warmup = Config::load((root / "train_configs/vpgtrans_stage1_warmup.yaml").string());
-  const auto schedule = train::LrSchedule::from_config(warmup);
+  const auto schedule = schedule_of(warmup);
   CHECK(schedule.lr_at(0, 0) == Approx(5e-4));
   CHECK(schedule.lr_at(0, 4999) == Approx(5e-4));
   const auto finetune = Config::load((root / "train_configs/vpgtrans_stage2_finetune.yaml").string());
-  CHECK(train::LrSchedule::from_config(finetune).lr_at(3, 0) < 1e-4);
+  CHECK(schedule_of(finetune).lr_at(3, 0) < 1e-4);
 
   // The fine-tuning freezes on the tiny fixture model.
   auto flag = [&](const std::string& key) { return std::string(finetune.get_bool(key, true) ? "True" : "False"); };
   const auto tiny = test::data_dir() / "parity/tiny_vicuna0";
-  const auto config = Config::load((root / "configs/tiny_vicuna0.yaml").string(),
-                                   {"model.vit_model=" + (tiny / "eva_vit_g.pth").string(),
-                                    "model.q_former_model=" + (tiny / "blip2_pretrained.pth").string(),
-                                    "model.llama_model=" + (tiny / "vicuna").string(), "model.ckpt=",
-                                    "model.freeze_vit=" + flag("model.freeze_vit"),
-                                    "model.freeze_ln_vision=" + flag("model.freeze_ln_vision"),
-                                    "model.freeze_qformer=" + flag("model.freeze_qformer")});
+  const auto config = Config::load(
+      (root / "configs/tiny_vicuna0.yaml").string(),
+      {"model.vit_model=" + (tiny / "eva_vit_g.pth").string(),
+       "model.q_former_model=" + (tiny / "blip2_pretrained.pth").string(),
+       "model.llama_model=" + (tiny / "vicuna").string(), "model.ckpt=", "model.freeze_vit=" + flag("model.freeze_vit"),
+       "model.freeze_ln_vision=" + flag("model.freeze_ln_vision"),
+       "model.freeze_qformer=" + flag("model.freeze_qformer")});
   const auto model = load_minigpt4(MiniGPT4Config::from_config(config), torch::kCPU);
   for (const auto& item : model->named_parameters()) {
     const auto& name = item.key();
