@@ -1,5 +1,6 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
+#include "minigpt4/common/run_settings.h"
 #include "tests/support/fixtures.h"
 
 #include <catch2/catch.hpp>
@@ -86,7 +87,7 @@ TEST_CASE("every shipped config parses", "[config]") {
     for (const auto& entry : fs::directory_iterator(test::source_dir() / folder)) {
       if (entry.path().extension() != ".yaml") continue;
       INFO(entry.path());
-      CHECK_NOTHROW(Config::load(entry.path().string()));
+      CHECK_NOTHROW(RunSettings::from_config(Config::load(entry.path().string())));  // the run: section's checks too
     }
   }
 }
