@@ -8,6 +8,8 @@ namespace minigpt4::apps {
 void add_info_command(CLI::App& app);
 // info_kernels.cpp: `info --kernels [--measure]`.
 void print_kernels(bool measure);
+// info_memory.cpp: `info --memory`.
+void print_memory_layout();
 void add_config_keys_command(CLI::App& app);
 void add_train_command(CLI::App& app);
 void add_synth_command(CLI::App& app);

@@ -1,6 +1,7 @@
 // `minigpt4 info --cfg-path FILE [--options k=v ...]`: build the model a config describes,
 // load every weight it names, and print what each module holds. `--kernels [--measure]`:
-// the CPU's decode kernels (info_kernels.cpp).
+// the CPU's decode kernels (info_kernels.cpp). `--memory`: the bytes of each LLM weight format
+// at real shapes (info_memory.cpp).
 #include "apps/commands.h"
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/limits.h"
@@ -23,7 +24,7 @@ struct InfoArgs {
   std::vector<std::string> options;
   std::string device = "cpu";
   int gpu_id = 0;
-  bool kernels = false, measure = false;
+  bool kernels = false, measure = false, memory = false;
 };
 
 std::string with_commas(int64_t n) {
@@ -33,12 +34,13 @@ std::string with_commas(int64_t n) {
 }
 
 void run_info(const InfoArgs& args) {
-  if (args.kernels || args.measure) {
-    print_kernels(args.measure);
+  if (args.kernels || args.measure || args.memory) {
+    if (args.kernels || args.measure) print_kernels(args.measure);
+    if (args.memory) print_memory_layout();
     if (args.cfg_path.empty()) return;
     fmt::print("\n");
   } else if (args.cfg_path.empty()) {
-    fail("minigpt4 info: --cfg-path is required (or --kernels for the CPU kernels alone)");
+    fail("minigpt4 info: --cfg-path is required (or --kernels / --memory alone)");
   }
   const auto config = Config::load(args.cfg_path, args.options);
   apply_input_limits(config);  // limits.*: what input files may make us allocate
@@ -113,6 +115,8 @@ void add_info_command(CLI::App& app) {
                 "print the CPU decode kernels chosen for each weight dtype and why (MINIGPT4_CPU_KERNELS forces them)");
   cmd->add_flag("--measure", args->measure,
                 "with --kernels: time every kernel family this CPU runs on one 2048 -> 5632 layer per dtype");
+  cmd->add_flag("--memory", args->memory,
+                "print the bytes a MiniGPT-4 holds at the 1.1B, 7B and 13B LLaMA shapes in each LLM weight format");
   cmd->callback([args] { run_info(*args); });
 }
 

@@ -47,25 +47,31 @@ void measure_kernels(int64_t N, int64_t K) {
   fmt::print("{:<6} {:>4} {:>16} {:>16} {:>16} {:>16}\n", "dtype", "rows", "read (at::sum)", "aten", "avx2", "avx512");
   struct Row {
     const char* name;
-    at::ScalarType weight, activation;
-    int64_t bytes_per_weight;
+    at::ScalarType weight, activation;  // weight: kByte stands for the group-wise formats (cpu_gemv.h)
+    WeightFormat format;
   };
-  for (const Row& r : {Row{"f32", at::kFloat, at::kFloat, 4}, Row{"bf16", at::kBFloat16, at::kBFloat16, 2},
-                       Row{"int8", at::kChar, at::kBFloat16, 1}}) {
-    const int64_t bytes = N * K * r.bytes_per_weight;
-    const int64_t copies = std::max<int64_t>(2, (kStreamBytes + bytes - 1) / bytes);
+  for (const Row& r : {Row{"f32", at::kFloat, at::kFloat, WeightFormat::Dense},
+                       Row{"bf16", at::kBFloat16, at::kBFloat16, WeightFormat::Dense},
+                       Row{"int8", at::kChar, at::kBFloat16, WeightFormat::Int8},
+                       Row{"q8", at::kByte, at::kBFloat16, WeightFormat{8, 32}},
+                       Row{"q4", at::kByte, at::kBFloat16, WeightFormat{4, 32}}}) {
     std::vector<std::unique_ptr<Linear>> layers;
-    std::vector<torch::Tensor> plain;  // the same bytes as float32 or bf16, for the read reference
-    layers.reserve(static_cast<size_t>(copies));
+    std::vector<torch::Tensor> plain;  // the same bytes as float32, for the read reference
+    int64_t bytes = 0, copies = 0;
     {
       torch::NoGradGuard no_grad;
-      const auto format = r.weight == at::kChar ? WeightFormat::Int8 : WeightFormat::Dense;
-      const auto dense = r.weight == at::kChar ? at::kBFloat16 : r.weight;
-      for (int64_t c = 0; c < copies; ++c) {
-        layers.push_back(std::make_unique<Linear>(K, N, false, torch::TensorOptions().dtype(dense), format));
+      const auto dense = r.format.quantized() ? at::kBFloat16 : r.weight;
+      const auto make = [&] {
+        layers.push_back(std::make_unique<Linear>(K, N, false, torch::TensorOptions().dtype(dense), r.format));
         layers.back()->load_weight(torch::randn({N, K}) * 0.02);
-        plain.push_back(torch::empty({bytes / 4}, torch::kFloat).normal_());
-      }
+      };
+      make();
+      const auto& first = *layers.front();
+      bytes = static_cast<int64_t>(first.weight.nbytes() + (first.is_quantized() ? first.weight_scale.nbytes() : 0));
+      copies = std::max<int64_t>(2, (kStreamBytes + bytes - 1) / bytes);
+      layers.reserve(static_cast<size_t>(copies));
+      while (static_cast<int64_t>(layers.size()) < copies) make();
+      for (int64_t c = 0; c < copies; ++c) plain.push_back(torch::empty({bytes / 4}, torch::kFloat).normal_());
     }
     const auto runnable = cpu_gemv::runnable(r.weight);
     for (const int64_t rows : {int64_t{1}, int64_t{4}}) {
@@ -79,10 +85,17 @@ void measure_kernels(int64_t N, int64_t K) {
       std::string cells[3] = {"-", "-", "-"};
       for (const Kernels k : runnable) {
         auto choice = saved;
-        (r.weight == at::kFloat ? choice.f32 : r.weight == at::kBFloat16 ? choice.bf16 : choice.int8) = k;
+        const auto slot = [&r](cpu_gemv::Choice& c) -> Kernels& {
+          return r.weight == at::kFloat      ? c.f32
+                 : r.weight == at::kBFloat16 ? c.bf16
+                 : r.weight == at::kChar     ? c.int8
+                                             : c.grouped;
+        };
+        slot(choice) = k;
         cpu_gemv::set_choice(choice);
         const double ms = median_ms(copies, 8, [&](int64_t c) { (void)layers[static_cast<size_t>(c)]->forward(x); });
-        const Kernels chosen = r.weight == at::kFloat ? saved.f32 : r.weight == at::kBFloat16 ? saved.bf16 : saved.int8;
+        auto saved_copy = saved;
+        const Kernels chosen = slot(saved_copy);
         cells[static_cast<int>(k)] = cell(ms) + (k == chosen ? "*" : " ");
       }
       fmt::print("{:<6} {:>4} {:>16} {:>16} {:>16} {:>16}\n", r.name, rows, cell(read) + " ", cells[0], cells[1],
@@ -90,7 +103,9 @@ void measure_kernels(int64_t N, int64_t K) {
     }
   }
   cpu_gemv::set_choice(saved);
-  fmt::print("* the automatic choice (or MINIGPT4_CPU_KERNELS); int8 rows take bf16 activations (low_resource)\n");
+  fmt::print(
+      "* the automatic choice (or MINIGPT4_CPU_KERNELS); int8 and q8/q4 rows take bf16 activations; q8/q4: groups of "
+      "32 with float16 scales, the bytes read include the scales\n");
 }
 
 }  // namespace

@@ -1,6 +1,6 @@
 // Batch-1 greedy decoding on the CPU: time to first token and decode tokens per second of a
-// random LLaMA or Phi-2 in fp32, bf16 and int8 (weight-only, minigpt4/models/quantize.h), next
-// to what the machine's memory bandwidth allows.
+// random LLaMA or Phi-2 in fp32, bf16, int8 and group-wise 8/4 bits (weight-only,
+// minigpt4/models/quantize.h), next to what the machine's memory bandwidth allows.
 //
 //   bench_decode --shape tiny|quickstart|1b|phi2|phi2-8l --dir DIR [--prompt 64] [--new-tokens N] [--repeats R]
 //                [--warmup W] [--precisions fp32,bf16,int8] [--threads N] [--json PATH] [--profile DIR]
@@ -183,7 +183,19 @@ PrecisionSpec parse_precision(const std::string& name) {
   if (name == "bf16") return {name, torch::kBFloat16, WeightFormat::Dense};
   if (name == "int8") return {name, torch::kBFloat16, WeightFormat::Int8};  // int8 weights, bf16 activations
   if (name == "int8_fp32") return {name, torch::kFloat32, WeightFormat::Int8};
-  throw std::runtime_error("unknown precision " + name + " (fp32, bf16, int8, int8_fp32)");
+  // Group-wise (quantize.h): q8 = 8 bits, q4 = 4 bits, a float16 scale per 32 inputs (as
+  // llama.cpp's q8_0 / q4_0), bf16 activations; _g64 / _g128 other group sizes, _fp32 float32
+  // activations.
+  for (const int bits : {8, 4}) {
+    const std::string base = "q" + std::to_string(bits);
+    for (const int64_t group : {32, 64, 128}) {
+      const std::string grouped = group == 32 ? base : base + "_g" + std::to_string(group);
+      if (name == grouped) return {name, torch::kBFloat16, WeightFormat{bits, group}};
+      if (name == grouped + "_fp32") return {name, torch::kFloat32, WeightFormat{bits, group}};
+    }
+  }
+  throw std::runtime_error("unknown precision " + name +
+                           " (fp32, bf16, int8, int8_fp32, q8, q4, q4_g64, q4_g128, each q* also with _fp32)");
 }
 
 struct RunTimes {
@@ -191,6 +203,19 @@ struct RunTimes {
   std::vector<double> intervals_ms;  // between consecutive tokens after the first
   std::vector<int64_t> tokens;
 };
+
+// The next-token logits at every prompt position, one token at a time through the KV cache
+// (the decode path, which for quantised weights also quantises the activations), float32.
+torch::Tensor stepwise_logits(const CausalLM& llm, const torch::Tensor& prompt_ids) {
+  const auto embeds = llm.embed(prompt_ids);
+  minigpt4::KVCache cache;
+  minigpt4::CausalLMOptions options;
+  options.cache = &cache;
+  std::vector<torch::Tensor> out;
+  for (int64_t t = 0; t < embeds.size(1); ++t)
+    out.push_back(llm.forward(embeds.narrow(1, t, 1), options).logits[0][0].to(torch::kFloat));
+  return torch::stack(out);
+}
 
 RunTimes timed_generate(const CausalLM& llm, const torch::Tensor& prompt_ids, int64_t new_tokens) {
   minigpt4::GenerationConfig gc;
@@ -220,7 +245,7 @@ double gemv_ms(const CausalLM& llm, torch::Dtype dtype, int repeats) {
   for (const auto& module : llm.modules(/*include_self=*/false))
     if (auto linear = std::dynamic_pointer_cast<minigpt4::Linear>(module)) linears.push_back(linear);
   std::vector<torch::Tensor> inputs;
-  for (const auto& l : linears) inputs.push_back(torch::randn({1, 1, l->weight.size(1)}).to(dtype));
+  for (const auto& l : linears) inputs.push_back(torch::randn({1, 1, l->in_features}).to(dtype));
   std::vector<double> runs;
   for (int r = 0; r < repeats + 1; ++r) {
     const auto start = Clock::now();
@@ -250,7 +275,9 @@ int main(int argc, char** argv) {
                  "tokens generated per run (0: tiny/quickstart 128, 1b/phi2-8l 32, phi2 16)");
   app.add_option("--repeats", repeats, "timed generations per precision (0: tiny/quickstart 5, 1b/phi2-8l 3, phi2 2)");
   app.add_option("--warmup", warmup, "untimed generations of min(8, new tokens) tokens first")->capture_default_str();
-  app.add_option("--precisions", precisions_arg, "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32")
+  app.add_option("--precisions", precisions_arg,
+                 "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32, q8, q4, q4_g64, q4_g128 (bf16 "
+                 "activations; each also _fp32)")
       ->capture_default_str();
   app.add_option("--threads", threads, "at::set_num_threads (0: LibTorch's default)");
   app.add_option("--bandwidth-gib", bandwidth_gib, "size of the bandwidth test tensor")->capture_default_str();
@@ -327,6 +354,8 @@ int main(int argc, char** argv) {
     json["warmup"] = warmup;
     auto& results = json["results"];
 
+    torch::Tensor reference_logits;
+    std::string reference_name;
     for (const auto& p : precisions) {
       torch::NoGradGuard no_grad;
       const auto llm_ptr = minigpt4::make_causal_lm(config, torch::TensorOptions().dtype(p.dtype), p.format);
@@ -343,8 +372,22 @@ int main(int argc, char** argv) {
       }
       // load_into copied the tensors out of the memory-mapped file, which is unmapped by now.
       const int64_t bytes_per_token = weight_bytes_per_token(llm);
-      fmt::print("\n[{}] weights read per token {:.1f} MB\n", p.name, bytes_per_token / 1e6);
+      minigpt4::release_free_heap();
+      const int64_t resident_after_load = minigpt4::resident_set_bytes();
+      fmt::print("\n[{}] weights read per token {:.1f} MB; resident after loading {}\n", p.name, bytes_per_token / 1e6,
+                 minigpt4::format_bytes(resident_after_load));
+
       std::fflush(stdout);
+      // Agreement with the first precision's next-token logits over the prompt (top-1 and the
+      // lowest cosine, as tests/models/test_quantize.cpp measures on the fixtures).
+      const auto logits = stepwise_logits(llm, prompt_ids);
+      if (!reference_logits.defined()) reference_logits = logits, reference_name = p.name;
+      const double top1 = (logits.argmax(-1) == reference_logits.argmax(-1)).to(torch::kDouble).mean().item<double>();
+      const double cosine = torch::cosine_similarity(logits.to(torch::kDouble), reference_logits.to(torch::kDouble), -1)
+                                .min()
+                                .item<double>();
+      fmt::print("  against {}: top-1 agreement {:.4f} over {} positions, lowest cosine {:.6f}\n", reference_name, top1,
+                 logits.size(0), cosine);
       for (int w = 0; w < warmup; ++w) timed_generate(llm, prompt_ids, std::min<int64_t>(8, new_tokens));
       std::vector<double> ttfts, intervals, rates;
       std::vector<int64_t> tokens;
@@ -382,6 +425,8 @@ int main(int argc, char** argv) {
                          {"decode_tok_s_mean", rates},
                          {"gemv_ms", gemv},
                          {"weight_bytes_per_token", bytes_per_token},
+                         {"agreement", {{"reference", reference_name}, {"top1", top1}, {"min_cosine", cosine}}},
+                         {"resident_bytes_after_load", resident_after_load},
                          {"tokens", tokens}};
     }
 

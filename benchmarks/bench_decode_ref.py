@@ -44,8 +44,14 @@ import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-ROWS = ("fp32", "bf16", "int8")  # C++ / HF precisions; llama.cpp: f32, f16, q8_0
-LLAMACPP_TYPE = {"fp32": "f32", "bf16": "f16", "int8": "q8_0"}
+ROWS = ("fp32", "bf16", "int8")  # the default --rows: C++ / HF precisions; llama.cpp: f32, f16, q8_0
+HF_ROWS = ("fp32", "bf16", "int8")  # what the Hugging Face worker runs
+# q8 / q4: C++'s group-wise formats (groups of 32) against llama.cpp's q8_0 and q4_0; q4k: llama.cpp's
+# q4_K_S alone (C++ has no k-quant), to set beside the q4 row. q4_0 and q4_K_S are made from the f16
+# file by llama.cpp's own quantiser (llama_model_quantize), as its users make them: output.weight in
+# q6_K, the rest in the named type.
+LLAMACPP_TYPE = {"fp32": "f32", "bf16": "f16", "int8": "q8_0", "q8": "q8_0", "q4": "q4_0", "q4k": "q4_K_S"}
+LLAMACPP_QUANTISED = {"q4_0": 2, "q4_K_S": 14}  # llama_ftype values (LLAMA_FTYPE_MOSTLY_*)
 DEFAULTS = {"tiny": {"new_tokens": 128, "repeats": 5}, "quickstart": {"new_tokens": 128, "repeats": 5},
             "1b": {"new_tokens": 32, "repeats": 3}, "phi2-8l": {"new_tokens": 32, "repeats": 3},
             "phi2": {"new_tokens": 16, "repeats": 2}}
@@ -200,6 +206,21 @@ def write_gguf(hf_dir: Path, out: Path, kind: str) -> dict:
     w.write_tensors_to_file()
     w.close()
     return {"path": str(out), "bytes": out.stat().st_size, "f16_fallback": fallback}
+
+
+def quantise_gguf(src: Path, out: Path, kind: str, threads: int) -> dict:
+    """llama.cpp's own quantiser (llama_model_quantize, as `llama-quantize` runs it) from an f16 GGUF."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = LLAMACPP_QUANTISED[kind]
+    params.nthread = threads
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(out).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama_model_quantize {src} -> {kind} returned {rc}")
+    return {"path": str(out), "bytes": out.stat().st_size, "f16_fallback": []}
 
 
 def gguf_bytes_per_token(path: Path) -> int:
@@ -405,6 +426,9 @@ def main() -> int:
     parser.add_argument("--cpp-bin", default="build/benchmarks/bench_decode",
                         help="the bench_decode binary (relative: to the cwd, else to the repository root)")
     parser.add_argument("--skip", default="", help="comma-separated sides to leave out: cpp, hf, llamacpp")
+    parser.add_argument("--rows", default=",".join(ROWS),
+                        help="comma-separated precisions: fp32, bf16, int8, q8, q4 (C++ and llama.cpp), q4k "
+                             "(llama.cpp's q4_K_S alone)")
     parser.add_argument("--workdir", help="where weights and GGUF files go (default: a new directory in /tmp)")
     parser.add_argument("--keep", action="store_true", help="keep the weights and GGUF files")
     parser.add_argument("--json", help="write every side's results to this file")
@@ -417,6 +441,11 @@ def main() -> int:
         return 0
 
     skip = set(filter(None, args.skip.split(",")))
+    global ROWS
+    ROWS = tuple(filter(None, args.rows.split(",")))
+    unknown = [r for r in ROWS if r not in LLAMACPP_TYPE]
+    if unknown:
+        parser.error(f"--rows: unknown {', '.join(unknown)} (known: {', '.join(LLAMACPP_TYPE)})")
     binary = Path(args.cpp_bin)
     if not binary.is_absolute() and not binary.exists():
         binary = REPO_ROOT / binary
@@ -458,7 +487,8 @@ def main() -> int:
                 cmd = [str(binary), "--shape", shape, "--dir", str(hf_dir), "--prompt", str(args.prompt),
                        "--new-tokens", str(new_tokens if timed else 2), "--repeats", str(repeats if timed else 1),
                        "--warmup", str(args.warmup if timed else 0), "--threads", str(args.threads),
-                       "--json", str(cpp_json)] + ([] if timed else ["--precisions", "fp32"])
+                       "--json", str(cpp_json)] + (["--precisions", ",".join(r for r in ROWS if r != "q4k")]
+                                                   if timed else ["--precisions", "fp32"])
                 if rnd > 0:
                     cmd.append("--skip-save")
                 if rnd > 0 and not timed:
@@ -478,7 +508,7 @@ def main() -> int:
 
                 if "hf" not in skip:
                     print(f"\n--- Hugging Face ({shape})", flush=True)
-                    hf = run_worker("hf", {**task, "rows": list(ROWS)}, tmp)
+                    hf = run_worker("hf", {**task, "rows": [r for r in ROWS if r in HF_ROWS]}, tmp)
                     entry.setdefault("reference_logits", hf.pop("reference_logits"))
                     entry["transformers"] = hf.pop("transformers")
                     entry["torch"] = hf.pop("torch")
@@ -488,7 +518,13 @@ def main() -> int:
                         for row in ROWS:
                             kind = LLAMACPP_TYPE[row]
                             start = time.perf_counter()
-                            info = write_gguf(hf_dir, tmp / f"model-{kind}.gguf", kind)
+                            if kind in LLAMACPP_QUANTISED:
+                                f16 = tmp / "model-f16.gguf"
+                                if not f16.exists():
+                                    write_gguf(hf_dir, f16, "f16")
+                                info = quantise_gguf(f16, tmp / f"model-{kind}.gguf", kind, args.threads)
+                            else:
+                                info = write_gguf(hf_dir, tmp / f"model-{kind}.gguf", kind)
                             info["bytes_per_token"] = gguf_bytes_per_token(Path(info["path"]))
                             print(f"wrote {info['path']} ({info['bytes'] / 1e9:.2f} GB, "
                                   f"{time.perf_counter() - start:.1f} s"

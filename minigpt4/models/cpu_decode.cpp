@@ -59,6 +59,7 @@ bool linear_applies(const Linear& l, at::ScalarType dtype) {
   for (const auto& adapter : l.lora)
     if (!adapter->active().empty() && !adapter->merged()) return false;
   const auto w = l.weight.scalar_type();
+  if (l.is_grouped()) return l.weight_scale.is_contiguous() && cpu_gemv::row_available(l.weight, l.weight_scale);
   if (w == at::kChar) return float_tensor(l.weight_scale, at::kFloat) && cpu_gemv::row_available(w);
   return w == dtype && cpu_gemv::row_available(w);
 }
@@ -117,7 +118,7 @@ bool through_aten(const Linear& l) {
 }
 
 void linear(const Linear& l, const float* x, float* y, const Rounding& round) {
-  const int64_t N = l.weight.size(0), K = l.weight.size(1);
+  const int64_t N = l.out_features, K = l.in_features;
   if (through_aten(l)) {
     auto row = at::empty({1, K}, at::TensorOptions().dtype(at::kFloat));
     std::memcpy(row.data_ptr<float>(), x, static_cast<size_t>(K) * sizeof(float));
@@ -125,7 +126,7 @@ void linear(const Linear& l, const float* x, float* y, const Rounding& round) {
     std::memcpy(y, out.data_ptr<float>(), static_cast<size_t>(N) * sizeof(float));
     return;
   }
-  cpu_gemv::linear_row(l.weight, l.weight_scale, x, y);
+  cpu_gemv::linear_row(l.weight, l.weight_scale, x, K, y);
   if (round.bf16)
     for (int64_t n = 0; n < N; ++n) y[n] = round(y[n]);
 }
@@ -141,7 +142,7 @@ void linears(std::initializer_list<std::pair<const Linear*, float*>> layers, con
     }
     products.push_back({l->weight, l->weight_scale, y});
   }
-  cpu_gemv::linear_rows(products, x);
+  cpu_gemv::linear_rows(products, x, layers.begin()->first->in_features);
   if (round.bf16)
     for (const auto& [l, y] : layers)
       for (int64_t n = 0; n < l->weight.size(0); ++n) y[n] = round(y[n]);

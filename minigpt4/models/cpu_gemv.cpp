@@ -34,7 +34,7 @@ namespace {
 
 struct Cpu {
   std::string vendor = "unknown", model = "unknown";
-  bool intel = false, avx2 = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
+  bool intel = false, avx2 = false, f16c = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
 };
 
 std::string cpuinfo_field(const std::string& key) {
@@ -57,6 +57,7 @@ const Cpu& cpu() {
     c.model = cpuinfo_field("model name");
     const std::string flags = " " + cpuinfo_field("flags") + " ";
     c.amx_bf16 = flags.find(" amx_bf16 ") != std::string::npos;
+    c.f16c = flags.find(" f16c ") != std::string::npos;  // float16 scales of group-wise weights
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     c.intel = __builtin_cpu_is("intel");
@@ -88,6 +89,9 @@ std::optional<std::string> cannot_run(Kernels k, at::ScalarType dtype) {
   if (k == Kernels::avx512 && !c.avx512) return std::string("this CPU has no AVX-512 F/BW/VL");
   if (k == Kernels::avx512 && dtype == at::kBFloat16 && !c.avx512_bf16)
     return std::string("this CPU has no AVX512-BF16 (vdpbf16ps)");
+  if (dtype == at::kByte && table(k)->q4 == nullptr)
+    return fmt::format("there is no {} form of the group-wise kernels (the avx2 one runs on AVX-512 CPUs)", name(k));
+  if (dtype == at::kByte && !c.f16c) return std::string("this CPU has no F16C (the float16 scales)");
   return std::nullopt;
 }
 
@@ -108,6 +112,9 @@ struct Rule {
 Rule automatic(at::ScalarType dtype) {
   const Cpu& c = cpu();
   const bool avx512 = !cannot_run(Kernels::avx512, dtype), avx2 = !cannot_run(Kernels::avx2, dtype);
+  if (dtype == at::kByte)
+    return avx2 ? Rule{Kernels::avx2, "AVX2: int8 activations per 32, integer dot products (vpmaddubsw)"}
+                : Rule{Kernels::aten, "no AVX2: the weight dequantised, then ATen"};
   if (dtype == at::kFloat) {
     if (c.intel) return {Kernels::aten, "Intel CPU: MKL's float32 GEMV streams weights as fast as ours"};
     if (avx512) return {Kernels::avx512, "not Intel: ours, MKL's float32 GEMV (its generic path) is slower here"};
@@ -126,7 +133,11 @@ Rule automatic(at::ScalarType dtype) {
 }
 
 const char* dtype_name(at::ScalarType dtype) {
-  return dtype == at::kFloat ? "f32" : dtype == at::kBFloat16 ? "bf16" : dtype == at::kChar ? "int8" : "other";
+  return dtype == at::kFloat      ? "f32"
+         : dtype == at::kBFloat16 ? "bf16"
+         : dtype == at::kChar     ? "int8"
+         : dtype == at::kByte     ? "grouped"
+                                  : "other";
 }
 
 Kernels parse_family(const std::string& word, const std::string& setting) {
@@ -134,24 +145,24 @@ Kernels parse_family(const std::string& word, const std::string& setting) {
     if (word == name(k)) return k;
   throw std::runtime_error(fmt::format(
       "MINIGPT4_CPU_KERNELS='{}': unknown kernels '{}' (expected auto, aten, avx2 or avx512, for every dtype or "
-      "per dtype as f32=...,bf16=...,int8=...)",
+      "per dtype as f32=...,bf16=...,int8=...,grouped=...)",
       setting, word));
 }
 
 // The choice with the reason for each dtype, from the environment and the rules.
 struct Decision {
   Choice choice;
-  std::string setting = "unset", why_f32, why_bf16, why_int8, why_bf16_prompt;
+  std::string setting = "unset", why_f32, why_bf16, why_int8, why_grouped, why_bf16_prompt;
 };
 
 Decision decide() {
   Decision d;
-  std::optional<Kernels> forced[3];  // f32, bf16, int8
+  std::optional<Kernels> forced[4];  // f32, bf16, int8, grouped
   std::optional<bool> forced_prompt;
   const char* legacy = std::getenv("MINIGPT4_CPU_GEMV");
   if (legacy != nullptr && std::strcmp(legacy, "0") == 0) {
     d.setting = "MINIGPT4_CPU_GEMV=0";
-    forced[0] = forced[1] = forced[2] = Kernels::aten;
+    forced[0] = forced[1] = forced[2] = forced[3] = Kernels::aten;
     forced_prompt = false;
   }
   if (const char* v = std::getenv("MINIGPT4_CPU_KERNELS"); v != nullptr && *v != '\0') {
@@ -163,6 +174,9 @@ Decision decide() {
       if (eq == std::string::npos) {
         if (part == "auto") continue;
         forced[0] = forced[1] = forced[2] = parse_family(part, setting);
+        // One family for everything: the group-wise weights follow where it has their kernels
+        // (avx512 has none: they stay automatic, on avx2).
+        if (!cannot_run(*forced[0], at::kByte)) forced[3] = forced[0];
         if (forced[0] == Kernels::aten) forced_prompt = false;
         continue;
       }
@@ -174,17 +188,18 @@ Decision decide() {
         if (family != "auto") forced_prompt = family == "float32";
         continue;
       }
-      const int slot = dtype == "f32" ? 0 : dtype == "bf16" ? 1 : dtype == "int8" ? 2 : -1;
+      const int slot = dtype == "f32" ? 0 : dtype == "bf16" ? 1 : dtype == "int8" ? 2 : dtype == "grouped" ? 3 : -1;
       if (slot < 0)
         throw std::runtime_error(fmt::format(
-            "MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8 or bf16_prompt)", setting, dtype));
+            "MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8, grouped or bf16_prompt)", setting,
+            dtype));
       if (family != "auto") forced[slot] = parse_family(family, setting);
     }
   }
-  const at::ScalarType dtypes[3] = {at::kFloat, at::kBFloat16, at::kChar};
-  Kernels* slots[3] = {&d.choice.f32, &d.choice.bf16, &d.choice.int8};
-  std::string* whys[3] = {&d.why_f32, &d.why_bf16, &d.why_int8};
-  for (int i = 0; i < 3; ++i) {
+  const at::ScalarType dtypes[4] = {at::kFloat, at::kBFloat16, at::kChar, at::kByte};
+  Kernels* slots[4] = {&d.choice.f32, &d.choice.bf16, &d.choice.int8, &d.choice.grouped};
+  std::string* whys[4] = {&d.why_f32, &d.why_bf16, &d.why_int8, &d.why_grouped};
+  for (int i = 0; i < 4; ++i) {
     if (forced[i]) {
       if (const auto problem = cannot_run(*forced[i], dtypes[i]))
         throw std::runtime_error(fmt::format("{}: {} kernels for {} weights cannot run: {}", d.setting,
@@ -217,11 +232,11 @@ std::atomic<int> g_override{0};
 
 int pack(const Choice& c) {
   return 1 | static_cast<int>(c.f32) << 1 | static_cast<int>(c.bf16) << 3 | static_cast<int>(c.int8) << 5 |
-         static_cast<int>(c.bf16_prompt_float32) << 7;
+         static_cast<int>(c.bf16_prompt_float32) << 7 | static_cast<int>(c.grouped) << 8;
 }
 Choice unpack(int v) {
   return {static_cast<Kernels>(v >> 1 & 3), static_cast<Kernels>(v >> 3 & 3), static_cast<Kernels>(v >> 5 & 3),
-          (v >> 7 & 1) != 0};
+          (v >> 7 & 1) != 0, static_cast<Kernels>(v >> 8 & 3)};
 }
 
 // ------------------------------------------------------------------ the products
@@ -231,10 +246,57 @@ int64_t grain_rows(int64_t K, int64_t element_bytes) {
   return std::max<int64_t>(16, (int64_t{256} << 10) / std::max<int64_t>(1, K * element_bytes));
 }
 
-// y32[M, N] = x[M, K] . W^T (* scales) through table t; x32 / x16 as kernels::Table says.
+// Whether (weight, scales) is a group-wise weight (quantize.h): 4-bit uint8, or int8 with a
+// [N, groups] float16 scale matrix (per-channel int8 has a float32 vector).
+bool is_grouped(const at::Tensor& weight, const at::Tensor& scales) {
+  return (weight.scalar_type() == at::kByte || weight.scalar_type() == at::kChar) && scales.defined() &&
+         scales.dim() == 2 && scales.scalar_type() == at::kHalf;
+}
+
+// Activations quantised for the group-wise kernels (kernels::Table::quantize_x): this
+// thread's buffers, valid until its next call.
+struct QuantizedX {
+  const int8_t* q;
+  const float* d;
+  const int32_t* sums;
+};
+QuantizedX quantize_activations(const kernels::Table& t, const float* x, int64_t M, int64_t K, int64_t Kp) {
+  thread_local std::vector<int8_t> q;
+  thread_local std::vector<float> d;
+  thread_local std::vector<int32_t> sums;
+  const auto runs = static_cast<size_t>(M * Kp / 32);
+  q.resize(static_cast<size_t>(M * Kp));
+  d.resize(runs);
+  sums.resize(runs);
+  t.quantize_x(x, M, K, Kp, q.data(), d.data(), sums.data());
+  return {q.data(), d.data(), sums.data()};
+}
+
+// Rows [n0, n1) of y32[M, N] for a group-wise weight, activations already quantised.
+void grouped_rows(const kernels::Table& t, const at::Tensor& weight, const at::Tensor& scales, const QuantizedX& x,
+                  int64_t M, float* y32, int64_t n0, int64_t n1) {
+  const int64_t N = weight.size(0), groups = scales.size(1);
+  const bool four_bit = weight.scalar_type() == at::kByte;
+  const int64_t Kp = four_bit ? weight.size(1) * 2 : weight.size(1);
+  const auto* s = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  if (four_bit)
+    t.q4(x.q, x.d, x.sums, M, Kp, weight.data_ptr<uint8_t>(), s, Kp / groups, y32, N, n0, n1);
+  else
+    t.q8(x.q, x.d, x.sums, M, Kp, weight.data_ptr<int8_t>(), s, Kp / groups, y32, N, n0, n1);
+}
+
+// y32[M, N] = x[M, K] . W^T (* scales) through table t; x32 / x16 as kernels::Table says. K is
+// x's width: the weight's, except that a group-wise weight may be padded beyond it.
 void product(const kernels::Table& t, const at::Tensor& weight, const at::Tensor& scales, const float* x32,
-             const uint16_t* x16, int64_t M, float* y32) {
-  const int64_t N = weight.size(0), K = weight.size(1);
+             const uint16_t* x16, int64_t M, int64_t K, float* y32) {
+  const int64_t N = weight.size(0);
+  if (is_grouped(weight, scales)) {
+    const int64_t Kp = weight.scalar_type() == at::kByte ? weight.size(1) * 2 : weight.size(1);
+    const QuantizedX qx = quantize_activations(t, x32, M, K, Kp);
+    at::parallel_for(0, N, grain_rows(weight.size(1), 1),  // weight.size(1): bytes per row
+                     [&](int64_t n0, int64_t n1) { grouped_rows(t, weight, scales, qx, M, y32, n0, n1); });
+    return;
+  }
   switch (weight.scalar_type()) {
     case at::kFloat: {
       const float* w = weight.data_ptr<float>();
@@ -272,7 +334,7 @@ int64_t small_rows(const at::Tensor& x, const at::Tensor& weight) {
 at::Tensor tensor_product(Kernels k, const at::Tensor& x, int64_t M, const at::Tensor& weight, const at::Tensor& scales,
                           const at::Tensor& bias) {
   const kernels::Table& t = *table(k);
-  const int64_t N = weight.size(0), K = weight.size(1);
+  const int64_t N = weight.size(0), K = x.size(-1);
   const auto x2 = x.reshape({M, K}).contiguous();
   at::Tensor x32, x16;
   if (weight.scalar_type() == at::kBFloat16 && t.bf16_reads_bits)
@@ -281,7 +343,7 @@ at::Tensor tensor_product(Kernels k, const at::Tensor& x, int64_t M, const at::T
     x32 = x2.to(at::kFloat);
   auto y32 = at::empty({M, N}, x.options().dtype(at::kFloat));
   product(t, weight, scales, x32.defined() ? x32.data_ptr<float>() : nullptr,
-          x16.defined() ? reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>()) : nullptr, M,
+          x16.defined() ? reinterpret_cast<const uint16_t*>(x16.data_ptr<at::BFloat16>()) : nullptr, M, K,
           y32.data_ptr<float>());
   if (bias.defined()) y32.add_(bias.to(at::kFloat));
   auto shape = x.sizes().vec();
@@ -307,7 +369,7 @@ Choice chosen() {
 
 void set_choice(const Choice& choice) {
   const std::pair<Kernels, at::ScalarType> parts[] = {
-      {choice.f32, at::kFloat}, {choice.bf16, at::kBFloat16}, {choice.int8, at::kChar}};
+      {choice.f32, at::kFloat}, {choice.bf16, at::kBFloat16}, {choice.int8, at::kChar}, {choice.grouped, at::kByte}};
   for (const auto& [k, dtype] : parts)
     if (const auto problem = cannot_run(k, dtype))
       throw std::invalid_argument(
@@ -327,8 +389,9 @@ std::string describe() {
   const Decision& d = decision();
   const Choice now = chosen();
   std::string out = fmt::format("cpu: {} ({})\n", c.model, c.vendor);
-  out += fmt::format("features: avx2+fma {}, avx512 f/bw/vl {}, avx512_bf16 {}, amx_bf16 {}\n", c.avx2 ? "yes" : "no",
-                     c.avx512 ? "yes" : "no", c.avx512_bf16 ? "yes" : "no", c.amx_bf16 ? "yes" : "no");
+  out += fmt::format("features: avx2+fma {}, f16c {}, avx512 f/bw/vl {}, avx512_bf16 {}, amx_bf16 {}\n",
+                     c.avx2 ? "yes" : "no", c.f16c ? "yes" : "no", c.avx512 ? "yes" : "no",
+                     c.avx512_bf16 ? "yes" : "no", c.amx_bf16 ? "yes" : "no");
   out += fmt::format("setting: {}\n", d.setting);
   out += fmt::format("threads: {} (at::get_num_threads)\n", at::get_num_threads());
   const auto line = [&](const char* dtype, Kernels k, const std::string& why, at::ScalarType t) {
@@ -340,9 +403,10 @@ std::string describe() {
   out += line("f32", now.f32, d.why_f32, at::kFloat);
   out += line("bf16", now.bf16, d.why_bf16, at::kBFloat16);
   out += line("int8", now.int8, d.why_int8, at::kChar);
+  out += line("q4/q8 groups", now.grouped, d.why_grouped, at::kByte);
   if (!(now == d.choice)) out += "(the choice was replaced in this process by cpu_gemv::set_choice)\n";
-  out += fmt::format("more than {} rows (prompt): f32 MKL; int8 float32 blocks + MKL; bf16 {} ({})\n", kMaxRows,
-                     now.bf16_prompt_float32 ? "float32 blocks + MKL" : "ATen (oneDNN)", d.why_bf16_prompt);
+  out += fmt::format("more than {} rows (prompt): f32 MKL; int8 and q4/q8 groups float32 blocks + MKL; bf16 {} ({})\n",
+                     kMaxRows, now.bf16_prompt_float32 ? "float32 blocks + MKL" : "ATen (oneDNN)", d.why_bf16_prompt);
   out += "training (autograd): ATen for every dtype\n";
   return out;
 }
@@ -379,6 +443,20 @@ at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::
   return tensor_product(k, x, M, values, scales, {});
 }
 
+at::Tensor linear_grouped(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales) {
+  if (!is_grouped(values, scales) || !scales.is_contiguous() || !scales.is_cpu()) return {};
+  if (x.scalar_type() != at::kBFloat16 && x.scalar_type() != at::kFloat) return {};
+  const Kernels k = chosen().grouped;
+  if (k == Kernels::aten || !x.is_cpu() || !values.is_cpu() || !values.is_contiguous() || x.dim() < 1) return {};
+  const int64_t K = x.size(-1), Kp = values.scalar_type() == at::kByte ? values.size(1) * 2 : values.size(1);
+  if (K == 0 || Kp < K || Kp % 32 != 0 || scales.size(0) != values.size(0) || scales.size(1) == 0 ||
+      Kp % scales.size(1) != 0 || (Kp / scales.size(1)) % 32 != 0)
+    return {};
+  const int64_t M = x.numel() / K;
+  if (M < 1 || M > kMaxRows) return {};
+  return tensor_product(k, x, M, values, scales, {});
+}
+
 // Weight elements converted per block: 2 MiB of float32 (256 rows of K=2048) stays in cache
 // between the conversion and the product.
 constexpr int64_t kBlockElements = int64_t{1} << 19;
@@ -395,6 +473,32 @@ at::Tensor float32_blocks_mm(const at::Tensor& x2, const at::Tensor& weight) {
     auto w = block.narrow(0, 0, n);
     w.copy_(weight.narrow(0, n0, n));
     y.narrow(1, n0, n).copy_(at::mm(x, w.t()));
+  }
+  return y;
+}
+
+at::Tensor grouped_blocks_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
+  const Kernels k = chosen().grouped;
+  if (k == Kernels::aten || !is_grouped(values, scales) || !values.is_cpu() || !values.is_contiguous() ||
+      !scales.is_contiguous())
+    return {};
+  const kernels::Table& t = *table(k);
+  const bool four_bit = values.scalar_type() == at::kByte;
+  const int64_t M = x2.size(0), K = x2.size(1), N = values.size(0);
+  const int64_t Kp = four_bit ? values.size(1) * 2 : values.size(1), G = Kp / scales.size(1);
+  const int64_t rows = std::min(N, std::max<int64_t>(16, kBlockElements / Kp));
+  const auto f32 = x2.options().dtype(at::kFloat);
+  auto y = at::empty({M, N}, f32);
+  auto block = at::empty({rows, Kp}, f32);
+  const auto x = x2.to(at::kFloat).contiguous();
+  const auto* s = reinterpret_cast<const uint16_t*>(scales.data_ptr<at::Half>());
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n = std::min(rows, N - n0);
+    float* out = block.data_ptr<float>();
+    at::parallel_for(n0, n0 + n, 16, [&](int64_t a, int64_t b) {
+      t.dequantize(values.data_ptr(), four_bit ? 4 : 8, s, G, Kp, out + (a - n0) * Kp, a, b);
+    });
+    y.narrow(1, n0, n).copy_(at::mm(x, block.narrow(0, 0, n).narrow(1, 0, K).t()));
   }
   return y;
 }
@@ -416,13 +520,17 @@ at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, con
 
 namespace {
 
-// The family linear_row uses for a weight dtype (aten: none).
+// The family linear_row uses for a weight dtype (aten: none); kByte: group-wise weights.
 Kernels row_family(at::ScalarType weight_dtype) {
   const Choice c = chosen();
   if (weight_dtype == at::kBFloat16) return c.bf16;
   if (weight_dtype == at::kChar) return c.int8;
   if (weight_dtype == at::kFloat) return c.f32 != Kernels::aten ? c.f32 : c.int8;
+  if (weight_dtype == at::kByte) return c.grouped;
   return Kernels::aten;
+}
+Kernels row_family(const at::Tensor& weight, const at::Tensor& scales) {
+  return row_family(is_grouped(weight, scales) ? at::kByte : weight.scalar_type());
 }
 
 // x[K] as bf16 bits where table t multiplies bf16 weights with them (AVX512-BF16), else
@@ -438,31 +546,49 @@ const uint16_t* bits_if_needed(const kernels::Table& t, at::ScalarType weight_dt
 }  // namespace
 
 bool row_available(at::ScalarType weight_dtype) { return row_family(weight_dtype) != Kernels::aten; }
+bool row_available(const at::Tensor& weight, const at::Tensor& scales) {
+  return row_family(weight, scales) != Kernels::aten;
+}
 
-void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float* x, float* y) {
-  const Kernels k = row_family(weight.scalar_type());
+void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float* x, int64_t K, float* y) {
+  const Kernels k = row_family(weight, scales);
   if (k == Kernels::aten)
     throw std::logic_error("cpu_gemv::linear_row called for a weight it does not handle (check row_available first)");
   const kernels::Table& t = *table(k);
-  product(t, weight, scales, x, bits_if_needed(t, weight.scalar_type(), x, weight.size(1)), 1, y);
+  product(t, weight, scales, x, bits_if_needed(t, weight.scalar_type(), x, K), 1, K, y);
 }
 
-void linear_rows(const std::vector<RowProduct>& products, const float* x) {
+void linear_rows(const std::vector<RowProduct>& products, const float* x, int64_t K) {
   if (products.empty()) return;
-  const auto dtype = products.front().weight.scalar_type();
-  const int64_t K = products.front().weight.size(1);
+  const auto& first = products.front();
+  const auto dtype = first.weight.scalar_type();
+  const bool grouped = is_grouped(first.weight, first.scales);
   int64_t total = 0;
   bool uniform = true;
   for (const auto& p : products) {
-    uniform = uniform && p.weight.scalar_type() == dtype && p.weight.size(1) == K;
+    uniform = uniform && p.weight.scalar_type() == dtype && p.weight.size(1) == first.weight.size(1) &&
+              is_grouped(p.weight, p.scales) == grouped;
     total += p.weight.size(0);
   }
-  const Kernels k = row_family(dtype);
+  const Kernels k = row_family(first.weight, first.scales);
   if (!uniform || k == Kernels::aten) {
-    for (const auto& p : products) linear_row(p.weight, p.scales, x, p.y);
+    for (const auto& p : products) linear_row(p.weight, p.scales, x, K, p.y);
     return;
   }
   const kernels::Table& t = *table(k);
+  if (grouped) {  // x quantised once for all of them
+    const int64_t Kp = dtype == at::kByte ? first.weight.size(1) * 2 : first.weight.size(1);
+    const QuantizedX qx = quantize_activations(t, x, 1, K, Kp);
+    at::parallel_for(0, total, grain_rows(first.weight.size(1), 1), [&](int64_t r0, int64_t r1) {
+      int64_t base = 0;
+      for (const auto& p : products) {
+        const int64_t N = p.weight.size(0), n0 = std::max<int64_t>(r0 - base, 0), n1 = std::min<int64_t>(r1 - base, N);
+        if (n0 < n1) grouped_rows(t, p.weight, p.scales, qx, 1, p.y, n0, n1);
+        base += N;
+      }
+    });
+    return;
+  }
   const uint16_t* x16 = bits_if_needed(t, dtype, x, K);
   const int64_t element_bytes = dtype == at::kFloat ? 4 : dtype == at::kBFloat16 ? 2 : 1;
   // Rows [r0, r1) of the products stacked one after another.

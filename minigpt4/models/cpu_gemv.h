@@ -14,6 +14,7 @@
 // `--measure` times every candidate on this machine). MINIGPT4_CPU_KERNELS forces a choice:
 //   aten | avx2 | avx512                 every dtype
 //   f32=avx2,bf16=aten,int8=avx512       per dtype (the others stay automatic)
+//   grouped=avx2|aten                    group-wise 4/8-bit weights (no AVX-512 form yet)
 //   bf16_prompt=float32|aten             how a bf16 prompt is multiplied (below)
 // (MINIGPT4_CPU_GEMV=0, the older switch, means aten.) Cases the kernels do not handle
 // return an undefined tensor and the caller takes ATen's path. No autograd: inference only.
@@ -35,11 +36,14 @@ const char* name(Kernels kernels);
 // What runs the products of each weight dtype (float32, bf16, int8).
 // bf16_prompt_float32: products of more rows with bf16 weights (a prompt) through float32
 // blocks (float32_blocks_mm) rather than ATen's bf16 GEMM.
+// grouped: group-wise 4- and 8-bit weights (quantize.h); aten there means dequantising.
 struct Choice {
   Kernels f32 = Kernels::aten, bf16 = Kernels::aten, int8 = Kernels::aten;
   bool bf16_prompt_float32 = false;
+  Kernels grouped = Kernels::aten;
   bool operator==(const Choice& o) const {
-    return f32 == o.f32 && bf16 == o.bf16 && int8 == o.int8 && bf16_prompt_float32 == o.bf16_prompt_float32;
+    return f32 == o.f32 && bf16 == o.bf16 && int8 == o.int8 && bf16_prompt_float32 == o.bf16_prompt_float32 &&
+           grouped == o.grouped;
   }
 };
 
@@ -49,8 +53,8 @@ Choice chosen();
 // Tests and benchmarks: run with another choice from now on (std::invalid_argument when this
 // CPU cannot run one of its kernels). chosen() then returns it.
 void set_choice(const Choice& choice);
-// The families this CPU (and build) runs for a weight dtype (kFloat, kBFloat16, kChar),
-// ATen first.
+// The families this CPU (and build) runs for a weight dtype (kFloat, kBFloat16, kChar; kByte
+// stands for the group-wise formats), ATen first.
 std::vector<Kernels> runnable(at::ScalarType weight_dtype);
 // `minigpt4 info --kernels`: the CPU, its features, each dtype's choice and why.
 std::string describe();
@@ -64,6 +68,16 @@ at::Tensor linear_bf16(const at::Tensor& x, const at::Tensor& weight, const at::
 // x [..., K] bf16 or float32 on the CPU, values [N, K] int8, scales [N] float32 ->
 // (x W^T) * scales, [..., N] in x's dtype, without bias. Undefined when not handled.
 at::Tensor linear_int8(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+
+// x [..., K] bf16 or float32 on the CPU, a group-wise weight (quantize.h: values int8
+// [N, Kp] or q4_0-packed uint8 [N, Kp / 2], scales float16 [N, Kp / G]) -> x W^T, [..., N]
+// in x's dtype, without bias. The activations are quantised to int8 per 32 inputs first.
+// Undefined when not handled (more than kMaxRows rows, or the choice is ATen).
+at::Tensor linear_grouped(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales);
+// A prompt's product with a group-wise weight: x2 [M, K] float32 -> [M, N] float32, the weight
+// dequantised by our kernel a block of output rows at a time (in cache) and multiplied by MKL.
+// Undefined where the group-wise choice is ATen (quantize.cpp then dequantises with ATen ops).
+at::Tensor grouped_blocks_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales);
 
 // Products of more rows (a prompt) on a CPU without a bf16 or int8 matrix unit (AMX): the
 // weight is converted to float32 a block of output rows at a time, while the block is in
@@ -87,7 +101,10 @@ at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, con
 // choice's kernels: ATen's per-call dispatch costs more than a small product (the fused step
 // sends large float32 weights to ATen then, see cpu_decode.cpp).
 bool row_available(at::ScalarType weight_dtype);
-void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float* x, float* y);
+// The same for a Linear's weight and scales as stored (tells group-wise weights apart).
+bool row_available(const at::Tensor& weight, const at::Tensor& scales);
+// K: x's width (a group-wise weight may be stored padded beyond it).
+void linear_row(const at::Tensor& weight, const at::Tensor& scales, const float* x, int64_t K, float* y);
 // Several such products of the same x in one parallel region (a layer's q, k and v; gate and
 // up), so that the threads meet once instead of once per weight. Weights of one dtype and
 // width; otherwise one linear_row each.
@@ -96,6 +113,6 @@ struct RowProduct {
   const at::Tensor& scales;
   float* y;
 };
-void linear_rows(const std::vector<RowProduct>& products, const float* x);
+void linear_rows(const std::vector<RowProduct>& products, const float* x, int64_t K);
 
 }  // namespace minigpt4::cpu_gemv

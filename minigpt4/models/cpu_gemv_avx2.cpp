@@ -2,7 +2,8 @@
 // Intel client and E-core parts) and as a candidate on those with it: every weight dtype is
 // widened to float32 in registers and multiplied with float32 FMAs (bf16: a 16-bit shift,
 // the form llama.cpp uses where there is no bf16 dot product; int8: sign-extended and
-// converted, then scaled per output row).
+// converted, then scaled per output row). Group-wise weights (4 and 8 bits) are the
+// exception: they multiply int8 activations with integer dot products (at the end).
 //
 // No software prefetches: on an AMD EPYC (Zen 3, 2 threads, weights out of cache) they only
 // cost (prefetching 256-1024 bytes ahead: 2-30 % slower); the hardware prefetcher keeps four
@@ -13,11 +14,13 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
+#include <type_traits>
+
 namespace minigpt4::cpu_gemv::kernels {
 
 namespace {
 
-#define MINIGPT4_AVX2 __attribute__((target("avx2,fma")))
+#define MINIGPT4_AVX2 __attribute__((target("avx2,fma,f16c")))
 
 // Eight weights as float32, and one for the ragged tail, per weight dtype; kFourRows: which
 // one-row form reads it fastest (one_row).
@@ -165,7 +168,164 @@ void int8(const float* x, int64_t M, int64_t K, const int8_t* q, const float* sc
     for (int64_t n = n0; n < n1; ++n) y[m * N + n] *= scales[n];
 }
 
-const Table kTable{"avx2", f32, bf16, /*bf16_reads_bits=*/false, int8};
+// ------------------------------------------------------------ group-wise weights
+// Activations are quantised to int8 per 32 inputs (quantize_x), so a run of 32 weights costs
+// one byte-wise multiply-add (vpmaddubsw: unsigned x signed bytes into 16-bit pairs), one
+// widening add into eight int32 lanes and one float multiply-add by the two scales, where
+// widening every weight to float32 takes 4 conversions and 4 FMAs per 32 (the int8 kernel
+// above, which is bound by exactly that on a Zen 3).
+
+constexpr int64_t kRun = 32;  // inputs per activation scale (and per q4_0-packed run)
+
+MINIGPT4_AVX2 inline float half_to_float(uint16_t h) { return _cvtsh_ss(h); }
+
+// The sum of 32 products of unsigned bytes u and signed bytes s, in eight int32 lanes. Pairs
+// stay within int16: 4-bit 2 * 15 * 127, 8-bit (|w| as u, sign moved onto s) 2 * 127 * 127.
+MINIGPT4_AVX2 inline __m256 dot32(__m256i u, __m256i s) {
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)));
+}
+
+// 32 weights of a q4_0-packed run (16 bytes) as bytes 0..15: inputs 0-15 are the low
+// nibbles, inputs 16-31 the high ones.
+MINIGPT4_AVX2 inline __m256i nibbles32(const uint8_t* p) {
+  const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+}
+
+// One run of 32 activations: xq = round(x * 127 / absmax), d = absmax / 127, sum of xq.
+// Round half to even (vroundps and std::nearbyint agree), as llama.cpp's quantize_row_q8_0.
+MINIGPT4_AVX2 void quantize_run(const float* x, int8_t* q, float* d, int32_t* sum) {
+  __m256 v[4];
+  __m256 amax = _mm256_setzero_ps();
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  for (int i = 0; i < 4; ++i) {
+    v[i] = _mm256_loadu_ps(x + 8 * i);
+    amax = _mm256_max_ps(amax, _mm256_andnot_ps(sign, v[i]));
+  }
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  const float absmax = _mm_cvtss_f32(m);
+  *d = absmax / 127.0f;
+  const __m256 scale = _mm256_set1_ps(absmax > 0 ? 127.0f / absmax : 0.0f);
+  __m256i i32[4];
+  __m256 total = _mm256_setzero_ps();
+  for (int i = 0; i < 4; ++i) {
+    const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], scale), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    total = _mm256_add_ps(total, r);  // integers below 2^24: exact
+    i32[i] = _mm256_cvtps_epi32(r);
+  }
+  *sum = static_cast<int32_t>(horizontal_sum(total));
+  // packs work within 128-bit lanes; the permutation puts the 32 bytes back in order.
+  const __m256i i16a = _mm256_packs_epi32(i32[0], i32[1]), i16b = _mm256_packs_epi32(i32[2], i32[3]);
+  const __m256i i8 =
+      _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i16a, i16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), i8);
+}
+
+MINIGPT4_AVX2 void quantize_x(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* xq, float* xd, int32_t* xs) {
+  const int64_t runs = Kp / kRun;
+  for (int64_t m = 0; m < M; ++m) {
+    const float* row = x + m * K;
+    for (int64_t b = 0; b < runs; ++b) {
+      const int64_t k0 = b * kRun;
+      float padded[kRun];
+      const float* src = row + k0;
+      if (k0 + kRun > K) {  // the last, partial run: zeros beyond the layer's width
+        for (int64_t i = 0; i < kRun; ++i) padded[i] = k0 + i < K ? row[k0 + i] : 0.0f;
+        src = padded;
+      }
+      quantize_run(src, xq + m * Kp + k0, xd + m * runs + b, xs + m * runs + b);
+    }
+  }
+}
+
+// Output rows [n0, n1) for M activation rows: each run of weights is unpacked once and
+// multiplied into every row. Weights::run(r, b) gives run b of a row as the unsigned operand
+// and Weights::signs(w, x) the signed one.
+struct Q4 {
+  using T = uint8_t;
+  static constexpr int64_t kBytesPerRun = 16;
+  MINIGPT4_AVX2 static __m256i load(const uint8_t* p) { return nibbles32(p); }
+  MINIGPT4_AVX2 static __m256i unsigned_part(__m256i w) { return w; }
+  MINIGPT4_AVX2 static __m256i signed_part(__m256i, __m256i x) { return x; }
+};
+struct Q8 {
+  using T = int8_t;
+  static constexpr int64_t kBytesPerRun = 32;
+  MINIGPT4_AVX2 static __m256i load(const int8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  MINIGPT4_AVX2 static __m256i unsigned_part(__m256i w) { return _mm256_sign_epi8(w, w); }           // |w|
+  MINIGPT4_AVX2 static __m256i signed_part(__m256i w, __m256i x) { return _mm256_sign_epi8(x, w); }  // x sign(w)
+};
+
+// 4-bit nibbles q stand for q - 8: sum((q - 8) x) = sum(q x) - 8 sum(x), the second term from
+// quantize_x's run sums, added once per run in float.
+template <typename W, int M>
+MINIGPT4_AVX2 void grouped_rows(const int8_t* xq, const float* xd, const int32_t* xs, int64_t Kp,
+                                const typename W::T* w, const uint16_t* scales, int64_t G, float* y, int64_t N,
+                                int64_t n0, int64_t n1) {
+  constexpr bool kOffset = std::is_same_v<W, Q4>;
+  const int64_t runs = Kp / kRun, runs_per_group = G / kRun, groups = Kp / G;
+  const int64_t row_bytes = runs * W::kBytesPerRun;
+  for (int64_t n = n0; n < n1; ++n) {
+    const typename W::T* r = w + n * row_bytes;
+    const uint16_t* s = scales + n * groups;
+    __m256 acc[M];
+    float offset[M];
+    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps(), offset[m] = 0;
+    for (int64_t g = 0; g < groups; ++g) {
+      const float dw = half_to_float(s[g]);
+      for (int64_t b = g * runs_per_group; b < (g + 1) * runs_per_group; ++b) {
+        const __m256i wv = W::load(r + b * W::kBytesPerRun);
+        const __m256i u = W::unsigned_part(wv);
+        for (int m = 0; m < M; ++m) {
+          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
+          const float d = dw * xd[m * runs + b];
+          acc[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_set1_ps(d), acc[m]);
+          if constexpr (kOffset) offset[m] += d * static_cast<float>(xs[m * runs + b]);
+        }
+      }
+    }
+    for (int m = 0; m < M; ++m) y[m * N + n] = horizontal_sum(acc[m]) - (kOffset ? 8.0f * offset[m] : 0.0f);
+  }
+}
+
+template <typename W>
+void grouped(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const typename W::T* w,
+             const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) {
+  switch (M) {
+    case 1: grouped_rows<W, 1>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
+    case 2: grouped_rows<W, 2>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
+    case 3: grouped_rows<W, 3>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
+    default: grouped_rows<W, 4>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
+  }
+}
+
+// Group-wise weights as float32 (a prompt's blocks): 32 levels at a time, widened, offset
+// (4 bits) and scaled.
+MINIGPT4_AVX2 void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, float* out,
+                              int64_t n0, int64_t n1) {
+  const int64_t runs = Kp / kRun, groups = Kp / G, row_bytes = bits == 8 ? Kp : Kp / 2;
+  const __m256 offset = _mm256_set1_ps(bits == 8 ? 0.0f : 8.0f);
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* r = static_cast<const uint8_t*>(w) + n * row_bytes;
+    float* o = out + (n - n0) * Kp;
+    for (int64_t b = 0; b < runs; ++b) {
+      const __m256 d = _mm256_set1_ps(half_to_float(scales[n * groups + b * kRun / G]));
+      const __m256i levels =
+          bits == 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + b * kRun)) : nibbles32(r + b * 16);
+      const __m128i lo = _mm256_castsi256_si128(levels), hi = _mm256_extracti128_si256(levels, 1);
+      const __m128i parts[4] = {lo, _mm_srli_si128(lo, 8), hi, _mm_srli_si128(hi, 8)};
+      for (int i = 0; i < 4; ++i) {
+        const __m256i wide = bits == 8 ? _mm256_cvtepi8_epi32(parts[i]) : _mm256_cvtepu8_epi32(parts[i]);
+        _mm256_storeu_ps(o + b * kRun + 8 * i, _mm256_mul_ps(_mm256_sub_ps(_mm256_cvtepi32_ps(wide), offset), d));
+      }
+    }
+  }
+}
+
+const Table kTable{"avx2",      f32,         bf16,      /*bf16_reads_bits=*/false, int8, quantize_x,
+                   grouped<Q8>, grouped<Q4>, dequantize};
 
 }  // namespace
 

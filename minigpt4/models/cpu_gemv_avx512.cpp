@@ -218,7 +218,8 @@ void int8(const float* x, int64_t M, int64_t K, const int8_t* q, const float* sc
     int8_rows(x, M, K, q, scales, y, N, n0, n1);
 }
 
-const Table kTable{"avx512", f32, bf16, /*bf16_reads_bits=*/true, int8};
+// No group-wise kernels of its own yet: on AVX-512 CPUs those run the AVX2 table's.
+const Table kTable{"avx512", f32, bf16, /*bf16_reads_bits=*/true, int8, nullptr, nullptr, nullptr, nullptr};
 
 }  // namespace
 

@@ -23,11 +23,27 @@ struct Table {
   bool bf16_reads_bits;
   void (*int8)(const float* x, int64_t M, int64_t K, const int8_t* q, const float* scales, float* y, int64_t N,
                int64_t n0, int64_t n1);
+
+  // Group-wise weights (quantize.h: 8 bits int8 [N, Kp], 4 bits q4_0-packed uint8 [N, Kp / 2],
+  // float16 scales [N, Kp / G]) multiply activations quantised to int8 per 32 inputs, as
+  // llama.cpp's q8_0/q4_0 dot products do: integer sums per 32, one float multiply-add per 32.
+  // quantize_x: M rows of K floats -> xq int8 [M, Kp] (zeros beyond K), xd float [M, Kp / 32]
+  // (x ~= xq * xd, xd = absmax / 127 per 32), xs int32 [M, Kp / 32] (the sum of each 32 xq,
+  // which q4's offset of 8 needs). nullptr where this table has none.
+  void (*quantize_x)(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* xq, float* xd, int32_t* xs) = nullptr;
+  void (*q8)(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const int8_t* w,
+             const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) = nullptr;
+  void (*q4)(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const uint8_t* w,
+             const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) = nullptr;
+  // Rows [n0, n1) of a group-wise weight as float32 into out[(n - n0) * Kp + k] (a prompt's
+  // blocks, multiplied by MKL afterwards). bits: 8 (int8 values) or 4 (q4_0-packed).
+  void (*dequantize)(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, float* out, int64_t n0,
+                     int64_t n1) = nullptr;
 };
 
 // nullptr where this build has no such kernels (not x86-64, or a compiler without the
 // intrinsics). Whether the CPU runs them is cpu_gemv.cpp's question.
-const Table* avx2();    // AVX2 + FMA: bf16 and int8 widened to float32 in registers
+const Table* avx2();    // AVX2 + FMA (+ F16C): bf16 and int8 widened to float32 in registers; group-wise
 const Table* avx512();  // AVX-512 F/BW/VL; its bf16 kernel also needs AVX512-BF16 (vdpbf16ps)
 
 }  // namespace minigpt4::cpu_gemv::kernels

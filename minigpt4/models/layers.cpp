@@ -9,21 +9,45 @@
 
 namespace minigpt4 {
 
-Linear::Linear(int64_t in_features, int64_t out_features, bool has_bias, const torch::TensorOptions& options,
-               WeightFormat format) {
+std::string WeightFormat::describe() const {
+  if (!quantized()) return "16-bit";
+  if (group_size == 0) return fmt::format("int{} per channel", bits);
+  return fmt::format("{}-bit, groups of {}", bits, group_size);
+}
+
+Linear::Linear(int64_t in, int64_t out, bool has_bias, const torch::TensorOptions& options, WeightFormat format)
+    : in_features(in), out_features(out) {
   if (format == WeightFormat::Int8) {
-    weight = register_parameter("weight", torch::empty({out_features, in_features}, options.dtype(torch::kInt8)),
+    weight = register_parameter("weight", torch::empty({out, in}, options.dtype(torch::kInt8)),
                                 /*requires_grad=*/false);
-    weight_scale = register_buffer("weight_scale", torch::empty({out_features}, options.dtype(torch::kFloat32)));
+    weight_scale = register_buffer("weight_scale", torch::empty({out}, options.dtype(torch::kFloat32)));
+  } else if (format.quantized()) {
+    auto storage = empty_grouped(out, in, format.bits, format.group_size, options);
+    weight = register_parameter("weight", storage.values, /*requires_grad=*/false);
+    weight_scale = register_buffer("weight_scale", storage.scales);
   } else {
-    weight = register_parameter("weight", torch::empty({out_features, in_features}, options));
+    weight = register_parameter("weight", torch::empty({out, in}, options));
   }
-  if (has_bias) bias = register_parameter("bias", torch::empty({out_features}, options));
+  if (has_bias) bias = register_parameter("bias", torch::empty({out}, options));
+}
+
+WeightFormat Linear::format() const {
+  if (!is_quantized()) return WeightFormat::Dense;
+  if (!is_grouped()) return WeightFormat::Int8;
+  return {weight.scalar_type() == torch::kInt8 ? 8 : 4, grouped_group_size(weight, weight_scale)};
+}
+
+torch::Tensor Linear::dense_weight(torch::Dtype dtype) const {
+  if (is_grouped()) return dequantize_grouped(weight, weight_scale, in_features, dtype);
+  if (is_int8()) return dequantize_int8(weight, weight_scale, dtype);
+  return weight.to(dtype);
 }
 
 torch::Tensor Linear::forward(const torch::Tensor& x) const {
   torch::Tensor y;
-  if (is_int8()) {
+  if (is_grouped()) {
+    y = grouped_linear(x, weight, weight_scale, bias);
+  } else if (is_int8()) {
     y = int8_linear(x, weight, weight_scale, bias);
   } else {
     // A decode step's few rows on the CPU: our GEMV (cpu_gemv.h) where it was chosen for the
@@ -46,19 +70,21 @@ torch::Tensor Linear::add_adapters(const torch::Tensor& x, torch::Tensor y) cons
 }
 
 void Linear::load_weight(const torch::Tensor& value, const std::string& source) {
-  if (value.sizes() != weight.sizes())
-    fail("{}: a linear weight has shape [{}] but the layer expects [{}]", source.empty() ? "load_weight" : source,
-         fmt::join(value.sizes(), ", "), fmt::join(weight.sizes(), ", "));
+  if (value.dim() != 2 || value.size(0) != out_features || value.size(1) != in_features)
+    fail("{}: a linear weight has shape [{}] but the layer expects [{}, {}]", source.empty() ? "load_weight" : source,
+         fmt::join(value.sizes(), ", "), out_features, in_features);
   torch::NoGradGuard no_grad;
-  if (!is_int8()) {
+  if (is_grouped())
+    quantize_grouped_into(value, weight, weight_scale);  // block by block, on the weight's device
+  else if (is_int8())
+    quantize_int8_into(value, weight, weight_scale);
+  else
     weight.copy_(value);
-    return;
-  }
-  quantize_int8_into(value, weight, weight_scale);  // block by block, on the weight's device
 }
 
 void Linear::reset_parameters() {
-  if (is_int8()) fail("an int8 Linear (low_resource) holds loaded weights only and cannot be initialised fresh");
+  if (is_quantized())
+    fail("a quantised Linear ({}) holds loaded weights only and cannot be initialised fresh", format().describe());
   torch::NoGradGuard no_grad;
   torch::nn::init::kaiming_uniform_(weight, std::sqrt(5.0));
   if (bias.defined()) {

@@ -2,6 +2,7 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/checkpoint.h"
+#include "minigpt4/models/gguf_llama.h"
 #include "minigpt4/models/weights.h"
 
 #include <nlohmann/json.hpp>
@@ -32,6 +33,17 @@ std::shared_ptr<CausalLM> make_causal_lm(const LLMConfig& config, const torch::T
 
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::TensorOptions& options,
                                          WeightFormat linear_format) {
+  if (is_gguf_path(dir)) {
+    const auto gguf = io::read_gguf(dir);
+    const auto config = llama_config_from_gguf(gguf);
+    auto model = make_causal_lm(config, options, linear_format);
+    std::set<std::string> filled;
+    load_gguf_llama(*model, gguf, config, "", filled);
+    const auto missing = unfilled_parameters(*model, filled);
+    if (!missing.empty()) fail("{}: {} weights missing: {}", dir, missing.size(), summarize_names(missing));
+    model->eval();
+    return model;
+  }
   const auto config_path = (std::filesystem::path(dir) / "config.json").string();
   const auto weights = io::load_state_dict(dir);
   auto model =

@@ -26,6 +26,7 @@ std::shared_ptr<CausalLM> make_causal_lm(const LLMConfig& config, const torch::T
 
 // A Hugging Face directory's LLM on its own: config.json, then every weight by name. A
 // parameter the files lack is an error naming it, unless the family starts it at default.
+// A `.gguf` file (llama.cpp's, LLaMA family) loads as well (gguf_llama.h).
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::TensorOptions& options,
                                          WeightFormat linear_format = WeightFormat::Dense);
 

@@ -165,7 +165,7 @@ void LoraLayer::add(const std::string& adapter, int64_t rank, double scale, doub
   if (rank <= 0) fail("LoRA: adapter '{}' has rank {}", adapter, rank);
   const auto options = torch::TensorOptions().dtype(torch::kFloat32).device(base_.weight.device());
   Adapter a;
-  a.A = torch::empty({rank, base_.weight.size(1)}, options);
+  a.A = torch::empty({rank, base_.in_features}, options);
   a.B = torch::zeros({rows_, rank}, options);
   {
     torch::NoGradGuard no_grad;
@@ -227,8 +227,9 @@ void LoraLayer::add_to_base(const torch::Tensor& A, const torch::Tensor& B, doub
 
 void LoraLayer::merge() {
   if (active_.empty() || merged()) return;
-  if (base_.is_int8())
-    fail("LoRA: adapter '{}' cannot be merged into an int8 (low_resource) weight; it runs unmerged", active_);
+  if (base_.is_quantized())
+    fail("LoRA: adapter '{}' cannot be merged into a quantised ({}) weight; it runs unmerged", active_,
+         base_.format().describe());
   const auto& a = adapters_.at(active_);
   // Remembered as its two factors (r x (in + out) floats, not a weight-sized copy), so that
   // unmerging takes out exactly this update even after the adapter trained further.
@@ -381,11 +382,9 @@ std::string active_adapter(torch::nn::Module& root) {
 void merge_active_adapter(torch::nn::Module& root) {
   const auto layers = lora_layers(root);
   for (const auto& l : layers)  // refuse before anything changes
-    if (!l.layer->active().empty() && l.layer->base().is_int8())
-      fail(
-          "LoRA: '{}' has an int8 (low_resource) weight, which an adapter cannot be merged into; use the adapter "
-          "unmerged",
-          l.name);
+    if (!l.layer->active().empty() && l.layer->base().is_quantized())
+      fail("LoRA: '{}' has a quantised ({}) weight, which an adapter cannot be merged into; use the adapter unmerged",
+           l.name, l.layer->base().format().describe());
   for (const auto& l : layers) l.layer->merge();
 }
 

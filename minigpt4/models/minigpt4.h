@@ -38,7 +38,13 @@ struct MiniGPT4Config {
   bool freeze_vit = true, freeze_qformer = true, freeze_llm = true;
   // ln_vision trains with the ViT unless set apart (VPGTrans trains it with a frozen ViT).
   bool freeze_ln_vision = true;
-  bool low_resource = false;  // int8 LLM projections, for inference (quantize.h)
+  bool low_resource = false;  // int8 LLM projections, one scale per output channel (quantize.h)
+  // The LLM decoder layers' projections in 16 bits (llm_precision), or quantised while
+  // loading to 8 or 4 bits with one scale per llm_weight_group_size inputs (32, 64, 128; 0
+  // with 8 bits: per output channel, as low_resource). Inference only. docs/weights.md.
+  int llm_weight_bits = 16;
+  int64_t llm_weight_group_size = 32;
+  WeightFormat llm_weight_format() const;
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";
   std::string prompt_template, prompt_path;

@@ -55,6 +55,22 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   c.freeze_ln_vision = cfg.get_bool(m("freeze_ln_vision"), c.freeze_vit);
   c.freeze_llm = cfg.get_bool(m("freeze_llm"), c.freeze_llm);
   c.low_resource = cfg.get_bool(m("low_resource"), c.low_resource);
+  c.llm_weight_bits = static_cast<int>(cfg.get_int(m("llm_weight_bits"), c.llm_weight_bits));
+  c.llm_weight_group_size = cfg.get_int(m("llm_weight_group_size"), c.llm_weight_group_size);
+  if (c.llm_weight_bits != 16 && c.llm_weight_bits != 8 && c.llm_weight_bits != 4)
+    fail("{}: model.llm_weight_bits must be 16, 8 or 4, got {}", cfg.source_of(m("llm_weight_bits")),
+         c.llm_weight_bits);
+  const auto group = c.llm_weight_group_size;
+  if (group != 32 && group != 64 && group != 128 && !(group == 0 && c.llm_weight_bits == 8))
+    fail(
+        "{}: model.llm_weight_group_size must be 32, 64 or 128 (or 0 with 8 bits: one scale per output channel), "
+        "got {}",
+        cfg.source_of(m("llm_weight_group_size")), group);
+  if (c.low_resource && c.llm_weight_bits != 16)
+    fail(
+        "{}: model.low_resource: True (int8, one scale per output channel) and model.llm_weight_bits: {} ({}) both "
+        "choose the LLM's weights; set one of them",
+        cfg.source_of(m("low_resource")), c.llm_weight_bits, cfg.source_of(m("llm_weight_bits")));
   c.max_txt_len = cfg.get_int(m("max_txt_len"), c.max_txt_len);
   c.end_sym = cfg.get_string(m("end_sym"), c.end_sym);
   c.prompt_template = cfg.get_string(m("prompt_template"));
@@ -66,6 +82,13 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
   c.max_context_len = cfg.get_int(m("max_context_len"), c.max_context_len);
   read_lora_settings(cfg, c);
   return c;
+}
+
+WeightFormat MiniGPT4Config::llm_weight_format() const {
+  if (low_resource) return WeightFormat::Int8;
+  if (llm_weight_bits == 16) return WeightFormat::Dense;
+  if (llm_weight_bits == 8 && llm_weight_group_size == 0) return WeightFormat::Int8;
+  return {llm_weight_bits, llm_weight_group_size};
 }
 
 std::string MiniGPT4Config::apply_prompt_template(const std::string& text) const {

@@ -8,12 +8,14 @@
 #include "minigpt4/common/log.h"
 #include "minigpt4/common/strings.h"
 #include "minigpt4/io/checkpoint.h"
+#include "minigpt4/models/gguf_llama.h"
 #include "minigpt4/models/memory.h"
 #include "minigpt4/models/minigpt4_lora.h"
 #include "minigpt4/models/tinygptv.h"
 
 #include <algorithm>
 #include <filesystem>
+#include <optional>
 #include <regex>
 #include <set>
 
@@ -219,12 +221,12 @@ void note_dtypes(const MiniGPT4Config& config, const MiniGPT4& model, torch::Dev
     report.notes.push_back("vit_precision fp16: weights are upcast to fp32 on the CPU (no fast fp16 GEMM there)");
   if (device.is_cpu() && parse_dtype(config.llm_precision) == torch::kFloat16)
     report.notes.push_back("llm_precision fp16: weights are upcast to fp32 on the CPU");
-  if (config.low_resource) {
+  if (const auto format = config.llm_weight_format(); format.quantized()) {
     const auto dtype = dtype_name(model.llama_model->dtype());
-    report.notes.push_back(
-        "low_resource: the LLM decoder layers' linear weights are int8 with one scale per "
-        "output channel, quantised while loading; embeddings, norms and lm_head stay " +
-        dtype + ", activations are " + dtype);
+    report.notes.push_back(fmt::format(
+        "{}: the LLM decoder layers' linear weights are {}, quantised while loading; embeddings, norms and lm_head "
+        "stay {}, activations are {}",
+        config.low_resource ? "low_resource" : "llm_weight_bits", format.describe(), dtype, dtype));
   }
 }
 
@@ -232,19 +234,36 @@ void note_dtypes(const MiniGPT4Config& config, const MiniGPT4& model, torch::Dev
 
 std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Device device, LoadReport* report_out) {
   LoadReport report;
-  if (config.llama_model.empty()) fail("model.llama_model is not set: it must name a Hugging Face LLM directory");
+  if (config.llama_model.empty())
+    fail("model.llama_model is not set: it must name a Hugging Face LLM directory or a LLaMA GGUF file");
   const auto llama_dir = resolve_weight_path(config.llama_model, "llama_model");
-  const auto llama_json = std::filesystem::path(llama_dir) / "config.json";
   // Read before the model is built: the LLM's weight names settle its layout (Phi's fused or
-  // split q/k/v). Safetensors are memory-mapped, so this costs no copy.
-  StateDict llm_weights = io::load_state_dict(llama_dir);
-  auto llm_config = llm_config_from_hf(io::read_json_file(llama_json.string()), llama_json.string(), llm_weights);
+  // split q/k/v). Safetensors and GGUF files are memory-mapped, so this costs no copy.
+  StateDict llm_weights;
+  LLMConfig llm_config;
+  std::optional<io::GgufFile> gguf;
+  if (is_gguf_path(llama_dir)) {
+    gguf = io::read_gguf(llama_dir);
+    llm_config = llama_config_from_gguf(*gguf);
+    if (!config.llm_variant.empty()) fail("{}: a GGUF file holds a LLaMA; model.llm_variant must be unset", llama_dir);
+    const auto file_format = gguf_projection_format(*gguf);
+    if (file_format.quantized() && config.llm_weight_format() != file_format)
+      report.notes.push_back(fmt::format(
+          "{} holds its projections as {}; this model is built {}, so they are converted while loading (set "
+          "model.llm_weight_bits: {} and model.llm_weight_group_size: 32 to keep them as they are)",
+          llama_dir, file_format.describe(), config.llm_weight_format().describe(), file_format.bits));
+  } else {
+    const auto llama_json = std::filesystem::path(llama_dir) / "config.json";
+    llm_weights = io::load_state_dict(llama_dir);
+    llm_config = llm_config_from_hf(io::read_json_file(llama_json.string()), llama_json.string(), llm_weights);
+  }
   if (config.llm_variant == tinygptv::kLlmVariant)
     tinygptv::use_tinygptv_phi(llm_config, llm_weights, llama_dir, report);
-  if (config.low_resource && !config.freeze_llm)
+  if (config.llm_weight_format().quantized() && !config.freeze_llm)
     fail(
-        "model.low_resource: True stores the LLM's linear layers in int8, which cannot be trained; set "
-        "model.freeze_llm: True or model.low_resource: False");
+        "model.low_resource / model.llm_weight_bits store the LLM's linear layers quantised ({}), which cannot be "
+        "trained; set model.freeze_llm: True, or keep the LLM in 16 bits",
+        config.llm_weight_format().describe());
 
   auto model = std::make_shared<MiniGPT4>(config, llm_config, device);
   note_dtypes(config, *model, device, report);
@@ -253,13 +272,19 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   const LoadSpec vit = vit_spec(config);
   loader.load_file("vit_model", config.vit_model, vit);
   load_qformer(loader, config);
-  LoadSpec llm;
-  llm.add_prefix = "llama_model.";
-  llm.is_ignorable = rotary_buffer;
-  loader.load_state(llama_dir, llm_weights, llm);
-  llm_weights.clear();
+  if (gguf) {
+    report.sources.push_back(
+        load_gguf_llama(*model, *gguf, std::get<LlamaConfig>(llm_config), "llama_model.", loader.filled));
+    gguf.reset();
+  } else {
+    LoadSpec llm;
+    llm.add_prefix = "llama_model.";
+    llm.is_ignorable = rotary_buffer;
+    loader.load_state(llama_dir, llm_weights, llm);
+    llm_weights.clear();
+  }
   load_checkpoint(loader, config, vit);
-  if (config.low_resource) release_free_heap();  // the quantiser's float32 blocks (memory.h)
+  if (config.llm_weight_format().quantized()) release_free_heap();  // the quantiser's float32 blocks (memory.h)
   initialise_the_rest(loader, config);
 
   load_configured_adapters(*model);

@@ -127,3 +127,156 @@ at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::
 }
 
 }  // namespace minigpt4
+
+// ---------------------------------------------------------------- group-wise formats
+
+namespace minigpt4 {
+
+namespace {
+
+constexpr int64_t kRun = 32;  // inputs per q4_0-packed run (and per activation scale in the kernels)
+
+int64_t padded_width(const at::Tensor& values) {
+  return values.scalar_type() == at::kByte ? values.size(1) * 2 : values.size(1);
+}
+
+// [n, Kp / 2] q4_0-packed bytes -> [n, Kp] nibbles in input order, as uint8.
+at::Tensor unpack_nibbles(const at::Tensor& packed) {
+  const int64_t n = packed.size(0), runs = packed.size(1) * 2 / kRun;
+  const auto bytes = packed.view({n, runs, kRun / 2});
+  return at::cat({at::bitwise_and(bytes, 15), at::bitwise_right_shift(bytes, 4)}, -1).view({n, runs * kRun});
+}
+
+}  // namespace
+
+GroupedWeight empty_grouped(int64_t N, int64_t K, int bits, int64_t group_size, const at::TensorOptions& options) {
+  if (bits != 4 && bits != 8) fail("group-wise weights have 4 or 8 bits, not {}", bits);
+  if (group_size != 32 && group_size != 64 && group_size != 128)
+    fail("the quantisation group size must be 32, 64 or 128 inputs, not {}", group_size);
+  const int64_t Kp = (K + group_size - 1) / group_size * group_size;
+  GroupedWeight w;
+  w.values =
+      bits == 8 ? at::empty({N, Kp}, options.dtype(at::kChar)) : at::empty({N, Kp / 2}, options.dtype(at::kByte));
+  w.scales = at::empty({N, Kp / group_size}, options.dtype(at::kHalf));
+  return w;
+}
+
+int grouped_bits(const at::Tensor& values) {
+  if (values.dim() == 2 && values.scalar_type() == at::kChar) return 8;
+  if (values.dim() == 2 && values.scalar_type() == at::kByte) return 4;
+  fail("group-wise weight: values must be int8 [N, Kp] or packed 4-bit uint8 [N, Kp / 2], got {} [{}]",
+       c10::toString(values.scalar_type()), fmt::join(values.sizes(), ", "));
+}
+
+int64_t grouped_group_size(const at::Tensor& values, const at::Tensor& scales) {
+  grouped_bits(values);
+  const int64_t Kp = padded_width(values);
+  if (scales.dim() != 2 || scales.scalar_type() != at::kHalf || scales.size(0) != values.size(0) ||
+      scales.size(1) == 0 || Kp % scales.size(1) != 0 || (Kp / scales.size(1)) % kRun != 0)
+    fail("group-wise weight: {} [{}] scales do not fit values [{}] (float16 [N, Kp / group size] expected)",
+         c10::toString(scales.scalar_type()), fmt::join(scales.sizes(), ", "), fmt::join(values.sizes(), ", "));
+  return Kp / scales.size(1);
+}
+
+void quantize_grouped_into(const at::Tensor& weight, at::Tensor& values, at::Tensor& scales) {
+  if (weight.dim() != 2 || !at::isFloatingType(weight.scalar_type()))
+    fail("quantize_grouped: expected a floating [N, K] weight, got {} [{}]", c10::toString(weight.scalar_type()),
+         fmt::join(weight.sizes(), ", "));
+  const int bits = grouped_bits(values);
+  const int64_t G = grouped_group_size(values, scales), Kp = padded_width(values);
+  const int64_t N = weight.size(0), K = weight.size(1);
+  if (values.size(0) != N || K > Kp || Kp - K >= G)
+    fail("quantize_grouped: weight [{}] does not fit {}-bit storage for [{}, {}] in groups of {}",
+         fmt::join(weight.sizes(), ", "), bits, values.size(0), Kp, G);
+  at::NoGradGuard no_grad;
+  const int64_t rows = std::min(N, std::max<int64_t>(1, kQuantizeBlockElements / Kp));
+  const auto f32 = values.options().dtype(at::kFloat);
+  auto w_block = at::zeros({rows, Kp}, f32);  // the padding columns stay zero
+  for (int64_t n0 = 0; n0 < N; n0 += rows) {
+    const int64_t n = std::min(rows, N - n0);
+    auto w = w_block.narrow(0, 0, n);
+    w.narrow(1, 0, K).copy_(weight.narrow(0, n0, n));
+    const auto groups = w.view({n, Kp / G, G});
+    // The scale as stored (float16) is the one the product uses, so quantise with it.
+    at::Tensor d;
+    if (bits == 8) {
+      d = groups.abs().amax(-1) / 127.0;
+    } else {  // the value of largest magnitude, with its sign, maps to -8 exactly
+      const auto largest = groups.gather(-1, groups.abs().argmax(-1, /*keepdim=*/true)).squeeze(-1);
+      d = largest / -8.0;
+    }
+    const auto d16 = d.to(at::kHalf);
+    if (!at::isfinite(d16).all().item<bool>())
+      fail("quantize_grouped: rows {}..{} hold values that are not finite or too large for a float16 scale", n0,
+           n0 + n - 1);
+    scales.narrow(0, n0, n).copy_(d16);
+    const auto dq = d16.to(at::kFloat);
+    const auto inverse = at::where(dq == 0, at::zeros_like(dq), dq.reciprocal()).unsqueeze(-1);
+    auto q = (groups * inverse).round_();
+    if (bits == 8) {
+      values.narrow(0, n0, n).copy_(q.clamp_(-127, 127).view({n, Kp}));
+    } else {
+      const auto nibbles = q.add_(8).clamp_(0, 15).to(at::kByte).view({n, Kp / kRun, kRun});
+      const auto packed = at::bitwise_or(nibbles.narrow(-1, 0, kRun / 2),
+                                         at::bitwise_left_shift(nibbles.narrow(-1, kRun / 2, kRun / 2), 4));
+      values.narrow(0, n0, n).copy_(packed.view({n, Kp / 2}));
+    }
+  }
+}
+
+GroupedWeight quantize_grouped(const at::Tensor& weight, int bits, int64_t group_size) {
+  if (weight.dim() != 2)
+    fail("quantize_grouped: expected a floating [N, K] weight, got [{}]", fmt::join(weight.sizes(), ", "));
+  auto out =
+      empty_grouped(weight.size(0), weight.size(1), bits, group_size, at::TensorOptions().device(weight.device()));
+  quantize_grouped_into(weight, out.values, out.scales);
+  return out;
+}
+
+at::Tensor dequantize_grouped(const at::Tensor& values, const at::Tensor& scales, int64_t K, c10::ScalarType dtype) {
+  const int bits = grouped_bits(values);
+  const int64_t G = grouped_group_size(values, scales), Kp = padded_width(values), N = values.size(0);
+  if (K > Kp || K <= Kp - G) fail("dequantize_grouped: width {} does not fit storage of {} in groups of {}", K, Kp, G);
+  const auto q = bits == 8 ? values.to(at::kFloat) : unpack_nibbles(values).to(at::kFloat).sub_(8);
+  const auto w = q.view({N, Kp / G, G}).mul_(scales.to(at::kFloat).unsqueeze(-1)).view({N, Kp});
+  return w.narrow(1, 0, K).to(dtype);
+}
+
+at::Tensor grouped_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales,
+                          const at::Tensor& bias) {
+  const int64_t G = grouped_group_size(values, scales), Kp = padded_width(values), K = x.size(-1);
+  if (K > Kp || K <= Kp - G)
+    fail("group-wise linear: input has {} features but the weight holds {} (groups of {})", K, Kp, G);
+  const auto dtype = x.scalar_type();
+  const bool needs_grad = at::GradMode::is_enabled() && x.requires_grad();
+  at::Tensor y;
+  if (x.is_cpu() && !needs_grad) {
+    y = cpu_gemv::linear_grouped(x, values, scales);  // a decode step's rows
+    if (!y.defined()) {
+      // A prompt: the weight dequantised a block of output rows at a time, in cache, and
+      // multiplied by MKL's float32 GEMM (as the int8 path does, cpu_gemv::float32_blocks_mm);
+      // our kernel dequantises where it runs, ATen's ops otherwise.
+      const int64_t N = values.size(0);
+      const auto x2 = x.reshape({-1, K}).to(at::kFloat).contiguous();
+      auto y2 = cpu_gemv::grouped_blocks_mm(x2, values, scales);
+      if (!y2.defined()) {
+        const int64_t rows = std::min(N, std::max<int64_t>(16, (int64_t{1} << 19) / Kp));
+        y2 = at::empty({x2.size(0), N}, x2.options());
+        for (int64_t n0 = 0; n0 < N; n0 += rows) {
+          const int64_t n = std::min(rows, N - n0);
+          const auto w = dequantize_grouped(values.narrow(0, n0, n), scales.narrow(0, n0, n), K, at::kFloat);
+          y2.narrow(1, n0, n).copy_(at::mm(x2, w.t()));
+        }
+      }
+      auto shape = x.sizes().vec();
+      shape.back() = N;
+      y = y2.to(dtype).view(shape);
+    }
+  } else {
+    y = at::linear(x, dequantize_grouped(values, scales, K, dtype));  // CUDA, autograd: one layer's transient
+  }
+  if (bias.defined()) y = y + bias.to(dtype);
+  return y;
+}
+
+}  // namespace minigpt4

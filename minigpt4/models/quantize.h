@@ -33,4 +33,39 @@ at::Tensor dequantize_int8(const at::Tensor& values, const at::Tensor& scales, c
 // ordinary GEMM. Measurements and reasons in quantize.cpp.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales, const at::Tensor& bias);
 
+// ---------------------------------------------------------------- group-wise formats
+// One scale per `group_size` consecutive inputs of an output row (32, 64 or 128), as
+// llama.cpp's q8_0 and q4_0 have per 32 (docs/weights.md says why these two):
+//   8 bits: values int8 [N, Kp], q = round(w / d) in [-127, 127], d = absmax / 127.
+//   4 bits: values uint8 [N, Kp / 2], nibbles q in [0, 15], w ~= (q - 8) d, where d = m / -8
+//           for the group's value m of largest magnitude: m itself is exact and all 16
+//           levels are used. Packed as q4_0 packs a block: in each run of 32 inputs, byte j
+//           holds input j in its low nibble and input j + 16 in its high one.
+//   scales: float16 [N, Kp / group_size] (half a bit per weight at 32, as in q4_0).
+// Kp is K rounded up to a whole group; the padding holds zeros (a layer of any width
+// quantises, and the padded inputs multiply zeros).
+struct GroupedWeight {
+  at::Tensor values, scales;
+};
+
+// The weight's storage, uninitialised, for an [N, K] layer.
+GroupedWeight empty_grouped(int64_t N, int64_t K, int bits, int64_t group_size, const at::TensorOptions& options);
+// Which format a (values, scales) pair holds: 4 or 8, and the group size. Errors name what
+// does not fit.
+int grouped_bits(const at::Tensor& values);
+int64_t grouped_group_size(const at::Tensor& values, const at::Tensor& scales);
+// Quantises a floating [N, K] weight into existing storage, a block of rows at a time (the
+// float32 temporaries stay a few MiB, as in quantize_int8_into). Each element's error is at
+// most d/2, and at most d for the one 4-bit level clamped at the top (+|m| maps to 8 -> 7).
+void quantize_grouped_into(const at::Tensor& weight, at::Tensor& values, at::Tensor& scales);
+GroupedWeight quantize_grouped(const at::Tensor& weight, int bits, int64_t group_size);
+// The floating [N, K] weight the storage stands for (K: the layer's width, <= Kp).
+at::Tensor dequantize_grouped(const at::Tensor& values, const at::Tensor& scales, int64_t K, c10::ScalarType dtype);
+// x W^T + bias in x's dtype. CPU decode rows (1-4): cpu_gemv's kernels, which quantise the
+// activations to int8 per 32 inputs as llama.cpp does (W4A8 / W8A8); more rows: the weight
+// dequantised to float32 a block of rows at a time and multiplied by MKL; CUDA and autograd:
+// dequantised to x's dtype, then the ordinary product.
+at::Tensor grouped_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales,
+                          const at::Tensor& bias);
+
 }  // namespace minigpt4

@@ -22,15 +22,16 @@ LoadResult load_into(torch::nn::Module& module, const StateDict& state, const Lo
   result.source = spec.source;
   auto targets = module.named_parameters(/*recurse=*/true);
   auto buffers = module.named_buffers(/*recurse=*/true);
-  // int8 linear weights (low_resource) take a floating tensor by quantising it, together
-  // with their scales: the "cast to the parameter's dtype" of an int8 layer.
-  std::map<std::string, Linear*> int8_weights;
-  auto note_int8 = [&](torch::nn::Module* m, const std::string& name) {
-    if (auto* linear = dynamic_cast<Linear*>(m); linear && linear->is_int8()) int8_weights[name] = linear;
+  // Quantised linear weights (low_resource, llm_weight_bits) take a floating tensor by
+  // quantising it, together with their scales: the "cast to the parameter's dtype" of such a
+  // layer. Their storage has another shape than the [out, in] a file holds (load_weight checks).
+  std::map<std::string, Linear*> quantized_weights;
+  auto note_quantized = [&](torch::nn::Module* m, const std::string& name) {
+    if (auto* linear = dynamic_cast<Linear*>(m); linear && linear->is_quantized()) quantized_weights[name] = linear;
   };
-  note_int8(&module, "weight");  // (named_modules cannot include a root not held by a shared_ptr)
+  note_quantized(&module, "weight");  // (named_modules cannot include a root not held by a shared_ptr)
   for (const auto& item : module.named_modules("", /*include_self=*/false))
-    note_int8(item.value().get(), item.key() + ".weight");
+    note_quantized(item.value().get(), item.key() + ".weight");
   torch::NoGradGuard no_grad;
   for (const auto& [file_key, value] : state) {
     const std::string name = spec.add_prefix + file_key;
@@ -41,6 +42,13 @@ LoadResult load_into(torch::nn::Module& module, const StateDict& state, const Lo
         result.ignored.push_back(name);
       else
         result.unexpected.push_back(name);
+      continue;
+    }
+    const auto q = quantized_weights.find(name);
+    if (q != quantized_weights.end() && at::isFloatingType(value.scalar_type())) {
+      q->second->load_weight(value, spec.source + ": '" + excerpt(file_key, 120) + "'");
+      filled.insert(name);
+      result.loaded.push_back(name);
       continue;
     }
     torch::Tensor source = value;
@@ -55,11 +63,7 @@ LoadResult load_into(torch::nn::Module& module, const StateDict& state, const Lo
     if (!at::isFloatingType(source.scalar_type()) && at::isFloatingType(target->scalar_type()))
       fail("{}: '{}' is stored as {} but the model expects floating point", spec.source, excerpt(file_key, 120),
            c10::toString(source.scalar_type()));
-    const auto int8 = int8_weights.find(name);
-    if (int8 != int8_weights.end() && at::isFloatingType(source.scalar_type()))
-      int8->second->load_weight(source, spec.source);
-    else
-      target->copy_(source);
+    target->copy_(source);
     filled.insert(name);
     result.loaded.push_back(name);
   }

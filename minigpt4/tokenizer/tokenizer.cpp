@@ -39,8 +39,19 @@ BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts, boo
   return out;
 }
 
-std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& hf_dir) {
+std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
   std::error_code ec;  // a path the system refuses (too long, no permission) counts as absent
+  auto hf_dir = path;
+  // A GGUF file (llama.cpp's): the sentencepiece model beside it. Its own vocabulary
+  // (tokenizer.ggml.*) is not read.
+  if (path.extension() == ".gguf" && fs::is_regular_file(path, ec)) {
+    hf_dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
+    if (!fs::is_regular_file(hf_dir / "tokenizer.model", ec))
+      fail(
+          "{}: a GGUF model takes its tokenizer from tokenizer.model in the same folder ({}), which is missing "
+          "(the GGUF's own vocabulary is not read)",
+          path.string(), hf_dir.string());
+  }
   if (!fs::is_directory(hf_dir, ec)) fail("tokenizer directory {} does not exist", hf_dir.string());
   if (fs::is_regular_file(hf_dir / "tokenizer.model", ec))
     return std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_pretrained(hf_dir));

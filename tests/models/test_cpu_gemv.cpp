@@ -142,7 +142,7 @@ TEST_CASE("linear_row, the fused decode step's entry, equals the tensor product 
         }
         REQUIRE(cpu_gemv::row_available(w.scalar_type()));
         std::vector<float> y(N);
-        cpu_gemv::linear_row(w, scales, x.data_ptr<float>(), y.data());
+        cpu_gemv::linear_row(w, scales, x.data_ptr<float>(), K, y.data());
         INFO("kernels " << cpu_gemv::name(family) << " dtype " << dtype << " K " << K);
         CHECK(max_relative_error(torch::from_blob(y.data(), {N}).clone(), want) < 1e-5);
       }
