@@ -259,34 +259,38 @@ struct Q8 {
 };
 
 // 4-bit nibbles q stand for q - 8: sum((q - 8) x) = sum(q x) - 8 sum(x), the second term from
-// quantize_x's run sums, added once per run in float.
+// quantize_x's run sums, added once per run in float. Two accumulators per row, alternating by
+// run, so that one row's chain of multiply-adds does not wait on the last one's latency.
 template <typename W, int M>
 MINIGPT4_AVX2 void grouped_rows(const int8_t* xq, const float* xd, const int32_t* xs, int64_t Kp,
                                 const typename W::T* w, const uint16_t* scales, int64_t G, float* y, int64_t N,
                                 int64_t n0, int64_t n1) {
   constexpr bool kOffset = std::is_same_v<W, Q4>;
-  const int64_t runs = Kp / kRun, runs_per_group = G / kRun, groups = Kp / G;
+  const int64_t runs = Kp / kRun, groups = Kp / G;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(G / kRun));  // run -> group (G / 32 is 1, 2, 4)
   const int64_t row_bytes = runs * W::kBytesPerRun;
   for (int64_t n = n0; n < n1; ++n) {
     const typename W::T* r = w + n * row_bytes;
     const uint16_t* s = scales + n * groups;
-    __m256 acc[M];
-    float offset[M];
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_setzero_ps(), offset[m] = 0;
-    for (int64_t g = 0; g < groups; ++g) {
-      const float dw = half_to_float(s[g]);
-      for (int64_t b = g * runs_per_group; b < (g + 1) * runs_per_group; ++b) {
-        const __m256i wv = W::load(r + b * W::kBytesPerRun);
-        const __m256i u = W::unsigned_part(wv);
-        for (int m = 0; m < M; ++m) {
-          const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
-          const float d = dw * xd[m * runs + b];
-          acc[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_set1_ps(d), acc[m]);
-          if constexpr (kOffset) offset[m] += d * static_cast<float>(xs[m * runs + b]);
-        }
+    __m256 acc[2][M];
+    float offset[2][M];
+    for (int m = 0; m < M; ++m) acc[0][m] = acc[1][m] = _mm256_setzero_ps(), offset[0][m] = offset[1][m] = 0;
+    for (int64_t b = 0; b < runs; ++b) {
+      const float dw = half_to_float(s[b >> shift]);
+      const __m256i wv = W::load(r + b * W::kBytesPerRun);
+      const __m256i u = W::unsigned_part(wv);
+      __m256* a = acc[b & 1];
+      float* o = offset[b & 1];
+      for (int m = 0; m < M; ++m) {
+        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
+        const float d = dw * xd[m * runs + b];
+        a[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_set1_ps(d), a[m]);
+        if constexpr (kOffset) o[m] += d * static_cast<float>(xs[m * runs + b]);
       }
     }
-    for (int m = 0; m < M; ++m) y[m * N + n] = horizontal_sum(acc[m]) - (kOffset ? 8.0f * offset[m] : 0.0f);
+    for (int m = 0; m < M; ++m)
+      y[m * N + n] =
+          horizontal_sum(_mm256_add_ps(acc[0][m], acc[1][m])) - (kOffset ? 8.0f * (offset[0][m] + offset[1][m]) : 0.0f);
   }
 }
 

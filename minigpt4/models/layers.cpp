@@ -151,6 +151,7 @@ std::string dtype_name(torch::Dtype dtype) {
     case torch::kFloat16: return "fp16";
     case torch::kBFloat16: return "bf16";
     case torch::kInt8: return "int8";
+    case torch::kUInt8: return "uint8";  // packed 4-bit weights (quantize.h)
     default: return std::string(c10::toString(dtype));
   }
 }
