@@ -15,6 +15,7 @@
 #include <immintrin.h>
 
 #include <type_traits>
+#include <vector>
 
 namespace minigpt4::cpu_gemv::kernels {
 
@@ -258,50 +259,76 @@ struct Q8 {
   MINIGPT4_AVX2 static __m256i signed_part(__m256i w, __m256i x) { return _mm256_sign_epi8(x, w); }  // x sign(w)
 };
 
-// 4-bit nibbles q stand for q - 8: sum((q - 8) x) = sum(q x) - 8 sum(x), the second term from
-// quantize_x's run sums, added once per run in float. Two accumulators per row, alternating by
-// run, so that one row's chain of multiply-adds does not wait on the last one's latency.
+// 4-bit nibbles q stand for q - 8: sum((q - 8) x) = sum(q x) - 8 sum(x). The second term of
+// a row is sum over groups g of d_w[g] * c[g], with c[g] = 8 * sum over the group's runs of
+// d_x * sum(x_q) (group_offsets, once per call): one short dot product per row after its main
+// loop instead of scalar work in every run.
+MINIGPT4_AVX2 float offset_dot(const uint16_t* dw, const float* c, int64_t groups) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t g = 0;
+  for (; g + 8 <= groups; g += 8)
+    acc = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(dw + g))),
+                          _mm256_loadu_ps(c + g), acc);
+  float sum = horizontal_sum(acc);
+  for (; g < groups; ++g) sum += half_to_float(dw[g]) * c[g];
+  return sum;
+}
+
+// Runs go in pairs into two accumulators per row (named, so that they stay in registers), so
+// that a row's chain of multiply-adds does not wait on the previous one's latency.
 template <typename W, int M>
-MINIGPT4_AVX2 void grouped_rows(const int8_t* xq, const float* xd, const int32_t* xs, int64_t Kp,
-                                const typename W::T* w, const uint16_t* scales, int64_t G, float* y, int64_t N,
-                                int64_t n0, int64_t n1) {
-  constexpr bool kOffset = std::is_same_v<W, Q4>;
+MINIGPT4_AVX2 inline void grouped_run(const typename W::T* r, int64_t b, float dw, const int8_t* xq, const float* xd,
+                                      int64_t Kp, int64_t runs, __m256* acc) {
+  const __m256i wv = W::load(r + b * W::kBytesPerRun);
+  const __m256i u = W::unsigned_part(wv);
+  for (int m = 0; m < M; ++m) {
+    const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
+    acc[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_set1_ps(dw * xd[m * runs + b]), acc[m]);
+  }
+}
+
+// c: Q4's group offsets [M, groups] (group_offsets), unused for Q8.
+template <typename W, int M>
+MINIGPT4_AVX2 void grouped_rows(const int8_t* xq, const float* xd, const float* c, int64_t Kp, const typename W::T* w,
+                                const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) {
   const int64_t runs = Kp / kRun, groups = Kp / G;
   const int shift = __builtin_ctzll(static_cast<unsigned long long>(G / kRun));  // run -> group (G / 32 is 1, 2, 4)
   const int64_t row_bytes = runs * W::kBytesPerRun;
   for (int64_t n = n0; n < n1; ++n) {
     const typename W::T* r = w + n * row_bytes;
     const uint16_t* s = scales + n * groups;
-    __m256 acc[2][M];
-    float offset[2][M];
-    for (int m = 0; m < M; ++m) acc[0][m] = acc[1][m] = _mm256_setzero_ps(), offset[0][m] = offset[1][m] = 0;
-    for (int64_t b = 0; b < runs; ++b) {
-      const float dw = half_to_float(s[b >> shift]);
-      const __m256i wv = W::load(r + b * W::kBytesPerRun);
-      const __m256i u = W::unsigned_part(wv);
-      __m256* a = acc[b & 1];
-      float* o = offset[b & 1];
-      for (int m = 0; m < M; ++m) {
-        const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
-        const float d = dw * xd[m * runs + b];
-        a[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_set1_ps(d), a[m]);
-        if constexpr (kOffset) o[m] += d * static_cast<float>(xs[m * runs + b]);
-      }
+    __m256 acc0[M], acc1[M];
+    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
+    int64_t b = 0;
+    for (; b + 2 <= runs; b += 2) {
+      grouped_run<W, M>(r, b, half_to_float(s[b >> shift]), xq, xd, Kp, runs, acc0);
+      grouped_run<W, M>(r, b + 1, half_to_float(s[(b + 1) >> shift]), xq, xd, Kp, runs, acc1);
     }
-    for (int m = 0; m < M; ++m)
-      y[m * N + n] =
-          horizontal_sum(_mm256_add_ps(acc[0][m], acc[1][m])) - (kOffset ? 8.0f * (offset[0][m] + offset[1][m]) : 0.0f);
+    if (b < runs) grouped_run<W, M>(r, b, half_to_float(s[b >> shift]), xq, xd, Kp, runs, acc0);
+    for (int m = 0; m < M; ++m) {
+      const float offset = std::is_same_v<W, Q4> ? offset_dot(s, c + m * groups, groups) : 0.0f;
+      y[m * N + n] = horizontal_sum(_mm256_add_ps(acc0[m], acc1[m])) - offset;
+    }
   }
 }
 
 template <typename W>
 void grouped(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const typename W::T* w,
              const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t runs = Kp / kRun, groups = Kp / G, per_group = G / kRun;
+  thread_local std::vector<float> c;
+  if constexpr (std::is_same_v<W, Q4>) {
+    c.assign(static_cast<size_t>(M * groups), 0.0f);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t b = 0; b < runs; ++b)
+        c[static_cast<size_t>(m * groups + b / per_group)] +=
+            8.0f * xd[m * runs + b] * static_cast<float>(xs[m * runs + b]);
+  }
   switch (M) {
-    case 1: grouped_rows<W, 1>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
-    case 2: grouped_rows<W, 2>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
-    case 3: grouped_rows<W, 3>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
-    default: grouped_rows<W, 4>(xq, xd, xs, Kp, w, scales, G, y, N, n0, n1); return;
+    case 1: grouped_rows<W, 1>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+    case 2: grouped_rows<W, 2>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+    case 3: grouped_rows<W, 3>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+    default: grouped_rows<W, 4>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
   }
 }
 
