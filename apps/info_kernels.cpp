@@ -1,6 +1,6 @@
 // `minigpt4 info --kernels [--measure]`: which decode kernels run on this CPU and why
-// (cpu_gemv.h), and with --measure every runnable family timed on this machine: one linear
-// layer of the TinyLlama-1.1B MLP's shape per weight dtype, at 1 and 4 activation rows,
+// (cpu_gemv.h), and with --measure every runnable family timed on this machine: the
+// TinyLlama-1.1B projections' three shapes per weight dtype, at 1 and 4 activation rows,
 // weights streamed from memory (enough copies, run in turn, that they do not stay in cache),
 // next to a plain read of the same bytes (at::sum).
 #include "apps/commands.h"
@@ -112,7 +112,11 @@ void measure_kernels(int64_t N, int64_t K) {
 
 void print_kernels(bool measure) {
   fmt::print("{}", cpu_gemv::describe());
-  if (measure) measure_kernels(5632, 2048);
+  if (!measure) return;
+  // TinyLlama-1.1B's three projection shapes: gate/up, down (a wide input), q/o.
+  measure_kernels(5632, 2048);
+  measure_kernels(2048, 5632);
+  measure_kernels(2048, 2048);
 }
 
 }  // namespace minigpt4::apps

@@ -408,6 +408,7 @@ def fmt(v, digits=2) -> str:
 
 
 def main() -> int:
+    global ROWS
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--worker", choices=["hf", "llamacpp"], help=argparse.SUPPRESS)
     parser.add_argument("--task", help=argparse.SUPPRESS)
@@ -441,7 +442,6 @@ def main() -> int:
         return 0
 
     skip = set(filter(None, args.skip.split(",")))
-    global ROWS
     ROWS = tuple(filter(None, args.rows.split(",")))
     unknown = [r for r in ROWS if r not in LLAMACPP_TYPE]
     if unknown:

@@ -34,7 +34,8 @@ namespace {
 
 struct Cpu {
   std::string vendor = "unknown", model = "unknown";
-  bool intel = false, avx2 = false, f16c = false, avx512 = false, avx512_bf16 = false, amx_bf16 = false;
+  bool intel = false, avx2 = false, f16c = false, avx512 = false, avx512_bf16 = false, avx512_vnni = false,
+       amx_bf16 = false;
 };
 
 std::string cpuinfo_field(const std::string& key) {
@@ -58,6 +59,7 @@ const Cpu& cpu() {
     const std::string flags = " " + cpuinfo_field("flags") + " ";
     c.amx_bf16 = flags.find(" amx_bf16 ") != std::string::npos;
     c.f16c = flags.find(" f16c ") != std::string::npos;  // float16 scales of group-wise weights
+    c.avx512_vnni = flags.find(" avx512_vnni ") != std::string::npos;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     c.intel = __builtin_cpu_is("intel");
@@ -90,7 +92,9 @@ std::optional<std::string> cannot_run(Kernels k, at::ScalarType dtype) {
   if (k == Kernels::avx512 && dtype == at::kBFloat16 && !c.avx512_bf16)
     return std::string("this CPU has no AVX512-BF16 (vdpbf16ps)");
   if (dtype == at::kByte && table(k)->q4 == nullptr)
-    return fmt::format("there is no {} form of the group-wise kernels (the avx2 one runs on AVX-512 CPUs)", name(k));
+    return fmt::format("there is no {} form of the group-wise kernels", name(k));
+  if (k == Kernels::avx512 && dtype == at::kByte && !(c.avx512_vnni && c.avx2))
+    return std::string("this CPU has no AVX512-VNNI (vpdpbusd)");
   if (dtype == at::kByte && !c.f16c) return std::string("this CPU has no F16C (the float16 scales)");
   return std::nullopt;
 }
@@ -112,9 +116,11 @@ struct Rule {
 Rule automatic(at::ScalarType dtype) {
   const Cpu& c = cpu();
   const bool avx512 = !cannot_run(Kernels::avx512, dtype), avx2 = !cannot_run(Kernels::avx2, dtype);
-  if (dtype == at::kByte)
+  if (dtype == at::kByte) {
+    if (avx512) return {Kernels::avx512, "AVX512-VNNI: int8 activations per 32, vpdpbusd on 64 bytes"};
     return avx2 ? Rule{Kernels::avx2, "AVX2: int8 activations per 32, integer dot products (vpmaddubsw)"}
                 : Rule{Kernels::aten, "no AVX2: the weight dequantised, then ATen"};
+  }
   if (dtype == at::kFloat) {
     if (c.intel) return {Kernels::aten, "Intel CPU: MKL's float32 GEMV streams weights as fast as ours"};
     if (avx512) return {Kernels::avx512, "not Intel: ours, MKL's float32 GEMV (its generic path) is slower here"};
@@ -389,9 +395,9 @@ std::string describe() {
   const Decision& d = decision();
   const Choice now = chosen();
   std::string out = fmt::format("cpu: {} ({})\n", c.model, c.vendor);
-  out += fmt::format("features: avx2+fma {}, f16c {}, avx512 f/bw/vl {}, avx512_bf16 {}, amx_bf16 {}\n",
+  out += fmt::format("features: avx2+fma {}, f16c {}, avx512 f/bw/vl {}, avx512_bf16 {}, avx512_vnni {}, amx_bf16 {}\n",
                      c.avx2 ? "yes" : "no", c.f16c ? "yes" : "no", c.avx512 ? "yes" : "no",
-                     c.avx512_bf16 ? "yes" : "no", c.amx_bf16 ? "yes" : "no");
+                     c.avx512_bf16 ? "yes" : "no", c.avx512_vnni ? "yes" : "no", c.amx_bf16 ? "yes" : "no");
   out += fmt::format("setting: {}\n", d.setting);
   out += fmt::format("threads: {} (at::get_num_threads)\n", at::get_num_threads());
   const auto line = [&](const char* dtype, Kernels k, const std::string& why, at::ScalarType t) {

@@ -5,6 +5,7 @@
 #include "minigpt4/models/cpu_gemv_kernels.h"
 
 #include <algorithm>
+#include <vector>
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 // GCC 12's own AVX-512 intrinsics start from _mm512_undefined_*(), which its
@@ -218,8 +219,152 @@ void int8(const float* x, int64_t M, int64_t K, const int8_t* q, const float* sc
     int8_rows(x, M, K, q, scales, y, N, n0, n1);
 }
 
-// No group-wise kernels of its own yet: on AVX-512 CPUs those run the AVX2 table's.
-const Table kTable{"avx512", f32, bf16, /*bf16_reads_bits=*/true, int8, nullptr, nullptr, nullptr, nullptr};
+// ---------------------------------------------------------------- group-wise weights
+// With AVX512-VNNI: vpdpbusd multiplies 64 unsigned by 64 signed bytes and sums each four
+// into 16 int32 lanes in one instruction, two runs of 32 inputs at a time (lanes 0-7 the
+// first run, 8-15 the second). The activations are quantised as the AVX2 table does (the
+// same format, its function). The weights become unsigned: 4-bit nibbles q stand for q - 8,
+// 8-bit values w are stored as w + 128 (a sign flip of the top bit); the offsets come back as
+// one dot product per row of the weights' scales with c[g] = offset * sum over the group's
+// runs of d_x * sum(x_q).
+
+#define MINIGPT4_AVX512_VNNI __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,f16c")))
+
+constexpr int64_t kRun = 32;
+
+// Two runs of weights as 64 unsigned bytes in input order.
+template <bool kFourBit>
+MINIGPT4_AVX512_VNNI inline __m512i two_runs(const uint8_t* p) {
+  if constexpr (kFourBit) {  // 32 bytes: run a's 16 then run b's; low nibbles inputs 0-15, high 16-31
+    const __m256i bytes = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    const __m512i v = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_and_si256(bytes, mask)),
+                                         _mm256_and_si256(_mm256_srli_epi16(bytes, 4), mask), 1);
+    return _mm512_shuffle_i64x2(v, v, _MM_SHUFFLE(3, 1, 2, 0));  // [a lo, b lo, a hi, b hi] -> [a lo, a hi, b lo, b hi]
+  } else {
+    return _mm512_xor_si512(_mm512_loadu_si512(p), _mm512_set1_epi8(static_cast<char>(0x80)));
+  }
+}
+
+// One run (the last of an odd count) as 32 unsigned bytes.
+template <bool kFourBit>
+MINIGPT4_AVX512_VNNI inline __m256i one_run(const uint8_t* p) {
+  if constexpr (kFourBit) {
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(b, 4), b), _mm256_set1_epi8(0x0F));
+  } else {
+    return _mm256_xor_si256(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)),
+                            _mm256_set1_epi8(static_cast<char>(0x80)));
+  }
+}
+
+MINIGPT4_AVX512_VNNI float scale_dot(const uint16_t* dw, const float* c, int64_t groups) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t g = 0;
+  for (; g + 16 <= groups; g += 16)
+    acc = _mm512_fmadd_ps(_mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(dw + g))),
+                          _mm512_loadu_ps(c + g), acc);
+  float sum = _mm512_reduce_add_ps(acc);
+  for (; g < groups; ++g) sum += _cvtsh_ss(dw[g]) * c[g];
+  return sum;
+}
+
+// Runs b and b + 1 (pair p) of one weight row into acc[M].
+template <bool kFourBit, int M>
+MINIGPT4_AVX512_VNNI inline void vnni_pair(const uint8_t* r, const uint16_t* s, int shift, int64_t p, const int8_t* xq,
+                                           const float* xdv, int64_t Kp, int64_t pairs, __m512* acc) {
+  const int64_t b = 2 * p, run_bytes = kFourBit ? 16 : 32;
+  const __m512i u = two_runs<kFourBit>(r + b * run_bytes);
+  const uint32_t both = uint32_t{s[b >> shift]} | uint32_t{s[(b + 1) >> shift]} << 16;
+  const __m512i pick = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m512 dw =
+      _mm512_permutexvar_ps(pick, _mm512_castps128_ps512(_mm_cvtph_ps(_mm_cvtsi32_si128(static_cast<int>(both)))));
+  for (int m = 0; m < M; ++m) {
+    const __m512i x = _mm512_loadu_si512(xq + m * Kp + b * kRun);
+    const __m512 d = _mm512_mul_ps(dw, _mm512_loadu_ps(xdv + (m * pairs + p) * 16));
+    acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x)), d, acc[m]);
+  }
+}
+
+// xdv: per activation row and pair of runs, 16 floats: the first run's d_x eight times, then
+// the second's (grouped_vnni fills it once per call).
+template <bool kFourBit, int M>
+MINIGPT4_AVX512_VNNI void grouped_vnni_rows(const int8_t* xq, const float* xd, const float* xdv, const float* c,
+                                            int64_t Kp, const uint8_t* w, const uint16_t* scales, int64_t G, float* y,
+                                            int64_t N, int64_t n0, int64_t n1) {
+  const int64_t runs = Kp / kRun, pairs = runs / 2, groups = Kp / G;
+  const int shift = __builtin_ctzll(static_cast<unsigned long long>(G / kRun));
+  const int64_t run_bytes = kFourBit ? 16 : 32;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* r = w + n * runs * run_bytes;
+    const uint16_t* s = scales + n * groups;
+    __m512 acc0[M], acc1[M];
+    for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
+    int64_t p = 0;
+    for (; p + 2 <= pairs; p += 2) {
+      vnni_pair<kFourBit, M>(r, s, shift, p, xq, xdv, Kp, pairs, acc0);
+      vnni_pair<kFourBit, M>(r, s, shift, p + 1, xq, xdv, Kp, pairs, acc1);
+    }
+    if (p < pairs) vnni_pair<kFourBit, M>(r, s, shift, p, xq, xdv, Kp, pairs, acc0);
+    float tail[M] = {};
+    if (runs % 2 == 1) {  // the last run alone
+      const int64_t b = runs - 1;
+      const __m256i u = one_run<kFourBit>(r + b * run_bytes);
+      const float dw = _cvtsh_ss(s[b >> shift]);
+      for (int m = 0; m < M; ++m) {
+        const __m256i x = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
+        const __m256 dot = _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), u, x));
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(dot), _mm256_extractf128_ps(dot, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        tail[m] = _mm_cvtss_f32(h) * dw * xd[m * runs + b];
+      }
+    }
+    for (int m = 0; m < M; ++m)
+      y[m * N + n] =
+          _mm512_reduce_add_ps(_mm512_add_ps(acc0[m], acc1[m])) + tail[m] - scale_dot(s, c + m * groups, groups);
+  }
+}
+
+template <bool kFourBit>
+void grouped_vnni(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const uint8_t* w,
+                  const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) {
+  const int64_t runs = Kp / kRun, pairs = runs / 2, groups = Kp / G, per_group = G / kRun;
+  const float offset = kFourBit ? 8.0f : 128.0f;
+  thread_local std::vector<float> c, xdv;
+  c.assign(static_cast<size_t>(M * groups), 0.0f);
+  xdv.resize(static_cast<size_t>(M * pairs * 16));
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t b = 0; b < runs; ++b)
+      c[static_cast<size_t>(m * groups + b / per_group)] +=
+          offset * xd[m * runs + b] * static_cast<float>(xs[m * runs + b]);
+    for (int64_t p = 0; p < pairs; ++p)
+      for (int i = 0; i < 16; ++i) xdv[static_cast<size_t>((m * pairs + p) * 16 + i)] = xd[m * runs + 2 * p + i / 8];
+  }
+  switch (M) {
+    case 1: grouped_vnni_rows<kFourBit, 1>(xq, xd, xdv.data(), c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+    case 2: grouped_vnni_rows<kFourBit, 2>(xq, xd, xdv.data(), c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+    case 3: grouped_vnni_rows<kFourBit, 3>(xq, xd, xdv.data(), c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+    default: grouped_vnni_rows<kFourBit, 4>(xq, xd, xdv.data(), c.data(), Kp, w, scales, G, y, N, n0, n1); return;
+  }
+}
+
+void q8(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const int8_t* w,
+        const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) {
+  grouped_vnni<false>(xq, xd, xs, M, Kp, reinterpret_cast<const uint8_t*>(w), scales, G, y, N, n0, n1);
+}
+
+// The activations' format is the AVX2 table's: its quantiser (every AVX-512 CPU has AVX2).
+void quantize_x(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* xq, float* xd, int32_t* xs) {
+  avx2()->quantize_x(x, M, K, Kp, xq, xd, xs);
+}
+void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, float* out, int64_t n0,
+                int64_t n1) {
+  avx2()->dequantize(w, bits, scales, G, Kp, out, n0, n1);
+}
+
+// Group-wise weights need AVX512-VNNI as well (cpu_gemv.cpp checks).
+const Table kTable{"avx512", f32, bf16, /*bf16_reads_bits=*/true, int8, quantize_x, q8, grouped_vnni<true>, dequantize};
 
 }  // namespace
 
