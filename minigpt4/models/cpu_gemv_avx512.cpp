@@ -286,6 +286,39 @@ MINIGPT4_AVX512_VNNI inline void vnni_pair(const uint8_t* r, const uint16_t* s, 
   }
 }
 
+// Sixteen runs b0..b0+15 of one weight row into acc0 / acc1 (alternating pairs). Their 16
+// scales are converted at once and multiplied by the activations' (one vector per row); each
+// pair then picks its two lanes (eight times each) with one permutation.
+template <bool kFourBit, int M>
+MINIGPT4_AVX512_VNNI inline void vnni_sixteen(const uint8_t* r, const uint16_t* s, int shift, int64_t b0,
+                                              const int8_t* xq, const float* xd, int64_t Kp, int64_t runs, __m512* acc0,
+                                              __m512* acc1) {
+  const int64_t run_bytes = kFourBit ? 16 : 32;
+  __m512 dw;
+  if (shift == 0) {
+    dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + b0)));
+  } else {  // groups of 64 or 128: 8 or 4 scales, each for 2 or 4 runs (b0 is a multiple of 16)
+    const __m512 groups =
+        _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + (b0 >> shift)))));
+    const __m512i run = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+    dw = _mm512_permutexvar_ps(_mm512_srli_epi32(run, static_cast<unsigned>(shift)), groups);
+  }
+  __m512 d[M];
+  for (int m = 0; m < M; ++m) d[m] = _mm512_mul_ps(dw, _mm512_loadu_ps(xd + m * runs + b0));
+  for (int j = 0; j < 8; ++j) {
+    const int64_t b = b0 + 2 * j;
+    const __m512i u = two_runs<kFourBit>(r + b * run_bytes);
+    const __m512i pick = _mm512_set_epi32(2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1, 2 * j + 1,
+                                          2 * j + 1, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j, 2 * j);
+    __m512* acc = (j & 1) ? acc1 : acc0;
+    for (int m = 0; m < M; ++m) {
+      const __m512i x = _mm512_loadu_si512(xq + m * Kp + b * kRun);
+      acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_dpbusd_epi32(_mm512_setzero_si512(), u, x)),
+                               _mm512_permutexvar_ps(pick, d[m]), acc[m]);
+    }
+  }
+}
+
 // xdv: per activation row and pair of runs, 16 floats: the first run's d_x eight times, then
 // the second's (grouped_vnni fills it once per call).
 template <bool kFourBit, int M>
@@ -301,6 +334,7 @@ MINIGPT4_AVX512_VNNI void grouped_vnni_rows(const int8_t* xq, const float* xd, c
     __m512 acc0[M], acc1[M];
     for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm512_setzero_ps();
     int64_t p = 0;
+    for (; 2 * p + 16 <= runs; p += 8) vnni_sixteen<kFourBit, M>(r, s, shift, 2 * p, xq, xd, Kp, runs, acc0, acc1);
     for (; p + 2 <= pairs; p += 2) {
       vnni_pair<kFourBit, M>(r, s, shift, p, xq, xdv, Kp, pairs, acc0);
       vnni_pair<kFourBit, M>(r, s, shift, p + 1, xq, xdv, Kp, pairs, acc1);
