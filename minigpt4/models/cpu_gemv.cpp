@@ -259,6 +259,14 @@ bool is_grouped(const at::Tensor& weight, const at::Tensor& scales) {
          scales.dim() == 2 && scales.scalar_type() == at::kHalf;
 }
 
+// The group sizes the kernels take (they find a run's group by a shift): 32, 64 or 128 inputs.
+bool kernel_group_size(const at::Tensor& weight, const at::Tensor& scales) {
+  const int64_t Kp = weight.scalar_type() == at::kByte ? weight.size(1) * 2 : weight.size(1);
+  if (scales.size(0) != weight.size(0) || scales.size(1) == 0 || Kp % scales.size(1) != 0) return false;
+  const int64_t G = Kp / scales.size(1);
+  return G == 32 || G == 64 || G == 128;
+}
+
 // Activations quantised for the group-wise kernels (kernels::Table::quantize_x): this
 // thread's buffers, valid until its next call.
 struct QuantizedX {
@@ -455,9 +463,7 @@ at::Tensor linear_grouped(const at::Tensor& x, const at::Tensor& values, const a
   const Kernels k = chosen().grouped;
   if (k == Kernels::aten || !x.is_cpu() || !values.is_cpu() || !values.is_contiguous() || x.dim() < 1) return {};
   const int64_t K = x.size(-1), Kp = values.scalar_type() == at::kByte ? values.size(1) * 2 : values.size(1);
-  if (K == 0 || Kp < K || Kp % 32 != 0 || scales.size(0) != values.size(0) || scales.size(1) == 0 ||
-      Kp % scales.size(1) != 0 || (Kp / scales.size(1)) % 32 != 0)
-    return {};
+  if (K == 0 || Kp < K || !kernel_group_size(values, scales)) return {};
   const int64_t M = x.numel() / K;
   if (M < 1 || M > kMaxRows) return {};
   return tensor_product(k, x, M, values, scales, {});
@@ -486,7 +492,7 @@ at::Tensor float32_blocks_mm(const at::Tensor& x2, const at::Tensor& weight) {
 at::Tensor grouped_blocks_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
   const Kernels k = chosen().grouped;
   if (k == Kernels::aten || !is_grouped(values, scales) || !values.is_cpu() || !values.is_contiguous() ||
-      !scales.is_contiguous())
+      !scales.is_contiguous() || !kernel_group_size(values, scales))
     return {};
   const kernels::Table& t = *table(k);
   const bool four_bit = values.scalar_type() == at::kByte;
@@ -553,6 +559,7 @@ const uint16_t* bits_if_needed(const kernels::Table& t, at::ScalarType weight_dt
 
 bool row_available(at::ScalarType weight_dtype) { return row_family(weight_dtype) != Kernels::aten; }
 bool row_available(const at::Tensor& weight, const at::Tensor& scales) {
+  if (is_grouped(weight, scales) && !kernel_group_size(weight, scales)) return false;
   return row_family(weight, scales) != Kernels::aten;
 }
 

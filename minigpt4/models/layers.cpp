@@ -10,7 +10,7 @@
 namespace minigpt4 {
 
 std::string WeightFormat::describe() const {
-  if (!quantized()) return "16-bit";
+  if (!quantized()) return "unquantised";
   if (group_size == 0) return fmt::format("int{} per channel", bits);
   return fmt::format("{}-bit, groups of {}", bits, group_size);
 }

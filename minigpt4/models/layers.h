@@ -20,7 +20,7 @@ struct WeightFormat {
   bool quantized() const { return bits != 16; }
   bool operator==(const WeightFormat& o) const { return bits == o.bits && group_size == o.group_size; }
   bool operator!=(const WeightFormat& o) const { return !(*this == o); }
-  std::string describe() const;  // "16-bit", "int8 per channel", "4-bit, groups of 32"
+  std::string describe() const;  // "unquantised", "int8 per channel", "4-bit, groups of 32"
   static const WeightFormat Dense, Int8;
 };
 inline const WeightFormat WeightFormat::Dense{16, 0};

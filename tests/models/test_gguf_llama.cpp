@@ -173,7 +173,7 @@ TEST_CASE("GGUF: a MiniGPT-4 config's llama_model may name a GGUF file", "[model
   const auto q8 = load({"model.llama_model=" + (gguf_dir() / "tiny_llama_q8_0.gguf").string()}, &report);
   bool noted = false;
   for (const auto& note : report.notes) noted = noted || note.find("llm_weight_bits: 8") != std::string::npos;
-  CHECK(noted);  // built 16-bit: the q8_0 projections were converted, and the note says how to keep them
+  CHECK(noted);  // built unquantised: the q8_0 projections were converted, and the note says how to keep them
   const auto f16 = load({"model.llama_model=" + (gguf_dir() / "tiny_llama_f16.gguf").string()});
   const auto io = io::load_safetensors((dir / "io.safetensors").string());
   const auto embs = io.at("chat_embs");
