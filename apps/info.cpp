@@ -113,8 +113,9 @@ void add_info_command(CLI::App& app) {
   cmd->add_option("--gpu-id", args->gpu_id, "CUDA device index")->capture_default_str();
   cmd->add_flag("--kernels", args->kernels,
                 "print the CPU decode kernels chosen for each weight dtype and why (MINIGPT4_CPU_KERNELS forces them)");
-  cmd->add_flag("--measure", args->measure,
-                "with --kernels: time every kernel family this CPU runs on the 1.1B LLaMA projection shapes, per dtype");
+  cmd->add_flag(
+      "--measure", args->measure,
+      "with --kernels: time every kernel family this CPU runs on the 1.1B LLaMA projection shapes, per dtype");
   cmd->add_flag("--memory", args->memory,
                 "print the bytes a MiniGPT-4 holds at the 1.1B, 7B and 13B LLaMA shapes in each LLM weight format");
   cmd->callback([args] { run_info(*args); });
