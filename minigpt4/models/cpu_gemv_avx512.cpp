@@ -298,8 +298,10 @@ MINIGPT4_AVX512_VNNI inline void vnni_sixteen(const uint8_t* r, const uint16_t* 
   if (shift == 0) {
     dw = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(s + b0)));
   } else {  // groups of 64 or 128: 8 or 4 scales, each for 2 or 4 runs (b0 is a multiple of 16)
-    const __m512 groups =
-        _mm512_cvtph_ps(_mm256_castsi128_si256(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + (b0 >> shift)))));
+    // Only those scales are read: the row's last ones may end the tensor.
+    const auto* at = reinterpret_cast<const __m128i*>(s + (b0 >> shift));
+    const __m128i halves = shift == 1 ? _mm_loadu_si128(at) : _mm_loadl_epi64(at);
+    const __m512 groups = _mm512_cvtph_ps(_mm256_castsi128_si256(halves));
     const __m512i run = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
     dw = _mm512_permutexvar_ps(_mm512_srli_epi32(run, static_cast<unsigned>(shift)), groups);
   }
