@@ -98,8 +98,13 @@ enum ValueType : uint32_t {
 };
 
 constexpr uint64_t kMaxKeyLength = 1 << 16;
+// Metadata array elements in all, across the file: each becomes a JSON value of ~16 bytes, so a
+// byte array as long as the file would take 16 times its size. Real files hold vocabularies
+// and merge lists of at most a few hundred thousand.
+constexpr uint64_t kMaxArrayElements = uint64_t{1} << 24;
 
-nlohmann::json read_value(Cursor& in, uint32_t type, const std::string& key, const std::string& path, int depth) {
+nlohmann::json read_value(Cursor& in, uint32_t type, const std::string& key, const std::string& path, int depth,
+                          uint64_t& elements) {
   switch (type) {
     case kU8: return in.read<uint8_t>("a u8 value");
     case kI8: return in.read<int8_t>("an i8 value");
@@ -124,8 +129,12 @@ nlohmann::json read_value(Cursor& in, uint32_t type, const std::string& key, con
       // Every element takes at least one byte: a longer count cannot fit in the file.
       if (count > in.remaining())
         fail("{}: metadata '{}' claims {} elements, more than the file could hold", path, excerpt(key, 80), count);
+      elements += count;
+      if (elements > kMaxArrayElements)
+        fail("{}: metadata '{}' brings the file's array elements past {}, more than this reader holds", path,
+             excerpt(key, 80), kMaxArrayElements);
       auto out = nlohmann::json::array();
-      for (uint64_t i = 0; i < count; ++i) out.push_back(read_value(in, element, key, path, depth + 1));
+      for (uint64_t i = 0; i < count; ++i) out.push_back(read_value(in, element, key, path, depth + 1, elements));
       return out;
     }
     default: fail("{}: metadata '{}' has unknown value type {}", path, excerpt(key, 80), type);
@@ -178,11 +187,12 @@ GgufFile read_gguf(const std::string& path) {
     fail("{}: the header claims {} tensors and {} metadata entries, more than the file could hold", path, tensor_count,
          kv_count);
 
+  uint64_t array_elements = 0;
   for (uint64_t i = 0; i < kv_count; ++i) {
     const auto key = in.string("a metadata key", kMaxKeyLength);
     const auto type = in.read<uint32_t>("a metadata value type");
     if (g.metadata.contains(key)) fail("{}: metadata '{}' appears twice", path, excerpt(key, 80));
-    g.metadata[key] = read_value(in, type, key, path, 0);
+    g.metadata[key] = read_value(in, type, key, path, 0, array_elements);
   }
 
   uint64_t alignment = 32;

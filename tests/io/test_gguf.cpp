@@ -230,6 +230,12 @@ TEST_CASE("GGUF: hostile headers are named errors, never a crash or a huge alloc
   fails(w.bytes, "claims");
   w.header(0, 1);
   w.str("k");
+  w.put<uint32_t>(9);
+  w.put<uint32_t>(0);                        // u8
+  w.put<uint64_t>((uint64_t{1} << 24) + 1);  // fits in the file, but past the reader's element budget
+  fails(w.bytes + std::string((size_t{1} << 24) + 1, '\0'), "array elements past");
+  w.header(0, 1);
+  w.str("k");
   w.put<uint32_t>(77);
   fails(w.bytes + std::string(16, '\0'), "unknown value type 77");
   w.header(0, 1);
