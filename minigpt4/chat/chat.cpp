@@ -4,6 +4,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/strings.h"
+#include "minigpt4/generate/json_constraint.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/minigpt4_lora.h"
 #include "minigpt4/processors/image_processor.h"
@@ -15,6 +16,7 @@
 #include <charconv>
 #include <chrono>
 #include <filesystem>
+#include <limits>
 
 namespace minigpt4 {
 
@@ -87,6 +89,43 @@ Visible visible_answer(std::string text) {
 
 }  // namespace
 
+// An answer's text as it streams: after each token the answer so far is decoded and what
+// became visible is passed on (every token, "" while text is held back, so that the caller
+// can cancel whatever is shown).
+struct StreamedText {
+  StreamedText(const Tokenizer* tokenizer_, int64_t eos_, std::function<bool(const std::string&)> on_text_)
+      : tokenizer(tokenizer_), eos(eos_), on_text(std::move(on_text_)) {}
+  const Tokenizer* tokenizer;
+  int64_t eos;
+  std::function<bool(const std::string&)> on_text;
+  std::vector<int64_t> ids;  // without eos
+  std::string sent;
+  bool cancelled = false, stop_text = false;  // the caller said stop; '###' showed
+
+  // Whether generation goes on after `token`.
+  bool feed(int64_t token) {
+    if (token == eos) return false;
+    ids.push_back(token);
+    const auto visible = visible_answer(tokenizer->decode(ids));
+    stop_text = visible.stopped;
+    std::string piece;
+    if (starts_with(visible.text, sent) && visible.text.size() > sent.size()) {
+      piece = visible.text.substr(sent.size());
+      sent = visible.text;
+    }
+    if (on_text && !on_text(piece)) cancelled = true;
+    return !(cancelled || stop_text);
+  }
+  // The final text's rest beyond what was shown (held-back text the clean-up kept).
+  void finish(const std::string& final_text) {
+    if (on_text && !cancelled && starts_with(final_text, sent) && final_text.size() > sent.size())
+      on_text(final_text.substr(sent.size()));
+  }
+  std::string finish_reason(const std::string& generation_reason) const {
+    return cancelled ? "cancelled" : (generation_reason == "length" && !stop_text ? "length" : "stop");
+  }
+};
+
 std::shared_ptr<ChatModel> ChatModel::load(const Config& config, c10::Device device) {
   auto chat = std::make_shared<ChatModel>();
   const auto model_config = MiniGPT4Config::from_config(config);
@@ -145,6 +184,13 @@ at::Tensor ChatModel::encode_image_file(const std::string& path, at::Tensor* vis
   return encode_image_rgb(decode_image_rgb(path), vision_tokens);
 }
 
+std::shared_ptr<const JsonConstraint> ChatModel::json_constraint() const {
+  std::lock_guard<std::mutex> lock(json_mutex);
+  if (!json_mask)
+    json_mask = std::make_shared<JsonConstraint>(*tokenizer, model->llama_model->vocab_size(), tokenizer->eos_id());
+  return json_mask;
+}
+
 std::vector<std::string> ChatModel::adapter_choices() const {
   std::vector<std::string> choices = {"original"};
   for (auto& name : adapter_names(*model)) choices.push_back(std::move(name));
@@ -179,20 +225,24 @@ GenerationConfig generation_config(const ChatModel& model, const AnswerOptions& 
   c.eos_token_id = model.tokenizer->eos_id();
   c.stop_token_sequences = model.stop_sequences();
   c.seed = o.seed;
+  c.logit_bias = o.logit_bias;
+  c.top_logprobs = o.top_logprobs;
   return c;
 }
 
 ChatSession::ChatSession(std::shared_ptr<const ChatModel> model)
     : model_(std::move(model)), conversation_(model_->new_conversation()) {}
 
-void ChatSession::upload_image(const at::Tensor& image_embeds, const at::Tensor& vision_tokens) {
+void ChatSession::upload_image(const at::Tensor& image_embeds, const at::Tensor& vision_tokens, uint64_t identity) {
   if (!image_embeds.defined() || image_embeds.dim() != 3 || image_embeds.size(0) != 1)
     fail("upload_image: expected image embeddings [1, NQ, H]");
   if (vision_tokens.defined() && (vision_tokens.dim() != 3 || vision_tokens.size(0) != 1))
     fail("upload_image: vision_tokens must be the ViT output [1, tokens, width]");
   conversation_.upload_image();
+  if (identity >= (uint64_t{1} << 40)) fail("upload_image: image identity {} out of range", identity);
   images_.push_back(image_embeds);
   vision_tokens_.push_back(vision_tokens);
+  image_ids_.push_back(identity);
 }
 
 void ChatSession::ask(const std::string& text) { conversation_.ask(text); }
@@ -207,114 +257,227 @@ void ChatSession::reset() {
   conversation_ = model_->new_conversation();
   images_.clear();
   vision_tokens_.clear();
+  image_ids_.clear();
   cache_.clear();
   cached_keys_.clear();
   last_answer_.reset();
 }
 
-ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text) {
-  torch::NoGradGuard no_grad;
+ChatSession::Prompt ChatSession::prompt_for(const AnswerOptions& options) const {
   const auto& tokenizer = *model_->tokenizer;
-  const auto& llm = *model_->model->llama_model;
-  const auto gen = generation_config(*model_, options);
-
   // The prompt ends in the open assistant turn; the conversation records the turn only once
   // there is an answer, so a failure leaves it as it was.
   Conversation open = conversation_;
   open.start_answer();
-  const std::string prompt = open.get_prompt();
-  auto embeds = model_->model->context_embedding(prompt, images_, tokenizer);
+  Prompt p;
+  p.text = open.get_prompt();
+  p.embeds = model_->model->context_embedding(p.text, images_, tokenizer);
 
   // What sits at each prompt position, to find the prefix the cache already holds.
-  std::vector<int64_t> keys;
   int64_t image_position = 0;
-  const auto segments = split_image_placeholder(prompt);
+  const auto segments = split_image_placeholder(p.text);
   for (size_t i = 0; i < segments.size(); ++i) {
     const auto ids = tokenizer.encode(segments[i], /*add_special_tokens=*/i == 0);
-    keys.insert(keys.end(), ids.begin(), ids.end());
+    p.keys.insert(p.keys.end(), ids.begin(), ids.end());
     if (i < images_.size())
-      for (int64_t j = 0; j < images_[i].size(1); ++j) keys.push_back(-1 - image_position++);
+      for (int64_t j = 0; j < images_[i].size(1); ++j) p.keys.push_back(image_key(i, j, image_position++));
   }
-  if (static_cast<int64_t>(keys.size()) != embeds.size(1))
-    fail("chat: prompt positions ({}) and embeddings ({}) disagree", keys.size(), embeds.size(1));
+  if (static_cast<int64_t>(p.keys.size()) != p.embeds.size(1))
+    fail("chat: prompt positions ({}) and embeddings ({}) disagree", p.keys.size(), p.embeds.size(1));
 
   // Chat.answer: cut the prompt from the left to leave room for the answer.
-  const int64_t overflow = embeds.size(1) + options.max_new_tokens - options.max_length;
-  last_answer_.reset();
+  const int64_t overflow = p.embeds.size(1) + options.max_new_tokens - options.max_length;
   if (overflow > 0) {
-    if (overflow >= embeds.size(1))
+    if (overflow >= p.embeds.size(1))
       fail("chat: max_new_tokens {} leaves no room in max_length {}", options.max_new_tokens, options.max_length);
-    embeds = embeds.slice(1, overflow);
-    keys.erase(keys.begin(), keys.begin() + overflow);
+    p.embeds = p.embeds.slice(1, overflow);
+    p.keys.erase(p.keys.begin(), p.keys.begin() + overflow);
+    p.cut = overflow;
   }
+  return p;
+}
 
-  ChatReply reply;
-  reply.prompt_tokens = static_cast<int64_t>(keys.size());
-  const bool reuse = options.reuse_cache && gen.num_beams == 1;
-  size_t common = 0;
-  if (reuse) {
-    while (common < cached_keys_.size() && common < keys.size() && cached_keys_[common] == keys[common]) ++common;
-    common = std::min(common, keys.size() - 1);  // at least one position to feed
-  }
-  if (common == 0) {
-    cache_.clear();
-  } else {
-    cache_.truncate(static_cast<int64_t>(common));
-  }
+int64_t ChatSession::image_key(size_t image, int64_t j, int64_t image_position) const {
+  // With an identity, position j of image `id` is -(1 + id * 2^16 + j), so that another
+  // conversation's cache of the same image matches; without, -(1 + its place here).
+  return image_ids_[image] > 0 ? -1 - ((static_cast<int64_t>(image_ids_[image]) << 16) + j) : -1 - image_position;
+}
+
+std::vector<int64_t> ChatSession::prompt_keys() const {
+  AnswerOptions uncut;
+  uncut.max_new_tokens = 0;
+  uncut.max_length = std::numeric_limits<int64_t>::max() / 2;
+  return prompt_for(uncut).keys;
+}
+
+int64_t ChatSession::prompt_positions() const { return static_cast<int64_t>(prompt_keys().size()); }
+
+std::pair<std::vector<int64_t>, KVCache> ChatSession::release_cache() {
+  std::pair<std::vector<int64_t>, KVCache> out{std::move(cached_keys_), std::move(cache_)};
   cached_keys_.clear();
-  reply.reused_tokens = static_cast<int64_t>(common);
+  cache_.clear();
+  return out;
+}
 
-  // Streaming: decode the answer so far after each token and pass on what became visible.
-  std::vector<int64_t> answer_ids;
-  std::string sent;
-  bool cancelled = false, stop_text = false;
-  const auto start = Clock::now();
-  auto on_token = [&](int64_t token) {
-    if (reply.prefill_seconds == 0) reply.prefill_seconds = seconds_since(start);  // time to the first token
-    if (token == gen.eos_token_id) return false;
-    answer_ids.push_back(token);
-    const auto visible = visible_answer(tokenizer.decode(answer_ids));
-    stop_text = visible.stopped;
-    std::string piece;
-    if (starts_with(visible.text, sent) && visible.text.size() > sent.size()) {
-      piece = visible.text.substr(sent.size());
-      sent = visible.text;
-    }
-    // Every token, "" while text is held back: the caller can cancel whatever is shown.
-    if (on_text && !on_text(piece)) cancelled = true;
-    return !(cancelled || stop_text);
-  };
+void ChatSession::adopt_cache(std::vector<int64_t> keys, KVCache cache) {
+  if (static_cast<int64_t>(keys.size()) != cache.length())
+    fail("adopt_cache: {} keys for a cache of {} positions", keys.size(), cache.length());
+  cached_keys_ = std::move(keys);
+  cache_ = std::move(cache);
+}
 
-  GenerationOutput out;
-  try {
-    if (reuse) {
-      out = generate_with_cache(llm, embeds.slice(1, static_cast<int64_t>(common)), cache_, gen,
-                                [&](int64_t token) { return on_token(token); });
-      // The cache holds the prompt and every generated token that was fed back.
-      std::vector<int64_t> all = keys;
-      all.insert(all.end(), out.tokens.begin(), out.tokens.end());
-      cached_keys_.assign(all.begin(), all.begin() + cache_.length());
-    } else {
-      cache_.clear();
-      out = generate(llm, embeds, gen, [&](int64_t token) { on_token(token); });
-    }
-  } catch (...) {
-    cache_.clear();
-    cached_keys_.clear();
-    throw;
+AnswerInProgress::AnswerInProgress(ChatSession& session, const AnswerOptions& options,
+                                   std::function<bool(const std::string&)> on_text)
+    : session_(&session),
+      config_(generation_config(*session.model_, options)),
+      generation_(config_, session.model_->model->llama_model->vocab_size()),
+      text_(std::make_unique<StreamedText>(session.model_->tokenizer.get(), config_.eos_token_id, std::move(on_text))),
+      start_(Clock::now()) {
+  if (options.json_object) json_ = session.model_->json_constraint();
+  auto prompt = session.prompt_for(options);
+  prompt_ = std::move(prompt.text);
+  keys_ = std::move(prompt.keys);
+  cut_ = prompt.cut;
+  const auto& embeds = prompt.embeds;
+  auto& cached = session.cached_keys_;
+  size_t common = 0;
+  while (common < cached.size() && common < keys_.size() && cached[common] == keys_[common]) ++common;
+  common = std::min(common, keys_.size() - 1);  // at least one position to feed
+  if (common == 0)
+    session.cache_.clear();
+  else
+    session.cache_.truncate(static_cast<int64_t>(common));
+  cached.clear();  // valid again once the answer is recorded
+  session.last_answer_.reset();
+  common_ = static_cast<int64_t>(common);
+  embeds_ = embeds.slice(1, common_);
+  session.cache_.reserve = prompt_positions() + options.max_new_tokens;  // one buffer for the whole answer
+}
+
+AnswerInProgress::~AnswerInProgress() {
+  if (!recorded_) session_->cache_.clear();  // holds positions of an answer that was not recorded
+}
+
+int64_t AnswerInProgress::prompt_left() const { return embeds_.size(1) - prefilled_; }
+
+KVCache& AnswerInProgress::cache() { return session_->cache_; }
+
+void AnswerInProgress::prefill(int64_t max_positions) {
+  torch::NoGradGuard no_grad;
+  const int64_t left = prompt_left();
+  if (left == 0) return;
+  const int64_t n = max_positions > 0 ? std::min(max_positions, left) : left;
+  CausalLMOptions options;
+  options.cache = &cache();
+  options.logits_to_keep = 1;
+  const auto& llm = *session_->model_->model->llama_model;
+  const auto logits = llm.forward(embeds_.slice(1, prefilled_, prefilled_ + n), options).logits;
+  prefilled_ += n;
+  if (prompt_left() == 0 && !generation_.finished()) take(logits.select(1, -1));
+}
+
+at::Tensor AnswerInProgress::next_input() const {
+  const auto& tokens = generation_.output().tokens;
+  if (tokens.empty() || prompt_left() > 0) fail("chat: no token to feed before the prompt has run");
+  const auto& llm = *session_->model_->model->llama_model;
+  torch::NoGradGuard no_grad;
+  return llm.embed(torch::tensor({tokens.back()}, torch::kLong).view({1, 1}).to(session_->model_->device));
+}
+
+void AnswerInProgress::take(const at::Tensor& logits) {
+  torch::NoGradGuard no_grad;
+  at::Tensor scores = logits;
+  if (json_) {  // only what keeps the answer a JSON object, then only its end
+    scores = logits.to(torch::kFloat).reshape({-1}).clone();
+    json_->mask(scores, session_->model_->tokenizer->decode(text_->ids));
   }
-  reply.decode_seconds = seconds_since(start) - reply.prefill_seconds;
+  const int64_t token = generation_.choose(scores);
+  // Recorded before its text goes out, so that a streaming caller finds its log-probability.
+  generation_.accept(token);
+  if (!on_token(token)) generation_.cancel();  // after eos, a stop or the last token: already finished
+}
 
+bool AnswerInProgress::on_token(int64_t token) {
+  if (prefill_seconds_ == 0) prefill_seconds_ = seconds_since(start_);  // time to the first token
+  return text_->feed(token);
+}
+
+void AnswerInProgress::cancel() {
+  generation_.cancel();
+  cancelled_ = text_->cancelled = true;
+}
+
+ChatReply AnswerInProgress::finish() {
+  if (!finished()) fail("chat: the answer is not finished");
+  if (recorded_) fail("chat: the answer was already recorded");
+  auto& session = *session_;
+  const auto& out = generation_.output();
+  ChatReply reply;
+  reply.prompt_tokens = prompt_positions();
+  reply.reused_tokens = common_;
+  reply.prefill_seconds = prefill_seconds_;
+  reply.decode_seconds = seconds_since(start_) - prefill_seconds_;
   reply.tokens = out.tokens;
-  reply.finish_reason = cancelled ? "cancelled" : (out.finish_reason == "length" && !stop_text ? "length" : "stop");
+  reply.logprobs = out.logprobs;
+  reply.finish_reason = cancelled_ ? "cancelled" : text_->finish_reason(out.finish_reason);
+  std::vector<int64_t> answer = out.hf_output();
+  if (!answer.empty() && answer.back() == config_.eos_token_id) answer.pop_back();
+  reply.text = postprocess_answer(answer, *session.model_->tokenizer);
+  text_->finish(reply.text);
+  // The cache holds the prompt and every generated token that was fed back.
+  std::vector<int64_t> all = keys_;
+  all.insert(all.end(), out.tokens.begin(), out.tokens.end());
+  const auto cached = std::min<size_t>(all.size(), static_cast<size_t>(session.cache_.length()));
+  session.cached_keys_.assign(all.begin(), all.begin() + static_cast<std::ptrdiff_t>(cached));
+  session.conversation_.start_answer();
+  session.conversation_.set_answer(reply.text);
+  session.last_answer_ = ChatSession::LastAnswer{prompt_, cut_, keys_, out.tokens};
+  recorded_ = true;
+  return reply;
+}
+
+std::unique_ptr<AnswerInProgress> ChatSession::start_answer(const AnswerOptions& options,
+                                                            std::function<bool(const std::string&)> on_text) {
+  if (options.num_beams != 1) fail("chat: beam search answers whole (ChatSession::answer), not in steps");
+  return std::unique_ptr<AnswerInProgress>(new AnswerInProgress(*this, options, std::move(on_text)));
+}
+
+ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text) {
+  torch::NoGradGuard no_grad;
+  const auto& llm = *model_->model->llama_model;
+  if (options.reuse_cache && options.num_beams == 1) {
+    auto run = start_answer(options, on_text);
+    run->prefill();
+    while (run->decoding()) run->take(llm.step_sequences(run->next_input(), {&run->cache()}));
+    return run->finish();
+  }
+
+  // The original's way: the whole conversation from scratch (and beam search, whose beams
+  // reorder a cache of their own).
+  if (options.json_object) fail("chat: json_object answers need the KV cache kept and no beam search");
+  const auto gen = generation_config(*model_, options);
+  auto prompt = prompt_for(options);
+  cache_.clear();
+  cached_keys_.clear();
+  last_answer_.reset();
+  StreamedText text(model_->tokenizer.get(), gen.eos_token_id, on_text);
+  ChatReply reply;
+  reply.prompt_tokens = static_cast<int64_t>(prompt.keys.size());
+  const auto start = Clock::now();
+  const auto out = generate(llm, prompt.embeds, gen, [&](int64_t token) {
+    if (reply.prefill_seconds == 0) reply.prefill_seconds = seconds_since(start);
+    text.feed(token);
+  });
+  reply.decode_seconds = seconds_since(start) - reply.prefill_seconds;
+  reply.tokens = out.tokens;
+  reply.finish_reason = text.finish_reason(out.finish_reason);
   std::vector<int64_t> answer = out.hf_output();
   if (!answer.empty() && answer.back() == gen.eos_token_id) answer.pop_back();
-  reply.text = postprocess_answer(answer, tokenizer);
-  if (on_text && !cancelled && starts_with(reply.text, sent) && reply.text.size() > sent.size())
-    on_text(reply.text.substr(sent.size()));
+  reply.text = postprocess_answer(answer, *model_->tokenizer);
+  text.finish(reply.text);
   conversation_.start_answer();
   conversation_.set_answer(reply.text);
-  last_answer_ = LastAnswer{prompt, std::max<int64_t>(overflow, 0), keys, out.tokens};
+  last_answer_ = LastAnswer{prompt.text, prompt.cut, prompt.keys, out.tokens};
   return reply;
 }
 
@@ -326,14 +489,14 @@ Explanation ChatSession::explain(bool per_word) {
   const auto& llm = *model.llama_model;
   const auto& tokenizer = *model_->tokenizer;
 
-  // The latest image whose every position survived the left cut: image i sits at the keys
-  // -1 - k for k in [first_i, first_i + NQ_i).
+  // The latest image whose every position survived the left cut: image i's first and last
+  // keys are both in the prompt.
   std::optional<size_t> image;
   int64_t first = 0;
   for (size_t i = 0; i < images_.size(); ++i) {
     const int64_t nq = images_[i].size(1);
-    const auto at = std::find(keys.begin(), keys.end(), -1 - first);
-    if (at != keys.end() && keys.end() - at >= nq && *(at + nq - 1) == -1 - (first + nq - 1)) image = i;
+    const auto at = std::find(keys.begin(), keys.end(), image_key(i, 0, first));
+    if (at != keys.end() && keys.end() - at >= nq && *(at + nq - 1) == image_key(i, nq - 1, first + nq - 1)) image = i;
     first += nq;
   }
   if (!image) fail("explain: no image is wholly in the last answer's prompt (none uploaded, or cut to fit max_length)");

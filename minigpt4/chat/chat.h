@@ -13,9 +13,12 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/Device.h>
 
+#include <chrono>
+
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -23,6 +26,7 @@
 namespace minigpt4 {
 
 class Config;
+class JsonConstraint;
 struct MiniGPT4;
 class Tokenizer;
 class ImageEvalProcessor;
@@ -40,7 +44,10 @@ struct AnswerOptions {
   double length_penalty = 1.0;
   int64_t max_length = 2000;  // the prompt is cut from the left to fit max_length - max_new_tokens
   uint64_t seed = 0;
-  bool reuse_cache = true;  // keep the KV cache of earlier rounds (greedy and sampling; beams recompute)
+  std::vector<std::pair<int64_t, double>> logit_bias;  // GenerationConfig::logit_bias
+  int top_logprobs = -1;     // >= 0: the reply's logprobs, with this many alternatives (greedy and sampling)
+  bool json_object = false;  // the answer is a JSON object (ChatModel::json_constraint; greedy and sampling)
+  bool reuse_cache = true;   // keep the KV cache of earlier rounds (greedy and sampling; beams recompute)
 };
 
 struct ChatReply {
@@ -50,6 +57,7 @@ struct ChatReply {
   int64_t prompt_tokens = 0;    // positions of the prompt (text tokens + image embeddings)
   int64_t reused_tokens = 0;    // prompt positions taken from the KV cache
   double prefill_seconds = 0, decode_seconds = 0;
+  std::vector<TokenLogprob> logprobs;  // per token, when AnswerOptions::top_logprobs >= 0
 };
 
 // A model ready to chat: MiniGPT-4, its tokenizer, the eval image processor, the template.
@@ -68,6 +76,10 @@ struct ChatModel {
   // model.stop_token_ids: ids that end an answer on their own, besides the template's stops.
   std::vector<int64_t> stop_token_ids;
   std::string name;  // model id shown by the API (the eval config's file stem)
+  // AnswerOptions::json_object's mask over this tokenizer's vocabulary (made on first use).
+  std::shared_ptr<const JsonConstraint> json_constraint() const;
+  mutable std::mutex json_mutex;
+  mutable std::shared_ptr<const JsonConstraint> json_mask;
   c10::Device device = c10::kCPU;
 
   Conversation new_conversation() const { return conversation_template(template_name); }
@@ -96,6 +108,64 @@ struct ChatModel {
   void use_adapter(const std::string& name) const;
 };
 
+class ChatSession;
+struct StreamedText;
+
+// An answer generated in steps that its owner drives: the prompt in chunks (prefill), then a
+// token per decode step, whose logits the owner computes for many answers at once (the
+// server's continuous batching: CausalLM::step_sequences over each answer's cache).
+// ChatSession::answer drives one by itself. It holds its session until finish(): one at a
+// time per session. Destroyed unfinished (an error, the server stopping), it leaves the
+// session's conversation as it was and its cache empty.
+class AnswerInProgress {
+ public:
+  ~AnswerInProgress();
+  AnswerInProgress(const AnswerInProgress&) = delete;
+  AnswerInProgress& operator=(const AnswerInProgress&) = delete;
+
+  int64_t prompt_positions() const { return static_cast<int64_t>(keys_.size()); }
+  int64_t reused_positions() const { return common_; }  // taken from the session's cache
+  int64_t prompt_left() const;                          // positions still to prefill
+  // Runs up to `max_positions` more of the prompt (all that is left for <= 0) into the cache;
+  // the last chunk's logits choose the first token.
+  void prefill(int64_t max_positions = 0);
+  bool decoding() const { return prompt_left() == 0 && !generation_.finished(); }
+  bool finished() const { return generation_.finished(); }
+  int64_t generated() const { return static_cast<int64_t>(generation_.output().tokens.size()); }
+  // Per generated token, when the options asked for them (so far: a streaming caller reads
+  // them as the text comes).
+  const std::vector<TokenLogprob>& logprobs() const { return generation_.output().logprobs; }
+  // What a decode step feeds: the last token's embedding [1, 1, H], into cache().
+  at::Tensor next_input() const;
+  KVCache& cache();
+  // The decode step's next-token logits for this answer ([V] or [1, V], float32): chooses
+  // the next token and streams its text.
+  void take(const at::Tensor& logits);
+  // Ends generation after the tokens so far (finish_reason "cancelled").
+  void cancel();
+  // Once finished(): records the answer in the conversation and returns it.
+  ChatReply finish();
+
+ private:
+  friend class ChatSession;
+  AnswerInProgress(ChatSession& session, const AnswerOptions& options, std::function<bool(const std::string&)> on_text);
+  bool on_token(int64_t token);
+
+  ChatSession* session_;
+  GenerationConfig config_;
+  SequenceGeneration generation_;
+  std::unique_ptr<StreamedText> text_;          // the answer's text as it streams (chat.cpp)
+  std::shared_ptr<const JsonConstraint> json_;  // when the answer must be a JSON object
+  std::string prompt_;
+  int64_t cut_ = 0;            // positions cut from the left to fit max_length
+  std::vector<int64_t> keys_;  // what sits at each prompt position (ChatSession::cached_keys_)
+  at::Tensor embeds_;          // the prompt's embeddings after the reused positions [1, P, H]
+  int64_t common_ = 0, prefilled_ = 0;
+  bool cancelled_ = false, recorded_ = false;
+  std::chrono::steady_clock::time_point start_;
+  double prefill_seconds_ = 0;
+};
+
 // One conversation. Not thread-safe: one answer at a time per session (the server queues).
 class ChatSession {
  public:
@@ -104,7 +174,9 @@ class ChatSession {
   // Chat.upload_img: the image (already encoded, [1, NQ, H]) enters the conversation as a
   // human turn holding `<Img><ImageHere></Img>`. May come at the start or mid-chat.
   // `vision_tokens` (from encode_image_*) makes answers about it explainable.
-  void upload_image(const at::Tensor& image_embeds, const at::Tensor& vision_tokens = {});
+  // `identity` (>= 1): the image's content identity (the server's image cache), so that the
+  // positions it fills can be matched across conversations (adopt_cache); 0: none.
+  void upload_image(const at::Tensor& image_embeds, const at::Tensor& vision_tokens = {}, uint64_t identity = 0);
   // Chat.ask.
   void ask(const std::string& text);
   // Chat.answer: generates the assistant turn and records it in the conversation. on_text
@@ -114,6 +186,11 @@ class ChatSession {
   // token, with "" while nothing new shows, so that returning false cancels promptly
   // (finish_reason "cancelled", the partial answer is recorded).
   ChatReply answer(const AnswerOptions& options, const std::function<bool(const std::string&)>& on_text = {});
+  // The same answer in steps driven by the caller (AnswerInProgress): greedy decoding and
+  // sampling with the KV cache kept (options.num_beams 1; reuse_cache is implied). Throws
+  // minigpt4::Error when the options or the prompt cannot be answered.
+  std::unique_ptr<AnswerInProgress> start_answer(const AnswerOptions& options,
+                                                 std::function<bool(const std::string&)> on_text = {});
   // What the last answer looked at in the latest image wholly in its prompt (explain.h):
   // one forward of the prompt and answer with autograd on, one backward for the whole
   // answer, and with `per_word` one more per word. The KV cache is left as it was. Throws
@@ -126,15 +203,30 @@ class ChatSession {
   // Forgets the conversation, the images and the cache (the demo's "Restart").
   void reset();
 
+  // The positions the next answer's prompt takes (text tokens and image embeddings), before
+  // any left cut: what must fit the model's context.
+  int64_t prompt_positions() const;
+  // What sits at each of those positions: a token id, or a negative key for an image position
+  // (from its identity when it has one, else from its place in the conversation).
+  std::vector<int64_t> prompt_keys() const;
+  // The KV cache and what sits at each of its positions, taken out of the session (its next
+  // answer then computes its whole prompt), and a cache given to it: computed by another
+  // conversation with the same model and adapter; the next answer reuses its positions as
+  // far as their keys agree with its prompt's.
+  std::pair<std::vector<int64_t>, KVCache> release_cache();
+  void adopt_cache(std::vector<int64_t> keys, KVCache cache);
+
   const Conversation& conversation() const { return conversation_; }
   size_t image_count() const { return images_.size(); }
   int64_t cached_tokens() const { return static_cast<int64_t>(cached_keys_.size()); }
 
  private:
+  friend class AnswerInProgress;
   std::shared_ptr<const ChatModel> model_;
   Conversation conversation_;
   std::vector<at::Tensor> images_;
   std::vector<at::Tensor> vision_tokens_;  // per image: the ViT output for explanations, or undefined
+  std::vector<uint64_t> image_ids_;        // per image: its identity, or 0
   // The last answer, for explain(): its prompt (before the left cut), the cut, what sits at
   // each prompt position after it (as cached_keys_; images as -(1 + k)), and the generated tokens.
   struct LastAnswer {
@@ -143,6 +235,16 @@ class ChatSession {
     std::vector<int64_t> prompt_keys, tokens;
   };
   std::optional<LastAnswer> last_answer_;
+  // An answer's prompt: its text, embeddings [1, P, H], what sits at each position (as
+  // cached_keys_), after Chat.answer's left cut of `cut` positions.
+  struct Prompt {
+    std::string text;
+    at::Tensor embeds;
+    std::vector<int64_t> keys;
+    int64_t cut = 0;
+  };
+  Prompt prompt_for(const AnswerOptions& options) const;
+  int64_t image_key(size_t image, int64_t j, int64_t image_position) const;
   // The KV cache and, per cached position, what sits there: a token id, or -(1 + k) for the
   // k-th position of an image (k counts image positions from the start of the conversation).
   KVCache cache_;

@@ -10,6 +10,7 @@
 #include <torch/torch.h>
 
 #include <algorithm>
+#include <cmath>
 #include <limits>
 
 namespace minigpt4 {
@@ -93,6 +94,9 @@ void check_config(const GenerationConfig& c, int64_t vocab_size) {
     if (id >= vocab_size) fail("generate: {} {} is outside the vocabulary of {} ids", name, id, vocab_size);
   for (const auto& stop : c.stop_token_sequences)
     if (stop.empty()) fail("generate: an empty stop sequence would stop at once");
+  for (const auto& [id, bias] : c.logit_bias)
+    if (id < 0 || id >= vocab_size || !std::isfinite(bias))
+      fail("generate: logit_bias {} -> {} needs an id in 0..{} and a finite bias", id, bias, vocab_size - 1);
 }
 
 }  // namespace detail
@@ -107,6 +111,7 @@ std::vector<int64_t> GenerationOutput::hf_output() const {
 torch::Tensor process_logits(const torch::Tensor& scores_in, const torch::Tensor& input_ids,
                              const GenerationConfig& c) {
   auto scores = scores_in.clone();
+  for (const auto& [id, bias] : c.logit_bias) scores.select(1, id).add_(bias);
   const int64_t cur_len = input_ids.defined() ? input_ids.size(-1) : 0;
   if (c.repetition_penalty != 1.0 && cur_len > 0) {
     // RepetitionPenaltyLogitsProcessor: gather, penalise, scatter back (a repeated id is
@@ -146,6 +151,7 @@ torch::Tensor warp_logits(const torch::Tensor& scores_in, const GenerationConfig
 
 std::vector<std::string> logits_pipeline(const GenerationConfig& c) {
   std::vector<std::string> names;
+  if (!c.logit_bias.empty()) names.emplace_back("SequenceBiasLogitsProcessor");
   if (c.repetition_penalty != 1.0) names.emplace_back("RepetitionPenaltyLogitsProcessor");
   if (c.min_length > 0 && c.eos_token_id >= 0) names.emplace_back("MinLengthLogitsProcessor");
   if (c.do_sample) {
@@ -156,10 +162,70 @@ std::vector<std::string> logits_pipeline(const GenerationConfig& c) {
   return names;
 }
 
+SequenceGeneration::SequenceGeneration(const GenerationConfig& config, int64_t vocab_size)
+    : config_(config), processed_(!logits_pipeline(config).empty()) {
+  detail::check_config(config_, vocab_size);
+  if (config_.num_beams != 1) fail("generate: beam search runs whole sequences (generate), not a token at a time");
+  out_.seeded_bos = config_.bos_token_id;
+  if (config_.bos_token_id >= 0) input_ids_.push_back(config_.bos_token_id);
+  if (config_.max_new_tokens == 0) finished_ = true, out_.finish_reason = "length";
+}
+
+int64_t SequenceGeneration::choose(const torch::Tensor& logits_in) {
+  if (finished_) fail("generate: a token was asked of a finished sequence");
+  const auto logits = logits_in.reshape({1, -1});
+  const auto scores =
+      processed_ ? process_logits(logits, detail::ids_tensor({input_ids_}, logits.device()), config_) : logits;
+  int64_t token = 0;
+  if (config_.do_sample) {
+    if (!generator_) generator_ = detail::sampling_generator(config_.seed);
+    const auto probs = torch::softmax(warp_logits(scores, config_, 1), -1).to(torch::kCPU);
+    token = torch::multinomial(probs, 1, /*replacement=*/false, *generator_).item<int64_t>();
+  } else {
+    token = scores.argmax(-1).item<int64_t>();
+  }
+  chosen_.reset();
+  if (config_.top_logprobs >= 0) {
+    const auto log_probs = torch::log_softmax(scores.to(torch::kCPU, torch::kDouble).view({-1}), -1);
+    TokenLogprob t;
+    t.token = token;
+    t.logprob = log_probs[token].item<double>();
+    if (config_.top_logprobs > 0) {
+      const auto [values, ids] = log_probs.topk(std::min<int64_t>(config_.top_logprobs, log_probs.size(0)));
+      for (int64_t i = 0; i < ids.size(0); ++i) t.top.emplace_back(ids[i].item<int64_t>(), values[i].item<double>());
+    }
+    chosen_ = std::move(t);
+  }
+  return token;
+}
+
+void SequenceGeneration::accept(int64_t token, bool go_on) {
+  if (finished_) fail("generate: a token was given to a finished sequence");
+  input_ids_.push_back(token);
+  out_.tokens.push_back(token);
+  if (chosen_ && chosen_->token == token) out_.logprobs.push_back(std::move(*chosen_));
+  chosen_.reset();
+  if (config_.eos_token_id >= 0 && token == config_.eos_token_id) {
+    finished_ = true, out_.finish_reason = "eos";
+  } else if (detail::ends_with_stop_sequence(input_ids_, config_.stop_token_sequences)) {
+    finished_ = true, out_.finish_reason = "stop";
+  } else if (!go_on) {
+    finished_ = true, out_.finish_reason = "cancelled";
+  } else if (static_cast<int64_t>(out_.tokens.size()) >= config_.max_new_tokens) {
+    finished_ = true, out_.finish_reason = "length";
+  }
+}
+
+void SequenceGeneration::cancel() {
+  if (!finished_) finished_ = true, out_.finish_reason = "cancelled";
+}
+
 namespace {
 
 // HF `greedy_search` / `sample` over a batch: every row starts with the seeded bos; a row
-// that produced eos or a stop sequence is finished and is fed the pad id from then on.
+// that produced eos or a stop sequence is finished and is fed the pad id from then on (its
+// HF input_ids grow by that id, which the repetition penalty sees). Sampling draws every
+// row's token from one generator, as HF's multinomial over the batch does.
 std::vector<GenerationOutput> decode_rows(const CausalLM& llm, const torch::Tensor& inputs_embeds,
                                           const torch::Tensor& attention_mask, const GenerationConfig& c,
                                           const std::function<bool(int64_t)>& on_token, KVCache* cache = nullptr) {
@@ -168,13 +234,21 @@ std::vector<GenerationOutput> decode_rows(const CausalLM& llm, const torch::Tens
   const auto device = inputs_embeds.device();
   const int64_t filler = c.pad_token_id >= 0 ? c.pad_token_id : (c.eos_token_id >= 0 ? c.eos_token_id : 0);
 
-  std::vector<GenerationOutput> out(rows);
-  std::vector<std::vector<int64_t>> input_ids(rows);  // HF's input_ids: bos, then one id per step
-  for (int64_t b = 0; b < rows; ++b) {
-    out[b].seeded_bos = c.bos_token_id;
-    if (c.bos_token_id >= 0) input_ids[b].push_back(c.bos_token_id);
-  }
-  std::vector<bool> finished(rows, false);
+  std::vector<SequenceGeneration> sequences(static_cast<size_t>(rows), SequenceGeneration(c, llm.vocab_size()));
+  const auto all_finished = [&] {
+    return std::all_of(sequences.begin(), sequences.end(), [](const auto& s) { return s.finished(); });
+  };
+  // HF's input_ids [rows, L]: each row's, finished rows padded with the filler they were fed.
+  const auto input_ids = [&] {
+    size_t length = 0;
+    for (const auto& s : sequences) length = std::max(length, s.input_ids().size());
+    std::vector<std::vector<int64_t>> ids;
+    for (const auto& s : sequences) {
+      ids.push_back(s.input_ids());
+      ids.back().resize(length, filler);
+    }
+    return detail::ids_tensor(ids, device);
+  };
   std::optional<at::Generator> generator;
   if (c.do_sample) generator = detail::sampling_generator(c.seed);
 
@@ -182,9 +256,9 @@ std::vector<GenerationOutput> decode_rows(const CausalLM& llm, const torch::Tens
   const bool processed = !logits_pipeline(c).empty();
   detail::Decoder decoder(llm, attention_mask, cache, c.max_new_tokens);
   torch::Tensor fed;
-  for (int64_t step = 0; step < c.max_new_tokens; ++step) {
+  for (int64_t step = 0; !all_finished(); ++step) {
     const auto logits = step == 0 ? decoder.start(inputs_embeds) : decoder.step(fed);
-    const auto scores = processed ? process_logits(logits, detail::ids_tensor(input_ids, device), c) : logits;
+    const auto scores = processed ? process_logits(logits, input_ids(), c) : logits;
     torch::Tensor next;
     if (c.do_sample) {
       const auto probs = torch::softmax(warp_logits(scores, c, 1), -1).to(torch::kCPU);
@@ -195,28 +269,17 @@ std::vector<GenerationOutput> decode_rows(const CausalLM& llm, const torch::Tens
     next = next.contiguous();
     std::vector<int64_t> tokens(next.data_ptr<int64_t>(), next.data_ptr<int64_t>() + rows);
     for (int64_t b = 0; b < rows; ++b) {
-      if (finished[b]) {
+      auto& sequence = sequences[static_cast<size_t>(b)];
+      if (sequence.finished()) {
         tokens[b] = filler;
-        input_ids[b].push_back(filler);
         continue;
       }
-      const int64_t token = tokens[b];
-      input_ids[b].push_back(token);
-      out[b].tokens.push_back(token);
-      const bool go_on = !on_token || on_token(token);
-      if (c.eos_token_id >= 0 && token == c.eos_token_id) {
-        finished[b] = true, out[b].finish_reason = "eos";
-      } else if (detail::ends_with_stop_sequence(input_ids[b], c.stop_token_sequences)) {
-        finished[b] = true, out[b].finish_reason = "stop";
-      } else if (!go_on) {
-        finished[b] = true, out[b].finish_reason = "cancelled";
-      }
+      sequence.accept(tokens[b], !on_token || on_token(tokens[b]));
     }
-    if (std::all_of(finished.begin(), finished.end(), [](bool f) { return f; })) break;
     fed = torch::tensor(tokens, torch::kLong);
   }
-  for (int64_t b = 0; b < rows; ++b)
-    if (!finished[b]) out[b].finish_reason = "length";
+  std::vector<GenerationOutput> out;
+  for (const auto& s : sequences) out.push_back(s.output());
   return out;
 }
 

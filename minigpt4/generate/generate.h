@@ -12,11 +12,14 @@
 //  - beam search is HF's BeamSearchScorer (early_stopping=False, length_penalty over the
 //    hypothesis length including the seeded bos, or as transformers >= 4.36 counts it:
 //    GenerationConfig::beam_length_generated_only); with do_sample it is HF's beam_sample.
+#include <ATen/core/Generator.h>
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace minigpt4 {
@@ -48,12 +51,26 @@ struct GenerationConfig {  // Hugging Face generate() semantics (transformers 4.
   // StoppingCriteriaSub); the matched tokens stay in the output.
   std::vector<std::vector<int64_t>> stop_token_sequences;
   uint64_t seed = 0;  // sampling RNG: a CPU torch::Generator seeded with it (probabilities are sampled on the CPU)
+  // OpenAI's logit_bias (HF's SequenceBiasLogitsProcessor for one-token sequences): added to
+  // these ids' scores before any other processor; -100 all but bans a token.
+  std::vector<std::pair<int64_t, double>> logit_bias;
+  // >= 0: SequenceGeneration records each chosen token's log-probability and this many most
+  // likely alternatives (OpenAI's logprobs / top_logprobs), from the processed scores before
+  // the sampling warpers.
+  int top_logprobs = -1;
+};
+
+struct TokenLogprob {
+  int64_t token = 0;
+  double logprob = 0;
+  std::vector<std::pair<int64_t, double>> top;  // the most likely tokens, most likely first
 };
 
 struct GenerationOutput {
   std::vector<int64_t> tokens;  // the generated ids (eos and stop tokens included, as HF returns them)
   std::string finish_reason;    // "stop" (stop sequence), "eos", "length" (max_new_tokens), "cancelled" (on_token)
   int64_t seeded_bos = -1;      // the bos HF put in front (config.bos_token_id)
+  std::vector<TokenLogprob> logprobs;  // per token, when config.top_logprobs >= 0 (SequenceGeneration)
   // What HF's generate returns for this row: the seeded bos, then tokens.
   std::vector<int64_t> hf_output() const;
 };
@@ -73,6 +90,40 @@ GenerationOutput generate(const CausalLM& llm, const at::Tensor& inputs_embeds, 
 GenerationOutput generate_with_cache(const CausalLM& llm, const at::Tensor& inputs_embeds, KVCache& cache,
                                      const GenerationConfig& config, const std::function<bool(int64_t)>& on_token = {});
 
+// One sequence's greedy decoding or sampling, a token at a time, for a caller that runs the
+// model itself (the server's continuous batching steps many sequences together): the same
+// choices as generate_with_cache makes for its one row. Feed it the logits after the last
+// position; it chooses, records and says whether generation has ended.
+class SequenceGeneration {
+ public:
+  // Throws minigpt4::Error for a config generation refuses (check_config); num_beams must be 1.
+  SequenceGeneration(const GenerationConfig& config, int64_t vocab_size);
+  // The next token from the next-token logits ([V] or [1, V], float32): HF's logits
+  // processors, then argmax or the warpers and a draw from this sequence's own generator
+  // (seeded with config.seed). Call only while !finished(); accept() records it.
+  int64_t choose(const at::Tensor& logits);
+  // Records the next token (chosen here or elsewhere: generate_batch draws every row's from
+  // one generator) and ends generation on eos ("eos"), a stop sequence ("stop"), `go_on`
+  // false, the caller's cancel ("cancelled"), or max_new_tokens ("length").
+  void accept(int64_t token, bool go_on = true);
+  // Ends generation now (finish_reason "cancelled") unless it already ended.
+  void cancel();
+  bool finished() const { return finished_; }
+  // The tokens so far; finish_reason is set once finished().
+  const GenerationOutput& output() const { return out_; }
+  const std::vector<int64_t>& input_ids() const { return input_ids_; }  // HF's: seeded bos, then the tokens
+  const GenerationConfig& config() const { return config_; }
+
+ private:
+  GenerationConfig config_;
+  bool processed_;  // whether a logits processor applies (else the scores are the logits)
+  std::optional<at::Generator> generator_;
+  std::optional<TokenLogprob> chosen_;  // choose()'s log-probabilities, recorded by accept()
+  std::vector<int64_t> input_ids_;
+  GenerationOutput out_;
+  bool finished_ = false;
+};
+
 // Batched greedy/sampling with left padding: inputs_embeds [B, T, H] + attention_mask [B, T]
 // (0 on the left padding); one output per row. Each row ends on its own eos or stop sequence
 // (HF's StoppingCriteriaSub would look only at row 0 and stop every row); finished rows are
@@ -80,7 +131,7 @@ GenerationOutput generate_with_cache(const CausalLM& llm, const at::Tensor& inpu
 std::vector<GenerationOutput> generate_batch(const CausalLM& llm, const at::Tensor& inputs_embeds,
                                              const at::Tensor& attention_mask, const GenerationConfig& config);
 
-// HF's logits processors on next-token scores [N, V] (float): repetition penalty over every
+// HF's logits processors on next-token scores [N, V] (float): the logit bias, repetition penalty over every
 // id of input_ids [N, L] (each id once: score < 0 -> score * penalty, else score / penalty),
 // then min-length eos suppression (L < min_length -> eos score -inf). Returns a new tensor.
 at::Tensor process_logits(const at::Tensor& scores, const at::Tensor& input_ids, const GenerationConfig& config);

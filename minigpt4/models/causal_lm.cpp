@@ -62,6 +62,42 @@ void KVCache::truncate(int64_t length) {
   for (auto& v : values) v = v.narrow(2, 0, length);
 }
 
+KVCache KVCache::copy(int64_t length) const {
+  if (length < 0 || length > this->length())
+    fail("KVCache::copy: {} positions asked of a cache holding {}", length, this->length());
+  KVCache out;
+  out.reserve = reserve;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    out.key_buffers.push_back(keys[i].narrow(2, 0, length).clone());
+    out.value_buffers.push_back(values[i].narrow(2, 0, length).clone());
+    out.keys.push_back(out.key_buffers.back());
+    out.values.push_back(out.value_buffers.back());
+  }
+  return out;
+}
+
+size_t KVCache::bytes() const {
+  size_t n = 0;
+  for (const auto* buffers : {&key_buffers, &value_buffers})
+    for (const auto& b : *buffers)
+      if (b.defined()) n += b.nbytes();
+  return n;
+}
+
+torch::Tensor CausalLM::step_sequences(const torch::Tensor& inputs_embeds, const std::vector<KVCache*>& caches) const {
+  const int64_t n = inputs_embeds.size(0);
+  if (inputs_embeds.dim() != 3 || inputs_embeds.size(1) != 1 || static_cast<size_t>(n) != caches.size())
+    fail("step_sequences: inputs_embeds [{}] must be [N, 1, H] with one cache per row ({} given)",
+         fmt::join(inputs_embeds.sizes(), ", "), caches.size());
+  std::vector<torch::Tensor> logits;
+  for (int64_t i = 0; i < n; ++i) {
+    CausalLMOptions options;
+    options.cache = caches[static_cast<size_t>(i)];
+    logits.push_back(forward(inputs_embeds.slice(0, i, i + 1), options).logits.select(1, -1));
+  }
+  return torch::cat(logits, 0);
+}
+
 torch::Tensor causal_lm_loss(const torch::Tensor& logits, const torch::Tensor& labels) {
   const int64_t V = logits.size(-1);
   const auto shift_logits = logits.slice(1, 0, -1).reshape({-1, V}).to(torch::kFloat32);

@@ -29,6 +29,10 @@ struct KVCache {
   int64_t length() const { return keys.empty() || !keys[0].defined() ? 0 : keys[0].size(2); }
   void clear() { keys.clear(), values.clear(), key_buffers.clear(), value_buffers.clear(); }
   void truncate(int64_t length);  // keeps the first `length` positions
+  // A cache of its own holding the first `length` positions (buffers of exactly that size):
+  // the server's prefix cache keeps and hands out such copies.
+  KVCache copy(int64_t length) const;
+  size_t bytes() const;  // of the buffers
   // Appends this step's keys and values of `layer` and replaces k, v by everything cached.
   void append(size_t layer, torch::Tensor& k, torch::Tensor& v);
   // Makes layer's buffers hold `total` positions of [batch, heads, *, dim] in `options`
@@ -59,6 +63,12 @@ struct CausalLMOutput {
 struct CausalLM : torch::nn::Module {
   virtual torch::Tensor embed(const torch::Tensor& ids) const = 0;  // model.embed_tokens
   virtual CausalLMOutput forward(const torch::Tensor& inputs_embeds, const CausalLMOptions& options = {}) const = 0;
+  // One decode step of N independent sequences, each with its own cache (continuous
+  // batching: their lengths differ and nothing is padded): inputs_embeds [N, 1, H], the
+  // token fed to each; returns the next-token logits [N, V] (float32), each cache one
+  // position longer. Here: each sequence through forward() on its own. Families with a
+  // batched step override it (LLaMA on the CPU: one pass over the weights for all rows).
+  virtual torch::Tensor step_sequences(const torch::Tensor& inputs_embeds, const std::vector<KVCache*>& caches) const;
   virtual int64_t vocab_size() const = 0;
   virtual int64_t hidden_size() const = 0;
   virtual torch::Dtype dtype() const = 0;  // of the embeddings, the activations' dtype

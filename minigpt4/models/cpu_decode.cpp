@@ -8,6 +8,7 @@
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -68,17 +69,14 @@ const LlamaDecoderLayer& layer_at(const LlamaForCausalLM& m, size_t i) {
   return *m.layers->ptr(i)->as<LlamaDecoderLayer>();
 }
 
-bool applies(const LlamaForCausalLM& m, const at::Tensor& x, const KVCache& cache) {
+// Whether the model's layers are ones this path computes.
+bool model_applies(const LlamaForCausalLM& m) {
   const auto dtype = m.dtype();
   if (!switch_state().load(std::memory_order_relaxed) || at::GradMode::is_enabled()) return false;
-  if (!x.is_cpu() || x.dim() != 3 || x.size(0) != 1 || x.size(1) != 1 || x.size(2) != m.config.hidden_size)
-    return false;
-  if (x.scalar_type() != at::kFloat && x.scalar_type() != at::kBFloat16) return false;
   if (dtype != at::kFloat && dtype != at::kBFloat16) return false;
   if (!float_tensor(m.norm->weight, dtype) || !linear_applies(*m.lm_head, dtype) ||
       !float_tensor(m.inv_freq, at::kFloat))
     return false;
-  const int64_t past = cache.length();
   for (size_t i = 0; i < m.layers->size(); ++i) {
     const auto& layer = layer_at(m, i);
     const auto& a = *layer.self_attn;
@@ -88,11 +86,28 @@ bool applies(const LlamaForCausalLM& m, const at::Tensor& x, const KVCache& cach
     if (!float_tensor(layer.input_layernorm->weight, dtype) ||
         !float_tensor(layer.post_attention_layernorm->weight, dtype))
       return false;
-    // The cache must hold this one sequence, `past` positions in every layer.
+  }
+  return true;
+}
+
+// inputs_embeds [rows, 1, H] of float32 or bf16 on the CPU.
+bool input_applies(const LlamaForCausalLM& m, const at::Tensor& x, int64_t rows) {
+  return x.is_cpu() && x.dim() == 3 && x.size(0) == rows && x.size(1) == 1 && x.size(2) == m.config.hidden_size &&
+         (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16);
+}
+
+// The cache must hold one sequence, the same number of positions in every layer.
+bool cache_applies(const LlamaForCausalLM& m, const KVCache& cache) {
+  const int64_t past = cache.length();
+  for (size_t i = 0; i < m.layers->size(); ++i) {
     const bool cached = i < cache.keys.size() && cache.keys[i].defined();
     if (past == 0 ? cached : !cached || cache.keys[i].size(0) != 1 || cache.keys[i].size(2) != past) return false;
   }
   return true;
+}
+
+bool applies(const LlamaForCausalLM& m, const at::Tensor& x, const KVCache& cache) {
+  return input_applies(m, x, 1) && model_applies(m) && cache_applies(m, cache);
 }
 
 // RMSNorm::forward: the mean square in float32, x * rsqrt(ms + eps) rounded to the model's
@@ -146,6 +161,24 @@ void linears(std::initializer_list<std::pair<const Linear*, float*>> layers, con
   if (round.bf16)
     for (const auto& [l, y] : layers)
       for (int64_t n = 0; n < l->weight.size(0); ++n) y[n] = round(y[n]);
+}
+
+// The same product for the rows of a batch ([rows, K] float32 -> [rows, N] float32) through
+// Linear::forward, which reads the weight once for every row: our kernels up to
+// cpu_gemv::kMaxRows rows, a blocked GEMM above. The rows go in as the model's dtype, so a
+// bf16 model rounds where its ATen path does.
+// Group-wise weights go at most cpu_gemv::kMaxRows rows at a time: their decode kernels
+// quantise the activations to int8 (as llama.cpp does), their prompt path does not, and a
+// sequence's answer must not depend on how many others share its step.
+void linear_batch(const Linear& l, const float* x, int64_t rows, float* y, at::ScalarType dtype) {
+  const int64_t N = l.out_features, K = l.in_features;
+  const int64_t chunk = l.is_grouped() ? cpu_gemv::kMaxRows : rows;
+  for (int64_t r = 0; r < rows; r += chunk) {
+    const int64_t n = std::min(chunk, rows - r);
+    auto in = at::from_blob(const_cast<float*>(x + r * K), {n, K}, at::TensorOptions().dtype(at::kFloat));
+    const auto out = l.forward(dtype == at::kFloat ? in : in.to(dtype)).to(at::kFloat).contiguous();
+    std::memcpy(y + r * N, out.data_ptr<float>(), static_cast<size_t>(n * N) * sizeof(float));
+  }
 }
 
 // apply_rope on `heads` heads of D channels: x * cos + rotate_half(x) * sin, rotate_half(x) =
@@ -248,29 +281,71 @@ void attend(const float* q, const at::Tensor& keys, const at::Tensor& values, in
 bool enabled() { return switch_state().load(); }
 void set_enabled(bool on) { switch_state().store(on); }
 
-at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds, KVCache& cache) {
-  if (!applies(m, inputs_embeds, cache)) return {};
-  const auto& c = m.config;
-  const auto dtype = m.dtype();
-  const Rounding round{dtype == at::kBFloat16};
-  const int64_t H = c.hidden_size, F = c.intermediate_size, heads = c.num_attention_heads,
-                kv_heads = c.num_key_value_heads, D = c.dim_per_head(), pos = cache.length(), half = D / 2;
+namespace {
 
-  std::vector<float> x(H), xn(H), q(heads * D), k(kv_heads * D), v(kv_heads * D), att(heads * D), o(H), gate(F), up(F);
-  {
-    const auto embeds = inputs_embeds.contiguous();
-    const FloatView in(embeds);
-    for (int64_t i = 0; i < H; ++i) x[i] = round(in[i]);
-  }
-  // rope(): cos/sin of pos * inv_freq in float32, rounded to the model's dtype.
-  std::vector<float> cos(half), sin(half);
+// rope(): cos/sin of pos * inv_freq in float32, rounded to the model's dtype; `half` of each.
+void rope_angles(const LlamaForCausalLM& m, int64_t pos, float* cos, float* sin, const Rounding& round) {
+  const int64_t half = m.config.dim_per_head() / 2;
   const float* inv_freq = m.inv_freq.data_ptr<float>();
   for (int64_t i = 0; i < half; ++i) {
     const float angle = static_cast<float>(pos) * inv_freq[i];
     cos[i] = round(std::cos(angle)), sin[i] = round(std::sin(angle));
   }
+}
+
+// Layer i's attention for one sequence at position `pos` (the cache's length before this
+// step; cache.length() counts layer 0's, which is already longer from layer 1 on): RoPE on q
+// and k, k and v into the cache, q over every cached position into `att` [heads * D].
+void attend_sequence(const LlamaForCausalLM& m, size_t i, KVCache& cache, int64_t pos, float* q, float* k,
+                     const float* v, const float* cos, const float* sin, float* att, const Rounding& round) {
+  const auto& c = m.config;
+  const int64_t heads = c.num_attention_heads, kv_heads = c.num_key_value_heads, D = c.dim_per_head();
+  rope(q, heads, D, cos, sin, round);
+  rope(k, kv_heads, D, cos, sin, round);
+  cache.prepare(i, 1, kv_heads, D, at::TensorOptions().dtype(m.dtype()).device(at::kCPU), pos + 1);
+  const auto& keys = cache.key_buffers[i];
+  const auto& values = cache.value_buffers[i];
+  const int64_t capacity = keys.size(2);
+  for (int64_t g = 0; g < kv_heads; ++g) {
+    store(keys, (g * capacity + pos) * D, k + g * D, D);
+    store(values, (g * capacity + pos) * D, v + g * D, D);
+  }
+  cache.commit(i, pos + 1);
   const float scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(D)));
-  const auto cache_options = at::TensorOptions().dtype(dtype).device(at::kCPU);
+  attend(q, keys, values, heads, kv_heads, D, pos + 1, scale, att, round);
+}
+
+// x += y, rounded to the model's dtype (a residual connection).
+void add_residual(float* x, const float* y, int64_t n, const Rounding& round) {
+  for (int64_t j = 0; j < n; ++j) x[j] = round(x[j] + y[j]);
+}
+
+// silu(gate) * up into gate.
+void silu_mul(float* gate, const float* up, int64_t n, const Rounding& round) {
+  for (int64_t j = 0; j < n; ++j) gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);
+}
+
+// The embeddings of `rows` tokens, rounded to the model's dtype, into x [rows, H].
+void load_inputs(const at::Tensor& inputs_embeds, int64_t rows, int64_t H, float* x, const Rounding& round) {
+  const auto embeds = inputs_embeds.contiguous();
+  const FloatView in(embeds);
+  for (int64_t i = 0; i < rows * H; ++i) x[i] = round(in[i]);
+}
+
+}  // namespace
+
+at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds, KVCache& cache) {
+  if (!applies(m, inputs_embeds, cache)) return {};
+  const auto& c = m.config;
+  const Rounding round{m.dtype() == at::kBFloat16};
+  const int64_t H = c.hidden_size, F = c.intermediate_size, heads = c.num_attention_heads,
+                kv_heads = c.num_key_value_heads, D = c.dim_per_head();
+
+  std::vector<float> x(H), xn(H), q(heads * D), k(kv_heads * D), v(kv_heads * D), att(heads * D), o(H), gate(F), up(F);
+  load_inputs(inputs_embeds, 1, H, x.data(), round);
+  const int64_t pos = cache.length();
+  std::vector<float> cos(D / 2), sin(D / 2);
+  rope_angles(m, pos, cos.data(), sin.data(), round);
 
   for (size_t i = 0; i < m.layers->size(); ++i) {
     const auto& layer = layer_at(m, i);
@@ -278,32 +353,77 @@ at::Tensor llama_step(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds
     rms_norm(x.data(), *layer.input_layernorm, H, xn.data(), round);
     linears({{attn.q_proj.get(), q.data()}, {attn.k_proj.get(), k.data()}, {attn.v_proj.get(), v.data()}}, xn.data(),
             round);
-    rope(q.data(), heads, D, cos.data(), sin.data(), round);
-    rope(k.data(), kv_heads, D, cos.data(), sin.data(), round);
-    cache.prepare(i, 1, kv_heads, D, cache_options, pos + 1);
-    const auto& keys = cache.key_buffers[i];
-    const auto& values = cache.value_buffers[i];
-    const int64_t capacity = keys.size(2);
-    for (int64_t g = 0; g < kv_heads; ++g) {
-      store(keys, (g * capacity + pos) * D, k.data() + g * D, D);
-      store(values, (g * capacity + pos) * D, v.data() + g * D, D);
-    }
-    cache.commit(i, pos + 1);
-    attend(q.data(), keys, values, heads, kv_heads, D, pos + 1, scale, att.data(), round);
+    attend_sequence(m, i, cache, pos, q.data(), k.data(), v.data(), cos.data(), sin.data(), att.data(), round);
     linear(*attn.o_proj, att.data(), o.data(), round);
-    for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
+    add_residual(x.data(), o.data(), H, round);
 
     const auto& mlp = *layer.mlp;
     rms_norm(x.data(), *layer.post_attention_layernorm, H, xn.data(), round);
     linears({{mlp.gate_proj.get(), gate.data()}, {mlp.up_proj.get(), up.data()}}, xn.data(), round);
-    for (int64_t j = 0; j < F; ++j)
-      gate[j] = round(round(gate[j] / (1.0f + std::exp(-gate[j]))) * up[j]);  // silu(g) * u
+    silu_mul(gate.data(), up.data(), F, round);
     linear(*mlp.down_proj, gate.data(), o.data(), round);
-    for (int64_t j = 0; j < H; ++j) x[j] = round(x[j] + o[j]);
+    add_residual(x.data(), o.data(), H, round);
   }
   rms_norm(x.data(), *m.norm, H, xn.data(), round);
   auto logits = at::empty({1, 1, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
   linear(*m.lm_head, xn.data(), logits.data_ptr<float>(), round);
+  return logits;
+}
+
+at::Tensor llama_steps(const LlamaForCausalLM& m, const at::Tensor& inputs_embeds,
+                       const std::vector<KVCache*>& caches) {
+  const int64_t rows = static_cast<int64_t>(caches.size());
+  if (rows == 1) {
+    auto logits = llama_step(m, inputs_embeds, *caches[0]);
+    return logits.defined() ? logits.view({1, -1}) : logits;
+  }
+  if (rows == 0 || !input_applies(m, inputs_embeds, rows) || !model_applies(m)) return {};
+  for (const auto* cache : caches)
+    if (!cache || !cache_applies(m, *cache)) return {};
+  const auto& c = m.config;
+  const auto dtype = m.dtype();
+  const Rounding round{dtype == at::kBFloat16};
+  const int64_t H = c.hidden_size, F = c.intermediate_size, heads = c.num_attention_heads,
+                kv_heads = c.num_key_value_heads, D = c.dim_per_head(), half = D / 2;
+  const auto n = [rows](int64_t width) { return static_cast<size_t>(rows * width); };
+
+  std::vector<float> x(n(H)), xn(n(H)), q(n(heads * D)), k(n(kv_heads * D)), v(n(kv_heads * D)), att(n(heads * D)),
+      o(n(H)), gate(n(F)), up(n(F)), cos(n(half)), sin(n(half));
+  load_inputs(inputs_embeds, rows, H, x.data(), round);
+  std::vector<int64_t> positions;
+  for (int64_t r = 0; r < rows; ++r) {
+    positions.push_back(caches[static_cast<size_t>(r)]->length());
+    rope_angles(m, positions.back(), cos.data() + r * half, sin.data() + r * half, round);
+  }
+  const auto norm_rows = [&](const RMSNorm& norm) {
+    for (int64_t r = 0; r < rows; ++r) rms_norm(x.data() + r * H, norm, H, xn.data() + r * H, round);
+  };
+
+  for (size_t i = 0; i < m.layers->size(); ++i) {
+    const auto& layer = layer_at(m, i);
+    const auto& attn = *layer.self_attn;
+    norm_rows(*layer.input_layernorm);
+    linear_batch(*attn.q_proj, xn.data(), rows, q.data(), dtype);
+    linear_batch(*attn.k_proj, xn.data(), rows, k.data(), dtype);
+    linear_batch(*attn.v_proj, xn.data(), rows, v.data(), dtype);
+    for (int64_t r = 0; r < rows; ++r)  // each sequence over its own cache: no padding
+      attend_sequence(m, i, *caches[static_cast<size_t>(r)], positions[static_cast<size_t>(r)],
+                      q.data() + r * heads * D, k.data() + r * kv_heads * D, v.data() + r * kv_heads * D,
+                      cos.data() + r * half, sin.data() + r * half, att.data() + r * heads * D, round);
+    linear_batch(*attn.o_proj, att.data(), rows, o.data(), dtype);
+    add_residual(x.data(), o.data(), rows * H, round);
+
+    const auto& mlp = *layer.mlp;
+    norm_rows(*layer.post_attention_layernorm);
+    linear_batch(*mlp.gate_proj, xn.data(), rows, gate.data(), dtype);
+    linear_batch(*mlp.up_proj, xn.data(), rows, up.data(), dtype);
+    silu_mul(gate.data(), up.data(), rows * F, round);
+    linear_batch(*mlp.down_proj, gate.data(), rows, o.data(), dtype);
+    add_residual(x.data(), o.data(), rows * H, round);
+  }
+  norm_rows(*m.norm);
+  auto logits = at::empty({rows, c.vocab_size}, at::TensorOptions().dtype(at::kFloat));
+  linear_batch(*m.lm_head, xn.data(), rows, logits.data_ptr<float>(), dtype);
   return logits;
 }
 

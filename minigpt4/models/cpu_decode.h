@@ -13,6 +13,8 @@
 // MINIGPT4_CPU_DECODE=0 in the environment turns it off.
 #include <ATen/core/Tensor.h>
 
+#include <vector>
+
 namespace minigpt4 {
 
 struct LlamaForCausalLM;
@@ -24,6 +26,15 @@ namespace cpu_decode {
 // keys and values are appended to `cache`; undefined, with nothing touched, when this path
 // does not apply.
 at::Tensor llama_step(const LlamaForCausalLM& model, const at::Tensor& inputs_embeds, KVCache& cache);
+
+// The same step for several sequences at once (continuous batching), each with its own
+// cache and length: inputs_embeds [N, 1, H] -> logits [N, V] float32. The projections read
+// each weight once for all N rows (Linear::forward: cpu_gemv's kernels up to 4 rows, a
+// blocked GEMM above; group-wise 4/8-bit weights once per 4 rows, so that their activations
+// are quantised as for one row); attention runs per sequence over its own cache. Undefined, with
+// nothing touched, when this path does not apply to the model, the input or any cache.
+at::Tensor llama_steps(const LlamaForCausalLM& model, const at::Tensor& inputs_embeds,
+                       const std::vector<KVCache*>& caches);
 
 // On unless MINIGPT4_CPU_DECODE=0; tests switch it to compare both paths.
 bool enabled();

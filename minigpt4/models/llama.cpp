@@ -188,4 +188,10 @@ CausalLMOutput LlamaForCausalLM::forward(const torch::Tensor& inputs_embeds, con
   return out;
 }
 
+torch::Tensor LlamaForCausalLM::step_sequences(const torch::Tensor& inputs_embeds,
+                                               const std::vector<KVCache*>& caches) const {
+  if (auto logits = cpu_decode::llama_steps(*this, inputs_embeds, caches); logits.defined()) return logits;
+  return CausalLM::step_sequences(inputs_embeds, caches);
+}
+
 }  // namespace minigpt4

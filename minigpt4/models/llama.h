@@ -65,6 +65,8 @@ struct LlamaForCausalLM : CausalLM {
 
   torch::Tensor embed(const torch::Tensor& ids) const override;
   CausalLMOutput forward(const torch::Tensor& inputs_embeds, const CausalLMOptions& options = {}) const override;
+  // On the CPU the fused step of cpu_decode.h for all sequences at once; elsewhere CausalLM's.
+  torch::Tensor step_sequences(const torch::Tensor& inputs_embeds, const std::vector<KVCache*>& caches) const override;
   int64_t vocab_size() const override { return config.vocab_size; }
   int64_t hidden_size() const override { return config.hidden_size; }
   torch::Dtype dtype() const override { return embed_tokens->weight.scalar_type(); }

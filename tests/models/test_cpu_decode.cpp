@@ -168,6 +168,78 @@ TEST_CASE("the fused decode step equals the ATen path step after step",
   }
 }
 
+TEST_CASE("a decode step of several sequences equals each sequence stepped alone",
+          "[cpu_decode][conditional][needs_cpu_kernels]") {
+  if (kernel_choices().empty()) {
+    test::skip_test("this CPU runs none of cpu_gemv's kernels; the fused step never applies");
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  Restore restore;
+  struct Case {
+    const char* name;
+    torch::Dtype dtype;
+    WeightFormat format;
+    double tolerance;  // as above: the rows' products run through other kernels than one row's
+  };
+  for (const auto& c : {Case{"fp32", torch::kFloat32, WeightFormat::Dense, 1e-5},
+                        Case{"bf16", torch::kBFloat16, WeightFormat::Dense, 3e-2},
+                        Case{"int8, fp32 activations", torch::kFloat32, WeightFormat::Int8, 1e-5},
+                        Case{"4-bit groups of 32, fp32 activations", torch::kFloat32, WeightFormat{4, 32}, 3e-2}}) {
+    INFO(c.name);
+    const auto model = make_model(c.dtype, c.format, wide_config());
+    // Up to kMaxRows rows run our multi-row kernels, more a blocked GEMM: both are tried.
+    for (const int64_t rows : {int64_t{2}, int64_t{3}, cpu_gemv::kMaxRows + 2}) {
+      INFO(rows << " sequences");
+      torch::manual_seed(rows);
+      std::vector<KVCache> batched(static_cast<size_t>(rows)), alone(static_cast<size_t>(rows));
+      std::vector<KVCache*> caches;
+      std::vector<torch::Tensor> tokens;
+      cpu_decode::set_enabled(false);
+      for (int64_t r = 0; r < rows; ++r) {  // prompts of different lengths: ragged caches
+        const auto prompt = model->embed(torch::randint(0, 77, {1, 2 + 3 * r}));
+        for (auto* cache : {&batched[static_cast<size_t>(r)], &alone[static_cast<size_t>(r)]}) {
+          CausalLMOptions options;
+          options.cache = cache;
+          model->forward(prompt, options);
+        }
+        caches.push_back(&batched[static_cast<size_t>(r)]);
+      }
+      cpu_decode::set_enabled(true);
+      for (int step = 0; step < 3; ++step) {
+        INFO("step " << step);
+        tokens.clear();
+        for (int64_t r = 0; r < rows; ++r) tokens.push_back(model->embed(torch::randint(0, 77, {1, 1})));
+        const auto got = model->step_sequences(torch::cat(tokens, 0), caches);
+        REQUIRE(got.sizes() == torch::IntArrayRef({rows, 77}));
+        for (int64_t r = 0; r < rows; ++r) {
+          const auto want =
+              cpu_decode::llama_step(*model, tokens[static_cast<size_t>(r)], alone[static_cast<size_t>(r)]);
+          REQUIRE(want.defined());
+          CHECK(relative_error(got[r], want.view({-1})) < c.tolerance);
+          CHECK(got[r].argmax().item<int64_t>() == want.argmax().item<int64_t>());
+          const auto& b = batched[static_cast<size_t>(r)];
+          const auto& a = alone[static_cast<size_t>(r)];
+          REQUIRE(b.length() == a.length());
+          for (size_t layer = 0; layer < a.keys.size(); ++layer)
+            CHECK(relative_error(b.values[layer], a.values[layer]) < c.tolerance);
+        }
+      }
+      // Where the fused step does not apply, each sequence goes through forward() alone.
+      cpu_decode::set_enabled(false);
+      tokens.clear();
+      for (int64_t r = 0; r < rows; ++r) tokens.push_back(model->embed(torch::randint(0, 77, {1, 1})));
+      const auto got = model->step_sequences(torch::cat(tokens, 0), caches);
+      for (int64_t r = 0; r < rows; ++r) {
+        CausalLMOptions options;
+        options.cache = &alone[static_cast<size_t>(r)];
+        const auto want = model->forward(tokens[static_cast<size_t>(r)], options).logits.view({-1});
+        CHECK(relative_error(got[r], want) < c.tolerance);
+      }
+    }
+  }
+}
+
 TEST_CASE("the fused decode step hands back what it does not handle", "[cpu_decode][conditional][needs_cpu_kernels]") {
   torch::NoGradGuard no_grad;
   Restore restore;
