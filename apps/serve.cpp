@@ -6,12 +6,17 @@
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/device.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/error.h"
 #include "minigpt4/common/run_settings.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/server/server.h"
 
 #include <atomic>
 #include <chrono>
+#include <ATen/Parallel.h>
+
 #include <csignal>
+#include <fstream>
 #include <thread>
 
 namespace minigpt4::apps {
@@ -27,7 +32,22 @@ struct ServeArgs {
   int64_t session_idle_minutes = 30;
   double header_timeout = 10, request_timeout = 60, keep_alive = 5;
   double max_buffered_mb = 256;
+  std::string api_key_file;
+  int threads = 0;
 };
+
+// --api-key-file: one key per line; blank lines and lines starting with '#' are skipped.
+std::vector<std::string> read_api_keys(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("--api-key-file {}: cannot read it", path);
+  std::vector<std::string> keys;
+  for (std::string line; std::getline(in, line);) {
+    const auto key = std::string(strip(line));
+    if (!key.empty() && key[0] != '#') keys.push_back(key);
+  }
+  if (keys.empty()) fail("--api-key-file {}: no key in it (one per line)", path);
+  return keys;
+}
 
 // Ctrl-C / SIGTERM: the handler only raises a flag (all a signal handler may do); a watcher
 // thread sees it and stops the server, which ends running answers and closes the socket.
@@ -39,9 +59,11 @@ void run_serve(ServeArgs& args) {
   apply_input_limits(config);  // limits.*: what input files may make us allocate
   const auto device = select_device(RunSettings::from_config(config).device, args.gpu_id);
   log::info("device: {}", describe_device(device));
-  const auto model = ChatModel::load(config, device);
+  if (args.threads > 0) at::set_num_threads(args.threads);
 
   auto options = args.server;
+  if (!args.api_key_file.empty())
+    for (auto& key : read_api_keys(args.api_key_file)) options.api_keys.push_back(std::move(key));
   options.max_body_bytes = static_cast<size_t>(args.max_upload_mb * 1024 * 1024);
   options.session_idle = std::chrono::minutes(args.session_idle_minutes);
   const auto ms = [](double seconds) { return std::chrono::milliseconds(static_cast<int64_t>(seconds * 1000)); };
@@ -49,16 +71,23 @@ void run_serve(ServeArgs& args) {
   options.request_timeout = ms(args.request_timeout);
   options.keep_alive = ms(args.keep_alive);
   options.max_buffered_bytes = static_cast<size_t>(args.max_buffered_mb * 1024 * 1024);
-  server::Server server(model, options);
-  if (model->adapter_choices().size() > 1)
-    log::info("LoRA adapters: {}; requests without 'lora' use {}", fmt::join(model->adapter_choices(), ", "),
-              options.lora.empty() ? model->active_adapter() : options.lora);
+  // The port opens first and /health answers 503 while the model loads (as llama.cpp's server).
+  server::Server server(
+      [&config, device, lora = options.lora]() -> std::shared_ptr<const ChatModel> {
+        auto model = ChatModel::load(config, device);
+        if (model->adapter_choices().size() > 1)
+          log::info("LoRA adapters: {}; requests without 'lora' use {}", fmt::join(model->adapter_choices(), ", "),
+                    lora.empty() ? model->active_adapter() : lora);
+        return model;
+      },
+      options);
   const int port = server.bind();
-  log::info("serving {} on http://{}:{}/ (OpenAI API at /v1/chat/completions); Ctrl-C stops", model->name, options.host,
-            port);
-  if (options.host != "127.0.0.1" && options.host != "localhost" && options.host != "::1")
-    log::warn("listening on {}: anyone who can reach this address can use the model (there is no authentication)",
-              options.host);
+  log::info(
+      "listening on http://{}:{}/ (OpenAI API at /v1/chat/completions), {} slots, {} threads; loading the "
+      "model; Ctrl-C stops",
+      options.host, port, options.parallel, at::get_num_threads());
+  if (options.host != "127.0.0.1" && options.host != "localhost" && options.host != "::1" && options.api_keys.empty())
+    log::warn("listening on {}: anyone who can reach this address can use the model (no --api-key)", options.host);
 
   std::signal(SIGINT, request_stop);
   std::signal(SIGTERM, request_stop);
@@ -110,6 +139,15 @@ void add_serve_command(CLI::App& app) {
   cmd->add_option("--default-max-tokens", s.limits.default_max_tokens, "new tokens when a request does not say")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  cmd->add_option("--parallel", s.parallel,
+                  "answers generated at once (continuous batching: they share each decode step)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  cmd->add_option("--prefill-chunk", s.prefill_chunk,
+                  "prompt positions run between two decode steps at most, so a long prompt joining stalls the "
+                  "running answers by one chunk (0: whole prompts)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   cmd->add_option("--max-queue", s.max_waiting, "requests that may wait for the model (more get 503)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -175,7 +213,25 @@ void add_serve_command(CLI::App& app) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   cmd->add_option("--http-threads", s.http_threads,
-                  "threads answering requests (0: --max-queue + 8); /health has its own")
+                  "threads answering requests (0: --max-queue + --parallel + 8); /health has its own")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--api-key", s.api_keys,
+                  "API key clients must send as 'Authorization: Bearer KEY' (repeatable); / and /health stay open");
+  cmd->add_option("--api-key-file", args->api_key_file, "file of API keys, one per line")->check(CLI::ExistingFile);
+  cmd->add_option("--cors-origins", s.cors_origins,
+                  "origins whose web pages may call the API (CORS), e.g. https://app.example.com; * for any");
+  cmd->add_flag("--metrics", s.metrics, "serve GET /metrics in Prometheus' text format");
+  cmd->add_option("--cache-mb", s.cache_mb,
+                  "MiB of finished API conversations' KV caches kept, so that a replayed history costs only its new "
+                  "tokens (0: none)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("--image-cache-mb", s.image_cache_mb,
+                  "MiB of image embeddings kept, so that an image seen before skips the ViT and Q-Former (0: none)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  cmd->add_option("-t,--threads", args->threads, "CPU threads for the model (0: PyTorch's default, the cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   cmd->add_option("--lora", s.lora,

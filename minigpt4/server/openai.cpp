@@ -2,11 +2,16 @@
 
 #include "minigpt4/chat/grounding.h"
 #include "minigpt4/common/limits.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/common/untrusted.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
 #include <limits>
 #include <random>
 #include <set>
@@ -70,11 +75,7 @@ void check_neutral(const json& body) {
   for (const char* key : {"frequency_penalty", "presence_penalty"})
     if (const auto* v = field(body, key); v && as_number(*v, key) != 0)
       reject(key, "'{}' is not supported (only 0); use 'repetition_penalty' (Hugging Face's) instead", key);
-  if (const auto* v = field(body, "logprobs"); v && as_bool(*v, "logprobs"))
-    reject("logprobs", "'logprobs' is not supported");
-  if (const auto* v = field(body, "top_logprobs"); v && as_int(*v, "top_logprobs") != 0)
-    reject("top_logprobs", "'top_logprobs' is not supported");
-  for (const char* key : {"tools", "functions", "logit_bias"})
+  for (const char* key : {"tools", "functions"})
     if (const auto* v = field(body, key); v && !v->empty()) reject(key, "'{}' is not supported", key);
   for (const char* key : {"tool_choice", "function_call"})
     if (const auto* v = field(body, key); v && *v != "none" && *v != "auto")
@@ -82,30 +83,45 @@ void check_neutral(const json& body) {
   if (const auto* v = field(body, "response_format")) {
     if (!v->is_object()) reject("response_format", "'response_format' must be an object, got {}", type_name(*v));
     const auto* type = field(*v, "type");
-    if (!type || !type->is_string() || type->get_ref<const std::string&>() != "text")
-      reject("response_format", "only response_format {{\"type\": \"text\"}} is supported, got type {}",
+    const bool text = type && type->is_string() && type->get_ref<const std::string&>() == "text";
+    const bool json_object = type && type->is_string() && type->get_ref<const std::string&>() == "json_object";
+    if (type && type->is_string() && type->get_ref<const std::string&>() == "json_schema")
+      reject("response_format",
+             "response_format json_schema is not supported (no schema-constrained decoding yet); "
+             "{{\"type\": \"json_object\"}} constrains the answer to a JSON object");
+    if (!text && !json_object)
+      reject("response_format",
+             "response_format must be {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, got type {}",
              type ? describe_json(*type) : "none");
   }
   if (const auto* v = field(body, "modalities"))
     if (*v != json::array({"text"})) reject("modalities", "only the \"text\" output modality is supported");
+  for (const char* key : {"audio", "prediction"})
+    if (const auto* v = field(body, key); v && !v->is_null())
+      reject(key, "'{}' is not supported (text answers only; null is accepted)", key);
 }
 
 const std::set<std::string>& known_fields() {
-  static const std::set<std::string> fields = {// used
-                                               "model", "messages", "max_tokens", "max_completion_tokens",
-                                               "temperature", "top_p", "n", "seed", "stop", "stream", "stream_options",
-                                               // extensions: Hugging Face generate() knobs of Chat.answer
-                                               "top_k", "num_beams", "repetition_penalty", "length_penalty",
-                                               // extension: the LoRA task adapter (resolve_adapter)
-                                               "lora",
-                                               // extension: what the answer looked at (docs/explain.md)
-                                               "explain",
-                                               // accepted at their neutral value only (check_neutral)
-                                               "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs",
-                                               "tools", "functions", "tool_choice", "function_call", "logit_bias",
-                                               "response_format", "modalities",
-                                               // no effect here
-                                               "user", "store", "metadata", "service_tier", "parallel_tool_calls"};
+  static const std::set<std::string> fields = {
+      // used
+      "model", "messages", "max_tokens", "max_completion_tokens", "temperature", "top_p", "n", "seed", "stop", "stream",
+      "stream_options",
+      // extensions: Hugging Face generate() knobs of Chat.answer
+      "top_k", "num_beams", "repetition_penalty", "length_penalty",
+      // extension: the LoRA task adapter (resolve_adapter)
+      "lora",
+      // extension: llama.cpp server's (benchmarks use it)
+      "ignore_eos",
+      // extension: what the answer looked at (docs/explain.md)
+      "explain",
+      // accepted at their neutral value only (check_neutral)
+      "frequency_penalty", "presence_penalty", "logprobs", "top_logprobs", "tools", "functions", "tool_choice",
+      "function_call", "logit_bias", "response_format", "modalities",
+      // accepted when null (check_neutral)
+      "audio", "prediction",
+      // no effect here (docs/serving.md lists them)
+      "user", "store", "metadata", "service_tier", "parallel_tool_calls", "reasoning_effort", "verbosity",
+      "prompt_cache_key", "safety_identifier", "web_search_options"};
   return fields;
 }
 
@@ -166,7 +182,6 @@ void add_user_message(const json& content, const std::string& param, Tally& tall
                       std::vector<ImageInfo>& infos) {
   if (content.is_string()) {
     const auto& text = content.get_ref<const std::string&>();
-    if (text.empty()) reject(param, "'{}' is empty", param);
     tally.add_text(static_cast<int64_t>(text.size()), param);
     steps.push_back({ChatStep::Kind::Ask, text, "", param});
     return;
@@ -240,9 +255,7 @@ void parse_messages(const json& messages, Tally& tally, ChatRequest& request, st
     const auto* content = field(message, "content");
     if (!content) reject(p + ".content", "'{}.content' is missing", p);
     if (role == "system" || role == "developer") {
-      if (conversation_started)
-        reject(p + ".role",
-               "'{}': system messages must come before the conversation (the template has one system text)", p);
+      // Anywhere, as OpenAI and llama.cpp take them; the template's own system text is used.
       text_only(*content, p + ".content");
       request.system_given = true;
     } else if (role == "user") {
@@ -316,6 +329,37 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
       if (s.size() > kMaxStopBytes)
         reject("stop", "'stop' strings may be at most {} bytes, got {}", kMaxStopBytes, s.size());
     }
+  }
+  if (const auto* v = field(body, "logit_bias")) {
+    if (!v->is_object())
+      reject("logit_bias", "'logit_bias' must be an object of token id -> bias, got {}", type_name(*v));
+    if (v->size() > kMaxLogitBias)
+      reject("logit_bias", "'logit_bias' takes at most {} tokens, got {}", kMaxLogitBias, v->size());
+    for (const auto& [key, bias] : v->items()) {
+      const auto param = "logit_bias." + excerpt(key);
+      int64_t id = -1;
+      const auto [end, error] = std::from_chars(key.data(), key.data() + key.size(), id);
+      if (error != std::errc() || end != key.data() + key.size() || id < 0)
+        reject(param, "'logit_bias' keys must be token ids (decimal integers), got '{}'", excerpt(key));
+      o.logit_bias.emplace_back(id, in_range(as_number(bias, param), -100, 100, param));
+    }
+  }
+  // llama.cpp's ignore_eos: end of sequence is never chosen (HF's min_length past the
+  // answer's end), so the answer runs to max_tokens unless a stop string ends it.
+  if (const auto* v = field(body, "ignore_eos"); v && as_bool(*v, "ignore_eos")) o.min_length = o.max_new_tokens + 2;
+  bool logprobs = false;
+  if (const auto* v = field(body, "logprobs")) logprobs = as_bool(*v, "logprobs");
+  if (logprobs) o.top_logprobs = 0;
+  if (const auto* v = field(body, "top_logprobs"); v && !v->is_null()) {
+    const int64_t n = as_int(*v, "top_logprobs");
+    if (n < 0 || n > 20) reject("top_logprobs", "'top_logprobs' must be in 0..20, got {}", n);
+    if (!logprobs && n > 0) reject("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    if (logprobs) o.top_logprobs = static_cast<int>(n);
+  }
+  if (logprobs && o.num_beams > 1) reject("logprobs", "'logprobs' is not available with beam search ('num_beams' > 1)");
+  if (const auto* v = field(body, "response_format"); v && (*v)["type"] == "json_object") {
+    if (o.num_beams > 1) reject("response_format", "response_format json_object is not available with beam search");
+    o.json_object = true;
   }
   if (const auto* v = field(body, "stream")) request.stream = as_bool(*v, "stream");
   if (const auto* v = field(body, "explain")) {
@@ -526,6 +570,62 @@ json chunk_json(const CompletionMeta& meta, const json& delta, const std::option
                                  {"logprobs", nullptr},
                                  {"finish_reason", finish_reason ? json(*finish_reason) : json(nullptr)}}})}},
       meta);
+}
+
+namespace {
+
+// A token as text, as OpenAI's logprobs show it: with its leading space (sentencepiece
+// drops the one of a word-initial piece, "▁", when it decodes the token alone).
+std::string token_text(int64_t id, const Tokenizer& tokenizer) {
+  auto text = tokenizer.decode({id});
+  static const std::string kWordStart = "\xE2\x96\x81";  // U+2581
+  if (starts_with(tokenizer.id_to_piece(id), kWordStart) && !starts_with(text, " ")) text = " " + text;
+  return text;
+}
+
+json token_json(int64_t id, double logprob, const Tokenizer& tokenizer) {
+  auto text = token_text(id, tokenizer);
+  json bytes = json::array();
+  // A byte-fallback piece ("<0xE2>": part of a character) is that byte, shown escaped as
+  // OpenAI shows such tokens.
+  const auto piece = tokenizer.id_to_piece(id);
+  unsigned byte = 0;
+  if (piece.size() == 6 && starts_with(piece, "<0x") && piece[5] == '>' &&
+      std::sscanf(piece.c_str() + 3, "%2x", &byte) == 1) {
+    text = fmt::format("\\x{:02x}", byte);
+    bytes.push_back(byte);
+  } else {
+    for (const unsigned char c : text) bytes.push_back(c);
+  }
+  // -inf (a banned token among the alternatives) is not JSON: OpenAI sends -9999 for it.
+  return {{"token", text}, {"logprob", std::isfinite(logprob) ? logprob : -9999.0}, {"bytes", std::move(bytes)}};
+}
+
+}  // namespace
+
+json logprobs_json(const std::vector<TokenLogprob>& entries, const Tokenizer& tokenizer) {
+  json content = json::array();
+  for (const auto& e : entries) {
+    auto j = token_json(e.token, e.logprob, tokenizer);
+    j["top_logprobs"] = json::array();
+    for (const auto& [id, logprob] : e.top) j["top_logprobs"].push_back(token_json(id, logprob, tokenizer));
+    content.push_back(std::move(j));
+  }
+  return {{"content", std::move(content)}, {"refusal", nullptr}};
+}
+
+json timings_json(const ChatReply& reply) {
+  const int64_t computed = reply.prompt_tokens - reply.reused_tokens;
+  const auto predicted = static_cast<int64_t>(reply.tokens.size());
+  return {
+      {"prompt_n", computed},
+      {"cache_n", reply.reused_tokens},
+      {"prompt_ms", reply.prefill_seconds * 1000},
+      {"prompt_per_second", reply.prefill_seconds > 0 ? static_cast<double>(computed) / reply.prefill_seconds : 0.0},
+      {"predicted_n", predicted},
+      {"predicted_ms", reply.decode_seconds * 1000},
+      {"predicted_per_second",
+       reply.decode_seconds > 0 && predicted > 1 ? static_cast<double>(predicted - 1) / reply.decode_seconds : 0.0}};
 }
 
 json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens) {

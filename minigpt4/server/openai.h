@@ -53,6 +53,8 @@ inline constexpr int64_t kPromptBytesPerToken = 32;
 // greedy decoding would, and is run as greedy (0).
 inline constexpr double kGreedyBelowTemperature = 1e-4;
 inline double sampling_temperature(double t) { return t < kGreedyBelowTemperature ? 0.0 : t; }
+// Most entries of a request's logit_bias (OpenAI's own limit is 300).
+inline constexpr size_t kMaxLogitBias = 300;
 // The longest `stop` string (the answer's text is held back by as much while it could be one).
 inline constexpr size_t kMaxStopBytes = 512;
 
@@ -129,6 +131,15 @@ nlohmann::json completion_json(const CompletionMeta& meta, const std::string& te
 // only on the last.
 nlohmann::json chunk_json(const CompletionMeta& meta, const nlohmann::json& delta,
                           const std::optional<std::string>& finish_reason = std::nullopt);
+// choices[i].logprobs of OpenAI's API for these tokens: {"content": [{"token", "logprob",
+// "bytes", "top_logprobs": [...]}], "refusal": null}. The log-probabilities are of the
+// processed scores (logit_bias, repetition penalty) before temperature, top-k and top-p.
+nlohmann::json logprobs_json(const std::vector<TokenLogprob>& entries, const Tokenizer& tokenizer);
+// llama.cpp server's `timings` of an answer: prompt_n (prompt positions computed), cache_n
+// (taken from a KV cache), prompt_ms (to the first token, waiting for a slot's turn
+// included), predicted_n (tokens), predicted_ms (after the first), and their rates
+// (predicted_per_second over the tokens after the first).
+nlohmann::json timings_json(const ChatReply& reply);
 // stream_options.include_usage: the extra last chunk with no choices and the usage.
 nlohmann::json usage_chunk_json(const CompletionMeta& meta, int64_t prompt_tokens, int64_t completion_tokens);
 // The served model; with LoRA adapters (`adapters`: "original" first, as

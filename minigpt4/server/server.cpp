@@ -2,12 +2,14 @@
 
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/common/strings.h"
 #include "minigpt4/common/untrusted.h"
 #include "minigpt4/models/llama.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/phi.h"
 #include "minigpt4/processors/image_decode.h"
 #include "minigpt4/server/base64.h"
+#include "minigpt4/server/caches.h"
 #include "minigpt4/server/http_gate.h"
 #include "minigpt4/server/page.h"
 #include "minigpt4/server/sessions.h"
@@ -87,7 +89,8 @@ httplib::Server::Handler guarded(F handler) {
 // comment line goes out every `heartbeat`: writes to a closed connection fail, so a client
 // that left (even while its request waited in the queue) is noticed and its work cancelled.
 void stream_events(httplib::Response& res, std::shared_ptr<ReplyChannel> channel, std::string first,
-                   std::chrono::milliseconds heartbeat, std::function<std::string(const std::string&)> piece_event,
+                   std::chrono::milliseconds heartbeat,
+                   std::function<std::string(const ReplyChannel::Piece&)> piece_event,
                    std::function<std::string(const ReplyChannel::Batch&)> end_events) {
   res.set_header("Cache-Control", "no-cache");
   res.set_header("X-Accel-Buffering", "no");
@@ -127,6 +130,7 @@ struct PageSession {
   std::string adapter;
   std::string image;  // the latest image's bytes
   int64_t width = 0, height = 0;
+  bool answering = false;  // an answer holds the session (model thread only)
 };
 
 // What an answer's end event needs from the model thread: the adapter, the image size and,
@@ -137,16 +141,14 @@ struct AnswerContext {
   nlohmann::json explanation;  // null: not asked for
 };
 
-// The context a prompt may fill: Chat.answer's max_length (2000), or the LLM's positions
-// when it has fewer.
+// The context a conversation and its answer may fill: the LLM's positions (Chat.answer's
+// max_length, 2000, for a family that does not say).
 int64_t context_length(const ChatModel& model) {
-  int64_t n = AnswerOptions{}.max_length;
   const auto& llm = model.model->llama_model;
   if (const auto* llama = dynamic_cast<const LlamaForCausalLM*>(llm.get()))
-    n = std::min(n, llama->config.max_position_embeddings);
-  else if (const auto* phi = dynamic_cast<const PhiForCausalLM*>(llm.get()))
-    n = std::min(n, phi->config.max_position_embeddings);
-  return n;
+    return llama->config.max_position_embeddings;
+  if (const auto* phi = dynamic_cast<const PhiForCausalLM*>(llm.get())) return phi->config.max_position_embeddings;
+  return AnswerOptions{}.max_length;
 }
 
 // The text tokens of the prompt a request's steps make (template and messages; the images'
@@ -185,16 +187,15 @@ HttpLimits http_limits(const ServerOptions& o) {
   l.write_timeout = std::chrono::seconds(o.io_timeout_seconds);
   // Every request waiting for the model holds a thread: enough for a full queue plus the
   // running job, and some left for the page and the API's other routes.
-  l.threads = o.http_threads > 0 ? o.http_threads : o.max_waiting + 8;
+  l.threads = o.http_threads > 0 ? o.http_threads : o.max_waiting + o.parallel + 8;
   l.fast_threads = 2;
   l.fast_paths = {"/health"};
   return l;
 }
 
-// ServerOptions as the server runs them: the prompt limit from the model when not given, the
-// decode budget shared by every request.
-ServerOptions resolved(ServerOptions o, const ChatModel& model) {
-  if (o.limits.max_prompt_tokens <= 0) o.limits.max_prompt_tokens = context_length(model);
+// ServerOptions as the server runs them: the decode budget shared by every request (the
+// prompt limit comes from the model once it is loaded).
+ServerOptions resolved(ServerOptions o) {
   o.limits.image.decode_budget =
       std::make_shared<PixelBudget>(std::max(o.max_decode_pixels, o.limits.image.max_pixels));
   return o;
@@ -203,17 +204,11 @@ ServerOptions resolved(ServerOptions o, const ChatModel& model) {
 }  // namespace
 
 struct Server::Impl {
-  Impl(std::shared_ptr<const ChatModel> chat_model, ServerOptions server_options)
-      : model(std::move(chat_model)),
-        options(resolved(std::move(server_options), *model)),
-        adapters(model->adapter_choices()),
-        default_adapter(options.lora.empty() ? model->active_adapter() : options.lora),
-        worker(options.max_waiting),
+  Impl(ModelLoader loader, ServerOptions server_options)
+      : load_model(std::move(loader)),
+        options(resolved(std::move(server_options))),
         sessions(options.max_sessions, options.session_idle),
         http(http_limits(options)) {
-    if (!held(default_adapter))
-      fail("unknown LoRA adapter '{}'; the model holds: {} (model.lora_path names them)", excerpt(default_adapter),
-           fmt::join(adapters, ", "));
     // httplib writes with plain send(): a client that closed its connection would kill the
     // process with SIGPIPE instead of failing the write.
     std::signal(SIGPIPE, SIG_IGN);
@@ -221,16 +216,41 @@ struct Server::Impl {
     routes();
   }
 
+  // Loads the model and opens the model routes; throws minigpt4::Error when the model cannot
+  // be loaded or options.lora names no adapter of it.
+  void load() {
+    auto loaded = load_model();
+    if (!loaded) fail("the model loader returned no model");
+    // Read by requests only once ready (the gate answers 503 until then), so written here.
+    if (options.limits.max_prompt_tokens <= 0) options.limits.max_prompt_tokens = context_length(*loaded);
+    adapters = loaded->adapter_choices();
+    default_adapter = options.lora.empty() ? loaded->active_adapter() : options.lora;
+    if (!held(default_adapter))
+      fail("unknown LoRA adapter '{}'; the model holds: {} (model.lora_path names them)", excerpt(default_adapter),
+           fmt::join(adapters, ", "));
+    worker_ = std::make_unique<ModelWorker>(
+        loaded, WorkerOptions{options.max_waiting, options.parallel, options.prefill_chunk});
+    model = std::move(loaded);
+    ready.store(true, std::memory_order_release);
+  }
+
+  ModelLoader load_model;
+  // Set once by load(), before `ready` (with options.limits.max_prompt_tokens); requests read
+  // them only once ready (the pre-routing handler answers 503 until then).
   std::shared_ptr<const ChatModel> model;
   ServerOptions options;
-  const std::vector<std::string> adapters;  // "original" + the model's adapters (fixed after loading)
-  const std::string default_adapter;
+  std::vector<std::string> adapters;  // "original" + the model's adapters
+  std::string default_adapter;
+  std::unique_ptr<ModelWorker> worker_;
+  std::atomic<bool> ready{false};
   const int64_t created = unix_time();
   std::atomic<bool> stopping{false}, serving{false};
   std::atomic<uint64_t> answers{0}, answers_cancelled{0}, answers_timed_out{0};  // for /health
-  ModelWorker worker;
   SessionStore<PageSession> sessions;
+  ImageCache image_cache{options.image_cache_mb << 20};
+  PrefixCache prefix_cache{options.cache_mb << 20};
   GatedServer http;
+  ModelWorker& worker() const { return *worker_; }
 
   bool held(const std::string& adapter) const {
     return std::find(adapters.begin(), adapters.end(), adapter) != adapters.end();
@@ -255,6 +275,10 @@ struct Server::Impl {
 
   void configure();
   void routes();
+  // Before any route: CORS, 503 while the model loads, the API key.
+  bool gate(const httplib::Request& req, httplib::Response& res) const;
+  std::string metrics_text() const;
+  nlohmann::json slots_json() const;
   void chat_completions(const httplib::Request& req, httplib::Response& res);
   void session_image(const httplib::Request& req, httplib::Response& res);
   void session_ask(const httplib::Request& req, httplib::Response& res);
@@ -262,16 +286,32 @@ struct Server::Impl {
   std::shared_ptr<PageSession> session(const httplib::Request& req);
   void check_prompt_tokens(int64_t tokens, const std::string& param) const;
   at::Tensor encode_image(const std::string& bytes, const std::string& name, at::Tensor* vision_tokens = nullptr) const;
-  std::shared_ptr<ReplyChannel> queue_answer(std::function<void(ReplyChannel&)> work);
-  // `before_finish` runs on the model thread after the answer, before its end is sent.
-  void answer(ChatSession& session, const AnswerOptions& answer_options, const std::vector<std::string>& stop,
-              ReplyChannel& channel, const char* label,
-              const std::function<void(const ChatReply&)>& before_finish = {});
+  // Queues `work`, which runs on the model thread and returns the answer it started (or
+  // nothing, having answered by itself); its errors go to the channel.
+  using AnswerWork = std::function<std::optional<RunningAnswer>(const std::shared_ptr<ReplyChannel>&)>;
+  std::shared_ptr<ReplyChannel> queue_answer(AnswerWork work);
+  // On the model thread: `session`'s answer, to run in a slot, its text into `channel` piece
+  // by piece, cut at the client's stop strings and ended by the time limit, a cancel from the
+  // client's side or the server stopping. `owner` keeps the session alive; `before_finish`
+  // runs after the answer, before its end is sent; `after` runs last (success or not).
+  // Beam search answers whole, here, while the other slots wait.
+  std::optional<RunningAnswer> start_answer(std::shared_ptr<void> owner, ChatSession& session,
+                                            const AnswerOptions& answer_options, const std::vector<std::string>& stop,
+                                            const std::shared_ptr<ReplyChannel>& channel, const char* label,
+                                            const std::string& adapter,
+                                            std::function<void(const ChatReply&)> before_finish = {},
+                                            std::function<void()> after = {});
   // The explanation of a session's last answer as JSON, with the overlay over `image_bytes`
   // (the explained image's) as a base64 PNG when given; {"error": ...} when it cannot be made.
   nlohmann::json explanation(ChatSession& session, bool per_word,
                              const std::vector<const std::string*>& image_bytes) const;
   void run_and_wait(std::function<void()> work);
+  // On the model thread: a page session changes only between its answers.
+  static void check_idle(const PageSession& page) {
+    if (page.answering)
+      throw ApiError(409, "this conversation is still answering; wait for the answer's end", "session_id",
+                     "session_busy");
+  }
 };
 
 void Server::Impl::configure() {
@@ -301,6 +341,9 @@ void Server::Impl::configure() {
     return httplib::Server::HandlerResponse::Handled;
   };
   http.set_error_handler(on_error);
+  http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    return gate(req, res) ? httplib::Server::HandlerResponse::Handled : httplib::Server::HandlerResponse::Unhandled;
+  });
   http.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr error) {
     send_error(res, as_api_error(error));
   });
@@ -315,18 +358,72 @@ void Server::Impl::routes() {
     res.set_content(page_html(), "text/html; charset=utf-8");
   });
   http.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
-    send_json(
-        res, 200,
-        {{"status", stopping ? "stopping" : "ok"},
-         {"model", model->name},
-         {"device", model->device.str()},
-         {"queue", {{"running", worker.busy()}, {"waiting", worker.waiting()}, {"max_waiting", options.max_waiting}}},
-         {"answers",
-          {{"total", answers.load()},
-           {"client_gone", answers_cancelled.load()},
-           {"time_limit", answers_timed_out.load()}}},
-         {"sessions", sessions.size()},
-         {"connections", connections_json()}});
+    if (!ready.load(std::memory_order_acquire)) {
+      send_json(res, 503,
+                {{"status", "loading"},
+                 {"error", {{"code", 503}, {"message", "Loading model"}, {"type", "unavailable_error"}}}});
+      return;
+    }
+    send_json(res, 200,
+              {{"status", stopping ? "stopping" : "ok"},
+               {"model", model->name},
+               {"device", model->device.str()},
+               {"queue",
+                {{"running", worker().running()},
+                 {"slots", options.parallel},
+                 {"waiting", worker().waiting()},
+                 {"max_waiting", options.max_waiting}}},
+               {"answers",
+                {{"total", answers.load()},
+                 {"client_gone", answers_cancelled.load()},
+                 {"time_limit", answers_timed_out.load()}}},
+               {"sessions", sessions.size()},
+               {"connections", connections_json()}});
+  });
+  // llama.cpp server's tokenizer routes, with the model's tokenizer, on the request's thread.
+  http.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              const auto body = parse_request_json(req.body);
+              const auto* content = body.is_object() && body.contains("content") ? &body["content"] : nullptr;
+              if (!content || !content->is_string())
+                throw ApiError(400, "'content' must be the text to tokenize", "content");
+              const auto& text = content->get_ref<const std::string&>();
+              if (static_cast<int64_t>(text.size()) > options.limits.max_prompt_tokens * kPromptBytesPerToken)
+                throw ApiError(400, "'content' is longer than any prompt this server takes", "content",
+                               "context_length_exceeded");
+              const auto flag = [&](const char* key) {
+                if (!body.contains(key)) return false;
+                if (!body[key].is_boolean()) throw ApiError(400, fmt::format("'{}' must be a boolean", key), key);
+                return body[key].get<bool>();
+              };
+              const bool special = flag("add_special"), pieces = flag("with_pieces");
+              json tokens = json::array();
+              for (const int64_t id : model->tokenizer->encode(text, special)) {
+                if (pieces)
+                  tokens.push_back({{"id", id}, {"piece", model->tokenizer->id_to_piece(id)}});
+                else
+                  tokens.push_back(id);
+              }
+              send_json(res, 200, {{"tokens", std::move(tokens)}});
+            }));
+  http.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+              const auto body = parse_request_json(req.body);
+              const auto* tokens = body.is_object() && body.contains("tokens") ? &body["tokens"] : nullptr;
+              if (!tokens || !tokens->is_array())
+                throw ApiError(400, "'tokens' must be an array of token ids", "tokens");
+              const int64_t vocab = model->model->llama_model->vocab_size();
+              std::vector<int64_t> ids;
+              for (const auto& t : *tokens) {
+                if (!t.is_number_integer() || t.get<int64_t>() < 0 || t.get<int64_t>() >= vocab)
+                  throw ApiError(400, fmt::format("'tokens' must hold token ids in 0..{}", vocab - 1), "tokens");
+                ids.push_back(t.get<int64_t>());
+              }
+              send_json(res, 200, {{"content", model->tokenizer->decode(ids)}});
+            }));
+  http.Get("/slots", [this](const httplib::Request&, httplib::Response& res) { send_json(res, 200, slots_json()); });
+  http.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    if (!options.metrics)
+      throw ApiError(501, "this server does not serve metrics; start it with --metrics", "", "not_supported");
+    res.set_content(metrics_text(), "text/plain; version=0.0.4");
   });
   http.Get("/v1/models", [this](const httplib::Request&, httplib::Response& res) {
     send_json(res, 200, models_json(model->name, created, adapters, default_adapter));
@@ -355,35 +452,83 @@ void Server::Impl::routes() {
             }));
 }
 
-// On the model thread: one answer, its text into `channel` piece by piece, cut at the
-// client's stop strings and ended by the time limit, a cancel from the client's side or the
-// server stopping.
-void Server::Impl::answer(ChatSession& session, const AnswerOptions& answer_options,
-                          const std::vector<std::string>& stop, ReplyChannel& channel, const char* label,
-                          const std::function<void(const ChatReply&)>& before_finish) {
-  StopStrings stops(stop);
-  const auto deadline = Clock::now() + std::chrono::duration<double>(options.max_generation_seconds);
-  bool timed_out = false;
-  ChatReply reply = session.answer(answer_options, [&](const std::string& piece) {
-    if (auto shown = stops.feed(piece); !shown.empty()) channel.send(std::move(shown));
-    if (stops.stopped() || channel.cancelled() || stopping) return false;
-    if (Clock::now() > deadline) timed_out = true;
-    return !timed_out;
-  });
-  if (auto rest = stops.flush(); !rest.empty() && reply.finish_reason != "cancelled") channel.send(std::move(rest));
-  reply.text = stops.cut(reply.text);
-  if (stops.stopped()) reply.finish_reason = "stop";
-  ++answers;
-  if (timed_out) ++answers_timed_out;
-  const bool client_gone = reply.finish_reason == "cancelled" && channel.cancelled();
-  if (client_gone) ++answers_cancelled;
-  log::info("{}: {} prompt positions ({} cached), {} tokens in {:.2f} s, {}{}", label, reply.prompt_tokens,
-            reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds + reply.decode_seconds, reply.finish_reason,
-            timed_out     ? " (time limit)"
-            : client_gone ? " (client gone)"
-                          : "");
-  if (before_finish && !client_gone) before_finish(reply);
-  channel.finish(std::move(reply));
+std::optional<RunningAnswer> Server::Impl::start_answer(
+    std::shared_ptr<void> owner, ChatSession& session, const AnswerOptions& answer_options,
+    const std::vector<std::string>& stop, const std::shared_ptr<ReplyChannel>& channel, const char* label,
+    const std::string& adapter, std::function<void(const ChatReply&)> before_finish, std::function<void()> after) {
+  struct State {
+    StopStrings stops;
+    Clock::time_point deadline;
+    bool timed_out = false;
+    const AnswerInProgress* answer = nullptr;  // for its logprobs, once started
+    size_t logprobs_sent = 0;
+    // The logprobs of the tokens since the previous piece (none unless asked for).
+    std::vector<TokenLogprob> new_logprobs() {
+      if (!answer) return {};
+      const auto& all = answer->logprobs();
+      std::vector<TokenLogprob> out(all.begin() + static_cast<std::ptrdiff_t>(logprobs_sent), all.end());
+      logprobs_sent = all.size();
+      return out;
+    }
+  };
+  auto state =
+      std::make_shared<State>(State{StopStrings(stop),
+                                    Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                                                       std::chrono::duration<double>(options.max_generation_seconds)),
+                                    false, nullptr, 0});
+  auto on_text = [this, state, channel](const std::string& piece) {
+    if (auto shown = state->stops.feed(piece); !shown.empty()) channel->send({std::move(shown), state->new_logprobs()});
+    if (state->stops.stopped() || channel->cancelled() || stopping) return false;
+    if (Clock::now() > state->deadline) state->timed_out = true;
+    return !state->timed_out;
+  };
+  // The end of an answer, generated in a slot or here.
+  auto end = [this, state, channel, label = std::string(label), before_finish, after](ChatReply reply) {
+    auto& stops = state->stops;
+    if (auto rest = stops.flush(); !rest.empty() && reply.finish_reason != "cancelled")
+      channel->send({std::move(rest), state->new_logprobs()});
+    state->answer = nullptr;  // finished: the rest of the logprobs go with the end
+    reply.text = stops.cut(reply.text);
+    if (stops.stopped()) reply.finish_reason = "stop";
+    ++answers;
+    if (state->timed_out) ++answers_timed_out;
+    const bool client_gone = reply.finish_reason == "cancelled" && channel->cancelled();
+    if (client_gone) ++answers_cancelled;
+    log::info("{}: {} prompt positions ({} cached), {} tokens in {:.2f} s, {}{}", label, reply.prompt_tokens,
+              reply.reused_tokens, reply.tokens.size(), reply.prefill_seconds + reply.decode_seconds,
+              reply.finish_reason,
+              state->timed_out ? " (time limit)"
+              : client_gone    ? " (client gone)"
+                               : "");
+    if (before_finish && !client_gone) before_finish(reply);
+    if (after) after();
+    channel->finish(std::move(reply));
+  };
+  if (answer_options.num_beams > 1) {
+    try {
+      end(session.answer(answer_options, on_text));
+    } catch (...) {
+      if (after) after();
+      throw;
+    }
+    return std::nullopt;
+  }
+  RunningAnswer run;
+  run.owner = std::move(owner);
+  run.answer = session.start_answer(answer_options, on_text);
+  state->answer = run.answer.get();
+  run.adapter = adapter;
+  run.label = label;
+  run.keep_going = [this, channel] { return !channel->cancelled() && !stopping; };
+  run.done = [end, after, channel](AnswerInProgress& answer, std::exception_ptr error) {
+    if (error) {
+      if (after) after();
+      channel->fail(as_api_error(error));
+      return;
+    }
+    end(answer.finish());
+  };
+  return run;
 }
 
 nlohmann::json Server::Impl::explanation(ChatSession& session, bool per_word,
@@ -409,24 +554,25 @@ nlohmann::json Server::Impl::explanation(ChatSession& session, bool per_word,
   }
 }
 
-std::shared_ptr<ReplyChannel> Server::Impl::queue_answer(std::function<void(ReplyChannel&)> work) {
+std::shared_ptr<ReplyChannel> Server::Impl::queue_answer(AnswerWork work) {
   auto channel = std::make_shared<ReplyChannel>();
-  const bool queued = worker.submit([channel, work = std::move(work)](bool run) {
+  const bool queued = worker().submit([channel, work = std::move(work)](bool run) -> std::optional<RunningAnswer> {
     if (!run) {
       channel->fail(ApiError(503, "the server is shutting down", "", "shutting_down"));
     } else if (channel->cancelled()) {
       channel->fail(ApiError(499, "the client closed the connection"));  // nobody to answer
     } else {
       try {
-        work(*channel);
+        return work(channel);
       } catch (...) {
         channel->fail(as_api_error(std::current_exception()));
       }
     }
+    return std::nullopt;
   });
   if (!queued)
     throw ApiError(503,
-                   fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
+                   fmt::format("the server is busy ({} requests wait for the model); retry later", worker().waiting()),
                    "", "server_busy");
   return channel;
 }
@@ -434,7 +580,7 @@ std::shared_ptr<ReplyChannel> Server::Impl::queue_answer(std::function<void(Repl
 void Server::Impl::run_and_wait(std::function<void()> work) {
   auto done = std::make_shared<std::promise<void>>();
   auto finished = done->get_future();
-  const bool queued = worker.submit([done, work = std::move(work)](bool run) {
+  const bool queued = worker().submit([done, work = std::move(work)](bool run) -> std::optional<RunningAnswer> {
     try {
       if (!run) throw ApiError(503, "the server is shutting down", "", "shutting_down");
       work();
@@ -442,10 +588,11 @@ void Server::Impl::run_and_wait(std::function<void()> work) {
     } catch (...) {
       done->set_exception(std::current_exception());
     }
+    return std::nullopt;
   });
   if (!queued)
     throw ApiError(503,
-                   fmt::format("the server is busy ({} requests wait for the model); retry later", worker.waiting()),
+                   fmt::format("the server is busy ({} requests wait for the model); retry later", worker().waiting()),
                    "", "server_busy");
   finished.get();
 }
@@ -458,6 +605,13 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
   }());
   const auto adapter = resolve_adapter(*request, adapters, default_adapter);
   check_prompt_tokens(prompt_text_tokens(*model, request->steps), "messages");
+  const int64_t vocab = model->model->llama_model->vocab_size();
+  for (const auto& [id, bias] : request->options.logit_bias)
+    if (id >= vocab)
+      throw ApiError(400,
+                     fmt::format("'logit_bias': token {} is not in this model's vocabulary (0..{})", id, vocab - 1),
+                     "logit_bias");
+  const bool with_logprobs = request->options.top_logprobs >= 0;
   // The boxes of the answer are placed on the last image of the request.
   int64_t width = 0, height = 0;
   for (const auto& step : request->steps)
@@ -465,24 +619,56 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
       if (const auto info = image_header_info(step.image)) width = info->width, height = info->height;
   const CompletionMeta meta{new_completion_id(), unix_time(), model->name, has_adapters() ? adapter : ""};
   auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
-  auto channel = queue_answer([this, request, adapter, context](ReplyChannel& out) {
+  auto channel = queue_answer([this, request, adapter, context](const std::shared_ptr<ReplyChannel>& out) {
     model->use_adapter(adapter);  // on the model thread, before any of this request's model work
     const bool explain = request->explain != ChatRequest::Explain::No;
-    ChatSession session(model);
-    std::vector<const std::string*> images;
+    auto owned = std::make_shared<ChatSession>(model);
+    auto& session = *owned;
+    auto images = std::make_shared<std::vector<const std::string*>>();
     for (const auto& step : request->steps) {
       if (step.kind == ChatStep::Kind::Image) {
-        at::Tensor vision_tokens;
-        const auto embeds = encode_image(step.image, step.param, explain ? &vision_tokens : nullptr);
-        session.upload_image(embeds, vision_tokens);
-        images.push_back(&step.image);
+        images->push_back(&step.image);
+        if (explain) {  // needs the ViT's output: encoded afresh, kept out of the caches
+          at::Tensor vision_tokens;
+          const auto embeds = encode_image(step.image, step.param, &vision_tokens);
+          session.upload_image(embeds, vision_tokens);
+          continue;
+        }
+        auto cached = image_cache.find(adapter, step.image);
+        if (!cached) cached = image_cache.add(adapter, step.image, encode_image(step.image, step.param));
+        session.upload_image(cached->embeds, {}, cached->identity);
       }
       if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
       if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
     }
-    answer(session, request->options, request->stop, out, "api", [&](const ChatReply&) {
-      if (explain) context->explanation = explanation(session, request->explain == ChatRequest::Explain::Words, images);
-    });
+    // The whole conversation must fit the model's context (OpenAI and llama.cpp answer 400 so
+    // that the client trims it; MiniGPT-4's page cuts from the left instead); the answer
+    // then gets the room that is left, at most.
+    auto answer_options = request->options;
+    const auto keys = session.prompt_keys();
+    const int64_t room = context_length(*model), positions = static_cast<int64_t>(keys.size());
+    if (positions >= room)
+      throw ApiError(400,
+                     fmt::format("the conversation takes {} positions (its text tokens and image embeddings), "
+                                 "but this model's context holds {}: leave out earlier messages",
+                                 positions, room),
+                     "messages", "context_length_exceeded");
+    answer_options.max_new_tokens = std::min(answer_options.max_new_tokens, room - positions);
+    answer_options.max_length = room;
+    // The longest prefix an earlier request computed (a replayed conversation's history).
+    if (!explain)
+      if (auto prefix = prefix_cache.find(adapter, keys))
+        session.adopt_cache(std::move(prefix->keys), std::move(prefix->cache));
+    return start_answer(owned, session, answer_options, request->stop, out, "api", adapter,
+                        [this, request, context, owned, images, explain, adapter](const ChatReply&) {
+                          if (explain) {
+                            context->explanation =
+                                explanation(*owned, request->explain == ChatRequest::Explain::Words, *images);
+                            return;
+                          }
+                          auto [cached_keys, cache] = owned->release_cache();
+                          prefix_cache.add(adapter, std::move(cached_keys), cache);
+                        });
   });
 
   if (!request->stream) {
@@ -492,23 +678,40 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     auto body = completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
                                 static_cast<int64_t>(reply.tokens.size()), boxes_json(reply.text, width, height));
     if (!context->explanation.is_null()) body["choices"][0]["message"]["explanation"] = context->explanation;
+    if (with_logprobs) body["choices"][0]["logprobs"] = logprobs_json(reply.logprobs, *model->tokenizer);
+    body["timings"] = timings_json(reply);
     send_json(res, 200, body);
     return;
   }
   const bool include_usage = request->include_usage;
+  const auto tokenizer = model->tokenizer;
+  auto logprobs_streamed = std::make_shared<size_t>(0);  // entries already sent with pieces
   stream_events(
       res, channel, sse_event(chunk_json(meta, {{"role", "assistant"}, {"content", ""}})), options.heartbeat,
-      [meta](const std::string& piece) {
-        return sse_event(chunk_json(meta, {{"content", piece}}));
+      [meta, with_logprobs, tokenizer, logprobs_streamed](const ReplyChannel::Piece& piece) {
+        auto chunk = chunk_json(meta, {{"content", piece.text}});
+        if (with_logprobs) {
+          chunk["choices"][0]["logprobs"] = logprobs_json(piece.logprobs, *tokenizer);
+          *logprobs_streamed += piece.logprobs.size();
+        }
+        return sse_event(chunk);
       },
-      [meta, include_usage, width, height, context](const ReplyChannel::Batch& end) {
+      [meta, include_usage, width, height, context, with_logprobs, tokenizer,
+       logprobs_streamed](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error)) + "data: [DONE]\n\n";
         const auto& reply = *end.reply;
         // The last chunk's delta carries the answer's boxes, if any, and its explanation.
         json delta = json::object();
         if (auto boxes = boxes_json(reply.text, width, height); !boxes.empty()) delta["boxes"] = std::move(boxes);
         if (!context->explanation.is_null()) delta["explanation"] = context->explanation;
-        std::string events = sse_event(chunk_json(meta, delta, openai_finish_reason(reply.finish_reason)));
+        auto last = chunk_json(meta, delta, openai_finish_reason(reply.finish_reason));
+        if (with_logprobs) {  // the tokens no piece carried (eos, the template's stop)
+          const auto first = std::min(*logprobs_streamed, reply.logprobs.size());
+          last["choices"][0]["logprobs"] = logprobs_json(
+              {reply.logprobs.begin() + static_cast<std::ptrdiff_t>(first), reply.logprobs.end()}, *tokenizer);
+        }
+        last["timings"] = timings_json(reply);
+        std::string events = sse_event(last);
         if (include_usage)
           events += sse_event(usage_chunk_json(meta, reply.prompt_tokens, static_cast<int64_t>(reply.tokens.size())));
         return events + "data: [DONE]\n\n";
@@ -553,6 +756,7 @@ void Server::Impl::session_image(const httplib::Request& req, httplib::Response&
   const auto page = session(req);
   size_t images = 0;
   run_and_wait([&] {
+    check_idle(*page);
     model->use_adapter(page->adapter);
     // The page may ask for explanations later: its images keep the ViT's output (memory only).
     at::Tensor vision_tokens;
@@ -573,6 +777,7 @@ void Server::Impl::session_lora(const httplib::Request& req, httplib::Response& 
   const auto page = session(req);
   size_t images = 0;
   run_and_wait([&] {
+    check_idle(*page);
     model->use_adapter(adapter);
     page->adapter = adapter;
     page->chat.reset();
@@ -593,20 +798,32 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
   ask.options.seed = random_seed();
   const auto page = session(req);
   auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
-  auto channel = queue_answer([this, page, ask, context](ReplyChannel& out) {
+  auto channel = queue_answer([this, page, ask, context](const std::shared_ptr<ReplyChannel>& out) {
+    check_idle(*page);
     model->use_adapter(page->adapter);
     *context = {page->adapter, page->width, page->height, nullptr};
     page->chat.ask(ask.text);
-    answer(page->chat, ask.options, {}, out, "page", [&](const ChatReply&) {
-      // Grids only: the page draws them over its own preview.
-      if (ask.explain) context->explanation = explanation(page->chat, /*per_word=*/true, {});
-    });
+    auto answer_options = ask.options;
+    answer_options.max_length = std::min(answer_options.max_length, context_length(*model));
+    page->answering = true;
+    try {
+      return start_answer(
+          page, page->chat, answer_options, {}, out, "page", page->adapter,
+          [this, page, ask, context](const ChatReply&) {
+            // Grids only: the page draws them over its own preview.
+            if (ask.explain) context->explanation = explanation(page->chat, /*per_word=*/true, {});
+          },
+          [page] { page->answering = false; });
+    } catch (...) {
+      page->answering = false;
+      throw;
+    }
   });
   const bool adapters_held = has_adapters();
   stream_events(
       res, channel, "", options.heartbeat,
-      [](const std::string& piece) {
-        return sse_event({{"text", piece}});
+      [](const ReplyChannel::Piece& piece) {
+        return sse_event({{"text", piece.text}});
       },
       [context, adapters_held](const ReplyChannel::Batch& end) {
         if (end.error) return sse_event(error_json(*end.error));
@@ -626,8 +843,128 @@ void Server::Impl::session_ask(const httplib::Request& req, httplib::Response& r
       });
 }
 
+namespace {
+
+// Equal keys, compared without stopping at the first difference (a timing side channel).
+bool same_key(const std::string& a, const std::string& b) {
+  if (a.size() != b.size()) return false;
+  unsigned char diff = 0;
+  for (size_t i = 0; i < a.size(); ++i) diff |= static_cast<unsigned char>(a[i] ^ b[i]);
+  return diff == 0;
+}
+
+}  // namespace
+
+bool Server::Impl::gate(const httplib::Request& req, httplib::Response& res) const {
+  // CORS, for the origins the operator named only: their pages may then read our answers.
+  const auto origin = req.get_header_value("Origin");
+  const auto& allowed = options.cors_origins;
+  if (!origin.empty() &&
+      std::any_of(allowed.begin(), allowed.end(), [&](const std::string& o) { return o == "*" || o == origin; })) {
+    res.set_header("Access-Control-Allow-Origin", origin);
+    res.set_header("Vary", "Origin");
+    if (req.method == "OPTIONS") {  // the preflight
+      res.set_header("Access-Control-Allow-Methods", "GET, POST, OPTIONS");
+      res.set_header("Access-Control-Allow-Headers", "Authorization, Content-Type");
+      res.set_header("Access-Control-Max-Age", "600");
+      res.status = 204;
+      return true;
+    }
+  }
+  if (req.path == "/health") return false;  // open, and it says itself whether the model is loaded
+  if (!ready.load(std::memory_order_acquire)) {
+    send_error(res, ApiError(503, "Loading model", "", "loading"));
+    return true;
+  }
+  // The API key guards everything but the health check and the page itself (whose script
+  // sends the key the user enters with each of its requests).
+  if (!options.api_keys.empty() && req.path != "/") {
+    const auto header = req.get_header_value("Authorization");
+    const std::string bearer = "Bearer ";
+    const bool ok = starts_with(header, bearer) &&
+                    std::any_of(options.api_keys.begin(), options.api_keys.end(),
+                                [&](const std::string& key) { return same_key(header.substr(bearer.size()), key); });
+    if (!ok) {
+      send_json(res, 401,
+                error_json(ApiError(401,
+                                    "invalid or missing API key: send the header 'Authorization: Bearer <key>' "
+                                    "with a key given to this server's --api-key",
+                                    "", "invalid_api_key")));
+      return true;
+    }
+  }
+  return false;
+}
+
+nlohmann::json Server::Impl::slots_json() const {
+  const auto st = worker().stats();
+  json slots = json::array();
+  for (const auto& s : st.slots)
+    slots.push_back({{"id", s.id},
+                     {"state", s.state},
+                     {"label", s.label},
+                     {"lora", s.adapter},
+                     {"prompt_positions", s.prompt_positions},
+                     {"reused_positions", s.reused_positions},
+                     {"prefilled", s.prefilled},
+                     {"generated", s.generated},
+                     {"kv_positions", s.kv_positions}});
+  return {{"parallel", st.parallel}, {"waiting", st.waiting}, {"slots", std::move(slots)}};
+}
+
+// Prometheus' text format (version 0.0.4), with llama.cpp server's metric names under our
+// prefix.
+std::string Server::Impl::metrics_text() const {
+  const auto st = worker().stats();
+  std::string out;
+  const auto metric = [&](const char* name, const char* type, const char* help, double value) {
+    out += fmt::format("# HELP minigpt4:{} {}\n# TYPE minigpt4:{} {}\nminigpt4:{} {}\n", name, help, name, type, name,
+                       value);
+  };
+  metric("prompt_tokens_total", "counter", "Prompt positions run through the LLM (image positions included).",
+         static_cast<double>(st.prompt_positions_total));
+  metric("prompt_seconds_total", "counter", "Time spent running prompts.", st.prefill_seconds);
+  metric("tokens_predicted_total", "counter", "Tokens generated.", static_cast<double>(st.generated_tokens_total));
+  metric("tokens_predicted_seconds_total", "counter", "Time spent in decode steps.", st.decode_seconds);
+  metric("prompt_tokens_seconds", "gauge", "Average prompt throughput in positions/s.",
+         st.prefill_seconds > 0 ? static_cast<double>(st.prompt_positions_total) / st.prefill_seconds : 0.0);
+  metric("predicted_tokens_seconds", "gauge", "Average generation throughput in tokens/s (all slots together).",
+         st.decode_seconds > 0 ? static_cast<double>(st.decode_rows) / st.decode_seconds : 0.0);
+  metric("n_decode_total", "counter", "Decode steps run.", static_cast<double>(st.decode_steps));
+  metric("n_busy_slots_per_decode", "gauge", "Average answers per decode step.",
+         st.decode_steps > 0 ? static_cast<double>(st.decode_rows) / static_cast<double>(st.decode_steps) : 0.0);
+  metric("requests_processing", "gauge", "Answers in slots.", static_cast<double>(st.slots.size()));
+  metric("requests_deferred", "gauge", "Requests waiting for a slot.", static_cast<double>(st.waiting));
+  metric("slots_total", "gauge", "Slots (--parallel).", static_cast<double>(st.parallel));
+  metric("kv_cache_tokens", "gauge", "Positions held in the KV caches of the answers in slots.",
+         static_cast<double>(st.kv_positions));
+  metric("kv_cache_bytes", "gauge", "Bytes of those KV caches' buffers.", static_cast<double>(st.kv_bytes));
+  const auto images = image_cache.stats(), prefixes = prefix_cache.stats();
+  metric("image_cache_hits_total", "counter", "Images whose embeddings came from the image cache.",
+         static_cast<double>(images.hits));
+  metric("image_cache_misses_total", "counter", "Images encoded (ViT and Q-Former).",
+         static_cast<double>(images.misses));
+  metric("image_cache_bytes", "gauge", "Bytes held by the image cache.", static_cast<double>(images.bytes));
+  metric("prefix_cache_hits_total", "counter", "Requests that continued an earlier request's KV cache.",
+         static_cast<double>(prefixes.hits));
+  metric("prefix_cache_tokens_total", "counter", "Prompt positions taken from the prefix cache.",
+         static_cast<double>(prefixes.reused));
+  metric("prefix_cache_bytes", "gauge", "Bytes held by the prefix cache.", static_cast<double>(prefixes.bytes));
+  metric("answers_total", "counter", "Answers finished.", static_cast<double>(answers.load()));
+  metric("answers_client_gone_total", "counter", "Answers ended because the client left.",
+         static_cast<double>(answers_cancelled.load()));
+  metric("answers_time_limit_total", "counter", "Answers ended by the time limit.",
+         static_cast<double>(answers_timed_out.load()));
+  return out;
+}
+
 Server::Server(std::shared_ptr<const ChatModel> model, ServerOptions options)
-    : impl_(std::make_unique<Impl>(std::move(model), std::move(options))) {}
+    : impl_(std::make_unique<Impl>([model] { return model; }, std::move(options))) {
+  impl_->load();
+}
+
+Server::Server(ModelLoader loader, ServerOptions options)
+    : impl_(std::make_unique<Impl>(std::move(loader), std::move(options))) {}
 
 Server::~Server() { stop(); }
 
@@ -643,14 +980,29 @@ int Server::bind() {
 
 void Server::serve() {
   impl_->serving = true;
+  // The port is open while the model loads: /health answers 503 until it is ready.
+  std::exception_ptr load_error;
+  std::thread loader;
+  if (!impl_->ready)
+    loader = std::thread([this, &load_error] {
+      try {
+        impl_->load();
+        log::info("model {} loaded: ready", impl_->model->name);
+      } catch (...) {
+        load_error = std::current_exception();
+        stop();
+      }
+    });
   const bool ok = impl_->stopping || impl_->http.listen_after_bind();
   impl_->serving = false;
+  if (loader.joinable()) loader.join();
+  if (load_error) std::rethrow_exception(load_error);
   if (!ok && !impl_->stopping) fail("the HTTP server stopped unexpectedly");
 }
 
 void Server::stop() {
   impl_->stopping = true;  // running answers see it at their next piece
-  impl_->worker.stop();
+  if (impl_->ready) impl_->worker().stop();
   // httplib's stop() does nothing until its loop runs: a serve() just starting is waited for.
   while (impl_->serving && !impl_->http.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   impl_->http.stop();

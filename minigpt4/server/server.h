@@ -7,15 +7,18 @@
 // LoRA task adapters (ConLoRA): each request (`lora` in the API, the session's choice on the
 // page) names its adapter, and the model thread switches to it before that request's model
 // work, so no request ever runs with another's adapter.
-// The model runs on one thread (worker.h): requests queue FIFO, a full queue answers 503
-// with Retry-After. Streams go out as server-sent events; a client that disconnects makes
+// The model runs on one thread (worker.h) that generates up to `parallel` answers at once
+// (continuous batching); requests wait FIFO for a slot, a full queue answers 503 with
+// Retry-After. Streams go out as server-sent events; a client that disconnects makes
 // its next write fail, which cancels its generation; every answer also has a time limit.
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/server/openai.h"
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace minigpt4::server {
 
@@ -30,7 +33,9 @@ struct ServerOptions {
   // check on its connection's thread, and again on the model thread to encode it): bounds
   // the memory of parallel large images. At least limits.image.max_pixels.
   int64_t max_decode_pixels = 40'000'000;
-  size_t max_waiting = 8;               // model jobs waiting behind the running one
+  size_t parallel = 4;                  // answers generated at once (continuous batching, worker.h)
+  int64_t prefill_chunk = 256;          // prompt positions run per round at most (0: whole prompts)
+  size_t max_waiting = 8;               // model jobs waiting for a slot
   double max_generation_seconds = 300;  // per answer; then it ends with finish_reason "length"
   size_t max_sessions = 8;              // page conversations kept (each holds a KV cache)
   std::chrono::seconds session_idle{1800};
@@ -53,15 +58,32 @@ struct ServerOptions {
   // closed connection fail, which is how a client that left is noticed while its answer
   // waits in the queue or holds back text (a partial stop string or UTF-8 character).
   std::chrono::milliseconds heartbeat{1000};
+  // Bearer keys the API takes (--api-key, --api-key-file); empty: no authentication. GET /
+  // and /health stay open.
+  std::vector<std::string> api_keys;
+  // Origins whose pages may call the API from a browser (CORS; "*": any); empty: none.
+  std::vector<std::string> cors_origins;
+  bool metrics = false;  // GET /metrics in Prometheus' text format
+  // caches.h: the KV caches of finished API conversations (a replayed history costs only its
+  // new tokens) and images' embeddings, in MiB each.
+  size_t cache_mb = 512;
+  size_t image_cache_mb = 64;
   // The adapter of requests that name none ("" = the one active when the server starts,
   // i.e. model.lora_active); must be "original" or an adapter the model holds.
   std::string lora;
 };
 
+// Loads the model the server serves (may take minutes; the port is open meanwhile).
+using ModelLoader = std::function<std::shared_ptr<const ChatModel>()>;
+
 class Server {
  public:
-  // Throws minigpt4::Error when options.lora names no adapter of the model.
+  // Over a loaded model. Throws minigpt4::Error when options.lora names no adapter of it.
   Server(std::shared_ptr<const ChatModel> model, ServerOptions options);
+  // Loads the model in serve(), after the port is open: until it is ready /health answers
+  // 503 {"status": "loading"} and every other route 503. A failed load ends serve() with its
+  // error.
+  Server(ModelLoader loader, ServerOptions options);
   ~Server();  // stop()
   Server(const Server&) = delete;
   Server& operator=(const Server&) = delete;

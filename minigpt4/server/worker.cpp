@@ -1,17 +1,36 @@
 #include "minigpt4/server/worker.h"
 
+#include "minigpt4/common/error.h"
 #include "minigpt4/common/log.h"
+#include "minigpt4/models/minigpt4.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
 
 namespace minigpt4::server {
 
-ModelWorker::ModelWorker(size_t max_waiting) : max_waiting_(max_waiting), thread_([this] { loop(); }) {}
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+}  // namespace
+
+ModelWorker::ModelWorker(std::shared_ptr<const ChatModel> model, WorkerOptions options)
+    : model_(std::move(model)), options_(options) {
+  if (options_.parallel < 1) fail("the server needs at least one slot (--parallel), got {}", options_.parallel);
+  stats_.parallel = options_.parallel;
+  thread_ = std::thread([this] { loop(); });
+}
 
 ModelWorker::~ModelWorker() { stop(); }
 
 bool ModelWorker::submit(Job job) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || jobs_.size() >= max_waiting_) return false;
+    if (stopping_ || jobs_.size() >= options_.max_waiting) return false;
     jobs_.push_back(std::move(job));
   }
   wake_.notify_one();
@@ -35,41 +54,182 @@ size_t ModelWorker::waiting() const {
   return jobs_.size();
 }
 
-bool ModelWorker::busy() const {
+size_t ModelWorker::running() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return busy_;
+  return stats_.slots.size();
 }
 
-uint64_t ModelWorker::completed() const {
+WorkerStats ModelWorker::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
-  return completed_;
+  auto s = stats_;
+  s.waiting = jobs_.size();
+  return s;
 }
 
 void ModelWorker::loop() {
+  std::unique_lock<std::mutex> lock(mutex_);
   for (;;) {
-    Job job;
-    {
-      std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [this] { return stopping_ || !jobs_.empty(); });
-      if (jobs_.empty()) return;  // stopping
-      job = std::move(jobs_.front());
-      jobs_.pop_front();
-      busy_ = true;
-    }
+    wake_.wait(lock, [this] { return stopping_ || !jobs_.empty() || !slots_.empty(); });
+    if (stopping_) break;
+    admit(lock);
+    publish();
+    if (slots_.empty()) continue;
+    lock.unlock();
+    round();
+    lock.lock();
+    publish();
+  }
+  lock.unlock();
+  // The server stops: the running answers end as they are, and their clients hear so.
+  for (auto& slot : slots_) {
+    slot.run.answer->cancel();
+    retire(slot, nullptr);
+  }
+  slots_.clear();
+  lock.lock();
+  publish();
+}
+
+// Runs waiting jobs while a slot is free (FIFO: a job waits behind the one before it).
+void ModelWorker::admit(std::unique_lock<std::mutex>& lock) {
+  while (slots_.size() < options_.parallel && !jobs_.empty() && !stopping_) {
+    Job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    lock.unlock();
     // Jobs report their own errors to their clients; anything escaping is a bug, but it
     // must not take the server's only model thread with it.
     try {
-      job(true);
+      if (auto run = job(true)) slots_.push_back({next_slot_id_++, std::move(*run)});
     } catch (const std::exception& e) {
       log::error("model job failed: {}", e.what());
     }
-    std::lock_guard<std::mutex> lock(mutex_);
-    busy_ = false;
-    ++completed_;
+    lock.lock();
+    ++stats_.jobs_done;
   }
 }
 
-void ReplyChannel::send(std::string piece) {
+void ModelWorker::round() {
+  for (auto& slot : slots_)
+    if (!slot.run.answer->finished() && slot.run.keep_going && !slot.run.keep_going()) slot.run.answer->cancel();
+
+  // The adapter whose answers run this round: the only one in use, or each in turn.
+  std::vector<std::string> adapters;
+  for (const auto& slot : slots_)
+    if (!slot.run.answer->finished() && std::find(adapters.begin(), adapters.end(), slot.run.adapter) == adapters.end())
+      adapters.push_back(slot.run.adapter);
+  std::vector<std::exception_ptr> errors(slots_.size());
+  if (!adapters.empty()) {
+    const auto& adapter = adapters[turn_++ % adapters.size()];
+    std::vector<size_t> group;
+    for (size_t i = 0; i < slots_.size(); ++i)
+      if (!slots_[i].run.answer->finished() && slots_[i].run.adapter == adapter) group.push_back(i);
+    try {
+      model_->use_adapter(adapter);
+    } catch (...) {
+      for (const size_t i : group) errors[i] = std::current_exception();
+      group.clear();
+    }
+
+    // One chunk of the first answer still reading its prompt.
+    for (const size_t i : group) {
+      auto& answer = *slots_[i].run.answer;
+      if (answer.prompt_left() == 0) continue;
+      const auto start = Clock::now();
+      const int64_t before = answer.prompt_left();
+      try {
+        answer.prefill(options_.prefill_chunk);
+      } catch (...) {
+        errors[i] = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.prompt_positions_total += static_cast<uint64_t>(before - answer.prompt_left());
+      stats_.generated_tokens_total += answer.generated() > 0 && answer.prompt_left() == 0 ? 1 : 0;
+      stats_.prefill_seconds += seconds_since(start);
+      break;
+    }
+
+    // One token for every answer that is decoding, in one step.
+    std::vector<size_t> rows;
+    for (const size_t i : group)
+      if (!errors[i] && slots_[i].run.answer->decoding()) rows.push_back(i);
+    if (!rows.empty()) {
+      const auto start = Clock::now();
+      try {
+        std::vector<at::Tensor> inputs;
+        std::vector<KVCache*> caches;
+        for (const size_t i : rows) {
+          inputs.push_back(slots_[i].run.answer->next_input());
+          caches.push_back(&slots_[i].run.answer->cache());
+        }
+        torch::NoGradGuard no_grad;
+        const auto logits = model_->model->llama_model->step_sequences(torch::cat(inputs, 0), caches);
+        for (size_t r = 0; r < rows.size(); ++r) {
+          try {
+            slots_[rows[r]].run.answer->take(logits[static_cast<int64_t>(r)]);
+          } catch (...) {
+            errors[rows[r]] = std::current_exception();
+          }
+        }
+      } catch (...) {
+        for (const size_t i : rows) errors[i] = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      stats_.generated_tokens_total += rows.size();
+      stats_.decode_steps += 1;
+      stats_.decode_rows += rows.size();
+      stats_.decode_seconds += seconds_since(start);
+    }
+  }
+
+  // Answers that ended (or failed) leave their slots.
+  std::vector<Slot> kept;
+  for (size_t i = 0; i < slots_.size(); ++i) {
+    if (errors[i] || slots_[i].run.answer->finished())
+      retire(slots_[i], errors[i]);
+    else
+      kept.push_back(std::move(slots_[i]));
+  }
+  slots_ = std::move(kept);
+}
+
+void ModelWorker::retire(Slot& slot, std::exception_ptr error) {
+  try {
+    if (slot.run.done) slot.run.done(*slot.run.answer, error);
+  } catch (const std::exception& e) {
+    log::error("finishing an answer failed: {}", e.what());
+  }
+  slot.run.answer.reset();  // before its owner: the answer holds the session's cache
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++stats_.answers_done;
+}
+
+void ModelWorker::publish() {
+  stats_.slots.clear();
+  stats_.kv_positions = 0;
+  stats_.kv_bytes = 0;
+  for (const auto& slot : slots_) {
+    if (!slot.run.answer) continue;
+    const auto& a = *slot.run.answer;
+    WorkerStats::Slot s;
+    s.id = slot.id;
+    s.label = slot.run.label;
+    s.adapter = slot.run.adapter;
+    s.state = a.prompt_left() > 0 ? "prefill" : "decode";
+    s.prompt_positions = a.prompt_positions();
+    s.reused_positions = a.reused_positions();
+    s.prefilled = a.prompt_positions() - a.reused_positions() - a.prompt_left();
+    s.generated = a.generated();
+    const auto& cache = slot.run.answer->cache();
+    s.kv_positions = cache.length();
+    stats_.kv_positions += s.kv_positions;
+    for (const auto* buffers : {&cache.key_buffers, &cache.value_buffers})
+      for (const auto& b : *buffers)
+        if (b.defined()) stats_.kv_bytes += b.nbytes();
+    stats_.slots.push_back(std::move(s));
+  }
+}
+
+void ReplyChannel::send(Piece piece) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     pieces_.push_back(std::move(piece));

@@ -1,15 +1,23 @@
 #pragma once
-// One model, many clients: every job that touches the model (encoding an image, answering)
-// runs on one worker thread, first come first served, and at most `max_waiting` jobs wait.
-// HTTP threads never run the model; they wait on a ReplyChannel, which also carries a
-// client's disconnect back to the generation (cancel()).
+// One model, many clients: every piece of model work runs on one thread, which serves up to
+// `parallel` answers at once (continuous batching, as llama.cpp's server slots and vLLM):
+// each round it admits waiting jobs into free slots, runs one prefill chunk of one joining
+// answer (so a long prompt delays the running streams by one chunk at most), then one decode
+// step for every decoding answer together (CausalLM::step_sequences: each weight read once
+// for all of them, each answer attending over its own cache), and retires the answers that
+// ended. Answers under different LoRA adapters take turns, a round each.
+// Jobs wait first come first served, at most `max_waiting`. HTTP threads never run the model;
+// they wait on a ReplyChannel, which also carries a client's disconnect back (cancel()).
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/server/openai.h"
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdint>
 #include <deque>
+#include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -18,34 +26,88 @@
 
 namespace minigpt4::server {
 
+// An answer the worker steps with the others.
+struct RunningAnswer {
+  std::shared_ptr<void> owner;  // what the answer's session lives in (outlives `answer`)
+  std::unique_ptr<AnswerInProgress> answer;
+  std::string adapter;  // its model work runs under this LoRA adapter
+  std::string label;    // for /slots and the log
+  // Checked every round: false cancels the answer (its client left, the server stops).
+  std::function<bool()> keep_going;
+  // On the model thread once the answer has finished (error undefined) or failed.
+  std::function<void(AnswerInProgress&, std::exception_ptr error)> done;
+};
+
+struct WorkerOptions {
+  size_t max_waiting = 8;       // jobs waiting for a slot
+  size_t parallel = 4;          // answers generated at once
+  int64_t prefill_chunk = 256;  // prompt positions a round runs at most (0: a whole prompt)
+};
+
+// What /slots and /metrics show of the worker.
+struct WorkerStats {
+  struct Slot {
+    int64_t id = 0;
+    std::string label, adapter, state;  // state: "prefill" or "decode"
+    int64_t prompt_positions = 0, reused_positions = 0, prefilled = 0, generated = 0;
+    int64_t kv_positions = 0;  // held in its KV cache
+  };
+  std::vector<Slot> slots;  // the running answers
+  size_t waiting = 0, parallel = 0;
+  int64_t kv_positions = 0;  // in the running answers' caches
+  uint64_t kv_bytes = 0;     // their buffers
+  uint64_t jobs_done = 0, answers_done = 0;
+  uint64_t prompt_positions_total = 0;         // prompt positions run through the LLM
+  uint64_t generated_tokens_total = 0;         // tokens generated
+  uint64_t decode_steps = 0, decode_rows = 0;  // rounds with a decode step, and the rows they ran
+  double prefill_seconds = 0, decode_seconds = 0;
+};
+
 class ModelWorker {
  public:
-  // run = true: the job's turn has come; false: it is dropped unrun (the server stops).
-  using Job = std::function<void(bool run)>;
+  // run = true: the job's turn has come; false: it is dropped unrun (the server stops). A job
+  // either finishes its work and returns nothing, or returns an answer to step with the others.
+  using Job = std::function<std::optional<RunningAnswer>(bool run)>;
 
-  explicit ModelWorker(size_t max_waiting);
+  // `model`: whose LLM runs the decode steps and whose adapter the rounds switch.
+  ModelWorker(std::shared_ptr<const ChatModel> model, WorkerOptions options);
   ~ModelWorker();  // stop()
   ModelWorker(const ModelWorker&) = delete;
   ModelWorker& operator=(const ModelWorker&) = delete;
 
   // Queues a job; false (the job is not taken) when max_waiting jobs already wait.
   bool submit(Job job);
-  // Drops the waiting jobs (each called with false), lets the running one finish, joins.
+  // Drops the waiting jobs (each called with false), cancels the running answers (each
+  // still gets its done()), joins the thread.
   void stop();
 
   size_t waiting() const;
-  bool busy() const;
-  uint64_t completed() const;
+  size_t running() const;  // answers in slots
+  const WorkerOptions& options() const { return options_; }
+  WorkerStats stats() const;
 
  private:
+  struct Slot {
+    int64_t id;
+    RunningAnswer run;
+  };
   void loop();
+  void admit(std::unique_lock<std::mutex>& lock);
+  void round();
+  void retire(Slot& slot, std::exception_ptr error);
+  void publish();  // the slots' state into stats_ (under the lock)
 
-  const size_t max_waiting_;
+  std::shared_ptr<const ChatModel> model_;
+  const WorkerOptions options_;
   mutable std::mutex mutex_;
   std::condition_variable wake_;
   std::deque<Job> jobs_;
-  bool stopping_ = false, busy_ = false;
-  uint64_t completed_ = 0;
+  bool stopping_ = false;
+  // Touched by the model thread only.
+  std::vector<Slot> slots_;
+  int64_t next_slot_id_ = 0;
+  size_t turn_ = 0;    // which adapter's answers run this round, when several are in use
+  WorkerStats stats_;  // under mutex_
   std::thread thread_;
 };
 
@@ -54,14 +116,18 @@ class ModelWorker {
 // client is gone; the job sees cancelled() and stops generating.
 class ReplyChannel {
  public:
+  struct Piece {
+    std::string text;
+    std::vector<TokenLogprob> logprobs;  // of the tokens since the previous piece, when asked for
+  };
   struct Batch {
-    std::vector<std::string> pieces;
+    std::vector<Piece> pieces;
     bool ended = false;
     std::optional<ChatReply> reply;  // when ended without error
     std::optional<ApiError> error;   // when ended with one
   };
 
-  void send(std::string piece);
+  void send(Piece piece);
   void finish(ChatReply reply);
   void fail(ApiError error);
   // Waits up to `timeout` for pieces or the end and takes them.
@@ -73,7 +139,7 @@ class ReplyChannel {
  private:
   mutable std::mutex mutex_;
   std::condition_variable ready_;
-  std::vector<std::string> pieces_;
+  std::vector<Piece> pieces_;
   std::optional<ChatReply> reply_;
   std::optional<ApiError> error_;
   bool ended_ = false, cancelled_ = false;

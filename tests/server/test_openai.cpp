@@ -105,6 +105,45 @@ TEST_CASE("request defaults are Chat.answer's, within the server's limits", "[se
   CHECK(parse({{"messages", {user("Hi")}}, {"max_completion_tokens", 5}}).options.max_new_tokens == 5);
 }
 
+TEST_CASE("what clients send that has no meaning here is accepted: late system messages, empty text, new fields",
+          "[server]") {
+  // A system message anywhere (OpenAI and llama.cpp take them so), an empty user text.
+  const auto r = parse({{"messages", {user("Hi"), {{"role", "system"}, {"content", "late"}}, user("")}}});
+  REQUIRE(r.steps.size() == 2);
+  CHECK(r.steps[1].text.empty());
+  CHECK(r.system_given);
+  // Current OpenAI fields without meaning for this model, accepted and ignored.
+  const json fields = {{"reasoning_effort", "low"},
+                       {"verbosity", "low"},
+                       {"prompt_cache_key", "k"},
+                       {"safety_identifier", "s"},
+                       {"web_search_options", json::object()},
+                       {"audio", nullptr},
+                       {"prediction", nullptr}};
+  for (const auto& [key, value] : fields.items()) {
+    INFO(key);
+    CHECK_NOTHROW(parse({{"messages", {user("Hi")}}, {key, value}}));
+  }
+  check_rejected({{"messages", {user("Hi")}}, {"audio", {{"voice", "alloy"}}}}, "audio", "not supported");
+  check_rejected({{"messages", {user("Hi")}}, {"prediction", {{"type", "content"}}}}, "prediction", "not supported");
+}
+
+TEST_CASE("logprobs, top_logprobs and logit_bias map onto the answer's options", "[server]") {
+  const auto plain = parse({{"messages", {user("Hi")}}});
+  CHECK(plain.options.top_logprobs == -1);
+  CHECK(plain.options.logit_bias.empty());
+  CHECK(parse({{"messages", {user("Hi")}}, {"logprobs", true}}).options.top_logprobs == 0);
+  CHECK(parse({{"messages", {user("Hi")}}, {"logprobs", true}, {"top_logprobs", 5}}).options.top_logprobs == 5);
+  CHECK(parse({{"messages", {user("Hi")}}, {"logprobs", false}, {"top_logprobs", 0}}).options.top_logprobs == -1);
+  const auto biased = parse({{"messages", {user("Hi")}}, {"logit_bias", {{"17", -100}, {"4", 2.5}}}});
+  auto bias = biased.options.logit_bias;
+  std::sort(bias.begin(), bias.end());
+  CHECK(bias == std::vector<std::pair<int64_t, double>>{{4, 2.5}, {17, -100}});
+  CHECK(parse({{"messages", {user("Hi")}}, {"logit_bias", json::object()}}).options.logit_bias.empty());
+  CHECK(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "json_object"}}}}).options.json_object);
+  CHECK_FALSE(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "text"}}}}).options.json_object);
+}
+
 TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[server]") {
   try {
     parse_chat_request("{\"messages\": [", {});
@@ -122,13 +161,10 @@ TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[ser
   check_rejected({{"messages", {{{"content", "x"}}}}}, "messages[0].role", "missing");
   check_rejected({{"messages", {{{"role", 3}, {"content", "x"}}}}}, "messages[0].role", "must be a string");
   check_rejected({{"messages", {user(5)}}}, "messages[0].content", "string or an array");
-  check_rejected({{"messages", {user("")}}}, "messages[0].content", "empty");
   check_rejected({{"messages", {user(json::array({{{"type", "input_audio"}}}))}}}, "messages[0].content[0].type",
                  "'input_audio' is not supported");
   check_rejected({{"messages", {user("Hi"), {{"role", "assistant"}, {"content", "Hello"}}}}}, "messages",
                  "last message must be the user's");
-  check_rejected({{"messages", {user("Hi"), {{"role", "system"}, {"content", "late"}}, user("again")}}},
-                 "messages[1].role", "system messages must come before");
   check_rejected(
       {{"messages",
         {{{"role", "assistant"}, {"content", {{{"type", "image_url"}, {"image_url", png_uri()}}}}}, user("x")}}},
@@ -147,10 +183,21 @@ TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[ser
   check_rejected({{"messages", hi}, {"stream_options", {{"include_usage", true}}}}, "stream_options",
                  "only allowed with");
   check_rejected({{"messages", hi}, {"presence_penalty", 0.5}}, "presence_penalty", "not supported");
-  check_rejected({{"messages", hi}, {"logprobs", true}}, "logprobs", "not supported");
+  check_rejected({{"messages", hi}, {"logprobs", "yes"}}, "logprobs", "must be a boolean");
+  check_rejected({{"messages", hi}, {"logprobs", true}, {"top_logprobs", 21}}, "top_logprobs", "0..20");
+  check_rejected({{"messages", hi}, {"top_logprobs", 2}}, "top_logprobs", "needs 'logprobs': true");
+  check_rejected({{"messages", hi}, {"logprobs", true}, {"num_beams", 2}}, "logprobs", "beam search");
+  check_rejected({{"messages", hi}, {"logit_bias", {1, 2}}}, "logit_bias", "must be an object");
+  check_rejected({{"messages", hi}, {"logit_bias", {{"abc", 1}}}}, "logit_bias.abc", "token ids");
+  check_rejected({{"messages", hi}, {"logit_bias", {{"-3", 1}}}}, "logit_bias.-3", "token ids");
+  check_rejected({{"messages", hi}, {"logit_bias", {{"17", 101}}}}, "logit_bias.17", "[-100, 100]");
+  check_rejected({{"messages", hi}, {"logit_bias", {{"17", "up"}}}}, "logit_bias.17", "must be a number");
   check_rejected({{"messages", hi}, {"tools", {{{"type", "function"}}}}}, "tools", "not supported");
-  check_rejected({{"messages", hi}, {"response_format", {{"type", "json_object"}}}}, "response_format",
-                 "only response_format");
+  check_rejected({{"messages", hi}, {"response_format", {{"type", "json_schema"}}}}, "response_format",
+                 "json_schema is not supported");
+  check_rejected({{"messages", hi}, {"response_format", {{"type", "xml"}}}}, "response_format", "must be");
+  check_rejected({{"messages", hi}, {"response_format", {{"type", "json_object"}}}, {"num_beams", 3}},
+                 "response_format", "beam search");
   check_rejected({{"messages", hi}, {"temprature", 1}}, "temprature", "unrecognized request argument");
 }
 
@@ -193,7 +240,7 @@ TEST_CASE("hostile bodies: overflowing numbers, wrong types, deep nesting and hu
   rejected("{" + hi + R"(, "length_penalty": -1e309})", "length_penalty", "too large");
   rejected(R"({"messages": [{"role": "user", "content": [{"type": "text", "text": "a"}, 1e999]}]})",
            "messages[0].content[1]", "too large");
-  rejected("{" + hi + R"(, "response_format": {"type": 5}})", "response_format", "only response_format");
+  rejected("{" + hi + R"(, "response_format": {"type": 5}})", "response_format", "response_format must be");
   rejected("{" + hi + R"(, "response_format": "text"})", "response_format", "must be an object");
   rejected("{" + hi + R"(, "max_tokens": 18446744073709551615})", "max_tokens", "does not fit");
   rejected("{" + hi + R"(, "seed": 9223372036854775808})", "seed", "does not fit");

@@ -560,7 +560,7 @@ TEST_CASE("abuse: the default prompt limit comes from the model's context", "[se
       post(s, "/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", std::string(70'000, 'a')}}}}});
   REQUIRE(res);
   CHECK(res->status == 400);
-  CHECK_THAT(error_of(res)["message"].get<std::string>(), Contains("at most 2000 prompt tokens"));
+  CHECK_THAT(error_of(res)["message"].get<std::string>(), Contains("at most 2048 prompt tokens"));
 }
 
 TEST_CASE("abuse: request bytes held at once are bounded; heads (and /health) still get through", "[server][abuse]") {

@@ -3,14 +3,18 @@
 // openai package would speak to it.
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/common/config.h"
+#include "minigpt4/generate/json_constraint.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/server/base64.h"
 #include "minigpt4/server/server.h"
+#include "minigpt4/tokenizer/tokenizer.h"
 #include "tests/server/running_server.h"
 #include "tests/support/fixtures.h"
 
 #include <catch2/catch.hpp>
 #include <httplib.h>
+#include <opencv2/core.hpp>
+#include <opencv2/imgcodecs.hpp>
 
 #include <algorithm>
 #include <fstream>
@@ -141,7 +145,7 @@ TEST_CASE("GET /health and /v1/models answer", "[server]") {
   const auto h = json::parse(health->body);
   CHECK(h["status"] == "ok");
   CHECK(h["model"] == "tiny_vicuna0");
-  CHECK(h["queue"]["running"] == false);
+  CHECK(h["queue"]["running"] == 0);
   const auto models = client.Get("/v1/models");
   REQUIRE(models);
   CHECK(models->status == 200);
@@ -353,6 +357,7 @@ TEST_CASE("a client that disconnects mid-stream cancels its generation", "[serve
 
 TEST_CASE("a full queue answers 503 with Retry-After", "[server]") {
   server::ServerOptions options;
+  options.parallel = 1;
   options.max_waiting = 1;
   options.limits.max_tokens = 1000;
   Running s(options);
@@ -461,5 +466,248 @@ TEST_CASE("explain: the page's answers carry a grid for the answer and each word
       CHECK(done["explanation"]["patches"].size() == static_cast<size_t>(tiny_model()->model->config.vision.grid()));
       CHECK(done["explanation"]["words"].size() >= 1);
     }
+  }
+}
+
+TEST_CASE(
+    "a conversation longer than the model's context gets 400 context_length_exceeded; the answer gets the room left",
+    "[server]") {
+  server::ServerOptions options;
+  options.limits.max_prompt_tokens = 100'000;  // past the cheap text check: the model's context decides
+  Running s(options);
+  auto client = s.client();
+  const auto ask = [&](int words, int max_tokens) {
+    std::string text;
+    for (int i = 0; i < words; ++i) text += "cat ";
+    return client.Post(
+        "/v1/chat/completions",
+        json{{"messages", {image_question(text)}}, {"max_tokens", max_tokens}, {"temperature", 0}}.dump(),
+        "application/json");
+  };
+  // Words of one or more tokens each: sized from the tokenizer.
+  std::string hundred;
+  for (int i = 0; i < 100; ++i) hundred += "cat ";
+  const auto per_hundred = static_cast<int>(tiny_model()->tokenizer->encode(hundred, false).size());
+  REQUIRE(per_hundred >= 100);
+  const auto over = ask(2100 * 100 / per_hundred, 4);  // the tiny model holds 2048 positions
+  REQUIRE(over);
+  CHECK(over->status == 400);
+  const auto error = error_of(over);
+  CHECK(error["code"] == "context_length_exceeded");
+  CHECK(error["param"] == "messages");
+  CHECK_THAT(error["message"].get<std::string>(), Contains("2048"));
+
+  // Near the end of the context: answered, cut at the context's end.
+  const auto near = ask(1950 * 100 / per_hundred, 200);
+  REQUIRE(near);
+  REQUIRE(near->status == 200);
+  const auto reply = json::parse(near->body);
+  const auto used = reply["usage"]["prompt_tokens"].get<int64_t>() + reply["usage"]["completion_tokens"].get<int64_t>();
+  CHECK(used <= 2048);
+  CHECK(reply["usage"]["completion_tokens"].get<int64_t>() < 200);
+}
+
+namespace {
+
+// A PNG of 64x48 noise from `seed`: images of one size whose pixels differ.
+std::string noise_png_uri(int seed) {
+  cv::Mat image(48, 64, CV_8UC3);
+  cv::randu(image, cv::Scalar::all(0), cv::Scalar::all(256));
+  if (seed > 0) {
+    cv::RNG rng(static_cast<uint64_t>(seed));
+    rng.fill(image, cv::RNG::UNIFORM, 0, 256);
+  }
+  std::vector<uchar> bytes;
+  REQUIRE(cv::imencode(".png", image, bytes));
+  return "data:image/png;base64," + server::base64_encode(std::string(bytes.begin(), bytes.end()));
+}
+
+json image_message(const std::string& uri, const std::string& question) {
+  return {
+      {"role", "user"},
+      {"content", {{{"type", "image_url"}, {"image_url", {{"url", uri}}}}, {{"type", "text"}, {"text", question}}}}};
+}
+
+json chat(httplib::Client& client, const json& messages, int max_tokens = 8) {
+  const auto res = client.Post("/v1/chat/completions",
+                               json{{"messages", messages}, {"max_tokens", max_tokens}, {"temperature", 0}}.dump(),
+                               "application/json");
+  REQUIRE(res);
+  INFO(res->body);
+  REQUIRE(res->status == 200);
+  return json::parse(res->body);
+}
+
+std::string text_of(const json& reply) { return reply["choices"][0]["message"]["content"].get<std::string>(); }
+
+}  // namespace
+
+TEST_CASE("the prefix and image caches give a cold run's answers, and never another image's", "[server][cache]") {
+  server::ServerOptions cold_options;
+  cold_options.cache_mb = 0;
+  cold_options.image_cache_mb = 0;
+  Running cached, cold(cold_options);
+  auto warm = cached.client(), fresh = cold.client();
+  const auto x = noise_png_uri(1), y = noise_png_uri(2);
+  REQUIRE(x != y);
+
+  // Round 1, twice: the second is served from the caches, with the same answer.
+  const json round1 = {image_message(x, "What is in this image?")};
+  const auto first = chat(warm, round1), again = chat(warm, round1), reference = chat(fresh, round1);
+  CHECK(text_of(first) == text_of(reference));
+  CHECK(text_of(again) == text_of(reference));
+  CHECK(first["timings"]["cache_n"] == 0);
+  const int64_t prompt = again["usage"]["prompt_tokens"];
+  CHECK(again["timings"]["cache_n"] == prompt - 1);  // all but the position that must be fed
+  CHECK(again["timings"]["prompt_n"] == 1);
+  CHECK(reference["timings"]["cache_n"] == 0);
+
+  // Another image of the same size: the match ends where the image starts.
+  const json other = {image_message(y, "What is in this image?")};
+  const auto y_warm = chat(warm, other), y_cold = chat(fresh, other);
+  CHECK(text_of(y_warm) == text_of(y_cold));
+  CHECK(y_warm["timings"]["cache_n"].get<int64_t>() < prompt - 32);
+
+  // Round 2 replays round 1 and its answer: only the new positions are computed.
+  const json round2 = {image_message(x, "What is in this image?"),
+                       {{"role", "assistant"}, {"content", text_of(first)}},
+                       {{"role", "user"}, {"content", "And the colours?"}}};
+  const auto second = chat(warm, round2), second_cold = chat(fresh, round2);
+  CHECK(text_of(second) == text_of(second_cold));
+  // Round 1's prompt, but where its last position and the answer meet: "Assistant:" and the
+  // answer's first word may tokenize differently in the replayed text.
+  CHECK(second["timings"]["cache_n"].get<int64_t>() >= prompt - 2);
+  CHECK(second_cold["timings"]["cache_n"] == 0);
+}
+
+TEST_CASE("logprobs: each token's log-probability and its alternatives, plain and streamed; logit_bias steers",
+          "[server]") {
+  Running s;
+  auto client = s.client();
+  auto request = greedy_request(8);
+  request["logprobs"] = true;
+  request["top_logprobs"] = 3;
+  const auto res = client.Post("/v1/chat/completions", request.dump(), "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const auto reply = json::parse(res->body);
+  const auto& content = reply["choices"][0]["logprobs"]["content"];
+  REQUIRE(content.size() == reply["usage"]["completion_tokens"].get<size_t>());
+  for (const auto& entry : content) {
+    INFO(entry.dump());
+    const double logprob = entry["logprob"];
+    CHECK(logprob <= 0);
+    REQUIRE(entry["top_logprobs"].size() == 3);
+    // Greedy: the chosen token is the most likely one.
+    CHECK(entry["top_logprobs"][0]["token"] == entry["token"]);
+    CHECK(entry["top_logprobs"][0]["logprob"].get<double>() == Approx(logprob));
+    CHECK(entry["top_logprobs"][1]["logprob"].get<double>() <= entry["top_logprobs"][0]["logprob"].get<double>());
+    CHECK(entry["top_logprobs"][2]["logprob"].get<double>() <= entry["top_logprobs"][1]["logprob"].get<double>());
+    std::string bytes;
+    for (const auto& b : entry["bytes"]) bytes.push_back(static_cast<char>(b.get<int>()));
+    if (entry["bytes"].size() == 1 && entry["bytes"][0].get<int>() >= 0x80)  // a byte of a character
+      CHECK_THAT(entry["token"].get<std::string>(), Catch::StartsWith("\\x"));
+    else
+      CHECK(bytes == entry["token"].get<std::string>());
+  }
+
+  // Streamed: the chunks' entries, in order, are the same list.
+  request["stream"] = true;
+  const auto stream = post_stream(client, "/v1/chat/completions", request.dump());
+  json streamed = json::array();
+  for (const auto& data : stream.data) {
+    if (data == "[DONE]") continue;
+    const auto chunk = json::parse(data);
+    if (!chunk["choices"].empty() && chunk["choices"][0].contains("logprobs") &&
+        chunk["choices"][0]["logprobs"].is_object())
+      for (const auto& entry : chunk["choices"][0]["logprobs"]["content"]) streamed.push_back(entry);
+  }
+  // (The second request continues the first's cache: the same tokens, logprobs to rounding.)
+  REQUIRE(streamed.size() == content.size());
+  for (size_t i = 0; i < content.size(); ++i) {
+    CHECK(streamed[i]["token"] == content[i]["token"]);
+    CHECK(streamed[i]["logprob"].get<double>() == Approx(content[i]["logprob"].get<double>()).margin(1e-4));
+    CHECK(streamed[i]["top_logprobs"].size() == content[i]["top_logprobs"].size());
+  }
+
+  // logit_bias: one token made all but certain.
+  auto steer = greedy_request(4);
+  steer["logprobs"] = true;
+  const auto ids = json::parse(client.Post("/tokenize", json{{"content", "the"}}.dump(), "application/json")->body);
+  REQUIRE(ids["tokens"].size() >= 1);
+  const int64_t favourite = ids["tokens"].back();
+  steer["logit_bias"] = {{std::to_string(favourite), 100}};
+  const auto steered = json::parse(client.Post("/v1/chat/completions", steer.dump(), "application/json")->body);
+  for (const auto& entry : steered["choices"][0]["logprobs"]["content"]) CHECK(entry["logprob"].get<double>() > -0.01);
+  const auto text = json::parse(
+      client.Post("/detokenize", json{{"tokens", {favourite}}}.dump(), "application/json")->body)["content"];
+  CHECK_THAT(steered["choices"][0]["message"]["content"].get<std::string>(), Contains(text.get<std::string>()));
+
+  auto outside = greedy_request(2);
+  outside["logit_bias"] = {{"99999999", 1}};
+  const auto refused = client.Post("/v1/chat/completions", outside.dump(), "application/json");
+  REQUIRE(refused);
+  CHECK(refused->status == 400);
+  CHECK(error_of(refused)["param"] == "logit_bias");
+}
+
+TEST_CASE("/tokenize and /detokenize use the model's tokenizer", "[server]") {
+  Running s;
+  auto client = s.client();
+  const auto tokens = json::parse(
+      client.Post("/tokenize", json{{"content", "What is in this image?"}}.dump(), "application/json")->body)["tokens"];
+  CHECK(tokens.get<std::vector<int64_t>>() == tiny_model()->tokenizer->encode("What is in this image?", false));
+  const auto with_bos =
+      json::parse(client
+                      .Post("/tokenize", json{{"content", "Hi"}, {"add_special", true}, {"with_pieces", true}}.dump(),
+                            "application/json")
+                      ->body)["tokens"];
+  CHECK(with_bos[0]["id"] == tiny_model()->tokenizer->bos_id());
+  CHECK(with_bos[0].contains("piece"));
+  const auto back =
+      json::parse(client.Post("/detokenize", json{{"tokens", tokens}}.dump(), "application/json")->body)["content"];
+  CHECK(back == "What is in this image?");
+  for (const auto* bad : {R"({"content": 5})", R"({"content": "x", "add_special": "yes"})", R"({"tokens": [-1]})",
+                          R"({"tokens": ["a"]})", R"({"tokens": [99999999]})"}) {
+    INFO(bad);
+    const auto path = std::string(bad).find("tokens") != std::string::npos ? "/detokenize" : "/tokenize";
+    const auto res = client.Post(path, bad, "application/json");
+    REQUIRE(res);
+    CHECK(res->status == 400);
+  }
+}
+
+TEST_CASE("response_format json_object: the answer is a JSON object or, cut by max_tokens, its beginning", "[server]") {
+  Running s;
+  auto client = s.client();
+  for (const bool stream : {false, true}) {
+    auto request = greedy_request(30);
+    request["response_format"] = {{"type", "json_object"}};
+    request["stream"] = stream;
+    std::string content, finish;
+    if (stream) {
+      const auto out = post_stream(client, "/v1/chat/completions", request.dump());
+      REQUIRE(out.status == 200);
+      for (const auto& data : out.data) {
+        if (data == "[DONE]") continue;
+        const auto chunk = json::parse(data);
+        if (chunk["choices"].empty()) continue;
+        const auto& choice = chunk["choices"][0];
+        if (choice["delta"].contains("content")) content += choice["delta"]["content"].get<std::string>();
+        if (choice["finish_reason"].is_string()) finish = choice["finish_reason"];
+      }
+    } else {
+      const auto res = client.Post("/v1/chat/completions", request.dump(), "application/json");
+      REQUIRE(res);
+      REQUIRE(res->status == 200);
+      const auto reply = json::parse(res->body);
+      content = reply["choices"][0]["message"]["content"];
+      finish = reply["choices"][0]["finish_reason"];
+    }
+    INFO(content);
+    JsonPrefix prefix;
+    CHECK(prefix.feed(content));
+    CHECK((content.empty() || content[0] == '{'));
+    if (finish == "stop") CHECK(json::parse(content).is_object());
   }
 }

@@ -1,10 +1,13 @@
 // The server's moving parts without a model: stop strings over streamed pieces, the
-// session store's LRU and expiry, the FIFO worker's bounded queue, the reply channel.
+// session store's LRU and expiry, the worker's bounded FIFO queue, the reply channel, the
+// image and prefix caches.
+#include "minigpt4/server/caches.h"
 #include "minigpt4/server/sessions.h"
 #include "minigpt4/server/stop_strings.h"
 #include "minigpt4/server/worker.h"
 
 #include <catch2/catch.hpp>
+#include <torch/torch.h>
 
 #include <atomic>
 #include <future>
@@ -72,33 +75,37 @@ TEST_CASE("the session store keeps the most recently used sessions and drops idl
   CHECK(store.find("not-an-id") == nullptr);
 }
 
-TEST_CASE("the model worker runs jobs one at a time, in order, with a bounded queue", "[server]") {
-  ModelWorker worker(2);
+TEST_CASE("the model worker runs jobs in order, with a bounded queue", "[server]") {
+  // Jobs that answer by themselves need no model: the worker only steps answers.
+  ModelWorker worker(nullptr, WorkerOptions{2, 1, 0});
   std::promise<void> release;
   auto gate = release.get_future().share();
   std::vector<int> order;
   std::mutex order_mutex;
   std::atomic<int> running{0}, most_running{0};
+  std::atomic<bool> started{false};
   const auto job = [&](int id) {
-    return [&, id](bool run) {
-      if (!run) return;
+    return [&, id](bool run) -> std::optional<RunningAnswer> {
+      if (!run) return std::nullopt;
       most_running = std::max(most_running.load(), ++running);
+      started = true;
       if (id == 0) gate.wait();
       {
         std::lock_guard<std::mutex> lock(order_mutex);
         order.push_back(id);
       }
       --running;
+      return std::nullopt;
     };
   };
   REQUIRE(worker.submit(job(0)));
-  while (!worker.busy()) std::this_thread::yield();  // job 0 runs and blocks
+  while (!started) std::this_thread::yield();  // job 0 runs and blocks
   CHECK(worker.submit(job(1)));
   CHECK(worker.submit(job(2)));
   CHECK_FALSE(worker.submit(job(3)));  // two already wait
   CHECK(worker.waiting() == 2);
   release.set_value();
-  while (worker.completed() < 3) std::this_thread::yield();
+  while (worker.stats().jobs_done < 3) std::this_thread::yield();
   CHECK(order == std::vector<int>{0, 1, 2});
   CHECK(most_running == 1);
 
@@ -106,25 +113,30 @@ TEST_CASE("the model worker runs jobs one at a time, in order, with a bounded qu
   std::promise<void> release2;
   auto gate2 = release2.get_future().share();
   std::atomic<int> dropped{0};
-  REQUIRE(worker.submit([&](bool run) {
-    if (run) gate2.wait();
+  started = false;
+  REQUIRE(worker.submit([&](bool run) -> std::optional<RunningAnswer> {
+    if (run) started = true, gate2.wait();
+    return std::nullopt;
   }));
-  while (!worker.busy()) std::this_thread::yield();
-  REQUIRE(worker.submit([&](bool run) { dropped += run ? 0 : 1; }));
+  while (!started) std::this_thread::yield();
+  REQUIRE(worker.submit([&](bool run) -> std::optional<RunningAnswer> {
+    dropped += run ? 0 : 1;
+    return std::nullopt;
+  }));
   std::thread stopper([&] { worker.stop(); });
   while (dropped == 0) std::this_thread::yield();
   release2.set_value();
   stopper.join();
   CHECK(dropped == 1);
-  CHECK_FALSE(worker.submit([](bool) {}));
+  CHECK_FALSE(worker.submit([](bool) -> std::optional<RunningAnswer> { return std::nullopt; }));
 }
 
 TEST_CASE("a reply channel hands pieces and the end across threads, and carries a cancel back", "[server]") {
   ReplyChannel channel;
   CHECK(channel.take(std::chrono::milliseconds(10)).pieces.empty());
   std::thread producer([&] {
-    channel.send("a");
-    channel.send("b");
+    channel.send({"a", {}});
+    channel.send({"b", {}});
     ChatReply reply;
     reply.text = "ab";
     channel.finish(reply);
@@ -134,7 +146,7 @@ TEST_CASE("a reply channel hands pieces and the end across threads, and carries 
   ReplyChannel::Batch batch;
   do {
     batch = channel.take(std::chrono::seconds(5));
-    for (const auto& p : batch.pieces) text += p;
+    for (const auto& p : batch.pieces) text += p.text;
   } while (!batch.ended);
   producer.join();
   CHECK(text == "ab");
@@ -144,4 +156,60 @@ TEST_CASE("a reply channel hands pieces and the end across threads, and carries 
   CHECK_FALSE(channel.cancelled());
   channel.cancel();
   CHECK(channel.cancelled());
+}
+
+TEST_CASE("the image cache matches whole bytes and adapter, keeps its budget, and gives identities",
+          "[server][cache]") {
+  const auto embeds = torch::ones({1, 4, 8});  // 128 bytes
+  ImageCache cache(3 * (128 + 16 + 8));
+  CHECK_FALSE(cache.find("original", "image-a"));
+  const auto a = cache.add("original", "image-a", embeds);
+  const auto b = cache.add("original", "image-b", embeds * 2);
+  CHECK(a.identity != b.identity);
+  REQUIRE(cache.find("original", "image-a"));
+  CHECK(cache.find("original", "image-a")->identity == a.identity);
+  CHECK(torch::equal(cache.find("original", "image-b")->embeds, embeds * 2));
+  CHECK_FALSE(cache.find("task", "image-a"));  // another adapter's encoding
+  cache.add("original", "image-c", embeds);
+  cache.add("original", "image-d", embeds);  // over budget: the least recently used (a) goes
+  CHECK_FALSE(cache.find("original", "image-a"));
+  CHECK(cache.find("original", "image-d"));
+  const auto st = cache.stats();
+  CHECK(st.entries == 3);
+  CHECK(st.bytes <= st.budget);
+  CHECK(st.hits >= 4);
+}
+
+TEST_CASE("the prefix cache hands out copies of the longest matching prefix", "[server][cache]") {
+  // A one-layer cache whose position t holds the value t.
+  const auto cache_of = [](int64_t length) {
+    KVCache c;
+    auto k = torch::arange(length, torch::kFloat).view({1, 1, length, 1}).repeat({1, 2, 1, 4});
+    auto v = k.clone();
+    c.append(0, k, v);
+    return c;
+  };
+  PrefixCache cache(1 << 20);
+  CHECK_FALSE(cache.find("original", {1, 2, 3}));
+  cache.add("original", {1, 2, 3, 4, 5}, cache_of(5));
+  cache.add("original", {1, 2, 9, 9}, cache_of(4));
+  auto hit = cache.find("original", {1, 2, 3, 4, 7, 8});
+  REQUIRE(hit);
+  CHECK(hit->keys == std::vector<int64_t>{1, 2, 3, 4});
+  CHECK(hit->cache.length() == 4);
+  CHECK(hit->cache.keys[0][0][1][3][0].item<float>() == 3);
+  hit->cache.keys[0].fill_(-1);  // a copy: the held cache is untouched
+  CHECK(cache.find("original", {1, 2, 3, 4, 5})->cache.keys[0][0][0][4][0].item<float>() == 4);
+  CHECK_FALSE(cache.find("task", {1, 2, 3}));  // another adapter's caches never match
+  CHECK_FALSE(cache.find("original", {1, 2, 3}, /*min_positions=*/4));
+  // An entry that extends another replaces it.
+  cache.add("original", {1, 2, 3, 4, 5, 6}, cache_of(6));
+  CHECK(cache.stats().entries == 2);
+  // The budget holds.
+  PrefixCache small(cache_of(5).copy(5).bytes() + 5 * sizeof(int64_t));
+  small.add("original", {1, 2, 3, 4, 5}, cache_of(5));
+  small.add("original", {7, 8, 9, 10, 11}, cache_of(5));
+  CHECK(small.stats().entries == 1);
+  CHECK_FALSE(small.find("original", {1, 2}));
+  CHECK(small.find("original", {7, 8}));
 }

@@ -1,0 +1,176 @@
+// Continuous batching (worker.h) on the tiny fixture model: answers that share decode steps
+// give the tokens they give alone, whatever joins, leaves or is cancelled beside them.
+#include "minigpt4/chat/chat.h"
+#include "minigpt4/common/config.h"
+#include "minigpt4/models/minigpt4.h"
+#include "minigpt4/server/worker.h"
+#include "tests/support/fixtures.h"
+
+#include <catch2/catch.hpp>
+#include <torch/torch.h>
+
+#include <atomic>
+#include <future>
+#include <mutex>
+
+using namespace minigpt4;
+using namespace minigpt4::server;
+
+namespace {
+
+std::shared_ptr<const ChatModel> tiny_model() {
+  static const auto model = [] {
+    const auto dir = test::data_dir() / "parity/tiny_vicuna0";
+    const auto config = Config::load(
+        (test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
+        {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
+         "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
+         "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
+    return ChatModel::load(config, torch::kCPU);
+  }();
+  return model;
+}
+
+// A chat request: an image or not, earlier rounds, a question, its length and penalty, and
+// a cancel after `cancel_after` streamed pieces (the client's on_text saying stop).
+struct Request {
+  int image_seed = -1;  // < 0: no image
+  std::vector<std::string> questions;
+  int64_t max_tokens = 12;
+  double repetition_penalty = 1.0;
+  int cancel_after = -1;
+};
+
+at::Tensor image_embeds(int seed) {
+  torch::manual_seed(seed);
+  const auto rgb = torch::randint(0, 256, {40 + seed, 56, 3}, torch::kUInt8);
+  return tiny_model()->encode_image_rgb(rgb);
+}
+
+AnswerOptions options_of(const Request& r) {
+  AnswerOptions o;
+  o.temperature = 0;
+  o.max_new_tokens = r.max_tokens;
+  o.repetition_penalty = r.repetition_penalty;
+  return o;
+}
+
+// The session up to its last question; earlier questions are answered (alone) first.
+std::shared_ptr<ChatSession> session_for(const Request& r) {
+  auto session = std::make_shared<ChatSession>(tiny_model());
+  if (r.image_seed >= 0) session->upload_image(image_embeds(r.image_seed));
+  for (size_t i = 0; i + 1 < r.questions.size(); ++i) {
+    session->ask(r.questions[i]);
+    session->answer(options_of(r));
+  }
+  session->ask(r.questions.back());
+  return session;
+}
+
+std::function<bool(const std::string&)> canceller(int cancel_after) {
+  auto pieces = std::make_shared<int>(0);
+  return [pieces, cancel_after](const std::string&) { return cancel_after < 0 || ++*pieces < cancel_after; };
+}
+
+ChatReply alone(const Request& r) { return session_for(r)->answer(options_of(r), canceller(r.cancel_after)); }
+
+struct Outcome {
+  std::vector<ChatReply> replies;
+  WorkerStats stats;
+};
+
+// The requests in a worker with `parallel` slots, all queued before the first runs (a job
+// holds the worker until then), so that they share decode steps. `cancel_from_worker[i]`:
+// the worker cancels answer i once it has that many tokens (keep_going false).
+Outcome batched(const std::vector<Request>& requests, size_t parallel, std::vector<int> cancel_from_worker = {}) {
+  cancel_from_worker.resize(requests.size(), -1);
+  ModelWorker worker(tiny_model(), WorkerOptions{requests.size() + 1, parallel, /*prefill_chunk=*/7});
+  std::promise<void> release;
+  auto gate = release.get_future().share();
+  REQUIRE(worker.submit([gate](bool) -> std::optional<RunningAnswer> {
+    gate.wait();
+    return std::nullopt;
+  }));
+  Outcome out;
+  out.replies.resize(requests.size());
+  std::atomic<size_t> done{0};
+  for (size_t i = 0; i < requests.size(); ++i) {
+    REQUIRE(worker.submit([&, i](bool run) -> std::optional<RunningAnswer> {
+      if (!run) return std::nullopt;
+      const auto& r = requests[i];
+      auto session = session_for(r);
+      RunningAnswer a;
+      a.owner = session;
+      a.answer = session->start_answer(options_of(r), canceller(r.cancel_after));
+      a.label = "test";
+      a.adapter = "original";
+      auto* answer = a.answer.get();
+      const int limit = cancel_from_worker[i];
+      a.keep_going = [answer, limit] { return limit < 0 || answer->generated() < limit; };
+      a.done = [&, i](AnswerInProgress& answer, std::exception_ptr error) {
+        try {
+          if (error) std::rethrow_exception(error);
+          out.replies[i] = answer.finish();
+        } catch (const std::exception& e) {
+          out.replies[i].text = std::string("failed: ") + e.what();
+        }
+        ++done;
+      };
+      return a;
+    }));
+  }
+  release.set_value();
+  while (done < requests.size()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  out.stats = worker.stats();
+  return out;
+}
+
+const std::vector<Request>& mixed_requests() {
+  static const std::vector<Request> requests = {
+      {0, {"What is in this image?"}, 14, 1.0, -1},
+      {-1, {"Tell me a story about a cat and a very long road."}, 9, 0.7, -1},
+      {1, {"Describe it.", "And the colours?"}, 17, 1.3, -1},
+      {2, {"Why?"}, 5, 1.0, 3},  // the client stops reading after three pieces
+      {0, {"What is in this image?", "Again, briefly."}, 11, 0.8, -1},
+  };
+  return requests;
+}
+
+}  // namespace
+
+TEST_CASE("batched greedy answers equal the same requests answered alone", "[server][batching]") {
+  const auto& requests = mixed_requests();
+  const auto out = batched(requests, 4);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    INFO("request " << i);
+    const auto expected = alone(requests[i]);
+    CHECK(out.replies[i].tokens == expected.tokens);
+    CHECK(out.replies[i].text == expected.text);
+    CHECK(out.replies[i].finish_reason == expected.finish_reason);
+  }
+  // The answers did share steps: more rows than steps.
+  INFO("decode steps " << out.stats.decode_steps << ", rows " << out.stats.decode_rows);
+  CHECK(out.stats.decode_rows > out.stats.decode_steps);
+  CHECK(out.stats.answers_done == requests.size());
+}
+
+TEST_CASE("a slot that ends frees its place for a waiting request", "[server][batching]") {
+  const auto& requests = mixed_requests();
+  const auto out = batched(requests, 2);  // five requests through two slots
+  for (size_t i = 0; i < requests.size(); ++i) {
+    INFO("request " << i);
+    CHECK(out.replies[i].tokens == alone(requests[i]).tokens);
+  }
+  CHECK(out.stats.decode_rows <= 2 * out.stats.decode_steps);
+}
+
+TEST_CASE("an answer cancelled mid-batch leaves the others' answers unchanged", "[server][batching]") {
+  const auto& requests = mixed_requests();
+  const auto out = batched(requests, 5, {-1, -1, 4, -1, -1});
+  CHECK(out.replies[2].finish_reason == "cancelled");
+  CHECK(out.replies[2].tokens.size() <= 5);
+  for (size_t i : {0, 1, 3, 4}) {
+    INFO("request " << i);
+    CHECK(out.replies[i].tokens == alone(requests[i]).tokens);
+  }
+}
