@@ -30,7 +30,10 @@ ModelWorker::~ModelWorker() { stop(); }
 bool ModelWorker::submit(Job job) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    if (stopping_ || jobs_.size() >= options_.max_waiting) return false;
+    // Jobs bound for free slots do not count as waiting: a burst of `parallel` requests is
+    // taken whole even while the model thread is in the middle of a round.
+    const size_t free_slots = options_.parallel - std::min(options_.parallel, occupied_);
+    if (stopping_ || jobs_.size() >= options_.max_waiting + free_slots) return false;
     jobs_.push_back(std::move(job));
   }
   wake_.notify_one();
@@ -95,15 +98,18 @@ void ModelWorker::admit(std::unique_lock<std::mutex>& lock) {
   while (slots_.size() < options_.parallel && !jobs_.empty() && !stopping_) {
     Job job = std::move(jobs_.front());
     jobs_.pop_front();
+    ++occupied_;  // until the job turns out to start no answer
     lock.unlock();
     // Jobs report their own errors to their clients; anything escaping is a bug, but it
     // must not take the server's only model thread with it.
+    bool answering = false;
     try {
-      if (auto run = job(true)) slots_.push_back({next_slot_id_++, std::move(*run)});
+      if (auto run = job(true)) slots_.push_back({next_slot_id_++, std::move(*run)}), answering = true;
     } catch (const std::exception& e) {
       log::error("model job failed: {}", e.what());
     }
     lock.lock();
+    if (!answering) --occupied_;
     ++stats_.jobs_done;
   }
 }
@@ -201,6 +207,7 @@ void ModelWorker::retire(Slot& slot, std::exception_ptr error) {
   slot.run.answer.reset();  // before its owner: the answer holds the session's cache
   std::lock_guard<std::mutex> lock(mutex_);
   ++stats_.answers_done;
+  --occupied_;
 }
 
 void ModelWorker::publish() {

@@ -39,7 +39,7 @@ struct RunningAnswer {
 };
 
 struct WorkerOptions {
-  size_t max_waiting = 8;       // jobs waiting for a slot
+  size_t max_waiting = 8;       // jobs waiting for a slot (beyond those the free slots will take)
   size_t parallel = 4;          // answers generated at once
   int64_t prefill_chunk = 256;  // prompt positions a round runs at most (0: a whole prompt)
 };
@@ -75,7 +75,8 @@ class ModelWorker {
   ModelWorker(const ModelWorker&) = delete;
   ModelWorker& operator=(const ModelWorker&) = delete;
 
-  // Queues a job; false (the job is not taken) when max_waiting jobs already wait.
+  // Queues a job; false (the job is not taken) when max_waiting jobs already wait besides
+  // those the free slots will take.
   bool submit(Job job);
   // Drops the waiting jobs (each called with false), cancels the running answers (each
   // still gets its done()), joins the thread.
@@ -108,6 +109,7 @@ class ModelWorker {
   int64_t next_slot_id_ = 0;
   size_t turn_ = 0;    // which adapter's answers run this round, when several are in use
   WorkerStats stats_;  // under mutex_
+  size_t occupied_ = 0;  // slots held by answers and by jobs being admitted (under mutex_)
   std::thread thread_;
 };
 

@@ -76,6 +76,7 @@ TEST_CASE("the session store keeps the most recently used sessions and drops idl
 }
 
 TEST_CASE("the model worker runs jobs in order, with a bounded queue", "[server]") {
+  // (A free slot takes one job more than max_waiting; a running job holds its slot.)
   // Jobs that answer by themselves need no model: the worker only steps answers.
   ModelWorker worker(nullptr, WorkerOptions{2, 1, 0});
   std::promise<void> release;
@@ -102,7 +103,7 @@ TEST_CASE("the model worker runs jobs in order, with a bounded queue", "[server]
   while (!started) std::this_thread::yield();  // job 0 runs and blocks
   CHECK(worker.submit(job(1)));
   CHECK(worker.submit(job(2)));
-  CHECK_FALSE(worker.submit(job(3)));  // two already wait
+  CHECK_FALSE(worker.submit(job(3)));  // the slot is held by job 0, and two already wait
   CHECK(worker.waiting() == 2);
   release.set_value();
   while (worker.stats().jobs_done < 3) std::this_thread::yield();
