@@ -167,12 +167,17 @@ void linears(std::initializer_list<std::pair<const Linear*, float*>> layers, con
 // Linear::forward, which reads the weight once for every row: our kernels up to
 // cpu_gemv::kMaxRows rows, a blocked GEMM above. The rows go in as the model's dtype, so a
 // bf16 model rounds where its ATen path does.
-// Group-wise weights go at most cpu_gemv::kMaxRows rows at a time: their decode kernels
-// quantise the activations to int8 (as llama.cpp does), their prompt path does not, and a
-// sequence's answer must not depend on how many others share its step.
+// Weights other than float32 go cpu_gemv::kMaxRows rows at a time, through our decode
+// kernels: their prompt paths convert the whole weight to float32 blocks first, which pays
+// off over a prompt's many rows but made a step of 8 sequences of a 1.1B bf16 model 6x as
+// slow as one (a pass per 4 rows costs little more than one row's); and group-wise decode
+// kernels quantise the activations to int8 (as llama.cpp does) where their prompt path does
+// not, while a sequence's answer must not depend on how many others share its step.
+// float32 weights go to MKL whole (it reads them once for all rows, converting nothing).
 void linear_batch(const Linear& l, const float* x, int64_t rows, float* y, at::ScalarType dtype) {
   const int64_t N = l.out_features, K = l.in_features;
-  const int64_t chunk = l.is_grouped() ? cpu_gemv::kMaxRows : rows;
+  const bool dense_float32 = !l.is_quantized() && l.weight.scalar_type() == at::kFloat;
+  const int64_t chunk = dense_float32 ? rows : cpu_gemv::kMaxRows;
   for (int64_t r = 0; r < rows; r += chunk) {
     const int64_t n = std::min(chunk, rows - r);
     auto in = at::from_blob(const_cast<float*>(x + r * K), {n, K}, at::TensorOptions().dtype(at::kFloat));

@@ -29,9 +29,8 @@ at::Tensor llama_step(const LlamaForCausalLM& model, const at::Tensor& inputs_em
 
 // The same step for several sequences at once (continuous batching), each with its own
 // cache and length: inputs_embeds [N, 1, H] -> logits [N, V] float32. The projections read
-// each weight once for all N rows (Linear::forward: cpu_gemv's kernels up to 4 rows, a
-// blocked GEMM above; group-wise 4/8-bit weights once per 4 rows, so that their activations
-// are quantised as for one row); attention runs per sequence over its own cache. Undefined, with
+// float32 weights once for all N rows (MKL), the others once per 4 rows (cpu_gemv's decode
+// kernels, see linear_batch in the .cpp); attention runs per sequence over its own cache. Undefined, with
 // nothing touched, when this path does not apply to the model, the input or any cache.
 at::Tensor llama_steps(const LlamaForCausalLM& model, const at::Tensor& inputs_embeds,
                        const std::vector<KVCache*>& caches);
