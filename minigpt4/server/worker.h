@@ -107,8 +107,8 @@ class ModelWorker {
   // Touched by the model thread only.
   std::vector<Slot> slots_;
   int64_t next_slot_id_ = 0;
-  size_t turn_ = 0;    // which adapter's answers run this round, when several are in use
-  WorkerStats stats_;  // under mutex_
+  size_t turn_ = 0;      // which adapter's answers run this round, when several are in use
+  WorkerStats stats_;    // under mutex_
   size_t occupied_ = 0;  // slots held by answers and by jobs being admitted (under mutex_)
   std::thread thread_;
 };
