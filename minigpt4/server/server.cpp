@@ -521,12 +521,15 @@ std::optional<RunningAnswer> Server::Impl::start_answer(
   run.label = label;
   run.keep_going = [this, channel] { return !channel->cancelled() && !stopping; };
   run.done = [end, after, channel](AnswerInProgress& answer, std::exception_ptr error) {
-    if (error) {
+    // Whatever fails here (recording the answer, an explanation, the prefix cache) still
+    // ends the client's reply, with the error.
+    try {
+      if (error) std::rethrow_exception(error);
+      end(answer.finish());
+    } catch (...) {
       if (after) after();
-      channel->fail(as_api_error(error));
-      return;
+      channel->fail(as_api_error(std::current_exception()));
     }
-    end(answer.finish());
   };
   return run;
 }
