@@ -298,8 +298,11 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     o.top_k = as_int(*v, "top_k");
     if (o.top_k < 0) reject("top_k", "'top_k' must be >= 0 (0: off), got {}", o.top_k);
   }
-  if (const auto* v = field(body, "n"); v && as_int(*v, "n") != 1)
-    reject("n", "'n' must be 1 (one answer per request)");
+  if (const auto* v = field(body, "n")) {
+    const int64_t n = as_int(*v, "n");
+    if (n < 1 || n > kMaxChoices) reject("n", "'n' must be in 1..{}, got {}", kMaxChoices, n);
+    request.n = static_cast<int>(n);
+  }
   if (const auto* v = field(body, "num_beams")) {
     const int64_t beams = as_int(*v, "num_beams");
     if (beams < 1 || beams > 10) reject("num_beams", "'num_beams' must be in 1..10, got {}", beams);
@@ -376,6 +379,9 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     if (!v->is_object()) reject("stream_options", "'stream_options' must be an object, got {}", type_name(*v));
     if (const auto* u = field(*v, "include_usage")) request.include_usage = as_bool(*u, "stream_options.include_usage");
   }
+  if (request.n > 1 && o.num_beams > 1) reject("n", "'n' > 1 is not available with beam search ('num_beams' > 1)");
+  if (request.n > 1 && request.explain != ChatRequest::Explain::No)
+    reject("n", "'n' > 1 is not available with 'explain'");
 }
 
 }  // namespace

@@ -53,6 +53,8 @@ inline constexpr int64_t kPromptBytesPerToken = 32;
 // greedy decoding would, and is run as greedy (0).
 inline constexpr double kGreedyBelowTemperature = 1e-4;
 inline double sampling_temperature(double t) { return t < kGreedyBelowTemperature ? 0.0 : t; }
+// Most choices (`n`) one request may ask for; each takes a slot.
+inline constexpr int kMaxChoices = 8;
 // Most entries of a request's logit_bias (OpenAI's own limit is 300).
 inline constexpr size_t kMaxLogitBias = 300;
 // The longest `stop` string (the answer's text is held back by as much while it could be one).
@@ -78,6 +80,7 @@ struct ChatRequest {
   AnswerOptions options;
   bool seeded = false;  // `seed` given; otherwise the server draws one
   std::vector<std::string> stop;
+  int n = 1;  // choices, each its own answer (seed + i); 1..kMaxChoices
   bool stream = false;
   bool include_usage = false;  // stream_options.include_usage
   // Extension: the LoRA task adapter to answer with (a name GET /v1/models lists, or

@@ -280,6 +280,13 @@ struct Server::Impl {
   std::string metrics_text() const;
   nlohmann::json slots_json() const;
   void chat_completions(const httplib::Request& req, httplib::Response& res);
+  std::optional<RunningAnswer> api_answer(const std::shared_ptr<const ChatRequest>& request, const std::string& adapter,
+                                          const std::shared_ptr<AnswerContext>& context,
+                                          const std::shared_ptr<ReplyChannel>& out, bool share_prompt);
+  // n > 1 choices as one event stream: every chunk names its choice (`index`), each choice
+  // ends with its own finish_reason chunk, then the usage (when asked for) and [DONE].
+  void stream_choices(httplib::Response& res, std::vector<std::shared_ptr<ReplyChannel>> channels,
+                      const CompletionMeta& meta, bool include_usage, bool with_logprobs) const;
   void session_image(const httplib::Request& req, httplib::Response& res);
   void session_ask(const httplib::Request& req, httplib::Response& res);
   void session_lora(const httplib::Request& req, httplib::Response& res);
@@ -600,6 +607,70 @@ void Server::Impl::run_and_wait(std::function<void()> work) {
   finished.get();
 }
 
+// On the model thread: an API request's conversation replayed on a fresh session (images
+// from the image cache, the longest known prefix from the prefix cache) and its answer
+// started. `share_prompt` (the first of n > 1 choices): the prompt runs now, whole, and goes
+// into the prefix cache, so that the other choices start from it.
+std::optional<RunningAnswer> Server::Impl::api_answer(const std::shared_ptr<const ChatRequest>& request,
+                                                      const std::string& adapter,
+                                                      const std::shared_ptr<AnswerContext>& context,
+                                                      const std::shared_ptr<ReplyChannel>& out, bool share_prompt) {
+  model->use_adapter(adapter);  // on the model thread, before any of this request's model work
+  const bool explain = request->explain != ChatRequest::Explain::No;
+  auto owned = std::make_shared<ChatSession>(model);
+  auto& session = *owned;
+  auto images = std::make_shared<std::vector<const std::string*>>();
+  for (const auto& step : request->steps) {
+    if (step.kind == ChatStep::Kind::Image) {
+      images->push_back(&step.image);
+      if (explain) {  // needs the ViT's output: encoded afresh, kept out of the caches
+        at::Tensor vision_tokens;
+        const auto embeds = encode_image(step.image, step.param, &vision_tokens);
+        session.upload_image(embeds, vision_tokens);
+        continue;
+      }
+      auto cached = image_cache.find(adapter, step.image);
+      if (!cached) cached = image_cache.add(adapter, step.image, encode_image(step.image, step.param));
+      session.upload_image(cached->embeds, {}, cached->identity);
+    }
+    if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
+    if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
+  }
+  // The whole conversation must fit the model's context (OpenAI and llama.cpp answer 400 so
+  // that the client trims it; MiniGPT-4's page cuts from the left instead); the answer
+  // then gets the room that is left, at most.
+  auto answer_options = request->options;
+  const auto keys = session.prompt_keys();
+  const int64_t room = context_length(*model), positions = static_cast<int64_t>(keys.size());
+  if (positions >= room)
+    throw ApiError(400,
+                   fmt::format("the conversation takes {} positions (its text tokens and image embeddings), "
+                               "but this model's context holds {}: leave out earlier messages",
+                               positions, room),
+                   "messages", "context_length_exceeded");
+  answer_options.max_new_tokens = std::min(answer_options.max_new_tokens, room - positions);
+  answer_options.max_length = room;
+  // The longest prefix an earlier request computed (a replayed conversation's history).
+  if (!explain)
+    if (auto prefix = prefix_cache.find(adapter, keys))
+      session.adopt_cache(std::move(prefix->keys), std::move(prefix->cache));
+  auto run = start_answer(owned, session, answer_options, request->stop, out, "api", adapter,
+                          [this, request, context, owned, images, explain, adapter](const ChatReply&) {
+                            if (explain) {
+                              context->explanation =
+                                  explanation(*owned, request->explain == ChatRequest::Explain::Words, *images);
+                              return;
+                            }
+                            auto [cached_keys, cache] = owned->release_cache();
+                            prefix_cache.add(adapter, std::move(cached_keys), cache);
+                          });
+  if (run && share_prompt) {
+    run->answer->prefill();
+    prefix_cache.add(adapter, keys, run->answer->cache());
+  }
+  return run;
+}
+
 void Server::Impl::chat_completions(const httplib::Request& req, httplib::Response& res) {
   auto request = std::make_shared<const ChatRequest>([&] {
     auto r = parse_chat_request(req.body, options.limits);
@@ -621,71 +692,64 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
     if (step.kind == ChatStep::Kind::Image)
       if (const auto info = image_header_info(step.image)) width = info->width, height = info->height;
   const CompletionMeta meta{new_completion_id(), unix_time(), model->name, has_adapters() ? adapter : ""};
-  auto context = std::make_shared<AnswerContext>();  // written on the model thread before the end is sent
-  auto channel = queue_answer([this, request, adapter, context](const std::shared_ptr<ReplyChannel>& out) {
-    model->use_adapter(adapter);  // on the model thread, before any of this request's model work
-    const bool explain = request->explain != ChatRequest::Explain::No;
-    auto owned = std::make_shared<ChatSession>(model);
-    auto& session = *owned;
-    auto images = std::make_shared<std::vector<const std::string*>>();
-    for (const auto& step : request->steps) {
-      if (step.kind == ChatStep::Kind::Image) {
-        images->push_back(&step.image);
-        if (explain) {  // needs the ViT's output: encoded afresh, kept out of the caches
-          at::Tensor vision_tokens;
-          const auto embeds = encode_image(step.image, step.param, &vision_tokens);
-          session.upload_image(embeds, vision_tokens);
-          continue;
-        }
-        auto cached = image_cache.find(adapter, step.image);
-        if (!cached) cached = image_cache.add(adapter, step.image, encode_image(step.image, step.param));
-        session.upload_image(cached->embeds, {}, cached->identity);
+
+  // One answer per choice (n), each in its own slot; choice i samples with seed + i.
+  std::vector<std::shared_ptr<ReplyChannel>> channels;
+  std::vector<std::shared_ptr<AnswerContext>> contexts;  // written on the model thread before each end
+  try {
+    for (int i = 0; i < request->n; ++i) {
+      auto choice = request;
+      if (i > 0) {
+        auto copy = std::make_shared<ChatRequest>(*request);
+        copy->options.seed += static_cast<uint64_t>(i);
+        choice = copy;
       }
-      if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
-      if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
+      auto context = std::make_shared<AnswerContext>();
+      const bool share_prompt = request->n > 1 && i == 0;
+      channels.push_back(queue_answer([this, choice, adapter, context, share_prompt](const auto& out) {
+        return api_answer(choice, adapter, context, out, share_prompt);
+      }));
+      contexts.push_back(context);
     }
-    // The whole conversation must fit the model's context (OpenAI and llama.cpp answer 400 so
-    // that the client trims it; MiniGPT-4's page cuts from the left instead); the answer
-    // then gets the room that is left, at most.
-    auto answer_options = request->options;
-    const auto keys = session.prompt_keys();
-    const int64_t room = context_length(*model), positions = static_cast<int64_t>(keys.size());
-    if (positions >= room)
-      throw ApiError(400,
-                     fmt::format("the conversation takes {} positions (its text tokens and image embeddings), "
-                                 "but this model's context holds {}: leave out earlier messages",
-                                 positions, room),
-                     "messages", "context_length_exceeded");
-    answer_options.max_new_tokens = std::min(answer_options.max_new_tokens, room - positions);
-    answer_options.max_length = room;
-    // The longest prefix an earlier request computed (a replayed conversation's history).
-    if (!explain)
-      if (auto prefix = prefix_cache.find(adapter, keys))
-        session.adopt_cache(std::move(prefix->keys), std::move(prefix->cache));
-    return start_answer(owned, session, answer_options, request->stop, out, "api", adapter,
-                        [this, request, context, owned, images, explain, adapter](const ChatReply&) {
-                          if (explain) {
-                            context->explanation =
-                                explanation(*owned, request->explain == ChatRequest::Explain::Words, *images);
-                            return;
-                          }
-                          auto [cached_keys, cache] = owned->release_cache();
-                          prefix_cache.add(adapter, std::move(cached_keys), cache);
-                        });
-  });
+  } catch (...) {
+    for (auto& channel : channels) channel->cancel();  // the choices already queued answer nobody
+    throw;
+  }
 
   if (!request->stream) {
-    const auto end = wait_for_end(*channel);
-    if (end.error) throw *end.error;
-    const auto& reply = *end.reply;
-    auto body = completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
-                                static_cast<int64_t>(reply.tokens.size()), boxes_json(reply.text, width, height));
-    if (!context->explanation.is_null()) body["choices"][0]["message"]["explanation"] = context->explanation;
-    if (with_logprobs) body["choices"][0]["logprobs"] = logprobs_json(reply.logprobs, *model->tokenizer);
-    body["timings"] = timings_json(reply);
+    json choices = json::array();
+    int64_t prompt_tokens = 0, completion_tokens = 0;
+    json timings;
+    for (size_t i = 0; i < channels.size(); ++i) {
+      const auto end = wait_for_end(*channels[i]);
+      if (end.error) {
+        for (auto& channel : channels) channel->cancel();
+        throw *end.error;
+      }
+      const auto& reply = *end.reply;
+      auto body = completion_json(meta, reply.text, openai_finish_reason(reply.finish_reason), reply.prompt_tokens,
+                                  static_cast<int64_t>(reply.tokens.size()), boxes_json(reply.text, width, height));
+      auto choice = body["choices"][0];
+      choice["index"] = i;
+      if (!contexts[i]->explanation.is_null()) choice["message"]["explanation"] = contexts[i]->explanation;
+      if (with_logprobs) choice["logprobs"] = logprobs_json(reply.logprobs, *model->tokenizer);
+      choices.push_back(std::move(choice));
+      prompt_tokens = reply.prompt_tokens;
+      completion_tokens += static_cast<int64_t>(reply.tokens.size());
+      if (i == 0) timings = timings_json(reply);
+    }
+    auto body = completion_json(meta, "", "stop", prompt_tokens, completion_tokens);
+    body["choices"] = std::move(choices);
+    body["timings"] = std::move(timings);
     send_json(res, 200, body);
     return;
   }
+  if (request->n > 1) {
+    stream_choices(res, channels, meta, request->include_usage, with_logprobs);
+    return;
+  }
+  const auto& channel = channels[0];
+  const auto& context = contexts[0];
   const bool include_usage = request->include_usage;
   const auto tokenizer = model->tokenizer;
   auto logprobs_streamed = std::make_shared<size_t>(0);  // entries already sent with pieces
@@ -719,6 +783,79 @@ void Server::Impl::chat_completions(const httplib::Request& req, httplib::Respon
           events += sse_event(usage_chunk_json(meta, reply.prompt_tokens, static_cast<int64_t>(reply.tokens.size())));
         return events + "data: [DONE]\n\n";
       });
+}
+
+void Server::Impl::stream_choices(httplib::Response& res, std::vector<std::shared_ptr<ReplyChannel>> channels,
+                                  const CompletionMeta& meta, bool include_usage, bool with_logprobs) const {
+  res.set_header("Cache-Control", "no-cache");
+  res.set_header("X-Accel-Buffering", "no");
+  const auto tokenizer = model->tokenizer;
+  const auto heartbeat = options.heartbeat;
+  const auto cancel_all = [channels] {
+    for (const auto& channel : channels) channel->cancel();
+  };
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [channels, meta, include_usage, with_logprobs, tokenizer, heartbeat, cancel_all](size_t,
+                                                                                       httplib::DataSink& sink) {
+        const auto write = [&](const json& chunk) {
+          const auto event = sse_event(chunk);
+          return sink.write(event.data(), event.size());
+        };
+        const auto indexed = [](json chunk, size_t i) {
+          chunk["choices"][0]["index"] = i;
+          return chunk;
+        };
+        bool ok = true;
+        for (size_t i = 0; ok && i < channels.size(); ++i)
+          ok = write(indexed(chunk_json(meta, {{"role", "assistant"}, {"content", ""}}), i));
+        std::vector<bool> ended(channels.size(), false);
+        int64_t prompt_tokens = 0, completion_tokens = 0;
+        auto quiet_since = Clock::now();
+        while (ok) {
+          bool sent = false;
+          for (size_t i = 0; ok && i < channels.size(); ++i) {
+            if (ended[i]) continue;
+            const auto batch = channels[i]->take(std::chrono::milliseconds(1));
+            for (const auto& piece : batch.pieces) {
+              auto chunk = indexed(chunk_json(meta, {{"content", piece.text}}), i);
+              if (with_logprobs) chunk["choices"][0]["logprobs"] = logprobs_json(piece.logprobs, *tokenizer);
+              ok = ok && write(chunk);
+              sent = true;
+            }
+            if (!ok || !batch.ended) continue;
+            ended[i] = true, sent = true;
+            if (batch.error) {  // one choice failed: the request did
+              ok = write(error_json(*batch.error)) && sink.write("data: [DONE]\n\n", 14);
+              cancel_all();
+              if (ok) sink.done();
+              return ok;
+            }
+            const auto& reply = *batch.reply;
+            auto last = indexed(chunk_json(meta, json::object(), openai_finish_reason(reply.finish_reason)), i);
+            last["timings"] = timings_json(reply);
+            ok = write(last);
+            prompt_tokens = reply.prompt_tokens;
+            completion_tokens += static_cast<int64_t>(reply.tokens.size());
+          }
+          if (ok && std::all_of(ended.begin(), ended.end(), [](bool e) { return e; })) {
+            if (include_usage) ok = write(usage_chunk_json(meta, prompt_tokens, completion_tokens));
+            if (ok && sink.write("data: [DONE]\n\n", 14)) {
+              sink.done();
+              return true;
+            }
+            ok = false;
+          }
+          if (sent) quiet_since = Clock::now();
+          if (ok && Clock::now() - quiet_since > heartbeat) {
+            ok = sink.write(": waiting\n\n", 12);
+            quiet_since = Clock::now();
+          }
+        }
+        cancel_all();
+        return false;
+      },
+      [cancel_all](bool) { cancel_all(); });
 }
 
 void Server::Impl::check_prompt_tokens(int64_t tokens, const std::string& param) const {

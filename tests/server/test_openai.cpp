@@ -141,6 +141,8 @@ TEST_CASE("logprobs, top_logprobs and logit_bias map onto the answer's options",
   CHECK(bias == std::vector<std::pair<int64_t, double>>{{4, 2.5}, {17, -100}});
   CHECK(parse({{"messages", {user("Hi")}}, {"logit_bias", json::object()}}).options.logit_bias.empty());
   CHECK(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "json_object"}}}}).options.json_object);
+  CHECK(parse({{"messages", {user("Hi")}}, {"n", 3}}).n == 3);
+  CHECK(parse({{"messages", {user("Hi")}}}).n == 1);
   CHECK_FALSE(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "text"}}}}).options.json_object);
 }
 
@@ -175,7 +177,10 @@ TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[ser
   check_rejected({{"messages", hi}, {"max_tokens", 0}}, "max_tokens", "at least 1");
   check_rejected({{"messages", hi}, {"max_tokens", 1.5}}, "max_tokens", "must be an integer");
   check_rejected({{"messages", hi}, {"max_tokens", 5000}}, "max_tokens", "at most 1024");
-  check_rejected({{"messages", hi}, {"n", 2}}, "n", "must be 1");
+  check_rejected({{"messages", hi}, {"n", 9}}, "n", "1..8");
+  check_rejected({{"messages", hi}, {"n", 0}}, "n", "1..8");
+  check_rejected({{"messages", hi}, {"n", 2}, {"num_beams", 2}}, "n", "beam search");
+  check_rejected({{"messages", hi}, {"n", 2}, {"explain", true}}, "n", "'explain'");
   check_rejected({{"messages", hi}, {"num_beams", 11}}, "num_beams", "1..10");
   check_rejected({{"messages", hi}, {"stop", {"a", "b", "c", "d", "e"}}}, "stop", "at most 4");
   check_rejected({{"messages", hi}, {"stop", ""}}, "stop", "must not be empty");

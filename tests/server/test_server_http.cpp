@@ -711,3 +711,63 @@ TEST_CASE("response_format json_object: the answer is a JSON object or, cut by m
     if (finish == "stop") CHECK(json::parse(content).is_object());
   }
 }
+
+TEST_CASE("n > 1: several choices, each the answer its own seed gives, plain and streamed", "[server]") {
+  Running s;
+  auto client = s.client();
+  auto request = greedy_request(10);
+  request["temperature"] = 1.0;
+  request["seed"] = 11;
+  request["n"] = 3;
+  const auto res = client.Post("/v1/chat/completions", request.dump(), "application/json");
+  REQUIRE(res);
+  REQUIRE(res->status == 200);
+  const auto reply = json::parse(res->body);
+  REQUIRE(reply["choices"].size() == 3);
+  int64_t completion = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    INFO("choice " << i);
+    const auto& choice = reply["choices"][i];
+    CHECK(choice["index"] == i);
+    // The same request alone with seed 11 + i (on a server with cold caches) samples the same.
+    server::ServerOptions cold;
+    cold.cache_mb = 0;
+    Running alone(cold);
+    auto single = greedy_request(10);
+    single["temperature"] = 1.0;
+    single["seed"] = 11 + static_cast<int>(i);
+    const auto one = json::parse(alone.client().Post("/v1/chat/completions", single.dump(), "application/json")->body);
+    CHECK(choice["message"]["content"] == one["choices"][0]["message"]["content"]);
+    completion += one["usage"]["completion_tokens"].get<int64_t>();
+  }
+  CHECK(reply["usage"]["completion_tokens"] == completion);
+
+  // Streamed: chunks name their choice; each choice ends with its own finish_reason.
+  request["stream"] = true;
+  request["stream_options"] = {{"include_usage", true}};
+  const auto out = post_stream(client, "/v1/chat/completions", request.dump());
+  REQUIRE(out.status == 200);
+  std::vector<std::string> texts(3);
+  std::vector<int> finishes(3, 0);
+  bool usage = false;
+  for (const auto& data : out.data) {
+    if (data == "[DONE]") continue;
+    const auto chunk = json::parse(data);
+    if (chunk["choices"].empty()) {
+      usage = chunk.contains("usage");
+      continue;
+    }
+    const size_t i = chunk["choices"][0]["index"];
+    REQUIRE(i < 3);
+    const auto& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("content")) texts[i] += delta["content"].get<std::string>();
+    if (chunk["choices"][0]["finish_reason"].is_string()) ++finishes[i];
+  }
+  CHECK(out.data.back() == "[DONE]");
+  CHECK(usage);
+  for (size_t i = 0; i < 3; ++i) {
+    INFO("choice " << i);
+    CHECK(finishes[i] == 1);
+    CHECK(texts[i] == reply["choices"][i]["message"]["content"]);
+  }
+}
