@@ -771,3 +771,32 @@ TEST_CASE("n > 1: several choices, each the answer its own seed gives, plain and
     CHECK(texts[i] == reply["choices"][i]["message"]["content"]);
   }
 }
+
+TEST_CASE("a slot ended by a stop string or the time limit frees its place for the request waiting", "[server]") {
+  const auto full = direct_answer(12);
+  REQUIRE(full.size() >= 6);
+  const auto stop = full.substr(3, 2);
+  for (const bool time_limit : {false, true}) {
+    INFO((time_limit ? "time limit" : "stop string"));
+    server::ServerOptions options;
+    options.parallel = 1;  // the second request waits for the first's slot
+    if (time_limit) options.max_generation_seconds = 1e-6;
+    Running s(options);
+    auto request = greedy_request(12);
+    if (!time_limit) request["stop"] = {stop};
+    std::vector<json> replies(2);
+    std::vector<std::thread> clients;
+    for (int i = 0; i < 2; ++i)
+      clients.emplace_back([&, i] {
+        const auto res = s.client().Post("/v1/chat/completions", request.dump(), "application/json");
+        if (res && res->status == 200) replies[i] = json::parse(res->body);
+      });
+    for (auto& t : clients) t.join();
+    for (const auto& reply : replies) {
+      REQUIRE(reply.is_object());
+      CHECK(reply["choices"][0]["finish_reason"] == (time_limit ? "length" : "stop"));
+      if (!time_limit) CHECK(reply["choices"][0]["message"]["content"] == full.substr(0, full.find(stop)));
+      CHECK(reply["usage"]["completion_tokens"].get<int64_t>() < 12);
+    }
+  }
+}
