@@ -3,11 +3,12 @@
 // `parallel` answers at once (continuous batching, as llama.cpp's server slots and vLLM):
 // each round it admits waiting jobs into free slots, runs one prefill chunk of one joining
 // answer (so a long prompt delays the running streams by one chunk at most), then one decode
-// step for every decoding answer together (CausalLM::step_sequences: each weight read once
-// for all of them, each answer attending over its own cache), and retires the answers that
-// ended. Answers under different LoRA adapters take turns, a round each.
-// Jobs wait first come first served, at most `max_waiting`. HTTP threads never run the model;
-// they wait on a ReplyChannel, which also carries a client's disconnect back (cancel()).
+// step for every decoding answer together (CausalLM::step_sequences: a weight is read once
+// for every 4 of them, or for all in float32; each answer attends over its own cache), and
+// retires the answers that ended. Answers under different LoRA adapters take turns, a round
+// each. Jobs wait first come first served, at most `max_waiting` besides those the free
+// slots will take. HTTP threads never run the model; they wait on a ReplyChannel, which also
+// carries a client's disconnect back (cancel()).
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/server/openai.h"
 
@@ -69,7 +70,8 @@ class ModelWorker {
   // either finishes its work and returns nothing, or returns an answer to step with the others.
   using Job = std::function<std::optional<RunningAnswer>(bool run)>;
 
-  // `model`: whose LLM runs the decode steps and whose adapter the rounds switch.
+  // `model`: whose LLM runs the decode steps and whose adapter the rounds switch (null only
+  // where no job returns an answer, e.g. a test of the queue).
   ModelWorker(std::shared_ptr<const ChatModel> model, WorkerOptions options);
   ~ModelWorker();  // stop()
   ModelWorker(const ModelWorker&) = delete;
