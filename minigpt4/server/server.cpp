@@ -417,6 +417,10 @@ void Server::Impl::routes() {
               const auto* tokens = body.is_object() && body.contains("tokens") ? &body["tokens"] : nullptr;
               if (!tokens || !tokens->is_array())
                 throw ApiError(400, "'tokens' must be an array of token ids", "tokens");
+              // No more than a prompt and an answer can hold (decoding runs on this thread).
+              const auto most = static_cast<size_t>(options.limits.max_prompt_tokens + options.limits.max_tokens);
+              if (tokens->size() > most)
+                throw ApiError(400, fmt::format("'tokens' holds {} ids; at most {}", tokens->size(), most), "tokens");
               const int64_t vocab = model->model->llama_model->vocab_size();
               std::vector<int64_t> ids;
               for (const auto& t : *tokens) {

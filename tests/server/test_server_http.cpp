@@ -667,6 +667,10 @@ TEST_CASE("/tokenize and /detokenize use the model's tokenizer", "[server]") {
   const auto back =
       json::parse(client.Post("/detokenize", json{{"tokens", tokens}}.dump(), "application/json")->body)["content"];
   CHECK(back == "What is in this image?");
+  json too_many = {{"tokens", std::vector<int64_t>(2048 + 1024 + 1, 5)}};  // the tiny model's context + --max-tokens
+  const auto refused = client.Post("/detokenize", too_many.dump(), "application/json");
+  REQUIRE(refused);
+  CHECK(refused->status == 400);
   for (const auto* bad : {R"({"content": 5})", R"({"content": "x", "add_special": "yes"})", R"({"tokens": [-1]})",
                           R"({"tokens": ["a"]})", R"({"tokens": [99999999]})"}) {
     INFO(bad);
