@@ -1,7 +1,10 @@
 #pragma once
 // A server for a test: on a free loopback port, serving `model` from a thread until the
 // object goes out of scope. And a raw TCP client, for requests no HTTP library would send.
+#include "minigpt4/chat/chat.h"
+#include "minigpt4/common/config.h"
 #include "minigpt4/server/server.h"
+#include "tests/support/fixtures.h"
 
 #include <httplib.h>
 
@@ -20,6 +23,21 @@
 #include <thread>
 
 namespace minigpt4::test {
+
+// The tiny fixture model (configs/tiny_vicuna0.yaml over tests/data/parity/tiny_vicuna0),
+// loaded once per test binary.
+inline std::shared_ptr<const ChatModel> tiny_chat_model() {
+  static const auto model = [] {
+    const auto dir = data_dir() / "parity/tiny_vicuna0";
+    const auto config = Config::load(
+        (source_dir() / "configs/tiny_vicuna0.yaml").string(),
+        {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
+         "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
+         "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
+    return ChatModel::load(config, torch::kCPU);
+  }();
+  return model;
+}
 
 struct RunningServer {
   explicit RunningServer(std::shared_ptr<const ChatModel> model, server::ServerOptions options = {}) {

@@ -4,6 +4,7 @@
 #include "minigpt4/common/config.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/server/worker.h"
+#include "tests/server/running_server.h"
 #include "tests/support/fixtures.h"
 
 #include <catch2/catch.hpp>
@@ -18,18 +19,7 @@ using namespace minigpt4::server;
 
 namespace {
 
-std::shared_ptr<const ChatModel> tiny_model() {
-  static const auto model = [] {
-    const auto dir = test::data_dir() / "parity/tiny_vicuna0";
-    const auto config = Config::load(
-        (test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
-        {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
-         "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
-         "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
-    return ChatModel::load(config, torch::kCPU);
-  }();
-  return model;
-}
+std::shared_ptr<const ChatModel> tiny_model() { return test::tiny_chat_model(); }
 
 // A chat request: an image or not, earlier rounds, a question, its length and penalty, and
 // a cancel after `cancel_after` streamed pieces (the client's on_text saying stop).

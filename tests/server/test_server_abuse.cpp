@@ -27,18 +27,7 @@ using test::RawConnection;
 
 namespace {
 
-std::shared_ptr<const ChatModel> tiny_model() {
-  static const auto model = [] {
-    const auto dir = test::data_dir() / "parity/tiny_vicuna0";
-    const auto config = Config::load(
-        (test::source_dir() / "configs/tiny_vicuna0.yaml").string(),
-        {"model.vit_model=" + (dir / "eva_vit_g.pth").string(),
-         "model.q_former_model=" + (dir / "blip2_pretrained.pth").string(),
-         "model.llama_model=" + (dir / "vicuna").string(), "model.ckpt=" + (dir / "pretrained_minigpt4.pth").string()});
-    return ChatModel::load(config, torch::kCPU);
-  }();
-  return model;
-}
+std::shared_ptr<const ChatModel> tiny_model() { return test::tiny_chat_model(); }
 
 const std::string& png_bytes() {
   static const auto bytes = [] {
