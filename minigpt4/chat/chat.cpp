@@ -333,7 +333,7 @@ AnswerInProgress::AnswerInProgress(ChatSession& session, const AnswerOptions& op
       generation_(config_, session.model_->model->llama_model->vocab_size()),
       text_(std::make_unique<StreamedText>(session.model_->tokenizer.get(), config_.eos_token_id, std::move(on_text))),
       start_(Clock::now()) {
-  if (options.json_object) json_ = session.model_->json_constraint();
+  if (options.json_schema) json_ = session.model_->json_constraint(), schema_ = options.json_schema;
   auto prompt = session.prompt_for(options);
   prompt_ = std::move(prompt.text);
   keys_ = std::move(prompt.keys);
@@ -387,9 +387,9 @@ at::Tensor AnswerInProgress::next_input() const {
 void AnswerInProgress::take(const at::Tensor& logits) {
   torch::NoGradGuard no_grad;
   at::Tensor scores = logits;
-  if (json_) {  // only what keeps the answer a JSON object, then only its end
+  if (json_) {  // only what keeps the answer JSON of the schema, then only its end
     scores = logits.to(torch::kFloat).reshape({-1}).clone();
-    json_->mask(scores, session_->model_->tokenizer->decode(text_->ids));
+    json_->mask(scores, session_->model_->tokenizer->decode(text_->ids), schema_);
   }
   const int64_t token = generation_.choose(scores);
   // Recorded before its text goes out, so that a streaming caller finds its log-probability.
@@ -454,7 +454,8 @@ ChatReply ChatSession::answer(const AnswerOptions& options, const std::function<
 
   // The original's way: the whole conversation from scratch (and beam search, whose beams
   // reorder a cache of their own).
-  if (options.json_object) fail("chat: json_object answers need the KV cache kept and no beam search");
+  if (options.json_schema)
+    fail("chat: JSON answers (json_object, json_schema) need the KV cache kept and no beam search");
   const auto gen = generation_config(*model_, options);
   auto prompt = prompt_for(options);
   cache_.clear();

@@ -27,6 +27,7 @@ namespace minigpt4 {
 
 class Config;
 class JsonConstraint;
+class JsonSchema;
 struct MiniGPT4;
 class Tokenizer;
 class ImageEvalProcessor;
@@ -45,9 +46,11 @@ struct AnswerOptions {
   int64_t max_length = 2000;  // the prompt is cut from the left to fit max_length - max_new_tokens
   uint64_t seed = 0;
   std::vector<std::pair<int64_t, double>> logit_bias;  // GenerationConfig::logit_bias
-  int top_logprobs = -1;     // >= 0: the reply's logprobs, with this many alternatives (greedy and sampling)
-  bool json_object = false;  // the answer is a JSON object (ChatModel::json_constraint; greedy and sampling)
-  bool reuse_cache = true;   // keep the KV cache of earlier rounds (greedy and sampling; beams recompute)
+  int top_logprobs = -1;  // >= 0: the reply's logprobs, with this many alternatives (greedy and sampling)
+  // Set: the answer is a JSON value this schema accepts (JsonSchema::any_object() for
+  // json_object), by ChatModel::json_constraint's mask; greedy and sampling.
+  std::shared_ptr<const JsonSchema> json_schema;
+  bool reuse_cache = true;  // keep the KV cache of earlier rounds (greedy and sampling; beams recompute)
 };
 
 struct ChatReply {
@@ -76,7 +79,7 @@ struct ChatModel {
   // model.stop_token_ids: ids that end an answer on their own, besides the template's stops.
   std::vector<int64_t> stop_token_ids;
   std::string name;  // model id shown by the API (the eval config's file stem)
-  // AnswerOptions::json_object's mask over this tokenizer's vocabulary (made on first use).
+  // AnswerOptions::json_schema's mask over this tokenizer's vocabulary (made on first use).
   std::shared_ptr<const JsonConstraint> json_constraint() const;
   mutable std::mutex json_mutex;
   mutable std::shared_ptr<const JsonConstraint> json_mask;
@@ -155,7 +158,8 @@ class AnswerInProgress {
   GenerationConfig config_;
   SequenceGeneration generation_;
   std::unique_ptr<StreamedText> text_;          // the answer's text as it streams (chat.cpp)
-  std::shared_ptr<const JsonConstraint> json_;  // when the answer must be a JSON object
+  std::shared_ptr<const JsonConstraint> json_;  // when the answer must be JSON of schema_
+  std::shared_ptr<const JsonSchema> schema_;
   std::string prompt_;
   int64_t cut_ = 0;            // positions cut from the left to fit max_length
   std::vector<int64_t> keys_;  // what sits at each prompt position (ChatSession::cached_keys_)

@@ -1,9 +1,11 @@
 #include "minigpt4/server/openai.h"
 
 #include "minigpt4/chat/grounding.h"
+#include "minigpt4/common/error.h"
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/strings.h"
 #include "minigpt4/common/untrusted.h"
+#include "minigpt4/generate/json_schema.h"
 #include "minigpt4/tokenizer/tokenizer.h"
 
 #include <fmt/format.h>
@@ -83,16 +85,18 @@ void check_neutral(const json& body) {
   if (const auto* v = field(body, "response_format")) {
     if (!v->is_object()) reject("response_format", "'response_format' must be an object, got {}", type_name(*v));
     const auto* type = field(*v, "type");
-    const bool text = type && type->is_string() && type->get_ref<const std::string&>() == "text";
-    const bool json_object = type && type->is_string() && type->get_ref<const std::string&>() == "json_object";
-    if (type && type->is_string() && type->get_ref<const std::string&>() == "json_schema")
+    const std::string name = type && type->is_string() ? type->get<std::string>() : "";
+    if (name != "text" && name != "json_object" && name != "json_schema")
       reject("response_format",
-             "response_format json_schema is not supported (no schema-constrained decoding yet); "
-             "{{\"type\": \"json_object\"}} constrains the answer to a JSON object");
-    if (!text && !json_object)
-      reject("response_format",
-             "response_format must be {{\"type\": \"text\"}} or {{\"type\": \"json_object\"}}, got type {}",
+             "response_format must be {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} or "
+             "{{\"type\": \"json_schema\", \"json_schema\": {{\"name\": ..., \"schema\": {{...}}}}}}, got type {}",
              type ? describe_json(*type) : "none");
+    if (name == "json_schema") {
+      const auto* spec = field(*v, "json_schema");
+      if (!spec || !spec->is_object() || !field(*spec, "schema"))
+        reject("response_format",
+               "response_format json_schema needs 'json_schema': {{\"name\": ..., \"schema\": {{...}}}}");
+    }
   }
   if (const auto* v = field(body, "modalities"))
     if (*v != json::array({"text"})) reject("modalities", "only the \"text\" output modality is supported");
@@ -360,9 +364,18 @@ void parse_options(const json& body, const RequestLimits& limits, ChatRequest& r
     if (logprobs) o.top_logprobs = static_cast<int>(n);
   }
   if (logprobs && o.num_beams > 1) reject("logprobs", "'logprobs' is not available with beam search ('num_beams' > 1)");
-  if (const auto* v = field(body, "response_format"); v && (*v)["type"] == "json_object") {
-    if (o.num_beams > 1) reject("response_format", "response_format json_object is not available with beam search");
-    o.json_object = true;
+  if (const auto* v = field(body, "response_format"); v && (*v)["type"] != "text") {
+    if (o.num_beams > 1)
+      reject("response_format", "response_format {} is not available with beam search", (*v)["type"].dump());
+    if ((*v)["type"] == "json_object") {
+      o.json_schema = JsonSchema::any_object();
+    } else {
+      try {
+        o.json_schema = JsonSchema::compile((*v)["json_schema"]["schema"]);
+      } catch (const Error& e) {
+        reject("response_format", "response_format {}", e.what());
+      }
+    }
   }
   if (const auto* v = field(body, "stream")) request.stream = as_bool(*v, "stream");
   if (const auto* v = field(body, "explain")) {

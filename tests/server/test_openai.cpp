@@ -1,4 +1,5 @@
 // The OpenAI request mapping and the reply/chunk/error shapes, without a model.
+#include "minigpt4/generate/json_schema.h"
 #include "minigpt4/server/base64.h"
 #include "minigpt4/server/openai.h"
 #include "minigpt4/server/page.h"
@@ -140,10 +141,17 @@ TEST_CASE("logprobs, top_logprobs and logit_bias map onto the answer's options",
   std::sort(bias.begin(), bias.end());
   CHECK(bias == std::vector<std::pair<int64_t, double>>{{4, 2.5}, {17, -100}});
   CHECK(parse({{"messages", {user("Hi")}}, {"logit_bias", json::object()}}).options.logit_bias.empty());
-  CHECK(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "json_object"}}}}).options.json_object);
+  CHECK(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "json_object"}}}}).options.json_schema ==
+        JsonSchema::any_object());
+  const json schema = {{"type", "object"}, {"properties", {{"a", {{"type", "integer"}}}}}, {"required", {"a"}}};
+  const auto with_schema =
+      parse({{"messages", {user("Hi")}},
+             {"response_format", {{"type", "json_schema"}, {"json_schema", {{"name", "s"}, {"schema", schema}}}}}});
+  REQUIRE(with_schema.options.json_schema);
+  CHECK(with_schema.options.json_schema->node(with_schema.options.json_schema->root()).properties.size() == 1);
   CHECK(parse({{"messages", {user("Hi")}}, {"n", 3}}).n == 3);
   CHECK(parse({{"messages", {user("Hi")}}}).n == 1);
-  CHECK_FALSE(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "text"}}}}).options.json_object);
+  CHECK_FALSE(parse({{"messages", {user("Hi")}}, {"response_format", {{"type", "text"}}}}).options.json_schema);
 }
 
 TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[server]") {
@@ -199,7 +207,11 @@ TEST_CASE("malformed and unsupported requests get a 400 naming the field", "[ser
   check_rejected({{"messages", hi}, {"logit_bias", {{"17", "up"}}}}, "logit_bias.17", "must be a number");
   check_rejected({{"messages", hi}, {"tools", {{{"type", "function"}}}}}, "tools", "not supported");
   check_rejected({{"messages", hi}, {"response_format", {{"type", "json_schema"}}}}, "response_format",
-                 "json_schema is not supported");
+                 "needs 'json_schema'");
+  check_rejected({{"messages", hi},
+                  {"response_format",
+                   {{"type", "json_schema"}, {"json_schema", {{"schema", {{"type", "string"}, {"pattern", "a+"}}}}}}}},
+                 "response_format", "'pattern'");
   check_rejected({{"messages", hi}, {"response_format", {{"type", "xml"}}}}, "response_format", "must be");
   check_rejected({{"messages", hi}, {"response_format", {{"type", "json_object"}}}, {"num_beams", 3}},
                  "response_format", "beam search");

@@ -10,6 +10,7 @@
 #include "minigpt4/tokenizer/tokenizer.h"
 #include "tests/server/running_server.h"
 #include "tests/support/fixtures.h"
+#include "tests/support/json_schema_check.h"
 
 #include <catch2/catch.hpp>
 #include <httplib.h>
@@ -703,6 +704,38 @@ TEST_CASE("response_format json_object: the answer is a JSON object or, cut by m
     CHECK((content.empty() || content[0] == '{'));
     if (finish == "stop") CHECK(json::parse(content).is_object());
   }
+}
+
+TEST_CASE("response_format json_schema: answers satisfy the schema; what it cannot take is a 400", "[server]") {
+  Running s;
+  auto client = s.client();
+  // A finite language (white space is bounded too), so every answer must end within the budget.
+  const json schema = json::parse(R"({
+    "type": "object",
+    "properties": {"animal": {"enum": ["cat", "dog"]}, "indoor": {"type": "boolean"},
+                   "tags": {"type": "array", "items": {"enum": ["small", "old"]}, "maxItems": 2}},
+    "required": ["animal", "indoor", "tags"], "additionalProperties": false})");
+  for (const int seed : {1, 2, 3}) {
+    auto request = greedy_request(256);
+    request["temperature"] = 1.0;
+    request["seed"] = seed;
+    request["response_format"] = {{"type", "json_schema"}, {"json_schema", {{"name", "pet"}, {"schema", schema}}}};
+    const auto res = client.Post("/v1/chat/completions", request.dump(), "application/json");
+    REQUIRE(res);
+    REQUIRE(res->status == 200);
+    const auto reply = json::parse(res->body);
+    const std::string content = reply["choices"][0]["message"]["content"];
+    INFO(content);
+    CHECK(reply["choices"][0]["finish_reason"] == "stop");
+    CHECK(test::satisfies(json::parse(content), schema));
+  }
+  auto bad = greedy_request(5);
+  bad["response_format"] = {{"type", "json_schema"},
+                            {"json_schema", {{"name", "x"}, {"schema", {{"type", "number"}, {"multipleOf", 2}}}}}};
+  const auto res = client.Post("/v1/chat/completions", bad.dump(), "application/json");
+  REQUIRE(res);
+  CHECK(res->status == 400);
+  CHECK_THAT(res->body, Catch::Contains("multipleOf"));
 }
 
 TEST_CASE("n > 1: several choices, each the answer its own seed gives, plain and streamed", "[server]") {
