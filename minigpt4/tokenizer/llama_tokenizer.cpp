@@ -11,6 +11,8 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/common/limits.h"
 #include "minigpt4/common/untrusted.h"
+#include "minigpt4/io/gguf.h"
+#include "minigpt4/tokenizer/gguf_vocab.h"
 
 namespace minigpt4 {
 
@@ -115,9 +117,8 @@ bool get_bool(const json& config, const char* key, bool fallback) {
 
 }  // namespace
 
-LlamaTokenizer::LlamaTokenizer(const fs::path& model_path, bool add_bos, bool add_eos, std::vector<NoSplitToken> tokens,
-                               const std::string& bos, const std::string& eos, const std::string& unk)
-    : model_path_(model_path), add_bos_(add_bos), add_eos_(add_eos) {
+std::shared_ptr<const sentencepiece::SentencePieceProcessor> LlamaTokenizer::load_model_file(
+    const fs::path& model_path) {
   std::error_code ec;
   if (!fs::is_regular_file(model_path, ec))
     fail("LlamaTokenizer: sentencepiece model {} not found", model_path.string());
@@ -132,8 +133,13 @@ LlamaTokenizer::LlamaTokenizer(const fs::path& model_path, bool add_bos, bool ad
   if (const auto status = sp->Load(model_path.string()); !status.ok())
     fail("LlamaTokenizer: cannot load sentencepiece model {}: {}", model_path.string(),
          excerpt(status.ToString(), 300));
-  sp_ = sp;
+  return sp;
+}
 
+LlamaTokenizer::LlamaTokenizer(std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp,
+                               const fs::path& model_path, bool add_bos, bool add_eos, std::vector<NoSplitToken> tokens,
+                               const std::string& bos, const std::string& eos, const std::string& unk)
+    : sp_(std::move(sp)), model_path_(model_path), add_bos_(add_bos), add_eos_(add_eos) {
   const int64_t sp_size = sp_->GetPieceSize();
   const int64_t sp_unk = sp_->PieceToId(unk);
   // HF loads added_tokens.json before it adds missing special tokens, so those come after.
@@ -162,7 +168,29 @@ LlamaTokenizer LlamaTokenizer::from_model_file(const fs::path& model_path) {
   std::vector<NoSplitToken> tokens = {{"<s>", -1, true, false, false, false},
                                       {"</s>", -1, true, false, false, false},
                                       {"<unk>", -1, true, false, false, false}};
-  return LlamaTokenizer(model_path, true, false, tokens, "<s>", "</s>", "<unk>");
+  return LlamaTokenizer(load_model_file(model_path), model_path, true, false, tokens, "<s>", "</s>", "<unk>");
+}
+
+LlamaTokenizer LlamaTokenizer::from_gguf(const fs::path& gguf_path) {
+  const auto gguf = io::read_gguf(gguf_path.string());
+  auto sp = std::make_shared<sentencepiece::SentencePieceProcessor>();
+  if (const auto status = sp->LoadFromSerializedProto(sentencepiece_model_from_gguf(gguf)); !status.ok())
+    fail("LlamaTokenizer: the vocabulary of {} is not a sentencepiece model: {}", gguf_path.string(),
+         excerpt(status.ToString(), 300));
+  const auto piece = [&](const char* key, int64_t fallback) {
+    const auto id = gguf.metadata.contains(key) ? gguf.metadata.at(key).get<int64_t>() : fallback;
+    return sp->IdToPiece(static_cast<int>(id));  // in range: sentencepiece_model_from_gguf checked it
+  };
+  const auto bos = piece("tokenizer.ggml.bos_token_id", 1), eos = piece("tokenizer.ggml.eos_token_id", 2);
+  const auto unk = sp->IdToPiece(sp->unk_id());
+  const auto flag = [&](const char* key, bool fallback) {
+    return gguf.metadata.contains(key) && gguf.metadata.at(key).is_boolean() ? gguf.metadata.at(key).get<bool>()
+                                                                             : fallback;
+  };
+  std::vector<NoSplitToken> tokens = {
+      {bos, -1, true, false, false, false}, {eos, -1, true, false, false, false}, {unk, -1, true, false, false, false}};
+  return LlamaTokenizer(std::move(sp), gguf_path, flag("tokenizer.ggml.add_bos_token", true),
+                        flag("tokenizer.ggml.add_eos_token", false), tokens, bos, eos, unk);
 }
 
 LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
@@ -231,8 +259,8 @@ LlamaTokenizer LlamaTokenizer::from_pretrained(const fs::path& hf_dir) {
       tokens.push_back(Token{content, id, false, false, true, true});
     }
   }
-  return LlamaTokenizer(model, get_bool(config, "add_bos_token", true), get_bool(config, "add_eos_token", false),
-                        tokens, bos.content, eos.content, unk.content);
+  return LlamaTokenizer(load_model_file(model), model, get_bool(config, "add_bos_token", true),
+                        get_bool(config, "add_eos_token", false), tokens, bos.content, eos.content, unk.content);
 }
 
 const LlamaTokenizer::NoSplitToken* LlamaTokenizer::find_no_split(const std::string& content) const {

@@ -32,6 +32,9 @@ class LlamaTokenizer final : public Tokenizer {
   // A Hugging Face directory: tokenizer.model plus, when present, tokenizer_config.json,
   // special_tokens_map.json and added_tokens.json (read the way transformers 4.28 does).
   static LlamaTokenizer from_pretrained(const std::filesystem::path& hf_dir);
+  // A GGUF file's own vocabulary (tokenizer.ggml.*: pieces, scores, types, bos/eos/unk and
+  // add_bos/add_eos), written back as the sentencepiece model llama.cpp's converter read.
+  static LlamaTokenizer from_gguf(const std::filesystem::path& gguf_path);
 
   // Ids of `text`; with add_special_tokens, bos first (if add_bos_token) and eos last (if
   // add_eos_token).
@@ -65,8 +68,11 @@ class LlamaTokenizer final : public Tokenizer {
  private:
   // `tokens` lists every no-split token in HF's precedence (specials first); ids < 0 are
   // resolved against the vocabulary, as `sanitize_special_tokens` would.
-  LlamaTokenizer(const std::filesystem::path& model_path, bool add_bos, bool add_eos, std::vector<NoSplitToken> tokens,
+  LlamaTokenizer(std::shared_ptr<const sentencepiece::SentencePieceProcessor> sp,
+                 const std::filesystem::path& model_path, bool add_bos, bool add_eos, std::vector<NoSplitToken> tokens,
                  const std::string& bos, const std::string& eos, const std::string& unk);
+  static std::shared_ptr<const sentencepiece::SentencePieceProcessor> load_model_file(
+      const std::filesystem::path& model_path);
   const NoSplitToken* find_no_split(const std::string& content) const;
   const NoSplitToken* find_added_id(int64_t id) const;
   bool is_special_id(int64_t id) const;

@@ -1,6 +1,7 @@
 #include "minigpt4/tokenizer/tokenizer.h"
 
 #include "minigpt4/common/error.h"
+#include "minigpt4/io/gguf.h"
 #include "minigpt4/tokenizer/bpe_tokenizer.h"
 #include "minigpt4/tokenizer/llama_tokenizer.h"
 
@@ -42,15 +43,15 @@ BatchEncoding Tokenizer::encode_batch(const std::vector<std::string>& texts, boo
 std::shared_ptr<Tokenizer> load_tokenizer(const fs::path& path) {
   std::error_code ec;  // a path the system refuses (too long, no permission) counts as absent
   auto hf_dir = path;
-  // A GGUF file (llama.cpp's): the sentencepiece model beside it. Its own vocabulary
-  // (tokenizer.ggml.*) is not read.
+  // A GGUF file (llama.cpp's): its own vocabulary, as llama.cpp reads it; a file without one
+  // (tokenizer.ggml.tokens) takes the sentencepiece model beside it.
   if (path.extension() == ".gguf" && fs::is_regular_file(path, ec)) {
+    if (io::read_gguf(path.string()).metadata.contains("tokenizer.ggml.tokens"))
+      return std::make_shared<LlamaTokenizer>(LlamaTokenizer::from_gguf(path));
     hf_dir = path.parent_path().empty() ? fs::path(".") : path.parent_path();
     if (!fs::is_regular_file(hf_dir / "tokenizer.model", ec))
-      fail(
-          "{}: a GGUF model takes its tokenizer from tokenizer.model in the same folder ({}), which is missing "
-          "(the GGUF's own vocabulary is not read)",
-          path.string(), hf_dir.string());
+      fail("{}: this GGUF holds no vocabulary (tokenizer.ggml.tokens) and there is no tokenizer.model beside it in {}",
+           path.string(), hf_dir.string());
   }
   if (!fs::is_directory(hf_dir, ec)) fail("tokenizer directory {} does not exist", hf_dir.string());
   if (fs::is_regular_file(hf_dir / "tokenizer.model", ec))
