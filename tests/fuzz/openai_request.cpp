@@ -5,6 +5,7 @@
 // from a full decode budget) is a minigpt4::Error: a clean refusal. Anything else escaping,
 // or a crash, is a bug.
 #include "minigpt4/common/error.h"
+#include "minigpt4/generate/json_constraint.h"
 #include "minigpt4/server/openai.h"
 #include "minigpt4/server/page.h"
 
@@ -36,6 +37,13 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       __builtin_trap();
     if (request.options.max_new_tokens < 1 || request.options.max_new_tokens > limits().max_tokens) __builtin_trap();
     if (!(request.options.temperature >= 0 && request.options.temperature <= 2)) __builtin_trap();
+    // A schema that compiled walks any text without escaping: the body itself, byte by byte.
+    if (request.options.json_schema) {
+      minigpt4::JsonPrefix prefix(request.options.json_schema);
+      for (const char c : body)
+        if (!prefix.feed(c)) break;
+      (void)prefix.complete();
+    }
   } catch (const minigpt4::Error&) {}
   try {
     (void)minigpt4::server::parse_page_ask(body, limits());
