@@ -35,7 +35,7 @@ namespace {
 struct Cpu {
   std::string vendor = "unknown", model = "unknown";
   bool intel = false, avx2 = false, f16c = false, avx512 = false, avx512_bf16 = false, avx512_vnni = false,
-       amx_bf16 = false;
+       amx_bf16 = false, avx_vnni = false, amx_int8 = false;
 };
 
 std::string cpuinfo_field(const std::string& key) {
@@ -60,6 +60,8 @@ const Cpu& cpu() {
     c.amx_bf16 = flags.find(" amx_bf16 ") != std::string::npos;
     c.f16c = flags.find(" f16c ") != std::string::npos;  // float16 scales of group-wise weights
     c.avx512_vnni = flags.find(" avx512_vnni ") != std::string::npos;
+    c.avx_vnni = flags.find(" avx_vnni ") != std::string::npos;
+    c.amx_int8 = flags.find(" amx_int8 ") != std::string::npos;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
     __builtin_cpu_init();
     c.intel = __builtin_cpu_is("intel");
@@ -158,18 +160,18 @@ Kernels parse_family(const std::string& word, const std::string& setting) {
 // The choice with the reason for each dtype, from the environment and the rules.
 struct Decision {
   Choice choice;
-  std::string setting = "unset", why_f32, why_bf16, why_int8, why_grouped, why_bf16_prompt;
+  std::string setting = "unset", why_f32, why_bf16, why_int8, why_grouped, why_bf16_prompt, why_int8_prompt;
 };
 
 Decision decide() {
   Decision d;
   std::optional<Kernels> forced[4];  // f32, bf16, int8, grouped
-  std::optional<bool> forced_prompt;
+  std::optional<bool> forced_prompt, forced_int8_prompt;
   const char* legacy = std::getenv("MINIGPT4_CPU_GEMV");
   if (legacy != nullptr && std::strcmp(legacy, "0") == 0) {
     d.setting = "MINIGPT4_CPU_GEMV=0";
     forced[0] = forced[1] = forced[2] = forced[3] = Kernels::aten;
-    forced_prompt = false;
+    forced_prompt = forced_int8_prompt = false;
   }
   if (const char* v = std::getenv("MINIGPT4_CPU_KERNELS"); v != nullptr && *v != '\0') {
     const std::string setting = v;
@@ -183,7 +185,7 @@ Decision decide() {
         // One family for everything: the group-wise weights follow where it has their kernels
         // (avx512 has none: they stay automatic, on avx2).
         if (!cannot_run(*forced[0], at::kByte)) forced[3] = forced[0];
-        if (forced[0] == Kernels::aten) forced_prompt = false;
+        if (forced[0] == Kernels::aten) forced_prompt = forced_int8_prompt = false;
         continue;
       }
       const auto dtype = part.substr(0, eq), family = part.substr(eq + 1);
@@ -194,11 +196,19 @@ Decision decide() {
         if (family != "auto") forced_prompt = family == "float32";
         continue;
       }
+      if (dtype == "int8_prompt") {
+        if (family != "llm_int8" && family != "float32" && family != "auto")
+          throw std::runtime_error(fmt::format(
+              "MINIGPT4_CPU_KERNELS='{}': int8_prompt takes llm_int8, float32 or auto, not '{}'", setting, family));
+        if (family != "auto") forced_int8_prompt = family == "llm_int8";
+        continue;
+      }
       const int slot = dtype == "f32" ? 0 : dtype == "bf16" ? 1 : dtype == "int8" ? 2 : dtype == "grouped" ? 3 : -1;
       if (slot < 0)
         throw std::runtime_error(fmt::format(
-            "MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8, grouped or bf16_prompt)", setting,
-            dtype));
+            "MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8, grouped, bf16_prompt or "
+            "int8_prompt)",
+            setting, dtype));
       if (family != "auto") forced[slot] = parse_family(family, setting);
     }
   }
@@ -225,6 +235,16 @@ Decision decide() {
     d.why_bf16_prompt = cpu().amx_bf16 ? "AMX-BF16: oneDNN multiplies bf16 tiles natively"
                                        : "no AMX: oneDNN's bf16 GEMM is slower than float32's here";
   }
+  if (forced_int8_prompt) {
+    d.choice.int8_prompt_llm_int8 = *forced_int8_prompt;
+    d.why_int8_prompt = "forced by " + d.setting;
+  } else {
+    const bool vnni = cpu().avx512_vnni || cpu().avx_vnni || cpu().amx_int8;
+    d.choice.int8_prompt_llm_int8 = vnni;
+    d.why_int8_prompt = vnni ? "VNNI/AMX int8 dot products: oneDNN's int8 GEMM ran 128 rows of a 2048->5632 "
+                               "layer 3.9x faster than float32's on an Ice Lake Xeon (2 threads)"
+                             : "no VNNI: not measured, the float32 path";
+  }
   return d;
 }
 
@@ -238,11 +258,13 @@ std::atomic<int> g_override{0};
 
 int pack(const Choice& c) {
   return 1 | static_cast<int>(c.f32) << 1 | static_cast<int>(c.bf16) << 3 | static_cast<int>(c.int8) << 5 |
-         static_cast<int>(c.bf16_prompt_float32) << 7 | static_cast<int>(c.grouped) << 8;
+         static_cast<int>(c.bf16_prompt_float32) << 7 | static_cast<int>(c.grouped) << 8 |
+         static_cast<int>(c.int8_prompt_llm_int8) << 10;
 }
 Choice unpack(int v) {
-  return {static_cast<Kernels>(v >> 1 & 3), static_cast<Kernels>(v >> 3 & 3), static_cast<Kernels>(v >> 5 & 3),
-          (v >> 7 & 1) != 0, static_cast<Kernels>(v >> 8 & 3)};
+  return {static_cast<Kernels>(v >> 1 & 3), static_cast<Kernels>(v >> 3 & 3),
+          static_cast<Kernels>(v >> 5 & 3), (v >> 7 & 1) != 0,
+          static_cast<Kernels>(v >> 8 & 3), (v >> 10 & 1) != 0};
 }
 
 // ------------------------------------------------------------------ the products
@@ -403,9 +425,11 @@ std::string describe() {
   const Decision& d = decision();
   const Choice now = chosen();
   std::string out = fmt::format("cpu: {} ({})\n", c.model, c.vendor);
-  out += fmt::format("features: avx2+fma {}, f16c {}, avx512 f/bw/vl {}, avx512_bf16 {}, avx512_vnni {}, amx_bf16 {}\n",
-                     c.avx2 ? "yes" : "no", c.f16c ? "yes" : "no", c.avx512 ? "yes" : "no",
-                     c.avx512_bf16 ? "yes" : "no", c.avx512_vnni ? "yes" : "no", c.amx_bf16 ? "yes" : "no");
+  out += fmt::format(
+      "features: avx2+fma {}, f16c {}, avx512 f/bw/vl {}, avx512_bf16 {}, avx512_vnni {}, avx_vnni {}, amx_bf16 {}, "
+      "amx_int8 {}\n",
+      c.avx2 ? "yes" : "no", c.f16c ? "yes" : "no", c.avx512 ? "yes" : "no", c.avx512_bf16 ? "yes" : "no",
+      c.avx512_vnni ? "yes" : "no", c.avx_vnni ? "yes" : "no", c.amx_bf16 ? "yes" : "no", c.amx_int8 ? "yes" : "no");
   out += fmt::format("setting: {}\n", d.setting);
   out += fmt::format("threads: {} (at::get_num_threads)\n", at::get_num_threads());
   const auto line = [&](const char* dtype, Kernels k, const std::string& why, at::ScalarType t) {
@@ -419,8 +443,12 @@ std::string describe() {
   out += line("int8", now.int8, d.why_int8, at::kChar);
   out += line("q4/q8 groups", now.grouped, d.why_grouped, at::kByte);
   if (!(now == d.choice)) out += "(the choice was replaced in this process by cpu_gemv::set_choice)\n";
-  out += fmt::format("more than {} rows (prompt): f32 MKL; int8 and q4/q8 groups float32 blocks + MKL; bf16 {} ({})\n",
-                     kMaxRows, now.bf16_prompt_float32 ? "float32 blocks + MKL" : "ATen (oneDNN)", d.why_bf16_prompt);
+  out += fmt::format("more than {} rows (prompt): f32 MKL; q4/q8 groups float32 blocks + MKL; bf16 {} ({})\n", kMaxRows,
+                     now.bf16_prompt_float32 ? "float32 blocks + MKL" : "ATen (oneDNN)", d.why_bf16_prompt);
+  out += fmt::format("  int8 (per channel): {} ({})\n",
+                     now.int8_prompt_llm_int8 ? "LLM.int8(): int8 activations per row, at::_int_mm, outliers in float32"
+                                              : "float32 blocks + MKL",
+                     d.why_int8_prompt);
   out += "training (autograd): ATen for every dtype\n";
   return out;
 }

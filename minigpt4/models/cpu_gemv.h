@@ -16,6 +16,7 @@
 //   f32=avx2,bf16=aten,int8=avx512       per dtype (the others stay automatic)
 //   grouped=avx2|aten                    group-wise 4/8-bit weights (no AVX-512 form yet)
 //   bf16_prompt=float32|aten             how a bf16 prompt is multiplied (below)
+//   int8_prompt=llm_int8|float32         how a prompt meets per-channel int8 weights (quantize.h)
 // (MINIGPT4_CPU_GEMV=0, the older switch, means aten.) Cases the kernels do not handle
 // return an undefined tensor and the caller takes ATen's path. No autograd: inference only.
 #include <ATen/core/Tensor.h>
@@ -37,13 +38,16 @@ const char* name(Kernels kernels);
 // bf16_prompt_float32: products of more rows with bf16 weights (a prompt) through float32
 // blocks (float32_blocks_mm) rather than ATen's bf16 GEMM.
 // grouped: group-wise 4- and 8-bit weights (quantize.h); aten there means dequantising.
+// int8_prompt_llm_int8: products of more rows with per-channel int8 weights through
+// LLM.int8() (quantize.h, int8_linear) rather than float32 blocks.
 struct Choice {
   Kernels f32 = Kernels::aten, bf16 = Kernels::aten, int8 = Kernels::aten;
   bool bf16_prompt_float32 = false;
   Kernels grouped = Kernels::aten;
+  bool int8_prompt_llm_int8 = false;
   bool operator==(const Choice& o) const {
     return f32 == o.f32 && bf16 == o.bf16 && int8 == o.int8 && bf16_prompt_float32 == o.bf16_prompt_float32 &&
-           grouped == o.grouped;
+           grouped == o.grouped && int8_prompt_llm_int8 == o.int8_prompt_llm_int8;
   }
 };
 

@@ -41,10 +41,41 @@ void check_int8(const at::Tensor& values, const at::Tensor& scales) {
 // a CPU without AMX the bf16 GEMM is no faster than float32's, and the float32 blocks cost
 // less to make (64 rows of a 2048->5632 layer, 2 threads: 8.9 ms against 14.2 through bf16
 // blocks).
+// LLM.int8() (Dettmers et al., 2022), the product bitsandbytes' load_in_8bit computes for the
+// original's low_resource: each activation row is quantised to int8 by its own absmax (as each
+// weight row is by its own), the integer product runs in oneDNN's int8 GEMM (at::_int_mm, VNNI
+// dot products, exact int32 sums), and the outliers, activations of magnitude >= 6 (its
+// llm_int8_threshold), are multiplied in float32 by their dequantised weight columns. Unlike
+// bitsandbytes, which sends a whole column to float when any row has an outlier there, only
+// the outlier elements go: each row's result then depends on that row alone, so a prompt
+// computed in chunks (the server's chunked prefill) gives what it gives whole.
+constexpr float kOutlierThreshold = 6.0f;
+
+at::Tensor llm_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
+  if (x2.size(0) == 0) return at::zeros({0, values.size(0)}, x2.options().dtype(at::kFloat));
+  auto x = x2.to(at::kFloat);
+  const auto outlier = x.abs() >= kOutlierThreshold;
+  const auto columns = outlier.any(0).nonzero().view({-1});
+  at::Tensor x_outliers;
+  if (columns.numel() > 0) {
+    x_outliers = x.index_select(1, columns).mul_(outlier.index_select(1, columns));
+    x = x.masked_fill(outlier, 0.0);
+  }
+  auto row_scale = x.abs().amax({1}, /*keepdim=*/true).div_(127.0);
+  row_scale.masked_fill_(row_scale == 0, 1.0);
+  const auto q = at::div(x, row_scale).round_().clamp_(-127, 127).to(at::kChar);
+  auto y = at::_int_mm(q, values.t()).to(at::kFloat).mul_(row_scale).mul_(scales.to(at::kFloat).unsqueeze(0));
+  if (x_outliers.defined())
+    y.addmm_(x_outliers, dequantize_int8(values.index_select(1, columns), scales, at::kFloat).t());
+  return y;
+}
+
 at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales) {
   const auto dtype = x2.scalar_type();
-  if (!(at::GradMode::is_enabled() && x2.requires_grad()))
+  if (!(at::GradMode::is_enabled() && x2.requires_grad())) {
     if (auto y = cpu_gemv::linear_int8(x2, values, scales); y.defined()) return y;
+    if (cpu_gemv::chosen().int8_prompt_llm_int8) return llm_int8_mm(x2, values, scales).to(dtype);
+  }
   // The fused kernel reads K in blocks of 16: other widths give garbage or crash (seen with
   // torch 2.12 at K = 8, 24, 40, 344, e.g. the quickstart LLM's FFN of 344).
   if ((dtype == at::kBFloat16 || dtype == at::kHalf) && x2.size(0) <= kCpuFusedMaxRows && x2.size(1) % 16 == 0)

@@ -3,9 +3,11 @@
 // the LLM with bitsandbytes' load_in_8bit for GPUs too small for fp16). Each output
 // channel (row of a [N, K] weight) gets one float32 scale, absmax/127, and the weight is
 // stored as round(w / scale) in int8: a quarter of fp32's memory, half of fp16's.
-// Activations stay in the compute dtype (W8A16): unlike bitsandbytes' LLM.int8(), which
-// also quantises activations outside its outlier columns, nothing but the weights loses
-// precision, so no outlier threshold is needed.
+// Decode steps (up to cpu_gemv::kMaxRows rows) keep the activations in their dtype and widen
+// the weights in registers (W8A16). Prompts, on a CPU with int8 dot products (VNNI), take
+// LLM.int8() as bitsandbytes does for the original: int8 activations per row, an int8 GEMM,
+// and the outliers (magnitude >= 6) in float32 (quantize.cpp, llm_int8_mm); elsewhere, and on
+// CUDA, they are W8A16 too.
 #include <ATen/core/Tensor.h>
 
 namespace minigpt4 {
@@ -27,10 +29,11 @@ void quantize_int8_into(const at::Tensor& weight, at::Tensor& values, at::Tensor
 // values * scales[:, None] in `dtype`.
 at::Tensor dequantize_int8(const at::Tensor& values, const at::Tensor& scales, c10::ScalarType dtype);
 
-// x W^T + bias for W = values * scales[:, None]; the result has x's dtype. CPU: ATen's
-// fused int8-weight kernel for bf16/fp16 with up to 32 rows (decoding), else the weight
-// converted block by block in cache; CUDA: the weight dequantised to x's dtype, then the
-// ordinary GEMM. Measurements and reasons in quantize.cpp.
+// x W^T + bias for W = values * scales[:, None]; the result has x's dtype. CPU: our decode
+// kernels for a few rows, LLM.int8() for more where cpu_gemv chose it, else ATen's fused
+// int8-weight kernel for bf16/fp16 with up to 32 rows or the weight converted block by
+// block in cache; CUDA: the weight dequantised to x's dtype, then the ordinary GEMM.
+// Measurements and reasons in quantize.cpp.
 at::Tensor int8_linear(const at::Tensor& x, const at::Tensor& values, const at::Tensor& scales, const at::Tensor& bias);
 
 // ---------------------------------------------------------------- group-wise formats

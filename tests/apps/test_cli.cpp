@@ -84,6 +84,17 @@ TEST_CASE("minigpt4 info --kernels names the CPU and the kernels of each weight 
   r = forced("f16=avx2");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("unknown key 'f16'"));
+  r = forced("int8_prompt=float32");
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("int8 (per channel): float32 blocks + MKL (forced by"));
+  r = forced("int8_prompt=llm_int8");
+  CHECK(r.exit_code == 0);
+  CHECK_THAT(r.output, Contains("int8 (per channel): LLM.int8()"));
+  r = forced("aten");
+  CHECK_THAT(r.output, Contains("int8 (per channel): float32 blocks + MKL"));
+  r = forced("int8_prompt=w8a8");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("int8_prompt takes llm_int8, float32 or auto, not 'w8a8'"));
 }
 
 TEST_CASE("minigpt4 chat answers a question about an image and exits", "[apps]") {

@@ -217,6 +217,11 @@ TEST_CASE("the automatic choice is the widest family this CPU runs (float32: MKL
   CHECK(automatic.f32 == (intel ? cpu_gemv::Kernels::aten : cpu_gemv::runnable(torch::kFloat).back()));
   const bool amx = cpu_gemv::describe().find("amx_bf16 yes") != std::string::npos;
   CHECK(automatic.bf16_prompt_float32 == !amx);
+  const auto described = cpu_gemv::describe();
+  const bool int8_dots = described.find("avx512_vnni yes") != std::string::npos ||
+                         described.find("avx_vnni yes") != std::string::npos ||
+                         described.find("amx_int8 yes") != std::string::npos;
+  CHECK(automatic.int8_prompt_llm_int8 == int8_dots);
 }
 
 TEST_CASE("kernels this CPU cannot run are refused, naming what is missing", "[cpu_gemv]") {

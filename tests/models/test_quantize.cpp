@@ -6,6 +6,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/io/safetensors.h"
+#include "minigpt4/models/cpu_gemv.h"
 #include "minigpt4/models/memory.h"
 #include "minigpt4/models/minigpt4.h"
 #include "minigpt4/models/quantize.h"
@@ -72,6 +73,32 @@ std::pair<torch::Tensor, torch::Tensor> llm_logits(const MiniGPT4& model, const 
   return {torch::cat(actual), torch::cat(expected)};
 }
 
+// Runs with int8 prompts through LLM.int8() or float32 blocks from now on; the guard puts the
+// process's own choice back.
+struct ForcedInt8Prompt {
+  cpu_gemv::Choice saved = cpu_gemv::chosen();
+  explicit ForcedInt8Prompt(bool llm_int8) {
+    auto choice = saved;
+    choice.int8_prompt_llm_int8 = llm_int8;
+    cpu_gemv::set_choice(choice);
+  }
+  ~ForcedInt8Prompt() { cpu_gemv::set_choice(saved); }
+};
+
+// LLM.int8() written out in double, from the paper rather than from quantize.cpp: per row,
+// the elements of magnitude >= 6 meet the dequantised weight in full precision; the rest are
+// rounded to int8 by the row's absmax / 127 and meet the int8 weight, then both scales.
+torch::Tensor llm_int8_reference(const torch::Tensor& x, const torch::Tensor& values, const torch::Tensor& scales) {
+  const auto xd = x.to(torch::kFloat64).reshape({-1, x.size(-1)});
+  const auto big = xd.abs() >= 6.0;
+  const auto outliers = xd * big, rest = xd * big.logical_not();
+  auto row_scale = rest.abs().amax(1, true) / 127.0;
+  row_scale = torch::where(row_scale == 0, torch::ones_like(row_scale), row_scale);
+  const auto q = torch::clamp(torch::round(rest / row_scale), -127, 127);
+  const auto w = values.to(torch::kFloat64), s = scales.to(torch::kFloat64);
+  return torch::mm(q, w.t()) * row_scale * s.unsqueeze(0) + torch::mm(outliers, (w * s.unsqueeze(1)).t());
+}
+
 }  // namespace
 
 TEST_CASE("int8 quantisation is within half a scale step of every weight", "[models]") {
@@ -120,22 +147,41 @@ TEST_CASE("an int8 Linear computes the product with its dequantised weight", "[m
       CHECK(layer.is_int8());
       CHECK(layer.weight.scalar_type() == torch::kInt8);
       CHECK_FALSE(layer.weight.requires_grad());
-      // 6 rows (CPU bf16/fp16: ATen's fused kernel) and 80 (the blocked conversion).
-      for (const int64_t T : {3, 40}) {
-        const auto x = torch::randn({2, T, in}).to(dtype);
-        const auto y = layer.forward(x);
-        REQUIRE(y.scalar_type() == dtype);
-        REQUIRE(y.sizes() == torch::IntArrayRef({2, T, out}));
-        const auto reference =
-            torch::linear(x.to(torch::kFloat32), dequantize_int8(layer.weight, layer.weight_scale, torch::kFloat32),
-                          b.to(dtype).to(torch::kFloat32));
-        // fp32: summation order only. bf16/fp16: the output's rounding and the scales' cast.
-        const double tol = dtype == torch::kFloat32 ? 1e-5 : dtype == torch::kFloat16 ? 5e-3 : 2e-2;
-        const auto scale = reference.abs().max().item<double>();
-        CHECK((y.to(torch::kFloat32) - reference).abs().max().item<double>() <= tol * scale);
-        // A transposed (non-contiguous) input gives the same result.
-        const auto xt = x.transpose(0, 1).contiguous().transpose(0, 1);
-        CHECK(torch::allclose(layer.forward(xt).to(torch::kFloat32), y.to(torch::kFloat32)));
+      // 6 rows (CPU bf16/fp16: ATen's fused kernel, or LLM.int8()) and 80 (the blocked
+      // conversion, or LLM.int8()); a few activations past LLM.int8()'s outlier threshold.
+      for (const bool llm_int8 : {false, true}) {
+        ForcedInt8Prompt forced(llm_int8);
+        for (const int64_t T : {3, 40}) {
+          INFO((llm_int8 ? "LLM.int8()" : "float32 prompts") << ", " << T << " rows per batch");
+          auto x = torch::randn({2, T, in});
+          x.view({-1})[7] = 9.0, x.view({-1})[in + 3] = -40.0, x.view({-1})[2 * in + 3] = 6.5;
+          x = x.to(dtype);
+          const auto y = layer.forward(x);
+          REQUIRE(y.scalar_type() == dtype);
+          REQUIRE(y.sizes() == torch::IntArrayRef({2, T, out}));
+          const auto dense =
+              torch::linear(x.to(torch::kFloat32), dequantize_int8(layer.weight, layer.weight_scale, torch::kFloat32),
+                            b.to(dtype).to(torch::kFloat32));
+          const auto scale = dense.abs().max().item<double>();
+          const auto error = [&](const torch::Tensor& reference) {
+            return (y.to(torch::kFloat64) - reference.to(torch::kFloat64)).abs().max().item<double>() / scale;
+          };
+          // fp32: summation order only. bf16/fp16: the output's rounding and the scales' cast.
+          const double tol = dtype == torch::kFloat32 ? 1e-5 : dtype == torch::kFloat16 ? 5e-3 : 2e-2;
+          if (llm_int8) {
+            // The same numbers as the paper's product; and the activations' rounding (half a
+            // step of absmax / 127 per element) keeps it within ~1 % of the dense product.
+            const auto reference = llm_int8_reference(x, layer.weight, layer.weight_scale).view({2, T, out}) +
+                                   b.to(dtype).to(torch::kFloat64);
+            CHECK(error(reference) <= tol);
+            CHECK(error(dense) <= 0.03);
+          } else {
+            CHECK(error(dense) <= tol);
+          }
+          // A transposed (non-contiguous) input gives the same result.
+          const auto xt = x.transpose(0, 1).contiguous().transpose(0, 1);
+          CHECK(torch::allclose(layer.forward(xt).to(torch::kFloat32), y.to(torch::kFloat32)));
+        }
       }
     }
   }
@@ -143,6 +189,22 @@ TEST_CASE("an int8 Linear computes the product with its dequantised weight", "[m
   CHECK_THROWS_WITH(layer.reset_parameters(), Contains("int8"));
   CHECK_THROWS_WITH(layer.load_weight(torch::ones({4, 9}), "w.safetensors"),
                     Contains("w.safetensors") && Contains("[4, 9]") && Contains("[4, 8]"));
+}
+
+TEST_CASE("LLM.int8() prompts: each row's product depends on that row alone (chunked prefill)", "[models]") {
+  torch::NoGradGuard no_grad;
+  ForcedInt8Prompt forced(true);
+  torch::manual_seed(3);
+  Linear layer(256, 96, false, torch::kFloat32, WeightFormat::Int8);
+  layer.load_weight(torch::randn({96, 256}) / 16);
+  auto x = torch::randn({12, 256});
+  x[1][5] = 30, x[8][40] = -12, x[8][41] = 7;  // outliers in different rows and columns
+  const auto whole = layer.forward(x);
+  const auto chunks = torch::cat({layer.forward(x.narrow(0, 0, 6)), layer.forward(x.narrow(0, 6, 6))});
+  CHECK(torch::allclose(whole, chunks, 1e-6, 1e-6));
+  // The same rows in another company: the first six next to six rows full of outliers.
+  const auto mixed = layer.forward(torch::cat({x.narrow(0, 0, 6), torch::randn({6, 256}) * 10}));
+  CHECK(torch::allclose(mixed.narrow(0, 0, 6), whole.narrow(0, 0, 6), 1e-6, 1e-6));
 }
 
 TEST_CASE("an int8 LLaMA loads from a Hugging Face directory and keeps its logits", "[models]") {
@@ -174,8 +236,11 @@ TEST_CASE("an int8 LLaMA loads from a Hugging Face directory and keeps its logit
     ++replaced;
   }
   CHECK(replaced == 7 * config.num_hidden_layers);
-  const auto logits = int8.forward(embeds).logits;
-  CHECK(torch::allclose(logits, dense.forward(embeds).logits, 1e-4, 1e-4));
+  {
+    ForcedInt8Prompt exact(false);  // activations kept whole: the dense product's numbers
+    CHECK(torch::allclose(int8.forward(embeds).logits, dense.forward(embeds).logits, 1e-4, 1e-4));
+  }
+  const auto logits = int8.forward(embeds).logits;  // this CPU's own choice
   // This fixture's N(0, 0.2) weights make attention sharp and errors grow; still close.
   CHECK(agreement(logits, original).min_cosine >= 0.99);
 }
@@ -186,6 +251,7 @@ TEST_CASE("low_resource and bf16 LLMs agree with the fp32 original on every fixt
     std::string name;
     std::vector<std::string> options;
     double min_top1, min_cosine;
+    bool llm_int8 = false;  // per-channel int8 prompts through LLM.int8() (else float32)
   };
   // int8 weights with fp32 activations: 97 % of argmaxes, cosine 0.999. bf16 rounds every
   // weight and activation to 8 significant bits, so near-ties flip too: 97 % (int8 weights
@@ -196,10 +262,19 @@ TEST_CASE("low_resource and bf16 LLMs agree with the fp32 original on every fixt
   // same in a plain Python re-quantisation); cosine >= 0.9997 in all. One scale per output
   // channel is what keeps int8 under llama.cpp's q8_0 (a scale per 32 weights) here: 99 %
   // needs group-wise scales (issue 22).
+  // LLM.int8() rounds the activations too (per row, outliers kept): measured 97.0 / 98.4 /
+  // 98.9 % with fp32 activations and 96.1 / 97.9 / 98.3 % with bf16 (the three cases in the
+  // order below), cosine >= 0.9994, the flips near-ties (margin <= 0.17).
   const std::vector<Mode> modes = {
       {"int8 (fp32 activations)", {"model.low_resource=True"}, 0.97, 0.999},
       {"bf16", {"model.llm_precision=bf16"}, 0.97, 0.999},
       {"int8 (bf16 activations)", {"model.low_resource=True", "model.llm_precision=bf16"}, 0.95, 0.999},
+      {"int8, LLM.int8() prompts (fp32 activations)", {"model.low_resource=True"}, 0.95, 0.999, true},
+      {"int8, LLM.int8() prompts (bf16 activations)",
+       {"model.low_resource=True", "model.llm_precision=bf16"},
+       0.94,
+       0.999,
+       true},
       // Group-wise. Measured (tiny_vicuna0 / tiny_llama2_noqformer / tiny_llama2_example):
       // 8-bit g32 98.9 / 99.3 / 98.5 %, cosine >= 0.9999, its flips near-ties (margin <= 0.024);
       // 4-bit g32 76.0 / 77.0 / 77.1 % (lowest cosine 0.976 / 0.959 / 0.984), g64 and g128
@@ -222,6 +297,7 @@ TEST_CASE("low_resource and bf16 LLMs agree with the fp32 original on every fixt
     const auto io = io::load_safetensors((dir / "io.safetensors").string());
     for (const auto& mode : modes) {
       INFO("case " << dir << ", " << mode.name);
+      ForcedInt8Prompt prompts(mode.llm_int8);
       const auto model = load_case(dir, mode.options);
       const auto [actual, expected] = llm_logits(*model, io);
       const auto a = agreement(actual, expected);
