@@ -170,7 +170,7 @@ void linears(std::initializer_list<std::pair<const Linear*, float*>> layers, con
 // Weights other than float32 go cpu_gemv::kMaxRows rows at a time, through our decode
 // kernels: their prompt paths convert the whole weight to float32 blocks first, which pays
 // off over a prompt's many rows but made a step of 8 sequences of a 1.1B bf16 model 6x as
-// slow as one (a pass per 4 rows costs little more than one row's); and group-wise decode
+// slow as one (a pass of up to 8 rows costs 1.1-2.5x one row's); and group-wise decode
 // kernels quantise the activations to int8 (as llama.cpp does) where their prompt path does
 // not, while a sequence's answer must not depend on how many others share its step.
 // float32 weights go to MKL whole (it reads them once for all rows, converting nothing).

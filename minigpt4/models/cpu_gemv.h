@@ -28,7 +28,7 @@
 namespace minigpt4::cpu_gemv {
 
 // Rows of x handled here; more rows are a GEMM, ATen's job.
-inline constexpr int64_t kMaxRows = 4;
+inline constexpr int64_t kMaxRows = 8;
 
 // A family of kernels: ATen's own products, or ours for one instruction set.
 enum class Kernels { aten, avx2, avx512 };

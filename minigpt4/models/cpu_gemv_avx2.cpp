@@ -116,41 +116,61 @@ MINIGPT4_AVX2 void one_row(const float* x, int64_t K, const typename W::T* w, fl
   }
 }
 
-// M activation rows (2..kMaxRows): one output row at a time, each weight vector widened once
-// and multiplied into all M rows, so the weights are read once per call.
-template <typename W, int M>
+// M activation rows (2..kMaxRows), R output rows at a time: each weight vector widened once
+// for all M rows, each activation vector loaded once for all R outputs, one accumulator per
+// pair (R x M of AVX2's 16 registers); the weights are read once per call, in R streams.
+template <typename W, int M, int R>
 MINIGPT4_AVX2 void m_rows(const float* x, int64_t K, const typename W::T* w, float* y, int64_t N, int64_t n0,
                           int64_t n1) {
-  const int64_t K16 = K & ~int64_t{15};
-  for (int64_t n = n0; n < n1; ++n) {
-    const typename W::T* r = w + n * K;
-    __m256 a0[M], a1[M];
-    for (int m = 0; m < M; ++m) a0[m] = a1[m] = _mm256_setzero_ps();
-    for (int64_t k = 0; k < K16; k += 16) {
-      const __m256 w0 = W::load8(r + k), w1 = W::load8(r + k + 8);
+  const int64_t K8 = K & ~int64_t{7};
+  int64_t n = n0;
+  for (; n + R <= n1; n += R) {
+    const typename W::T* r[R];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i) r[i] = w + (n + i) * K;
+    __m256 acc[R][M];
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) acc[i][m] = _mm256_setzero_ps();
+    for (int64_t k = 0; k < K8; k += 8) {
+      __m256 wv[R];
+#pragma GCC unroll 8
+      for (int i = 0; i < R; ++i) wv[i] = W::load8(r[i] + k);
+#pragma GCC unroll 8
       for (int m = 0; m < M; ++m) {
-        a0[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k), w0, a0[m]);
-        a1[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * K + k + 8), w1, a1[m]);
+        const __m256 xv = _mm256_loadu_ps(x + m * K + k);
+#pragma GCC unroll 8
+        for (int i = 0; i < R; ++i) acc[i][m] = _mm256_fmadd_ps(xv, wv[i], acc[i][m]);
       }
     }
-    for (int m = 0; m < M; ++m) {
-      float s = horizontal_sum(_mm256_add_ps(a0[m], a1[m]));
-      for (int64_t k = K16; k < K; ++k) s += x[m * K + k] * W::at(r + k);
-      y[m * N + n] = s;
-    }
+#pragma GCC unroll 8
+    for (int i = 0; i < R; ++i)
+#pragma GCC unroll 8
+      for (int m = 0; m < M; ++m) {
+        float s = horizontal_sum(acc[i][m]);
+        for (int64_t k = K8; k < K; ++k) s += x[m * K + k] * W::at(r[i] + k);
+        y[m * N + n + i] = s;
+      }
+  }
+  if constexpr (R > 1) {
+    if (n < n1) m_rows<W, M, 1>(x, K, w, y, N, n, n1);
   }
 }
 
-static_assert(kMaxRows == 4, "m_rows is instantiated for 2..4 rows below");
+// Output rows per block for M activation rows: R x M accumulators within 12 registers.
+template <int M>
+constexpr int kBlockOutputs = M <= 2   ? 4
+                              : M <= 4 ? 2
+                                       : 1;
 
 template <typename W>
 void rows(const float* x, int64_t M, int64_t K, const typename W::T* w, float* y, int64_t N, int64_t n0, int64_t n1) {
-  switch (M) {
-    case 1: one_row<W>(x, K, w, y, n0, n1); return;
-    case 2: m_rows<W, 2>(x, K, w, y, N, n0, n1); return;
-    case 3: m_rows<W, 3>(x, K, w, y, N, n0, n1); return;
-    default: m_rows<W, 4>(x, K, w, y, N, n0, n1); return;
-  }
+  if (M == 1) return one_row<W>(x, K, w, y, n0, n1);
+  with_rows(M, [&](auto rows) {
+    constexpr int kRows = decltype(rows)::value;
+    m_rows<W, kRows, kBlockOutputs<kRows>>(x, K, w, y, N, n0, n1);
+  });
 }
 
 void f32(const float* x, int64_t M, int64_t K, const float* w, float* y, int64_t N, int64_t n0, int64_t n1) {
@@ -324,12 +344,8 @@ void grouped(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, in
         c[static_cast<size_t>(m * groups + b / per_group)] +=
             8.0f * xd[m * runs + b] * static_cast<float>(xs[m * runs + b]);
   }
-  switch (M) {
-    case 1: grouped_rows<W, 1>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
-    case 2: grouped_rows<W, 2>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
-    case 3: grouped_rows<W, 3>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
-    default: grouped_rows<W, 4>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); return;
-  }
+  with_rows(
+      M, [&](auto rows) { grouped_rows<W, decltype(rows)::value>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); });
 }
 
 // Group-wise weights as float32 (a prompt's blocks): 32 levels at a time, widened, offset

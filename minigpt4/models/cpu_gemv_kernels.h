@@ -8,9 +8,29 @@
 // scales[n]. No bias (the caller adds it). Each file compiles its kernels for its instruction
 // set through target attributes only, so the program itself runs on any x86-64: a table is
 // used only after the CPU was checked for what it needs.
+#include "minigpt4/models/cpu_gemv.h"
+
 #include <cstdint>
+#include <type_traits>
 
 namespace minigpt4::cpu_gemv::kernels {
+
+// Calls f(std::integral_constant<int, M>{}) for the row count M in 1..8 (cpu_gemv::kMaxRows),
+// so that each kernel is compiled for a fixed M and keeps its accumulators in registers.
+template <typename F>
+inline void with_rows(int64_t M, F&& f) {
+  static_assert(kMaxRows == 8, "with_rows instantiates 1..8 rows");
+  switch (M) {
+    case 1: f(std::integral_constant<int, 1>{}); return;
+    case 2: f(std::integral_constant<int, 2>{}); return;
+    case 3: f(std::integral_constant<int, 3>{}); return;
+    case 4: f(std::integral_constant<int, 4>{}); return;
+    case 5: f(std::integral_constant<int, 5>{}); return;
+    case 6: f(std::integral_constant<int, 6>{}); return;
+    case 7: f(std::integral_constant<int, 7>{}); return;
+    default: f(std::integral_constant<int, 8>{}); return;
+  }
+}
 
 struct Table {
   const char* name;  // "avx2", "avx512": what MINIGPT4_CPU_KERNELS calls it

@@ -77,7 +77,7 @@ TEST_CASE("minigpt4 info --kernels names the CPU and the kernels of each weight 
   };
   r = forced("aten");
   CHECK(r.exit_code == 0);
-  CHECK_THAT(r.output, Contains("int8  weights, 1-4 rows: aten") && Contains("forced by MINIGPT4_CPU_KERNELS=aten"));
+  CHECK_THAT(r.output, Contains("int8  weights, 1-8 rows: aten") && Contains("forced by MINIGPT4_CPU_KERNELS=aten"));
   r = forced("bf16=avx9");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("MINIGPT4_CPU_KERNELS='bf16=avx9'") && Contains("unknown kernels 'avx9'"));

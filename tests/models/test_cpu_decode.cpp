@@ -133,17 +133,19 @@ TEST_CASE("the fused decode step equals the ATen path step after step",
         INFO("hidden " << config.hidden_size);
         const auto model = make_model(c.dtype, c.format, config);
         torch::manual_seed(1);
-        const auto ids = torch::randint(0, config.vocab_size, {1, 14});
+        // A prompt longer than the decode kernels take (a GEMM) through the ATen path fills
+        // both caches, then one token at a time.
+        const int64_t prompt = cpu_gemv::kMaxRows + 1, total = prompt + 9;
+        const auto ids = torch::randint(0, config.vocab_size, {1, total});
         const auto embeds = model->embed(ids);
         KVCache fused, aten;
         CausalLMOptions with_fused, with_aten;
         with_fused.cache = &fused;
         with_aten.cache = &aten;
-        // A prompt of 5 through the ATen path fills both caches, then one token at a time.
         cpu_decode::set_enabled(false);
-        model->forward(embeds.narrow(1, 0, 5), with_fused);
-        model->forward(embeds.narrow(1, 0, 5), with_aten);
-        for (int64_t t = 5; t < 14; ++t) {
+        model->forward(embeds.narrow(1, 0, prompt), with_fused);
+        model->forward(embeds.narrow(1, 0, prompt), with_aten);
+        for (int64_t t = prompt; t < total; ++t) {
           INFO("position " << t);
           const auto token = embeds.narrow(1, t, 1);
           cpu_decode::set_enabled(true);
@@ -189,7 +191,7 @@ TEST_CASE("a decode step of several sequences equals each sequence stepped alone
     INFO(c.name);
     const auto model = make_model(c.dtype, c.format, wide_config());
     // Up to kMaxRows rows run our multi-row kernels, more a blocked GEMM: both are tried.
-    for (const int64_t rows : {int64_t{2}, int64_t{3}, cpu_gemv::kMaxRows + 2}) {
+    for (const int64_t rows : {int64_t{2}, int64_t{3}, int64_t{6}, cpu_gemv::kMaxRows + 2}) {
       INFO(rows << " sequences");
       torch::manual_seed(rows);
       std::vector<KVCache> batched(static_cast<size_t>(rows)), alone(static_cast<size_t>(rows));

@@ -1,5 +1,5 @@
 // The decode GEMVs (minigpt4/models/cpu_gemv.h) against ATen's product on the same values:
-// widths that are and are not multiples of the vector length, 1-4 rows, with and without
+// widths that are and are not multiples of the vector length, 1-8 rows, with and without
 // bias, and the cases the kernels must hand back (more rows, autograd, other dtypes).
 #include "minigpt4/models/cpu_gemv.h"
 #include "minigpt4/models/layers.h"
@@ -67,7 +67,7 @@ TEST_CASE("bf16 and float32 GEMVs equal the float32 product of the same values, 
       (dtype == torch::kBFloat16 ? choice.bf16 : choice.f32) = family;
       cpu_gemv::set_choice(choice);
       for (const int64_t K : kWidths) {
-        for (const int64_t M : {1, 2, 3, 4}) {
+        for (const int64_t M : {1, 2, 3, 4, 5, 7, 8}) {
           for (const bool with_bias : {false, true}) {
             const int64_t N = 37 + K % 7;
             const auto x = torch::randn({M, 1, K}).to(dtype);
@@ -101,7 +101,7 @@ TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every ke
     choice.int8 = family;
     cpu_gemv::set_choice(choice);
     for (const int64_t K : kWidths) {
-      for (const int64_t M : {1, 2, 3, 4}) {
+      for (const int64_t M : {1, 2, 3, 4, 5, 7, 8}) {
         for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
           const int64_t N = 29 + K % 5;
           const auto q = quantize_int8(torch::randn({N, K}) / std::sqrt(double(K)));
@@ -241,15 +241,15 @@ TEST_CASE("kernels this CPU cannot run are refused, naming what is missing", "[c
 
 TEST_CASE("the GEMVs hand back what they do not handle", "[cpu_gemv]") {
   const auto w = torch::randn({8, 32}).to(torch::kBFloat16);
-  // Five rows are a GEMM; a weight of another dtype is not theirs; a shape mismatch is not
+  // More than kMaxRows rows are a GEMM; a weight of another dtype is not theirs; a shape mismatch is not
   // ours to report.
-  CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({5, 32}).to(torch::kBFloat16), w, {}).defined());
+  CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({cpu_gemv::kMaxRows + 1, 32}).to(torch::kBFloat16), w, {}).defined());
   CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({1, 32}), w.to(torch::kFloat), {}).defined());
   CHECK_FALSE(cpu_gemv::linear_bf16(torch::randn({1, 31}).to(torch::kBFloat16), w, {}).defined());
-  CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({5, 32}), w.to(torch::kFloat), {}).defined());
+  CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({cpu_gemv::kMaxRows + 1, 32}), w.to(torch::kFloat), {}).defined());
   CHECK_FALSE(cpu_gemv::linear_f32(torch::randn({1, 32}), w, {}).defined());
   const auto q = quantize_int8(torch::randn({8, 32}));
-  CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({5, 32}), q.values, q.scales).defined());
+  CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({cpu_gemv::kMaxRows + 1, 32}), q.values, q.scales).defined());
   CHECK_FALSE(cpu_gemv::linear_int8(torch::randn({1, 32}).to(torch::kHalf), q.values, q.scales).defined());
 }
 

@@ -147,11 +147,12 @@ TEST_CASE("an int8 Linear computes the product with its dequantised weight", "[m
       CHECK(layer.is_int8());
       CHECK(layer.weight.scalar_type() == torch::kInt8);
       CHECK_FALSE(layer.weight.requires_grad());
-      // 6 rows (CPU bf16/fp16: ATen's fused kernel, or LLM.int8()) and 80 (the blocked
-      // conversion, or LLM.int8()); a few activations past LLM.int8()'s outlier threshold.
+      // 4 rows (the decode kernels), 10 (CPU bf16/fp16: ATen's fused kernel, or LLM.int8())
+      // and 80 (the blocked conversion, or LLM.int8()); a few activations past LLM.int8()'s
+      // outlier threshold.
       for (const bool llm_int8 : {false, true}) {
         ForcedInt8Prompt forced(llm_int8);
-        for (const int64_t T : {3, 40}) {
+        for (const int64_t T : {2, 5, 40}) {
           INFO((llm_int8 ? "LLM.int8()" : "float32 prompts") << ", " << T << " rows per batch");
           auto x = torch::randn({2, T, in});
           x.view({-1})[7] = 9.0, x.view({-1})[in + 3] = -40.0, x.view({-1})[2 * in + 3] = 6.5;
@@ -168,7 +169,10 @@ TEST_CASE("an int8 Linear computes the product with its dequantised weight", "[m
           };
           // fp32: summation order only. bf16/fp16: the output's rounding and the scales' cast.
           const double tol = dtype == torch::kFloat32 ? 1e-5 : dtype == torch::kFloat16 ? 5e-3 : 2e-2;
-          if (llm_int8) {
+          // Our decode kernels take float32 and bf16 activations; fp16 goes on to the prompt path.
+          const bool decode_kernels = 2 * T <= cpu_gemv::kMaxRows &&
+                                      cpu_gemv::chosen().int8 != cpu_gemv::Kernels::aten && dtype != torch::kFloat16;
+          if (llm_int8 && !decode_kernels) {
             // The same numbers as the paper's product; and the activations' rounding (half a
             // step of absmax / 127 per element) keeps it within ~1 % of the dense product.
             const auto reference = llm_int8_reference(x, layer.weight, layer.weight_scale).view({2, T, out}) +
@@ -197,14 +201,15 @@ TEST_CASE("LLM.int8() prompts: each row's product depends on that row alone (chu
   torch::manual_seed(3);
   Linear layer(256, 96, false, torch::kFloat32, WeightFormat::Int8);
   layer.load_weight(torch::randn({96, 256}) / 16);
-  auto x = torch::randn({12, 256});
-  x[1][5] = 30, x[8][40] = -12, x[8][41] = 7;  // outliers in different rows and columns
+  const int64_t half = cpu_gemv::kMaxRows + 2;  // more rows than the decode kernels take
+  auto x = torch::randn({2 * half, 256});
+  x[1][5] = 30, x[half + 2][40] = -12, x[half + 2][41] = 7;  // outliers in different rows and columns
   const auto whole = layer.forward(x);
-  const auto chunks = torch::cat({layer.forward(x.narrow(0, 0, 6)), layer.forward(x.narrow(0, 6, 6))});
+  const auto chunks = torch::cat({layer.forward(x.narrow(0, 0, half)), layer.forward(x.narrow(0, half, half))});
   CHECK(torch::allclose(whole, chunks, 1e-6, 1e-6));
-  // The same rows in another company: the first six next to six rows full of outliers.
-  const auto mixed = layer.forward(torch::cat({x.narrow(0, 0, 6), torch::randn({6, 256}) * 10}));
-  CHECK(torch::allclose(mixed.narrow(0, 0, 6), whole.narrow(0, 0, 6), 1e-6, 1e-6));
+  // The same rows in another company: the first half next to rows full of outliers.
+  const auto mixed = layer.forward(torch::cat({x.narrow(0, 0, half), torch::randn({half, 256}) * 10}));
+  CHECK(torch::allclose(mixed.narrow(0, 0, half), whole.narrow(0, 0, half), 1e-6, 1e-6));
 }
 
 TEST_CASE("an int8 LLaMA loads from a Hugging Face directory and keeps its logits", "[models]") {

@@ -142,7 +142,7 @@ TEST_CASE("group-wise GEMVs compute the W·A8 product exactly, on every kernel f
     cpu_gemv::set_choice(choice);
     for (const auto& f : kFormats) {
       for (const int64_t K : {32, 100, 344, 1024}) {
-        for (const int64_t M : {1, 2, 3, 4, 9}) {
+        for (const int64_t M : {1, 2, 3, 4, 5, 8, 9}) {
           const int64_t N = 19 + K % 5;
           INFO("kernels " << cpu_gemv::name(family) << ", " << f.bits << " bits, groups of " << f.group << ", K " << K
                           << ", rows " << M);
