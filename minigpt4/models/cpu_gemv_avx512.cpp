@@ -70,6 +70,17 @@ struct F32Weights {
   MINIGPT4_AVX512 static __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
   MINIGPT4_AVX512 static __m512 load_masked(__mmask16 mask, const float* p) { return _mm512_maskz_loadu_ps(mask, p); }
 };
+// bf16 widened to float32 (a 16-bit shift), for CPUs with AVX-512 but without AVX512-BF16.
+struct BF16Weights {
+  using T = uint16_t;
+  MINIGPT4_AVX512 static __m512 load16(const uint16_t* p) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  }
+  MINIGPT4_AVX512 static __m512 load_masked(__mmask16 mask, const uint16_t* p) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p)), 16));
+  }
+};
 struct Int8Weights {
   using T = int8_t;
   MINIGPT4_AVX512 static __m512 load16(const int8_t* p) { return widen_int8(p); }
@@ -243,6 +254,13 @@ void bf16(const float*, const uint16_t* x16, int64_t M, int64_t K, const uint16_
           int64_t n1) {
   if (M == 1) return bf16_one_row(x16, K, w, y, N, n0, n1);
   with_rows(M, [&](auto rows) { bf16_rows<decltype(rows)::value>(x16, K, w, y, N, n0, n1); });
+}
+
+// Without AVX512-BF16: the weights widened in registers, float32 activations.
+void bf16_widened(const float* x32, const uint16_t*, int64_t M, int64_t K, const uint16_t* w, float* y, int64_t N,
+                  int64_t n0, int64_t n1) {
+  if (M == 1) return block_rows<BF16Weights, 1, 4>(x32, K, K, w, y, N, n0, n1, false);
+  with_rows(M, [&](auto rows) { rows_in_passes<BF16Weights, decltype(rows)::value>(x32, K, w, y, N, n0, n1); });
 }
 
 void int8(const float* x, int64_t M, int64_t K, const int8_t* q, const float* scales, float* y, int64_t N, int64_t n0,
@@ -435,10 +453,19 @@ void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int6
 
 // Group-wise weights need AVX512-VNNI as well (cpu_gemv.cpp checks).
 const Table kTable{"avx512", f32, bf16, /*bf16_reads_bits=*/true, int8, quantize_x, q8, grouped_vnni<true>, dequantize};
+const Table kTableWidening{"avx512",           f32,       bf16_widened, /*bf16_reads_bits=*/false, int8, quantize_x, q8,
+                           grouped_vnni<true>, dequantize};
 
 }  // namespace
 
-const Table* avx512() { return &kTable; }
+// The bf16 form by the CPU: vdpbf16ps where it has AVX512-BF16, widening elsewhere.
+const Table* avx512() {
+  static const bool dot_products = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512bf16") != 0;
+  }();
+  return dot_products ? &kTable : &kTableWidening;
+}
 
 }  // namespace minigpt4::cpu_gemv::kernels
 

@@ -64,6 +64,6 @@ struct Table {
 // nullptr where this build has no such kernels (not x86-64, or a compiler without the
 // intrinsics). Whether the CPU runs them is cpu_gemv.cpp's question.
 const Table* avx2();    // AVX2 + FMA (+ F16C): bf16 and int8 widened to float32 in registers; group-wise
-const Table* avx512();  // AVX-512 F/BW/VL; its bf16 kernel also needs AVX512-BF16 (vdpbf16ps)
+const Table* avx512();  // AVX-512 F/BW/VL; bf16 by vdpbf16ps where the CPU has AVX512-BF16, else widened
 
 }  // namespace minigpt4::cpu_gemv::kernels
