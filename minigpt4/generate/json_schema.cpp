@@ -25,6 +25,9 @@ const std::set<std::string, std::less<>> kTaken = {
     "items", "minItems", "maxItems", "minLength", "maxLength",  "$ref"};
 constexpr int kMaxDepth = 64;       // nesting of the schema itself
 constexpr size_t kMaxNodes = 4096;  // a schema is a request's part: keep it small
+// anyOf's choices are tried side by side at every byte that starts a value, for every token
+// of the vocabulary: a bound on them is a bound on the mask's cost.
+constexpr size_t kMaxChoices = 64;
 
 uint8_t kind_named(const json& name, const std::string& where) {
   static const std::map<std::string, uint8_t, std::less<>> kinds = {
@@ -144,6 +147,8 @@ class JsonSchemaCompiler {
       const auto& choices = s["anyOf"];
       if (!choices.is_array() || choices.empty())
         fail("json_schema: 'anyOf' at '{}' must be a non-empty array of schemas", where);
+      if (choices.size() > kMaxChoices)
+        fail("json_schema: 'anyOf' at '{}' has {} choices, more than the {} taken", where, choices.size(), kMaxChoices);
       for (size_t i = 0; i < choices.size(); ++i)
         node.any_of.push_back(compile(choices[i], fmt::format("{}/anyOf/{}", where, i), depth + 1));
       return node;

@@ -232,6 +232,7 @@ TEST_CASE("schemas outside the subset, or that no value satisfies, are refused b
   CHECK_THAT(refusal({{"anyOf", {{{"type", "string"}}}}, {"type", "string"}}), Catch::Contains("beside"));
   CHECK_THAT(refusal({{"items", {{{"type", "string"}}}}}), Catch::Contains("tuple"));
   CHECK_THAT(refusal("object"), Catch::Contains("must be an object or a boolean"));
+  CHECK_THAT(refusal({{"anyOf", json(std::vector<json>(65, {{"type", "null"}}))}}), Catch::Contains("65 choices"));
   json deep = {{"type", "string"}};
   for (int i = 0; i < 100; ++i) deep = {{"type", "array"}, {"items", deep}};
   CHECK_THAT(refusal(deep), Catch::Contains("deeper"));
