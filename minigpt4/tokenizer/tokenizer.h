@@ -49,8 +49,9 @@ class Tokenizer {
 
 // The tokenizer of a Hugging Face model directory: `tokenizer.model` is sentencepiece
 // (LLaMA); `vocab.json` + `merges.txt` or a BPE `tokenizer.json` is byte-level BPE (GPT-2,
-// CodeGen, Phi). A `.gguf` file (llama.cpp's) takes the tokenizer.model beside it. Throws
-// minigpt4::Error naming the directory when neither is there.
+// CodeGen, Phi). A `.gguf` file (llama.cpp's) takes its own vocabulary (tokenizer/gguf_vocab.h),
+// or the tokenizer.model beside it when it holds none. Throws minigpt4::Error naming the
+// directory or file when there is no tokenizer.
 std::shared_ptr<Tokenizer> load_tokenizer(const std::filesystem::path& hf_dir_or_gguf);
 
 }  // namespace minigpt4
