@@ -143,11 +143,23 @@ void add_serve_command(CLI::App& app) {
                   "answers generated at once (continuous batching: they share each decode step)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  cmd->add_option("--prefill-chunk", s.prefill_chunk,
-                  "prompt positions run between two decode steps at most, so a long prompt joining stalls the "
-                  "running answers by one chunk (0: whole prompts)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+  cmd->add_option_function<std::string>(
+         "--prefill-chunk",
+         [&s](const std::string& value) {
+           if (value == "auto") {
+             s.prefill_chunk = server::kAutoPrefillChunk;
+             return;
+           }
+           int64_t n = 0;
+           if (!CLI::detail::lexical_cast(value, n) || n < 0)
+             throw CLI::ValidationError("--prefill-chunk",
+                                        "takes 'auto' or a number of positions >= 0, not '" + value + "'");
+           s.prefill_chunk = n;
+         },
+         "prompt positions a joining request runs between two decode steps at most, so that it stalls the running "
+         "answers by one chunk: auto (sized to about one decode step, learnt as the server runs), a number, or 0 "
+         "(whole prompts)")
+      ->default_str("auto");
   cmd->add_option("--max-queue", s.max_waiting, "requests that may wait for the model (more get 503)")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

@@ -45,6 +45,14 @@ What it measures
   the report prints TTFT per round and round R / round 1 (llama-server's timings also show
   how many prompt tokens came from its cache: `cache_n` next to `prompt_n`).
 
+  --join N (off by default): after the load runs, N streams of --max-tokens twice: alone, then
+  while a client keeps sending requests with a long prompt (about 200 tokens, a new opening
+  each time so that no prefix cache serves it; one token each) one after another. Reported:
+  the streams' time between tokens over their steady part (the last stream's first token to
+  the first stream's end) in both runs, and the joining run's p95 over the quiet run's median:
+  how much a joining prompt stalls the streams that are running (a server that runs a whole
+  prompt between two decode steps stalls them for all of it).
+
   --check: a smoke test for use in tests: per server 1 client, 1 streamed request,
   max_tokens 4; prints one line per server and exits 1 if any failed.
 
@@ -356,8 +364,10 @@ def user_message(text: str, image: dict | None) -> dict:
 
 
 def stream_chat(server: Server, messages: list[dict], max_tokens: int, timeout: float,
-                model: str | None = None, seed: int | None = None) -> dict:
-    """One streamed chat completion. Times are seconds from just before the connection opens."""
+                model: str | None = None, seed: int | None = None,
+                first_token: threading.Event | None = None) -> dict:
+    """One streamed chat completion. Times are seconds from just before the connection opens
+    (rec["t0"], perf_counter); `first_token` is set when the first content arrives."""
     body = {"messages": messages, "stream": True, "stream_options": {"include_usage": True},
             "temperature": 0, "max_tokens": max_tokens}
     if model:
@@ -370,6 +380,7 @@ def stream_chat(server: Server, messages: list[dict], max_tokens: int, timeout: 
            "completion_tokens": None, "prompt_tokens": None, "finish_reason": None, "timings": None,
            "error": None}
     t0 = time.perf_counter()
+    rec["t0"] = t0
     conn = None
     try:
         conn = server.connection(timeout)
@@ -422,6 +433,8 @@ def stream_chat(server: Server, messages: list[dict], max_tokens: int, timeout: 
                 if content:
                     if rec["ttft"] is None:
                         rec["ttft"] = now
+                        if first_token is not None:
+                            first_token.set()
                     rec["chunk_times"].append(now)
                     pieces.append(content)
                 if choice.get("finish_reason"):
@@ -476,6 +489,68 @@ def run_load(server: Server, n_clients: int, per_client: int, max_tokens: int, t
     summary = summarise(flat, wall)
     summary["rss_mb"] = resident_mb(server)
     return {"clients": n_clients, "requests": len(flat), "wall_s": wall, "summary": summary, "records": flat}
+
+
+def run_join(server: Server, n_streams: int, max_tokens: int, timeout: float, image: dict | None,
+             model: str | None) -> dict:
+    """Time between tokens of N running streams, first with nothing joining, then while
+    requests with long prompts keep joining (one after another, each asking for one token).
+    The gaps counted are those of the streams' steady part: from the last stream's first
+    token to the first stream's end, so that the streams' own starts are not counted."""
+
+    def streams(joining: bool) -> dict:
+        records: list[dict | None] = [None] * n_streams
+        firsts = [threading.Event() for _ in range(n_streams)]
+        barrier = threading.Barrier(n_streams + 1)
+        ended = threading.Event()
+        joins: list[dict] = []
+
+        def client(i: int) -> None:
+            barrier.wait()
+            records[i] = stream_chat(server, [user_message(PROMPTS[i % len(PROMPTS)], image)], max_tokens, timeout,
+                                     model, first_token=firsts[i])
+            ended.set()
+            firsts[i].set()  # a failed stream must not hold the joiner
+
+        def joiner() -> None:
+            for e in firsts:
+                e.wait()
+            j = 0
+            while not ended.is_set():
+                # A different opening each time, so that no prefix cache serves the prompt.
+                text = f"Request {j}. " + " ".join(PROMPTS) + " Answer the last question only."
+                r = stream_chat(server, [user_message(text, None)], 1, timeout, model)
+                joins.append(r)
+                j += 1
+
+        threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(n_streams)]
+        if joining:
+            threads.append(threading.Thread(target=joiner, daemon=True))
+        for t in threads:
+            t.start()
+        barrier.wait()
+        for t in threads:
+            t.join()
+        ok = [r for r in records if r and r["ok"] and len(r["chunk_times"]) >= 2]
+        gaps: list[float] = []
+        if len(ok) == n_streams:
+            start = max(r["t0"] + r["chunk_times"][0] for r in ok)
+            end = min(r["t0"] + r["chunk_times"][-1] for r in ok)
+            for r in ok:
+                ts = [r["t0"] + t for t in r["chunk_times"]]
+                gaps += [(b - a) * 1000 for a, b in zip(ts, ts[1:]) if a >= start and b <= end]
+        return {"gaps_ms": gaps, "gap_ms_p50": percentile(gaps, 50), "gap_ms_p95": percentile(gaps, 95),
+                "gap_ms_max": max(gaps, default=float("nan")),
+                "failures": sum(1 for r in records if not (r and r["ok"])) + sum(1 for r in joins if not r["ok"]),
+                "joined": sum(1 for r in joins if r["ok"]),
+                "join_prompt_tokens": mean([r["prompt_tokens"] for r in joins if r["prompt_tokens"] is not None]),
+                "join_ttft_ms_p50": percentile([r["ttft"] * 1000 for r in joins if r["ttft"] is not None], 50)}
+
+    quiet = streams(False)
+    busy = streams(True)
+    ratio = busy["gap_ms_p95"] / quiet["gap_ms_p50"] if quiet["gap_ms_p50"] == quiet["gap_ms_p50"] and \
+        quiet["gap_ms_p50"] > 0 else float("nan")
+    return {"streams": n_streams, "quiet": quiet, "joining": busy, "p95_joining_over_quiet_median": ratio}
 
 
 def resident_mb(server: Server) -> float:
@@ -597,6 +672,22 @@ def print_table(results: dict, servers: list[str], clients: list[int]) -> None:
                       f"{ratio('stream_tok_s_mean'):>13}")
 
 
+def print_join(results: dict, servers: list[str]) -> None:
+    print("\njoining: time between tokens of the running streams (ms), quiet and while prompts join")
+    print(f"{'server':<12}{'N':>4}{'quiet p50':>10}{'quiet p95':>10}{'join p50':>9}{'join p95':>9}{'join max':>9}"
+          f"{'joined':>7}{'prompt':>7}{'p95/quiet p50':>14}")
+    for name in servers:
+        j = results.get(name, {}).get("join")
+        if not j:
+            continue
+        q, b = j["quiet"], j["joining"]
+        print(f"{name:<12}{j['streams']:>4}{fmt(q['gap_ms_p50']):>10}{fmt(q['gap_ms_p95']):>10}"
+              f"{fmt(b['gap_ms_p50']):>9}{fmt(b['gap_ms_p95']):>9}{fmt(b['gap_ms_max']):>9}{b['joined']:>7}"
+              f"{fmt(b['join_prompt_tokens']):>7}{fmt(j['p95_joining_over_quiet_median'], 2) + 'x':>14}")
+        if q["failures"] or b["failures"]:
+            print(f"  {name}: {q['failures'] + b['failures']} failed requests")
+
+
 def print_replay(results: dict, servers: list[str]) -> None:
     for name in servers:
         rep = results.get(name, {}).get("replay")
@@ -652,6 +743,9 @@ def main() -> int:
     p.add_argument("--image-servers", help="comma list of the servers that get --image (default: all)")
     p.add_argument("--replay", type=int, default=0, metavar="R",
                    help="also run one R-round conversation per server (prefix caching), e.g. 6 (default off)")
+    p.add_argument("--join", type=int, default=0, metavar="N",
+                   help="after the load runs: N streams of --max-tokens, first alone, then while requests with "
+                        "long prompts keep joining; reports their p95 time between tokens against the quiet median")
     p.add_argument("--check", action="store_true", help="smoke test: 1 request, max_tokens 4, per server")
     p.add_argument("--model", help="the 'model' field of the requests (default: left out)")
     p.add_argument("--extra", default="{}", help="JSON object merged into every request body, e.g. "
@@ -735,6 +829,9 @@ def main() -> int:
                 print(f"[{s.name}] N={n}: {sm['agg_tok_s']:.1f} tok/s, TTFT p50 {fmt(sm['ttft_ms_p50'])} ms, "
                       f"{sm['failures']} failed, {run['wall_s']:.1f} s", flush=True)
                 entry["load"][str(n)] = run
+            if args.join > 0:
+                print(f"[{s.name}] join: {args.join} streams, quiet then joined", flush=True)
+                entry["join"] = run_join(s, args.join, args.max_tokens, args.timeout, img, args.model)
             if args.replay > 0:
                 print(f"[{s.name}] replay: {args.replay} rounds", flush=True)
                 entry["replay"] = run_replay(s, args.replay, args.max_tokens, args.timeout, img, args.model)
@@ -753,6 +850,8 @@ def main() -> int:
     report["load_after"] = os.getloadavg()
     if not args.check:
         print_table(results, names, clients)
+        if args.join > 0:
+            print_join(results, names)
         if args.replay > 0:
             print_replay(results, names)
     if args.json:

@@ -1053,7 +1053,11 @@ nlohmann::json Server::Impl::slots_json() const {
                      {"prefilled", s.prefilled},
                      {"generated", s.generated},
                      {"kv_positions", s.kv_positions}});
-  return {{"parallel", st.parallel}, {"waiting", st.waiting}, {"slots", std::move(slots)}};
+  return {{"parallel", st.parallel},
+          {"waiting", st.waiting},
+          {"prefill_chunk", st.prefill_chunk},
+          {"prefill_chunk_auto", worker().options().prefill_chunk == kAutoPrefillChunk},
+          {"slots", std::move(slots)}};
 }
 
 // Prometheus' text format (version 0.0.4), with llama.cpp server's metric names under our
@@ -1083,6 +1087,8 @@ std::string Server::Impl::metrics_text() const {
   metric("kv_cache_tokens", "gauge", "Positions held in the KV caches of the answers in slots.",
          static_cast<double>(st.kv_positions));
   metric("kv_cache_bytes", "gauge", "Bytes of those KV caches' buffers.", static_cast<double>(st.kv_bytes));
+  metric("prefill_chunk", "gauge", "Prompt positions the next joining prompt runs per round (0: whole prompts).",
+         static_cast<double>(st.prefill_chunk));
   const auto images = image_cache.stats(), prefixes = prefix_cache.stats();
   metric("image_cache_hits_total", "counter", "Images whose embeddings came from the image cache.",
          static_cast<double>(images.hits));

@@ -13,6 +13,7 @@
 // its next write fail, which cancels its generation; every answer also has a time limit.
 #include "minigpt4/chat/chat.h"
 #include "minigpt4/server/openai.h"
+#include "minigpt4/server/worker.h"
 
 #include <chrono>
 #include <functional>
@@ -33,11 +34,11 @@ struct ServerOptions {
   // check on its connection's thread, and again on the model thread to encode it): bounds
   // the memory of parallel large images. At least limits.image.max_pixels.
   int64_t max_decode_pixels = 40'000'000;
-  size_t parallel = 4;                  // answers generated at once (continuous batching, worker.h)
-  int64_t prefill_chunk = 256;          // prompt positions run per round at most (0: whole prompts)
-  size_t max_waiting = 8;               // model jobs waiting for a slot
-  double max_generation_seconds = 300;  // per answer; then it ends with finish_reason "length"
-  size_t max_sessions = 8;              // page conversations kept (each holds a KV cache)
+  size_t parallel = 4;                        // answers generated at once (continuous batching, worker.h)
+  int64_t prefill_chunk = kAutoPrefillChunk;  // prompt positions per round at most (0: whole prompts; worker.h)
+  size_t max_waiting = 8;                     // model jobs waiting for a slot
+  double max_generation_seconds = 300;        // per answer; then it ends with finish_reason "length"
+  size_t max_sessions = 8;                    // page conversations kept (each holds a KV cache)
   std::chrono::seconds session_idle{1800};
   int io_timeout_seconds = 30;  // one write of an answer to a client that does not read
   // Connections (http_gate.h): open at once (at the limit the one waiting longest for its

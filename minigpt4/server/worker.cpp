@@ -18,10 +18,27 @@ double seconds_since(Clock::time_point t) { return std::chrono::duration<double>
 
 }  // namespace
 
+void PrefillPacer::prefilled(int64_t positions, double seconds) {
+  // Nothing to scale against yet; and the last few positions of a prompt are mostly the fixed
+  // part, so they would shrink the chunk for nothing.
+  if (step_seconds_ <= 0 || seconds <= 0 || positions * 2 < chunk_) return;
+  const double wanted = static_cast<double>(positions) * kShareOfStep * step_seconds_ / seconds;
+  const double bounded = std::clamp(wanted, chunk_ / 2.0, chunk_ * 2.0);
+  chunk_ = std::clamp(static_cast<int64_t>(bounded), kMinChunk, kMaxChunk);
+}
+
+void PrefillPacer::decoded(double seconds) {
+  step_seconds_ = step_seconds_ <= 0 ? seconds : 0.75 * step_seconds_ + 0.25 * seconds;
+}
+
 ModelWorker::ModelWorker(std::shared_ptr<const ChatModel> model, WorkerOptions options)
     : model_(std::move(model)), options_(options) {
   if (options_.parallel < 1) fail("the server needs at least one slot (--parallel), got {}", options_.parallel);
+  if (options_.prefill_chunk < 0 && options_.prefill_chunk != kAutoPrefillChunk)
+    fail("the prefill chunk must be a number of positions, 0 (whole prompts) or automatic, got {}",
+         options_.prefill_chunk);
   stats_.parallel = options_.parallel;
+  stats_.prefill_chunk = automatic_chunk() ? pacer_.current() : options_.prefill_chunk;
   thread_ = std::thread([this] { loop(); });
 }
 
@@ -137,20 +154,25 @@ void ModelWorker::round() {
     }
 
     // One chunk of the first answer still reading its prompt.
+    const bool others_decoding =
+        std::any_of(group.begin(), group.end(), [&](size_t i) { return slots_[i].run.answer->decoding(); });
     for (const size_t i : group) {
       auto& answer = *slots_[i].run.answer;
       if (answer.prompt_left() == 0) continue;
       const auto start = Clock::now();
       const int64_t before = answer.prompt_left();
       try {
-        answer.prefill(options_.prefill_chunk);
+        answer.prefill(automatic_chunk() ? pacer_.chunk(others_decoding) : options_.prefill_chunk);
       } catch (...) {
         errors[i] = std::current_exception();
       }
+      const double seconds = seconds_since(start);
+      if (automatic_chunk() && others_decoding && !errors[i]) pacer_.prefilled(before - answer.prompt_left(), seconds);
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.prompt_positions_total += static_cast<uint64_t>(before - answer.prompt_left());
       stats_.generated_tokens_total += answer.generated() > 0 && answer.prompt_left() == 0 ? 1 : 0;
-      stats_.prefill_seconds += seconds_since(start);
+      stats_.prefill_seconds += seconds;
+      if (automatic_chunk()) stats_.prefill_chunk = pacer_.current();
       break;
     }
 
@@ -179,11 +201,13 @@ void ModelWorker::round() {
       } catch (...) {
         for (const size_t i : rows) errors[i] = std::current_exception();
       }
+      const double seconds = seconds_since(start);
+      pacer_.decoded(seconds);
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.generated_tokens_total += rows.size();
       stats_.decode_steps += 1;
       stats_.decode_rows += rows.size();
-      stats_.decode_seconds += seconds_since(start);
+      stats_.decode_seconds += seconds;
     }
   }
 

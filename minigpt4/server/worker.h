@@ -2,9 +2,10 @@
 // One model, many clients: every piece of model work runs on one thread, which serves up to
 // `parallel` answers at once (continuous batching, as llama.cpp's server slots and vLLM):
 // each round it admits waiting jobs into free slots, runs one prefill chunk of one joining
-// answer (so a long prompt delays the running streams by one chunk at most), then one decode
+// answer (so a long prompt delays the running streams by one chunk at most; PrefillPacer
+// sizes it to about one decode step unless a size is set), then one decode
 // step for every decoding answer together (CausalLM::step_sequences: a weight is read once
-// for every 4 of them, or for all in float32; each answer attends over its own cache), and
+// for every 8 of them, or for all in float32; each answer attends over its own cache), and
 // retires the answers that ended. Answers under different LoRA adapters take turns, a round
 // each. Jobs wait first come first served, at most `max_waiting` besides those the free
 // slots will take. HTTP threads never run the model; they wait on a ReplyChannel, which also
@@ -39,10 +40,41 @@ struct RunningAnswer {
   std::function<void(AnswerInProgress&, std::exception_ptr error)> done;
 };
 
+// WorkerOptions::prefill_chunk: sized by PrefillPacer.
+constexpr int64_t kAutoPrefillChunk = -1;
+
 struct WorkerOptions {
-  size_t max_waiting = 8;       // jobs waiting for a slot (beyond those the free slots will take)
-  size_t parallel = 4;          // answers generated at once
-  int64_t prefill_chunk = 256;  // prompt positions a round runs at most (0: a whole prompt)
+  size_t max_waiting = 8;  // jobs waiting for a slot (beyond those the free slots will take)
+  size_t parallel = 4;     // answers generated at once
+  // Prompt positions a round runs at most: a number, 0 (a whole prompt) or kAutoPrefillChunk.
+  int64_t prefill_chunk = kAutoPrefillChunk;
+};
+
+// The automatic prefill chunk: a joining prompt's chunk should cost about one decode step,
+// so that the running streams' time between tokens at most doubles while prompts join (a
+// fixed chunk is either too long for a big model, stalling every stream for seconds, or too
+// short for a small one, stretching the newcomer's time to first token for nothing). A chunk
+// costs a fixed part (reading the weights) plus a part per position, neither known in
+// advance, so the size is learnt from the rounds' own timings: after each chunk it is scaled
+// by (target / seconds), at most 2x either way, which settles where a chunk takes the target
+// (and at the smallest size where even that costs more). The target is a share of the
+// decode steps' moving average. With nothing decoding no stream waits: the whole prompt runs.
+class PrefillPacer {
+ public:
+  static constexpr int64_t kFirstChunk = 32, kMinChunk = 8, kMaxChunk = 1024;
+  static constexpr double kShareOfStep = 0.8;  // headroom for the timing noise
+
+  // This round's chunk: 0 (the rest of the prompt) when no answer is decoding.
+  int64_t chunk(bool answers_decoding) const { return answers_decoding ? chunk_ : 0; }
+  // A chunk of `positions` ran in `seconds` while answers were decoding.
+  void prefilled(int64_t positions, double seconds);
+  void decoded(double seconds);  // a decode step took `seconds`
+  int64_t current() const { return chunk_; }
+  double step_seconds() const { return step_seconds_; }
+
+ private:
+  double step_seconds_ = 0;  // moving average of the decode steps (0: none seen yet)
+  int64_t chunk_ = kFirstChunk;
 };
 
 // What /slots and /metrics show of the worker.
@@ -62,6 +94,7 @@ struct WorkerStats {
   uint64_t generated_tokens_total = 0;         // tokens generated
   uint64_t decode_steps = 0, decode_rows = 0;  // rounds with a decode step, and the rows they ran
   double prefill_seconds = 0, decode_seconds = 0;
+  int64_t prefill_chunk = 0;  // what the next joining prompt's chunk is (the pacer's, when automatic)
 };
 
 class ModelWorker {
@@ -99,6 +132,7 @@ class ModelWorker {
   void round();
   void retire(Slot& slot, std::exception_ptr error);
   void publish();  // the slots' state into stats_ (under the lock)
+  bool automatic_chunk() const { return options_.prefill_chunk == kAutoPrefillChunk; }
 
   std::shared_ptr<const ChatModel> model_;
   const WorkerOptions options_;
@@ -108,6 +142,7 @@ class ModelWorker {
   bool stopping_ = false;
   // Touched by the model thread only.
   std::vector<Slot> slots_;
+  PrefillPacer pacer_;
   int64_t next_slot_id_ = 0;
   size_t turn_ = 0;      // which adapter's answers run this round, when several are in use
   WorkerStats stats_;    // under mutex_

@@ -210,3 +210,12 @@ TEST_CASE("minigpt4 chat --lora chooses a task adapter; /lora switches it", "[ap
   const auto help = run("chat --help");
   CHECK_THAT(help.output, Contains("--lora") && Contains("/lora NAME"));
 }
+
+TEST_CASE("minigpt4 serve refuses a --prefill-chunk that is neither auto nor a count, before loading", "[apps]") {
+  for (const char* bad : {"lots", "12abc", "2.5"}) {
+    const auto r = run(std::string("serve --cfg-path configs/tiny_vicuna0.yaml --prefill-chunk ") + bad);
+    INFO(r.output);
+    CHECK(r.exit_code != 0);
+    CHECK_THAT(r.output, Contains("--prefill-chunk") && Contains("auto"));
+  }
+}

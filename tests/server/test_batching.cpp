@@ -72,9 +72,10 @@ struct Outcome {
 // The requests in a worker with `parallel` slots, all queued before the first runs (a job
 // holds the worker until then), so that they share decode steps. `cancel_from_worker[i]`:
 // the worker cancels answer i once it has that many tokens (keep_going false).
-Outcome batched(const std::vector<Request>& requests, size_t parallel, std::vector<int> cancel_from_worker = {}) {
+Outcome batched(const std::vector<Request>& requests, size_t parallel, std::vector<int> cancel_from_worker = {},
+                int64_t prefill_chunk = 7) {
   cancel_from_worker.resize(requests.size(), -1);
-  ModelWorker worker(tiny_model(), WorkerOptions{requests.size() + 1, parallel, /*prefill_chunk=*/7});
+  ModelWorker worker(tiny_model(), WorkerOptions{requests.size() + 1, parallel, prefill_chunk});
   std::promise<void> release;
   auto gate = release.get_future().share();
   REQUIRE(worker.submit([gate](bool) -> std::optional<RunningAnswer> {
@@ -162,5 +163,72 @@ TEST_CASE("an answer cancelled mid-batch leaves the others' answers unchanged", 
   for (size_t i : {0, 1, 3, 4}) {
     INFO("request " << i);
     CHECK(out.replies[i].tokens == alone(requests[i]).tokens);
+  }
+}
+
+TEST_CASE("with the automatic prefill chunk, batched answers still equal the answers alone", "[server][batching]") {
+  const auto& requests = mixed_requests();
+  const auto out = batched(requests, 2, {}, kAutoPrefillChunk);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    INFO("request " << i);
+    CHECK(out.replies[i].tokens == alone(requests[i]).tokens);
+  }
+  CHECK(out.stats.prefill_chunk >= PrefillPacer::kMinChunk);
+  CHECK(out.stats.prefill_chunk <= PrefillPacer::kMaxChunk);
+}
+
+TEST_CASE("a worker refuses a negative prefill chunk other than automatic", "[server][batching]") {
+  CHECK_THROWS_WITH(ModelWorker(nullptr, WorkerOptions{1, 1, -5}), Catch::Contains("prefill chunk"));
+}
+
+// The pacer against a model whose chunk of c positions costs fixed + per_position * c seconds.
+namespace {
+int64_t settle(PrefillPacer& pacer, double step, double fixed, double per_position, int rounds = 40) {
+  for (int i = 0; i < rounds; ++i) {
+    pacer.decoded(step);
+    const int64_t c = pacer.chunk(true);
+    pacer.prefilled(c, fixed + per_position * static_cast<double>(c));
+  }
+  return pacer.current();
+}
+}  // namespace
+
+TEST_CASE("the prefill pacer sizes a chunk to cost about a share of one decode step", "[server][batching]") {
+  SECTION("nothing decoding: the whole prompt runs") {
+    PrefillPacer pacer;
+    CHECK(pacer.chunk(false) == 0);
+    CHECK(pacer.chunk(true) == PrefillPacer::kFirstChunk);
+  }
+  SECTION("no decode step timed yet: the first chunk stays") {
+    PrefillPacer pacer;
+    pacer.prefilled(PrefillPacer::kFirstChunk, 5.0);
+    CHECK(pacer.current() == PrefillPacer::kFirstChunk);
+  }
+  SECTION("a big model: a step of 0.3 s, a chunk 0.05 s + 4 ms per position") {
+    PrefillPacer pacer;
+    const int64_t c = settle(pacer, 0.3, 0.05, 0.004);
+    const double cost = 0.05 + 0.004 * static_cast<double>(c);
+    CHECK(cost <= 0.3);  // the streams' gap at most doubles
+    CHECK(cost >= 0.8 * 0.3 * 0.8);
+  }
+  SECTION("a small model: a chunk of 256 costs less than a step, so the chunk grows to its bound") {
+    PrefillPacer pacer;
+    CHECK(settle(pacer, 0.01, 0.0, 1e-7) == PrefillPacer::kMaxChunk);
+  }
+  SECTION("a fixed part above the step: the smallest chunk") {
+    PrefillPacer pacer;
+    CHECK(settle(pacer, 0.1, 0.5, 0.001) == PrefillPacer::kMinChunk);
+  }
+  SECTION("the tail of a prompt (under half a chunk) does not shrink the chunk") {
+    PrefillPacer pacer;
+    pacer.decoded(0.1);
+    pacer.prefilled(3, 0.5);
+    CHECK(pacer.current() == PrefillPacer::kFirstChunk);
+  }
+  SECTION("one slow chunk shrinks it by half at most") {
+    PrefillPacer pacer;
+    pacer.decoded(0.1);
+    pacer.prefilled(PrefillPacer::kFirstChunk, 100.0);
+    CHECK(pacer.current() == PrefillPacer::kFirstChunk / 2);
   }
 }

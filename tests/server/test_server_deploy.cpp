@@ -187,9 +187,12 @@ TEST_CASE("/metrics parses as Prometheus text and counts the work; /slots lists 
   CHECK(values.at("minigpt4:requests_processing") == 0);
   CHECK(values.at("minigpt4:slots_total") == 3);
   CHECK(values.count("minigpt4:kv_cache_tokens") == 1);
+  CHECK(values.at("minigpt4:prefill_chunk") >= server::PrefillPacer::kMinChunk);  // automatic by default
 
   const auto slots = json::parse(client.Get("/slots")->body);
   CHECK(slots["parallel"] == 3);
+  CHECK(slots["prefill_chunk_auto"] == true);
+  CHECK(slots["prefill_chunk"].get<int64_t>() >= server::PrefillPacer::kMinChunk);
   CHECK(slots["slots"].is_array());
   CHECK(slots["waiting"] == 0);
 }
