@@ -673,9 +673,10 @@ def print_table(results: dict, servers: list[str], clients: list[int]) -> None:
 
 
 def print_join(results: dict, servers: list[str]) -> None:
-    print("\njoining: time between tokens of the running streams (ms), quiet and while prompts join")
+    print("\njoining: time between tokens of the running streams (ms), quiet and while prompts join; the joining "
+          "requests' prompt tokens and median TTFT (ms)")
     print(f"{'server':<12}{'N':>4}{'quiet p50':>10}{'quiet p95':>10}{'join p50':>9}{'join p95':>9}{'join max':>9}"
-          f"{'joined':>7}{'prompt':>7}{'p95/quiet p50':>14}")
+          f"{'joined':>7}{'prompt':>7}{'join TTFT':>10}{'p95/quiet p50':>14}")
     for name in servers:
         j = results.get(name, {}).get("join")
         if not j:
@@ -683,7 +684,8 @@ def print_join(results: dict, servers: list[str]) -> None:
         q, b = j["quiet"], j["joining"]
         print(f"{name:<12}{j['streams']:>4}{fmt(q['gap_ms_p50']):>10}{fmt(q['gap_ms_p95']):>10}"
               f"{fmt(b['gap_ms_p50']):>9}{fmt(b['gap_ms_p95']):>9}{fmt(b['gap_ms_max']):>9}{b['joined']:>7}"
-              f"{fmt(b['join_prompt_tokens']):>7}{fmt(j['p95_joining_over_quiet_median'], 2) + 'x':>14}")
+              f"{fmt(b['join_prompt_tokens']):>7}{fmt(b['join_ttft_ms_p50']):>10}"
+              f"{fmt(j['p95_joining_over_quiet_median'], 2) + 'x':>14}")
         if q["failures"] or b["failures"]:
             print(f"  {name}: {q['failures'] + b['failures']} failed requests")
 

@@ -33,7 +33,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE = REPO_ROOT / "tests/data/parity/tiny_vicuna0"
 
-# MiniGPT-4's Vicuna v0 prompt (configs' prompt_template with the system line), for llama-server.
+# MiniGPT-4's Vicuna v0 prompt (CONV_VISION_Vicuna0: the open turn is 'Assistant: ', space included), for
+# llama-server.
 VICUNA0_TEMPLATE = (
     "{{- 'Give the following image: <Img>ImageContent</Img>. You will be able to see the image once I provide "
     "it to you. Please answer my questions.###' -}}"
@@ -41,7 +42,7 @@ VICUNA0_TEMPLATE = (
     "{%- if message['role'] == 'user' -%}{{- 'Human: ' + message['content'] + '###' -}}"
     "{%- elif message['role'] == 'assistant' -%}{{- 'Assistant: ' + message['content'] + '###' -}}{%- endif -%}"
     "{%- endfor -%}"
-    "{%- if add_generation_prompt -%}{{- 'Assistant:' -}}{%- endif -%}")
+    "{%- if add_generation_prompt -%}{{- 'Assistant: ' -}}{%- endif -%}")
 
 
 def extend_tokenizer(src: Path, out: Path, vocab: int) -> None:

@@ -22,7 +22,8 @@ void PrefillPacer::prefilled(int64_t positions, double seconds) {
   // Nothing to scale against yet; and the last few positions of a prompt are mostly the fixed
   // part, so they would shrink the chunk for nothing.
   if (step_seconds_ <= 0 || seconds <= 0 || positions * 2 < chunk_) return;
-  const double wanted = static_cast<double>(positions) * kShareOfStep * step_seconds_ / seconds;
+  const double target = std::max(kShareOfStep * step_seconds_, kFloorSeconds);
+  const double wanted = static_cast<double>(positions) * target / seconds;
   const double bounded = std::clamp(wanted, chunk_ / 2.0, chunk_ * 2.0);
   chunk_ = std::clamp(static_cast<int64_t>(bounded), kMinChunk, kMaxChunk);
 }

@@ -50,19 +50,25 @@ struct WorkerOptions {
   int64_t prefill_chunk = kAutoPrefillChunk;
 };
 
-// The automatic prefill chunk: a joining prompt's chunk should cost about one decode step,
+// The automatic prefill chunk: a joining prompt's chunk should cost less than a decode step,
 // so that the running streams' time between tokens at most doubles while prompts join (a
 // fixed chunk is either too long for a big model, stalling every stream for seconds, or too
 // short for a small one, stretching the newcomer's time to first token for nothing). A chunk
 // costs a fixed part (reading the weights) plus a part per position, neither known in
 // advance, so the size is learnt from the rounds' own timings: after each chunk it is scaled
 // by (target / seconds), at most 2x either way, which settles where a chunk takes the target
-// (and at the smallest size where even that costs more). The target is a share of the
-// decode steps' moving average. With nothing decoding no stream waits: the whole prompt runs.
+// (and at one position where even that costs more). The target is a share of the decode
+// steps' moving average, but never below kFloorSeconds: a stall shorter than that is lost in
+// the network and the reader's eye, while cutting a small model's prompts into positions of
+// their own would only stretch its time to first token. With nothing decoding no stream
+// waits: the whole prompt runs.
 class PrefillPacer {
  public:
-  static constexpr int64_t kFirstChunk = 32, kMinChunk = 8, kMaxChunk = 1024;
-  static constexpr double kShareOfStep = 0.8;  // headroom for the timing noise
+  static constexpr int64_t kFirstChunk = 32, kMinChunk = 1, kMaxChunk = 1024;
+  // Headroom for the timing noise: a quiet step's 95th percentile is already about 1.2x its
+  // median, so a round of step + 0.6 step stays within twice the median.
+  static constexpr double kShareOfStep = 0.6;
+  static constexpr double kFloorSeconds = 0.02;  // the smallest target
 
   // This round's chunk: 0 (the rest of the prompt) when no answer is decoding.
   int64_t chunk(bool answers_decoding) const { return answers_decoding ? chunk_ : 0; }

@@ -208,14 +208,21 @@ TEST_CASE("the prefill pacer sizes a chunk to cost about a share of one decode s
     PrefillPacer pacer;
     const int64_t c = settle(pacer, 0.3, 0.05, 0.004);
     const double cost = 0.05 + 0.004 * static_cast<double>(c);
-    CHECK(cost <= 0.3);  // the streams' gap at most doubles
-    CHECK(cost >= 0.8 * 0.3 * 0.8);
+    CHECK(cost <= 1.05 * PrefillPacer::kShareOfStep * 0.3);  // the streams' gap stays under twice a step
+    CHECK(cost >= 0.7 * PrefillPacer::kShareOfStep * 0.3);
   }
-  SECTION("a small model: a chunk of 256 costs less than a step, so the chunk grows to its bound") {
+  SECTION("a small model: a step of 0.1 ms, a chunk 1 ms + 40 us per position: the floor of 20 ms is the target") {
+    PrefillPacer pacer;
+    const int64_t c = settle(pacer, 1e-4, 1e-3, 4e-5);
+    const double cost = 1e-3 + 4e-5 * static_cast<double>(c);
+    CHECK(cost <= PrefillPacer::kFloorSeconds);
+    CHECK(cost >= 0.5 * PrefillPacer::kFloorSeconds);
+  }
+  SECTION("a tiny model whose whole chunk costs less than the floor: the chunk grows to its bound") {
     PrefillPacer pacer;
     CHECK(settle(pacer, 0.01, 0.0, 1e-7) == PrefillPacer::kMaxChunk);
   }
-  SECTION("a fixed part above the step: the smallest chunk") {
+  SECTION("a fixed part above the step: one position per round") {
     PrefillPacer pacer;
     CHECK(settle(pacer, 0.1, 0.5, 0.001) == PrefillPacer::kMinChunk);
   }
