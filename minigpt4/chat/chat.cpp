@@ -376,6 +376,18 @@ void AnswerInProgress::prefill(int64_t max_positions) {
   if (prompt_left() == 0 && !generation_.finished()) take(logits.select(1, -1));
 }
 
+at::Tensor AnswerInProgress::prompt_rows(int64_t max_positions) const {
+  const int64_t n = std::min(std::max<int64_t>(max_positions, 1), prompt_left());
+  if (n <= 0) fail("chat: no prompt positions left to run");
+  return embeds_.slice(1, prefilled_, prefilled_ + n).transpose(0, 1);  // [n, 1, H]
+}
+
+void AnswerInProgress::prompt_rows_ran(int64_t n, const at::Tensor& last_logits) {
+  if (n <= 0 || n > prompt_left()) fail("chat: {} prompt positions ran, {} were left", n, prompt_left());
+  prefilled_ += n;
+  if (prompt_left() == 0 && !generation_.finished()) take(last_logits);
+}
+
 at::Tensor AnswerInProgress::next_input() const {
   const auto& tokens = generation_.output().tokens;
   if (tokens.empty() || prompt_left() > 0) fail("chat: no token to feed before the prompt has run");

@@ -132,6 +132,12 @@ class AnswerInProgress {
   // Runs up to `max_positions` more of the prompt (all that is left for <= 0) into the cache;
   // the last chunk's logits choose the first token.
   void prefill(int64_t max_positions = 0);
+  // The same for a decode step that runs the prompt beside other answers' tokens: the next
+  // up to `max_positions` prompt positions as rows [n, 1, H], to go into one step with n
+  // consecutive entries of cache() (CausalLM::step_sequences: consecutive positions);
+  // then prompt_rows_ran(n, the last row's logits).
+  at::Tensor prompt_rows(int64_t max_positions) const;
+  void prompt_rows_ran(int64_t n, const at::Tensor& last_logits);
   bool decoding() const { return prompt_left() == 0 && !generation_.finished(); }
   bool finished() const { return generation_.finished(); }
   int64_t generated() const { return static_cast<int64_t>(generation_.output().tokens.size()); }

@@ -383,8 +383,13 @@ at::Tensor llama_steps(const LlamaForCausalLM& m, const at::Tensor& inputs_embed
     return logits.defined() ? logits.view({1, -1}) : logits;
   }
   if (rows == 0 || !input_applies(m, inputs_embeds, rows) || !model_applies(m)) return {};
-  for (const auto* cache : caches)
-    if (!cache || !cache_applies(m, *cache)) return {};
+  for (size_t r = 0; r < caches.size(); ++r) {
+    if (!caches[r] || !cache_applies(m, *caches[r])) return {};
+    // A repeated cache's rows must come one after another (a chunk is one run of positions).
+    if (r > 0 && caches[r] != caches[r - 1] &&
+        std::find(caches.begin(), caches.begin() + r, caches[r]) != caches.begin() + r)
+      return {};
+  }
   const auto& c = m.config;
   const auto dtype = m.dtype();
   const Rounding round{dtype == at::kBFloat16};
@@ -395,9 +400,13 @@ at::Tensor llama_steps(const LlamaForCausalLM& m, const at::Tensor& inputs_embed
   std::vector<float> x(n(H)), xn(n(H)), q(n(heads * D)), k(n(kv_heads * D)), v(n(kv_heads * D)), att(n(heads * D)),
       o(n(H)), gate(n(F)), up(n(F)), cos(n(half)), sin(n(half));
   load_inputs(inputs_embeds, rows, H, x.data(), round);
+  // A cache given for several rows holds one sequence's consecutive positions (a prompt's
+  // chunk riding along with other answers' tokens): each row attends to those before it.
   std::vector<int64_t> positions;
   for (int64_t r = 0; r < rows; ++r) {
-    positions.push_back(caches[static_cast<size_t>(r)]->length());
+    const KVCache* cache = caches[static_cast<size_t>(r)];
+    const auto earlier = std::count(caches.begin(), caches.begin() + r, cache);
+    positions.push_back(cache->length() + earlier);
     rope_angles(m, positions.back(), cos.data() + r * half, sin.data() + r * half, round);
   }
   const auto norm_rows = [&](const RMSNorm& norm) {

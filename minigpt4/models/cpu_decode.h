@@ -28,7 +28,9 @@ namespace cpu_decode {
 at::Tensor llama_step(const LlamaForCausalLM& model, const at::Tensor& inputs_embeds, KVCache& cache);
 
 // The same step for several sequences at once (continuous batching), each with its own
-// cache and length: inputs_embeds [N, 1, H] -> logits [N, V] float32. The projections read
+// cache and length: inputs_embeds [N, 1, H] -> logits [N, V] float32. A cache given for
+// several consecutive rows takes them as consecutive positions of its sequence (a prompt's
+// chunk in the same pass over the weights), as CausalLM::step_sequences does row by row. The projections read
 // float32 weights once for all N rows (MKL), the others once per 4 rows (cpu_gemv's decode
 // kernels, see linear_batch in the .cpp); attention runs per sequence over its own cache. Undefined, with
 // nothing touched, when this path does not apply to the model, the input or any cache.

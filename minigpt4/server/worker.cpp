@@ -24,8 +24,16 @@ void PrefillPacer::prefilled(int64_t positions, double seconds) {
   if (step_seconds_ <= 0 || seconds <= 0 || positions * 2 < chunk_) return;
   const double target = std::max(kShareOfStep * step_seconds_, kFloorSeconds);
   const double wanted = static_cast<double>(positions) * target / seconds;
-  const double bounded = std::clamp(wanted, chunk_ / 2.0, chunk_ * 2.0);
+  // Quick to shrink, slow to grow: one step that happens to run fast (the timings are noisy)
+  // must not double the next chunk into a long stall.
+  const double bounded = std::clamp(wanted, chunk_ / 2.0, std::max(chunk_ * 1.25, chunk_ + 1.0));
   chunk_ = std::clamp(static_cast<int64_t>(bounded), kMinChunk, kMaxChunk);
+}
+
+void PrefillPacer::rode_along(int64_t positions, double step_seconds) {
+  // What the chunk's rows added to the step; a step no slower than the average cost them
+  // nothing measurable, which lets the chunk grow.
+  prefilled(positions, std::max(step_seconds - step_seconds_, 1e-3 * step_seconds_));
 }
 
 void PrefillPacer::decoded(double seconds) {
@@ -154,16 +162,22 @@ void ModelWorker::round() {
       group.clear();
     }
 
-    // One chunk of the first answer still reading its prompt.
+    // One chunk of the first answer still reading its prompt: while others decode, a small
+    // chunk rides in their decode step as extra rows of the same pass over the weights;
+    // otherwise it runs on its own first.
     const bool others_decoding =
         std::any_of(group.begin(), group.end(), [&](size_t i) { return slots_[i].run.answer->decoding(); });
-    for (const size_t i : group) {
+    const auto joining =
+        std::find_if(group.begin(), group.end(), [&](size_t i) { return slots_[i].run.answer->prompt_left() > 0; });
+    const int64_t chunk = automatic_chunk() ? pacer_.chunk(others_decoding) : options_.prefill_chunk;
+    const bool ride_along = joining != group.end() && others_decoding && chunk > 0 && chunk <= kMaxRidingRows;
+    if (joining != group.end() && !ride_along) {
+      const size_t i = *joining;
       auto& answer = *slots_[i].run.answer;
-      if (answer.prompt_left() == 0) continue;
       const auto start = Clock::now();
       const int64_t before = answer.prompt_left();
       try {
-        answer.prefill(automatic_chunk() ? pacer_.chunk(others_decoding) : options_.prefill_chunk);
+        answer.prefill(chunk);
       } catch (...) {
         errors[i] = std::current_exception();
       }
@@ -174,21 +188,27 @@ void ModelWorker::round() {
       stats_.generated_tokens_total += answer.generated() > 0 && answer.prompt_left() == 0 ? 1 : 0;
       stats_.prefill_seconds += seconds;
       if (automatic_chunk()) stats_.prefill_chunk = pacer_.current();
-      break;
     }
 
-    // One token for every answer that is decoding, in one step.
+    // One token for every answer that is decoding, in one step (with the riding chunk).
     std::vector<size_t> rows;
     for (const size_t i : group)
       if (!errors[i] && slots_[i].run.answer->decoding()) rows.push_back(i);
     if (!rows.empty()) {
       const auto start = Clock::now();
+      int64_t prompt_rows = 0;
       try {
         std::vector<at::Tensor> inputs;
         std::vector<KVCache*> caches;
         for (const size_t i : rows) {
           inputs.push_back(slots_[i].run.answer->next_input());
           caches.push_back(&slots_[i].run.answer->cache());
+        }
+        if (ride_along) {
+          auto& answer = *slots_[*joining].run.answer;
+          inputs.push_back(answer.prompt_rows(chunk));
+          prompt_rows = inputs.back().size(0);
+          caches.insert(caches.end(), static_cast<size_t>(prompt_rows), &answer.cache());
         }
         torch::NoGradGuard no_grad;
         const auto logits = model_->model->llama_model->step_sequences(torch::cat(inputs, 0), caches);
@@ -199,16 +219,33 @@ void ModelWorker::round() {
             errors[rows[r]] = std::current_exception();
           }
         }
+        if (ride_along) {
+          try {
+            slots_[*joining].run.answer->prompt_rows_ran(prompt_rows, logits[logits.size(0) - 1]);
+          } catch (...) {
+            errors[*joining] = std::current_exception();
+          }
+        }
       } catch (...) {
         for (const size_t i : rows) errors[i] = std::current_exception();
+        if (ride_along) errors[*joining] = std::current_exception();
       }
       const double seconds = seconds_since(start);
-      pacer_.decoded(seconds);
+      if (prompt_rows == 0)
+        pacer_.decoded(seconds);
+      else if (automatic_chunk() && !errors[*joining])
+        pacer_.rode_along(prompt_rows, seconds);
       std::lock_guard<std::mutex> lock(mutex_);
       stats_.generated_tokens_total += rows.size();
       stats_.decode_steps += 1;
       stats_.decode_rows += rows.size();
       stats_.decode_seconds += seconds;
+      if (prompt_rows > 0) {
+        const auto& answer = *slots_[*joining].run.answer;
+        stats_.prompt_positions_total += static_cast<uint64_t>(prompt_rows);
+        stats_.generated_tokens_total += answer.generated() > 0 && answer.prompt_left() == 0 ? 1 : 0;
+        if (automatic_chunk()) stats_.prefill_chunk = pacer_.current();
+      }
     }
   }
 

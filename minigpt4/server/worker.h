@@ -42,6 +42,11 @@ struct RunningAnswer {
 
 // WorkerOptions::prefill_chunk: sized by PrefillPacer.
 constexpr int64_t kAutoPrefillChunk = -1;
+// A joining prompt's chunk of at most this many positions runs inside the decode step of the
+// answers that are generating, as rows of the same pass over the weights (each weight read
+// once for both); a longer one runs on its own, where the prompt path's GEMM is cheaper per
+// position than passes of the decode kernels.
+constexpr int64_t kMaxRidingRows = 32;
 
 struct WorkerOptions {
   size_t max_waiting = 8;  // jobs waiting for a slot (beyond those the free slots will take)
@@ -56,7 +61,8 @@ struct WorkerOptions {
 // short for a small one, stretching the newcomer's time to first token for nothing). A chunk
 // costs a fixed part (reading the weights) plus a part per position, neither known in
 // advance, so the size is learnt from the rounds' own timings: after each chunk it is scaled
-// by (target / seconds), at most 2x either way, which settles where a chunk takes the target
+// by (target / seconds), down to half or up to 1.25x (at least one more position), which
+// settles where a chunk takes the target
 // (and at one position where even that costs more). The target is a share of the decode
 // steps' moving average, but never below kFloorSeconds: a stall shorter than that is lost in
 // the network and the reader's eye, while cutting a small model's prompts into positions of
@@ -74,6 +80,9 @@ class PrefillPacer {
   int64_t chunk(bool answers_decoding) const { return answers_decoding ? chunk_ : 0; }
   // A chunk of `positions` ran in `seconds` while answers were decoding.
   void prefilled(int64_t positions, double seconds);
+  // A chunk of `positions` rode in a decode step that took `step_seconds` (its cost: the
+  // step's time above the average step without one).
+  void rode_along(int64_t positions, double step_seconds);
   void decoded(double seconds);  // a decode step took `seconds`
   int64_t current() const { return chunk_; }
   double step_seconds() const { return step_seconds_; }

@@ -71,9 +71,10 @@ struct Outcome {
 
 // The requests in a worker with `parallel` slots, all queued before the first runs (a job
 // holds the worker until then), so that they share decode steps. `cancel_from_worker[i]`:
-// the worker cancels answer i once it has that many tokens (keep_going false).
+// the worker cancels answer i once it has that many tokens (keep_going false). A chunk of
+// 13 (<= kMaxRidingRows) rides in the decode steps once an answer decodes.
 Outcome batched(const std::vector<Request>& requests, size_t parallel, std::vector<int> cancel_from_worker = {},
-                int64_t prefill_chunk = 7) {
+                int64_t prefill_chunk = 13) {
   cancel_from_worker.resize(requests.size(), -1);
   ModelWorker worker(tiny_model(), WorkerOptions{requests.size() + 1, parallel, prefill_chunk});
   std::promise<void> release;
@@ -232,10 +233,32 @@ TEST_CASE("the prefill pacer sizes a chunk to cost about a share of one decode s
     pacer.prefilled(3, 0.5);
     CHECK(pacer.current() == PrefillPacer::kFirstChunk);
   }
+  SECTION("riding in a decode step, a chunk costs what it adds to the step") {
+    PrefillPacer pacer;
+    pacer.decoded(0.1);  // the step alone
+    for (int i = 0; i < 40; ++i) {
+      const int64_t c = pacer.chunk(true);
+      pacer.rode_along(c, 0.1 + 0.0099 * static_cast<double>(c));  // 9.9 ms a riding position
+    }
+    CHECK(pacer.current() == 6);  // 0.6 of a 0.1 s step
+    PrefillPacer free_rows;
+    free_rows.decoded(0.1);
+    free_rows.rode_along(PrefillPacer::kFirstChunk, 0.09);  // no slower than the step: it grows, by a quarter
+    CHECK(free_rows.current() == PrefillPacer::kFirstChunk * 5 / 4);
+  }
   SECTION("one slow chunk shrinks it by half at most") {
     PrefillPacer pacer;
     pacer.decoded(0.1);
     pacer.prefilled(PrefillPacer::kFirstChunk, 100.0);
     CHECK(pacer.current() == PrefillPacer::kFirstChunk / 2);
+  }
+}
+
+TEST_CASE("prompt chunks run on their own (longer than kMaxRidingRows) give the same answers", "[server][batching]") {
+  const auto& requests = mixed_requests();
+  const auto out = batched(requests, 3, {}, kMaxRidingRows + 5);
+  for (size_t i = 0; i < requests.size(); ++i) {
+    INFO("request " << i);
+    CHECK(out.replies[i].tokens == alone(requests[i]).tokens);
   }
 }
