@@ -66,8 +66,11 @@ struct CausalLM : torch::nn::Module {
   // One decode step of N independent sequences, each with its own cache (continuous
   // batching: their lengths differ and nothing is padded): inputs_embeds [N, 1, H], the
   // token fed to each; returns the next-token logits [N, V] (float32), each cache one
-  // position longer. Here: each sequence through forward() on its own. Families with a
-  // batched step override it (LLaMA on the CPU: one pass over the weights for all rows).
+  // position longer. A cache given for several consecutive rows takes them as consecutive
+  // positions of its sequence (a joining prompt's chunk in the same step; each row's logits
+  // as if it were fed alone). Here: each row through forward() on its own, in order.
+  // Families with a batched step override it (LLaMA on the CPU: one pass over the weights
+  // for all rows).
   virtual torch::Tensor step_sequences(const torch::Tensor& inputs_embeds, const std::vector<KVCache*>& caches) const;
   virtual int64_t vocab_size() const = 0;
   virtual int64_t hidden_size() const = 0;
