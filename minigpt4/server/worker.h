@@ -70,7 +70,7 @@ struct WorkerOptions {
 // waits: the whole prompt runs.
 class PrefillPacer {
  public:
-  static constexpr int64_t kFirstChunk = 32, kMinChunk = 1, kMaxChunk = 1024;
+  static constexpr int64_t kFirstChunk = 8, kMinChunk = 1, kMaxChunk = 1024;  // 8: one pass of the decode kernels
   // Headroom for the timing noise: a quiet step's 95th percentile is already about 1.2x its
   // median, so a round of step + 0.6 step stays within twice the median.
   static constexpr double kShareOfStep = 0.6;
