@@ -156,9 +156,9 @@ void add_serve_command(CLI::App& app) {
                                         "takes 'auto' or a number of positions >= 0, not '" + value + "'");
            s.prefill_chunk = n;
          },
-         "prompt positions a joining request runs between two decode steps at most, so that it stalls the running "
-         "answers by one chunk: auto (sized to about one decode step, learnt as the server runs), a number, or 0 "
-         "(whole prompts)")
+         "prompt positions a joining request runs per round at most, so that it stalls the running answers by one "
+         "chunk: auto (each chunk costing about 0.6 of a decode step, learnt as the server runs; chunks of up to 32 "
+         "ride in the decode step), a number, or 0 (whole prompts)")
       ->default_str("auto");
   cmd->add_option("--max-queue", s.max_waiting, "requests that may wait for the model (more get 503)")
       ->capture_default_str()

@@ -16,6 +16,7 @@
 
 #include <algorithm>
 #include <iostream>
+#include <tuple>
 
 using namespace minigpt4;
 
@@ -238,6 +239,58 @@ TEST_CASE("a decode step of several sequences equals each sequence stepped alone
         const auto want = model->forward(tokens[static_cast<size_t>(r)], options).logits.view({-1});
         CHECK(relative_error(got[r], want) < c.tolerance);
       }
+    }
+  }
+}
+
+TEST_CASE("a cache given for several consecutive rows takes them as consecutive positions (a riding prompt chunk)",
+          "[cpu_decode][conditional][needs_cpu_kernels]") {
+  if (kernel_choices().empty()) {
+    test::skip_test("this CPU runs none of cpu_gemv's kernels; the fused step never applies");
+    return;
+  }
+  torch::NoGradGuard no_grad;
+  Restore restore;
+  for (const auto& [name, dtype, tolerance] :
+       {std::tuple{"fp32", torch::kFloat32, 1e-5}, std::tuple{"bf16", torch::kBFloat16, 3e-2}}) {
+    INFO(name);
+    const auto model = make_model(dtype, WeightFormat::Dense, wide_config());
+    for (const bool fused : {true, false}) {  // the fused step and the row-by-row fallback
+      INFO((fused ? "fused step" : "row by row"));
+      torch::manual_seed(7);
+      KVCache decoding, decoding_alone, joining, joining_alone;
+      cpu_decode::set_enabled(false);
+      const auto prompt = model->embed(torch::randint(0, 77, {1, 4}));
+      const auto earlier = model->embed(torch::randint(0, 77, {1, 3}));  // the joining prompt's first positions
+      for (auto* cache : {&decoding, &decoding_alone}) {
+        CausalLMOptions options;
+        options.cache = cache;
+        model->forward(prompt, options);
+      }
+      for (auto* cache : {&joining, &joining_alone}) {
+        CausalLMOptions options;
+        options.cache = cache;
+        model->forward(earlier, options);
+      }
+      const auto token = model->embed(torch::randint(0, 77, {1, 1}));
+      const auto chunk = model->embed(torch::randint(0, 77, {1, 5}));  // the next 5 positions
+      cpu_decode::set_enabled(fused);
+      const auto got = model->step_sequences(torch::cat({token, chunk.transpose(0, 1)}, 0),
+                                             {&decoding, &joining, &joining, &joining, &joining, &joining});
+      REQUIRE(got.sizes() == torch::IntArrayRef({6, 77}));
+      cpu_decode::set_enabled(false);
+      CausalLMOptions one;
+      one.cache = &decoding_alone;
+      CHECK(relative_error(got[0], model->forward(token, one).logits.view({-1})) < tolerance);
+      CausalLMOptions many;
+      many.cache = &joining_alone;
+      const auto want = model->forward(chunk, many).logits[0];  // [5, V]: the chunk as a prompt
+      CHECK(relative_error(got.narrow(0, 1, 5), want) < tolerance);
+      CHECK(got.narrow(0, 1, 5).argmax(-1).equal(want.argmax(-1)));
+      CHECK(decoding.length() == 5);
+      CHECK(joining.length() == 8);
+      for (size_t layer = 0; layer < joining.keys.size(); ++layer)
+        CHECK(relative_error(joining.values[layer], joining_alone.values[layer]) < tolerance);
     }
   }
 }
