@@ -59,15 +59,15 @@ struct WorkerOptions {
 // so that the running streams' time between tokens at most doubles while prompts join (a
 // fixed chunk is either too long for a big model, stalling every stream for seconds, or too
 // short for a small one, stretching the newcomer's time to first token for nothing). A chunk
-// costs a fixed part (reading the weights) plus a part per position, neither known in
+// on its own costs a fixed part (reading the weights) plus a part per position; riding in a
+// decode step (kMaxRidingRows), only what its rows add to the step. Neither is known in
 // advance, so the size is learnt from the rounds' own timings: after each chunk it is scaled
-// by (target / seconds), down to half or up to 1.25x (at least one more position), which
-// settles where a chunk takes the target
-// (and at one position where even that costs more). The target is a share of the decode
-// steps' moving average, but never below kFloorSeconds: a stall shorter than that is lost in
-// the network and the reader's eye, while cutting a small model's prompts into positions of
-// their own would only stretch its time to first token. With nothing decoding no stream
-// waits: the whole prompt runs.
+// by target / cost, down to half or up to 1.25x (at least one more position), which settles
+// where a chunk costs the target (and at one position where even that costs more). The
+// target is a share of the moving average of the steps without a chunk, but never below
+// kFloorSeconds: a stall shorter than that is lost in the network and the reader's eye,
+// while cutting a small model's prompts into positions of their own would only stretch its
+// time to first token. With nothing decoding no stream waits: the whole prompt runs.
 class PrefillPacer {
  public:
   static constexpr int64_t kFirstChunk = 8, kMinChunk = 1, kMaxChunk = 1024;  // 8: one pass of the decode kernels
@@ -88,7 +88,7 @@ class PrefillPacer {
   double step_seconds() const { return step_seconds_; }
 
  private:
-  double step_seconds_ = 0;  // moving average of the decode steps (0: none seen yet)
+  double step_seconds_ = 0;  // moving average of the decode steps without a chunk (0: none yet)
   int64_t chunk_ = kFirstChunk;
 };
 
