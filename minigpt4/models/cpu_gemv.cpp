@@ -99,6 +99,15 @@ std::optional<std::string> cannot_run(Kernels k, at::ScalarType dtype) {
   return std::nullopt;
 }
 
+// The same for the prompt GEMM (Choice::gemm): aten (MKL) or avx2.
+std::optional<std::string> cannot_run_gemm(Kernels k) {
+  if (k == Kernels::aten) return std::nullopt;
+  if (k != Kernels::avx2) return fmt::format("there is no {} prompt GEMM (avx2 or aten)", name(k));
+  if (kernels::prompt_gemm_avx2() == nullptr) return std::string("this build has no avx2 kernels (not x86-64)");
+  if (!cpu().avx2) return std::string("this CPU has no AVX2 with FMA");
+  return std::nullopt;
+}
+
 // ------------------------------------------------------------------ the rules
 // Fixed rules from the CPU's features, backed by measurements on an Intel Xeon (AVX-512,
 // AVX512-BF16) and an AMD EPYC Zen 3 (AVX2 only) in benchmarks/README.md; a Zen 4 EPYC
@@ -158,18 +167,20 @@ Kernels parse_family(const std::string& word, const std::string& setting) {
 // The choice with the reason for each dtype, from the environment and the rules.
 struct Decision {
   Choice choice;
-  std::string setting = "unset", why_f32, why_bf16, why_int8, why_grouped, why_bf16_prompt, why_int8_prompt;
+  std::string setting = "unset", why_f32, why_bf16, why_int8, why_grouped, why_bf16_prompt, why_int8_prompt, why_gemm;
 };
 
 Decision decide() {
   Decision d;
   std::optional<Kernels> forced[4];  // f32, bf16, int8, grouped
   std::optional<bool> forced_prompt, forced_int8_prompt;
+  std::optional<Kernels> forced_gemm;
   const char* legacy = std::getenv("MINIGPT4_CPU_GEMV");
   if (legacy != nullptr && std::strcmp(legacy, "0") == 0) {
     d.setting = "MINIGPT4_CPU_GEMV=0";
     forced[0] = forced[1] = forced[2] = forced[3] = Kernels::aten;
     forced_prompt = forced_int8_prompt = false;
+    forced_gemm = Kernels::aten;
   }
   if (const char* v = std::getenv("MINIGPT4_CPU_KERNELS"); v != nullptr && *v != '\0') {
     const std::string setting = v;
@@ -184,6 +195,7 @@ Decision decide() {
         // (avx512 has none: they stay automatic, on avx2).
         if (!cannot_run(*forced[0], at::kByte)) forced[3] = forced[0];
         if (forced[0] == Kernels::aten) forced_prompt = forced_int8_prompt = false;
+        if (!cannot_run_gemm(*forced[0])) forced_gemm = forced[0];  // avx512 has no GEMM: automatic
         continue;
       }
       const auto dtype = part.substr(0, eq), family = part.substr(eq + 1);
@@ -192,6 +204,10 @@ Decision decide() {
           throw std::runtime_error(fmt::format(
               "MINIGPT4_CPU_KERNELS='{}': bf16_prompt takes float32, aten or auto, not '{}'", setting, family));
         if (family != "auto") forced_prompt = family == "float32";
+        continue;
+      }
+      if (dtype == "gemm") {
+        if (family != "auto") forced_gemm = parse_family(family, setting);
         continue;
       }
       if (dtype == "int8_prompt") {
@@ -203,10 +219,10 @@ Decision decide() {
       }
       const int slot = dtype == "f32" ? 0 : dtype == "bf16" ? 1 : dtype == "int8" ? 2 : dtype == "grouped" ? 3 : -1;
       if (slot < 0)
-        throw std::runtime_error(fmt::format(
-            "MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8, grouped, bf16_prompt or "
-            "int8_prompt)",
-            setting, dtype));
+        throw std::runtime_error(
+            fmt::format("MINIGPT4_CPU_KERNELS='{}': unknown key '{}' (expected f32, bf16, int8, grouped, bf16_prompt, "
+                        "int8_prompt or gemm)",
+                        setting, dtype));
       if (family != "auto") forced[slot] = parse_family(family, setting);
     }
   }
@@ -232,6 +248,21 @@ Decision decide() {
     d.choice.bf16_prompt_float32 = !cpu().amx_bf16;
     d.why_bf16_prompt = cpu().amx_bf16 ? "AMX-BF16: oneDNN multiplies bf16 tiles natively"
                                        : "no AMX: oneDNN's bf16 GEMM is slower than float32's here";
+  }
+  if (forced_gemm) {
+    if (const auto problem = cannot_run_gemm(*forced_gemm))
+      throw std::runtime_error(
+          fmt::format("{}: the {} prompt GEMM cannot run: {}", d.setting, name(*forced_gemm), *problem));
+    d.choice.gemm = *forced_gemm;
+    d.why_gemm = "forced by " + d.setting;
+  } else if (cannot_run_gemm(Kernels::avx2)) {
+    d.choice.gemm = Kernels::aten;
+    d.why_gemm = "no AVX2 with FMA: MKL";
+  } else {
+    d.choice.gemm = cpu().intel ? Kernels::aten : Kernels::avx2;
+    d.why_gemm = cpu().intel ? "Intel CPU: MKL's sgemm takes its fast path here"
+                             : "not Intel: ours; MKL's sgemm (its generic path) ran 64-128 rows of a 1.1B model's "
+                               "layers at about half the FMA units' peak on a Zen 3 EPYC";
   }
   const bool vnni = cpu().avx512_vnni || cpu().avx_vnni || cpu().amx_int8;
   if (forced_int8_prompt) {
@@ -261,12 +292,13 @@ std::atomic<int> g_override{0};
 int pack(const Choice& c) {
   return 1 | static_cast<int>(c.f32) << 1 | static_cast<int>(c.bf16) << 3 | static_cast<int>(c.int8) << 5 |
          static_cast<int>(c.bf16_prompt_float32) << 7 | static_cast<int>(c.grouped) << 8 |
-         static_cast<int>(c.int8_prompt_llm_int8) << 10;
+         static_cast<int>(c.int8_prompt_llm_int8) << 10 | static_cast<int>(c.gemm) << 11;
 }
 Choice unpack(int v) {
   return {static_cast<Kernels>(v >> 1 & 3), static_cast<Kernels>(v >> 3 & 3),
           static_cast<Kernels>(v >> 5 & 3), (v >> 7 & 1) != 0,
-          static_cast<Kernels>(v >> 8 & 3), (v >> 10 & 1) != 0};
+          static_cast<Kernels>(v >> 8 & 3), (v >> 10 & 1) != 0,
+          static_cast<Kernels>(v >> 11 & 3)};
 }
 
 // ------------------------------------------------------------------ the products
@@ -412,6 +444,9 @@ void set_choice(const Choice& choice) {
     if (const auto problem = cannot_run(k, dtype))
       throw std::invalid_argument(
           fmt::format("cpu_gemv::set_choice: {} kernels for {} weights: {}", name(k), dtype_name(dtype), *problem));
+  if (const auto problem = cannot_run_gemm(choice.gemm))
+    throw std::invalid_argument(
+        fmt::format("cpu_gemv::set_choice: the {} prompt GEMM: {}", name(choice.gemm), *problem));
   g_override.store(pack(choice), std::memory_order_relaxed);
 }
 
@@ -445,12 +480,15 @@ std::string describe() {
   out += line("int8", now.int8, d.why_int8, at::kChar);
   out += line("q4/q8 groups", now.grouped, d.why_grouped, at::kByte);
   if (!(now == d.choice)) out += "(the choice was replaced in this process by cpu_gemv::set_choice)\n";
-  out += fmt::format("more than {} rows (prompt): f32 MKL; q4/q8 groups float32 blocks + MKL; bf16 {} ({})\n", kMaxRows,
-                     now.bf16_prompt_float32 ? "float32 blocks + MKL" : "ATen (oneDNN)", d.why_bf16_prompt);
-  out += fmt::format("  int8 (per channel): {} ({})\n",
-                     now.int8_prompt_llm_int8 ? "LLM.int8(): int8 activations per row, at::_int_mm, outliers in float32"
-                                              : "float32 blocks + MKL",
-                     d.why_int8_prompt);
+  const std::string f32_gemm = now.gemm == Kernels::aten ? "MKL" : fmt::format("ours ({})", name(now.gemm));
+  const std::string blocks = now.gemm == Kernels::aten ? "float32 blocks + MKL" : f32_gemm + ", float32 blocks";
+  out += fmt::format("more than {} rows (prompt), in float32: {} ({})\n", kMaxRows, f32_gemm, d.why_gemm);
+  out += fmt::format("  f32 weights: {}; q4/q8 groups: {}\n", f32_gemm, blocks);
+  out += fmt::format("  bf16: {} ({})\n", now.bf16_prompt_float32 ? blocks : "ATen (oneDNN)", d.why_bf16_prompt);
+  out += fmt::format(
+      "  int8 (per channel): {} ({})\n",
+      now.int8_prompt_llm_int8 ? "LLM.int8(): int8 activations per row, at::_int_mm, outliers in float32" : blocks,
+      d.why_int8_prompt);
   out += "training (autograd): ATen for every dtype\n";
   return out;
 }
@@ -524,6 +562,7 @@ at::Tensor grouped_blocks_mm(const at::Tensor& x2, const at::Tensor& values, con
   if (k == Kernels::aten || !is_grouped(values, scales) || !values.is_cpu() || !values.is_contiguous() ||
       !scales.is_contiguous() || !kernel_group_size(values, scales))
     return {};
+  if (auto y = prompt_mm(x2, values, scales); y.defined()) return y;
   const kernels::Table& t = *table(k);
   const bool four_bit = values.scalar_type() == at::kByte;
   const int64_t M = x2.size(0), K = x2.size(1), N = values.size(0);
@@ -538,11 +577,144 @@ at::Tensor grouped_blocks_mm(const at::Tensor& x2, const at::Tensor& values, con
     const int64_t n = std::min(rows, N - n0);
     float* out = block.data_ptr<float>();
     at::parallel_for(n0, n0 + n, 16, [&](int64_t a, int64_t b) {
-      t.dequantize(values.data_ptr(), four_bit ? 4 : 8, s, G, Kp, out + (a - n0) * Kp, a, b);
+      t.dequantize(values.data_ptr(), four_bit ? 4 : 8, s, G, Kp, 0, Kp, out + (a - n0) * Kp, Kp, a, b);
     });
     y.narrow(1, n0, n).copy_(at::mm(x, block.narrow(0, 0, n).narrow(1, 0, K).t()));
   }
   return y;
+}
+
+namespace {
+
+// Where prompt_mm's weight blocks come from: rows [n0, n0 + nb), inputs [k0, k0 + kc) as
+// float32, in place or converted into buf (room for nb rows of kc rounded up to 32); returns
+// the block and sets its row stride.
+struct WeightBlocks {
+  const kernels::PromptGemm& gemm;
+  const at::Tensor& weight;
+  const at::Tensor& scales;
+  const float* operator()(int64_t n0, int64_t nb, int64_t k0, int64_t kc, float* buf, int64_t& ld) const {
+    const int64_t stride = weight.size(1);
+    ld = kc;
+    const int64_t runs_end = k0 + (kc + 31) / 32 * 32;  // group-wise: whole runs (the padding is zeros)
+    switch (weight.scalar_type()) {
+      case at::kFloat: ld = stride; return weight.data_ptr<float>() + n0 * stride + k0;
+      case at::kBFloat16:
+        gemm.widen_bf16(reinterpret_cast<const uint16_t*>(weight.data_ptr<at::BFloat16>()) + n0 * stride + k0, stride,
+                        nb, kc, buf);
+        break;
+      case at::kChar:
+        if (is_grouped(weight, scales)) {
+          const int64_t Kp = stride, G = Kp / scales.size(1);
+          ld = runs_end - k0;
+          kernels::avx2()->dequantize(weight.data_ptr(), 8, reinterpret_cast<const uint16_t*>(scales.data_ptr()), G, Kp,
+                                      k0, runs_end, buf, ld, n0, n0 + nb);
+        } else {
+          gemm.widen_int8(weight.data_ptr<int8_t>() + n0 * stride + k0, stride, nb, kc, scales.data_ptr<float>() + n0,
+                          buf);
+        }
+        break;
+      default: {  // 4-bit groups
+        const int64_t Kp = stride * 2, G = Kp / scales.size(1);
+        ld = runs_end - k0;
+        kernels::avx2()->dequantize(weight.data_ptr(), 4, reinterpret_cast<const uint16_t*>(scales.data_ptr()), G, Kp,
+                                    k0, runs_end, buf, ld, n0, n0 + nb);
+      }
+    }
+    return buf;
+  }
+};
+
+// Whether prompt_mm multiplies this weight: a contiguous CPU [N, K'] weight of a kind it reads.
+bool prompt_weight(const at::Tensor& weight, const at::Tensor& scales, int64_t K) {
+  if (!weight.is_cpu() || weight.dim() != 2 || !weight.is_contiguous() || weight.size(0) == 0) return false;
+  switch (weight.scalar_type()) {
+    case at::kFloat:
+    case at::kBFloat16: return weight.size(1) == K;
+    case at::kChar:
+      if (is_grouped(weight, scales)) break;
+      return weight.size(1) == K && scales.defined() && scales.scalar_type() == at::kFloat && scales.is_cpu() &&
+             scales.is_contiguous() && scales.numel() == weight.size(0);
+    case at::kByte: break;
+    default: return false;
+  }
+  // Group-wise: the dequantiser takes runs of 32 and group sizes of 32, 64 or 128.
+  if (!is_grouped(weight, scales) || !scales.is_cpu() || !scales.is_contiguous() ||
+      !kernel_group_size(weight, scales) || cannot_run(Kernels::avx2, at::kByte))
+    return false;
+  const int64_t Kp = weight.scalar_type() == at::kByte ? weight.size(1) * 2 : weight.size(1);
+  return K <= Kp && K > Kp - Kp / scales.size(1);
+}
+
+}  // namespace
+
+at::Tensor prompt_mm(const at::Tensor& x2, const at::Tensor& weight, const at::Tensor& scales) {
+  if (chosen().gemm != Kernels::avx2 || x2.dim() != 2 || !x2.is_cpu() || x2.size(0) == 0 || x2.size(1) == 0) return {};
+  if (x2.scalar_type() != at::kFloat && x2.scalar_type() != at::kBFloat16) return {};
+  const int64_t M = x2.size(0), K = x2.size(1), N = weight.size(0);
+  if (!prompt_weight(weight, scales, K)) return {};
+  const kernels::PromptGemm& gemm = *kernels::prompt_gemm_avx2();
+  const WeightBlocks blocks{gemm, weight, scales};
+  const auto x = x2.to(at::kFloat).contiguous();
+  const float* xs = x.data_ptr<float>();
+  auto y = at::empty({M, N}, x.options());
+  float* ys = y.data_ptr<float>();
+
+  // Inputs per block: a multiple of 32 (the group-wise dequantiser's runs) that keeps a block
+  // of weight rows and a panel of activations in L1/L2. Weight rows per block: a multiple of
+  // the tile's 6, at most 96, small enough that every thread gets several blocks.
+  constexpr int64_t kInputs = 256, kRowsOfX = 256;
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t rows = std::clamp<int64_t>((N / (4 * threads)) / 6 * 6, 6, 96);
+  const int64_t n_blocks = (N + rows - 1) / rows;
+  std::vector<float> xp;
+  for (int64_t m_start = 0; m_start < M; m_start += kRowsOfX) {
+    // Activations [m_start, m_start + Mc) packed into panels (kernels::prompt_panel_width).
+    const int64_t Mc = std::min(kRowsOfX, M - m_start), Mp = (Mc + 7) / 8 * 8;
+    xp.assign(static_cast<size_t>(Mp * K), 0.0f);
+    std::vector<int64_t> panels;
+    for (int64_t m0 = 0; m0 < Mp; m0 += kernels::prompt_panel_width(Mp - m0)) panels.push_back(m0);
+    at::parallel_for(0, static_cast<int64_t>(panels.size()), 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t m0 = panels[static_cast<size_t>(p)], width = kernels::prompt_panel_width(Mp - m0);
+        float* dst = xp.data() + m0 * K;
+        for (int64_t j = 0; j < width && m0 + j < Mc; ++j) {
+          const float* src = xs + (m_start + m0 + j) * K;
+          for (int64_t k = 0; k < K; ++k) dst[k * width + j] = src[k];
+        }
+      }
+    });
+    at::parallel_for(0, n_blocks, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<float> buf(static_cast<size_t>(rows * kInputs)), ct(static_cast<size_t>(rows * Mp));
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t n0 = b * rows, nb = std::min(rows, N - n0);
+        std::fill(ct.begin(), ct.end(), 0.0f);
+        for (int64_t k0 = 0; k0 < K; k0 += kInputs) {
+          const int64_t kc = std::min(kInputs, K - k0);
+          int64_t ld = 0;
+          const float* w = blocks(n0, nb, k0, kc, buf.data(), ld);
+          gemm.block(w, ld, nb, xp.data(), K, k0, kc, Mp, ct.data());
+        }
+        for (int64_t n = 0; n < nb; ++n)
+          for (int64_t m = 0; m < Mc; ++m) ys[(m_start + m) * N + n0 + n] = ct[static_cast<size_t>(n * Mp + m)];
+      }
+    });
+  }
+  return y;
+}
+
+at::Tensor linear_f32_prompt(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
+  if (x.scalar_type() != at::kFloat || weight.scalar_type() != at::kFloat || x.dim() < 1 || weight.dim() != 2)
+    return {};
+  const int64_t K = weight.size(1), N = weight.size(0);
+  if (x.size(-1) != K || K == 0 || x.numel() / K <= kMaxRows) return {};
+  if (bias.defined() && (!bias.is_cpu() || bias.numel() != N)) return {};
+  auto y = prompt_mm(x.reshape({-1, K}), weight, {});
+  if (!y.defined()) return {};
+  if (bias.defined()) y.add_(bias.to(at::kFloat));
+  auto shape = x.sizes().vec();
+  shape.back() = N;
+  return y.view(shape);
 }
 
 at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias) {
@@ -553,7 +725,9 @@ at::Tensor linear_bf16_prompt(const at::Tensor& x, const at::Tensor& weight, con
   const int64_t K = weight.size(1), N = weight.size(0);
   // A few rows are a GEMV: converting the whole weight would triple what it reads.
   if (x.numel() / std::max<int64_t>(K, 1) <= kMaxRows) return {};
-  auto y = float32_blocks_mm(x.reshape({-1, K}), weight);
+  const auto x2 = x.reshape({-1, K});
+  auto y = prompt_mm(x2, weight, {});
+  if (!y.defined()) y = float32_blocks_mm(x2, weight);
   if (bias.defined()) y.add_(bias.to(at::kFloat));
   auto shape = x.sizes().vec();
   shape.back() = N;

@@ -17,6 +17,7 @@
 //   grouped=avx2|aten                    group-wise 4/8-bit weights (no AVX-512 form yet)
 //   bf16_prompt=float32|aten             how a bf16 prompt is multiplied (below)
 //   int8_prompt=llm_int8|float32         how a prompt meets per-channel int8 weights (quantize.h)
+//   gemm=avx2|aten                       who multiplies a prompt in float32 (prompt_mm below)
 // (MINIGPT4_CPU_GEMV=0, the older switch, means aten.) Cases the kernels do not handle
 // return an undefined tensor and the caller takes ATen's path. No autograd: inference only.
 #include <ATen/core/Tensor.h>
@@ -40,14 +41,17 @@ const char* name(Kernels kernels);
 // grouped: group-wise 4- and 8-bit weights (quantize.h); aten there means dequantising.
 // int8_prompt_llm_int8: products of more rows with per-channel int8 weights through
 // LLM.int8() (quantize.h, int8_linear) rather than float32 blocks.
+// gemm: who multiplies a prompt's rows in float32 (every weight dtype that gets there): our
+// GEMM (avx2, prompt_mm) or MKL (aten).
 struct Choice {
   Kernels f32 = Kernels::aten, bf16 = Kernels::aten, int8 = Kernels::aten;
   bool bf16_prompt_float32 = false;
   Kernels grouped = Kernels::aten;
   bool int8_prompt_llm_int8 = false;
+  Kernels gemm = Kernels::aten;
   bool operator==(const Choice& o) const {
     return f32 == o.f32 && bf16 == o.bf16 && int8 == o.int8 && bf16_prompt_float32 == o.bf16_prompt_float32 &&
-           grouped == o.grouped && int8_prompt_llm_int8 == o.int8_prompt_llm_int8;
+           grouped == o.grouped && int8_prompt_llm_int8 == o.int8_prompt_llm_int8 && gemm == o.gemm;
   }
 };
 
@@ -82,6 +86,17 @@ at::Tensor linear_grouped(const at::Tensor& x, const at::Tensor& values, const a
 // dequantised by our kernel a block of output rows at a time (in cache) and multiplied by MKL.
 // Undefined where the group-wise choice is ATen (quantize.cpp then dequantises with ATen ops).
 at::Tensor grouped_blocks_mm(const at::Tensor& x2, const at::Tensor& values, const at::Tensor& scales);
+
+// A prompt's product through our GEMM (Choice::gemm avx2): x2 [M, K] float32 or bf16 (more
+// than kMaxRows rows), weight [N, K] float32, bf16, per-channel int8 with float32 scales [N],
+// or group-wise (quantize.h; K may be below its padded width) -> [M, N] float32 = x2 W^T,
+// scaled, float32 sums. The weight is read in place (float32) or converted a block at a time
+// while the block is in cache. Undefined where the choice is MKL or the arguments are not a
+// contiguous CPU weight of these kinds. No autograd.
+at::Tensor prompt_mm(const at::Tensor& x2, const at::Tensor& weight, const at::Tensor& scales);
+// A float32 Linear's prompt product through prompt_mm, in x's shape with the bias added;
+// undefined where prompt_mm does not apply or x has at most kMaxRows rows.
+at::Tensor linear_f32_prompt(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias);
 
 // Products of more rows (a prompt) on a CPU without a bf16 or int8 matrix unit (AMX): the
 // weight is converted to float32 a block of output rows at a time, while the block is in

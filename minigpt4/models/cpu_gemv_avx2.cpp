@@ -350,14 +350,14 @@ void grouped(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, in
 
 // Group-wise weights as float32 (a prompt's blocks): 32 levels at a time, widened, offset
 // (4 bits) and scaled.
-MINIGPT4_AVX2 void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, float* out,
-                              int64_t n0, int64_t n1) {
-  const int64_t runs = Kp / kRun, groups = Kp / G, row_bytes = bits == 8 ? Kp : Kp / 2;
+MINIGPT4_AVX2 void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, int64_t k0,
+                              int64_t k1, float* out, int64_t ld, int64_t n0, int64_t n1) {
+  const int64_t groups = Kp / G, row_bytes = bits == 8 ? Kp : Kp / 2;
   const __m256 offset = _mm256_set1_ps(bits == 8 ? 0.0f : 8.0f);
   for (int64_t n = n0; n < n1; ++n) {
     const uint8_t* r = static_cast<const uint8_t*>(w) + n * row_bytes;
-    float* o = out + (n - n0) * Kp;
-    for (int64_t b = 0; b < runs; ++b) {
+    float* o = out + (n - n0) * ld - k0;
+    for (int64_t b = k0 / kRun; b < k1 / kRun; ++b) {
       const __m256 d = _mm256_set1_ps(half_to_float(scales[n * groups + b * kRun / G]));
       const __m256i levels =
           bits == 8 ? _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r + b * kRun)) : nibbles32(r + b * 16);

@@ -446,9 +446,9 @@ void q8(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t
 void quantize_x(const float* x, int64_t M, int64_t K, int64_t Kp, int8_t* xq, float* xd, int32_t* xs) {
   avx2()->quantize_x(x, M, K, Kp, xq, xd, xs);
 }
-void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, float* out, int64_t n0,
-                int64_t n1) {
-  avx2()->dequantize(w, bits, scales, G, Kp, out, n0, n1);
+void dequantize(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, int64_t k0, int64_t k1,
+                float* out, int64_t ld, int64_t n0, int64_t n1) {
+  avx2()->dequantize(w, bits, scales, G, Kp, k0, k1, out, ld, n0, n1);
 }
 
 // Group-wise weights need AVX512-VNNI as well (cpu_gemv.cpp checks).

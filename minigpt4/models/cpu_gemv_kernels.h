@@ -55,11 +55,29 @@ struct Table {
              const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) = nullptr;
   void (*q4)(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, int64_t Kp, const uint8_t* w,
              const uint16_t* scales, int64_t G, float* y, int64_t N, int64_t n0, int64_t n1) = nullptr;
-  // Rows [n0, n1) of a group-wise weight as float32 into out[(n - n0) * Kp + k] (a prompt's
-  // blocks, multiplied by MKL afterwards). bits: 8 (int8 values) or 4 (q4_0-packed).
-  void (*dequantize)(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, float* out, int64_t n0,
-                     int64_t n1) = nullptr;
+  // Rows [n0, n1), inputs [k0, k1) of a group-wise weight as float32 into
+  // out[(n - n0) * ld + k - k0] (a prompt's blocks). bits: 8 (int8 values) or 4 (q4_0-packed);
+  // k0 and k1 multiples of 32.
+  void (*dequantize)(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, int64_t k0, int64_t k1,
+                     float* out, int64_t ld, int64_t n0, int64_t n1) = nullptr;
 };
+
+// A prompt's product (more than kMaxRows rows, cpu_gemv.cpp's prompt_mm): y[M, N] = x[M, K] .
+// W[N, K]^T with the weight as float32 blocks of nb rows x kc inputs (read in place for
+// float32 weights, converted into a buffer for the others). The activations are packed once
+// into panels of 16 rows (the last one 8 or 16, zero-padded; Mp = M rounded up to 8): the
+// panel of rows [m0, m0 + width) is stored at xp + m0 * K as [K][width].
+inline int64_t prompt_panel_width(int64_t rows_left) { return rows_left >= 16 ? 16 : 8; }
+struct PromptGemm {
+  const char* name;
+  // ct[n * Mp + m] += sum_{k < kc} w[n * ldw + k] * x[m][k0 + k] for n < nb, m < Mp.
+  void (*block)(const float* w, int64_t ldw, int64_t nb, const float* xp, int64_t K, int64_t k0, int64_t kc, int64_t Mp,
+                float* ct);
+  // nb rows of kc weights (row stride ldw) as float32 into out[n * kc + k]; int8 times scales[n].
+  void (*widen_bf16)(const uint16_t* w, int64_t ldw, int64_t nb, int64_t kc, float* out);
+  void (*widen_int8)(const int8_t* w, int64_t ldw, int64_t nb, int64_t kc, const float* scales, float* out);
+};
+const PromptGemm* prompt_gemm_avx2();  // nullptr where this build has none
 
 // nullptr where this build has no such kernels (not x86-64, or a compiler without the
 // intrinsics). Whether the CPU runs them is cpu_gemv.cpp's question.

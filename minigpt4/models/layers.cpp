@@ -59,6 +59,9 @@ torch::Tensor Linear::forward(const torch::Tensor& x) const {
     if (!needs_grad && x.scalar_type() == torch::kBFloat16 && !y.defined())
       y = cpu_gemv::linear_bf16_prompt(x, weight, bias);
     if (!needs_grad && x.scalar_type() == torch::kFloat) y = cpu_gemv::linear_f32(x, weight, bias);
+    // A prompt's rows in float32: our GEMM where it was chosen (MKL's generic path elsewhere).
+    if (!needs_grad && x.scalar_type() == torch::kFloat && !y.defined())
+      y = cpu_gemv::linear_f32_prompt(x, weight, bias);
     if (!y.defined()) y = torch::linear(x, weight, bias);
   }
   return lora.empty() ? y : add_adapters(x, std::move(y));

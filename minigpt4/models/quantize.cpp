@@ -77,6 +77,7 @@ at::Tensor cpu_int8_mm(const at::Tensor& x2, const at::Tensor& values, const at:
     // int32 sums of K products of at most 127 * 127 stay exact up to K = 133,000.
     if (cpu_gemv::chosen().int8_prompt_llm_int8 && x2.size(1) <= 130'000)
       return llm_int8_mm(x2, values, scales).to(dtype);
+    if (auto y = cpu_gemv::prompt_mm(x2, values, scales); y.defined()) return y.to(dtype);  // scaled
   }
   // The fused kernel reads K in blocks of 16: other widths give garbage or crash (seen with
   // torch 2.12 at K = 8, 24, 40, 344, e.g. the quickstart LLM's FFN of 344).

@@ -190,6 +190,72 @@ TEST_CASE("a bf16 prompt through float32 blocks equals the float32 product of th
                   .defined());
 }
 
+TEST_CASE("a prompt through our GEMM equals the product of the same values, for every weight kind", "[cpu_gemv]") {
+  if (std::find(cpu_gemv::runnable(torch::kFloat).begin(), cpu_gemv::runnable(torch::kFloat).end(),
+                cpu_gemv::Kernels::avx2) == cpu_gemv::runnable(torch::kFloat).end()) {
+    test::skip_test("this CPU has no AVX2 with FMA: no prompt GEMM of ours (" + cpu_gemv::describe() + ")");
+    return;
+  }
+  ForcedKernels restore;
+  auto choice = cpu_gemv::chosen();
+  choice.gemm = cpu_gemv::Kernels::avx2;
+  cpu_gemv::set_choice(choice);
+  torch::manual_seed(11);
+  // Rows: one panel of 8 or 16 and ragged ones, and more than one chunk of 256; outputs: below
+  // and across the 6-row tile and several blocks; inputs: below a vector, ragged, across
+  // blocks of 256.
+  struct Shape {
+    int64_t M, N, K;
+  };
+  for (const Shape s : {Shape{9, 5, 5}, Shape{16, 13, 31}, Shape{17, 100, 300}, Shape{37, 700, 96}, Shape{300, 61, 520},
+                        Shape{64, 97, 2048}}) {
+    const auto x = torch::randn({s.M, s.K});
+    const auto w = torch::randn({s.N, s.K}) / std::sqrt(double(s.K));
+    const auto reference = [&](const torch::Tensor& dense) {
+      return torch::mm(x.to(torch::kDouble), dense.to(torch::kDouble).t()).to(torch::kFloat);
+    };
+    INFO("M " << s.M << " N " << s.N << " K " << s.K);
+    // float32, bf16 (the same values widened exactly), per-channel int8 (scaled).
+    CHECK(max_relative_error(cpu_gemv::prompt_mm(x, w, {}), reference(w)) < 1e-5);
+    const auto w16 = w.to(torch::kBFloat16);
+    CHECK(max_relative_error(cpu_gemv::prompt_mm(x, w16, {}), reference(w16)) < 1e-5);
+    CHECK(max_relative_error(cpu_gemv::prompt_mm(x.to(torch::kBFloat16), w16, {}),
+                             reference(w16).to(torch::kBFloat16).to(torch::kFloat)) < 1e-2);
+    const auto q = quantize_int8(w);
+    CHECK(max_relative_error(cpu_gemv::prompt_mm(x, q.values, q.scales),
+                             reference(dequantize_int8(q.values, q.scales, torch::kFloat))) < 1e-5);
+    // Group-wise, 8 and 4 bits (a width below the padded one reads only its own inputs).
+    for (const int bits : {8, 4}) {
+      const auto g = quantize_grouped(w, bits, 32);
+      const auto y = cpu_gemv::prompt_mm(x, g.values, g.scales);
+      INFO(bits << " bits");
+      if (cpu_gemv::runnable(torch::kByte).size() < 2) {
+        CHECK_FALSE(y.defined());  // no F16C: the float16 scales have no reader of ours
+        continue;
+      }
+      CHECK(max_relative_error(y, reference(dequantize_grouped(g.values, g.scales, s.K, torch::kFloat))) < 1e-5);
+    }
+    // Through Linear::forward: a float32 model's prefill.
+    Linear linear(s.K, s.N, /*bias=*/true, torch::TensorOptions());
+    {
+      torch::NoGradGuard no_grad;
+      linear.weight.copy_(w);
+      linear.bias.normal_();
+    }
+    torch::NoGradGuard no_grad;
+    const auto want = torch::linear(x.to(torch::kDouble), w.to(torch::kDouble), linear.bias.to(torch::kDouble));
+    CHECK(max_relative_error(linear.forward(x.unsqueeze(0)).squeeze(0), want.to(torch::kFloat)) < 1e-5);
+  }
+  // A few rows stay a GEMV; MKL's choice hands everything back.
+  CHECK_FALSE(cpu_gemv::linear_f32_prompt(torch::randn({cpu_gemv::kMaxRows, 32}), torch::randn({8, 32}), {}).defined());
+  CHECK(cpu_gemv::linear_f32_prompt(torch::randn({cpu_gemv::kMaxRows + 1, 32}), torch::randn({8, 32}), {}).defined());
+  choice.gemm = cpu_gemv::Kernels::aten;
+  cpu_gemv::set_choice(choice);
+  CHECK_FALSE(cpu_gemv::prompt_mm(torch::randn({20, 32}), torch::randn({8, 32}), {}).defined());
+  choice.gemm = cpu_gemv::Kernels::avx512;
+  CHECK_THROWS_WITH(cpu_gemv::set_choice(choice), Catch::Contains("no avx512 prompt GEMM"));
+}
+
 TEST_CASE("MINIGPT4_CPU_KERNELS=aten: every product is handed back to ATen", "[cpu_gemv]") {
   ForcedKernels restore;
   cpu_gemv::set_choice({cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten, cpu_gemv::Kernels::aten});
@@ -222,6 +288,8 @@ TEST_CASE("the automatic choice is the widest family this CPU runs (float32: MKL
                          described.find("avx_vnni yes") != std::string::npos ||
                          described.find("amx_int8 yes") != std::string::npos;
   CHECK(automatic.int8_prompt_llm_int8 == int8_dots);
+  const bool avx2 = described.find("avx2+fma yes") != std::string::npos;
+  CHECK(automatic.gemm == (avx2 && !intel ? cpu_gemv::Kernels::avx2 : cpu_gemv::Kernels::aten));
 }
 
 TEST_CASE("kernels this CPU cannot run are refused, naming what is missing", "[cpu_gemv]") {
