@@ -342,6 +342,21 @@ QuantizedX quantize_activations(const kernels::Table& t, const float* x, int64_t
   return {q.data(), d.data(), sums.data()};
 }
 
+// Activations quantised to int16 for a table's per-channel int8 kernel
+// (kernels::Table::quantize_x16): this thread's buffers, valid until its next call.
+struct Int16X {
+  const int16_t* q;
+  const float* d;
+};
+Int16X quantize_int16(const kernels::Table& t, const float* x, int64_t M, int64_t K) {
+  thread_local std::vector<int16_t> q;
+  thread_local std::vector<float> d;
+  q.resize(static_cast<size_t>(M * K));
+  d.resize(static_cast<size_t>(M * ((K + kernels::kInt16Block - 1) / kernels::kInt16Block)));
+  t.quantize_x16(x, M, K, q.data(), d.data());
+  return {q.data(), d.data()};
+}
+
 // Rows [n0, n1) of y32[M, N] for a group-wise weight, activations already quantised.
 void grouped_rows(const kernels::Table& t, const at::Tensor& weight, const at::Tensor& scales, const QuantizedX& x,
                   int64_t M, float* y32, int64_t n0, int64_t n1) {
@@ -382,6 +397,12 @@ void product(const kernels::Table& t, const at::Tensor& weight, const at::Tensor
     case at::kChar: {
       const int8_t* q = weight.data_ptr<int8_t>();
       const float* s = scales.data_ptr<float>();
+      if (t.int8_x16 != nullptr) {  // activations quantised once for all the rows
+        const Int16X x16 = quantize_int16(t, x32, M, K);
+        at::parallel_for(0, N, grain_rows(K, 1),
+                         [&](int64_t n0, int64_t n1) { t.int8_x16(x16.q, x16.d, M, K, q, s, y32, N, n0, n1); });
+        return;
+      }
       at::parallel_for(0, N, grain_rows(K, 1),
                        [&](int64_t n0, int64_t n1) { t.int8(x32, M, K, q, s, y32, N, n0, n1); });
       return;
@@ -807,6 +828,7 @@ void linear_rows(const std::vector<RowProduct>& products, const float* x, int64_
     return;
   }
   const uint16_t* x16 = bits_if_needed(t, dtype, x, K);
+  const Int16X xi16 = dtype == at::kChar && t.int8_x16 != nullptr ? quantize_int16(t, x, 1, K) : Int16X{};
   const int64_t element_bytes = dtype == at::kFloat ? 4 : dtype == at::kBFloat16 ? 2 : 1;
   // Rows [r0, r1) of the products stacked one after another.
   at::parallel_for(0, total, grain_rows(K, element_bytes), [&](int64_t r0, int64_t r1) {
@@ -819,7 +841,12 @@ void linear_rows(const std::vector<RowProduct>& products, const float* x, int64_
           case at::kBFloat16:
             t.bf16(x, x16, 1, K, reinterpret_cast<const uint16_t*>(p.weight.data_ptr<at::BFloat16>()), p.y, N, n0, n1);
             break;
-          default: t.int8(x, 1, K, p.weight.data_ptr<int8_t>(), p.scales.data_ptr<float>(), p.y, N, n0, n1); break;
+          default:
+            if (xi16.q != nullptr)
+              t.int8_x16(xi16.q, xi16.d, 1, K, p.weight.data_ptr<int8_t>(), p.scales.data_ptr<float>(), p.y, N, n0, n1);
+            else
+              t.int8(x, 1, K, p.weight.data_ptr<int8_t>(), p.scales.data_ptr<float>(), p.y, N, n0, n1);
+            break;
         }
       }
       first += N;

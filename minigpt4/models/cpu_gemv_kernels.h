@@ -60,7 +60,16 @@ struct Table {
   // k0 and k1 multiples of 32.
   void (*dequantize)(const void* w, int bits, const uint16_t* scales, int64_t G, int64_t Kp, int64_t k0, int64_t k1,
                      float* out, int64_t ld, int64_t n0, int64_t n1) = nullptr;
+
+  // Per-channel int8 weights against int16 activations, where a table multiplies those
+  // (AVX2; nullptr elsewhere, and int8 above takes float32 ones): quantize_x16 once per
+  // product, M rows of K floats -> xq int16 [M, K] and xd float [M, ceil(K / 256)] (x ~= xq *
+  // xd per 256 inputs, xd = absmax / 32767), then int8_x16 for each range of output rows.
+  void (*quantize_x16)(const float* x, int64_t M, int64_t K, int16_t* xq, float* xd) = nullptr;
+  void (*int8_x16)(const int16_t* xq, const float* xd, int64_t M, int64_t K, const int8_t* q, const float* scales,
+                   float* y, int64_t N, int64_t n0, int64_t n1) = nullptr;
 };
+inline constexpr int64_t kInt16Block = 256;  // inputs per int16 activation scale
 
 // A prompt's product (more than kMaxRows rows, cpu_gemv.cpp's prompt_mm): y[M, N] = x[M, K] .
 // W[N, K]^T with the weight as float32 blocks of nb rows x kc inputs (read in place for

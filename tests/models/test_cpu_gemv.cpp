@@ -111,7 +111,9 @@ TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every ke
           REQUIRE(y.defined());
           CHECK(y.scalar_type() == dtype);
           const auto want = torch::linear(x.to(torch::kFloat), dequantize_int8(q.values, q.scales, torch::kFloat));
-          CHECK(max_relative_error(y, want) < (dtype == torch::kFloat ? 1e-5 : 8e-3));
+          // avx2 multiplies int16 activations (per 256 inputs, 1.5e-5 of the block's largest value
+          // at most per input), avx512 float32 ones.
+          CHECK(max_relative_error(y, want) < (dtype == torch::kFloat ? 1e-4 : 8e-3));
         }
       }
     }
@@ -144,7 +146,8 @@ TEST_CASE("linear_row, the fused decode step's entry, equals the tensor product 
         std::vector<float> y(N);
         cpu_gemv::linear_row(w, scales, x.data_ptr<float>(), K, y.data());
         INFO("kernels " << cpu_gemv::name(family) << " dtype " << dtype << " K " << K);
-        CHECK(max_relative_error(torch::from_blob(y.data(), {N}).clone(), want) < 1e-5);
+        CHECK(max_relative_error(torch::from_blob(y.data(), {N}).clone(), want) <
+              (dtype == torch::kChar ? 1e-4 : 1e-5));
       }
     }
   }
