@@ -143,6 +143,8 @@ Rule automatic(at::ScalarType dtype) {
                                            : "AVX-512 without AVX512-BF16: bf16 widened to float32, 16 lanes (on an "
                                              "Ice Lake Xeon 0.84-0.89x the AVX2 form's time at 1-8 rows)"};
   }
+  if (avx2 && dtype == at::kChar)
+    return {Kernels::avx2, "no AVX-512: AVX2, int16 activations per 256 inputs, integer dot products (vpmaddwd)"};
   if (avx2) return {Kernels::avx2, fmt::format("no AVX-512: AVX2, {} widened to float32, 8 lanes", what)};
   return {Kernels::aten, "no AVX2: ATen"};
 }
