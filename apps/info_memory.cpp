@@ -1,8 +1,9 @@
 // `minigpt4 info --memory`: what a MiniGPT-4 holds in memory at the LLaMA 1.1B, 7B and 13B
 // shapes in each LLM weight format, computed from the layout: the model is built with its real
-// modules (EVA ViT-g in 16 bits, the Q-Former and projection in float32 as the original keeps
-// them, the LLM in 16 bits apart from its quantised decoder projections) on uninitialised
-// storage, which the system does not commit until written, and its tensors' bytes are summed.
+// modules (EVA ViT-g in 16 bits, or with its linear layers in int8 as model.vit_weight_bits: 8
+// stores them; the Q-Former and projection in float32 as the original keeps them; the LLM in
+// 16 bits apart from its quantised decoder projections) on uninitialised storage, which the
+// system does not commit until written, and its tensors' bytes are summed.
 #include "apps/commands.h"
 #include "minigpt4/models/memory.h"
 #include "minigpt4/models/minigpt4.h"
@@ -35,31 +36,33 @@ void print_memory_layout() {
                             {"4-bit g64", WeightFormat{4, 64}}, {"4-bit g128", WeightFormat{4, 128}}};
   fmt::print(
       "bytes held by a MiniGPT-4 (GB = 1e9 bytes), computed from the layout; ViT-g + Q-Former + projection "
-      "are the same in every column\n");
-  fmt::print("{:<18} {:>12}", "LLM", "vision");
+      "are the same in every column of a row\n");
+  fmt::print("{:<18} {:>9} {:>10}", "LLM", "ViT bits", "vision");
   for (const auto& f : formats) fmt::print(" {:>13}", f.name);
   fmt::print("\n");
-  for (const auto& s : shapes) {
-    LlamaConfig llm;
-    llm.hidden_size = s.hidden, llm.intermediate_size = s.intermediate, llm.num_hidden_layers = s.layers;
-    llm.num_attention_heads = s.heads, llm.num_key_value_heads = s.kv_heads, llm.vocab_size = 32000;
-    int64_t vision = 0;
-    std::vector<int64_t> totals;
-    for (const auto& f : formats) {
-      MiniGPT4Config c;  // EVA ViT-g/14 at 224 pixels, BLIP-2's Q-Former, one projection
-      c.vit_precision = "bf16", c.llm_precision = "bf16";  // the bytes of fp16 (which the CPU would upcast)
-      c.low_resource = f.format == WeightFormat::Int8;
-      if (f.format.quantized() && !c.low_resource)
-        c.llm_weight_bits = f.format.bits, c.llm_weight_group_size = f.format.group_size;
-      const MiniGPT4 model(c, llm, torch::kCPU);
-      const auto all = tensor_bytes(model).total;
-      vision = all - tensor_bytes(*model.llama_model).total;
-      totals.push_back(all);
+  for (const auto& s : shapes)
+    for (const int vit_bits : {16, 8}) {
+      LlamaConfig llm;
+      llm.hidden_size = s.hidden, llm.intermediate_size = s.intermediate, llm.num_hidden_layers = s.layers;
+      llm.num_attention_heads = s.heads, llm.num_key_value_heads = s.kv_heads, llm.vocab_size = 32000;
+      int64_t vision = 0;
+      std::vector<int64_t> totals;
+      for (const auto& f : formats) {
+        MiniGPT4Config c;  // EVA ViT-g/14 at 224 pixels, BLIP-2's Q-Former, one projection
+        c.vit_precision = "bf16", c.llm_precision = "bf16";  // the bytes of fp16 (which the CPU would upcast)
+        c.vit_weight_bits = vit_bits;
+        c.low_resource = f.format == WeightFormat::Int8;
+        if (f.format.quantized() && !c.low_resource)
+          c.llm_weight_bits = f.format.bits, c.llm_weight_group_size = f.format.group_size;
+        const MiniGPT4 model(c, llm, torch::kCPU);
+        const auto all = tensor_bytes(model).total;
+        vision = all - tensor_bytes(*model.llama_model).total;
+        totals.push_back(all);
+      }
+      fmt::print("{:<18} {:>9} {:>8.2f}GB", s.name, vit_bits, gb(vision));
+      for (const auto total : totals) fmt::print(" {:>11.2f}GB", gb(total));
+      fmt::print("\n");
     }
-    fmt::print("{:<18} {:>10.2f}GB", s.name, gb(vision));
-    for (const auto total : totals) fmt::print(" {:>11.2f}GB", gb(total));
-    fmt::print("\n");
-  }
   fmt::print(
       "(embeddings, norms and lm_head stay 16-bit; a process also holds LibTorch, activations and the KV "
       "cache)\n");

@@ -68,6 +68,10 @@ const std::vector<ConfigKey>& config_schema() {
          "16"},
         {"model.llm_weight_group_size", T::Int,
          "inputs per scale of 8/4-bit weights: 32, 64 or 128 (0 with 8 bits: one per output channel)", "32"},
+        {"model.vit_weight_bits", T::Int,
+         "ViT linear layers in 16 bits (vit_precision), or int8 per output channel, quantised while loading (frozen "
+         "ViT only; docs/weights.md)",
+         "16"},
         {"model.device_8bit", T::Int, "GPU of the 8-bit LLM"},
         {"model.lora_r", T::Int, "LoRA rank of the LLM adapters (0: none)"},
         {"model.lora_alpha", T::Int, "LoRA alpha"},

@@ -23,7 +23,10 @@ struct EvaVitConfig {
 
 // qkv offers its query, key and value rows to LoRA under those names (Linear::parts, lora.h).
 struct EvaAttention : torch::nn::Module {
-  EvaAttention(const EvaVitConfig& config, const torch::TensorOptions& options);
+  // format: how the linear layers store their weights (layers.h); quantised ones are filled by
+  // load_weight and serve inference only.
+  EvaAttention(const EvaVitConfig& config, const torch::TensorOptions& options,
+               WeightFormat format = WeightFormat::Dense);
   torch::Tensor forward(const torch::Tensor& x) const;
   int64_t num_heads;
   std::shared_ptr<Linear> qkv, proj;
@@ -31,13 +34,13 @@ struct EvaAttention : torch::nn::Module {
 };
 
 struct EvaMlp : torch::nn::Module {
-  EvaMlp(const EvaVitConfig& config, const torch::TensorOptions& options);
+  EvaMlp(const EvaVitConfig& config, const torch::TensorOptions& options, WeightFormat format = WeightFormat::Dense);
   torch::Tensor forward(const torch::Tensor& x) const;
   std::shared_ptr<Linear> fc1, fc2;
 };
 
 struct EvaBlock : torch::nn::Module {
-  EvaBlock(const EvaVitConfig& config, const torch::TensorOptions& options);
+  EvaBlock(const EvaVitConfig& config, const torch::TensorOptions& options, WeightFormat format = WeightFormat::Dense);
   torch::Tensor forward(const torch::Tensor& x) const;
   std::shared_ptr<LayerNorm> norm1, norm2;
   std::shared_ptr<EvaAttention> attn;
@@ -45,7 +48,7 @@ struct EvaBlock : torch::nn::Module {
 };
 
 struct EvaVit : torch::nn::Module {
-  EvaVit(const EvaVitConfig& config, const torch::TensorOptions& options);
+  EvaVit(const EvaVitConfig& config, const torch::TensorOptions& options, WeightFormat format = WeightFormat::Dense);
 
   // [B,3,S,S] images -> [B, 1+P, W] tokens. `block_outputs`, when given, receives the
   // output of every block (for parity tests and feature extraction).

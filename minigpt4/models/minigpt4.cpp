@@ -26,7 +26,8 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LLMConfig& llm_config, torch::
   const auto fp32 = torch::TensorOptions().dtype(torch::kFloat32).device(device);
   const auto llm_options = torch::TensorOptions().dtype(compute_dtype(c.llm_precision, device)).device(device);
 
-  visual_encoder = register_module("visual_encoder", std::make_shared<EvaVit>(c.vision, vit_options));
+  visual_encoder =
+      register_module("visual_encoder", std::make_shared<EvaVit>(c.vision, vit_options, c.vit_weight_format()));
   ln_vision = register_module("ln_vision", std::make_shared<LayerNorm>(c.vision.width, 1e-5, fp32));
   int64_t projector_in = 4 * c.vision.width;  // LLaMA-2 variant: 4 patches concatenated
   if (c.has_qformer) {

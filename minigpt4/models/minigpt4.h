@@ -45,6 +45,10 @@ struct MiniGPT4Config {
   int llm_weight_bits = 16;
   int64_t llm_weight_group_size = 32;
   WeightFormat llm_weight_format() const;
+  // The ViT's linear layers in vit_precision (16), or int8 with one scale per output channel
+  // (8), quantised while loading: half the vision tower's bytes for a frozen ViT.
+  int vit_weight_bits = 16;
+  WeightFormat vit_weight_format() const { return vit_weight_bits == 8 ? WeightFormat::Int8 : WeightFormat::Dense; }
   int64_t max_txt_len = 32;
   std::string end_sym = "\n";
   std::string prompt_template, prompt_path;

@@ -66,6 +66,14 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
         "{}: model.llm_weight_group_size must be 32, 64 or 128 (or 0 with 8 bits: one scale per output channel), "
         "got {}",
         cfg.source_of(m("llm_weight_group_size")), group);
+  c.vit_weight_bits = static_cast<int>(cfg.get_int(m("vit_weight_bits"), c.vit_weight_bits));
+  if (c.vit_weight_bits != 16 && c.vit_weight_bits != 8)
+    fail("{}: model.vit_weight_bits must be 16 or 8, got {}", cfg.source_of(m("vit_weight_bits")), c.vit_weight_bits);
+  if (c.vit_weight_bits != 16 && !c.freeze_vit)
+    fail(
+        "{}: model.vit_weight_bits: {} stores the ViT's linear layers quantised, which cannot be trained; set "
+        "model.freeze_vit: True ({}), or keep the ViT in 16 bits",
+        cfg.source_of(m("vit_weight_bits")), c.vit_weight_bits, cfg.source_of(m("freeze_vit")));
   if (c.low_resource && c.llm_weight_bits != 16)
     fail(
         "{}: model.low_resource: True (int8, one scale per output channel) and model.llm_weight_bits: {} ({}) both "

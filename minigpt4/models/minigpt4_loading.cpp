@@ -228,6 +228,9 @@ void note_dtypes(const MiniGPT4Config& config, const MiniGPT4& model, torch::Dev
         "stay {}, activations are {}",
         config.low_resource ? "low_resource" : "llm_weight_bits", format.describe(), dtype, dtype));
   }
+  if (config.vit_weight_format().quantized())
+    report.notes.push_back(fmt::format("vit_weight_bits: the ViT's linear layers are {}, quantised while loading",
+                                       config.vit_weight_format().describe()));
 }
 
 }  // namespace
@@ -284,7 +287,8 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
     llm_weights.clear();
   }
   load_checkpoint(loader, config, vit);
-  if (config.llm_weight_format().quantized()) release_free_heap();  // the quantiser's float32 blocks (memory.h)
+  if (config.llm_weight_format().quantized() || config.vit_weight_format().quantized())
+    release_free_heap();  // the quantiser's float32 blocks (memory.h)
   initialise_the_rest(loader, config);
 
   load_configured_adapters(*model);

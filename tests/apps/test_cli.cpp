@@ -84,9 +84,19 @@ TEST_CASE("minigpt4 info --kernels names the CPU and the kernels of each weight 
   r = forced("f16=avx2");
   CHECK(r.exit_code != 0);
   CHECK_THAT(r.output, Contains("unknown key 'f16'"));
-  r = forced("int8_prompt=float32");
+  r = forced("int8_prompt=float32,gemm=aten");
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, Contains("int8 (per channel): float32 blocks + MKL (forced by"));
+  // The prompt GEMM, forced either way where the CPU has AVX2 (refused otherwise).
+  r = forced("int8_prompt=float32,gemm=avx2");
+  if (r.exit_code == 0)
+    CHECK_THAT(r.output, Contains("in float32: ours (avx2) (forced by") &&
+                             Contains("int8 (per channel): ours (avx2), float32 blocks (forced by"));
+  else
+    CHECK_THAT(r.output, Contains("the avx2 prompt GEMM cannot run"));
+  r = forced("gemm=avx512");
+  CHECK(r.exit_code != 0);
+  CHECK_THAT(r.output, Contains("no avx512 prompt GEMM"));
   r = forced("int8_prompt=llm_int8");
   CHECK(r.exit_code == 0);
   CHECK_THAT(r.output, Contains("int8 (per channel): LLM.int8()"));
