@@ -64,8 +64,8 @@ void print_memory_layout() {
       fmt::print("\n");
     }
   fmt::print(
-      "(embeddings, norms and lm_head stay 16-bit; a process also holds LibTorch, activations and the KV "
-      "cache)\n");
+      "(embeddings and norms stay 16-bit, lm_head too except in the g32/g64/g128 columns, where it is 8-bit g32 "
+      "(model.llm_head_bits); a process also holds LibTorch, activations and the KV cache)\n");
 }
 
 }  // namespace minigpt4::apps

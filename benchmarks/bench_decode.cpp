@@ -279,6 +279,11 @@ int main(int argc, char** argv) {
                  "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32, q8, q4, q4_g64, q4_g128 (bf16 "
                  "activations; each also _fp32)")
       ->capture_default_str();
+  int head_bits = 0;
+  app.add_option("--lm-head-bits", head_bits,
+                 "lm_head in 16 or 8 bits (groups of 32); 0: as model.llm_head_bits' default (8 under q8/q4, else 16)")
+      ->check(CLI::IsMember({0, 8, 16}))
+      ->capture_default_str();
   app.add_option("--threads", threads, "at::set_num_threads (0: LibTorch's default)");
   app.add_option("--bandwidth-gib", bandwidth_gib, "size of the bandwidth test tensor")->capture_default_str();
   std::string profile_dir;
@@ -358,7 +363,9 @@ int main(int argc, char** argv) {
     std::string reference_name;
     for (const auto& p : precisions) {
       torch::NoGradGuard no_grad;
-      const auto llm_ptr = minigpt4::make_causal_lm(config, torch::TensorOptions().dtype(p.dtype), p.format);
+      const bool head8 = head_bits == 8 || (head_bits == 0 && p.format.group_size > 0);
+      const auto llm_ptr = minigpt4::make_causal_lm(config, torch::TensorOptions().dtype(p.dtype), p.format,
+                                                    head8 ? WeightFormat{8, 32} : WeightFormat::Dense);
       CausalLM& llm = *llm_ptr;
       llm.eval();
       {

@@ -68,6 +68,9 @@ const std::vector<ConfigKey>& config_schema() {
          "16"},
         {"model.llm_weight_group_size", T::Int,
          "inputs per scale of 8/4-bit weights: 32, 64 or 128 (0 with 8 bits: one per output channel)", "32"},
+        {"model.llm_head_bits", T::Int,
+         "lm_head in 16 bits or 8 (groups of 32, quantised while loading); unset: 8 with llm_weight_bits 8 or 4, "
+         "else 16 (docs/weights.md)"},
         {"model.vit_weight_bits", T::Int,
          "ViT linear layers in 16 bits (vit_precision), or int8 per output channel, quantised while loading (frozen "
          "ViT only; docs/weights.md)",

@@ -386,16 +386,46 @@ MINIGPT4_AVX2 float offset_dot(const uint16_t* dw, const float* c, int64_t group
   return sum;
 }
 
+// The scale of every run of one weight row times each activation row's scale, d[m * runs + b] =
+// d_w[b / (G / 32)] * d_x[m][b], made eight runs at a time (one float16 conversion and one
+// multiply per activation row) before the row's main loop, which then takes each as one
+// broadcast load: the scalar conversion, multiply and broadcast per run and row cost as much
+// as the dot product itself.
+template <int M>
+MINIGPT4_AVX2 void run_scales(const uint16_t* s, int shift, const float* xd, int64_t runs, float* d) {
+  const __m256i spread = _mm256_srlv_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(shift));
+  int64_t b = 0;
+  for (; b + 8 <= runs; b += 8) {
+    // The 8, 4 or 2 float16 scales of these eight runs, read without passing the row's end.
+    const uint16_t* h = s + (b >> shift);
+    __m128i halves;
+    if (shift == 0) {
+      halves = _mm_loadu_si128(reinterpret_cast<const __m128i*>(h));
+    } else if (shift == 1) {
+      halves = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(h));
+    } else {
+      int32_t pair;
+      __builtin_memcpy(&pair, h, sizeof pair);
+      halves = _mm_cvtsi32_si128(pair);
+    }
+    const __m256 dw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(halves), spread);
+    for (int m = 0; m < M; ++m)
+      _mm256_storeu_ps(d + m * runs + b, _mm256_mul_ps(dw, _mm256_loadu_ps(xd + m * runs + b)));
+  }
+  for (; b < runs; ++b)
+    for (int m = 0; m < M; ++m) d[m * runs + b] = half_to_float(s[b >> shift]) * xd[m * runs + b];
+}
+
 // Runs go in pairs into two accumulators per row (named, so that they stay in registers), so
 // that a row's chain of multiply-adds does not wait on the previous one's latency.
 template <typename W, int M>
-MINIGPT4_AVX2 inline void grouped_run(const typename W::T* r, int64_t b, float dw, const int8_t* xq, const float* xd,
-                                      int64_t Kp, int64_t runs, __m256* acc) {
+MINIGPT4_AVX2 inline void grouped_run(const typename W::T* r, int64_t b, const int8_t* xq, const float* d, int64_t Kp,
+                                      int64_t runs, __m256* acc) {
   const __m256i wv = W::load(r + b * W::kBytesPerRun);
   const __m256i u = W::unsigned_part(wv);
   for (int m = 0; m < M; ++m) {
     const __m256i xv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(xq + m * Kp + b * kRun));
-    acc[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_set1_ps(dw * xd[m * runs + b]), acc[m]);
+    acc[m] = _mm256_fmadd_ps(dot32(u, W::signed_part(wv, xv)), _mm256_broadcast_ss(d + m * runs + b), acc[m]);
   }
 }
 
@@ -406,17 +436,21 @@ MINIGPT4_AVX2 void grouped_rows(const int8_t* xq, const float* xd, const float* 
   const int64_t runs = Kp / kRun, groups = Kp / G;
   const int shift = __builtin_ctzll(static_cast<unsigned long long>(G / kRun));  // run -> group (G / 32 is 1, 2, 4)
   const int64_t row_bytes = runs * W::kBytesPerRun;
+  thread_local std::vector<float> d;
+  d.resize(static_cast<size_t>(M * runs));
+  float* const dp = d.data();
   for (int64_t n = n0; n < n1; ++n) {
     const typename W::T* r = w + n * row_bytes;
     const uint16_t* s = scales + n * groups;
+    run_scales<M>(s, shift, xd, runs, dp);
     __m256 acc0[M], acc1[M];
     for (int m = 0; m < M; ++m) acc0[m] = acc1[m] = _mm256_setzero_ps();
     int64_t b = 0;
     for (; b + 2 <= runs; b += 2) {
-      grouped_run<W, M>(r, b, half_to_float(s[b >> shift]), xq, xd, Kp, runs, acc0);
-      grouped_run<W, M>(r, b + 1, half_to_float(s[(b + 1) >> shift]), xq, xd, Kp, runs, acc1);
+      grouped_run<W, M>(r, b, xq, dp, Kp, runs, acc0);
+      grouped_run<W, M>(r, b + 1, xq, dp, Kp, runs, acc1);
     }
-    if (b < runs) grouped_run<W, M>(r, b, half_to_float(s[b >> shift]), xq, xd, Kp, runs, acc0);
+    if (b < runs) grouped_run<W, M>(r, b, xq, dp, Kp, runs, acc0);
     for (int m = 0; m < M; ++m) {
       const float offset = std::is_same_v<W, Q4> ? offset_dot(s, c + m * groups, groups) : 0.0f;
       y[m * N + n] = horizontal_sum(_mm256_add_ps(acc0[m], acc1[m])) - offset;

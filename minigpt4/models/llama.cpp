@@ -147,7 +147,8 @@ torch::Tensor LlamaDecoderLayer::forward(const torch::Tensor& x, const decoder::
   return h + mlp->forward(post_attention_layernorm->forward(h));
 }
 
-LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format)
+LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOptions& options, WeightFormat format,
+                                   WeightFormat head_format)
     : config(c) {
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
   embed_tokens =
@@ -156,7 +157,8 @@ LlamaForCausalLM::LlamaForCausalLM(const LlamaConfig& c, const torch::TensorOpti
   for (int64_t i = 0; i < c.num_hidden_layers; ++i)
     layers->push_back(std::make_shared<LlamaDecoderLayer>(c, options, format));
   norm = model->register_module("norm", std::make_shared<RMSNorm>(c.hidden_size, c.rms_norm_eps, options));
-  lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, options));
+  const auto head = c.tie_word_embeddings ? WeightFormat::Dense : head_format;
+  lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, false, options, head));
   if (c.tie_word_embeddings) lm_head->weight = embed_tokens->weight;
   inv_freq = register_buffer("inv_freq", decoder::rope_inv_freq(c.dim_per_head(), c.rope_theta, options.device()));
 }

@@ -54,14 +54,14 @@ struct LlamaDecoderLayer : torch::nn::Module {
   std::shared_ptr<LlamaMlp> mlp;
 };
 
-// `llama_model` in MiniGPT-4's state dict: `model.*` + `lm_head`. `linear_format` Int8
-// (low_resource) applies to the decoder layers' projections only: embeddings, norms and
-// lm_head stay in the options' dtype, as with bitsandbytes' load_in_8bit, which skips the
-// output layer (the logits are the most sensitive product, and a tied lm_head is the
-// embedding matrix).
+// `llama_model` in MiniGPT-4's state dict: `model.*` + `lm_head`. `linear_format` applies
+// to the decoder layers' projections, `head_format` to lm_head; embeddings and norms stay in
+// the options' dtype. bitsandbytes' load_in_8bit (low_resource) skips the output layer, the
+// most sensitive product; llama.cpp's quantised files keep it in more bits than the layers.
+// A tied lm_head is the embedding matrix and stays dense whatever head_format says.
 struct LlamaForCausalLM : CausalLM {
   LlamaForCausalLM(const LlamaConfig& config, const torch::TensorOptions& options,
-                   WeightFormat linear_format = WeightFormat::Dense);
+                   WeightFormat linear_format = WeightFormat::Dense, WeightFormat head_format = WeightFormat::Dense);
 
   torch::Tensor embed(const torch::Tensor& ids) const override;
   CausalLMOutput forward(const torch::Tensor& inputs_embeds, const CausalLMOptions& options = {}) const override;

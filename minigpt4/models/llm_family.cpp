@@ -25,18 +25,18 @@ LLMConfig llm_config_from_hf(const nlohmann::json& config, const std::string& so
 }
 
 std::shared_ptr<CausalLM> make_causal_lm(const LLMConfig& config, const torch::TensorOptions& options,
-                                         WeightFormat linear_format) {
+                                         WeightFormat linear_format, WeightFormat head_format) {
   if (const auto* phi = std::get_if<PhiConfig>(&config))
-    return std::make_shared<PhiForCausalLM>(*phi, options, linear_format);
-  return std::make_shared<LlamaForCausalLM>(std::get<LlamaConfig>(config), options, linear_format);
+    return std::make_shared<PhiForCausalLM>(*phi, options, linear_format, head_format);
+  return std::make_shared<LlamaForCausalLM>(std::get<LlamaConfig>(config), options, linear_format, head_format);
 }
 
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::TensorOptions& options,
-                                         WeightFormat linear_format) {
+                                         WeightFormat linear_format, WeightFormat head_format) {
   if (is_gguf_path(dir)) {
     const auto gguf = io::read_gguf(dir);
     const auto config = llama_config_from_gguf(gguf);
-    auto model = make_causal_lm(config, options, linear_format);
+    auto model = make_causal_lm(config, options, linear_format, head_format);
     std::set<std::string> filled;
     load_gguf_llama(*model, gguf, config, "", filled);
     const auto missing = unfilled_parameters(*model, filled);
@@ -46,8 +46,8 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::Te
   }
   const auto config_path = (std::filesystem::path(dir) / "config.json").string();
   const auto weights = io::load_state_dict(dir);
-  auto model =
-      make_causal_lm(llm_config_from_hf(io::read_json_file(config_path), config_path, weights), options, linear_format);
+  auto model = make_causal_lm(llm_config_from_hf(io::read_json_file(config_path), config_path, weights), options,
+                              linear_format, head_format);
   LoadSpec spec;
   spec.source = dir;
   spec.is_ignorable = [](const std::string& key) { return key.find("rotary_emb.inv_freq") != std::string::npos; };

@@ -22,12 +22,14 @@ using LLMConfig = std::variant<LlamaConfig, PhiConfig>;
 LLMConfig llm_config_from_hf(const nlohmann::json& config, const std::string& source, const StateDict& weights = {});
 
 std::shared_ptr<CausalLM> make_causal_lm(const LLMConfig& config, const torch::TensorOptions& options,
-                                         WeightFormat linear_format = WeightFormat::Dense);
+                                         WeightFormat linear_format = WeightFormat::Dense,
+                                         WeightFormat head_format = WeightFormat::Dense);
 
 // A Hugging Face directory's LLM on its own: config.json, then every weight by name. A
 // parameter the files lack is an error naming it, unless the family starts it at default.
 // A `.gguf` file (llama.cpp's, LLaMA family) loads as well (gguf_llama.h).
 std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::TensorOptions& options,
-                                         WeightFormat linear_format = WeightFormat::Dense);
+                                         WeightFormat linear_format = WeightFormat::Dense,
+                                         WeightFormat head_format = WeightFormat::Dense);
 
 }  // namespace minigpt4

@@ -38,9 +38,9 @@ MiniGPT4::MiniGPT4(const MiniGPT4Config& c, const LLMConfig& llm_config, torch::
         register_parameter("query_tokens", torch::empty({1, c.qformer.num_query_tokens, c.qformer.hidden_size}, fp32));
     projector_in = c.qformer.hidden_size;
   }
-  // low_resource / llm_weight_bits: the decoder's projections are built quantised and
-  // filled while loading.
-  auto llm = make_causal_lm(llm_config, llm_options, c.llm_weight_format());
+  // low_resource / llm_weight_bits / llm_head_bits: the decoder's projections and lm_head are
+  // built quantised and filled while loading.
+  auto llm = make_causal_lm(llm_config, llm_options, c.llm_weight_format(), c.llm_head_format());
   if (c.proj_hidden > 0) {  // TinyGPT-V: two projections in a row
     llama_proj = register_module("llama_proj", std::make_shared<Linear>(projector_in, c.proj_hidden, true, fp32));
     llama_proj2 =

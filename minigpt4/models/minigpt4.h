@@ -45,6 +45,12 @@ struct MiniGPT4Config {
   int llm_weight_bits = 16;
   int64_t llm_weight_group_size = 32;
   WeightFormat llm_weight_format() const;
+  // lm_head in 16 bits or 8 bits in groups of 32 (llama.cpp's q8_0). Unset (0): 8 where the
+  // decoder is group-wise quantised (llm_weight_bits 8 or 4), which spares a 4-bit token a
+  // fifth of its reads; 16 otherwise, as the original's 8-bit load keeps it. A tied lm_head
+  // is the embedding table and stays 16-bit.
+  int llm_head_bits = 0;
+  WeightFormat llm_head_format() const;
   // The ViT's linear layers in vit_precision (16), or int8 with one scale per output channel
   // (8), quantised while loading: half the vision tower's bytes for a frozen ViT.
   int vit_weight_bits = 16;

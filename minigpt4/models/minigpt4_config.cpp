@@ -66,6 +66,9 @@ MiniGPT4Config MiniGPT4Config::from_config(const Config& cfg) {
         "{}: model.llm_weight_group_size must be 32, 64 or 128 (or 0 with 8 bits: one scale per output channel), "
         "got {}",
         cfg.source_of(m("llm_weight_group_size")), group);
+  c.llm_head_bits = static_cast<int>(cfg.get_int(m("llm_head_bits"), c.llm_head_bits));
+  if (cfg.has(m("llm_head_bits")) && c.llm_head_bits != 16 && c.llm_head_bits != 8)
+    fail("{}: model.llm_head_bits must be 16 or 8, got {}", cfg.source_of(m("llm_head_bits")), c.llm_head_bits);
   c.vit_weight_bits = static_cast<int>(cfg.get_int(m("vit_weight_bits"), c.vit_weight_bits));
   if (c.vit_weight_bits != 16 && c.vit_weight_bits != 8)
     fail("{}: model.vit_weight_bits must be 16 or 8, got {}", cfg.source_of(m("vit_weight_bits")), c.vit_weight_bits);
@@ -97,6 +100,12 @@ WeightFormat MiniGPT4Config::llm_weight_format() const {
   if (llm_weight_bits == 16) return WeightFormat::Dense;
   if (llm_weight_bits == 8 && llm_weight_group_size == 0) return WeightFormat::Int8;
   return {llm_weight_bits, llm_weight_group_size};
+}
+
+WeightFormat MiniGPT4Config::llm_head_format() const {
+  const bool grouped = !low_resource && llm_weight_format().group_size > 0;
+  const int bits = llm_head_bits != 0 ? llm_head_bits : grouped ? 8 : 16;
+  return bits == 8 ? WeightFormat{8, 32} : WeightFormat::Dense;
 }
 
 std::string MiniGPT4Config::apply_prompt_template(const std::string& text) const {

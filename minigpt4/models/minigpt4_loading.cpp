@@ -221,12 +221,16 @@ void note_dtypes(const MiniGPT4Config& config, const MiniGPT4& model, torch::Dev
     report.notes.push_back("vit_precision fp16: weights are upcast to fp32 on the CPU (no fast fp16 GEMM there)");
   if (device.is_cpu() && parse_dtype(config.llm_precision) == torch::kFloat16)
     report.notes.push_back("llm_precision fp16: weights are upcast to fp32 on the CPU");
-  if (const auto format = config.llm_weight_format(); format.quantized()) {
+  const auto llm_modules = model.llama_model->named_modules("", /*include_self=*/false);
+  const auto* head = llm_modules.find("lm_head");
+  const bool head_quantized = head && (*head)->as<Linear>() && (*head)->as<Linear>()->is_quantized();
+  if (const auto format = config.llm_weight_format(); format.quantized() || head_quantized) {
     const auto dtype = dtype_name(model.llama_model->dtype());
     report.notes.push_back(fmt::format(
-        "{}: the LLM decoder layers' linear weights are {}, quantised while loading; embeddings, norms and lm_head "
-        "stay {}, activations are {}",
-        config.low_resource ? "low_resource" : "llm_weight_bits", format.describe(), dtype, dtype));
+        "{}: the LLM decoder layers' linear weights are {} and lm_head is {}, quantised while loading; embeddings "
+        "and norms stay {}, activations are {}",
+        config.low_resource ? "low_resource" : "llm_weight_bits", format.describe(),
+        head_quantized ? config.llm_head_format().describe() : dtype, dtype, dtype));
   }
   if (config.vit_weight_format().quantized())
     report.notes.push_back(fmt::format("vit_weight_bits: the ViT's linear layers are {}, quantised while loading",
@@ -267,6 +271,10 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
         "model.low_resource / model.llm_weight_bits store the LLM's linear layers quantised ({}), which cannot be "
         "trained; set model.freeze_llm: True, or keep the LLM in 16 bits",
         config.llm_weight_format().describe());
+  if (config.llm_head_format().quantized() && !config.freeze_llm)
+    fail(
+        "model.llm_head_bits: 8 stores lm_head quantised, which cannot be trained; set model.freeze_llm: True, or "
+        "model.llm_head_bits: 16");
 
   auto model = std::make_shared<MiniGPT4>(config, llm_config, device);
   note_dtypes(config, *model, device, report);

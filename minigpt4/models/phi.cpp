@@ -255,7 +255,8 @@ torch::Tensor PhiDecoderLayer::forward(const torch::Tensor& x, const decoder::Ro
   return attended + fed_forward + x;
 }
 
-PhiForCausalLM::PhiForCausalLM(const PhiConfig& c, const torch::TensorOptions& options, WeightFormat format)
+PhiForCausalLM::PhiForCausalLM(const PhiConfig& c, const torch::TensorOptions& options, WeightFormat format,
+                               WeightFormat head_format)
     : config(c) {
   auto model = register_module("model", std::make_shared<torch::nn::Module>());
   embed_tokens =
@@ -265,7 +266,8 @@ PhiForCausalLM::PhiForCausalLM(const PhiConfig& c, const torch::TensorOptions& o
     layers->push_back(std::make_shared<PhiDecoderLayer>(c, options, format));
   final_layernorm = model->register_module(
       "final_layernorm", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps, c.norm_options(options)));
-  lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, true, options));
+  const auto head = c.tie_word_embeddings ? WeightFormat::Dense : head_format;  // tied: the embedding table
+  lm_head = register_module("lm_head", std::make_shared<Linear>(c.hidden_size, c.vocab_size, true, options, head));
   if (c.tie_word_embeddings) lm_head->weight = embed_tokens->weight;
   inv_freq = register_buffer("inv_freq", decoder::rope_inv_freq(c.rotary_ndims(), c.rope_theta, options.device()));
 }

@@ -107,12 +107,12 @@ struct PhiDecoderLayer : torch::nn::Module {
   double resid_pdrop = 0.0;
 };
 
-// `model.*` + `lm_head` with Hugging Face's names. `linear_format` Int8 (low_resource)
-// applies to the decoder layers' linears only; embeddings, norms and lm_head stay in the
+// `model.*` + `lm_head` with Hugging Face's names. `linear_format` applies to the decoder
+// layers' linears, `head_format` to an untied lm_head; embeddings and norms stay in the
 // options' dtype, as for LLaMA.
 struct PhiForCausalLM : CausalLM {
   PhiForCausalLM(const PhiConfig& config, const torch::TensorOptions& options,
-                 WeightFormat linear_format = WeightFormat::Dense);
+                 WeightFormat linear_format = WeightFormat::Dense, WeightFormat head_format = WeightFormat::Dense);
 
   torch::Tensor embed(const torch::Tensor& ids) const override;
   CausalLMOutput forward(const torch::Tensor& inputs_embeds, const CausalLMOptions& options = {}) const override;

@@ -286,16 +286,26 @@ TEST_CASE("low_resource and bf16 LLMs agree with the fp32 original on every fixt
        0.999,
        true},
       // Group-wise. Measured (tiny_vicuna0 / tiny_llama2_noqformer / tiny_llama2_example):
-      // 8-bit g32 98.9 / 99.3 / 98.5 %, cosine >= 0.9999, its flips near-ties (margin <= 0.024);
-      // 4-bit g32 76.0 / 77.0 / 77.1 % (lowest cosine 0.976 / 0.959 / 0.984), g64 and g128
+      // 8-bit g32 with lm_head in 8 bits too (llm_head_bits' default) 98.1 / 99.1 / 97.5 %
+      // (lm_head 16-bit: 98.9 / 99.3 / 98.5 %), cosine >= 0.9998, its flips near-ties (margin
+      // <= 0.09, median 0.37-0.42); lm_head alone in 8 bits 97.8 / 99.1 / 99.3 % (margin <= 0.022);
+      // 4-bit g32 75.4 / 76.7 / 77.1 % (lm_head 16-bit: 76.0 / 77.0 / 77.1 %; lowest cosine
+      // 0.976 / 0.959 / 0.984), g64 and g128
       // 73-75 %, bf16 activations the same. These fixtures' N(0, 0.2) weights make attention sharp: a 4-bit
       // weight's error (8.6 % of the weights' norm at g32, against 0.3 % at 8 bits) moves
       // argmaxes whose margins are far from ties. The floors below sit a few points under
       // what was measured, so a real regression fails; docs/weights.md has the figures.
-      {"8-bit groups of 32", {"model.llm_weight_bits=8", "model.llm_weight_group_size=32"}, 0.98, 0.9995},
+      {"8-bit groups of 32", {"model.llm_weight_bits=8", "model.llm_weight_group_size=32"}, 0.97, 0.9995},
       {"4-bit groups of 32", {"model.llm_weight_bits=4", "model.llm_weight_group_size=32"}, 0.72, 0.95},
       {"4-bit groups of 64", {"model.llm_weight_bits=4", "model.llm_weight_group_size=64"}, 0.70, 0.93},
       {"4-bit groups of 128", {"model.llm_weight_bits=4", "model.llm_weight_group_size=128"}, 0.70, 0.93},
+      // lm_head in 8-bit groups of 32 (llm_head_bits; the default with group-wise layers),
+      // alone, and the 4-bit layers with lm_head kept in 16 bits.
+      {"lm_head 8-bit groups of 32", {"model.llm_head_bits=8"}, 0.97, 0.9999},
+      {"4-bit groups of 32, lm_head 16-bit",
+       {"model.llm_weight_bits=4", "model.llm_weight_group_size=32", "model.llm_head_bits=16"},
+       0.72,
+       0.95},
       {"4-bit groups of 32 (bf16 activations)",
        {"model.llm_weight_bits=4", "model.llm_weight_group_size=32", "model.llm_precision=bf16"},
        0.72,

@@ -222,9 +222,11 @@ TEST_CASE("llm_weight_bits and llm_weight_group_size choose the LLM's format", "
   const auto* llama = four->llama_model->as<LlamaForCausalLM>();
   const auto& down = *llama->layers->ptr(0)->as<LlamaDecoderLayer>()->mlp->down_proj;
   CHECK(down.format() == WeightFormat{4, 64});
-  CHECK_FALSE(llama->lm_head->is_quantized());
+  CHECK(llama->lm_head->format() == WeightFormat{8, 32});  // llm_head_bits unset: 8 with group-wise layers
   bool noted = false;
-  for (const auto& note : four_report.notes) noted = noted || note.find("4-bit, groups of 64") != std::string::npos;
+  for (const auto& note : four_report.notes)
+    noted = noted || (note.find("4-bit, groups of 64") != std::string::npos &&
+                      note.find("lm_head is 8-bit, groups of 32") != std::string::npos);
   CHECK(noted);
   // Memory: 4 bits per projection weight plus a float16 scale per 64 (and the padding of
   // widths that are not whole groups), against 32 bits dense.
@@ -243,6 +245,19 @@ TEST_CASE("llm_weight_bits and llm_weight_group_size choose the LLM's format", "
   const auto [eight, eight_report] = load({"model.llm_weight_bits=8", "model.llm_weight_group_size=0"});
   CHECK(eight->llama_model->as<LlamaForCausalLM>()->layers->ptr(0)->as<LlamaDecoderLayer>()->mlp->up_proj->format() ==
         WeightFormat::Int8);
+
+  CHECK_FALSE(eight->llama_model->as<LlamaForCausalLM>()->lm_head->is_quantized());  // per channel: as low_resource
+
+  // llm_head_bits set: 16 keeps lm_head dense under 4-bit layers, 8 quantises it under dense ones.
+  const auto [four_dense_head, unused1] = load({"model.llm_weight_bits=4", "model.llm_head_bits=16"});
+  CHECK_FALSE(four_dense_head->llama_model->as<LlamaForCausalLM>()->lm_head->is_quantized());
+  const auto [head_only, unused2] = load({"model.llm_head_bits=8"});
+  const auto* head_only_llama = head_only->llama_model->as<LlamaForCausalLM>();
+  CHECK(head_only_llama->lm_head->format() == WeightFormat{8, 32});
+  CHECK_FALSE(head_only_llama->layers->ptr(0)->as<LlamaDecoderLayer>()->mlp->up_proj->is_quantized());
+  CHECK_THROWS_WITH(load({"model.llm_head_bits=4"}), Contains("llm_head_bits") && Contains("16 or 8"));
+  CHECK_THROWS_WITH(load({"model.llm_head_bits=8", "model.freeze_llm=False"}),
+                    Contains("llm_head_bits") && Contains("freeze_llm"));
 
   CHECK_THROWS_WITH(load({"model.llm_weight_bits=3"}), Contains("llm_weight_bits") && Contains("16, 8 or 4"));
   CHECK_THROWS_WITH(load({"model.llm_weight_bits=4", "model.llm_weight_group_size=0"}),
