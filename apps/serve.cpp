@@ -239,6 +239,9 @@ void add_serve_command(CLI::App& app) {
                   "tokens (0: none)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  cmd->add_flag("!--no-warm-replays", s.warm_replays,
+                "do not compute a finished API answer's conversation, as the next round replays it, into the prefix "
+                "cache while the model is idle");
   cmd->add_option("--image-cache-mb", s.image_cache_mb,
                   "MiB of image embeddings kept, so that an image seen before skips the ViT and Q-Former (0: none)")
       ->capture_default_str()

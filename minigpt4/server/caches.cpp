@@ -69,7 +69,7 @@ CacheStats ImageCache::stats() const {
 }
 
 std::optional<PrefixCache::Prefix> PrefixCache::find(const std::string& adapter, const std::vector<int64_t>& keys,
-                                                     int64_t min_positions) {
+                                                     int64_t min_positions, bool counted) {
   std::lock_guard<std::mutex> lock(mutex_);
   auto best = items_.end();
   size_t best_length = 0;
@@ -79,12 +79,11 @@ std::optional<PrefixCache::Prefix> PrefixCache::find(const std::string& adapter,
     if (n > best_length) best = it, best_length = n;
   }
   if (best == items_.end() || static_cast<int64_t>(best_length) < std::max<int64_t>(min_positions, 1)) {
-    ++stats_.misses;
+    if (counted) ++stats_.misses;
     return std::nullopt;
   }
   items_.splice(items_.begin(), items_, best);
-  ++stats_.hits;
-  stats_.reused += best_length;
+  if (counted) ++stats_.hits, stats_.reused += best_length;
   const auto& held = items_.front().prefix;
   return Prefix{{held.keys.begin(), held.keys.begin() + static_cast<std::ptrdiff_t>(best_length)},
                 held.cache.copy(static_cast<int64_t>(best_length))};

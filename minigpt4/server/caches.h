@@ -69,8 +69,9 @@ class PrefixCache {
     KVCache cache;              // one sequence, keys.size() positions
   };
   // A copy of the longest prefix of `keys` held for this adapter (at least `min_positions`
-  // long), or none.
-  std::optional<Prefix> find(const std::string& adapter, const std::vector<int64_t>& keys, int64_t min_positions = 1);
+  // long), or none. `counted`: a request's lookup, which the hit and miss counters count.
+  std::optional<Prefix> find(const std::string& adapter, const std::vector<int64_t>& keys, int64_t min_positions = 1,
+                             bool counted = true);
   // Keeps a finished conversation's cache (its buffers cut to size); entries it extends are
   // dropped.
   void add(const std::string& adapter, std::vector<int64_t> keys, const KVCache& cache);

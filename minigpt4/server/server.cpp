@@ -283,6 +283,9 @@ struct Server::Impl {
   std::optional<RunningAnswer> api_answer(const std::shared_ptr<const ChatRequest>& request, const std::string& adapter,
                                           const std::shared_ptr<AnswerContext>& context,
                                           const std::shared_ptr<ReplyChannel>& out, bool share_prompt);
+  void warm_replay(const std::shared_ptr<const ChatRequest>& request, const std::string& adapter,
+                   const std::string& answer_text);
+  void warm_replay_now(const ChatRequest& request, const std::string& adapter, const std::string& answer_text);
   // n > 1 choices as one event stream: every chunk names its choice (`index`), each choice
   // ends with its own finish_reason chunk, then the usage (when asked for) and [DONE].
   void stream_choices(httplib::Response& res, std::vector<std::shared_ptr<ReplyChannel>> channels,
@@ -659,7 +662,7 @@ std::optional<RunningAnswer> Server::Impl::api_answer(const std::shared_ptr<cons
     if (auto prefix = prefix_cache.find(adapter, keys))
       session.adopt_cache(std::move(prefix->keys), std::move(prefix->cache));
   auto run = start_answer(owned, session, answer_options, request->stop, out, "api", adapter,
-                          [this, request, context, owned, images, explain, adapter](const ChatReply&) {
+                          [this, request, context, owned, images, explain, adapter](const ChatReply& reply) {
                             if (explain) {
                               context->explanation =
                                   explanation(*owned, request->explain == ChatRequest::Explain::Words, *images);
@@ -667,12 +670,68 @@ std::optional<RunningAnswer> Server::Impl::api_answer(const std::shared_ptr<cons
                             }
                             auto [cached_keys, cache] = owned->release_cache();
                             prefix_cache.add(adapter, std::move(cached_keys), cache);
+                            if (options.warm_replays && request->n == 1) warm_replay(request, adapter, reply.text);
                           });
   if (run && share_prompt) {
     run->answer->prefill();
     prefix_cache.add(adapter, keys, run->answer->cache());
   }
   return run;
+}
+
+// Queued as a finished answer ends, before its client hears of the end (so before the
+// client's next round): the conversation as that round will replay it, the answer given back
+// as text, computed into the prefix cache. The answer's own positions cannot be reused for
+// it: they were generated after the template's trailing `▁` token, and the text sent back
+// tokenises differently (docs/serving.md, Caches). The warm-up runs only while no other answer
+// is in a slot, so that no stream waits for it; then the next round computes only its new
+// question. A client that does not come back has cost the model time it had free.
+void Server::Impl::warm_replay(const std::shared_ptr<const ChatRequest>& request, const std::string& adapter,
+                               const std::string& answer_text) {
+  worker().submit([this, request, adapter, answer_text](bool run) -> std::optional<RunningAnswer> {
+    if (!run || stopping || worker().occupied() > 1) return std::nullopt;  // 1: this job
+    try {
+      warm_replay_now(*request, adapter, answer_text);
+    } catch (const std::exception& e) {  // nothing is lost: the next round computes it
+      log::warn("api: warming a replay failed: {}", e.what());
+    }
+    return std::nullopt;
+  });
+}
+
+void Server::Impl::warm_replay_now(const ChatRequest& request, const std::string& adapter,
+                                   const std::string& answer_text) {
+  model->use_adapter(adapter);
+  ChatSession session(model);
+  for (const auto& step : request.steps) {
+    if (step.kind == ChatStep::Kind::Image) {
+      const auto cached = image_cache.find(adapter, step.image);
+      if (!cached) return;  // evicted: the next round encodes it anyway
+      session.upload_image(cached->embeds, {}, cached->identity);
+    }
+    if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
+    if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
+  }
+  session.add_answer(answer_text);
+  session.ask("");  // the next question's turn, up to its text
+  const auto keys = session.prompt_keys();
+  const int64_t room = context_length(*model);
+  if (static_cast<int64_t>(keys.size()) + 1 >= room) return;
+  auto prefix = prefix_cache.find(adapter, keys, 1, /*counted=*/false);
+  if (!prefix || prefix->keys.size() + 1 >= keys.size()) return;
+  session.adopt_cache(std::move(prefix->keys), std::move(prefix->cache));
+  AnswerOptions warm;
+  warm.max_new_tokens = 1;
+  warm.min_length = 0;
+  warm.temperature = 0;
+  warm.max_length = room;
+  auto answer = session.start_answer(warm);
+  const auto start = std::chrono::steady_clock::now();
+  answer->prefill();
+  prefix_cache.add(adapter, keys, answer->cache());
+  log::info("api: warmed the replay of an answer: {} prompt positions ({} cached) in {:.2f} s",
+            answer->prompt_positions(), answer->reused_positions(),
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
 }
 
 void Server::Impl::chat_completions(const httplib::Request& req, httplib::Response& res) {

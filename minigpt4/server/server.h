@@ -69,6 +69,10 @@ struct ServerOptions {
   // new tokens) and images' embeddings, in MiB each.
   size_t cache_mb = 512;
   size_t image_cache_mb = 64;
+  // As an API answer ends, compute its conversation as the client's next round will replay
+  // it (the answer given back as text) into the prefix cache, while the model is otherwise
+  // idle (Server::Impl::warm_replay).
+  bool warm_replays = true;
   // The adapter of requests that name none ("" = the one active when the server starts,
   // i.e. model.lora_active); must be "original" or an adapter the model holds.
   std::string lora;

@@ -88,6 +88,11 @@ size_t ModelWorker::running() const {
   return stats_.slots.size();
 }
 
+size_t ModelWorker::occupied() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return occupied_;
+}
+
 WorkerStats ModelWorker::stats() const {
   std::lock_guard<std::mutex> lock(mutex_);
   auto s = stats_;

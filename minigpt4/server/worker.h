@@ -134,6 +134,8 @@ class ModelWorker {
 
   size_t waiting() const;
   size_t running() const;  // answers in slots
+  // Slots held by answers and by the job being admitted (from a job: 1 is that job alone).
+  size_t occupied() const;
   const WorkerOptions& options() const { return options_; }
   WorkerStats stats() const;
 

@@ -570,6 +570,39 @@ TEST_CASE("the prefix and image caches give a cold run's answers, and never anot
   CHECK(second_cold["timings"]["cache_n"] == 0);
 }
 
+TEST_CASE("a finished answer is warmed as the next round replays it: that round computes only its question",
+          "[server][cache]") {
+  server::ServerOptions unwarmed_options, cold_options;
+  unwarmed_options.warm_replays = false;
+  cold_options.cache_mb = 0;
+  cold_options.image_cache_mb = 0;
+  Running warmed, unwarmed(unwarmed_options), cold(cold_options);
+  auto a = warmed.client(), b = unwarmed.client(), c = cold.client();
+  const auto x = noise_png_uri(3);
+  const json round1 = {image_message(x, "What is in this image?")};
+  const auto first = chat(a, round1), first_unwarmed = chat(b, round1);
+  REQUIRE(text_of(first) == text_of(first_unwarmed));
+  const auto answer = text_of(first);
+  REQUIRE(!answer.empty());
+  // The client's next round: its history with the answer given back as text. The warm-up was
+  // queued before the reply ended, so it has run by the time this request is admitted.
+  const json round2 = {image_message(x, "What is in this image?"),
+                       {{"role", "assistant"}, {"content", answer}},
+                       {{"role", "user"}, {"content", "And the colours?"}}};
+  const auto second = chat(a, round2), second_unwarmed = chat(b, round2), second_cold = chat(c, round2);
+  CHECK(text_of(second) == text_of(second_cold));  // the same numbers as a cold run
+  CHECK(text_of(second_unwarmed) == text_of(second_cold));
+  const int64_t warmed_reuse = second["timings"]["cache_n"], unwarmed_reuse = second_unwarmed["timings"]["cache_n"];
+  const int64_t answer_tokens = static_cast<int64_t>(tiny_model()->tokenizer->encode(answer, false).size());
+  INFO("cache_n warmed " << warmed_reuse << ", unwarmed " << unwarmed_reuse << ", answer tokens " << answer_tokens);
+  // Unwarmed, the match ends before the answer; warmed, it also covers the answer and the
+  // next turn's opening, up to the question.
+  CHECK(warmed_reuse >= unwarmed_reuse + answer_tokens);
+  const int64_t question_tokens =
+      static_cast<int64_t>(tiny_model()->tokenizer->encode(" And the colours?###Assistant: ", false).size());
+  CHECK(second["timings"]["prompt_n"].get<int64_t>() <= question_tokens + 4);
+}
+
 TEST_CASE("logprobs: each token's log-probability and its alternatives, plain and streamed; logit_bias steers",
           "[server]") {
   Running s;
