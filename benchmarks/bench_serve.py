@@ -44,6 +44,10 @@ What it measures
   keeps the conversation's prefix cached should hold TTFT about flat as the history grows;
   the report prints TTFT per round and round R / round 1 (llama-server's timings also show
   how many prompt tokens came from its cache: `cache_n` next to `prompt_n`).
+  --replay-pause S (default 0) waits S seconds between an answer's end and the next round, as a
+  person reading and typing does: the time a server may use to prepare the next round (ours
+  computes the replayed answer then, unless --no-warm-replays). With 0 the next round comes at
+  once, which leaves it no such time.
 
   --join N (off by default): after the load runs, N streams of --max-tokens twice: alone, then
   while a client keeps sending requests with a long prompt (about 200 tokens, a new opening
@@ -600,10 +604,12 @@ def summarise(records: list[dict], wall: float) -> dict:
 
 
 def run_replay(server: Server, rounds: int, max_tokens: int, timeout: float, image: dict | None,
-               model: str | None) -> dict:
+               model: str | None, pause: float = 0.0) -> dict:
     messages: list[dict] = []
     out = []
     for k in range(rounds):
+        if k > 0 and pause > 0:
+            time.sleep(pause)  # the user reads the answer and types the next question
         q = REPLAY_QUESTIONS[k % len(REPLAY_QUESTIONS)]
         messages.append(user_message(q, image if k == 0 else None))
         r = stream_chat(server, messages, max_tokens, timeout, model)
@@ -745,6 +751,8 @@ def main() -> int:
     p.add_argument("--image-servers", help="comma list of the servers that get --image (default: all)")
     p.add_argument("--replay", type=int, default=0, metavar="R",
                    help="also run one R-round conversation per server (prefix caching), e.g. 6 (default off)")
+    p.add_argument("--replay-pause", type=float, default=0.0, metavar="S",
+                   help="seconds between a replay round's answer and the next round (a user reading and typing)")
     p.add_argument("--join", type=int, default=0, metavar="N",
                    help="after the load runs: N streams of --max-tokens, first alone, then while requests with "
                         "long prompts keep joining; reports their p95 time between tokens against the quiet median")
@@ -836,7 +844,8 @@ def main() -> int:
                 entry["join"] = run_join(s, args.join, args.max_tokens, args.timeout, img, args.model)
             if args.replay > 0:
                 print(f"[{s.name}] replay: {args.replay} rounds", flush=True)
-                entry["replay"] = run_replay(s, args.replay, args.max_tokens, args.timeout, img, args.model)
+                entry["replay"] = run_replay(s, args.replay, args.max_tokens, args.timeout, img, args.model,
+                                             args.replay_pause)
         except (RuntimeError, ValueError, OSError) as e:
             print(f"[{s.name}] ERROR: {e}", flush=True)
             entry["error"] = str(e)

@@ -679,6 +679,9 @@ std::optional<RunningAnswer> Server::Impl::api_answer(const std::shared_ptr<cons
   return run;
 }
 
+// Positions a warm-up computes before it looks for requests that arrived meanwhile.
+constexpr int64_t kWarmChunk = 32;
+
 // Queued as a finished answer ends, before its client hears of the end (so before the
 // client's next round): the conversation as that round will replay it, the answer given back
 // as text, computed into the prefix cache. The answer's own positions cannot be reused for
@@ -727,10 +730,15 @@ void Server::Impl::warm_replay_now(const ChatRequest& request, const std::string
   warm.max_length = room;
   auto answer = session.start_answer(warm);
   const auto start = std::chrono::steady_clock::now();
-  answer->prefill();
+  // In chunks, so that a request arriving meanwhile (a client that replays at once) waits for
+  // one chunk at most; what was computed by then is kept, and the request computes the rest.
+  do {
+    answer->prefill(kWarmChunk);
+  } while (answer->prompt_left() > 0 && worker().waiting() == 0 && !stopping);
   prefix_cache.add(adapter, keys, answer->cache());
-  log::info("api: warmed the replay of an answer: {} prompt positions ({} cached) in {:.2f} s",
-            answer->prompt_positions(), answer->reused_positions(),
+  log::info("api: warmed the replay of an answer: {} of {} prompt positions ({} cached) in {:.2f} s",
+            answer->prompt_positions() - answer->prompt_left(), answer->prompt_positions(),
+            answer->reused_positions(),
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
 }
 
