@@ -279,6 +279,13 @@ TEST_CASE("Phi: int8 decoder linears keep the logits", "[models]") {
   const auto ids = torch::randint(0, phi.config.vocab_size, {2, 10});
   const auto a = dense->forward(dense->embed(ids)).logits, b = int8->forward(int8->embed(ids)).logits;
   CHECK(torch::cosine_similarity(a.flatten(0, 1), b.flatten(0, 1), -1).min().item<double>() > 0.999);
+  // Phi's lm_head has a bias: quantised (llm_head_bits: 8) it keeps it, and the logits.
+  const auto head8 = load_causal_lm(phi_dir().string(), torch::kFloat32, WeightFormat::Dense, WeightFormat{8, 32});
+  const auto& head8_phi = *head8->as<PhiForCausalLM>();
+  REQUIRE(head8_phi.lm_head->format() == WeightFormat{8, 32});
+  CHECK(head8_phi.lm_head->bias.defined());
+  const auto c = head8->forward(head8->embed(ids)).logits;
+  CHECK(torch::cosine_similarity(a.flatten(0, 1), c.flatten(0, 1), -1).min().item<double>() > 0.9999);
 }
 
 TEST_CASE("a MiniGPT-4 config naming a Phi directory builds a Phi LLM", "[models]") {
