@@ -229,8 +229,10 @@ void note_dtypes(const MiniGPT4Config& config, const MiniGPT4& model, torch::Dev
     report.notes.push_back(fmt::format(
         "{}: the LLM decoder layers' linear weights are {} and lm_head is {}, quantised while loading; embeddings "
         "and norms stay {}, activations are {}",
-        config.low_resource ? "low_resource" : "llm_weight_bits", format.describe(),
-        head_quantized ? config.llm_head_format().describe() : dtype, dtype, dtype));
+        config.low_resource  ? "low_resource"
+        : format.quantized() ? "llm_weight_bits"
+                             : "llm_head_bits",
+        format.describe(), head_quantized ? config.llm_head_format().describe() : dtype, dtype, dtype));
   }
   if (config.vit_weight_format().quantized())
     report.notes.push_back(fmt::format("vit_weight_bits: the ViT's linear layers are {}, quantised while loading",

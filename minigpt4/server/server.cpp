@@ -691,6 +691,9 @@ constexpr int64_t kWarmChunk = 32;
 // question. A client that does not come back has cost the model time it had free.
 void Server::Impl::warm_replay(const std::shared_ptr<const ChatRequest>& request, const std::string& adapter,
                                const std::string& answer_text) {
+  // Under load there is no idle time to use, and a queued warm-up must not take a waiting
+  // request's place in the queue (1: the answer that is ending).
+  if (worker().waiting() > 0 || worker().occupied() > 1) return;
   worker().submit([this, request, adapter, answer_text](bool run) -> std::optional<RunningAnswer> {
     if (!run || stopping || worker().occupied() > 1) return std::nullopt;  // 1: this job
     try {
@@ -737,8 +740,7 @@ void Server::Impl::warm_replay_now(const ChatRequest& request, const std::string
   } while (answer->prompt_left() > 0 && worker().waiting() == 0 && !stopping);
   prefix_cache.add(adapter, keys, answer->cache());
   log::info("api: warmed the replay of an answer: {} of {} prompt positions ({} cached) in {:.2f} s",
-            answer->prompt_positions() - answer->prompt_left(), answer->prompt_positions(),
-            answer->reused_positions(),
+            answer->prompt_positions() - answer->prompt_left(), answer->prompt_positions(), answer->reused_positions(),
             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
 }
 
