@@ -614,6 +614,21 @@ void Server::Impl::run_and_wait(std::function<void()> work) {
   finished.get();
 }
 
+namespace {
+
+// An API request's messages onto `session` as Chat's operations, in order: each image through
+// `upload_image`, questions and the answers the client gives back.
+void replay_messages(ChatSession& session, const ChatRequest& request,
+                     const std::function<void(const ChatStep&)>& upload_image) {
+  for (const auto& step : request.steps) {
+    if (step.kind == ChatStep::Kind::Image) upload_image(step);
+    if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
+    if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
+  }
+}
+
+}  // namespace
+
 // On the model thread: an API request's conversation replayed on a fresh session (images
 // from the image cache, the longest known prefix from the prefix cache) and its answer
 // started. `share_prompt` (the first of n > 1 choices): the prompt runs now, whole, and goes
@@ -627,22 +642,18 @@ std::optional<RunningAnswer> Server::Impl::api_answer(const std::shared_ptr<cons
   auto owned = std::make_shared<ChatSession>(model);
   auto& session = *owned;
   auto images = std::make_shared<std::vector<const std::string*>>();
-  for (const auto& step : request->steps) {
-    if (step.kind == ChatStep::Kind::Image) {
-      images->push_back(&step.image);
-      if (explain) {  // needs the ViT's output: encoded afresh, kept out of the caches
-        at::Tensor vision_tokens;
-        const auto embeds = encode_image(step.image, step.param, &vision_tokens);
-        session.upload_image(embeds, vision_tokens);
-        continue;
-      }
-      auto cached = image_cache.find(adapter, step.image);
-      if (!cached) cached = image_cache.add(adapter, step.image, encode_image(step.image, step.param));
-      session.upload_image(cached->embeds, {}, cached->identity);
+  replay_messages(session, *request, [&](const ChatStep& step) {
+    images->push_back(&step.image);
+    if (explain) {  // needs the ViT's output: encoded afresh, kept out of the caches
+      at::Tensor vision_tokens;
+      const auto embeds = encode_image(step.image, step.param, &vision_tokens);
+      session.upload_image(embeds, vision_tokens);
+      return;
     }
-    if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
-    if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
-  }
+    auto cached = image_cache.find(adapter, step.image);
+    if (!cached) cached = image_cache.add(adapter, step.image, encode_image(step.image, step.param));
+    session.upload_image(cached->embeds, {}, cached->identity);
+  });
   // The whole conversation must fit the model's context (OpenAI and llama.cpp answer 400 so
   // that the client trims it; MiniGPT-4's page cuts from the left instead); the answer
   // then gets the room that is left, at most.
@@ -709,15 +720,13 @@ void Server::Impl::warm_replay_now(const ChatRequest& request, const std::string
                                    const std::string& answer_text) {
   model->use_adapter(adapter);
   ChatSession session(model);
-  for (const auto& step : request.steps) {
-    if (step.kind == ChatStep::Kind::Image) {
-      const auto cached = image_cache.find(adapter, step.image);
-      if (!cached) return;  // evicted: the next round encodes it anyway
-      session.upload_image(cached->embeds, {}, cached->identity);
-    }
-    if (step.kind == ChatStep::Kind::Ask) session.ask(step.text);
-    if (step.kind == ChatStep::Kind::Answer) session.add_answer(step.text);
-  }
+  bool evicted = false;  // an image left the image cache: the next round encodes it anyway
+  replay_messages(session, request, [&](const ChatStep& step) {
+    const auto cached = image_cache.find(adapter, step.image);
+    if (cached) session.upload_image(cached->embeds, {}, cached->identity);
+    evicted = evicted || !cached;
+  });
+  if (evicted) return;
   session.add_answer(answer_text);
   session.ask("");  // the next question's turn, up to its text
   const auto keys = session.prompt_keys();
