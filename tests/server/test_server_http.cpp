@@ -585,7 +585,9 @@ TEST_CASE("a finished answer is warmed as the next round replays it: that round 
   const auto answer = text_of(first);
   REQUIRE(!answer.empty());
   // The client's next round: its history with the answer given back as text. The warm-up was
-  // queued before the reply ended, so it has run by the time this request is admitted.
+  // queued before the reply ended, so it has run by the time this request is admitted (whole:
+  // here it is about 27 positions, within its first chunk of 32, before it looks for waiting
+  // requests).
   const json round2 = {image_message(x, "What is in this image?"),
                        {{"role", "assistant"}, {"content", answer}},
                        {{"role", "user"}, {"content", "And the colours?"}}};
