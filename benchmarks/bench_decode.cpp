@@ -176,9 +176,16 @@ struct PrecisionSpec {
   std::string name;
   torch::Dtype dtype;
   WeightFormat format;
+  bool huge_pages = true;  // the weights in 2 MiB pages, as loading places them (memory.h)
 };
 
 PrecisionSpec parse_precision(const std::string& name) {
+  // "_4k": the same weights left in 4 KiB pages, to measure what the 2 MiB pages bring.
+  if (name.size() > 3 && name.compare(name.size() - 3, 3, "_4k") == 0) {
+    auto spec = parse_precision(name.substr(0, name.size() - 3));
+    spec.name = name, spec.huge_pages = false;
+    return spec;
+  }
   if (name == "fp32") return {name, torch::kFloat32, WeightFormat::Dense};
   if (name == "bf16") return {name, torch::kBFloat16, WeightFormat::Dense};
   if (name == "int8") return {name, torch::kBFloat16, WeightFormat::Int8};  // int8 weights, bf16 activations
@@ -194,8 +201,9 @@ PrecisionSpec parse_precision(const std::string& name) {
       if (name == grouped + "_fp32") return {name, torch::kFloat32, WeightFormat{bits, group}};
     }
   }
-  throw std::runtime_error("unknown precision " + name +
-                           " (fp32, bf16, int8, int8_fp32, q8, q4, q4_g64, q4_g128, each q* also with _fp32)");
+  throw std::runtime_error(
+      "unknown precision " + name +
+      " (fp32, bf16, int8, int8_fp32, q8, q4, q4_g64, q4_g128, each q* also with _fp32; any with _4k)");
 }
 
 struct RunTimes {
@@ -277,7 +285,8 @@ int main(int argc, char** argv) {
   app.add_option("--warmup", warmup, "untimed generations of min(8, new tokens) tokens first")->capture_default_str();
   app.add_option("--precisions", precisions_arg,
                  "comma-separated: fp32, bf16, int8 (bf16 activations), int8_fp32, q8, q4, q4_g64, q4_g128 (bf16 "
-                 "activations; each also _fp32)")
+                 "activations; each also _fp32); any with _4k: the weights left in 4 KiB pages, not moved into 2 MiB "
+                 "ones as loading does")
       ->capture_default_str();
   int head_bits = 0;
   app.add_option("--lm-head-bits", head_bits,
@@ -379,6 +388,7 @@ int main(int argc, char** argv) {
       }
       // load_into copied the tensors out of the memory-mapped file, which is unmapped by now.
       const int64_t bytes_per_token = weight_bytes_per_token(llm);
+      if (p.huge_pages) minigpt4::move_to_huge_pages(llm);  // as loading does (memory.h)
       minigpt4::release_free_heap();
       const int64_t resident_after_load = minigpt4::resident_set_bytes();
       fmt::print("\n[{}] weights read per token {:.1f} MB; resident after loading {}\n", p.name, bytes_per_token / 1e6,

@@ -3,6 +3,7 @@
 #include "minigpt4/common/error.h"
 #include "minigpt4/io/checkpoint.h"
 #include "minigpt4/models/gguf_llama.h"
+#include "minigpt4/models/memory.h"
 #include "minigpt4/models/weights.h"
 
 #include <nlohmann/json.hpp>
@@ -42,6 +43,7 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::Te
     const auto missing = unfilled_parameters(*model, filled);
     if (!missing.empty()) fail("{}: {} weights missing: {}", dir, missing.size(), summarize_names(missing));
     model->eval();
+    if (options.device().is_cpu()) move_to_huge_pages(*model);
     return model;
   }
   const auto config_path = (std::filesystem::path(dir) / "config.json").string();
@@ -62,6 +64,7 @@ std::shared_ptr<CausalLM> load_causal_lm(const std::string& dir, const torch::Te
                 missing.end());
   if (!missing.empty()) fail("{}: {} weights missing: {}", dir, missing.size(), summarize_names(missing));
   model->eval();
+  if (options.device().is_cpu()) move_to_huge_pages(*model);  // memory.h
   return model;
 }
 

@@ -32,6 +32,15 @@ int64_t peak_resident_set_bytes();
 // weights, depending on thread timing) unless asked.
 void release_free_heap();
 
+// Moves the module's large CPU tensors (storages of at least 2 MiB: the weights) into memory
+// the kernel is asked to back with 2 MiB pages (transparent huge pages, madvise). Decoding reads
+// every weight once per token; with 4 KiB pages that stream crosses a page every 64 cache
+// lines, where the hardware prefetcher stops and a TLB entry is missed (a 2-thread read of
+// 1 GiB on a Zen 3 EPYC: 1.04-1.25x faster in 2 MiB pages). Tensors sharing a storage (a tied
+// lm_head) keep sharing it. Does nothing where the kernel's THP setting is "never", off Linux,
+// or with MINIGPT4_HUGE_PAGES=0. Returns the bytes moved.
+int64_t move_to_huge_pages(torch::nn::Module& module);
+
 // "812.4 MiB", "3.27 GiB".
 std::string format_bytes(int64_t bytes);
 

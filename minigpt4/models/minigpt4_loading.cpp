@@ -302,6 +302,10 @@ std::shared_ptr<MiniGPT4> load_minigpt4(const MiniGPT4Config& config, torch::Dev
   initialise_the_rest(loader, config);
 
   load_configured_adapters(*model);
+  if (device.is_cpu()) {
+    const int64_t moved = move_to_huge_pages(*model);
+    if (moved > 0) log::debug("{} of weights moved into 2 MiB pages", format_bytes(moved));
+  }
   model->apply_freezing();
   if (report_out) *report_out = std::move(report);
   return model;
