@@ -69,7 +69,9 @@ TEST_CASE("bf16 and float32 GEMVs equal the float32 product of the same values, 
       for (const int64_t K : kWidths) {
         for (const int64_t M : {1, 2, 3, 4, 5, 7, 8}) {
           for (const bool with_bias : {false, true}) {
-            const int64_t N = 37 + K % 7;
+            // Few rows as well as many: a thread's rows go four distant ones per pass, and the
+            // few left over one at a time.
+            const int64_t N = K < 64 ? 5 + K % 7 : 37 + K % 7;
             const auto x = torch::randn({M, 1, K}).to(dtype);
             const auto w = (torch::randn({N, K}) / std::sqrt(double(K))).to(dtype);
             const auto b = with_bias ? torch::randn({N}).to(dtype) : torch::Tensor();
@@ -103,7 +105,7 @@ TEST_CASE("int8 GEMV equals the product with the dequantised weight, on every ke
     for (const int64_t K : kWidths) {
       for (const int64_t M : {1, 2, 3, 4, 5, 7, 8}) {
         for (const auto dtype : {torch::kFloat, torch::kBFloat16}) {
-          const int64_t N = 29 + K % 5;
+          const int64_t N = K < 64 ? 4 + K % 5 : 29 + K % 5;  // few rows as well as many (above)
           const auto q = quantize_int8(torch::randn({N, K}) / std::sqrt(double(K)));
           const auto x = torch::randn({M, K}).to(dtype);
           const auto y = cpu_gemv::linear_int8(x, q.values, q.scales);

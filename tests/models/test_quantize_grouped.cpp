@@ -143,7 +143,7 @@ TEST_CASE("group-wise GEMVs compute the W·A8 product exactly, on every kernel f
     for (const auto& f : kFormats) {
       for (const int64_t K : {32, 100, 344, 1024}) {
         for (const int64_t M : {1, 2, 3, 4, 5, 8, 9}) {
-          const int64_t N = 19 + K % 5;
+          const int64_t N = K == 100 ? 6 : 19 + K % 5;  // few rows too: four distant ones go per pass
           INFO("kernels " << cpu_gemv::name(family) << ", " << f.bits << " bits, groups of " << f.group << ", K " << K
                           << ", rows " << M);
           const auto q = quantize_grouped(torch::randn({N, K}) / std::sqrt(double(K)), f.bits, f.group);
