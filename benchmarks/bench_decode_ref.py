@@ -575,7 +575,8 @@ def main() -> int:
         print(f"\n{shape}: prompt {e['prompt']}, {e['new_tokens']} new tokens, {e['repeats']} runs per round; "
               f"best of {e['rounds']} round(s) of: TTFT median over the runs, decode tok/s = 1000 / median ms "
               f"between tokens after the first; memory bandwidth "
-              f"{bw['read']:.1f} GB/s read (sum {bw.get('sum', 0):.1f}, mv {bw.get('mv', 0):.1f}), "
+              f"{bw['read']:.1f} GB/s read (sum {bw.get('sum', 0):.1f}, mv {bw.get('mv', 0):.1f}, "
+              f"four streams per thread {bw.get('streams', 0):.1f}), "
               f"{bw['copy']:.1f} GB/s copy")
         if "cpp" in skip:
             print("(C++ skipped)")
