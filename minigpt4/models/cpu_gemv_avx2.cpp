@@ -114,13 +114,14 @@ MINIGPT4_AVX2 void four_rows(const float* x, int64_t K, const typename W::T* w, 
 // pair (R x M of AVX2's 16 registers); the weights are read once per call, in R streams.
 template <typename W, int M, int R>
 MINIGPT4_AVX2 void m_rows(const float* x, int64_t K, const typename W::T* w, float* y, int64_t N, int64_t n0,
-                          int64_t n1) {
+                          int64_t n1, int64_t step = 1) {
   const int64_t K8 = K & ~int64_t{7};
+  const int64_t advance = step == 1 ? R : 1;
   int64_t n = n0;
-  for (; n + R <= n1; n += R) {
+  for (; n + advance <= n1; n += advance) {
     const typename W::T* r[R];
 #pragma GCC unroll 8
-    for (int i = 0; i < R; ++i) r[i] = w + (n + i) * K;
+    for (int i = 0; i < R; ++i) r[i] = w + (n + i * step) * K;
     __m256 acc[R][M];
 #pragma GCC unroll 8
     for (int i = 0; i < R; ++i)
@@ -143,11 +144,11 @@ MINIGPT4_AVX2 void m_rows(const float* x, int64_t K, const typename W::T* w, flo
       for (int m = 0; m < M; ++m) {
         float s = horizontal_sum(acc[i][m]);
         for (int64_t k = K8; k < K; ++k) s += x[m * K + k] * W::at(r[i] + k);
-        y[m * N + n + i] = s;
+        y[m * N + n + i * step] = s;
       }
   }
   if constexpr (R > 1) {
-    if (n < n1) m_rows<W, M, 1>(x, K, w, y, N, n, n1);
+    if (step == 1 && n < n1) m_rows<W, M, 1>(x, K, w, y, N, n, n1);
   }
 }
 
@@ -168,7 +169,12 @@ void rows(const float* x, int64_t M, int64_t K, const typename W::T* w, float* y
   }
   with_rows(M, [&](auto rows) {
     constexpr int kRows = decltype(rows)::value;
-    m_rows<W, kRows, kBlockOutputs<kRows>>(x, K, w, y, N, n0, n1);
+    constexpr int kOutputs = kBlockOutputs<kRows>;
+    // The block's output rows from distant parts too, where it has several (as at one row):
+    // 2048 -> 5632, 2-4 activation rows, bf16 1.08-1.20x, float32 1.04-1.10x.
+    const int64_t part = kOutputs > 1 ? (n1 - n0) / kOutputs : 0;
+    if (part >= 2) m_rows<W, kRows, kOutputs>(x, K, w, y, N, n0, n0 + part, part), n0 += kOutputs * part;
+    m_rows<W, kRows, kOutputs>(x, K, w, y, N, n0, n1);
   });
 }
 
@@ -290,14 +296,19 @@ void int8_x16(const int16_t* xq, const float* xd, int64_t M, int64_t K, const in
   with_rows(M, [&](auto rows) {
     constexpr int kRows = decltype(rows)::value;
     // R x M int32 accumulators and R weight vectors within AVX2's 16 registers (the float32
-    // sums, touched once per block, may spill). One activation row: kStreams distant rows per
-    // pass, and the few rows left over one at a time (neighbouring rows together read no
-    // faster than one).
-    constexpr int kOutputs = kRows == 2 ? 2 : 1;
+    // sums, touched once per block, may spill). The R rows of a pass are distant ones (as
+    // kStreams at one activation row): 2048 -> 5632 with bf16 activations, 2 and 3-4 rows,
+    // 1.7x and 1.07x faster than neighbours (2 rows) or one row at a time (3-4). The few rows
+    // left over go as neighbours.
+    constexpr int kOutputs = kRows >= 2 && kRows <= 4 ? 2 : 1;
     if (kRows == 1 && n1 - n0 >= 2 * kStreams) {  // parts of one row would be step 1: neighbours
       const int64_t part = (n1 - n0) / kStreams;
       int8_rows<1, kStreams>(xq, xd, K, q, scales, y, N, n0, n0 + part, part);
       n0 += kStreams * part;
+    } else if (kOutputs > 1 && n1 - n0 >= 2 * kOutputs) {
+      const int64_t part = (n1 - n0) / kOutputs;
+      int8_rows<kRows, kOutputs>(xq, xd, K, q, scales, y, N, n0, n0 + part, part);
+      n0 += kOutputs * part;
     }
     int8_rows<kRows, kOutputs>(xq, xd, K, q, scales, y, N, n0, n1);
   });
