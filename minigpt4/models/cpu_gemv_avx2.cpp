@@ -34,6 +34,17 @@ namespace {
 // were 0.91x and keep one). Each row's sums are the same either way.
 constexpr int64_t kStreams = 4;
 
+// Runs pass(n0, n0 + part, part) over `ways` distant parts of [n0, n1), where each part is at
+// least two rows long (parts of one row would be neighbours), and returns where the rows left
+// for a one-stream pass begin.
+template <typename Pass>
+int64_t in_distant_parts(int64_t n0, int64_t n1, int64_t ways, Pass pass) {
+  const int64_t part = (n1 - n0) / ways;
+  if (ways < 2 || part < 2) return n0;
+  pass(n0, n0 + part, part);
+  return n0 + ways * part;
+}
+
 // Eight weights as float32, and one for the ragged tail, per weight dtype.
 struct F32 {
   using T = float;
@@ -162,9 +173,8 @@ template <typename W>
 void rows(const float* x, int64_t M, int64_t K, const typename W::T* w, float* y, int64_t N, int64_t n0, int64_t n1) {
   if (M == 1) {
     static_assert(kStreams == 4, "four_rows reads four streams");
-    // A part of one row would be four neighbours: step 1, the form below.
-    const int64_t part = (n1 - n0) / kStreams;
-    if (part >= 2) four_rows<W>(x, K, w, y, n0, n0 + part, part), n0 += kStreams * part;
+    n0 = in_distant_parts(n0, n1, kStreams,
+                          [&](int64_t a, int64_t b, int64_t step) { four_rows<W>(x, K, w, y, a, b, step); });
     return four_rows<W>(x, K, w, y, n0, n1, 1);
   }
   with_rows(M, [&](auto rows) {
@@ -172,8 +182,9 @@ void rows(const float* x, int64_t M, int64_t K, const typename W::T* w, float* y
     constexpr int kOutputs = kBlockOutputs<kRows>;
     // The block's output rows from distant parts too, where it has several (as at one row):
     // 2048 -> 5632, 2-4 activation rows, bf16 1.08-1.20x, float32 1.04-1.10x.
-    const int64_t part = kOutputs > 1 ? (n1 - n0) / kOutputs : 0;
-    if (part >= 2) m_rows<W, kRows, kOutputs>(x, K, w, y, N, n0, n0 + part, part), n0 += kOutputs * part;
+    n0 = in_distant_parts(n0, n1, kOutputs, [&](int64_t a, int64_t b, int64_t step) {
+      m_rows<W, kRows, kOutputs>(x, K, w, y, N, a, b, step);
+    });
     m_rows<W, kRows, kOutputs>(x, K, w, y, N, n0, n1);
   });
 }
@@ -301,15 +312,10 @@ void int8_x16(const int16_t* xq, const float* xd, int64_t M, int64_t K, const in
     // 1.7x and 1.07x faster than neighbours (2 rows) or one row at a time (3-4). The few rows
     // left over go as neighbours.
     constexpr int kOutputs = kRows >= 2 && kRows <= 4 ? 2 : 1;
-    if (kRows == 1 && n1 - n0 >= 2 * kStreams) {  // parts of one row would be step 1: neighbours
-      const int64_t part = (n1 - n0) / kStreams;
-      int8_rows<1, kStreams>(xq, xd, K, q, scales, y, N, n0, n0 + part, part);
-      n0 += kStreams * part;
-    } else if (kOutputs > 1 && n1 - n0 >= 2 * kOutputs) {
-      const int64_t part = (n1 - n0) / kOutputs;
-      int8_rows<kRows, kOutputs>(xq, xd, K, q, scales, y, N, n0, n0 + part, part);
-      n0 += kOutputs * part;
-    }
+    constexpr int kWays = kRows == 1 ? static_cast<int>(kStreams) : kOutputs;
+    n0 = in_distant_parts(n0, n1, kWays, [&](int64_t a, int64_t b, int64_t step) {
+      int8_rows<kRows, kWays>(xq, xd, K, q, scales, y, N, a, b, step);
+    });
     int8_rows<kRows, kOutputs>(xq, xd, K, q, scales, y, N, n0, n1);
   });
 }
@@ -548,11 +554,10 @@ void grouped(const int8_t* xq, const float* xd, const int32_t* xs, int64_t M, in
             8.0f * xd[m * runs + b] * static_cast<float>(xs[m * runs + b]);
   }
   static_assert(kStreams == 4, "grouped_four reads four streams");
-  if (std::is_same_v<W, Q8> && M == 1 && n1 - n0 >= 2 * kStreams) {
-    const int64_t part = (n1 - n0) / kStreams;
-    grouped_four<W>(xq, xd, c.data(), Kp, w, scales, G, y, n0, n0 + part, part);
-    n0 += kStreams * part;
-  }
+  if (std::is_same_v<W, Q8> && M == 1)
+    n0 = in_distant_parts(n0, n1, kStreams, [&](int64_t a, int64_t b, int64_t step) {
+      grouped_four<W>(xq, xd, c.data(), Kp, w, scales, G, y, a, b, step);
+    });
   with_rows(
       M, [&](auto rows) { grouped_rows<W, decltype(rows)::value>(xq, xd, c.data(), Kp, w, scales, G, y, N, n0, n1); });
 }
